@@ -1,0 +1,78 @@
+//! The actor runtime: a root supervisor per server and the keyed-actor pattern that rooms,
+//! remote destinations and presence are built on.
+//!
+//! Actor names carry the server's namespace (`<server_name>#<n>/<kind>/<key>#<seq>`), so
+//! several servers can share one process, as the integration tests do.
+
+pub mod keyed;
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+pub use self::keyed::{Behaviour, Context, Limits, Registry, Reply};
+use crate::{Error, Result};
+
+/// The root of one server's supervision tree.
+pub struct ActorSystem {
+    namespace: String,
+    root: ActorRef<()>,
+}
+
+impl ActorSystem {
+    pub async fn start(namespace: String) -> Result<Self> {
+        let (root, _) =
+            Actor::spawn(Some(format!("{namespace}/root")), RootSupervisor, ()).await.map_err(
+                |error| Error::internal(format!("cannot start the root supervisor: {error}")),
+            )?;
+        Ok(Self { namespace, root })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn root(&self) -> ActorCell {
+        self.root.get_cell()
+    }
+
+    /// Starts a registry (and its supervisor) for one kind of keyed actor.
+    pub async fn registry<B: Behaviour>(
+        &self,
+        behaviour: B,
+        limits: Limits,
+    ) -> Result<Registry<B>> {
+        Registry::start(behaviour, &self.namespace, limits, self.root()).await
+    }
+
+    /// Stops whatever is still running under the root, then the root itself.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.root.get_cell().drain_children_and_wait(Some(timeout)).await;
+        let _ = self.root.stop_and_wait(Some("shutdown".to_owned()), Some(timeout)).await;
+    }
+}
+
+/// Holds the kinds' supervisors. It never stops because a child did.
+struct RootSupervisor;
+
+impl Actor for RootSupervisor {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<()>,
+        event: SupervisionEvent,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, error) = event {
+            tracing::error!(actor = ?cell.get_name(), %error, "a supervisor failed");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! `server` commands: uptime, configuration, backups, memory, shutdown.
+
+use std::{fmt::Write, sync::Arc};
+
+use clap::Subcommand;
+
+use crate::{Result, Services};
+
+#[derive(Subcommand, Debug)]
+pub(super) enum ServerCommand {
+    /// Time since the server started.
+    Uptime,
+    /// The effective configuration (secrets redacted).
+    ShowConfig,
+    /// Take an online backup to `database_backup_path`.
+    BackupDatabase,
+    /// List the backups in `database_backup_path`.
+    ListBackups,
+    /// Database table sizes and live actors.
+    MemoryUsage,
+    /// Stop the server cleanly.
+    Shutdown,
+}
+
+pub(super) async fn run(services: &Arc<Services>, command: ServerCommand) -> Result<String> {
+    match command {
+        ServerCommand::Uptime => {
+            let seconds = services.started.elapsed().as_secs();
+            Ok(format!(
+                "Up {} days, {} hours, {} minutes, {} seconds.",
+                seconds / 86_400,
+                seconds % 86_400 / 3_600,
+                seconds % 3_600 / 60,
+                seconds % 60
+            ))
+        }
+        ServerCommand::ShowConfig => Ok(show_config(services)),
+        ServerCommand::BackupDatabase => {
+            let info = services.storage.backup().await?;
+            Ok(format!(
+                "Backup {} complete: {} files, {} bytes.",
+                info.id, info.files, info.size_bytes
+            ))
+        }
+        ServerCommand::ListBackups => {
+            let backups = services.storage.list_backups().await?;
+            if backups.is_empty() {
+                return Ok("No backups.".to_owned());
+            }
+            let mut out = String::from(
+                "| id | taken (unix time) | size (bytes) | files |\n|---|---|---|---|\n",
+            );
+            for backup in backups {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} |",
+                    backup.id, backup.timestamp, backup.size_bytes, backup.files
+                );
+            }
+            Ok(out)
+        }
+        ServerCommand::MemoryUsage => {
+            let mut out =
+                String::from("| table | on disk (bytes) | in memtables (bytes) |\n|---|---|---|\n");
+            for (table, disk, memory) in services.storage.engine().table_sizes() {
+                let _ = writeln!(out, "| {table} | {disk} | {memory} |");
+            }
+            Ok(out)
+        }
+        ServerCommand::Shutdown => {
+            services.shutdown.trigger();
+            Ok("Shutting down.".to_owned())
+        }
+    }
+}
+
+fn show_config(services: &Services) -> String {
+    let mut value =
+        toml::Value::try_from(&*services.config).unwrap_or(toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(table) = &mut value {
+        for secret in ["registration_token"] {
+            if table.contains_key(secret) {
+                table.insert(secret.to_owned(), toml::Value::String("<redacted>".to_owned()));
+            }
+        }
+    }
+    format!("```toml\n{}\n```", toml::to_string_pretty(&value).unwrap_or_default())
+}

@@ -1,0 +1,230 @@
+//! Every configuration key: its documentation, type and default.
+//!
+//! `tuwunel.toml.example` is generated from these declarations (`tuwunel --generate-config`),
+//! and a test fails when the committed file differs. Key names follow Tuwunel's, so an
+//! operator's existing `tuwunel.toml` keeps its meaning.
+
+use std::{net::IpAddr, net::SocketAddr, path::PathBuf};
+
+use ruma::{OwnedServerName, OwnedUserId};
+
+use super::{
+    section::config_section,
+    types::{ByteSize, ListOrOne},
+};
+
+config_section! {
+    /// The `[global]` table.
+    pub struct GlobalConfig {
+        /// The server_name is the name of this server. It is used as a suffix for user and
+        /// room IDs/aliases, e.g. `@user:example.com`. It cannot be changed once users and
+        /// rooms exist. Required whenever a configuration file is used; without any file,
+        /// `tuwunel` starts a development server named `localhost`.
+        ///
+        /// example: "example.com"
+        server_name: Option<OwnedServerName> = None,
+
+        /// Directory of the database (RocksDB) and the media it stores. The only path that
+        /// must be backed up.
+        database_path: PathBuf = PathBuf::from("/var/lib/tuwunel"),
+
+        /// Directory for online backups made with `!admin server backup-database`.
+        /// Unset disables backups.
+        ///
+        /// example: "/var/lib/tuwunel-backups"
+        database_backup_path: Option<PathBuf> = None,
+
+        /// How many backups to keep in `database_backup_path`; older ones are deleted after
+        /// each new backup.
+        database_backups_to_keep: i16 = 1,
+
+        /// Address(es) to listen on: one IP address or a list. Not allowed together with
+        /// `unix_socket_path`. With the default, an address family that cannot be bound (for
+        /// example IPv6 disabled) is only logged.
+        ///
+        /// default: ["127.0.0.1", "::1"]
+        /// example: ["0.0.0.0", "::"]
+        address: Option<ListOrOne<IpAddr>> = None,
+
+        /// Port(s) to listen on: one port or a list, e.g. `[8008, 8448]`.
+        port: ListOrOne<u16> = ListOrOne::One(8008),
+
+        /// Listen on this UNIX socket instead of TCP addresses.
+        ///
+        /// example: "/run/tuwunel/tuwunel.sock"
+        unix_socket_path: Option<PathBuf> = None,
+
+        /// Permissions of the UNIX socket, written as octal digits.
+        unix_socket_perms: u32 = 660,
+
+        /// Largest request body accepted, in bytes or with a unit ("24 MiB"). Larger bodies
+        /// are answered `413 M_TOO_LARGE`. At least 10 MB.
+        max_request_size: ByteSize = ByteSize::mib(24),
+
+        /// Requests handled at once across all listeners; more are answered
+        /// `429 M_LIMIT_EXCEEDED`. Long-polling /sync requests count, so keep it well above
+        /// the number of connected clients.
+        max_in_flight_requests: usize = 20_000,
+
+        /// Allow new users to register. Registration needs a token (`registration_token`,
+        /// `registration_token_file` or one issued by an admin) unless the open-registration
+        /// switch below is also set.
+        allow_registration: bool = false,
+
+        /// A static token a new user must present to register.
+        ///
+        /// example: "o&^uCtes4HPf0Vu@F20jQeeWE7"
+        registration_token: Option<String> = None,
+
+        /// A file of registration tokens separated by whitespace, re-read when used.
+        ///
+        /// example: "/etc/tuwunel/.reg_token"
+        registration_token_file: Option<PathBuf> = None,
+
+        /// Allow registration without any token. Anyone who can reach the server can then
+        /// create accounts: expect spam and abuse.
+        yes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse: bool = false,
+
+        /// Federate with other Matrix servers. When false, federation endpoints answer
+        /// `403 M_FORBIDDEN`.
+        allow_federation: bool = true,
+
+        /// Servers trusted to vouch for other servers' signing keys (notaries).
+        trusted_servers: Vec<OwnedServerName> = vec![ruma::server_name!("matrix.org").to_owned()],
+
+        /// The log filter, in `tracing` EnvFilter syntax, e.g. "info" or
+        /// "warn,tuwunel::http=debug". The `RUST_LOG` variable is not read; use this key
+        /// (or `TUWUNEL_LOG`).
+        log: String = "info".to_owned(),
+
+        /// Text appended (after a space) to the display name of every new user. Empty
+        /// disables it.
+        new_user_displayname_suffix: String = "💕".to_owned(),
+
+        /// Fail to start, rather than warn, when the configuration holds a key this version
+        /// does not know (a typo, usually).
+        error_on_unknown_config_opts: bool = false,
+
+        /// Admin commands to run once the server has started, as if typed in the admin room
+        /// without the `!admin` prefix; `--execute` appends to this list.
+        ///
+        /// example: ["server backup-database"]
+        admin_execute: Vec<String> = Vec::new(),
+
+        /// Keep starting when an `admin_execute` command fails.
+        admin_execute_errors_ignore: bool = false,
+
+        /// Serve Prometheus metrics at `/metrics`.
+        metrics_enabled: bool = false,
+
+        /// Serve `/metrics` on this address only (for example a private interface) instead
+        /// of on the main listeners.
+        ///
+        /// example: "127.0.0.1:9090"
+        metrics_address: Option<SocketAddr> = None,
+
+        /// Seconds an idle actor (a room, a remote server, a user's presence) stays in memory
+        /// before it is passivated; it is rebuilt from the database on its next message.
+        actor_idle_timeout_s: u64 = 60,
+
+        /// Messages one actor may have queued before new requests to it are refused with
+        /// `429 M_LIMIT_EXCEEDED`.
+        actor_mailbox_limit: usize = 1024,
+
+        /// Size of the database's read cache in MiB.
+        ///
+        /// default: 128 + 64 per CPU core
+        db_cache_capacity_mb: Option<f64> = None,
+
+        /// Level of RocksDB's own log (LOG files in the database directory): "debug", "info",
+        /// "warn", "error", "fatal" or "header".
+        rocksdb_log_level: String = "error".to_owned(),
+
+        /// Size at which RocksDB's log file is rotated, in bytes.
+        rocksdb_max_log_file_size: usize = 4 << 20,
+
+        /// Seconds after which RocksDB's log file is rotated (0: by size only).
+        rocksdb_log_time_to_roll: usize = 0,
+
+        /// Number of old RocksDB log files kept; at least 1.
+        rocksdb_max_log_files: usize = 3,
+
+        /// Tune for rotational disks (larger reads, fewer background jobs).
+        rocksdb_optimize_for_spinning_disks: bool = false,
+
+        /// Use direct I/O for reads, flushes and compactions. Leave off on filesystems that
+        /// do not support O_DIRECT (tmpfs, ZFS, some overlay filesystems).
+        rocksdb_direct_io: bool = false,
+
+        /// Background threads for flushes and compactions (0: the number of CPU cores, at
+        /// least 2).
+        rocksdb_parallelism_threads: usize = 0,
+
+        /// Compression of stored data: "zstd", "lz4" or "none".
+        rocksdb_compression_algo: String = "zstd".to_owned(),
+
+        /// Compression level for `rocksdb_compression_algo` (32767: the library default).
+        rocksdb_compression_level: i32 = 32767,
+
+        /// Compress the oldest (bottommost) data with zstd.
+        rocksdb_bottommost_compression: bool = true,
+
+        /// zstd level for the bottommost data (32767: the library default).
+        rocksdb_bottommost_compression_level: i32 = 32767,
+
+        /// How the write-ahead log is replayed after a crash: 0 absolute consistency (refuse
+        /// to open on any corruption), 1 tolerate a corrupted tail, 2 point in time (stop at
+        /// the first corruption), 3 skip any corrupted record.
+        rocksdb_recovery_mode: u8 = 1,
+
+        /// Check every file read for corruption (slower).
+        rocksdb_paranoid_file_checks: bool = false,
+
+        /// Run RocksDB's repair on the database before opening it. Only after corruption,
+        /// with a backup at hand; turn it off again afterwards.
+        rocksdb_repair: bool = false,
+
+        /// Run automatic compactions. Turning this off grows the database without bound.
+        rocksdb_compaction: bool = true,
+
+        /// Discovery documents served under `/.well-known/matrix/`.
+        [section] well_known: WellKnownConfig = WellKnownConfig::default(),
+    }
+}
+
+config_section! {
+    /// The `[global.well_known]` table: delegation and support contacts.
+    pub struct WellKnownConfig {
+        /// The URL clients should use to reach this server's client API, served at
+        /// `/.well-known/matrix/client`. Unset: that document answers 404.
+        ///
+        /// example: "https://matrix.example.com"
+        client: Option<String> = None,
+
+        /// The `host:port` other servers should use for federation, served at
+        /// `/.well-known/matrix/server`. Unset: that document answers 404.
+        ///
+        /// example: "matrix.example.com:443"
+        server: Option<OwnedServerName> = None,
+
+        /// A web page where users can get help, in `/.well-known/matrix/support`.
+        ///
+        /// example: "https://example.com/support"
+        support_page: Option<String> = None,
+
+        /// The role of the support contact: "m.role.admin" or "m.role.security".
+        ///
+        /// example: "m.role.admin"
+        support_role: Option<String> = None,
+
+        /// An email address of the support contact.
+        ///
+        /// example: "admin@example.com"
+        support_email: Option<String> = None,
+
+        /// A Matrix user ID of the support contact.
+        ///
+        /// example: "@admin:example.com"
+        support_mxid: Option<OwnedUserId> = None,
+    }
+}

@@ -1,0 +1,118 @@
+//! Discovery: the spec versions we speak, `.well-known` delegation and support documents,
+//! and the server's name and version for clients, servers and monitoring.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{Json, Router, routing::get};
+use ruma::api::{
+    client::discovery::{
+        discover_homeserver::{self, HomeserverInfo},
+        discover_support::{self, Contact, ContactRole},
+        get_supported_versions,
+    },
+    federation::discovery::{discover_homeserver as discover_server, get_server_version},
+};
+use serde_json::{Value as JsonValue, json};
+
+use super::ruma::{Ruma, route};
+use crate::{Error, Result, Services};
+
+/// The name servers and monitoring see.
+pub const SERVER_SOFTWARE: &str = "Tuwunel";
+
+/// The Client-Server API versions this server implements.
+const SPEC_VERSIONS: &[&str] = &[
+    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
+    "v1.9", "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18",
+    "v1.19",
+];
+
+pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    let router = route(router, versions);
+    let router = route(router, well_known_client);
+    let router = route(router, well_known_support);
+    let router = route(router, well_known_server);
+    let router = route(router, federation_version);
+    router.route("/_tuwunel/server_version", get(server_version))
+}
+
+async fn versions(
+    _services: Arc<Services>,
+    _request: Ruma<get_supported_versions::Request>,
+) -> Result<get_supported_versions::Response> {
+    let mut response = get_supported_versions::Response::new(
+        SPEC_VERSIONS.iter().map(|version| (*version).to_owned()).collect(),
+    );
+    response.unstable_features = BTreeMap::new();
+    Ok(response)
+}
+
+async fn well_known_client(
+    services: Arc<Services>,
+    _request: Ruma<discover_homeserver::Request>,
+) -> Result<discover_homeserver::Response> {
+    let base_url = services.config.well_known.client.clone().ok_or_else(|| {
+        Error::not_found(
+            "This server does not publish client delegation (well_known.client is unset).",
+        )
+    })?;
+    Ok(discover_homeserver::Response::new(HomeserverInfo::new(base_url)))
+}
+
+async fn well_known_server(
+    services: Arc<Services>,
+    _request: Ruma<discover_server::Request>,
+) -> Result<discover_server::Response> {
+    let server = services.config.well_known.server.clone().ok_or_else(|| {
+        Error::not_found(
+            "This server does not publish server delegation (well_known.server is unset).",
+        )
+    })?;
+    Ok(discover_server::Response::new(server))
+}
+
+async fn well_known_support(
+    services: Arc<Services>,
+    _request: Ruma<discover_support::Request>,
+) -> Result<discover_support::Response> {
+    let well_known = &services.config.well_known;
+    let role = match well_known.support_role.as_deref() {
+        Some("m.role.security") => ContactRole::Security,
+        _ => ContactRole::Admin,
+    };
+    let contact = match (&well_known.support_email, &well_known.support_mxid) {
+        (Some(email), mxid) => {
+            let mut contact = Contact::with_email_address(role, email.clone());
+            contact.matrix_id = mxid.clone();
+            Some(contact)
+        }
+        (None, Some(mxid)) => Some(Contact::with_matrix_id(role, mxid.clone())),
+        (None, None) => None,
+    };
+    let contacts: Vec<Contact> = contact.into_iter().collect();
+    if contacts.is_empty() && well_known.support_page.is_none() {
+        return Err(Error::not_found("This server publishes no support contacts."));
+    }
+    let mut response = discover_support::Response::with_contacts(contacts);
+    response.support_page = well_known.support_page.clone();
+    Ok(response)
+}
+
+async fn federation_version(
+    services: Arc<Services>,
+    _request: Ruma<get_server_version::v1::Request>,
+) -> Result<get_server_version::v1::Response> {
+    if !services.config.allow_federation {
+        return Err(Error::forbidden("Federation is disabled."));
+    }
+    let mut server = get_server_version::v1::Server::new();
+    server.name = Some(SERVER_SOFTWARE.to_owned());
+    server.version = Some(env!("CARGO_PKG_VERSION").to_owned());
+    let mut response = get_server_version::v1::Response::new();
+    response.server = Some(server);
+    Ok(response)
+}
+
+async fn server_version() -> Json<JsonValue> {
+    Json(json!({ "name": SERVER_SOFTWARE, "version": env!("CARGO_PKG_VERSION") }))
+}

@@ -1,0 +1,167 @@
+//! HTTP: the axum router (client API, federation API, discovery, metrics), its middleware,
+//! and the listeners on TCP addresses or a UNIX socket.
+
+pub mod discovery;
+pub mod metrics;
+pub mod middleware;
+pub mod ruma;
+pub mod server_keys;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use axum::{
+    Router,
+    extract::State,
+    middleware::{from_fn, from_fn_with_state},
+    response::Response,
+    routing::get,
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::{Error, Result, Services, server::Shutdown};
+
+/// The application router with every route and layer.
+pub fn router(services: &Arc<Services>) -> Router {
+    let mut router = Router::new();
+    router = discovery::routes(router);
+    router = server_keys::routes(router);
+    if services.config.metrics_enabled && services.config.metrics_address.is_none() {
+        router = router.route("/metrics", get(metrics_endpoint));
+    }
+    router
+        .fallback(middleware::unknown_path)
+        .method_not_allowed_fallback(middleware::wrong_method)
+        .layer(from_fn_with_state(Arc::clone(services), middleware::admission))
+        .layer(from_fn(middleware::cors))
+        .layer(from_fn(middleware::observe))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .with_state(Arc::clone(services))
+}
+
+async fn metrics_endpoint(State(services): State<Arc<Services>>) -> Response {
+    for (table, disk, _memory) in services.storage.engine().table_sizes() {
+        ::metrics::gauge!("tuwunel_database_table_bytes", "table" => table).set(disk as f64);
+    }
+    match &services.metrics {
+        Some(handle) => metrics::render(handle),
+        None => axum::response::IntoResponse::into_response(Error::not_found(
+            "Metrics are not enabled.",
+        )),
+    }
+}
+
+/// The running listeners.
+pub struct Listeners {
+    /// Bound TCP addresses (with the actual port when 0 was configured).
+    pub addresses: Vec<SocketAddr>,
+    pub metrics_address: Option<SocketAddr>,
+    pub unix_socket: Option<PathBuf>,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Binds every configured listener and serves `router` on each until `shutdown` fires.
+pub async fn serve(services: &Arc<Services>, shutdown: &Shutdown) -> Result<Listeners> {
+    let config = &services.config;
+    let app = router(services);
+    let mut listeners = Listeners {
+        addresses: Vec::new(),
+        metrics_address: None,
+        unix_socket: None,
+        tasks: Vec::new(),
+    };
+
+    if let Some(path) = &config.unix_socket_path {
+        listeners
+            .tasks
+            .push(serve_unix(path, config.unix_socket_mode(), app.clone(), shutdown).await?);
+        listeners.unix_socket = Some(path.clone());
+    } else {
+        let (addresses, explicit) = config.listen_addresses();
+        for ip in addresses {
+            for port in config.port.to_vec() {
+                let address = SocketAddr::new(ip, port);
+                match TcpListener::bind(address).await {
+                    Ok(listener) => {
+                        let local = listener.local_addr()?;
+                        tracing::info!(address = %local, "listening");
+                        listeners.addresses.push(local);
+                        listeners.tasks.push(serve_tcp(listener, app.clone(), shutdown));
+                    }
+                    Err(error) if !explicit => {
+                        tracing::warn!(%address, %error, "cannot listen on a default address; skipping it");
+                    }
+                    Err(error) => {
+                        return Err(Error::internal(format!(
+                            "cannot listen on {address}: {error}"
+                        )));
+                    }
+                }
+            }
+        }
+        if listeners.addresses.is_empty() {
+            return Err(Error::internal("no address could be bound"));
+        }
+    }
+
+    if let (true, Some(address)) = (config.metrics_enabled, config.metrics_address) {
+        let metrics_app =
+            Router::new().route("/metrics", get(metrics_endpoint)).with_state(Arc::clone(services));
+        let listener = TcpListener::bind(address).await.map_err(|error| {
+            Error::internal(format!("cannot listen on metrics_address {address}: {error}"))
+        })?;
+        let local = listener.local_addr()?;
+        tracing::info!(address = %local, "serving metrics");
+        listeners.metrics_address = Some(local);
+        listeners.tasks.push(serve_tcp(listener, metrics_app, shutdown));
+    }
+    Ok(listeners)
+}
+
+fn serve_tcp(listener: TcpListener, app: Router, shutdown: &Shutdown) -> JoinHandle<()> {
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(error) =
+            axum::serve(listener, service).with_graceful_shutdown(shutdown.wait()).await
+        {
+            tracing::error!(%error, "listener failed");
+        }
+    })
+}
+
+async fn serve_unix(
+    path: &std::path::Path,
+    mode: u32,
+    app: Router,
+    shutdown: &Shutdown,
+) -> Result<JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
+
+    if path.exists() {
+        // A socket left by an unclean stop would make bind fail; anything else is not ours.
+        let metadata = std::fs::symlink_metadata(path)?;
+        if std::os::unix::fs::FileTypeExt::is_socket(&metadata.file_type()) {
+            std::fs::remove_file(path)?;
+        } else {
+            return Err(Error::internal(format!("{} exists and is not a socket", path.display())));
+        }
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|error| {
+        Error::internal(format!("cannot listen on {}: {error}", path.display()))
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    tracing::info!(socket = %path.display(), "listening");
+    let shutdown = shutdown.clone();
+    let path = path.to_owned();
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await
+        {
+            tracing::error!(%error, "socket listener failed");
+        }
+        let _ = std::fs::remove_file(&path);
+    }))
+}

@@ -1,0 +1,163 @@
+//! Glue between axum and ruma: every Matrix endpoint is declared by its ruma request type,
+//! which supplies the method, the paths (all versions) and the body shape; [`route`] mounts it.
+//!
+//! The request body is read with `max_request_size` as a hard limit (`413 M_TOO_LARGE`), then
+//! parsed by ruma. A parse failure is `400 M_NOT_JSON` when the body is not JSON at all and
+//! `400 M_BAD_JSON` when it is JSON of the wrong shape.
+
+use std::{collections::BTreeSet, future::Future, sync::Arc};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{FromRequest, RawPathParams, Request, State},
+    http::{HeaderMap, Method, header::CONTENT_LENGTH},
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, on},
+};
+use bytes::Bytes;
+use ruma::api::{
+    IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+    error::{DeserializationError, FromHttpRequestError},
+    path_builder::PathBuilder,
+};
+
+use crate::{Error, Result, Services};
+
+/// A parsed Matrix request of type `T`, with the raw headers for handlers that need more.
+pub struct Ruma<T> {
+    pub body: T,
+    pub headers: HeaderMap,
+}
+
+/// Reads a request body, refusing anything over `limit` bytes.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        // `to_bytes` reports both a length overrun and a broken connection as errors; only
+        // the first is the client's mistake worth a 413.
+        if std::error::Error::source(&error)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
+            || error.to_string().contains("length limit")
+        {
+            too_large(limit)
+        } else {
+            Error::bad_json(format!("could not read the request body: {error}"))
+        }
+    })
+}
+
+fn too_large(limit: usize) -> Error {
+    Error::too_large(format!("Request body is larger than the server's limit of {limit} bytes."))
+}
+
+impl<T: IncomingRequest + Send> FromRequest<Arc<Services>> for Ruma<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, services: &Arc<Services>) -> Result<Self> {
+        let (mut parts, body) = request.into_parts();
+        let params =
+            <RawPathParams as axum::extract::FromRequestParts<Arc<Services>>>::from_request_parts(
+                &mut parts, services,
+            )
+            .await
+            .map_err(|rejection| {
+                Error::invalid_param(format!("invalid path parameter: {}", rejection.body_text()))
+            })?;
+        let params: Vec<&str> = params.iter().map(|(_, value)| value).collect();
+        let bytes =
+            read_body(&parts.headers, body, services.config.max_request_size.as_usize()).await?;
+        let headers = parts.headers.clone();
+        let request = axum::http::Request::from_parts(parts, bytes.as_ref());
+        match T::try_from_http_request(request, &params) {
+            Ok(body) => Ok(Self { body, headers }),
+            Err(error) => Err(classify(&bytes, error)),
+        }
+    }
+}
+
+/// Turns a ruma parse failure into the spec's error.
+fn classify(body: &[u8], error: FromHttpRequestError) -> Error {
+    match error {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(json)) => {
+            if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+                Error::not_json("Request body is not valid JSON.")
+            } else {
+                Error::bad_json(format!("Request body has the wrong shape: {json}"))
+            }
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Query(query)) => {
+            Error::invalid_param(format!("Invalid query string: {query}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Ident(ident)) => {
+            Error::invalid_param(format!("Invalid identifier: {ident}"))
+        }
+        FromHttpRequestError::Deserialization(other) => {
+            if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+                Error::not_json("Request body is not valid JSON.")
+            } else {
+                Error::bad_json(format!("Invalid request: {other}"))
+            }
+        }
+        FromHttpRequestError::MethodMismatch { expected, received } => Error::unrecognized(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            format!("Expected {expected}, got {received}."),
+        ),
+        other => Error::bad_json(format!("Invalid request: {other}")),
+    }
+}
+
+/// A ruma response rendered as an HTTP response.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<Vec<u8>>() {
+            Ok(response) => response.map(Body::from),
+            Err(error) => {
+                Error::internal(format!("serializing a response failed: {error}")).into_response()
+            }
+        }
+    }
+}
+
+/// Mounts `handler` for every path and version of the endpoint `R`.
+pub fn route<R, H, F>(router: Router<Arc<Services>>, handler: H) -> Router<Arc<Services>>
+where
+    R: IncomingRequest + Send + 'static,
+    R::OutgoingResponse: Send,
+    H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+{
+    let filter = method_filter(&R::METHOD);
+    let paths: BTreeSet<&'static str> = R::PATH_BUILDER.all_paths().collect();
+    let mut router = router;
+    for path in paths {
+        let handler = handler.clone();
+        router = router.route(
+            path,
+            on(filter, move |State(services): State<Arc<Services>>, request: Ruma<R>| async move {
+                handler(services, request).await.map(RumaResponse)
+            }),
+        );
+    }
+    router
+}
+
+fn method_filter(method: &Method) -> MethodFilter {
+    match *method {
+        Method::POST => MethodFilter::POST,
+        Method::PUT => MethodFilter::PUT,
+        Method::DELETE => MethodFilter::DELETE,
+        Method::PATCH => MethodFilter::PATCH,
+        Method::HEAD => MethodFilter::HEAD,
+        Method::OPTIONS => MethodFilter::OPTIONS,
+        _ => MethodFilter::GET,
+    }
+}

@@ -1,0 +1,24 @@
+//! tuwunel: an actor-based Matrix homeserver with embedded RocksDB.
+//!
+//! The crate is organised as the design describes: `config` (what the operator asked for),
+//! `storage` (RocksDB, typed tables, the Writer), `actors` (supervision and keyed actors),
+//! `http` (axum routes and listeners), `federation` (this server's identity towards others),
+//! `admin` (operator commands), and `server` (starting and stopping all of it).
+
+pub mod actors;
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod federation;
+pub mod http;
+pub mod logging;
+pub mod server;
+pub mod services;
+pub mod storage;
+
+pub use crate::{
+    config::Config,
+    error::{Error, Result},
+    server::Server,
+    services::Services,
+};

@@ -1,0 +1,235 @@
+//! The `Server`: what `main` and the integration tests start. It opens storage, starts the
+//! actor system and the listeners, runs startup admin commands, and stops all of it in order.
+//!
+//! Stopping: listeners stop accepting and finish in-flight requests; actors drain their
+//! mailboxes; the Writer commits what is queued and flushes; the database closes.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Semaphore, watch};
+
+use crate::{
+    Config, Error, Result, Services,
+    actors::ActorSystem,
+    admin,
+    federation::SigningKey,
+    http::{self, Listeners},
+    storage::{self, Storage, schema::Outcome},
+};
+
+/// How long in-flight requests get to finish once shutdown starts.
+const DRAIN_REQUESTS: Duration = Duration::from_secs(30);
+/// How long actors get to drain their mailboxes.
+const DRAIN_ACTORS: Duration = Duration::from_secs(10);
+
+/// Tells everything that the server is stopping.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    signal: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self { signal: Arc::new(watch::channel(false).0) }
+    }
+
+    pub fn trigger(&self) {
+        self.signal.send_replace(true);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.signal.borrow()
+    }
+
+    /// Resolves once shutdown has been triggered.
+    pub async fn wait(self) {
+        let mut receiver = self.signal.subscribe();
+        let _ = receiver.wait_for(|stopping| *stopping).await;
+    }
+}
+
+/// Distinguishes servers that share a process (their actor names must not collide).
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
+
+/// A running homeserver.
+pub struct Server {
+    services: Arc<Services>,
+    listeners: Listeners,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Server {
+    /// Opens the database and starts serving.
+    pub async fn start(config: Config) -> Result<Self> {
+        let server_name = config.server_name.clone();
+        if config.development {
+            tracing::warn!(
+                "no configuration file given: running a development server named `localhost` with its \
+                 database in {}; see tuwunel.toml.example to configure a real one",
+                config.database_path.display()
+            );
+        }
+        let engine_options = storage::engine_options(&config);
+        let backup_directory = config.database_backup_path.clone();
+        let keep = usize::try_from(config.database_backups_to_keep).unwrap_or(0);
+        let (storage, outcome) =
+            tokio::task::spawn_blocking(move || Storage::open(&engine_options)).await.map_err(
+                |error| Error::internal(format!("opening the database panicked: {error}")),
+            )??;
+        let storage = Arc::new(storage.with_backups(backup_directory, keep));
+        match outcome {
+            Outcome::Created => {
+                tracing::warn!(path = %config.database_path.display(), "created a new database")
+            }
+            Outcome::Current => {
+                tracing::info!(path = %config.database_path.display(), "opened the database")
+            }
+            Outcome::Migrated { from } => tracing::warn!(from, "migrated the database"),
+        }
+
+        let started = Self::assemble(config, Arc::clone(&storage), server_name).await;
+        match started {
+            Ok(server) => Ok(server),
+            Err(error) => {
+                storage.close().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn assemble(
+        config: Config,
+        storage: Arc<Storage>,
+        server_name: ruma::OwnedServerName,
+    ) -> Result<Self> {
+        let signing_key = SigningKey::load_or_generate(&storage, server_name.clone()).await?;
+        let namespace = format!("{server_name}#{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
+        let actors = ActorSystem::start(namespace).await?;
+        let metrics = if config.metrics_enabled { http::metrics::install() } else { None };
+        let shutdown = Shutdown::new();
+        let services = Arc::new(Services {
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight_requests.max(1))),
+            config,
+            storage,
+            actors,
+            signing_key,
+            metrics,
+            started: Instant::now(),
+            shutdown: shutdown.clone(),
+        });
+        let listeners = match http::serve(&services, &shutdown).await {
+            Ok(listeners) => listeners,
+            Err(error) => {
+                services.actors.shutdown(DRAIN_ACTORS).await;
+                return Err(error);
+            }
+        };
+        let server = Self { services, listeners, failure: Arc::new(Mutex::new(None)) };
+        server.run_startup_commands();
+        Ok(server)
+    }
+
+    /// Runs `admin_execute` once the listeners are up.
+    fn run_startup_commands(&self) {
+        let commands = self.services.config.admin_execute.clone();
+        if commands.is_empty() {
+            return;
+        }
+        let services = Arc::clone(&self.services);
+        let failure = Arc::clone(&self.failure);
+        tokio::spawn(async move {
+            for command in commands {
+                match admin::execute(&services, &command).await {
+                    Ok(output) => tracing::info!(%command, "{output}"),
+                    Err(error) if services.config.admin_execute_errors_ignore => {
+                        tracing::warn!(%command, %error, "startup admin command failed; continuing");
+                    }
+                    Err(error) => {
+                        tracing::error!(%command, %error, "startup admin command failed; stopping");
+                        if let Ok(mut slot) = failure.lock() {
+                            *slot = Some(format!("admin command `{command}` failed: {error}"));
+                        }
+                        services.shutdown.trigger();
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// Bound TCP addresses.
+    pub fn addresses(&self) -> &[SocketAddr] {
+        &self.listeners.addresses
+    }
+
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.listeners.metrics_address
+    }
+
+    pub fn unix_socket(&self) -> Option<&PathBuf> {
+        self.listeners.unix_socket.as_ref()
+    }
+
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.services.shutdown.clone()
+    }
+
+    /// Serves until shutdown is triggered (by a signal, an admin command or the caller), then
+    /// stops cleanly. An error means a startup admin command failed.
+    pub async fn run(self) -> Result<()> {
+        self.services.shutdown.clone().wait().await;
+        self.stop().await
+    }
+
+    /// Stops the server and closes the database.
+    pub async fn stop(self) -> Result<()> {
+        let Self { services, listeners, failure } = self;
+        services.shutdown.trigger();
+        tracing::info!("shutting down: finishing in-flight requests");
+        for task in listeners.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(DRAIN_REQUESTS, task).await.is_err() {
+                tracing::warn!(
+                    "in-flight requests did not finish in time; closing their connections"
+                );
+                abort.abort();
+            }
+        }
+        tracing::info!("shutting down: draining actors");
+        services.actors.shutdown(DRAIN_ACTORS).await;
+        tracing::info!("shutting down: committing queued writes and flushing the database");
+        services.storage.close().await;
+        let storage = Arc::clone(&services.storage);
+        drop(services);
+        // Tasks that still hold the services (a request cut off above) let go shortly; the
+        // database closes when the last handle is dropped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&storage) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(storage);
+        tracing::info!("stopped");
+        match failure.lock().ok().and_then(|mut slot| slot.take()) {
+            Some(reason) => Err(Error::internal(reason)),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Everything a request handler or an actor may need, shared behind one `Arc`: the
+//! configuration, the database, the actor registries, the signing key, metrics.
+
+use std::{sync::Arc, time::Instant};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
+
+use crate::{
+    Config, actors::ActorSystem, federation::SigningKey, server::Shutdown, storage::Storage,
+};
+
+pub struct Services {
+    pub config: Config,
+    pub storage: Arc<Storage>,
+    pub actors: ActorSystem,
+    pub signing_key: SigningKey,
+    pub metrics: Option<PrometheusHandle>,
+    /// Permits for requests in flight (`max_in_flight_requests`).
+    pub in_flight: Arc<Semaphore>,
+    pub started: Instant,
+    pub shutdown: Shutdown,
+}

@@ -1,0 +1,66 @@
+//! The catalogue of column families: every table the server stores, what it maps, and how
+//! RocksDB is tuned for it. This list is the only place a table is declared; opening the
+//! database, metrics and backups all iterate it.
+
+/// How a table is read, which decides its RocksDB tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Mostly point lookups of whole keys: bloom filters, small blocks.
+    Point,
+    /// Mostly ordered prefix scans (timelines, per-room indexes): larger blocks, no filter
+    /// checks on scans.
+    Scan,
+    /// A handful of small records read at startup (server metadata).
+    Tiny,
+}
+
+/// A declared table.
+#[derive(Debug, Clone, Copy)]
+pub struct TableDef {
+    /// The column family name; never renamed once released (a rename is a migration).
+    pub name: &'static str,
+    /// What the table maps, for operators reading `admin` output and for contributors.
+    pub maps: &'static str,
+    pub access: Access,
+    /// Share of the block cache this table may use, relative to the others.
+    pub cache_weight: u32,
+}
+
+/// Index of a table in [`TABLES`]; batches refer to tables by id, not by RocksDB handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TableId(pub(crate) u16);
+
+impl TableId {
+    pub fn def(self) -> &'static TableDef {
+        &TABLES[usize::from(self.0)]
+    }
+
+    pub fn name(self) -> &'static str {
+        self.def().name
+    }
+}
+
+macro_rules! catalogue {
+    ($($id:ident = $name:literal, $access:ident, $weight:literal, $maps:literal;)*) => {
+        /// Every table, in id order.
+        pub static TABLES: &[TableDef] = &[
+            $(TableDef { name: $name, maps: $maps, access: Access::$access, cache_weight: $weight },)*
+        ];
+
+        catalogue!(@ids 0u16, $($id)*);
+    };
+    (@ids $n:expr, $id:ident $($rest:ident)*) => {
+        pub const $id: TableId = TableId($n);
+        catalogue!(@ids $n + 1u16, $($rest)*);
+    };
+    (@ids $n:expr,) => {};
+}
+
+catalogue! {
+    META = "meta", Tiny, 1,
+        "server metadata: schema version, stream and short-id counters, signing keys";
+    SHORTID_BY_KEY = "shortid_by_key", Point, 8,
+        "(namespace, interned bytes) -> short id";
+    KEY_BY_SHORTID = "key_by_shortid", Point, 8,
+        "(namespace, short id) -> interned bytes";
+}

@@ -1,0 +1,254 @@
+//! Typed key and value codecs.
+//!
+//! Keys are built from parts: integers as fixed-width big-endian (so byte order is numeric
+//! order), strings as their UTF-8 bytes. A variable-length part that is not last is followed by
+//! a `0xFF` separator; valid UTF-8 never contains `0xFF`, so the split is unambiguous and a
+//! prefix scan over the leading parts stays ordered. Every key shape is a tuple of parts with
+//! one encoder and one decoder; call sites never touch bytes.
+
+use std::fmt;
+
+/// Separates a variable-length key part from the next part.
+pub const SEPARATOR: u8 = 0xFF;
+
+/// A stored key or value that could not be decoded: a bug or a corrupt database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecError(pub &'static str);
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "undecodable stored bytes: {}", self.0)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+impl From<CodecError> for crate::Error {
+    fn from(error: CodecError) -> Self {
+        Self::internal(error.to_string())
+    }
+}
+
+/// One component of a key.
+pub trait KeyPart: Sized {
+    /// Appends this part; `last` is false when more parts follow.
+    fn encode_part(&self, out: &mut Vec<u8>, last: bool);
+    /// Reads this part from the front of `input`, advancing it.
+    fn decode_part(input: &mut &[u8], last: bool) -> Result<Self, CodecError>;
+}
+
+impl KeyPart for u64 {
+    fn encode_part(&self, out: &mut Vec<u8>, _last: bool) {
+        out.extend_from_slice(&self.to_be_bytes());
+    }
+
+    fn decode_part(input: &mut &[u8], _last: bool) -> Result<Self, CodecError> {
+        let (head, rest) = input.split_first_chunk::<8>().ok_or(CodecError("short u64"))?;
+        *input = rest;
+        Ok(Self::from_be_bytes(*head))
+    }
+}
+
+impl KeyPart for String {
+    fn encode_part(&self, out: &mut Vec<u8>, last: bool) {
+        self.as_str().encode_part(out, last);
+    }
+
+    fn decode_part(input: &mut &[u8], last: bool) -> Result<Self, CodecError> {
+        let end = if last {
+            input.len()
+        } else {
+            input
+                .iter()
+                .position(|byte| *byte == SEPARATOR)
+                .ok_or(CodecError("missing separator"))?
+        };
+        let text =
+            std::str::from_utf8(&input[..end]).map_err(|_| CodecError("non-utf8 key part"))?;
+        let text = text.to_owned();
+        *input = if last { &[] } else { &input[end + 1..] };
+        Ok(text)
+    }
+}
+
+impl KeyPart for &str {
+    fn encode_part(&self, out: &mut Vec<u8>, last: bool) {
+        out.extend_from_slice(self.as_bytes());
+        if !last {
+            out.push(SEPARATOR);
+        }
+    }
+
+    fn decode_part(_input: &mut &[u8], _last: bool) -> Result<Self, CodecError> {
+        Err(CodecError("borrowed strings are encode-only; decode as String"))
+    }
+}
+
+/// A complete key shape.
+pub trait Key: Sized {
+    fn encode(&self) -> Vec<u8>;
+    fn decode(bytes: &[u8]) -> Result<Self, CodecError>;
+}
+
+impl<P: KeyPart> Key for P {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        self.encode_part(&mut out, true);
+        out
+    }
+
+    fn decode(mut bytes: &[u8]) -> Result<Self, CodecError> {
+        let value = P::decode_part(&mut bytes, true)?;
+        finish(bytes, value)
+    }
+}
+
+fn finish<T>(rest: &[u8], value: T) -> Result<T, CodecError> {
+    if rest.is_empty() { Ok(value) } else { Err(CodecError("trailing bytes after key")) }
+}
+
+macro_rules! tuple_key {
+    ($($part:ident),+ ; $last:ident) => {
+        impl<$($part: KeyPart,)+ $last: KeyPart> Key for ($($part,)+ $last) {
+            #[allow(non_snake_case)]
+            fn encode(&self) -> Vec<u8> {
+                let ($($part,)+ $last) = self;
+                let mut out = Vec::with_capacity(32);
+                $($part.encode_part(&mut out, false);)+
+                $last.encode_part(&mut out, true);
+                out
+            }
+
+            #[allow(non_snake_case)]
+            fn decode(mut bytes: &[u8]) -> Result<Self, CodecError> {
+                $(let $part = $part::decode_part(&mut bytes, false)?;)+
+                let $last = $last::decode_part(&mut bytes, true)?;
+                finish(bytes, ($($part,)+ $last))
+            }
+        }
+    };
+}
+
+tuple_key!(A; B);
+tuple_key!(A, B; C);
+tuple_key!(A, B, C; D);
+
+/// Encodes the leading parts of a key for a prefix scan: every part is followed by its
+/// separator, so `prefix(("!room",))` never matches `"!room2"`.
+pub fn prefix<P: KeyPart>(part: &P) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    part.encode_part(&mut out, false);
+    out
+}
+
+/// Like [`prefix`] for two leading parts.
+pub fn prefix2<A: KeyPart, B: KeyPart>(first: &A, second: &B) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    first.encode_part(&mut out, false);
+    second.encode_part(&mut out, false);
+    out
+}
+
+/// A stored value.
+pub trait Value: Sized {
+    fn encode_value(&self) -> Vec<u8>;
+    fn decode_value(bytes: &[u8]) -> Result<Self, CodecError>;
+}
+
+impl Value for u64 {
+    fn encode_value(&self) -> Vec<u8> {
+        self.to_be_bytes().to_vec()
+    }
+
+    fn decode_value(bytes: &[u8]) -> Result<Self, CodecError> {
+        let bytes: [u8; 8] =
+            bytes.try_into().map_err(|_| CodecError("u64 value of wrong length"))?;
+        Ok(Self::from_be_bytes(bytes))
+    }
+}
+
+impl Value for Vec<u8> {
+    fn encode_value(&self) -> Vec<u8> {
+        self.clone()
+    }
+
+    fn decode_value(bytes: &[u8]) -> Result<Self, CodecError> {
+        Ok(bytes.to_vec())
+    }
+}
+
+impl Value for String {
+    fn encode_value(&self) -> Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+
+    fn decode_value(bytes: &[u8]) -> Result<Self, CodecError> {
+        String::from_utf8(bytes.to_vec()).map_err(|_| CodecError("non-utf8 string value"))
+    }
+}
+
+impl Value for () {
+    fn encode_value(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn decode_value(_bytes: &[u8]) -> Result<Self, CodecError> {
+        Ok(())
+    }
+}
+
+/// A value stored as JSON (for structured records that change shape over time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned> Value for Json<T> {
+    fn encode_value(&self) -> Vec<u8> {
+        // Serializing our own plain data structures to JSON cannot fail.
+        serde_json::to_vec(&self.0).unwrap_or_default()
+    }
+
+    fn decode_value(bytes: &[u8]) -> Result<Self, CodecError> {
+        serde_json::from_slice(bytes).map(Json).map_err(|_| CodecError("malformed json value"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_sort_numerically() {
+        let small = 255u64.encode();
+        let large = 256u64.encode();
+        assert!(small < large);
+        assert_eq!(u64::decode(&large), Ok(256));
+    }
+
+    #[test]
+    fn tuples_round_trip() {
+        let key = ("!room:example.org".to_owned(), 42u64);
+        let bytes = key.encode();
+        assert_eq!(<(String, u64)>::decode(&bytes), Ok(key));
+
+        let key = (7u64, "m.room.member".to_owned(), "@alice:example.org".to_owned());
+        let bytes = key.encode();
+        assert_eq!(<(u64, String, String)>::decode(&bytes), Ok(key));
+    }
+
+    #[test]
+    fn separators_keep_prefixes_exact() {
+        let room = ("!a".to_owned(), 1u64).encode();
+        let other = ("!ab".to_owned(), 1u64).encode();
+        let scan = prefix(&"!a");
+        assert!(room.starts_with(&scan));
+        assert!(!other.starts_with(&scan));
+    }
+
+    #[test]
+    fn malformed_bytes_are_errors_not_panics() {
+        assert!(u64::decode(&[1, 2, 3]).is_err());
+        assert!(<(String, u64)>::decode(b"no-separator").is_err());
+        assert!(<(u64, u64)>::decode(&[0; 17]).is_err());
+        assert!(String::decode(&[0xFF, 0xFE]).is_err());
+    }
+}

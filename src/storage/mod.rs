@@ -1,0 +1,173 @@
+//! Storage: RocksDB behind typed tables, the Writer that serializes every write, short-id
+//! interning, the schema version and backups.
+//!
+//! Reads go straight to the database (or a [`Snapshot`] when several keys must agree); writes
+//! are [`Batch`]es handed to the [`Writer`], which commits them durably in groups.
+
+pub mod backup;
+pub mod batch;
+pub mod catalogue;
+pub mod codec;
+pub mod engine;
+pub mod meta;
+pub mod schema;
+pub mod shortid;
+pub mod table;
+pub mod writer;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+};
+
+use rust_rocksdb::{DBCompressionType, DBRecoveryMode, LogLevel};
+
+pub use self::{
+    backup::BackupInfo,
+    batch::Batch,
+    engine::{Direction, Engine, EngineOptions, Read, Snapshot},
+    shortid::{Interner, Namespace},
+    table::Table,
+    writer::{Writer, WriterStats},
+};
+use crate::{Config, Error, Result};
+
+/// The open database and its single write path.
+pub struct Storage {
+    engine: Arc<Engine>,
+    writer: Writer,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    interner: Interner,
+    backup_directory: Option<PathBuf>,
+    backups_to_keep: usize,
+    backup_lock: tokio::sync::Mutex<()>,
+}
+
+impl Storage {
+    /// Opens the database, prepares its schema and starts the Writer. Blocking.
+    pub fn open(options: &EngineOptions) -> Result<(Self, schema::Outcome)> {
+        let engine = Arc::new(Engine::open(options)?);
+        let outcome = schema::prepare(&engine, schema::MIGRATIONS, schema::CURRENT)?;
+        let interner = Interner::load(&*engine)?;
+        let (writer, thread) = Writer::start(Arc::clone(&engine), interner.counter())?;
+        Ok((
+            Self {
+                engine,
+                writer,
+                writer_thread: Mutex::new(Some(thread)),
+                interner,
+                backup_directory: None,
+                backups_to_keep: 1,
+                backup_lock: tokio::sync::Mutex::new(()),
+            },
+            outcome,
+        ))
+    }
+
+    /// Sets where `backup` writes and how many backups it keeps.
+    pub fn with_backups(mut self, directory: Option<PathBuf>, keep: usize) -> Self {
+        self.backup_directory = directory;
+        self.backups_to_keep = keep;
+        self
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        self.engine.snapshot()
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    pub fn interner(&self) -> &Interner {
+        &self.interner
+    }
+
+    fn backup_directory(&self) -> Result<PathBuf> {
+        self.backup_directory
+            .clone()
+            .ok_or_else(|| Error::internal("database_backup_path is not set; backups are disabled"))
+    }
+
+    /// Takes an online backup.
+    pub async fn backup(self: &Arc<Self>) -> Result<BackupInfo> {
+        let directory = self.backup_directory()?;
+        let _one_at_a_time = self.backup_lock.lock().await;
+        let storage = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            backup::create(&storage.engine, &directory, storage.backups_to_keep)
+        })
+        .await
+        .map_err(|error| Error::internal(format!("backup task failed: {error}")))?
+    }
+
+    /// The backups present, oldest first.
+    pub async fn list_backups(&self) -> Result<Vec<BackupInfo>> {
+        let directory = self.backup_directory()?;
+        tokio::task::spawn_blocking(move || backup::list(&directory))
+            .await
+            .map_err(|error| Error::internal(format!("backup listing failed: {error}")))?
+    }
+
+    /// Stops the Writer after it commits what is queued, flushes, and quiesces background
+    /// work. The database closes when the last handle is dropped.
+    pub async fn close(&self) {
+        self.writer.stop().await;
+        let thread = self.writer_thread.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        self.engine.prepare_close();
+    }
+}
+
+/// The engine tuning the operator configured.
+pub fn engine_options(config: &Config) -> EngineOptions {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let parallelism = match config.rocksdb_parallelism_threads {
+        0 => cores.max(2),
+        threads => threads,
+    };
+    let spinning = config.rocksdb_optimize_for_spinning_disks;
+    EngineOptions {
+        path: config.database_path.clone(),
+        cache_capacity_bytes: config.db_cache_bytes(),
+        parallelism: i32::try_from(if spinning { parallelism.min(2) } else { parallelism })
+            .unwrap_or(2),
+        log_level: match config.rocksdb_log_level.as_str() {
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warn" => LogLevel::Warn,
+            "fatal" => LogLevel::Fatal,
+            "header" => LogLevel::Header,
+            _ => LogLevel::Error,
+        },
+        max_log_file_size: config.rocksdb_max_log_file_size,
+        log_time_to_roll: config.rocksdb_log_time_to_roll,
+        max_log_files: config.rocksdb_max_log_files,
+        compression: match config.rocksdb_compression_algo.as_str() {
+            "lz4" => DBCompressionType::Lz4,
+            "none" => DBCompressionType::None,
+            _ => DBCompressionType::Zstd,
+        },
+        compression_level: config.rocksdb_compression_level,
+        bottommost_compression: config.rocksdb_bottommost_compression,
+        bottommost_compression_level: config.rocksdb_bottommost_compression_level,
+        recovery_mode: match config.rocksdb_recovery_mode {
+            0 => DBRecoveryMode::AbsoluteConsistency,
+            2 => DBRecoveryMode::PointInTime,
+            3 => DBRecoveryMode::SkipAnyCorruptedRecord,
+            _ => DBRecoveryMode::TolerateCorruptedTailRecords,
+        },
+        direct_io: config.rocksdb_direct_io,
+        paranoid_checks: config.rocksdb_paranoid_file_checks,
+        repair: config.rocksdb_repair,
+        auto_compaction: config.rocksdb_compaction,
+        large_reads: spinning,
+    }
+}

@@ -1,0 +1,280 @@
+//! The Writer: the single path by which anything is written to the database.
+//!
+//! Actors hand it batches; it commits them in groups — everything waiting in its mailbox
+//! when it becomes free, up to [`MAX_GROUP`] batches — as one RocksDB write with one WAL
+//! sync, assigns stream positions inside that write, and answers each sender only once the
+//! group is durable. Positions are therefore assigned in commit order with no gaps, and a
+//! reader that sees position N finds everything up to N.
+//!
+//! It runs on its own OS thread with a bounded `loole` mailbox rather than as a ractor actor:
+//! forming a group needs to see the whole queue at once, which a ractor mailbox does not
+//! offer, and a synced RocksDB write blocks, which must not happen on the async runtime. A
+//! full mailbox makes senders wait, which is the back-pressure the actors upstream need.
+
+use std::{
+    ops::Range,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use axum::http::StatusCode;
+use ruma::api::error::ErrorKind;
+use tokio::sync::{oneshot, watch};
+
+use super::{
+    Batch, Engine,
+    meta::{COUNTERS, SHORTID_COUNTER, STREAM_POSITION},
+};
+use crate::{Error, Result};
+
+/// Most batches committed in one group.
+pub const MAX_GROUP: usize = 512;
+
+/// Batches that may wait for the Writer before senders are made to wait.
+const MAILBOX_CAPACITY: usize = 4096;
+
+/// Adds rows that need the stream positions assigned to its batch.
+pub type Finish = Box<dyn FnOnce(&mut Batch, Range<u64>) + Send>;
+
+struct Request {
+    batch: Batch,
+    positions: u64,
+    finish: Option<Finish>,
+    reply: oneshot::Sender<Result<Range<u64>>>,
+    enqueued: Instant,
+}
+
+enum Message {
+    Commit(Request),
+    Stop(oneshot::Sender<()>),
+}
+
+/// A handle to the Writer; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    mailbox: loole::Sender<Message>,
+    committed: Arc<watch::Sender<u64>>,
+    stats: Arc<Counters>,
+}
+
+/// Totals since the Writer started.
+#[derive(Debug, Default)]
+struct Counters {
+    groups: AtomicU64,
+    batches: AtomicU64,
+}
+
+/// Commit totals, for tests and the admin console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterStats {
+    pub groups: u64,
+    pub batches: u64,
+}
+
+impl Writer {
+    /// Starts the Writer thread over `engine`, continuing the persisted counters.
+    pub(super) fn start(
+        engine: Arc<Engine>,
+        shortids: Arc<AtomicU64>,
+    ) -> Result<(Self, JoinHandle<()>)> {
+        let committed_position = COUNTERS.get(&*engine, &STREAM_POSITION.to_owned())?.unwrap_or(0);
+        let (mailbox, inbox) = loole::bounded(MAILBOX_CAPACITY);
+        let (committed, _) = watch::channel(committed_position);
+        let committed = Arc::new(committed);
+        let stats = Arc::new(Counters::default());
+        let state = WriterState {
+            stats: Arc::clone(&stats),
+            engine,
+            inbox,
+            committed: Arc::clone(&committed),
+            next_position: committed_position + 1,
+            shortids,
+            persisted_shortid: u64::MAX,
+        };
+        let thread = std::thread::Builder::new()
+            .name("tuwunel-writer".to_owned())
+            .spawn(move || state.run())
+            .map_err(|error| Error::internal(format!("cannot start the writer thread: {error}")))?;
+        Ok((Self { mailbox, committed, stats }, thread))
+    }
+
+    /// Commits `batch` durably.
+    pub async fn commit(&self, batch: Batch) -> Result<()> {
+        self.submit(batch, 0, None).await.map(drop)
+    }
+
+    /// Commits `batch` plus the rows `finish` adds once `count` consecutive stream positions
+    /// are assigned; returns those positions.
+    pub async fn commit_with_positions(
+        &self,
+        count: u64,
+        batch: Batch,
+        finish: impl FnOnce(&mut Batch, Range<u64>) + Send + 'static,
+    ) -> Result<Range<u64>> {
+        self.submit(batch, count, Some(Box::new(finish))).await
+    }
+
+    async fn submit(
+        &self,
+        batch: Batch,
+        positions: u64,
+        finish: Option<Finish>,
+    ) -> Result<Range<u64>> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request { batch, positions, finish, reply, enqueued: Instant::now() };
+        metrics::gauge!("tuwunel_writer_queue_depth").set(self.mailbox.len() as f64);
+        self.mailbox.send_async(Message::Commit(request)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The highest stream position whose data is committed and readable.
+    pub fn committed_position(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// Groups and batches committed so far.
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            groups: self.stats.groups.load(Ordering::Relaxed),
+            batches: self.stats.batches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Watches the committed stream position.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    /// Commits what is already queued, flushes, and stops; later commits fail.
+    pub(super) async fn stop(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.mailbox.send_async(Message::Stop(done)).await.is_ok() {
+            let _ = finished.await;
+        }
+    }
+}
+
+fn stopped() -> Error {
+    Error::matrix(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Unknown,
+        "The server is shutting down; retry shortly.",
+    )
+}
+
+struct WriterState {
+    stats: Arc<Counters>,
+    engine: Arc<Engine>,
+    inbox: loole::Receiver<Message>,
+    committed: Arc<watch::Sender<u64>>,
+    next_position: u64,
+    shortids: Arc<AtomicU64>,
+    persisted_shortid: u64,
+}
+
+impl WriterState {
+    fn run(mut self) {
+        while let Ok(first) = self.inbox.recv() {
+            let mut group = Vec::new();
+            let mut stop = None;
+            match first {
+                Message::Commit(request) => group.push(request),
+                Message::Stop(done) => stop = Some(done),
+            }
+            while stop.is_none() && group.len() < MAX_GROUP {
+                match self.inbox.try_recv() {
+                    Ok(Message::Commit(request)) => group.push(request),
+                    Ok(Message::Stop(done)) => stop = Some(done),
+                    Err(_) => break,
+                }
+            }
+            if !group.is_empty() {
+                self.commit_group(group);
+            }
+            if let Some(done) = stop {
+                if let Err(error) = self.engine.flush() {
+                    tracing::error!(%error, "flushing the database at shutdown failed");
+                }
+                self.inbox.close();
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    fn commit_group(&mut self, mut group: Vec<Request>) {
+        let started = Instant::now();
+        let first_position = self.next_position;
+        let size = group.len();
+        let assembled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut combined = Batch::new();
+            let mut next = first_position;
+            let mut ranges = Vec::with_capacity(group.len());
+            for request in &mut group {
+                metrics::histogram!("tuwunel_writer_queue_wait_seconds")
+                    .record(request.enqueued.elapsed().as_secs_f64());
+                let range = next..next + request.positions;
+                next += request.positions;
+                combined.append(std::mem::take(&mut request.batch));
+                if let Some(finish) = request.finish.take() {
+                    let mut rows = Batch::new();
+                    finish(&mut rows, range.clone());
+                    combined.append(rows);
+                }
+                ranges.push(range);
+            }
+            (combined, next, ranges)
+        }));
+        let (mut combined, next, ranges) = match assembled {
+            Ok(assembled) => assembled,
+            Err(_) => {
+                tracing::error!("a batch builder panicked; failing its commit group");
+                for request in group {
+                    let _ = request.reply.send(Err(Error::internal("batch assembly panicked")));
+                }
+                return;
+            }
+        };
+
+        if next > first_position {
+            COUNTERS.put(&mut combined, &STREAM_POSITION.to_owned(), &(next - 1));
+        }
+        let shortid = self.shortids.load(Ordering::Acquire);
+        if shortid != self.persisted_shortid {
+            COUNTERS.put(&mut combined, &SHORTID_COUNTER.to_owned(), &shortid);
+        }
+
+        match self.engine.write(combined) {
+            Ok(()) => {
+                self.next_position = next;
+                self.persisted_shortid = shortid;
+                if next > first_position {
+                    self.committed.send_replace(next - 1);
+                }
+                self.stats.groups.fetch_add(1, Ordering::Relaxed);
+                self.stats.batches.fetch_add(size as u64, Ordering::Relaxed);
+                for (request, range) in group.into_iter().zip(ranges) {
+                    let _ = request.reply.send(Ok(range));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, size, "committing a write group failed");
+                metrics::counter!("tuwunel_writer_failures_total").increment(1);
+                for request in group {
+                    let _ =
+                        request.reply.send(Err(Error::internal(format!("commit failed: {error}"))));
+                }
+            }
+        }
+        metrics::counter!("tuwunel_writer_groups_total").increment(1);
+        metrics::counter!("tuwunel_writer_batches_total").increment(size as u64);
+        metrics::histogram!("tuwunel_writer_group_size").record(size as f64);
+        metrics::histogram!("tuwunel_writer_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,304 @@
+//! The `tuwunel` binary itself: configuration errors, signals, startup admin commands,
+//! backups and restore, and the development default.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use tuwunel::storage::{EngineOptions, Storage, Table, catalogue::META};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_tuwunel");
+
+fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let output = Command::new(BINARY)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("TUWUNEL_CONFIG")
+        .env_remove("CONDUIT_CONFIG")
+        .env_remove("CONDUWUIT_CONFIG")
+        .output()
+        .expect("run tuwunel");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn config_file(dir: &Path, database: &str, extra: &str) -> String {
+    let path = dir.join(format!("{database}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[global]\nserver_name = \"bin.test\"\ndatabase_path = \"{}\"\naddress = \"127.0.0.1\"\nport = 0\n\
+             db_cache_capacity_mb = 16\nlog = \"info\"\n{extra}",
+            dir.join(database).display()
+        ),
+    )
+    .expect("write config");
+    path.to_str().expect("utf8").to_owned()
+}
+
+#[test]
+fn a_configuration_error_exits_1_with_one_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[global]\nserver_name = \"x.test\"\nport = \"eighty\"\n")
+        .expect("write");
+    let (code, _, stderr) = run(&["-c", path.to_str().expect("utf8")], dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("`port`"), "{stderr}");
+    assert!(stderr.contains("bad.toml"), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one message: {stderr}");
+
+    let (code, _, stderr) = run(&["-O", "address=\"nowhere\""], dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("`address`") && stderr.contains("-O"), "{stderr}");
+
+    let path = dir.path().join("noname.toml");
+    std::fs::write(&path, "[global]\nport = 8008\n").expect("write");
+    let (code, _, stderr) = run(&["-c", path.to_str().expect("utf8")], dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("server_name"), "{stderr}");
+}
+
+#[test]
+fn generate_config_prints_the_example() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, stdout, _) = run(&["--generate-config"], dir.path());
+    assert_eq!(code, 0);
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tuwunel.toml.example"))
+            .expect("example");
+    assert_eq!(stdout, committed);
+}
+
+/// A running `tuwunel` process whose log lines are collected.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(args: &[&str], cwd: &Path) -> Self {
+        let mut child = Command::new(BINARY)
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("TUWUNEL_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tuwunel");
+        let (sender, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if sender.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits for a log line containing `needle`, for at most `timeout`.
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        if let Some(line) = self.seen.iter().find(|line| line.contains(needle)) {
+            return Some(line.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+        }
+        None
+    }
+
+    fn address(&mut self) -> String {
+        let line = self
+            .wait_for("listening", Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("never listened: {:?}", self.seen));
+        let start = line.find("address=").expect("address field") + "address=".len();
+        line[start..].split_whitespace().next().expect("address").to_owned()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                    self.seen.push(line);
+                }
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "did not exit in time: {:?}", self.seen);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_the_database_reopens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_file(dir.path(), "db", "");
+    for signal in ["-TERM", "-INT"] {
+        let mut server = Running::start(&["-c", &config], dir.path());
+        let address = server.address();
+        assert!(get(&address, "/_matrix/client/versions").starts_with("HTTP/1.1 200"));
+        server.signal(signal);
+        assert_eq!(server.wait_exit(Duration::from_secs(60)), 0, "{:?}", server.seen);
+        assert!(server.seen.iter().any(|line| line.contains("stopped")), "{:?}", server.seen);
+    }
+    // Closed cleanly: it opens in-process without recovery trouble.
+    let (storage, _) =
+        Storage::open(&EngineOptions::for_path(dir.path().join("db"))).expect("reopen");
+    drop(storage);
+}
+
+#[test]
+fn without_configuration_it_runs_a_development_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Running::start(&["-O", "port=0"], dir.path());
+    let address = server.address();
+    assert!(
+        server.wait_for("development server", Duration::from_secs(5)).is_some(),
+        "{:?}",
+        server.seen
+    );
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
+    let keys = get(&address, "/_matrix/key/v2/server");
+    assert!(keys.contains("\"server_name\":\"localhost\""), "{keys}");
+    assert!(dir.path().join("tuwunel_db").join("CURRENT").exists(), "database in ./tuwunel_db");
+    server.signal("-TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(60)), 0);
+}
+
+const SIGNING_KEY_VERSION: Table<String, Vec<u8>> = Table::new(META);
+
+fn signing_key_version(database: &Path) -> Vec<u8> {
+    let (storage, _) = Storage::open(&EngineOptions::for_path(database)).expect("open");
+    let version =
+        SIGNING_KEY_VERSION.get(storage.engine(), &"signing_key_version".to_owned()).expect("read");
+    version.expect("a signing key was generated")
+}
+
+#[test]
+fn execute_takes_a_backup_and_restore_backup_brings_it_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backups = dir.path().join("backups");
+    let extra =
+        format!("database_backup_path = \"{}\"\ndatabase_backups_to_keep = 2\n", backups.display());
+    let original = config_file(dir.path(), "original", &extra);
+
+    let (code, stdout, stderr) = run(
+        &["-c", &original, "--execute", "server backup-database", "--execute", "server shutdown"],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("Backup 1 complete"), "{stdout}");
+
+    let (code, stdout, _) = run(
+        &[
+            "-c",
+            &original,
+            "--execute",
+            "server backup-database",
+            "--execute",
+            "server backup-database",
+            "--execute",
+            "server list-backups",
+            "--execute",
+            "server shutdown",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("| 2 |") && stdout.contains("| 3 |") && !stdout.contains("| 1 |"),
+        "keeps two: {stdout}"
+    );
+
+    // Restore into a fresh directory and find the same server identity there.
+    let restored = config_file(dir.path(), "restored", &extra);
+    let (code, stdout, stderr) =
+        run(&["-c", &restored, "--restore-backup", "--execute", "server shutdown"], dir.path());
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("restored the database"), "{stdout}");
+    assert_eq!(
+        signing_key_version(&dir.path().join("restored")),
+        signing_key_version(&dir.path().join("original"))
+    );
+
+    // Restoring over an existing database is refused.
+    let (code, _, stderr) = run(&["-c", &restored, "--restore-backup=2"], dir.path());
+    assert_eq!(code, 1);
+    assert!(stderr.contains("move it aside"), "{stderr}");
+}
+
+#[test]
+fn a_failing_startup_command_stops_the_server_with_status_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_file(dir.path(), "db", "");
+    let (code, stdout, stderr) =
+        run(&["-c", &config, "--execute", "server no-such-command"], dir.path());
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(stderr.contains("no-such-command"), "{stderr}");
+
+    let (code, stdout, _) = run(
+        &[
+            "-c",
+            &config,
+            "-O",
+            "admin_execute_errors_ignore=true",
+            "--execute",
+            "server no-such-command",
+            "--execute",
+            "debug echo still here",
+            "--execute",
+            "server shutdown",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("still here"), "{stdout}");
+}

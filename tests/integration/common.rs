@@ -1,0 +1,136 @@
+//! The test server and helpers every integration test uses.
+
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use tuwunel::{Config, Server, config::Inputs};
+
+/// Installs logging once for the whole test binary (quiet unless TUWUNEL_TEST_LOG is set).
+pub fn init_logging() {
+    let filter = std::env::var("TUWUNEL_TEST_LOG").unwrap_or_else(|_| "error".to_owned());
+    tuwunel::logging::init(&filter);
+}
+
+/// A server on an ephemeral loopback port with its own temporary database.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub dir: TempDir,
+    options: Vec<String>,
+}
+
+impl TestServer {
+    /// A server with the defaults below.
+    pub async fn start() -> Self {
+        Self::with_options(&[]).await
+    }
+
+    /// A server with extra `-O key=value` options.
+    pub async fn with_options(options: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let options: Vec<String> = options.iter().map(|option| (*option).to_owned()).collect();
+        let server = start_in(dir.path(), &options).await;
+        let base = format!("http://{}", server.addresses()[0]);
+        Self { server: Some(server), base, client: client(), dir, options }
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("server is running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(self.url(path)).send().await.expect("request");
+        status_and_json(response).await
+    }
+
+    /// Stops the server cleanly and waits until the database is closed.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("clean stop");
+        }
+    }
+
+    /// Stops and starts again on the same database (the port changes).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let server = start_in(self.dir.path(), &self.options).await;
+        self.base = format!("http://{}", server.addresses()[0]);
+        self.server = Some(server);
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // A test that failed before stop(): trigger shutdown so background tasks end.
+        if let Some(server) = &self.server {
+            server.shutdown_handle().trigger();
+        }
+    }
+}
+
+/// The configuration file every test server starts from.
+pub fn write_config(dir: &Path) -> PathBuf {
+    let path = dir.join("tuwunel.toml");
+    let text = format!(
+        "[global]\nserver_name = \"test.local\"\ndatabase_path = \"{}\"\naddress = \"127.0.0.1\"\nport = 0\n\
+         allow_registration = true\nyes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse = true\n\
+         db_cache_capacity_mb = 16\nlog = \"error\"\n",
+        dir.join("db").display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+pub async fn start_in(dir: &Path, options: &[String]) -> Server {
+    init_logging();
+    let file = write_config(dir);
+    let inputs = Inputs { files: vec![file], env: Vec::new(), options: options.to_vec() };
+    let config = Config::load(&inputs).expect("test configuration is valid");
+    Server::start(config).await.expect("server starts")
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client")
+}
+
+pub async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body = response.bytes().await.expect("body");
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// Waits until `condition` holds, checking every 10 ms, for at most `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Asserts a Matrix error response.
+pub fn assert_error(status: u16, body: &Value, expected_status: u16, errcode: &str) {
+    assert_eq!(status, expected_status, "unexpected status; body: {body}");
+    assert_eq!(body["errcode"], errcode, "unexpected errcode; body: {body}");
+    assert!(body["error"].is_string(), "error message missing; body: {body}");
+}
