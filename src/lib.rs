@@ -5,6 +5,7 @@
 //! `http` (axum routes and listeners), `federation` (this server's identity towards others),
 //! `admin` (operator commands), and `server` (starting and stopping all of it).
 
+pub mod accounts;
 pub mod actors;
 pub mod admin;
 pub mod config;

@@ -66,9 +66,9 @@ fn main() -> ExitCode {
             }
         };
         let shutdown = server.shutdown_handle();
+        let services = std::sync::Arc::downgrade(server.services());
         tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("signal received");
+            handle_signals(services).await;
             shutdown.trigger();
         });
         match server.run().await {
@@ -81,19 +81,32 @@ fn main() -> ExitCode {
     })
 }
 
-async fn wait_for_signal() {
+/// Returns when the server should stop (SIGTERM, SIGINT). SIGUSR2 runs the configured
+/// `admin_signal_execute` commands; SIGHUP is logged and ignored (there is no live reload).
+async fn handle_signals(services: std::sync::Weak<tuwunel::Services>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let terminate = signal(SignalKind::terminate());
-    let interrupt = signal(SignalKind::interrupt());
-    match (terminate, interrupt) {
-        (Ok(mut terminate), Ok(mut interrupt)) => {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
+    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup), Ok(mut user2)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined2()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = hangup.recv() => {
+                tracing::warn!("SIGHUP received: configuration is not reloaded; restart the server to apply changes");
+            }
+            _ = user2.recv() => {
+                if let Some(services) = services.upgrade() {
+                    Server::signal_commands(&services);
+                }
             }
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
+    tracing::info!("stop signal received");
 }

@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::{
     Config, Error, Result, Services,
+    accounts::Accounts,
     actors::ActorSystem,
     admin,
     federation::SigningKey,
@@ -29,6 +30,8 @@ use crate::{
 const DRAIN_REQUESTS: Duration = Duration::from_secs(30);
 /// How long actors get to drain their mailboxes.
 const DRAIN_ACTORS: Duration = Duration::from_secs(10);
+/// How often device activity is written to the database.
+const ACTIVITY_FLUSH: Duration = Duration::from_secs(60);
 
 /// Tells everything that the server is stopping.
 #[derive(Clone, Debug)]
@@ -78,8 +81,9 @@ impl Server {
         let server_name = config.server_name.clone();
         if config.development {
             tracing::warn!(
-                "no configuration file given: running a development server named `localhost` with its \
+                "no configuration file given: running a development server named `{}` with its \
                  database in {}; see tuwunel.toml.example to configure a real one",
+                config.server_name,
                 config.database_path.display()
             );
         }
@@ -119,6 +123,8 @@ impl Server {
         let signing_key = SigningKey::load_or_generate(&storage, server_name.clone()).await?;
         let namespace = format!("{server_name}#{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
         let actors = ActorSystem::start(namespace).await?;
+        let accounts = Accounts::start(&config, Arc::clone(&storage), &actors).await?;
+        accounts.bootstrap_registration(&config).await?;
         let metrics = if config.metrics_enabled { http::metrics::install() } else { None };
         let shutdown = Shutdown::new();
         let services = Arc::new(Services {
@@ -126,6 +132,7 @@ impl Server {
             config,
             storage,
             actors,
+            accounts,
             signing_key,
             metrics,
             started: Instant::now(),
@@ -140,7 +147,27 @@ impl Server {
         };
         let server = Self { services, listeners, failure: Arc::new(Mutex::new(None)) };
         server.run_startup_commands();
+        server.flush_activity_periodically();
         Ok(server)
+    }
+
+    /// Runs `admin_signal_execute` (on SIGUSR2): commands an operator wants on a running
+    /// server without an admin room, such as an online backup.
+    pub fn signal_commands(services: &Arc<Services>) {
+        let commands = services.config.admin_signal_execute.clone();
+        if commands.is_empty() {
+            tracing::info!("SIGUSR2 received but admin_signal_execute is empty");
+            return;
+        }
+        let services = Arc::clone(services);
+        tokio::spawn(async move {
+            for command in commands {
+                match admin::execute(&services, &command).await {
+                    Ok(output) => tracing::info!(%command, "{output}"),
+                    Err(error) => tracing::error!(%command, %error, "signal admin command failed"),
+                }
+            }
+        });
     }
 
     /// Runs `admin_execute` once the listeners are up.
@@ -166,6 +193,27 @@ impl Server {
                         services.shutdown.trigger();
                         return;
                     }
+                }
+            }
+        });
+    }
+
+    /// Persists device activity (last seen IP and time) every minute instead of on every
+    /// request.
+    fn flush_activity_periodically(&self) {
+        let services = Arc::downgrade(&self.services);
+        let shutdown = self.services.shutdown.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(ACTIVITY_FLUSH);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    () = shutdown.clone().wait() => return,
+                }
+                let Some(services) = services.upgrade() else { return };
+                if let Err(error) = services.accounts.flush_last_seen().await {
+                    tracing::warn!(%error, "saving device activity failed");
                 }
             }
         });
@@ -214,6 +262,10 @@ impl Server {
             }
         }
         tracing::info!("shutting down: draining actors");
+        if let Err(error) = services.accounts.flush_last_seen().await {
+            tracing::warn!(%error, "saving device activity failed");
+        }
+        services.accounts.users.shutdown(DRAIN_ACTORS).await;
         services.actors.shutdown(DRAIN_ACTORS).await;
         tracing::info!("shutting down: committing queued writes and flushing the database");
         services.storage.close().await;

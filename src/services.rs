@@ -7,13 +7,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 use crate::{
-    Config, actors::ActorSystem, federation::SigningKey, server::Shutdown, storage::Storage,
+    Config, accounts::Accounts, actors::ActorSystem, federation::SigningKey, server::Shutdown,
+    storage::Storage,
 };
 
 pub struct Services {
     pub config: Config,
     pub storage: Arc<Storage>,
     pub actors: ActorSystem,
+    pub accounts: Accounts,
     pub signing_key: SigningKey,
     pub metrics: Option<PrometheusHandle>,
     /// Permits for requests in flight (`max_in_flight_requests`).

@@ -6,6 +6,8 @@
 
 mod debug;
 mod server;
+mod token;
+mod users;
 
 use std::sync::Arc;
 
@@ -26,6 +28,12 @@ enum Group {
     /// Server-wide operations: uptime, configuration, backups, shutdown.
     #[command(subcommand)]
     Server(server::ServerCommand),
+    /// Accounts: create, reset passwords, deactivate, admin rights.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
+    /// Registration tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Diagnostics.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
@@ -49,6 +57,8 @@ pub async fn execute(services: &Arc<Services>, line: &str) -> Result<String> {
     };
     match command.group {
         Group::Server(command) => server::run(services, command).await,
+        Group::Users(command) => users::run(services, command).await,
+        Group::Token(command) => token::run(services, command).await,
         Group::Debug(command) => debug::run(services, command).await,
     }
 }

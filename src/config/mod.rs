@@ -197,6 +197,17 @@ impl Config {
                 &"must be m.role.admin or m.role.security",
             ));
         }
+        for pattern in &global.forbidden_usernames {
+            if let Err(error) = regex::Regex::new(pattern) {
+                return Err(invalid(
+                    "forbidden_usernames",
+                    &format!("`{pattern}` is not a regular expression: {error}"),
+                ));
+            }
+        }
+        if !matches!(global.default_room_version.as_str(), "10" | "11" | "12") {
+            return Err(invalid("default_room_version", &"must be \"10\", \"11\" or \"12\""));
+        }
         if global.database_backups_to_keep < 0 {
             return Err(invalid("database_backups_to_keep", &"must not be negative"));
         }

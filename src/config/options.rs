@@ -85,6 +85,79 @@ config_section! {
         /// create accounts: expect spam and abuse.
         yes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse: bool = false,
 
+        /// Allow guest accounts (`/register?kind=guest`): no password, limited to the
+        /// endpoints the spec opens to guests.
+        allow_guest_registration: bool = false,
+
+        /// Regular expressions; a username matching any of them cannot be registered.
+        ///
+        /// example: ["^admin", "support$"]
+        forbidden_usernames: Vec<String> = Vec::new(),
+
+        /// Localpart of the server's own user (`@conduit:<server_name>`), which runs the admin
+        /// room. Reserved: nobody can register it. Cannot be changed once the database exists.
+        server_user_localpart: String = "conduit".to_owned(),
+
+        /// Lifetime in seconds of access tokens given to clients that support refresh tokens.
+        /// Clients that do not (no `refresh_token: true` at login) get tokens that do not
+        /// expire.
+        access_token_ttl: u64 = 604_800,
+
+        /// Lifetime in seconds of refresh tokens (0: until used or the device is removed).
+        refresh_token_ttl: u64 = 0,
+
+        /// Lifetime in milliseconds of `m.login.token` login tokens (`POST /login/get_token`).
+        login_token_ttl: u64 = 120_000,
+
+        /// Seconds a User-Interactive Authentication session stays valid.
+        uia_session_timeout_s: u64 = 900,
+
+        /// Let user directory searches find every local user, not only those who share a room
+        /// with the searcher or sit in public rooms.
+        user_directory_search_all_users: bool = false,
+
+        /// Require an access token to read profiles (`GET /profile/...`).
+        require_auth_for_profile_requests: bool = false,
+
+        /// Registrations per second allowed from one IP address (token bucket refill rate).
+        rc_registration_per_second: f64 = 0.17,
+
+        /// Registrations one IP address may make in a burst.
+        rc_registration_burst_count: u32 = 3,
+
+        /// Logins per second allowed from one IP address.
+        rc_login_per_second: f64 = 0.003,
+
+        /// Logins one IP address may make in a burst.
+        rc_login_burst_count: u32 = 5,
+
+        /// Failed logins (or failed password checks) per second allowed for one account.
+        rc_failed_login_per_second: f64 = 0.17,
+
+        /// Failed logins one account may accumulate in a burst.
+        rc_failed_login_burst_count: u32 = 3,
+
+        /// Messages per second one user may send.
+        rc_message_per_second: f64 = 0.2,
+
+        /// Messages one user may send in a burst.
+        rc_message_burst_count: u32 = 10,
+
+        /// Room joins per second one user may make.
+        rc_joins_per_second: f64 = 0.1,
+
+        /// Room joins one user may make in a burst.
+        rc_joins_burst_count: u32 = 10,
+
+        /// Invites per second one user may send.
+        rc_invites_per_second: f64 = 0.3,
+
+        /// Invites one user may send in a burst.
+        rc_invites_burst_count: u32 = 10,
+
+        /// Room version of new rooms: "10", "11" or "12".
+        default_room_version: ruma::RoomVersionId = ruma::RoomVersionId::V12,
+
         /// Federate with other Matrix servers. When false, federation endpoints answer
         /// `403 M_FORBIDDEN`.
         allow_federation: bool = true,
@@ -113,6 +186,12 @@ config_section! {
 
         /// Keep starting when an `admin_execute` command fails.
         admin_execute_errors_ignore: bool = false,
+
+        /// Admin commands to run each time the server receives SIGUSR2, e.g. an online backup
+        /// triggered from cron with `systemctl kill -s USR2 tuwunel`.
+        ///
+        /// example: ["server backup-database"]
+        admin_signal_execute: Vec<String> = Vec::new(),
 
         /// Serve Prometheus metrics at `/metrics`.
         metrics_enabled: bool = false,

@@ -5,11 +5,32 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// A key that takes either one value or a list (`port = 8008` or `port = [8008, 8448]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum ListOrOne<T> {
     One(T),
     Many(Vec<T>),
+}
+
+impl<'de, T: de::DeserializeOwned> Deserialize<'de> for ListOrOne<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Decide on the shape first so the error names the problem with the value itself,
+        // not "data did not match any variant".
+        let value = toml::Value::deserialize(deserializer)?;
+        match value {
+            toml::Value::Array(items) => items
+                .into_iter()
+                .map(|item| {
+                    item.try_into::<T>().map_err(|error| de::Error::custom(error.message().trim()))
+                })
+                .collect::<Result<Vec<T>, D::Error>>()
+                .map(Self::Many),
+            single => single
+                .try_into::<T>()
+                .map(Self::One)
+                .map_err(|error| de::Error::custom(error.message().trim())),
+        }
+    }
 }
 
 impl<T: Clone> ListOrOne<T> {

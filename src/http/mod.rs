@@ -1,6 +1,8 @@
 //! HTTP: the axum router (client API, federation API, discovery, metrics), its middleware,
 //! and the listeners on TCP addresses or a UNIX socket.
 
+pub mod auth;
+pub mod client;
 pub mod discovery;
 pub mod metrics;
 pub mod middleware;
@@ -25,6 +27,7 @@ use crate::{Error, Result, Services, server::Shutdown};
 pub fn router(services: &Arc<Services>) -> Router {
     let mut router = Router::new();
     router = discovery::routes(router);
+    router = client::routes(router);
     router = server_keys::routes(router);
     if services.config.metrics_enabled && services.config.metrics_address.is_none() {
         router = router.route("/metrics", get(metrics_endpoint));
@@ -81,7 +84,7 @@ pub async fn serve(services: &Arc<Services>, shutdown: &Shutdown) -> Result<List
         for ip in addresses {
             for port in config.port.to_vec() {
                 let address = SocketAddr::new(ip, port);
-                match TcpListener::bind(address).await {
+                match bind_tcp(address) {
                     Ok(listener) => {
                         let local = listener.local_addr()?;
                         tracing::info!(address = %local, "listening");
@@ -116,6 +119,21 @@ pub async fn serve(services: &Arc<Services>, shutdown: &Shutdown) -> Result<List
         listeners.tasks.push(serve_tcp(listener, metrics_app, shutdown));
     }
     Ok(listeners)
+}
+
+/// Binds a listening socket. IPv6 sockets accept IPv6 only, so `["0.0.0.0", "::"]` binds both
+/// families instead of failing on the second with "address in use".
+fn bind_tcp(address: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 fn serve_tcp(listener: TcpListener, app: Router, shutdown: &Shutdown) -> JoinHandle<()> {

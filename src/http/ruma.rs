@@ -5,7 +5,7 @@
 //! parsed by ruma. A parse failure is `400 M_NOT_JSON` when the body is not JSON at all and
 //! `400 M_BAD_JSON` when it is JSON of the wrong shape.
 
-use std::{collections::BTreeSet, future::Future, sync::Arc};
+use std::{collections::BTreeSet, future::Future, net::IpAddr, sync::Arc};
 
 use axum::{
     Router,
@@ -22,12 +22,23 @@ use ruma::api::{
     path_builder::PathBuilder,
 };
 
-use crate::{Error, Result, Services};
+use super::auth::{self, AuthPolicy};
+use crate::{Error, Result, Services, accounts::Sender};
 
-/// A parsed Matrix request of type `T`, with the raw headers for handlers that need more.
+/// A parsed Matrix request of type `T`, with who sent it.
 pub struct Ruma<T> {
     pub body: T,
     pub headers: HeaderMap,
+    /// The authenticated caller (always present on endpoints that require a token).
+    pub sender: Option<Sender>,
+    pub client_ip: Option<IpAddr>,
+}
+
+impl<T> Ruma<T> {
+    /// The caller of an endpoint that requires authentication.
+    pub fn sender(&self) -> Result<&Sender> {
+        self.sender.as_ref().ok_or_else(Error::missing_token)
+    }
 }
 
 /// Reads a request body, refusing anything over `limit` bytes.
@@ -57,11 +68,22 @@ fn too_large(limit: usize) -> Error {
     Error::too_large(format!("Request body is larger than the server's limit of {limit} bytes."))
 }
 
-impl<T: IncomingRequest + Send> FromRequest<Arc<Services>> for Ruma<T> {
+impl<T> FromRequest<Arc<Services>> for Ruma<T>
+where
+    T: IncomingRequest + Send,
+    T::Authentication: AuthPolicy,
+{
     type Rejection = Error;
 
     async fn from_request(request: Request, services: &Arc<Services>) -> Result<Self> {
         let (mut parts, body) = request.into_parts();
+        let client_ip = auth::client_ip(&parts);
+        let sender =
+            auth::authenticate(services, &parts, <T::Authentication as AuthPolicy>::POLICY)?;
+        if let Some(sender) = &sender {
+            services.accounts.note_seen(sender, client_ip);
+            tracing::Span::current().record("user", sender.user_id.as_str());
+        }
         let params =
             <RawPathParams as axum::extract::FromRequestParts<Arc<Services>>>::from_request_parts(
                 &mut parts, services,
@@ -73,13 +95,40 @@ impl<T: IncomingRequest + Send> FromRequest<Arc<Services>> for Ruma<T> {
         let params: Vec<&str> = params.iter().map(|(_, value)| value).collect();
         let bytes =
             read_body(&parts.headers, body, services.config.max_request_size.as_usize()).await?;
+        let bytes = strip_empty_auth(bytes);
         let headers = parts.headers.clone();
         let request = axum::http::Request::from_parts(parts, bytes.as_ref());
         match T::try_from_http_request(request, &params) {
-            Ok(body) => Ok(Self { body, headers }),
+            Ok(body) => Ok(Self { body, headers, sender, client_ip }),
             Err(error) => Err(classify(&bytes, error)),
         }
     }
+}
+
+/// An `auth` object with neither `type` nor `session` carries no authentication; some
+/// clients (matrix-nio) send one to start User-Interactive Authentication. Treat it as
+/// absent, as the spec's first round is, instead of failing to parse the request.
+fn strip_empty_auth(bytes: Bytes) -> Bytes {
+    if !bytes.windows(6).any(|window| window == b"\"auth\"") {
+        return bytes;
+    }
+    let Ok(serde_json::Value::Object(mut body)) =
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+    else {
+        return bytes;
+    };
+    let empty = match body.get("auth") {
+        Some(serde_json::Value::Object(auth)) => {
+            !auth.contains_key("type") && !auth.contains_key("session")
+        }
+        Some(serde_json::Value::Null) => true,
+        _ => false,
+    };
+    if !empty {
+        return bytes;
+    }
+    body.remove("auth");
+    serde_json::to_vec(&body).map(Bytes::from).unwrap_or(bytes)
 }
 
 /// Turns a ruma parse failure into the spec's error.
@@ -131,6 +180,7 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
 pub fn route<R, H, F>(router: Router<Arc<Services>>, handler: H) -> Router<Arc<Services>>
 where
     R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthPolicy,
     R::OutgoingResponse: Send,
     H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,

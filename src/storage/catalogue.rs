@@ -63,4 +63,24 @@ catalogue! {
         "(namespace, interned bytes) -> short id";
     KEY_BY_SHORTID = "key_by_shortid", Point, 8,
         "(namespace, short id) -> interned bytes";
+    USERS = "users", Point, 4,
+        "user id -> account record (password hash, guest, admin, deactivated)";
+    DEVICES = "devices", Scan, 4,
+        "(user id, device id) -> device record (display name, current token hashes)";
+    DEVICE_LAST_SEEN = "device_last_seen", Point, 2,
+        "(user id, device id) -> last seen ip and time, flushed from memory";
+    ACCESS_TOKENS = "access_tokens", Point, 8,
+        "sha-256 of an access token -> its user, device and expiry";
+    REFRESH_TOKENS = "refresh_tokens", Point, 2,
+        "sha-256 of a refresh token -> its user, device and paired access token";
+    REGISTRATION_TOKENS = "registration_tokens", Tiny, 1,
+        "admin-issued registration token -> allowed and completed uses, expiry";
+    PROFILES = "profiles", Scan, 4,
+        "(user id, field) -> profile field value (displayname, avatar_url, custom fields)";
+    ACCOUNT_DATA = "account_data", Scan, 4,
+        "(user id, room id or empty, type) -> stream position and content";
+    ACCOUNT_DATA_STREAM = "account_data_stream", Scan, 2,
+        "(user id, stream position) -> (room id or empty, type) of the change";
+    FILTERS = "filters", Point, 1,
+        "(user id, filter id) -> filter definition";
 }

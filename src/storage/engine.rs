@@ -99,6 +99,7 @@ pub struct Engine {
     db: DB,
     path: PathBuf,
     sync_write: WriteOptions,
+    foreign_families: Vec<String>,
 }
 
 impl Engine {
@@ -134,10 +135,29 @@ impl Engine {
         // RocksDB refuses to open a database without naming every family it holds; families a
         // newer or older schema left behind are opened with plain options and left alone.
         let existing = DB::list_cf(&Options::default(), &options.path).unwrap_or_default();
+        let ours = |name: &str| TABLES.iter().any(|table| table.name == name);
+        if !existing.is_empty()
+            && !existing.iter().any(|name| name == "meta")
+            && existing.iter().any(|name| name != "default" && !ours(name))
+        {
+            // Every database this server creates has `meta`; one without it but with other
+            // tables belongs to another server (Tuwunel and conduwuit use RocksDB too), and
+            // opening it here would add our tables to it.
+            let mut names: Vec<&str> =
+                existing.iter().map(String::as_str).filter(|name| *name != "default").collect();
+            names.truncate(5);
+            return Err(Error::internal(format!(
+                "the database at {} was not created by this tuwunel (it holds tables such as {}); \
+                 it cannot be converted, so point database_path at an empty directory",
+                options.path.display(),
+                names.join(", ")
+            )));
+        }
+        let mut foreign_families = Vec::new();
         for name in existing {
             if name != "default" && !TABLES.iter().any(|table| table.name == name) {
-                tracing::warn!(family = %name, "database holds a table this version does not know");
-                descriptors.push(ColumnFamilyDescriptor::new(name, Options::default()));
+                descriptors.push(ColumnFamilyDescriptor::new(name.clone(), Options::default()));
+                foreign_families.push(name);
             }
         }
 
@@ -150,7 +170,12 @@ impl Engine {
             })?;
         let mut sync_write = WriteOptions::default();
         sync_write.set_sync(true);
-        Ok(Self { db, path: options.path.clone(), sync_write })
+        Ok(Self { db, path: options.path.clone(), sync_write, foreign_families })
+    }
+
+    /// Column families present in the database that the catalogue does not declare.
+    pub fn foreign_families(&self) -> &[String] {
+        &self.foreign_families
     }
 
     pub fn path(&self) -> &Path {

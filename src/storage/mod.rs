@@ -4,6 +4,7 @@
 //! Reads go straight to the database (or a [`Snapshot`] when several keys must agree); writes
 //! are [`Batch`]es handed to the [`Writer`], which commits them durably in groups.
 
+pub mod account_data;
 pub mod backup;
 pub mod batch;
 pub mod catalogue;
@@ -13,6 +14,7 @@ pub mod meta;
 pub mod schema;
 pub mod shortid;
 pub mod table;
+pub mod users;
 pub mod writer;
 
 use std::{

@@ -35,6 +35,21 @@ pub enum Outcome {
 /// Checks the stored version, stamps a fresh database, or runs pending migrations.
 pub fn prepare(engine: &Engine, migrations: &[Migration], current: u64) -> Result<Outcome> {
     let stored = COUNTERS.get(engine, &SCHEMA_VERSION.to_owned())?;
+    if stored.is_none() && !engine.foreign_families().is_empty() {
+        // An unstamped database with tables we never create belongs to another server
+        // (Tuwunel and conduwuit use RocksDB too). Writing into it would damage it.
+        let mut names = engine.foreign_families().to_vec();
+        names.truncate(5);
+        return Err(Error::internal(format!(
+            "the database at {} was not created by this tuwunel (it holds tables such as {}); \
+             it cannot be converted, so point database_path at an empty directory",
+            engine.path().display(),
+            names.join(", ")
+        )));
+    }
+    for name in engine.foreign_families() {
+        tracing::warn!(family = %name, "the database holds a table this version does not know");
+    }
     let Some(stored) = stored else {
         let mut batch = Batch::new();
         COUNTERS.put(&mut batch, &SCHEMA_VERSION.to_owned(), &current);

@@ -75,7 +75,10 @@ fn generate_config_prints_the_example() {
     let committed =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tuwunel.toml.example"))
             .expect("example");
-    assert_eq!(stdout, committed);
+    assert!(
+        stdout == committed,
+        "tuwunel.toml.example is stale: run `cargo run -q -- --generate-config > tuwunel.toml.example`"
+    );
 }
 
 /// A running `tuwunel` process whose log lines are collected.
@@ -301,4 +304,87 @@ fn a_failing_startup_command_stops_the_server_with_status_1() {
     );
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("still here"), "{stdout}");
+}
+
+#[test]
+fn sighup_is_survived_and_sigusr2_runs_the_signal_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backups = dir.path().join("backups");
+    let extra = format!(
+        "database_backup_path = \"{}\"\nadmin_signal_execute = [\"server backup-database\"]\n",
+        backups.display()
+    );
+    let config = config_file(dir.path(), "db", &extra);
+    let mut server = Running::start(&["-c", &config], dir.path());
+    let address = server.address();
+    server.signal("-HUP");
+    assert!(
+        server.wait_for("SIGHUP received", Duration::from_secs(10)).is_some(),
+        "{:?}",
+        server.seen
+    );
+    assert!(
+        get(&address, "/_tuwunel/server_version").starts_with("HTTP/1.1 200"),
+        "still serving after SIGHUP"
+    );
+    server.signal("-USR2");
+    assert!(
+        server.wait_for("Backup 1 complete", Duration::from_secs(30)).is_some(),
+        "{:?}",
+        server.seen
+    );
+    server.signal("-TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(60)), 0);
+}
+
+#[test]
+fn ipv4_and_ipv6_listeners_share_a_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("probe")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = config_file(dir.path(), "db", "");
+    let mut server = Running::start(
+        &["-c", &config, "-O", "address=[\"127.0.0.1\", \"::1\"]", "-O", &format!("port={port}")],
+        dir.path(),
+    );
+    server.address();
+    assert!(
+        server.wait_for(&format!("[::1]:{port}"), Duration::from_secs(10)).is_some(),
+        "{:?}",
+        server.seen
+    );
+    assert!(
+        get(&format!("127.0.0.1:{port}"), "/_tuwunel/server_version").starts_with("HTTP/1.1 200")
+    );
+    assert!(get(&format!("[::1]:{port}"), "/_tuwunel/server_version").starts_with("HTTP/1.1 200"));
+    server.signal("-TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(60)), 0);
+}
+
+#[test]
+fn a_database_of_another_server_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let foreign = dir.path().join("db");
+    {
+        // A RocksDB database with another server's tables, as Tuwunel or conduwuit leave.
+        let mut options = rust_rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let db = rust_rocksdb::DB::open_cf(&options, &foreign, ["global", "userid_password"])
+            .expect("create");
+        drop(db);
+    }
+    let config = config_file(dir.path(), "db", "");
+    let (code, stdout, stderr) = run(&["-c", &config], dir.path());
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(stderr.contains("not created by this tuwunel"), "{stderr}");
+    let families =
+        rust_rocksdb::DB::list_cf(&rust_rocksdb::Options::default(), &foreign).expect("list");
+    assert!(
+        !families.iter().any(|family| family == "meta"),
+        "the foreign database was modified: {families:?}"
+    );
 }

@@ -78,13 +78,20 @@ impl Drop for TestServer {
     }
 }
 
+/// Rate limits high enough that only the rate-limit tests meet them.
+const GENEROUS_LIMITS: &str = "rc_registration_per_second = 1000.0\nrc_registration_burst_count = 1000\n\
+    rc_login_per_second = 1000.0\nrc_login_burst_count = 1000\nrc_failed_login_per_second = 1000.0\n\
+    rc_failed_login_burst_count = 1000\nrc_message_per_second = 1000.0\nrc_message_burst_count = 1000\n\
+    rc_joins_per_second = 1000.0\nrc_joins_burst_count = 1000\nrc_invites_per_second = 1000.0\n\
+    rc_invites_burst_count = 1000\n";
+
 /// The configuration file every test server starts from.
 pub fn write_config(dir: &Path) -> PathBuf {
     let path = dir.join("tuwunel.toml");
     let text = format!(
         "[global]\nserver_name = \"test.local\"\ndatabase_path = \"{}\"\naddress = \"127.0.0.1\"\nport = 0\n\
          allow_registration = true\nyes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse = true\n\
-         db_cache_capacity_mb = 16\nlog = \"error\"\n",
+         db_cache_capacity_mb = 16\nlog = \"error\"\n{GENEROUS_LIMITS}",
         dir.join("db").display()
     );
     std::fs::write(&path, text).expect("write config");
@@ -133,4 +140,83 @@ pub fn assert_error(status: u16, body: &Value, expected_status: u16, errcode: &s
     assert_eq!(status, expected_status, "unexpected status; body: {body}");
     assert_eq!(body["errcode"], errcode, "unexpected errcode; body: {body}");
     assert!(body["error"].is_string(), "error message missing; body: {body}");
+}
+
+/// A logged-in user of a test server.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub user_id: String,
+    pub token: String,
+    pub device_id: String,
+}
+
+impl TestServer {
+    /// Sends a request with an optional access token and JSON body.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        status_and_json(request.send().await.expect("request")).await
+    }
+
+    pub async fn get_as(&self, user: &User, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, Some(&user.token), None).await
+    }
+
+    pub async fn put_as(&self, user: &User, path: &str, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::PUT, path, Some(&user.token), Some(body)).await
+    }
+
+    pub async fn post_as(&self, user: &User, path: &str, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, Some(&user.token), Some(body)).await
+    }
+
+    pub async fn delete_as(&self, user: &User, path: &str, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::DELETE, path, Some(&user.token), Some(body)).await
+    }
+
+    /// Registers `username` through the dummy UIA stage (open registration) and logs in.
+    pub async fn register(&self, username: &str, password: &str) -> User {
+        let body = serde_json::json!({
+            "username": username,
+            "password": password,
+            "auth": { "type": "m.login.dummy" },
+        });
+        let (status, body) = self
+            .request(reqwest::Method::POST, "/_matrix/client/v3/register", None, Some(body))
+            .await;
+        assert_eq!(status, 200, "registering {username}: {body}");
+        user_from(&body)
+    }
+
+    /// Logs in with a password.
+    pub async fn login(&self, username: &str, password: &str) -> User {
+        let body = serde_json::json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": username },
+            "password": password,
+        });
+        let (status, body) =
+            self.request(reqwest::Method::POST, "/_matrix/client/v3/login", None, Some(body)).await;
+        assert_eq!(status, 200, "logging in {username}: {body}");
+        user_from(&body)
+    }
+}
+
+pub fn user_from(body: &Value) -> User {
+    User {
+        user_id: body["user_id"].as_str().expect("user_id").to_owned(),
+        token: body["access_token"].as_str().expect("access_token").to_owned(),
+        device_id: body["device_id"].as_str().expect("device_id").to_owned(),
+    }
 }

@@ -4,17 +4,10 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    sync::Arc,
     time::Duration,
 };
 
-use axum::{Router, body::Body, http::Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tower::ServiceExt;
-use tuwunel::{
-    Services,
-    http::ruma::{Ruma, route},
-};
 
 use crate::common::{TestServer, assert_error, status_and_json};
 
@@ -96,46 +89,36 @@ async fn oversized_bodies_are_too_large_413() {
     server.stop().await;
 }
 
-/// A JSON endpoint mounted through the same `route` machinery every endpoint uses.
-fn login_router(services: &Arc<Services>) -> Router {
-    use ruma::api::client::session::login::v3;
-    route(Router::new(), |_services, request: Ruma<v3::Request>| async move {
-        let _ = request.body;
-        Ok(v3::Response::new(
-            ruma::user_id!("@a:test.local").to_owned(),
-            "token".to_owned(),
-            ruma::device_id!("DEVICE").to_owned(),
-        ))
-    })
-    .with_state(Arc::clone(services))
-}
-
-async fn post(router: &Router, body: &'static str) -> (u16, serde_json::Value) {
-    let request = Request::post("/_matrix/client/v3/login")
+async fn post_login(server: &TestServer, body: &'static str) -> (u16, serde_json::Value) {
+    let response = server
+        .client
+        .post(server.url("/_matrix/client/v3/login"))
         .header("content-type", "application/json")
-        .body(Body::from(body))
+        .body(body)
+        .send()
+        .await
         .expect("request");
-    let response = router.clone().oneshot(request).await.expect("response");
-    let status = response.status().as_u16();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
-    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    status_and_json(response).await
 }
 
 #[tokio::test]
 async fn malformed_json_is_not_json_and_wrong_shape_is_bad_json() {
     let mut server = TestServer::start().await;
-    let router = login_router(server.server().services());
+    server.register("shape", "p").await;
 
-    let (status, body) = post(&router, "{\"type\": \"m.login.password\", oops").await;
+    let (status, body) = post_login(&server, "{\"type\": \"m.login.password\", oops").await;
     assert_error(status, &body, 400, "M_NOT_JSON");
-    let (status, body) = post(&router, "not json at all").await;
+    let (status, body) = post_login(&server, "not json at all").await;
     assert_error(status, &body, 400, "M_NOT_JSON");
-    let (status, body) = post(&router, "{\"type\": 5}").await;
+    let (status, body) = post_login(&server, "{\"type\": 5}").await;
     assert_error(status, &body, 400, "M_BAD_JSON");
-    let (status, body) = post(&router, "[1, 2, 3]").await;
+    let (status, body) = post_login(&server, "[1, 2, 3]").await;
     assert_error(status, &body, 400, "M_BAD_JSON");
-    let (status, body) =
-        post(&router, "{\"type\": \"m.login.password\", \"identifier\": {\"type\": \"m.id.user\", \"user\": \"a\"}, \"password\": \"p\"}").await;
+    let (status, body) = post_login(
+        &server,
+        "{\"type\": \"m.login.password\", \"identifier\": {\"type\": \"m.id.user\", \"user\": \"shape\"}, \"password\": \"p\"}",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     server.stop().await;
 }

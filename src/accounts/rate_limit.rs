@@ -1,0 +1,139 @@
+//! Token-bucket rate limits per action and key (an IP address or a user id).
+//!
+//! Each bucket holds up to `burst` tokens and refills at `per_second`; an action takes one
+//! token or is refused with the time until one is available. Admins and application services
+//! are exempted by the callers.
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use dashmap::DashMap;
+
+use crate::{Config, Error, Result};
+
+/// What is being limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Registration,
+    Login,
+    FailedLogin,
+    Message,
+    Join,
+    Invite,
+}
+
+/// Rate and burst of one action.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Buckets beyond this are pruned (full buckets first) before adding more.
+const BUCKET_LIMIT: usize = 200_000;
+
+pub struct RateLimiter {
+    rules: [(Action, Rule); 6],
+    buckets: DashMap<(Action, String), Mutex<Bucket>>,
+}
+
+impl RateLimiter {
+    pub fn new(config: &Config) -> Self {
+        let rule = |per_second: f64, burst: u32| Rule {
+            per_second: per_second.max(0.0),
+            burst: f64::from(burst.max(1)),
+        };
+        Self {
+            rules: [
+                (
+                    Action::Registration,
+                    rule(config.rc_registration_per_second, config.rc_registration_burst_count),
+                ),
+                (Action::Login, rule(config.rc_login_per_second, config.rc_login_burst_count)),
+                (
+                    Action::FailedLogin,
+                    rule(config.rc_failed_login_per_second, config.rc_failed_login_burst_count),
+                ),
+                (
+                    Action::Message,
+                    rule(config.rc_message_per_second, config.rc_message_burst_count),
+                ),
+                (Action::Join, rule(config.rc_joins_per_second, config.rc_joins_burst_count)),
+                (Action::Invite, rule(config.rc_invites_per_second, config.rc_invites_burst_count)),
+            ],
+            buckets: DashMap::new(),
+        }
+    }
+
+    fn rule(&self, action: Action) -> Rule {
+        self.rules
+            .iter()
+            .find(|(candidate, _)| *candidate == action)
+            .map_or(Rule { per_second: 1.0, burst: 1.0 }, |(_, rule)| *rule)
+    }
+
+    /// Takes one token for `action` by `key`, or refuses with `429 M_LIMIT_EXCEEDED`.
+    pub fn check(&self, action: Action, key: &str) -> Result<()> {
+        match self.take(action, key, true) {
+            None => Ok(()),
+            Some(wait) => {
+                metrics::counter!("tuwunel_rate_limited_total", "action" => format!("{action:?}"))
+                    .increment(1);
+                Err(Error::limit_exceeded(wait))
+            }
+        }
+    }
+
+    /// Whether `action` by `key` would be refused now, without taking a token.
+    pub fn would_refuse(&self, action: Action, key: &str) -> Option<Duration> {
+        self.take(action, key, false)
+    }
+
+    fn take(&self, action: Action, key: &str, consume: bool) -> Option<Duration> {
+        let rule = self.rule(action);
+        if self.buckets.len() >= BUCKET_LIMIT {
+            self.prune();
+        }
+        let now = Instant::now();
+        let entry = self
+            .buckets
+            .entry((action, key.to_owned()))
+            .or_insert_with(|| Mutex::new(Bucket { tokens: rule.burst, updated: now }));
+        let mut bucket = entry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let refill = now.duration_since(bucket.updated).as_secs_f64() * rule.per_second;
+        bucket.tokens = (bucket.tokens + refill).min(rule.burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            if consume {
+                bucket.tokens -= 1.0;
+            }
+            return None;
+        }
+        if rule.per_second <= 0.0 {
+            return Some(Duration::from_secs(3600));
+        }
+        Some(Duration::from_secs_f64((1.0 - bucket.tokens) / rule.per_second))
+    }
+
+    fn prune(&self) {
+        let now = Instant::now();
+        let rules = self.rules;
+        self.buckets.retain(|(action, _), bucket| {
+            let rule = rules
+                .iter()
+                .find(|(candidate, _)| candidate == action)
+                .map_or(Rule { per_second: 1.0, burst: 1.0 }, |(_, rule)| *rule);
+            let bucket = bucket.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A bucket that would be full again carries no information.
+            bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rule.per_second
+                < rule.burst
+        });
+    }
+}

@@ -1,0 +1,559 @@
+//! The user actor: one per local user, the only writer of that user's account, devices,
+//! tokens, profile, account data and filters. Serialising a user's changes here is what
+//! makes "exactly one of two concurrent registrations wins" and "a deleted device's token is
+//! dead at once" true without locks.
+
+use std::{sync::Arc, time::Duration};
+
+use ruma::{OwnedDeviceId, OwnedUserId};
+use serde_json::Value as JsonValue;
+
+use super::{Behaviour, Context, Reply};
+use crate::{
+    Error, Result,
+    accounts::{
+        now_ms,
+        tokens::{self, TokenCache},
+    },
+    storage::{
+        Batch, Storage,
+        account_data::{ACCOUNT_DATA_STREAM_TABLE, ACCOUNT_DATA_TABLE, AccountDataRecord},
+        codec::Json,
+        users::{
+            ACCESS_TOKENS_TABLE, AccessTokenRecord, DEVICES_TABLE, DeviceRecord, FILTERS_TABLE,
+            LAST_SEEN_TABLE, PROFILES_TABLE, REFRESH_TOKENS_TABLE, RefreshTokenRecord, USERS_TABLE,
+            UserRecord,
+        },
+    },
+};
+
+/// Tokens handed to a client after login, registration or refresh.
+#[derive(Debug, Clone)]
+pub struct IssuedSession {
+    pub device_id: OwnedDeviceId,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    /// Lifetime of the access token (only when a refresh token was issued).
+    pub expires_in: Option<Duration>,
+}
+
+/// How to open a session.
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    pub device_id: Option<OwnedDeviceId>,
+    pub display_name: Option<String>,
+    /// Issue a refresh token (the client said it supports them).
+    pub refresh: bool,
+    /// Access token lifetime when refreshing is used.
+    pub access_ttl: Duration,
+    /// Refresh token lifetime (`None`: until used or the device is removed).
+    pub refresh_ttl: Option<Duration>,
+    /// The account is a guest account.
+    pub guest: bool,
+}
+
+/// Which devices to remove.
+#[derive(Debug, Clone)]
+pub enum Devices {
+    One(OwnedDeviceId),
+    Many(Vec<OwnedDeviceId>),
+    All,
+    AllExcept(Option<OwnedDeviceId>),
+}
+
+pub enum UserMessage {
+    /// Creates the account; `M_USER_IN_USE` if it exists (deactivated accounts included).
+    /// `also` is committed in the same batch (server-wide records that go with the account).
+    Create {
+        record: UserRecord,
+        profile: Vec<(String, JsonValue)>,
+        also: Batch,
+        reply: Reply<Result<()>>,
+    },
+    OpenSession {
+        request: SessionRequest,
+        reply: Reply<Result<IssuedSession>>,
+    },
+    Refresh {
+        refresh_hash: String,
+        request: SessionRequest,
+        reply: Reply<Result<IssuedSession>>,
+    },
+    /// The access token `access_hash`, minted from `refresh_hash`, was used: that refresh
+    /// token is done.
+    RetireRefresh {
+        access_hash: String,
+        refresh_hash: String,
+    },
+    RemoveDevices {
+        devices: Devices,
+        reply: Reply<Result<Vec<OwnedDeviceId>>>,
+    },
+    RenameDevice {
+        device_id: OwnedDeviceId,
+        display_name: Option<String>,
+        reply: Reply<Result<()>>,
+    },
+    SetPassword {
+        hash: Option<String>,
+        reply: Reply<Result<()>>,
+    },
+    SetAdmin {
+        admin: bool,
+        reply: Reply<Result<()>>,
+    },
+    Deactivate {
+        reply: Reply<Result<()>>,
+    },
+    /// Sets (`Some`) or removes (`None`) a profile field.
+    SetProfileField {
+        field: String,
+        value: Option<JsonValue>,
+        reply: Reply<Result<()>>,
+    },
+    /// Sets account data for a room (`""`: global); returns the stream position.
+    SetAccountData {
+        room: String,
+        kind: String,
+        content: JsonValue,
+        reply: Reply<Result<u64>>,
+    },
+    PutFilter {
+        filter_id: String,
+        definition: Vec<u8>,
+        reply: Reply<Result<()>>,
+    },
+}
+
+/// In-memory state: the account record (None before registration).
+pub struct UserState {
+    record: Option<UserRecord>,
+}
+
+pub struct UserActor {
+    storage: Arc<Storage>,
+    tokens: Arc<TokenCache>,
+}
+
+impl UserActor {
+    pub fn new(storage: Arc<Storage>, tokens: Arc<TokenCache>) -> Self {
+        Self { storage, tokens }
+    }
+}
+
+impl Behaviour for UserActor {
+    type Key = OwnedUserId;
+    type Message = UserMessage;
+    type State = UserState;
+
+    const KIND: &'static str = "user";
+
+    async fn start(&self, key: &OwnedUserId) -> Result<UserState> {
+        let record =
+            USERS_TABLE.get(self.storage.engine(), &key.to_string())?.map(|Json(record)| record);
+        Ok(UserState { record })
+    }
+
+    async fn handle(
+        &self,
+        context: &Context<Self>,
+        message: UserMessage,
+        state: &mut UserState,
+    ) -> Result<()> {
+        let user = &context.key;
+        match message {
+            UserMessage::Create { record, profile, also, reply } => {
+                let _ = reply.send(self.create(user, state, record, profile, also).await);
+            }
+            UserMessage::OpenSession { request, reply } => {
+                let _ = reply.send(self.open_session(user, state, request, None).await);
+            }
+            UserMessage::Refresh { refresh_hash, request, reply } => {
+                let _ = reply.send(self.refresh(user, state, refresh_hash, request).await);
+            }
+            UserMessage::RetireRefresh { access_hash, refresh_hash } => {
+                self.retire_refresh(user, access_hash, refresh_hash).await?;
+            }
+            UserMessage::RemoveDevices { devices, reply } => {
+                let _ = reply.send(self.remove_devices(user, devices).await);
+            }
+            UserMessage::RenameDevice { device_id, display_name, reply } => {
+                let _ = reply.send(self.rename_device(user, device_id, display_name).await);
+            }
+            UserMessage::SetPassword { hash, reply } => {
+                let result =
+                    self.update_record(user, state, |record| record.password_hash = hash).await;
+                let _ = reply.send(result);
+            }
+            UserMessage::SetAdmin { admin, reply } => {
+                let result = self.update_record(user, state, |record| record.admin = admin).await;
+                let _ = reply.send(result);
+            }
+            UserMessage::Deactivate { reply } => {
+                let _ = reply.send(self.deactivate(user, state).await);
+            }
+            UserMessage::SetProfileField { field, value, reply } => {
+                let _ = reply.send(self.set_profile_field(user, state, field, value).await);
+            }
+            UserMessage::SetAccountData { room, kind, content, reply } => {
+                let _ = reply.send(self.set_account_data(user, state, room, kind, content).await);
+            }
+            UserMessage::PutFilter { filter_id, definition, reply } => {
+                let mut batch = Batch::new();
+                FILTERS_TABLE.put(&mut batch, &(user.to_string(), filter_id), &definition);
+                let _ = reply.send(self.storage.writer().commit(batch).await);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn require_account(state: &UserState) -> Result<&UserRecord> {
+    match &state.record {
+        Some(record) if !record.deactivated => Ok(record),
+        Some(_) => Err(Error::matrix(
+            axum::http::StatusCode::FORBIDDEN,
+            ruma::api::error::ErrorKind::UserDeactivated,
+            "This account has been deactivated.",
+        )),
+        None => Err(Error::not_found("No such user.")),
+    }
+}
+
+impl UserActor {
+    async fn create(
+        &self,
+        user: &OwnedUserId,
+        state: &mut UserState,
+        record: UserRecord,
+        profile: Vec<(String, JsonValue)>,
+        also: Batch,
+    ) -> Result<()> {
+        if state.record.is_some() {
+            return Err(Error::matrix(
+                axum::http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::UserInUse,
+                "That user ID is already taken.",
+            ));
+        }
+        let mut batch = also;
+        USERS_TABLE.put(&mut batch, &user.to_string(), &Json(record.clone()));
+        for (field, value) in profile {
+            PROFILES_TABLE.put(
+                &mut batch,
+                &(user.to_string(), field),
+                &serde_json::to_vec(&value)?,
+            );
+        }
+        self.storage.writer().commit(batch).await?;
+        state.record = Some(record);
+        Ok(())
+    }
+
+    async fn update_record(
+        &self,
+        user: &OwnedUserId,
+        state: &mut UserState,
+        change: impl FnOnce(&mut UserRecord),
+    ) -> Result<()> {
+        let mut record = require_account(state)?.clone();
+        change(&mut record);
+        let mut batch = Batch::new();
+        USERS_TABLE.put(&mut batch, &user.to_string(), &Json(record.clone()));
+        self.storage.writer().commit(batch).await?;
+        state.record = Some(record);
+        Ok(())
+    }
+
+    /// Writes a new token pair for a device into `batch`; returns what to hand the client
+    /// and the hashes it replaces.
+    fn mint(
+        &self,
+        user: &OwnedUserId,
+        device_id: &OwnedDeviceId,
+        device: &mut DeviceRecord,
+        request: &SessionRequest,
+        minted_from: Option<String>,
+        batch: &mut Batch,
+    ) -> (IssuedSession, Vec<String>) {
+        let access_token = tokens::generate("at");
+        let access_hash = tokens::hash(&access_token);
+        let now = now_ms();
+        let (refresh_token, expires_in) = if request.refresh {
+            let refresh = tokens::generate("rt");
+            let expires_ms =
+                request.refresh_ttl.map(|ttl| now.saturating_add(ttl.as_millis() as u64));
+            REFRESH_TOKENS_TABLE.put(
+                batch,
+                &tokens::hash(&refresh),
+                &Json(RefreshTokenRecord {
+                    user_id: user.clone(),
+                    device_id: device_id.clone(),
+                    expires_ms,
+                }),
+            );
+            (Some(refresh), Some(request.access_ttl))
+        } else {
+            (None, None)
+        };
+        let exchanged = minted_from.clone();
+        let record = AccessTokenRecord {
+            user_id: user.clone(),
+            device_id: device_id.clone(),
+            expires_ms: expires_in.map(|ttl| now.saturating_add(ttl.as_millis() as u64)),
+            minted_from,
+            guest: request.guest,
+        };
+        ACCESS_TOKENS_TABLE.put(batch, &access_hash, &Json(record));
+        let mut replaced = Vec::new();
+        if let Some(old) = device.access_token.replace(access_hash) {
+            ACCESS_TOKENS_TABLE.delete(batch, &old);
+            replaced.push(old);
+        }
+        let new_refresh_hash = refresh_token.as_deref().map(tokens::hash);
+        if let Some(old) = std::mem::replace(&mut device.refresh_token, new_refresh_hash) {
+            // A refresh token being exchanged stays valid until the new access token is used.
+            if exchanged.as_deref() != Some(old.as_str()) {
+                REFRESH_TOKENS_TABLE.delete(batch, &old);
+            }
+        }
+        let session =
+            IssuedSession { device_id: device_id.clone(), access_token, refresh_token, expires_in };
+        (session, replaced)
+    }
+
+    async fn open_session(
+        &self,
+        user: &OwnedUserId,
+        state: &UserState,
+        request: SessionRequest,
+        minted_from: Option<String>,
+    ) -> Result<IssuedSession> {
+        require_account(state)?;
+        let device_id = match &request.device_id {
+            Some(device_id) => device_id.clone(),
+            None => loop {
+                let candidate: OwnedDeviceId = tokens::generate_device_id().into();
+                if !DEVICES_TABLE
+                    .contains(self.storage.engine(), &(user.to_string(), candidate.to_string()))?
+                {
+                    break candidate;
+                }
+            },
+        };
+        let key = (user.to_string(), device_id.to_string());
+        let mut device = DEVICES_TABLE
+            .get(self.storage.engine(), &key)?
+            .map(|Json(device)| device)
+            .unwrap_or_else(|| DeviceRecord { created_ms: now_ms(), ..DeviceRecord::default() });
+        if request.display_name.is_some() {
+            device.display_name.clone_from(&request.display_name);
+        }
+        let mut batch = Batch::new();
+        let (session, replaced) =
+            self.mint(user, &device_id, &mut device, &request, minted_from, &mut batch);
+        DEVICES_TABLE.put(&mut batch, &key, &Json(device));
+        self.storage.writer().commit(batch).await?;
+        self.tokens.revoke(&replaced);
+        Ok(session)
+    }
+
+    async fn refresh(
+        &self,
+        user: &OwnedUserId,
+        state: &UserState,
+        refresh_hash: String,
+        request: SessionRequest,
+    ) -> Result<IssuedSession> {
+        let unknown = || Error::unknown_token(false, "Unknown or revoked refresh token.");
+        let Json(record) =
+            REFRESH_TOKENS_TABLE.get(self.storage.engine(), &refresh_hash)?.ok_or_else(unknown)?;
+        if &record.user_id != user {
+            return Err(unknown());
+        }
+        if record.expires_ms.is_some_and(|expiry| expiry <= now_ms()) {
+            return Err(Error::unknown_token(true, "The refresh token has expired; log in again."));
+        }
+        let key = (user.to_string(), record.device_id.to_string());
+        if !DEVICES_TABLE.contains(self.storage.engine(), &key)? {
+            return Err(unknown());
+        }
+        let request = SessionRequest {
+            device_id: Some(record.device_id),
+            display_name: None,
+            refresh: true,
+            ..request
+        };
+        self.open_session(user, state, request, Some(refresh_hash)).await
+    }
+
+    async fn retire_refresh(
+        &self,
+        user: &OwnedUserId,
+        access_hash: String,
+        refresh_hash: String,
+    ) -> Result<()> {
+        let Some(Json(mut access)) =
+            ACCESS_TOKENS_TABLE.get(self.storage.engine(), &access_hash)?
+        else {
+            return Ok(());
+        };
+        if &access.user_id != user || access.minted_from.as_deref() != Some(refresh_hash.as_str()) {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        let key = (user.to_string(), access.device_id.to_string());
+        let current = DEVICES_TABLE
+            .get(self.storage.engine(), &key)?
+            .and_then(|Json(device)| device.refresh_token);
+        if current.as_deref() != Some(refresh_hash.as_str()) {
+            REFRESH_TOKENS_TABLE.delete(&mut batch, &refresh_hash);
+        }
+        access.minted_from = None;
+        ACCESS_TOKENS_TABLE.put(&mut batch, &access_hash, &Json(access));
+        self.storage.writer().commit(batch).await?;
+        self.tokens.revoke([&access_hash]);
+        Ok(())
+    }
+
+    async fn remove_devices(
+        &self,
+        user: &OwnedUserId,
+        devices: Devices,
+    ) -> Result<Vec<OwnedDeviceId>> {
+        let all = || -> Result<Vec<(OwnedDeviceId, DeviceRecord)>> {
+            Ok(DEVICES_TABLE
+                .collect(
+                    self.storage.engine(),
+                    &crate::storage::codec::prefix(&user.as_str()),
+                    crate::storage::Direction::Forward,
+                    usize::MAX,
+                )?
+                .into_iter()
+                .map(|((_, device), Json(record))| (OwnedDeviceId::from(device), record))
+                .collect())
+        };
+        let targets: Vec<(OwnedDeviceId, DeviceRecord)> = match devices {
+            Devices::One(device_id) => {
+                let record = DEVICES_TABLE
+                    .get(self.storage.engine(), &(user.to_string(), device_id.to_string()))?
+                    .ok_or_else(|| Error::not_found("No such device."))?;
+                vec![(device_id, record.0)]
+            }
+            Devices::Many(ids) => {
+                let mut found = Vec::new();
+                for device_id in ids {
+                    if let Some(Json(record)) = DEVICES_TABLE
+                        .get(self.storage.engine(), &(user.to_string(), device_id.to_string()))?
+                    {
+                        found.push((device_id, record));
+                    }
+                }
+                found
+            }
+            Devices::All => all()?,
+            Devices::AllExcept(keep) => {
+                all()?.into_iter().filter(|(id, _)| Some(id) != keep.as_ref()).collect()
+            }
+        };
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut batch = Batch::new();
+        let mut revoked = Vec::new();
+        for (device_id, record) in &targets {
+            let key = (user.to_string(), device_id.to_string());
+            DEVICES_TABLE.delete(&mut batch, &key);
+            LAST_SEEN_TABLE.delete(&mut batch, &key);
+            if let Some(access) = &record.access_token {
+                ACCESS_TOKENS_TABLE.delete(&mut batch, access);
+                revoked.push(access.clone());
+            }
+            if let Some(refresh) = &record.refresh_token {
+                REFRESH_TOKENS_TABLE.delete(&mut batch, refresh);
+            }
+        }
+        self.storage.writer().commit(batch).await?;
+        self.tokens.revoke(&revoked);
+        Ok(targets.into_iter().map(|(device_id, _)| device_id).collect())
+    }
+
+    async fn rename_device(
+        &self,
+        user: &OwnedUserId,
+        device_id: OwnedDeviceId,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        let key = (user.to_string(), device_id.to_string());
+        let Json(mut record) = DEVICES_TABLE
+            .get(self.storage.engine(), &key)?
+            .ok_or_else(|| Error::not_found("No such device."))?;
+        record.display_name = display_name;
+        let mut batch = Batch::new();
+        DEVICES_TABLE.put(&mut batch, &key, &Json(record));
+        self.storage.writer().commit(batch).await
+    }
+
+    async fn deactivate(&self, user: &OwnedUserId, state: &mut UserState) -> Result<()> {
+        require_account(state)?;
+        self.remove_devices(user, Devices::All).await?;
+        let mut batch = Batch::new();
+        for field in ["displayname", "avatar_url"] {
+            PROFILES_TABLE.delete(&mut batch, &(user.to_string(), field.to_owned()));
+        }
+        self.storage.writer().commit(batch).await?;
+        self.update_record(user, state, |record| {
+            record.deactivated = true;
+            record.password_hash = None;
+            record.admin = false;
+        })
+        .await
+    }
+
+    async fn set_profile_field(
+        &self,
+        user: &OwnedUserId,
+        state: &UserState,
+        field: String,
+        value: Option<JsonValue>,
+    ) -> Result<()> {
+        require_account(state)?;
+        let mut batch = Batch::new();
+        let key = (user.to_string(), field);
+        match value {
+            Some(value) => PROFILES_TABLE.put(&mut batch, &key, &serde_json::to_vec(&value)?),
+            None => PROFILES_TABLE.delete(&mut batch, &key),
+        }
+        self.storage.writer().commit(batch).await
+    }
+
+    async fn set_account_data(
+        &self,
+        user: &OwnedUserId,
+        state: &UserState,
+        room: String,
+        kind: String,
+        content: JsonValue,
+    ) -> Result<u64> {
+        require_account(state)?;
+        let key = (user.to_string(), room.clone(), kind.clone());
+        let previous = ACCOUNT_DATA_TABLE
+            .get(self.storage.engine(), &key)?
+            .map(|Json(record)| record.position);
+        let mut batch = Batch::new();
+        if let Some(previous) = previous {
+            ACCOUNT_DATA_STREAM_TABLE.delete(&mut batch, &(user.to_string(), previous));
+        }
+        let user_key = user.to_string();
+        let positions = self
+            .storage
+            .writer()
+            .commit_with_positions(1, batch, move |batch, positions| {
+                let position = positions.start;
+                ACCOUNT_DATA_TABLE.put(batch, &key, &Json(AccountDataRecord { position, content }));
+                ACCOUNT_DATA_STREAM_TABLE.put(batch, &(user_key, position), &Json((room, kind)));
+            })
+            .await?;
+        Ok(positions.start)
+    }
+}

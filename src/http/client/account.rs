@@ -1,0 +1,99 @@
+//! Account management: whoami, password change and deactivation.
+
+use std::sync::Arc;
+
+use axum::Router;
+use ruma::api::client::{
+    account::{ThirdPartyIdRemovalStatus, change_password, deactivate, whoami},
+    uiaa::AuthType,
+};
+
+use super::register::Checks;
+use crate::{
+    Error, Result, Services,
+    accounts::{passwords, rate_limit::Action, uia::Challenge},
+    actors::user::{Devices, UserMessage},
+    http::ruma::{Ruma, route},
+};
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    let router = route(router, whoami);
+    let router = route(router, change_password);
+    route(router, deactivate)
+}
+
+async fn whoami(
+    _services: Arc<Services>,
+    request: Ruma<whoami::v3::Request>,
+) -> Result<whoami::v3::Response> {
+    let sender = request.sender()?;
+    let mut response = whoami::v3::Response::new(sender.user_id.clone(), sender.guest);
+    response.device_id = Some(sender.device_id.clone());
+    Ok(response)
+}
+
+/// Runs the password stage of UIA for the caller.
+pub(super) async fn password_challenge(
+    services: &Services,
+    endpoint: &'static str,
+    user: &ruma::UserId,
+    auth: Option<&ruma::api::client::uiaa::AuthData>,
+) -> Result<()> {
+    let accounts = &services.accounts;
+    if let Some(wait) = accounts.limiter.would_refuse(Action::FailedLogin, user.as_str()) {
+        return Err(Error::limit_exceeded(wait));
+    }
+    let challenge = Challenge {
+        endpoint,
+        flows: vec![vec![AuthType::Password]],
+        user: Some(user),
+        server_name: accounts.server_name(),
+    };
+    let completed = accounts.uia.authenticate(&challenge, auth, &Checks(accounts)).await?;
+    accounts.uia.finish(&completed.session);
+    Ok(())
+}
+
+async fn change_password(
+    services: Arc<Services>,
+    request: Ruma<change_password::v3::Request>,
+) -> Result<change_password::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    password_challenge(&services, "change_password", &sender.user_id, body.auth.as_ref()).await?;
+    if body.new_password.is_empty() {
+        return Err(Error::matrix(
+            axum::http::StatusCode::BAD_REQUEST,
+            ruma::api::error::ErrorKind::WeakPassword,
+            "The new password must not be empty.",
+        ));
+    }
+    let hash = passwords::hash(body.new_password).await?;
+    let accounts = &services.accounts;
+    accounts
+        .call(&sender.user_id, |reply| UserMessage::SetPassword { hash: Some(hash), reply })
+        .await?;
+    if body.logout_devices {
+        let keep = Some(sender.device_id.clone());
+        accounts
+            .call(&sender.user_id, |reply| UserMessage::RemoveDevices {
+                devices: Devices::AllExcept(keep),
+                reply,
+            })
+            .await?;
+    }
+    tracing::info!(user = %sender.user_id, "password changed");
+    Ok(change_password::v3::Response::new())
+}
+
+async fn deactivate(
+    services: Arc<Services>,
+    request: Ruma<deactivate::v3::Request>,
+) -> Result<deactivate::v3::Response> {
+    let sender = request.sender()?.clone();
+    password_challenge(&services, "deactivate", &sender.user_id, request.body.auth.as_ref())
+        .await?;
+    services.accounts.call(&sender.user_id, |reply| UserMessage::Deactivate { reply }).await?;
+    tracing::info!(user = %sender.user_id, "account deactivated");
+    Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
+}

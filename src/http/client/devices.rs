@@ -1,0 +1,133 @@
+//! Device management: list, inspect, rename and delete devices (deletion needs UIA).
+
+use std::sync::Arc;
+
+use axum::Router;
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedDeviceId, UInt, UserId,
+    api::client::device::{
+        Device, delete_device, delete_devices, get_device, get_devices, update_device,
+    },
+};
+
+use super::account::password_challenge;
+use crate::{
+    Error, Result, Services,
+    actors::user::{Devices, UserMessage},
+    http::ruma::{Ruma, route},
+    storage::{
+        Direction,
+        codec::{Json, prefix},
+        users::{DEVICES_TABLE, DeviceRecord},
+    },
+};
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    let router = route(router, list);
+    let router = route(router, get);
+    let router = route(router, update);
+    let router = route(router, delete);
+    route(router, delete_many)
+}
+
+fn to_device(
+    services: &Services,
+    user: &UserId,
+    device_id: OwnedDeviceId,
+    record: DeviceRecord,
+) -> Device {
+    let mut device = Device::new(device_id.clone());
+    device.display_name = record.display_name;
+    if let Some(seen) = services.accounts.last_seen(user, &device_id) {
+        device.last_seen_ip = seen.ip;
+        device.last_seen_ts = UInt::try_from(seen.ts_ms).ok().map(MilliSecondsSinceUnixEpoch);
+    }
+    device
+}
+
+async fn list(
+    services: Arc<Services>,
+    request: Ruma<get_devices::v3::Request>,
+) -> Result<get_devices::v3::Response> {
+    let user = &request.sender()?.user_id;
+    let devices = DEVICES_TABLE
+        .collect(
+            services.storage.engine(),
+            &prefix(&user.as_str()),
+            Direction::Forward,
+            usize::MAX,
+        )?
+        .into_iter()
+        .map(|((_, device_id), Json(record))| to_device(&services, user, device_id.into(), record))
+        .collect();
+    Ok(get_devices::v3::Response::new(devices))
+}
+
+async fn get(
+    services: Arc<Services>,
+    request: Ruma<get_device::v3::Request>,
+) -> Result<get_device::v3::Response> {
+    let user = request.sender()?.user_id.clone();
+    let user = &user;
+    let device_id = request.body.device_id;
+    let Json(record) = DEVICES_TABLE
+        .get(services.storage.engine(), &(user.to_string(), device_id.to_string()))?
+        .ok_or_else(|| Error::not_found("No such device."))?;
+    Ok(get_device::v3::Response::new(to_device(&services, user, device_id, record)))
+}
+
+async fn update(
+    services: Arc<Services>,
+    request: Ruma<update_device::v3::Request>,
+) -> Result<update_device::v3::Response> {
+    let user = request.sender()?.user_id.clone();
+    let body = request.body;
+    services
+        .accounts
+        .call(&user, |reply| UserMessage::RenameDevice {
+            device_id: body.device_id,
+            display_name: body.display_name,
+            reply,
+        })
+        .await?;
+    Ok(update_device::v3::Response::new())
+}
+
+async fn delete(
+    services: Arc<Services>,
+    request: Ruma<delete_device::v3::Request>,
+) -> Result<delete_device::v3::Response> {
+    let user = request.sender()?.user_id.clone();
+    let body = request.body;
+    if !DEVICES_TABLE
+        .contains(services.storage.engine(), &(user.to_string(), body.device_id.to_string()))?
+    {
+        return Err(Error::not_found("No such device."));
+    }
+    password_challenge(&services, "delete_device", &user, body.auth.as_ref()).await?;
+    services
+        .accounts
+        .call(&user, |reply| UserMessage::RemoveDevices {
+            devices: Devices::One(body.device_id),
+            reply,
+        })
+        .await?;
+    Ok(delete_device::v3::Response::new())
+}
+
+async fn delete_many(
+    services: Arc<Services>,
+    request: Ruma<delete_devices::v3::Request>,
+) -> Result<delete_devices::v3::Response> {
+    let user = request.sender()?.user_id.clone();
+    let body = request.body;
+    password_challenge(&services, "delete_devices", &user, body.auth.as_ref()).await?;
+    services
+        .accounts
+        .call(&user, |reply| UserMessage::RemoveDevices {
+            devices: Devices::Many(body.devices),
+            reply,
+        })
+        .await?;
+    Ok(delete_devices::v3::Response::new())
+}

@@ -1,0 +1,44 @@
+//! The Client-Server API, one file per endpoint family.
+
+mod account;
+mod account_data;
+mod capabilities;
+mod devices;
+mod filters;
+mod login;
+mod profile;
+mod register;
+mod threepid;
+mod user_directory;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::Services;
+
+pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    let router = register::routes(router);
+    let router = login::routes(router);
+    let router = account::routes(router);
+    let router = threepid::routes(router);
+    let router = devices::routes(router);
+    let router = profile::routes(router);
+    let router = account_data::routes(router);
+    let router = filters::routes(router);
+    let router = capabilities::routes(router);
+    user_directory::routes(router)
+}
+
+/// Fails unless `sender` is the user named in the path.
+pub(super) fn require_self(
+    sender: &crate::accounts::Sender,
+    user: &ruma::UserId,
+    action: &str,
+) -> crate::Result<()> {
+    if sender.user_id == user {
+        Ok(())
+    } else {
+        Err(crate::Error::forbidden(format!("You cannot {action} for another user.")))
+    }
+}

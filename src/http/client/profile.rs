@@ -1,0 +1,169 @@
+//! Profiles: the whole profile, and each field (`displayname`, `avatar_url` and the custom
+//! fields of Matrix 1.16), with the spec's size limits.
+
+use std::sync::Arc;
+
+use axum::{Router, http::StatusCode};
+use ruma::{
+    UserId,
+    api::{
+        client::profile::{
+            delete_profile_field, get_profile, get_profile_field, set_profile_field,
+        },
+        error::ErrorKind,
+    },
+    profile::{ProfileFieldName, ProfileFieldValue},
+};
+use serde_json::Value as JsonValue;
+
+use super::require_self;
+use crate::{
+    Error, Result, Services,
+    actors::user::UserMessage,
+    http::ruma::{Ruma, route},
+    storage::{Direction, codec::prefix, users::PROFILES_TABLE},
+};
+
+/// The spec's limit on a whole profile.
+const PROFILE_LIMIT: usize = 64 * 1024;
+/// The spec's limit on a field name.
+const KEY_LIMIT: usize = 255;
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    let router = route(router, profile);
+    let router = route(router, get_field);
+    let router = route(router, set_field);
+    route(router, delete_field)
+}
+
+/// Every stored field of `user`, or `M_NOT_FOUND` for unknown users.
+fn load(services: &Services, user: &UserId) -> Result<Vec<(String, JsonValue)>> {
+    let exists = services.accounts.record(user)?.is_some_and(|record| !record.deactivated);
+    if user.server_name() != services.config.server_name || !exists {
+        return Err(Error::not_found("Profile not found."));
+    }
+    PROFILES_TABLE
+        .collect(
+            services.storage.engine(),
+            &prefix(&user.as_str()),
+            Direction::Forward,
+            usize::MAX,
+        )?
+        .into_iter()
+        .map(|((_, field), bytes)| Ok((field, serde_json::from_slice(&bytes)?)))
+        .collect()
+}
+
+fn require_token_if_configured<T>(services: &Services, request: &Ruma<T>) -> Result<()> {
+    if services.config.require_auth_for_profile_requests && request.sender.is_none() {
+        return Err(Error::missing_token());
+    }
+    Ok(())
+}
+
+async fn profile(
+    services: Arc<Services>,
+    request: Ruma<get_profile::v3::Request>,
+) -> Result<get_profile::v3::Response> {
+    require_token_if_configured(&services, &request)?;
+    let fields = load(&services, &request.body.user_id)?;
+    let mut response = get_profile::v3::Response::new();
+    response.data = fields.into_iter().collect();
+    Ok(response)
+}
+
+async fn get_field(
+    services: Arc<Services>,
+    request: Ruma<get_profile_field::v3::Request>,
+) -> Result<get_profile_field::v3::Response> {
+    require_token_if_configured(&services, &request)?;
+    let fields = load(&services, &request.body.user_id)?;
+    let name = request.body.field.as_str().to_owned();
+    let value = fields
+        .into_iter()
+        .find(|(field, _)| *field == name)
+        .ok_or_else(|| Error::not_found("This profile field is not set."))?
+        .1;
+    let value = ProfileFieldValue::new(&name, value)
+        .map_err(|error| Error::internal(format!("stored profile field {name}: {error}")))?;
+    Ok(get_profile_field::v3::Response::new(value))
+}
+
+fn check_field_name(services: &Services, sender_guest: bool, name: &str) -> Result<()> {
+    if name.len() > KEY_LIMIT {
+        return Err(Error::matrix(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::KeyTooLarge,
+            format!("Profile field names are limited to {KEY_LIMIT} bytes."),
+        ));
+    }
+    if name.is_empty() {
+        return Err(Error::missing_param("The profile field name is empty."));
+    }
+    if sender_guest && name != ProfileFieldName::DisplayName.as_str() {
+        return Err(Error::matrix(
+            StatusCode::FORBIDDEN,
+            ErrorKind::GuestAccessForbidden,
+            "Guest accounts may only change their display name.",
+        ));
+    }
+    let _ = services;
+    Ok(())
+}
+
+async fn set_field(
+    services: Arc<Services>,
+    request: Ruma<set_profile_field::v3::Request>,
+) -> Result<set_profile_field::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    require_self(&sender, &body.user_id, "change the profile")?;
+    let name = body.value.field_name().as_str().to_owned();
+    check_field_name(&services, sender.guest, &name)?;
+    let value = body.value.value().into_owned();
+    if name == ProfileFieldName::AvatarUrl.as_str()
+        && !value.as_str().is_some_and(|url| url.is_empty() || url.starts_with("mxc://"))
+    {
+        return Err(Error::invalid_param("avatar_url must be an mxc:// URI."));
+    }
+    let mut fields = load(&services, &sender.user_id)?;
+    fields.retain(|(field, _)| *field != name);
+    fields.push((name.clone(), value.clone()));
+    let size = serde_json::to_vec(&fields.into_iter().collect::<serde_json::Map<_, _>>())?.len();
+    if size > PROFILE_LIMIT {
+        return Err(Error::matrix(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::ProfileTooLarge,
+            "The profile would exceed the 64 KiB limit.",
+        ));
+    }
+    services
+        .accounts
+        .call(&sender.user_id, |reply| UserMessage::SetProfileField {
+            field: name,
+            value: Some(value),
+            reply,
+        })
+        .await?;
+    Ok(set_profile_field::v3::Response::new())
+}
+
+async fn delete_field(
+    services: Arc<Services>,
+    request: Ruma<delete_profile_field::v3::Request>,
+) -> Result<delete_profile_field::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    require_self(&sender, &body.user_id, "change the profile")?;
+    let name = body.field.as_str().to_owned();
+    check_field_name(&services, sender.guest, &name)?;
+    services
+        .accounts
+        .call(&sender.user_id, |reply| UserMessage::SetProfileField {
+            field: name,
+            value: None,
+            reply,
+        })
+        .await?;
+    Ok(delete_profile_field::v3::Response::new())
+}

@@ -1,0 +1,269 @@
+//! Registration: `POST /register` with User-Interactive Authentication, username
+//! availability, registration token validity, guest accounts.
+
+use std::sync::Arc;
+
+use axum::Router;
+use ruma::{
+    OwnedUserId, UserId,
+    api::client::{
+        account::{
+            check_registration_token_validity, get_username_availability,
+            register::{self, RegistrationKind},
+        },
+        uiaa::AuthType,
+    },
+};
+use serde_json::json;
+
+use crate::{
+    Error, Result, Services,
+    accounts::{
+        Accounts, now_ms, passwords,
+        rate_limit::Action,
+        uia::{Challenge, StageChecks},
+    },
+    actors::user::{SessionRequest, UserMessage},
+    http::ruma::{Ruma, route},
+    storage::{Batch, users::UserRecord},
+};
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    let router = route(router, register);
+    let router = route(router, username_available);
+    route(router, token_validity)
+}
+
+/// Stage checks backed by the accounts service.
+pub(crate) struct Checks<'a>(pub(crate) &'a Accounts);
+
+impl StageChecks for Checks<'_> {
+    async fn password_matches(&self, user: &UserId, password: &str) -> bool {
+        match self.0.record(user) {
+            Ok(Some(UserRecord { password_hash: Some(hash), deactivated: false, .. })) => {
+                passwords::verify(password.to_owned(), hash).await
+            }
+            _ => false,
+        }
+    }
+
+    fn registration_token_valid(&self, token: &str) -> bool {
+        self.0.registration_token_valid(token)
+    }
+
+    fn password_failed(&self, user: &UserId) {
+        let _ = self.0.limiter.check(Action::FailedLogin, user.as_str());
+    }
+}
+
+/// The session options every login-like endpoint uses.
+pub(crate) fn session_request(
+    services: &Services,
+    device_id: Option<ruma::OwnedDeviceId>,
+    display_name: Option<String>,
+    refresh: bool,
+    guest: bool,
+) -> SessionRequest {
+    let refresh_ttl = match services.config.refresh_token_ttl {
+        0 => None,
+        seconds => Some(std::time::Duration::from_secs(seconds)),
+    };
+    SessionRequest {
+        device_id,
+        display_name,
+        refresh,
+        access_ttl: std::time::Duration::from_secs(services.config.access_token_ttl.max(1)),
+        refresh_ttl,
+        guest,
+    }
+}
+
+fn ip_key(request_ip: Option<std::net::IpAddr>) -> String {
+    request_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+}
+
+async fn register(
+    services: Arc<Services>,
+    request: Ruma<register::v3::Request>,
+) -> Result<register::v3::Response> {
+    let ip = ip_key(request.client_ip);
+    let client_ip = request.client_ip;
+    let body = request.body;
+    let accounts = &services.accounts;
+
+    if body.kind == RegistrationKind::Guest {
+        if !services.config.allow_guest_registration {
+            return Err(Error::forbidden("Guest registration is disabled on this server."));
+        }
+        accounts.limiter.check(Action::Registration, &ip)?;
+        return register_guest(&services, body).await;
+    }
+    if !services.config.allow_registration {
+        return Err(Error::forbidden("Registration has been disabled on this server."));
+    }
+
+    let user_id = match &body.username {
+        Some(username) => accounts.check_localpart(username)?,
+        None => generated_user_id(accounts)?,
+    };
+    if accounts.record(&user_id)?.is_some() {
+        return Err(user_in_use());
+    }
+
+    let challenge = Challenge {
+        endpoint: "register",
+        flows: accounts.registration_flows(),
+        user: None,
+        server_name: accounts.server_name(),
+    };
+    let completed =
+        accounts.uia.authenticate(&challenge, body.auth.as_ref(), &Checks(accounts)).await?;
+    accounts.limiter.check(Action::Registration, &ip)?;
+
+    let password_hash = match body.password {
+        Some(password) if !password.is_empty() => Some(passwords::hash(password).await?),
+        _ => None,
+    };
+    let suffix = &services.config.new_user_displayname_suffix;
+    let display_name = if suffix.is_empty() {
+        user_id.localpart().to_owned()
+    } else {
+        format!("{} {suffix}", user_id.localpart())
+    };
+
+    let admin = {
+        let _registering = accounts.registration.lock().await;
+        let mut also = Batch::new();
+        if let Some(token) = &completed.registration_token {
+            accounts.use_registration_token(token, &mut also)?;
+        }
+        let admin = accounts.first_admin_pending()?;
+        if admin {
+            Accounts::mark_first_admin(&mut also);
+        }
+        let record = UserRecord {
+            password_hash,
+            created_ms: now_ms(),
+            guest: false,
+            admin,
+            deactivated: false,
+        };
+        let profile = vec![("displayname".to_owned(), json!(display_name))];
+        accounts
+            .call(&user_id, |reply| UserMessage::Create { record, profile, also, reply })
+            .await?;
+        admin
+    };
+    accounts.uia.finish(&completed.session);
+    tracing::info!(user = %user_id, admin, "registered a new account");
+
+    let mut response = register::v3::Response::new(user_id.clone());
+    if body.inhibit_login {
+        return Ok(response);
+    }
+    let session = session_request(
+        &services,
+        body.device_id,
+        body.initial_device_display_name,
+        body.refresh_token,
+        false,
+    );
+    let issued = accounts
+        .call(&user_id, |reply| UserMessage::OpenSession { request: session, reply })
+        .await?;
+    accounts.note_device_seen(&user_id, &issued.device_id, client_ip);
+    response.access_token = Some(issued.access_token);
+    response.device_id = Some(issued.device_id);
+    response.refresh_token = issued.refresh_token;
+    response.expires_in = issued.expires_in;
+    Ok(response)
+}
+
+async fn register_guest(
+    services: &Services,
+    body: register::v3::Request,
+) -> Result<register::v3::Response> {
+    let accounts = &services.accounts;
+    let user_id = loop {
+        let candidate = services.storage.interner().allocate().to_string();
+        let user_id = UserId::parse_with_server_name(candidate.as_str(), accounts.server_name())
+            .map_err(|error| Error::internal(format!("guest id: {error}")))?;
+        if accounts.record(&user_id)?.is_none() {
+            break user_id;
+        }
+    };
+    let record = UserRecord {
+        password_hash: None,
+        created_ms: now_ms(),
+        guest: true,
+        admin: false,
+        deactivated: false,
+    };
+    let profile = vec![("displayname".to_owned(), json!(format!("Guest {}", user_id.localpart())))];
+    accounts
+        .call(&user_id, |reply| UserMessage::Create { record, profile, also: Batch::new(), reply })
+        .await?;
+    let session =
+        session_request(services, None, body.initial_device_display_name, body.refresh_token, true);
+    let issued = accounts
+        .call(&user_id, |reply| UserMessage::OpenSession { request: session, reply })
+        .await?;
+    let mut response = register::v3::Response::new(user_id);
+    response.access_token = Some(issued.access_token);
+    response.device_id = Some(issued.device_id);
+    response.refresh_token = issued.refresh_token;
+    response.expires_in = issued.expires_in;
+    Ok(response)
+}
+
+fn generated_user_id(accounts: &Accounts) -> Result<OwnedUserId> {
+    use rand::Rng;
+    for _ in 0..16 {
+        let localpart: String =
+            (0..12).map(|_| char::from(rand::thread_rng().gen_range(b'a'..=b'z'))).collect();
+        let user_id = accounts.check_localpart(&localpart)?;
+        if accounts.record(&user_id)?.is_none() {
+            return Ok(user_id);
+        }
+    }
+    Err(Error::internal("could not generate a free user id"))
+}
+
+fn user_in_use() -> Error {
+    Error::matrix(
+        axum::http::StatusCode::BAD_REQUEST,
+        ruma::api::error::ErrorKind::UserInUse,
+        "That user ID is already taken.",
+    )
+}
+
+async fn username_available(
+    services: Arc<Services>,
+    request: Ruma<get_username_availability::v3::Request>,
+) -> Result<get_username_availability::v3::Response> {
+    let user_id = services.accounts.check_localpart(&request.body.username)?;
+    if services.accounts.record(&user_id)?.is_some() {
+        return Err(user_in_use());
+    }
+    Ok(get_username_availability::v3::Response::new(true))
+}
+
+async fn token_validity(
+    services: Arc<Services>,
+    request: Ruma<check_registration_token_validity::v1::Request>,
+) -> Result<check_registration_token_validity::v1::Response> {
+    if !services.config.allow_registration {
+        return Err(Error::forbidden("Registration has been disabled on this server."));
+    }
+    let ip = ip_key(request.client_ip);
+    if let Some(wait) = services.accounts.limiter.would_refuse(Action::Registration, &ip) {
+        return Err(Error::limit_exceeded(wait));
+    }
+    let valid = services
+        .accounts
+        .registration_flows()
+        .iter()
+        .any(|flow| flow.contains(&AuthType::RegistrationToken))
+        && services.accounts.registration_token_valid(&request.body.token);
+    Ok(check_registration_token_validity::v1::Response::new(valid))
+}

@@ -1,0 +1,114 @@
+//! Profiles: display name, avatar, custom fields and their limits; reading others' profiles.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::{TestServer, assert_error};
+
+#[tokio::test]
+async fn displayname_avatar_and_custom_fields() {
+    let mut server = TestServer::with_options(&["new_user_displayname_suffix=\"\""]).await;
+    let olive = server.register("olive", "pw").await;
+    let base = "/_matrix/client/v3/profile/@olive:test.local";
+
+    let (status, body) = server.get_as(&olive, &format!("{base}/displayname")).await;
+    assert_eq!((status, body["displayname"].clone()), (200, json!("olive")));
+    let (status, _) = server
+        .put_as(&olive, &format!("{base}/displayname"), json!({"displayname": "Olive Oyl"}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = server
+        .put_as(
+            &olive,
+            &format!("{base}/avatar_url"),
+            json!({"avatar_url": "mxc://test.local/abc"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = server
+        .put_as(&olive, &format!("{base}/avatar_url"), json!({"avatar_url": "https://evil"}))
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, _) =
+        server.put_as(&olive, &format!("{base}/m.tz"), json!({"m.tz": "Europe/Paris"})).await;
+    assert_eq!(status, 200);
+    let (status, _) = server
+        .put_as(
+            &olive,
+            &format!("{base}/org.example.pet"),
+            json!({"org.example.pet": {"name": "Rex"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Anyone (no token needed by default) reads the whole profile.
+    let (status, profile) = server.request(Method::GET, base, None, None).await;
+    assert_eq!(status, 200, "{profile}");
+    assert_eq!(profile["displayname"], "Olive Oyl");
+    assert_eq!(profile["avatar_url"], "mxc://test.local/abc");
+    assert_eq!(profile["m.tz"], "Europe/Paris");
+    assert_eq!(profile["org.example.pet"], json!({"name": "Rex"}));
+    let (status, body) =
+        server.request(Method::GET, &format!("{base}/org.example.pet"), None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"org.example.pet": {"name": "Rex"}}));
+
+    let (status, _) = server.delete_as(&olive, &format!("{base}/org.example.pet"), json!({})).await;
+    assert_eq!(status, 200);
+    let (status, body) =
+        server.request(Method::GET, &format!("{base}/org.example.pet"), None, None).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn profile_limits_and_permissions() {
+    let mut server = TestServer::start().await;
+    let pat = server.register("pat", "pw").await;
+    let quinn = server.register("quinn", "pw").await;
+    let base = "/_matrix/client/v3/profile/@pat:test.local";
+
+    let (status, body) = server
+        .put_as(&quinn, &format!("{base}/displayname"), json!({"displayname": "Hijacked"}))
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+
+    let long_key = format!("org.example.{}", "k".repeat(260));
+    let (status, body) =
+        server.put_as(&pat, &format!("{base}/{long_key}"), json!({long_key.clone(): "v"})).await;
+    assert_error(status, &body, 400, "M_KEY_TOO_LARGE");
+
+    let big = "x".repeat(40 * 1024);
+    let (status, _) = server
+        .put_as(&pat, &format!("{base}/org.example.one"), json!({"org.example.one": big}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = server
+        .put_as(&pat, &format!("{base}/org.example.two"), json!({"org.example.two": big}))
+        .await;
+    assert_error(status, &body, 400, "M_PROFILE_TOO_LARGE");
+
+    let (status, body) =
+        server.put_as(&pat, &format!("{base}/displayname"), json!({"wrong": "shape"})).await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+
+    let (status, body) = server
+        .request(Method::GET, "/_matrix/client/v3/profile/@ghost:test.local", None, None)
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = server
+        .request(Method::GET, "/_matrix/client/v3/profile/@someone:elsewhere.org", None, None)
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    server.stop().await;
+
+    let mut private = TestServer::with_options(&["require_auth_for_profile_requests=true"]).await;
+    let user = private.register("rose", "pw").await;
+    let (status, body) = private
+        .request(Method::GET, "/_matrix/client/v3/profile/@rose:test.local", None, None)
+        .await;
+    assert_error(status, &body, 401, "M_MISSING_TOKEN");
+    let (status, _) = private.get_as(&user, "/_matrix/client/v3/profile/@rose:test.local").await;
+    assert_eq!(status, 200);
+    private.stop().await;
+}
