@@ -13,6 +13,7 @@ pub mod error;
 pub mod federation;
 pub mod http;
 pub mod logging;
+pub mod rooms;
 pub mod server;
 pub mod services;
 pub mod storage;

@@ -23,6 +23,7 @@ use crate::{
     admin,
     federation::SigningKey,
     http::{self, Listeners},
+    rooms::Rooms,
     storage::{self, Storage, schema::Outcome},
 };
 
@@ -120,11 +121,14 @@ impl Server {
         storage: Arc<Storage>,
         server_name: ruma::OwnedServerName,
     ) -> Result<Self> {
-        let signing_key = SigningKey::load_or_generate(&storage, server_name.clone()).await?;
+        let signing_key =
+            Arc::new(SigningKey::load_or_generate(&storage, server_name.clone()).await?);
         let namespace = format!("{server_name}#{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
         let actors = ActorSystem::start(namespace).await?;
         let accounts = Accounts::start(&config, Arc::clone(&storage), &actors).await?;
         accounts.bootstrap_registration(&config).await?;
+        let rooms =
+            Rooms::start(&config, Arc::clone(&storage), Arc::clone(&signing_key), &actors).await?;
         let metrics = if config.metrics_enabled { http::metrics::install() } else { None };
         let shutdown = Shutdown::new();
         let services = Arc::new(Services {
@@ -133,6 +137,7 @@ impl Server {
             storage,
             actors,
             accounts,
+            rooms,
             signing_key,
             metrics,
             started: Instant::now(),
@@ -265,6 +270,7 @@ impl Server {
         if let Err(error) = services.accounts.flush_last_seen().await {
             tracing::warn!(%error, "saving device activity failed");
         }
+        services.rooms.actors.shutdown(DRAIN_ACTORS).await;
         services.accounts.users.shutdown(DRAIN_ACTORS).await;
         services.actors.shutdown(DRAIN_ACTORS).await;
         tracing::info!("shutting down: committing queued writes and flushing the database");

@@ -7,8 +7,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 use crate::{
-    Config, accounts::Accounts, actors::ActorSystem, federation::SigningKey, server::Shutdown,
-    storage::Storage,
+    Config, accounts::Accounts, actors::ActorSystem, federation::SigningKey, rooms::Rooms,
+    server::Shutdown, storage::Storage,
 };
 
 pub struct Services {
@@ -16,7 +16,8 @@ pub struct Services {
     pub storage: Arc<Storage>,
     pub actors: ActorSystem,
     pub accounts: Accounts,
-    pub signing_key: SigningKey,
+    pub rooms: Rooms,
+    pub signing_key: Arc<SigningKey>,
     pub metrics: Option<PrometheusHandle>,
     /// Permits for requests in flight (`max_in_flight_requests`).
     pub in_flight: Arc<Semaphore>,

@@ -5,6 +5,7 @@
 //! several servers can share one process, as the integration tests do.
 
 pub mod keyed;
+pub mod room;
 pub mod user;
 
 use std::time::Duration;

@@ -197,6 +197,14 @@ impl Config {
                 &"must be m.role.admin or m.role.security",
             ));
         }
+        for pattern in &global.forbidden_alias_names {
+            if let Err(error) = regex::Regex::new(pattern) {
+                return Err(invalid(
+                    "forbidden_alias_names",
+                    &format!("`{pattern}` is not a regular expression: {error}"),
+                ));
+            }
+        }
         for pattern in &global.forbidden_usernames {
             if let Err(error) = regex::Regex::new(pattern) {
                 return Err(invalid(

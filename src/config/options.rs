@@ -158,6 +158,22 @@ config_section! {
         /// Room version of new rooms: "10", "11" or "12".
         default_room_version: ruma::RoomVersionId = ruma::RoomVersionId::V12,
 
+        /// Let ordinary users create rooms (admins always may).
+        allow_room_creation: bool = true,
+
+        /// Regular expressions; a room alias whose localpart matches any of them cannot be
+        /// created.
+        ///
+        /// example: ["^admin", "official"]
+        forbidden_alias_names: Vec<String> = Vec::new(),
+
+        /// Keep the original of redacted events (for admins and moderation) for
+        /// `redaction_retention_seconds` before discarding it.
+        save_unredacted_events: bool = true,
+
+        /// Seconds the original of a redacted event is kept when `save_unredacted_events`.
+        redaction_retention_seconds: u64 = 5_184_000,
+
         /// Federate with other Matrix servers. When false, federation endpoints answer
         /// `403 M_FORBIDDEN`.
         allow_federation: bool = true,

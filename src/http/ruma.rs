@@ -185,8 +185,26 @@ where
     H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
 {
+    route_with_paths(router, handler, &[])
+}
+
+/// Like [`route`], also mounting `extra` paths (forms the path router cannot express, such
+/// as a trailing parameter that may be empty).
+pub fn route_with_paths<R, H, F>(
+    router: Router<Arc<Services>>,
+    handler: H,
+    extra: &[&'static str],
+) -> Router<Arc<Services>>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthPolicy,
+    R::OutgoingResponse: Send,
+    H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+{
     let filter = method_filter(&R::METHOD);
-    let paths: BTreeSet<&'static str> = R::PATH_BUILDER.all_paths().collect();
+    let mut paths: BTreeSet<&'static str> = R::PATH_BUILDER.all_paths().collect();
+    paths.extend(extra);
     let mut router = router;
     for path in paths {
         let handler = handler.clone();

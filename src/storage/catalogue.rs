@@ -83,4 +83,40 @@ catalogue! {
         "(user id, stream position) -> (room id or empty, type) of the change";
     FILTERS = "filters", Point, 1,
         "(user id, filter id) -> filter definition";
+    ROOMS = "rooms", Point, 2,
+        "room id -> room record (short id, version, creator)";
+    ROOM_HEADS = "room_heads", Point, 2,
+        "short room id -> current state snapshot, forward extremities, depth";
+    PDUS = "pdus", Point, 16,
+        "short event id -> the event as canonical JSON (redacted once redacted)";
+    EVENT_META = "event_meta", Point, 8,
+        "short event id -> room, stream position, state snapshots before and after";
+    TIMELINE = "timeline", Scan, 8,
+        "(short room id, stream position) -> short event id";
+    STATE_SNAPSHOTS = "state_snapshots", Point, 8,
+        "snapshot id -> parent snapshot and the state entries it changes (or all of them)";
+    ROOM_MEMBERS = "room_members", Scan, 4,
+        "(short room id, user id) -> current membership and its stream position";
+    USER_ROOMS = "user_rooms", Scan, 4,
+        "(user id, room id) -> the user's membership, its position, invite/knock state";
+    TRANSACTIONS = "transactions", Point, 1,
+        "(user id, device id, room id, transaction id) -> event id, for idempotent sends";
+    ALIASES = "aliases", Point, 1,
+        "room alias -> room id and who created the alias";
+    ROOM_ALIASES = "room_aliases", Scan, 1,
+        "(room id, alias) -> nothing; the local aliases of a room";
+    PUBLISHED_ROOMS = "published_rooms", Scan, 1,
+        "room id -> nothing; rooms listed in the public room directory";
+    RELATIONS = "relations", Scan, 2,
+        "(parent short event id, relation type, child position) -> child short event id";
+    THREADS = "threads", Scan, 1,
+        "(short room id, latest position) -> thread root short event id";
+    SEARCH_INDEX = "search_index", Scan, 2,
+        "(short room id, word, position) -> short event id";
+    EVENT_TIMES = "event_times", Scan, 1,
+        "(short room id, origin_server_ts, position) -> short event id";
+    REPORTS = "reports", Scan, 1,
+        "(report time, report id) -> reported room/event, reporter, reason";
+    UNREDACTED = "unredacted", Point, 1,
+        "short event id -> original event kept after redaction, with redaction time";
 }

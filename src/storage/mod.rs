@@ -11,6 +11,7 @@ pub mod catalogue;
 pub mod codec;
 pub mod engine;
 pub mod meta;
+pub mod rooms;
 pub mod schema;
 pub mod shortid;
 pub mod table;

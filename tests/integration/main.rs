@@ -17,6 +17,7 @@ mod metrics;
 mod profile;
 mod rate_limits;
 mod registration;
+mod rooms;
 mod sessions;
 mod shutdown;
 mod storage;

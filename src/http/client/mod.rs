@@ -8,6 +8,7 @@ mod filters;
 mod login;
 mod profile;
 mod register;
+mod rooms;
 mod threepid;
 mod user_directory;
 
@@ -27,6 +28,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = account_data::routes(router);
     let router = filters::routes(router);
     let router = capabilities::routes(router);
+    let router = rooms::routes(router);
     user_directory::routes(router)
 }
 

@@ -1,0 +1,842 @@
+//! The room actor: one per room, the only writer of that room's events, state and
+//! memberships. It holds the current state, the forward extremities and the depth; it builds
+//! each local event on them, authorises it with the room version's rules against the state
+//! before it, and commits the event with all its indexes in one batch before answering.
+//! Work per event does not depend on the number of members.
+
+use std::{collections::HashMap, sync::Arc};
+
+use ruma::{
+    CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
+    UserId,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::Value as JsonValue;
+
+use super::{Behaviour, Context, Reply};
+use crate::{
+    Error, Result,
+    accounts::now_ms,
+    federation::SigningKey,
+    rooms::{
+        self, Pdu,
+        builder::{self, Position, Template},
+        pdu::state_key_bytes,
+        state::{self, StateMap},
+    },
+    storage::{
+        Batch, Namespace, Storage,
+        codec::Json,
+        rooms::{
+            EVENT_META_TABLE, EVENT_TIMES_TABLE, EventMeta, MembershipRecord, PDUS_TABLE,
+            RELATIONS_TABLE, ROOM_HEADS_TABLE, ROOM_MEMBERS_TABLE, ROOMS_TABLE, RoomHeads,
+            RoomRecord, SEARCH_TABLE, THREADS_TABLE, TIMELINE_TABLE, TRANSACTIONS_TABLE,
+            UNREDACTED_TABLE, USER_ROOMS_TABLE, UnredactedRecord,
+        },
+        shortid::Interner,
+    },
+};
+
+/// Most forward extremities a new event references.
+const MAX_PREV_EVENTS: usize = 20;
+/// State events kept parsed in memory per room.
+const STATE_CACHE: usize = 64;
+
+/// A client's transaction, for idempotent sends.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub device: String,
+    pub txn_id: String,
+}
+
+/// An event to send, with what the room must check beyond the auth rules.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub template: Template,
+    pub transaction: Option<Transaction>,
+}
+
+/// A committed event.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub event_id: OwnedEventId,
+    pub position: u64,
+}
+
+pub enum RoomMessage {
+    /// Creates the room from its create event and the events that follow it, atomically.
+    Create {
+        create: Box<Pdu>,
+        version: RoomVersionId,
+        then: Vec<Template>,
+        reply: Reply<Result<Vec<Sent>>>,
+    },
+    /// Sends one event.
+    Send { request: Box<SendRequest>, reply: Reply<Result<Sent>> },
+    /// Hides a room the user has left from their room list.
+    Forget { user: OwnedUserId, reply: Reply<Result<()>> },
+}
+
+/// Everything a room actor needs from the rest of the server.
+pub struct RoomActor {
+    storage: Arc<Storage>,
+    key: Arc<SigningKey>,
+    server_name: ruma::OwnedServerName,
+    save_unredacted: bool,
+}
+
+impl RoomActor {
+    pub fn new(
+        storage: Arc<Storage>,
+        key: Arc<SigningKey>,
+        server_name: ruma::OwnedServerName,
+        save_unredacted: bool,
+    ) -> Self {
+        Self { storage, key, server_name, save_unredacted }
+    }
+}
+
+/// A room's in-memory state.
+pub struct RoomState {
+    room: Option<Loaded>,
+}
+
+struct Loaded {
+    room_id: OwnedRoomId,
+    short: u64,
+    rules: RoomVersionRules,
+    state: StateMap,
+    keys: HashMap<(String, String), u64>,
+    /// Event ids of the current state events, by short id.
+    event_ids: HashMap<u64, OwnedEventId>,
+    snapshot: u64,
+    chain: u32,
+    extremities: Vec<OwnedEventId>,
+    depth: u64,
+    cache: HashMap<u64, Arc<Pdu>>,
+}
+
+/// An event accepted but not yet committed, with the rows that need its stream position.
+struct Prepared {
+    pdu: Arc<Pdu>,
+    short: u64,
+    meta_before: u64,
+    meta_after: u64,
+    membership: Option<(OwnedUserId, MembershipRecord)>,
+    relation: Option<(u64, String)>,
+    thread_root_previous: Option<u64>,
+    words: Vec<String>,
+    transaction: Option<(String, String, String)>,
+}
+
+fn unknown_room() -> Error {
+    Error::not_found("Unknown room.")
+}
+
+impl Behaviour for RoomActor {
+    type Key = OwnedRoomId;
+    type Message = RoomMessage;
+    type State = RoomState;
+
+    const KIND: &'static str = "room";
+
+    async fn start(&self, key: &OwnedRoomId) -> Result<RoomState> {
+        Ok(RoomState { room: self.load(key)? })
+    }
+
+    async fn handle(
+        &self,
+        context: &Context<Self>,
+        message: RoomMessage,
+        state: &mut RoomState,
+    ) -> Result<()> {
+        match message {
+            RoomMessage::Create { create, version, then, reply } => {
+                let result = self.create(&context.key, state, *create, version, then).await;
+                if result.is_err() {
+                    // Nothing was committed: forget whatever was built in memory.
+                    state.room = self.load(&context.key)?;
+                }
+                let _ = reply.send(result);
+            }
+            RoomMessage::Send { request, reply } => {
+                let result = match state.room.as_mut() {
+                    Some(room) => self.send(room, *request).await,
+                    None => Err(unknown_room()),
+                };
+                if let Err(error) = &result
+                    && matches!(error, Error::Internal(_))
+                {
+                    // A failed commit may leave memory ahead of the database; rebuild.
+                    state.room = self.load(&context.key)?;
+                }
+                let _ = reply.send(result);
+            }
+            RoomMessage::Forget { user, reply } => {
+                let _ = reply.send(self.forget(&context.key, &user).await);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RoomActor {
+    /// Marks a left room as forgotten for `user`.
+    async fn forget(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        let key = (user.to_string(), room_id.to_string());
+        let Some(Json(mut record)) = USER_ROOMS_TABLE.get(self.storage.engine(), &key)? else {
+            return Err(Error::not_found("You have never been in this room."));
+        };
+        if matches!(record.membership.as_str(), "join" | "invite" | "knock") {
+            return Err(Error::matrix(
+                axum::http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::Unknown,
+                "Leave the room before forgetting it.",
+            ));
+        }
+        record.forgotten = true;
+        let mut batch = Batch::new();
+        USER_ROOMS_TABLE.put(&mut batch, &key, &Json(record));
+        self.storage.writer().commit(batch).await
+    }
+
+    /// Rebuilds a room's state from the database (`None` if the room does not exist).
+    fn load(&self, room_id: &RoomId) -> Result<Option<Loaded>> {
+        let Some(record) = rooms::room(self.storage.engine(), room_id)? else {
+            return Ok(None);
+        };
+        let heads = rooms::heads(self.storage.engine(), record.short)?
+            .ok_or_else(|| Error::internal(format!("room {room_id} has no head")))?;
+        let state = state::load(self.storage.engine(), heads.snapshot)?;
+        let mut keys = HashMap::with_capacity(state.len());
+        let mut event_ids = HashMap::with_capacity(state.len());
+        for (short_key, short_event) in &state {
+            let pair = state::resolve_key(&self.storage, *short_key)?.ok_or_else(|| {
+                Error::internal(format!("state key {short_key} cannot be resolved"))
+            })?;
+            keys.insert(pair, *short_key);
+            let event_id = rooms::event_id(&self.storage, *short_event)?
+                .ok_or_else(|| Error::internal(format!("state event {short_event} has no id")))?;
+            event_ids.insert(*short_event, event_id);
+        }
+        let rules = record.version.rules().ok_or_else(|| {
+            Error::internal(format!("room {room_id} has unsupported version {}", record.version))
+        })?;
+        Ok(Some(Loaded {
+            room_id: room_id.to_owned(),
+            short: record.short,
+            rules,
+            state,
+            keys,
+            event_ids,
+            snapshot: heads.snapshot,
+            chain: heads.snapshot_chain,
+            extremities: heads.extremities,
+            depth: heads.depth,
+            cache: HashMap::new(),
+        }))
+    }
+
+    async fn create(
+        &self,
+        room_id: &OwnedRoomId,
+        state: &mut RoomState,
+        create: Pdu,
+        version: RoomVersionId,
+        then: Vec<Template>,
+    ) -> Result<Vec<Sent>> {
+        if state.room.is_some() || rooms::room(self.storage.engine(), room_id)?.is_some() {
+            return Err(Error::matrix(
+                axum::http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::RoomInUse,
+                "A room with this id already exists.",
+            ));
+        }
+        let rules = version.rules().ok_or_else(|| Error::internal("unsupported room version"))?;
+        let short = self
+            .storage
+            .interner()
+            .intern(&self.storage, Namespace::RoomId, room_id.as_bytes())
+            .await?;
+        let mut batch = Batch::new();
+        ROOMS_TABLE.put(
+            &mut batch,
+            &room_id.to_string(),
+            &Json(RoomRecord {
+                short,
+                version: version.clone(),
+                creator: create.sender.clone(),
+                created_ms: now_ms(),
+            }),
+        );
+        let mut room = Loaded {
+            room_id: room_id.clone(),
+            short,
+            rules,
+            state: StateMap::new(),
+            keys: HashMap::new(),
+            event_ids: HashMap::new(),
+            snapshot: state::EMPTY,
+            chain: 0,
+            extremities: Vec::new(),
+            depth: 0,
+            cache: HashMap::new(),
+        };
+        let mut prepared = Vec::with_capacity(then.len() + 1);
+        let mut pending: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+        let create = Arc::new(create);
+        self.check(&room, &create, &pending)?;
+        prepared.push(self.accept(&mut room, Arc::clone(&create), None, &mut batch).await?);
+        pending.insert(create.event_id.clone(), create);
+        for template in then {
+            let pdu = Arc::new(self.build(&room, template)?);
+            self.check(&room, &pdu, &pending)?;
+            prepared.push(self.accept(&mut room, Arc::clone(&pdu), None, &mut batch).await?);
+            pending.insert(pdu.event_id.clone(), pdu);
+        }
+        let sent = self.commit(&room, prepared, batch).await?;
+        state.room = Some(room);
+        Ok(sent)
+    }
+
+    async fn send(&self, room: &mut Loaded, request: SendRequest) -> Result<Sent> {
+        let SendRequest { template, transaction } = request;
+        if let Some(transaction) = &transaction {
+            let key = (
+                template.sender.to_string(),
+                transaction.device.clone(),
+                room.room_id.to_string(),
+                transaction.txn_id.clone(),
+            );
+            if let Some(event_id) = TRANSACTIONS_TABLE.get(self.storage.engine(), &key)? {
+                let event_id = EventId::parse(event_id)
+                    .map_err(|_| Error::internal("stored transaction event id"))?;
+                let position = rooms::event_short(&self.storage, &event_id)?
+                    .and_then(|short| {
+                        rooms::event_meta(self.storage.engine(), short).ok().flatten()
+                    })
+                    .map_or(0, |meta| meta.position);
+                return Ok(Sent { event_id, position });
+            }
+        }
+        let template = self.complete_membership(room, template)?;
+        let redaction_target = match (&template.kind, &template.redacts) {
+            (TimelineEventType::RoomRedaction, Some(target)) => {
+                Some(self.check_redaction(room, &template.sender, target)?)
+            }
+            _ => None,
+        };
+        let pdu = Arc::new(self.build(room, template)?);
+        self.check(room, &pdu, &HashMap::new())?;
+        let mut batch = Batch::new();
+        let transaction = transaction
+            .map(|transaction| (pdu.sender.to_string(), transaction.device, transaction.txn_id));
+        let prepared = self.accept(room, Arc::clone(&pdu), transaction, &mut batch).await?;
+        if let Some((target_short, target)) = redaction_target {
+            self.apply_redaction(room, target_short, &target, &pdu, &mut batch)?;
+        }
+        let mut sent = self.commit(room, vec![prepared], batch).await?;
+        sent.pop().ok_or_else(|| Error::internal("commit returned no event"))
+    }
+
+    /// Builds an event on the current state of `room`.
+    fn build(&self, room: &Loaded, template: Template) -> Result<Pdu> {
+        let content = serde_json::value::to_raw_value(&template.content)?;
+        let auth_types = ruma::state_res::auth_types_for_event(
+            &template.kind,
+            &template.sender,
+            template.state_key.as_deref(),
+            &content,
+            &room.rules.authorization,
+        )
+        .map_err(|error| Error::bad_json(format!("Invalid event content: {error}")))?;
+        let mut auth_events = Vec::new();
+        for (kind, state_key) in auth_types {
+            if let Some(short) =
+                room.keys.get(&(kind.to_string(), state_key)).and_then(|key| room.state.get(key))
+                && let Some(event_id) = room.event_ids.get(short)
+                && !auth_events.contains(event_id)
+            {
+                auth_events.push(event_id.clone());
+            }
+        }
+        let prev: Vec<OwnedEventId> =
+            room.extremities.iter().rev().take(MAX_PREV_EVENTS).cloned().collect();
+        let position = Position {
+            room_id: Some(&room.room_id),
+            prev_events: &prev,
+            auth_events,
+            depth: room.depth + 1,
+        };
+        builder::build(template, position, &room.rules, &self.key, &self.server_name)
+    }
+
+    /// Checks `pdu` against the auth rules with the room's current state.
+    fn check(
+        &self,
+        room: &Loaded,
+        pdu: &Pdu,
+        pending: &HashMap<OwnedEventId, Arc<Pdu>>,
+    ) -> Result<()> {
+        let fetch_event = |event_id: &EventId| -> Option<Arc<Pdu>> {
+            if let Some(pdu) = pending.get(event_id) {
+                return Some(Arc::clone(pdu));
+            }
+            rooms::pdu_by_id(&self.storage, event_id).ok().flatten().map(|(_, pdu)| Arc::new(pdu))
+        };
+        let fetch_state = |kind: &StateEventType, state_key: &str| -> Option<Arc<Pdu>> {
+            let key = room.keys.get(&(kind.to_string(), state_key.to_owned()))?;
+            let short = room.state.get(key)?;
+            if let Some(pdu) = room.cache.get(short) {
+                return Some(Arc::clone(pdu));
+            }
+            if let Some(pdu) = room.event_ids.get(short).and_then(|id| pending.get(id)) {
+                return Some(Arc::clone(pdu));
+            }
+            rooms::pdu(self.storage.engine(), *short).ok().flatten().map(Arc::new)
+        };
+        ruma::state_res::check_state_independent_auth_rules(
+            &room.rules.authorization,
+            pdu,
+            fetch_event,
+        )
+        .and_then(|()| {
+            ruma::state_res::check_state_dependent_auth_rules(
+                &room.rules.authorization,
+                pdu,
+                fetch_state,
+            )
+        })
+        .map_err(|reason| {
+            Error::forbidden(format!("This event is not allowed in the room: {reason}."))
+        })
+    }
+
+    /// Current state event of `room`.
+    fn current(&self, room: &Loaded, kind: &str, state_key: &str) -> Result<Option<Arc<Pdu>>> {
+        let Some(short) = room
+            .keys
+            .get(&(kind.to_owned(), state_key.to_owned()))
+            .and_then(|key| room.state.get(key))
+        else {
+            return Ok(None);
+        };
+        if let Some(pdu) = room.cache.get(short) {
+            return Ok(Some(Arc::clone(pdu)));
+        }
+        Ok(rooms::pdu(self.storage.engine(), *short)?.map(Arc::new))
+    }
+
+    fn power_level(&self, room: &Loaded, user: &UserId) -> Result<i64> {
+        let create = self.current(room, "m.room.create", "")?;
+        if room.rules.authorization.explicitly_privilege_room_creators
+            && let Some(create) = &create
+        {
+            let mut creators = vec![create.sender.to_string()];
+            if let Some(JsonValue::Array(additional)) =
+                create.content_value().get("additional_creators")
+            {
+                creators.extend(additional.iter().filter_map(JsonValue::as_str).map(str::to_owned));
+            }
+            if creators.iter().any(|creator| creator == user.as_str()) {
+                return Ok(i64::MAX);
+            }
+        }
+        let Some(levels) = self.current(room, "m.room.power_levels", "")? else {
+            // Without power levels the creator has 100 and everyone else 0.
+            return Ok(if create.is_some_and(|create| create.sender == user) { 100 } else { 0 });
+        };
+        let content = levels.content_value();
+        Ok(content
+            .get("users")
+            .and_then(|users| users.get(user.as_str()))
+            .and_then(json_int)
+            .or_else(|| content.get("users_default").and_then(json_int))
+            .unwrap_or(0))
+    }
+
+    fn required_level(&self, room: &Loaded, field: &str, default: i64) -> Result<i64> {
+        Ok(self
+            .current(room, "m.room.power_levels", "")?
+            .and_then(|levels| levels.content_value().get(field).and_then(json_int))
+            .unwrap_or(default))
+    }
+
+    /// Fills in what a membership event needs from the room: the authorising user of a
+    /// restricted join.
+    fn complete_membership(&self, room: &Loaded, mut template: Template) -> Result<Template> {
+        if template.kind != TimelineEventType::RoomMember {
+            return Ok(template);
+        }
+        let membership = template
+            .content
+            .get("membership")
+            .and_then(CanonicalJsonValue::as_str)
+            .unwrap_or_default();
+        if membership != "join" || template.content.contains_key("join_authorised_via_users_server")
+        {
+            return Ok(template);
+        }
+        let user = &template.sender;
+        let current = self
+            .current(room, "m.room.member", user.as_str())?
+            .map(|member| member.content_str("membership").unwrap_or_default());
+        if matches!(current.as_deref(), Some("join" | "invite")) {
+            return Ok(template);
+        }
+        let Some(rules) = self.current(room, "m.room.join_rules", "")? else {
+            return Ok(template);
+        };
+        let content = rules.content_value();
+        let rule = content.get("join_rule").and_then(JsonValue::as_str).unwrap_or_default();
+        if !matches!(rule, "restricted" | "knock_restricted") {
+            return Ok(template);
+        }
+        let allowed = content
+            .get("allow")
+            .and_then(JsonValue::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|entry| {
+                entry.get("type").and_then(JsonValue::as_str) == Some("m.room_membership")
+            })
+            .filter_map(|entry| entry.get("room_id").and_then(JsonValue::as_str))
+            .filter_map(|room_id| RoomId::parse(room_id).ok())
+            .any(|room_id| {
+                rooms::is_joined(self.storage.engine(), &room_id, user).unwrap_or(false)
+            });
+        if !allowed {
+            return Err(Error::forbidden(
+                "You need to be a member of one of the rooms this room's join rules allow, or be invited.",
+            ));
+        }
+        let invite_level = self.required_level(room, "invite", 0)?;
+        let authoriser = room
+            .keys
+            .iter()
+            .filter(|((kind, _), _)| kind == "m.room.member")
+            .filter_map(|((_, member), key)| {
+                Some((UserId::parse(member.as_str()).ok()?, room.state.get(key)?))
+            })
+            .filter(|(member, _)| member.server_name() == self.server_name)
+            .find(|(member, short)| {
+                rooms::pdu(self.storage.engine(), **short)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|pdu| pdu.content_str("membership").as_deref() == Some("join"))
+                    && self.power_level(room, member).unwrap_or(0) >= invite_level
+            })
+            .map(|(member, _)| member)
+            .ok_or_else(|| Error::forbidden("No member of this server can authorise your join."))?;
+        template.content.insert(
+            "join_authorised_via_users_server".to_owned(),
+            CanonicalJsonValue::String(authoriser.to_string()),
+        );
+        Ok(template)
+    }
+
+    /// Checks that `sender` may redact `target` and returns the target.
+    fn check_redaction(
+        &self,
+        room: &Loaded,
+        sender: &UserId,
+        target: &EventId,
+    ) -> Result<(u64, Pdu)> {
+        let (short, pdu) = rooms::pdu_by_id(&self.storage, target)?
+            .filter(|(_, pdu)| pdu.room_id == room.room_id)
+            .ok_or_else(|| Error::not_found("The event to redact is not in this room."))?;
+        if pdu.sender != sender
+            && self.power_level(room, sender)? < self.required_level(room, "redact", 50)?
+        {
+            return Err(Error::forbidden(
+                "You may only redact your own events unless you have the power to redact.",
+            ));
+        }
+        Ok((short, pdu))
+    }
+
+    /// Replaces the stored target with its redacted form (keeping the original if configured).
+    fn apply_redaction(
+        &self,
+        room: &Loaded,
+        short: u64,
+        target: &Pdu,
+        redaction: &Pdu,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        let redacted = target.redacted(&room.rules, redaction)?;
+        if self.save_unredacted {
+            let original = String::from_utf8(target.to_bytes()).unwrap_or_default();
+            UNREDACTED_TABLE.put(
+                batch,
+                &short,
+                &Json(UnredactedRecord { original, redacted_ms: now_ms() }),
+            );
+        }
+        PDUS_TABLE.put(batch, &short, &redacted.to_bytes());
+        if let Some(mut meta) = rooms::event_meta(self.storage.engine(), short)? {
+            meta.redacted = true;
+            let position = meta.position;
+            EVENT_META_TABLE.put(batch, &short, &Json(meta));
+            for word in search_words(target) {
+                SEARCH_TABLE.delete(batch, &(room.short, word, position));
+            }
+        }
+        Ok(())
+    }
+
+    /// Accepts a checked event: allocates its ids, advances the in-memory state and adds
+    /// the rows that do not need its stream position to `batch`.
+    async fn accept(
+        &self,
+        room: &mut Loaded,
+        pdu: Arc<Pdu>,
+        transaction: Option<(String, String, String)>,
+        batch: &mut Batch,
+    ) -> Result<Prepared> {
+        let interner = self.storage.interner();
+        let short = interner.allocate();
+        Interner::record(batch, Namespace::EventId, pdu.event_id.as_bytes(), short);
+        PDUS_TABLE.put(batch, &short, &pdu.to_bytes());
+
+        let before = room.snapshot;
+        let mut membership = None;
+        if let Some(state_key) = &pdu.state_key {
+            let kind = pdu.kind.to_string();
+            let key = interner
+                .intern(&self.storage, Namespace::StateKey, &state_key_bytes(&kind, state_key))
+                .await?;
+            if let Some(replaced) = room.state.insert(key, short) {
+                room.event_ids.remove(&replaced);
+            }
+            room.event_ids.insert(short, pdu.event_id.clone());
+            room.keys.insert((kind, state_key.clone()), key);
+            let parent = (room.snapshot != state::EMPTY).then_some((room.snapshot, room.chain));
+            let (snapshot, chain) =
+                state::write(&self.storage, batch, parent, &room.state, &[(key, short)]);
+            room.snapshot = snapshot;
+            room.chain = chain;
+            if room.cache.len() >= STATE_CACHE {
+                room.cache.clear();
+            }
+            room.cache.insert(short, Arc::clone(&pdu));
+            if pdu.kind == TimelineEventType::RoomMember
+                && let Ok(user) = UserId::parse(state_key.as_str())
+            {
+                let value = pdu.content_str("membership").unwrap_or_default();
+                let stripped_state = if matches!(value.as_str(), "invite" | "knock") {
+                    self.stripped_state(room)?
+                } else {
+                    Vec::new()
+                };
+                membership = Some((
+                    user,
+                    MembershipRecord {
+                        membership: value,
+                        position: 0,
+                        event_id: pdu.event_id.clone(),
+                        stripped_state,
+                        forgotten: false,
+                    },
+                ));
+            }
+        }
+        room.extremities = vec![pdu.event_id.clone()];
+        room.depth = room.depth.max(pdu.depth);
+
+        let relation = relation_of(&pdu).and_then(|(parent, rel_type)| {
+            rooms::event_short(&self.storage, &parent)
+                .ok()
+                .flatten()
+                .map(|parent| (parent, rel_type))
+        });
+        let thread_root_previous = match &relation {
+            Some((root, rel_type)) if rel_type == "m.thread" => {
+                let mut previous = None;
+                RELATIONS_TABLE.scan(
+                    self.storage.engine(),
+                    &crate::storage::codec::prefix2(root, &"m.thread"),
+                    None,
+                    crate::storage::Direction::Reverse,
+                    |(_, _, position), _| {
+                        previous = Some(position);
+                        std::ops::ControlFlow::Break(())
+                    },
+                )?;
+                // The root's own position stands for a thread without replies yet.
+                Some(previous.unwrap_or_else(|| {
+                    rooms::event_meta(self.storage.engine(), *root)
+                        .ok()
+                        .flatten()
+                        .map_or(0, |m| m.position)
+                }))
+            }
+            _ => None,
+        };
+        Ok(Prepared {
+            words: search_words(&pdu),
+            pdu,
+            short,
+            meta_before: before,
+            meta_after: room.snapshot,
+            membership,
+            relation,
+            thread_root_previous,
+            transaction,
+        })
+    }
+
+    /// The stripped state shown with invites and knocks.
+    fn stripped_state(&self, room: &Loaded) -> Result<Vec<JsonValue>> {
+        let mut stripped = Vec::new();
+        for kind in [
+            "m.room.create",
+            "m.room.join_rules",
+            "m.room.name",
+            "m.room.avatar",
+            "m.room.canonical_alias",
+            "m.room.encryption",
+            "m.room.topic",
+        ] {
+            if let Some(pdu) = self.current(room, kind, "")? {
+                stripped.push(pdu.stripped_json());
+            }
+        }
+        Ok(stripped)
+    }
+
+    /// Commits prepared events in order with consecutive stream positions.
+    async fn commit(
+        &self,
+        room: &Loaded,
+        prepared: Vec<Prepared>,
+        mut batch: Batch,
+    ) -> Result<Vec<Sent>> {
+        ROOM_HEADS_TABLE.put(
+            &mut batch,
+            &room.short,
+            &Json(RoomHeads {
+                snapshot: room.snapshot,
+                snapshot_chain: room.chain,
+                extremities: room.extremities.clone(),
+                depth: room.depth,
+            }),
+        );
+        let room_short = room.short;
+        let room_id = room.room_id.to_string();
+        let count = prepared.len() as u64;
+        let ids: Vec<OwnedEventId> =
+            prepared.iter().map(|prepared| prepared.pdu.event_id.clone()).collect();
+        let positions = self
+            .storage
+            .writer()
+            .commit_with_positions(count, batch, move |batch, positions| {
+                for (prepared, position) in prepared.into_iter().zip(positions) {
+                    write_positioned(batch, room_short, &room_id, prepared, position);
+                }
+            })
+            .await?;
+        Ok(ids
+            .into_iter()
+            .zip(positions)
+            .map(|(event_id, position)| Sent { event_id, position })
+            .collect())
+    }
+}
+
+/// The rows of an event that carry its stream position.
+fn write_positioned(
+    batch: &mut Batch,
+    room: u64,
+    room_id: &str,
+    prepared: Prepared,
+    position: u64,
+) {
+    let Prepared {
+        pdu,
+        short,
+        meta_before,
+        meta_after,
+        membership,
+        relation,
+        thread_root_previous,
+        words,
+        transaction,
+    } = prepared;
+    let sent_by = transaction.as_ref().map(|(_, device, txn)| (device.clone(), txn.clone()));
+    EVENT_META_TABLE.put(
+        batch,
+        &short,
+        &Json(EventMeta {
+            room,
+            position,
+            state_before: meta_before,
+            state_after: meta_after,
+            redacted: false,
+            transaction: sent_by,
+        }),
+    );
+    TIMELINE_TABLE.put(batch, &(room, position), &short);
+    EVENT_TIMES_TABLE.put(batch, &(room, u64::from(pdu.origin_server_ts.get()), position), &short);
+    if let Some((user, mut record)) = membership {
+        record.position = position;
+        ROOM_MEMBERS_TABLE.put(batch, &(room, user.to_string()), &Json(record.clone()));
+        USER_ROOMS_TABLE.put(batch, &(user.to_string(), room_id.to_owned()), &Json(record));
+    }
+    if let Some((parent, rel_type)) = relation {
+        if rel_type == "m.thread" {
+            if let Some(previous) = thread_root_previous {
+                THREADS_TABLE.delete(batch, &(room, previous));
+            }
+            THREADS_TABLE.put(batch, &(room, position), &parent);
+        }
+        RELATIONS_TABLE.put(batch, &(parent, rel_type, position), &short);
+    }
+    for word in words {
+        SEARCH_TABLE.put(batch, &(room, word, position), &short);
+    }
+    if let Some((user, device, txn)) = transaction {
+        TRANSACTIONS_TABLE.put(
+            batch,
+            &(user, device, room_id.to_owned(), txn),
+            &pdu.event_id.to_string(),
+        );
+    }
+}
+
+fn json_int(value: &JsonValue) -> Option<i64> {
+    value.as_i64().or_else(|| value.as_str().and_then(|text| text.parse().ok()))
+}
+
+/// The `m.relates_to` target and relation type of an event.
+pub fn relation_of(pdu: &Pdu) -> Option<(OwnedEventId, String)> {
+    let content = pdu.content_value();
+    let relates_to = content.get("m.relates_to")?;
+    let rel_type = relates_to.get("rel_type")?.as_str()?.to_owned();
+    let event_id = EventId::parse(relates_to.get("event_id")?.as_str()?).ok()?;
+    Some((event_id, rel_type))
+}
+
+/// The words of a message body, as the search index stores them.
+pub fn search_words(pdu: &Pdu) -> Vec<String> {
+    if pdu.kind != TimelineEventType::RoomMessage {
+        return Vec::new();
+    }
+    let Some(body) = pdu.content_str("body") else {
+        return Vec::new();
+    };
+    let mut words: Vec<String> = tokenize(&body);
+    words.sort_unstable();
+    words.dedup();
+    words.truncate(256);
+    words
+}
+
+/// Lower-cased alphanumeric words of at most 64 bytes.
+pub fn tokenize(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty() && word.len() <= 64)
+        .map(str::to_lowercase)
+        .collect()
+}

@@ -1,0 +1,303 @@
+//! `POST /createRoom`: the initial events in the order the spec gives, presets, overrides,
+//! an alias, invites and directory visibility, committed atomically by the new room's actor.
+
+use std::sync::Arc;
+
+use axum::{Router, http::StatusCode};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedRoomAliasId, OwnedUserId, RoomAliasId,
+    api::{
+        client::room::{Visibility, create_room::v3 as create_room},
+        error::ErrorKind,
+    },
+    events::TimelineEventType,
+};
+use serde_json::{Value as JsonValue, json};
+
+use super::member_content;
+use crate::{
+    Error, Result, Services,
+    http::{
+        client::capabilities::CREATABLE_ROOM_VERSIONS,
+        ruma::{Ruma, route},
+    },
+    rooms::{builder::Template, pdu::canonical_content},
+    storage::{
+        Batch,
+        codec::Json,
+        rooms::{ALIASES_TABLE, AliasRecord, PUBLISHED_ROOMS_TABLE, ROOM_ALIASES_TABLE},
+    },
+};
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    route(router, create)
+}
+
+fn object(value: JsonValue) -> Result<CanonicalJsonObject> {
+    canonical_content(value)
+}
+
+/// The power levels a new room starts with.
+fn default_power_levels(
+    creator: &OwnedUserId,
+    privileged: &[OwnedUserId],
+    creators_are_implicit: bool,
+) -> JsonValue {
+    let mut users = serde_json::Map::new();
+    if !creators_are_implicit {
+        users.insert(creator.to_string(), json!(100));
+        for user in privileged {
+            users.insert(user.to_string(), json!(100));
+        }
+    }
+    json!({
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50,
+            "m.room.power_levels": 100,
+            "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50,
+            "m.room.avatar": 50,
+            "m.room.tombstone": 100,
+            "m.room.server_acl": 100,
+            "m.room.encryption": 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50,
+        "kick": 50,
+        "redact": 50,
+        "invite": 0,
+        "notifications": { "room": 50 },
+    })
+}
+
+/// Validates `room_alias_name` and builds the alias.
+pub(crate) fn local_alias(services: &Services, name: &str) -> Result<OwnedRoomAliasId> {
+    if name.is_empty() || name.contains(':') || name.contains(char::is_whitespace) {
+        return Err(Error::invalid_param(
+            "The alias name must be a localpart without ':' or spaces.",
+        ));
+    }
+    let alias = RoomAliasId::parse(format!("#{name}:{}", services.config.server_name))
+        .map_err(|error| Error::invalid_param(format!("Invalid alias: {error}")))?;
+    let forbidden = services
+        .config
+        .forbidden_alias_names
+        .iter()
+        .filter_map(|pattern| regex::Regex::new(pattern).ok())
+        .any(|pattern| pattern.is_match(name));
+    if forbidden {
+        return Err(Error::matrix(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::Exclusive,
+            "This alias is reserved on this server.",
+        ));
+    }
+    Ok(alias)
+}
+
+fn alias_in_use() -> Error {
+    Error::matrix(StatusCode::BAD_REQUEST, ErrorKind::RoomInUse, "Room alias already taken.")
+}
+
+async fn create(
+    services: Arc<Services>,
+    request: Ruma<create_room::Request>,
+) -> Result<create_room::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    let creator = sender.user_id.clone();
+    if !services.config.allow_room_creation && !services.accounts.is_admin(&creator) {
+        return Err(Error::forbidden("Room creation is disabled on this server."));
+    }
+    let version =
+        body.room_version.clone().unwrap_or_else(|| services.config.default_room_version.clone());
+    if !CREATABLE_ROOM_VERSIONS.contains(&version) {
+        return Err(Error::matrix(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::UnsupportedRoomVersion,
+            format!("This server creates rooms of versions 10, 11 and 12, not {version}."),
+        ));
+    }
+    let rules = version.rules().ok_or_else(|| Error::internal("rules of a creatable version"))?;
+    let creators_are_implicit = rules.authorization.explicitly_privilege_room_creators;
+
+    for invitee in &body.invite {
+        if invitee.server_name() != services.config.server_name {
+            return Err(Error::forbidden(
+                "Inviting users of other servers needs federation, which this server does not offer yet.",
+            ));
+        }
+        if services.accounts.record(invitee)?.is_none_or(|record| record.deactivated) {
+            return Err(Error::invalid_param(format!("Cannot invite {invitee}: no such user.")));
+        }
+    }
+
+    let alias =
+        body.room_alias_name.as_deref().map(|name| local_alias(&services, name)).transpose()?;
+    let _alias_lock = services.rooms.aliases.lock().await;
+    if let Some(alias) = &alias
+        && ALIASES_TABLE.contains(services.storage.engine(), &alias.to_string())?
+    {
+        return Err(alias_in_use());
+    }
+
+    let preset = body.preset.clone().unwrap_or(match body.visibility {
+        Visibility::Public => create_room::RoomPreset::PublicChat,
+        _ => create_room::RoomPreset::PrivateChat,
+    });
+    let trusted = preset == create_room::RoomPreset::TrustedPrivateChat;
+
+    // m.room.create
+    let mut create_content = match &body.creation_content {
+        Some(raw) => {
+            serde_json::from_str::<serde_json::Map<String, JsonValue>>(raw.json().get())
+                .map_err(|error| Error::bad_json(format!("Invalid creation_content: {error}")))?
+        }
+        None => serde_json::Map::new(),
+    };
+    create_content.insert("room_version".to_owned(), json!(version.as_str()));
+    if rules.authorization.use_room_create_sender {
+        create_content.remove("creator");
+    } else {
+        create_content.insert("creator".to_owned(), json!(creator));
+    }
+    if creators_are_implicit && trusted {
+        let mut additional: Vec<JsonValue> = create_content
+            .get("additional_creators")
+            .and_then(JsonValue::as_array)
+            .cloned()
+            .unwrap_or_default();
+        additional.extend(body.invite.iter().map(|user| json!(user)));
+        create_content.insert("additional_creators".to_owned(), JsonValue::Array(additional));
+    } else if !creators_are_implicit {
+        create_content.remove("additional_creators");
+    }
+    let create = Template::state(
+        TimelineEventType::RoomCreate,
+        "",
+        &creator,
+        object(JsonValue::Object(create_content))?,
+    );
+
+    let mut then = Vec::new();
+    then.push(Template::state(
+        TimelineEventType::RoomMember,
+        creator.as_str(),
+        &creator,
+        member_content(&services, &creator, "join", None)?,
+    ));
+
+    let privileged: &[OwnedUserId] = if trusted { &body.invite } else { &[] };
+    let mut power_levels = default_power_levels(&creator, privileged, creators_are_implicit);
+    if let Some(raw) = &body.power_level_content_override {
+        let overrides: serde_json::Map<String, JsonValue> = serde_json::from_str(raw.json().get())
+            .map_err(|error| {
+                Error::bad_json(format!("Invalid power_level_content_override: {error}"))
+            })?;
+        if let Some(levels) = power_levels.as_object_mut() {
+            for (key, value) in overrides {
+                levels.insert(key, value);
+            }
+        }
+    }
+    then.push(Template::state(
+        TimelineEventType::RoomPowerLevels,
+        "",
+        &creator,
+        object(power_levels)?,
+    ));
+
+    if let Some(alias) = &alias {
+        then.push(Template::state(
+            TimelineEventType::RoomCanonicalAlias,
+            "",
+            &creator,
+            object(json!({ "alias": alias }))?,
+        ));
+    }
+
+    let (join_rule, guest_access) = match preset {
+        create_room::RoomPreset::PublicChat => ("public", "forbidden"),
+        _ => ("invite", "can_join"),
+    };
+    let mut preset_events = vec![
+        (TimelineEventType::RoomJoinRules, json!({ "join_rule": join_rule })),
+        (TimelineEventType::RoomHistoryVisibility, json!({ "history_visibility": "shared" })),
+        (TimelineEventType::RoomGuestAccess, json!({ "guest_access": guest_access })),
+    ];
+
+    let mut initial = Vec::new();
+    for raw in &body.initial_state {
+        let event: serde_json::Map<String, JsonValue> = serde_json::from_str(raw.json().get())
+            .map_err(|error| Error::bad_json(format!("Invalid initial_state event: {error}")))?;
+        let kind = event
+            .get("type")
+            .and_then(JsonValue::as_str)
+            .ok_or_else(|| Error::bad_json("initial_state event without type"))?;
+        if matches!(kind, "m.room.create" | "m.room.member") {
+            return Err(Error::invalid_param(format!(
+                "initial_state cannot contain {kind} events."
+            )));
+        }
+        let state_key =
+            event.get("state_key").and_then(JsonValue::as_str).unwrap_or_default().to_owned();
+        let content = event.get("content").cloned().unwrap_or_else(|| json!({}));
+        initial.push((TimelineEventType::from(kind), state_key, content));
+    }
+    preset_events
+        .retain(|(kind, _)| !initial.iter().any(|(other, key, _)| other == kind && key.is_empty()));
+    for (kind, content) in preset_events {
+        then.push(Template::state(kind, "", &creator, object(content)?));
+    }
+    for (kind, state_key, content) in initial {
+        then.push(Template::state(kind, &state_key, &creator, object(content)?));
+    }
+    if let Some(name) = &body.name {
+        then.push(Template::state(
+            TimelineEventType::RoomName,
+            "",
+            &creator,
+            object(json!({ "name": name }))?,
+        ));
+    }
+    if let Some(topic) = &body.topic {
+        let content = json!({ "topic": topic, "m.topic": { "m.text": [{ "body": topic }] } });
+        then.push(Template::state(TimelineEventType::RoomTopic, "", &creator, object(content)?));
+    }
+    for invitee in &body.invite {
+        let mut content = member_content(&services, invitee, "invite", None)?;
+        if body.is_direct {
+            content.insert("is_direct".to_owned(), CanonicalJsonValue::Bool(true));
+        }
+        then.push(Template::state(
+            TimelineEventType::RoomMember,
+            invitee.as_str(),
+            &creator,
+            content,
+        ));
+    }
+
+    let version_name = version.to_string();
+    let (room_id, _) = services.rooms.create(version, create, then).await?;
+
+    let mut batch = Batch::new();
+    if let Some(alias) = &alias {
+        ALIASES_TABLE.put(
+            &mut batch,
+            &alias.to_string(),
+            &Json(AliasRecord { room_id: room_id.clone(), creator: creator.clone() }),
+        );
+        ROOM_ALIASES_TABLE.put(&mut batch, &(room_id.to_string(), alias.to_string()), &());
+    }
+    if body.visibility == Visibility::Public {
+        PUBLISHED_ROOMS_TABLE.put(&mut batch, &room_id.to_string(), &());
+    }
+    if !batch.is_empty() {
+        services.storage.writer().commit(batch).await?;
+    }
+    tracing::info!(room = %room_id, %creator, version = %version_name, "created a room");
+    Ok(create_room::Response::new(room_id))
+}

@@ -1,0 +1,292 @@
+//! Membership: join (by id or alias, with the room's join rules), leave, invite, kick, ban,
+//! unban, knock, forget, and the list of joined rooms.
+
+use std::{ops::ControlFlow, sync::Arc};
+
+use axum::Router;
+use ruma::{
+    OwnedRoomId, RoomId, UserId,
+    api::client::{
+        knock::knock_room,
+        membership::{
+            ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias,
+            joined_rooms, kick_user, leave_room, unban_user,
+        },
+    },
+};
+
+use super::{require_room, resolve, send_membership};
+use crate::{
+    Error, Result, Services,
+    accounts::{Sender, rate_limit::Action},
+    http::ruma::{Ruma, route},
+    storage::{
+        Direction,
+        codec::{Json, prefix},
+        rooms::USER_ROOMS_TABLE,
+    },
+};
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    let router = route(router, join_by_id_or_alias);
+    let router = route(router, join_by_id);
+    let router = route(router, invite);
+    let router = route(router, leave);
+    let router = route(router, kick);
+    let router = route(router, ban);
+    let router = route(router, unban);
+    let router = route(router, knock);
+    let router = route(router, forget);
+    route(router, joined)
+}
+
+fn limit(services: &Services, sender: &Sender, action: Action) -> Result<()> {
+    if services.accounts.is_admin(&sender.user_id) {
+        return Ok(());
+    }
+    services.accounts.limiter.check(action, sender.user_id.as_str())
+}
+
+fn unknown_room() -> Error {
+    Error::not_found(
+        "This server does not know that room; joining rooms of other servers needs federation.",
+    )
+}
+
+fn current_membership(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<Option<String>> {
+    Ok(crate::rooms::membership(services.storage.engine(), room_id, user)?
+        .map(|record| record.membership))
+}
+
+async fn join(
+    services: &Services,
+    sender: &Sender,
+    room_id: OwnedRoomId,
+    reason: Option<&str>,
+) -> Result<OwnedRoomId> {
+    require_room(services, &room_id).map_err(|_| unknown_room())?;
+    if current_membership(services, &room_id, &sender.user_id)?.as_deref() == Some("join") {
+        return Ok(room_id);
+    }
+    limit(services, sender, Action::Join)?;
+    send_membership(services, &room_id, &sender.user_id, &sender.user_id, "join", reason).await?;
+    Ok(room_id)
+}
+
+async fn join_by_id_or_alias(
+    services: Arc<Services>,
+    request: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<join_room_by_id_or_alias::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    let room_id = resolve(&services, &body.room_id_or_alias)?;
+    let room_id = join(&services, &sender, room_id, body.reason.as_deref()).await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+async fn join_by_id(
+    services: Arc<Services>,
+    request: Ruma<join_room_by_id::v3::Request>,
+) -> Result<join_room_by_id::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    let room_id = join(&services, &sender, body.room_id, body.reason.as_deref()).await?;
+    Ok(join_room_by_id::v3::Response::new(room_id))
+}
+
+async fn invite(
+    services: Arc<Services>,
+    request: Ruma<invite_user::v3::Request>,
+) -> Result<invite_user::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    let invite_user::v3::InvitationRecipient::UserId(recipient) = body.recipient else {
+        return Err(Error::forbidden("Third-party invites are not supported by this server."));
+    };
+    require_room(&services, &body.room_id)
+        .map_err(|_| Error::forbidden("You are not a member of this room."))?;
+    if recipient.user_id.server_name() != services.config.server_name {
+        return Err(Error::forbidden(
+            "Inviting users of other servers needs federation, which this server does not offer yet.",
+        ));
+    }
+    if services.accounts.record(&recipient.user_id)?.is_none_or(|record| record.deactivated) {
+        return Err(Error::not_found(format!("{} does not exist.", recipient.user_id)));
+    }
+    if current_membership(&services, &body.room_id, &recipient.user_id)?.as_deref() == Some("join")
+    {
+        return Err(Error::forbidden(format!("{} is already in the room.", recipient.user_id)));
+    }
+    limit(&services, &sender, Action::Invite)?;
+    send_membership(
+        &services,
+        &body.room_id,
+        &sender.user_id,
+        &recipient.user_id,
+        "invite",
+        recipient.reason.as_deref(),
+    )
+    .await?;
+    Ok(invite_user::v3::Response::new())
+}
+
+async fn leave(
+    services: Arc<Services>,
+    request: Ruma<leave_room::v3::Request>,
+) -> Result<leave_room::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    require_room(&services, &body.room_id)?;
+    match current_membership(&services, &body.room_id, &sender.user_id)?.as_deref() {
+        Some("join" | "invite" | "knock") => {}
+        Some("leave") => return Ok(leave_room::v3::Response::new()),
+        _ => return Err(Error::forbidden("You are not a member of this room.")),
+    }
+    send_membership(
+        &services,
+        &body.room_id,
+        &sender.user_id,
+        &sender.user_id,
+        "leave",
+        body.reason.as_deref(),
+    )
+    .await?;
+    Ok(leave_room::v3::Response::new())
+}
+
+async fn kick(
+    services: Arc<Services>,
+    request: Ruma<kick_user::v3::Request>,
+) -> Result<kick_user::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    require_room(&services, &body.room_id)
+        .map_err(|_| Error::forbidden("You are not a member of this room."))?;
+    if !matches!(
+        current_membership(&services, &body.room_id, &body.user_id)?.as_deref(),
+        Some("join" | "invite" | "knock")
+    ) {
+        return Err(Error::forbidden(format!("{} is not in the room.", body.user_id)));
+    }
+    send_membership(
+        &services,
+        &body.room_id,
+        &sender.user_id,
+        &body.user_id,
+        "leave",
+        body.reason.as_deref(),
+    )
+    .await?;
+    Ok(kick_user::v3::Response::new())
+}
+
+async fn ban(
+    services: Arc<Services>,
+    request: Ruma<ban_user::v3::Request>,
+) -> Result<ban_user::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    require_room(&services, &body.room_id)
+        .map_err(|_| Error::forbidden("You are not a member of this room."))?;
+    send_membership(
+        &services,
+        &body.room_id,
+        &sender.user_id,
+        &body.user_id,
+        "ban",
+        body.reason.as_deref(),
+    )
+    .await?;
+    Ok(ban_user::v3::Response::new())
+}
+
+async fn unban(
+    services: Arc<Services>,
+    request: Ruma<unban_user::v3::Request>,
+) -> Result<unban_user::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    require_room(&services, &body.room_id)
+        .map_err(|_| Error::forbidden("You are not a member of this room."))?;
+    if current_membership(&services, &body.room_id, &body.user_id)?.as_deref() != Some("ban") {
+        return Err(Error::forbidden(format!("{} is not banned.", body.user_id)));
+    }
+    send_membership(
+        &services,
+        &body.room_id,
+        &sender.user_id,
+        &body.user_id,
+        "leave",
+        body.reason.as_deref(),
+    )
+    .await?;
+    Ok(unban_user::v3::Response::new())
+}
+
+async fn knock(
+    services: Arc<Services>,
+    request: Ruma<knock_room::v3::Request>,
+) -> Result<knock_room::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    let room_id = resolve(&services, &body.room_id_or_alias)?;
+    require_room(&services, &room_id).map_err(|_| unknown_room())?;
+    match current_membership(&services, &room_id, &sender.user_id)?.as_deref() {
+        Some("join") => return Err(Error::forbidden("You are already in this room.")),
+        Some("ban") => return Err(Error::forbidden("You are banned from this room.")),
+        _ => {}
+    }
+    limit(&services, &sender, Action::Join)?;
+    send_membership(
+        &services,
+        &room_id,
+        &sender.user_id,
+        &sender.user_id,
+        "knock",
+        body.reason.as_deref(),
+    )
+    .await?;
+    Ok(knock_room::v3::Response::new(room_id))
+}
+
+async fn forget(
+    services: Arc<Services>,
+    request: Ruma<forget_room::v3::Request>,
+) -> Result<forget_room::v3::Response> {
+    let sender = request.sender()?.clone();
+    require_room(&services, &request.body.room_id)?;
+    services.rooms.forget(&request.body.room_id, &sender.user_id).await?;
+    Ok(forget_room::v3::Response::new())
+}
+
+/// Rooms `user` is joined to.
+pub(crate) fn joined_room_ids(services: &Services, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+    let mut rooms = Vec::new();
+    USER_ROOMS_TABLE.scan(
+        services.storage.engine(),
+        &prefix(&user.as_str()),
+        None,
+        Direction::Forward,
+        |(_, room), Json(record)| {
+            if record.membership == "join"
+                && let Ok(room) = RoomId::parse(room)
+            {
+                rooms.push(room);
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    Ok(rooms)
+}
+
+async fn joined(
+    services: Arc<Services>,
+    request: Ruma<joined_rooms::v3::Request>,
+) -> Result<joined_rooms::v3::Response> {
+    let sender = request.sender()?;
+    Ok(joined_rooms::v3::Response::new(joined_room_ids(&services, &sender.user_id)?))
+}

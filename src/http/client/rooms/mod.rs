@@ -1,0 +1,114 @@
+//! Room endpoints of the Client-Server API, one file per family.
+
+mod create;
+mod membership;
+mod read;
+mod send;
+
+use std::sync::Arc;
+
+use axum::Router;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedRoomId, RoomAliasId, RoomId, RoomOrAliasId,
+    UserId, events::TimelineEventType,
+};
+
+use crate::{
+    Error, Result, Services,
+    actors::room::{SendRequest, Sent, Transaction},
+    rooms::builder::Template,
+    storage::{codec::Json, rooms::ALIASES_TABLE, users::PROFILES_TABLE},
+};
+
+pub(in crate::http) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    let router = create::routes(router);
+    let router = membership::routes(router);
+    let router = send::routes(router);
+    read::routes(router)
+}
+
+/// A room id as given, or the room an alias of this server points to.
+pub(crate) fn resolve(services: &Services, target: &RoomOrAliasId) -> Result<OwnedRoomId> {
+    match <&RoomId>::try_from(target) {
+        Ok(room_id) => Ok(room_id.to_owned()),
+        Err(alias) => resolve_alias(services, alias),
+    }
+}
+
+/// The room an alias points to.
+pub(crate) fn resolve_alias(services: &Services, alias: &RoomAliasId) -> Result<OwnedRoomId> {
+    if alias.server_name() != services.config.server_name {
+        return Err(Error::not_found(
+            "Aliases of other servers cannot be resolved without federation.",
+        ));
+    }
+    ALIASES_TABLE
+        .get(services.storage.engine(), &alias.to_string())?
+        .map(|Json(record)| record.room_id)
+        .ok_or_else(|| Error::not_found("No room has this alias."))
+}
+
+/// Fails with `M_NOT_FOUND` unless this server knows the room.
+pub(crate) fn require_room(
+    services: &Services,
+    room_id: &RoomId,
+) -> Result<crate::storage::rooms::RoomRecord> {
+    crate::rooms::room(services.storage.engine(), room_id)?
+        .ok_or_else(|| Error::not_found("Unknown room."))
+}
+
+/// Content of a membership event for `user`, with their display name and avatar.
+pub(crate) fn member_content(
+    services: &Services,
+    user: &UserId,
+    membership: &str,
+    reason: Option<&str>,
+) -> Result<CanonicalJsonObject> {
+    let mut content = CanonicalJsonObject::new();
+    content.insert("membership".to_owned(), CanonicalJsonValue::String(membership.to_owned()));
+    if membership == "join" {
+        for field in ["displayname", "avatar_url"] {
+            if let Some(bytes) = PROFILES_TABLE
+                .get(services.storage.engine(), &(user.to_string(), field.to_owned()))?
+                && let Ok(serde_json::Value::String(value)) = serde_json::from_slice(&bytes)
+            {
+                content.insert(field.to_owned(), CanonicalJsonValue::String(value));
+            }
+        }
+    }
+    if let Some(reason) = reason {
+        content.insert("reason".to_owned(), CanonicalJsonValue::String(reason.to_owned()));
+    }
+    Ok(content)
+}
+
+/// Sends an event through the room's actor, failing fast for unknown rooms.
+pub(crate) async fn send(
+    services: &Services,
+    room_id: &RoomId,
+    template: Template,
+    transaction: Option<Transaction>,
+) -> Result<Sent> {
+    require_room(services, room_id)
+        .map_err(|_| Error::forbidden("You are not a member of this room."))?;
+    services.rooms.send(room_id, SendRequest { template, transaction }).await
+}
+
+/// Sends a membership event about `target` by `sender`.
+pub(crate) async fn send_membership(
+    services: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &UserId,
+    membership: &str,
+    reason: Option<&str>,
+) -> Result<Sent> {
+    let content = member_content(services, target, membership, reason)?;
+    let template = Template::state(
+        TimelineEventType::RoomMember,
+        target.as_str(),
+        &sender.to_owned(),
+        content,
+    );
+    send(services, room_id, template, None).await
+}

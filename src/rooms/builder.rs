@@ -1,0 +1,138 @@
+//! Building this server's own events: prev events from the forward extremities, auth events
+//! chosen by the room version's rules, depth, content hash, signature and the reference-hash
+//! event id.
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedRoomId, OwnedUserId, RoomId, events::TimelineEventType,
+    room_version_rules::RoomVersionRules,
+};
+
+use super::pdu::Pdu;
+use crate::{Error, Result, federation::SigningKey};
+
+/// What a local user (or the server) wants to send.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub kind: TimelineEventType,
+    pub content: CanonicalJsonObject,
+    pub state_key: Option<String>,
+    pub sender: OwnedUserId,
+    /// For redactions: the event to redact.
+    pub redacts: Option<OwnedEventId>,
+    /// Client-chosen timestamp (application services); now when absent.
+    pub timestamp: Option<MilliSecondsSinceUnixEpoch>,
+}
+
+impl Template {
+    pub fn state(
+        kind: TimelineEventType,
+        state_key: &str,
+        sender: &OwnedUserId,
+        content: CanonicalJsonObject,
+    ) -> Self {
+        Self {
+            kind,
+            content,
+            state_key: Some(state_key.to_owned()),
+            sender: sender.clone(),
+            redacts: None,
+            timestamp: None,
+        }
+    }
+
+    pub fn message(
+        kind: TimelineEventType,
+        sender: &OwnedUserId,
+        content: CanonicalJsonObject,
+    ) -> Self {
+        Self {
+            kind,
+            content,
+            state_key: None,
+            sender: sender.clone(),
+            redacts: None,
+            timestamp: None,
+        }
+    }
+}
+
+/// Where the event goes in the room's DAG.
+pub struct Position<'a> {
+    /// `None` only for a version-12 create event, whose room id is derived from it.
+    pub room_id: Option<&'a RoomId>,
+    pub prev_events: &'a [OwnedEventId],
+    pub auth_events: Vec<OwnedEventId>,
+    pub depth: u64,
+}
+
+fn ids(ids: &[OwnedEventId]) -> CanonicalJsonValue {
+    CanonicalJsonValue::Array(
+        ids.iter().map(|id| CanonicalJsonValue::String(id.to_string())).collect(),
+    )
+}
+
+/// Builds, hashes and signs an event; returns it with its event id (and, for a version-12
+/// create event, the room id it defines).
+pub fn build(
+    template: Template,
+    position: Position<'_>,
+    rules: &RoomVersionRules,
+    key: &SigningKey,
+    server_name: &ruma::ServerName,
+) -> Result<Pdu> {
+    let timestamp = template.timestamp.unwrap_or_else(MilliSecondsSinceUnixEpoch::now);
+    let mut object = CanonicalJsonObject::new();
+    object.insert("auth_events".to_owned(), ids(&position.auth_events));
+    object.insert("prev_events".to_owned(), ids(position.prev_events));
+    object.insert("content".to_owned(), CanonicalJsonValue::Object(template.content));
+    object.insert(
+        "depth".to_owned(),
+        CanonicalJsonValue::Integer(
+            ruma::Int::try_from(position.depth).map_err(|_| Error::internal("depth overflow"))?,
+        ),
+    );
+    object
+        .insert("origin_server_ts".to_owned(), CanonicalJsonValue::Integer(timestamp.get().into()));
+    object.insert("sender".to_owned(), CanonicalJsonValue::String(template.sender.to_string()));
+    object.insert("type".to_owned(), CanonicalJsonValue::String(template.kind.to_string()));
+    if let Some(state_key) = &template.state_key {
+        object.insert("state_key".to_owned(), CanonicalJsonValue::String(state_key.clone()));
+    }
+    if let Some(room_id) = position.room_id {
+        object.insert("room_id".to_owned(), CanonicalJsonValue::String(room_id.to_string()));
+    }
+    if let Some(redacts) = &template.redacts {
+        // Before version 11 the target is a top-level field; from 11 it lives in the content
+        // (the caller puts it there) and the top-level copy is left out.
+        if !rules.redaction.content_field_redacts {
+            object.insert("redacts".to_owned(), CanonicalJsonValue::String(redacts.to_string()));
+        }
+    }
+
+    ruma::signatures::hash_and_sign_event(
+        server_name.as_str(),
+        key.pair(),
+        &mut object,
+        &rules.redaction,
+    )
+    .map_err(|error| Error::internal(format!("signing an event: {error}")))?;
+    let hash = ruma::signatures::reference_hash(&object, rules).map_err(|error| match error {
+        ruma::signatures::JsonError::PduTooLarge => {
+            Error::too_large("The event is larger than the 64 KiB limit.")
+        }
+        error => Error::internal(format!("hashing an event: {error}")),
+    })?;
+    let event_id = EventId::new_v2_or_v3(&hash)
+        .map_err(|error| Error::internal(format!("event id: {error}")))?;
+    let room_id: OwnedRoomId = match position.room_id {
+        Some(room_id) => room_id.to_owned(),
+        None => {
+            RoomId::new_v2(&hash).map_err(|error| Error::internal(format!("room id: {error}")))?
+        }
+    };
+    object.insert("event_id".to_owned(), CanonicalJsonValue::String(event_id.to_string()));
+    let pdu = Pdu::from_json(object)?;
+    debug_assert_eq!(pdu.room_id, room_id);
+    Ok(pdu)
+}

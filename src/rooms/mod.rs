@@ -1,0 +1,225 @@
+//! Rooms: events, state, membership and the read paths over them. Writes happen in the
+//! room's actor (`actors::room`); everything here reads.
+
+pub mod builder;
+pub mod filter;
+pub mod pdu;
+pub mod state;
+pub mod timeline;
+
+use std::sync::Arc;
+
+use ruma::{
+    EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    api::error::ErrorKind,
+};
+
+use self::builder::{Position, Template};
+pub use self::pdu::Pdu;
+use crate::{
+    Config, Error, Result,
+    actors::{
+        ActorSystem, Limits, Registry,
+        room::{RoomActor, RoomMessage, SendRequest, Sent},
+    },
+    federation::SigningKey,
+    storage::{
+        Namespace, Read, Storage,
+        codec::Json,
+        rooms::{
+            EVENT_META_TABLE, EventMeta, MembershipRecord, PDUS_TABLE, ROOM_HEADS_TABLE,
+            ROOMS_TABLE, RoomHeads, RoomRecord, USER_ROOMS_TABLE,
+        },
+    },
+};
+
+/// The record of a room this server knows.
+pub fn room(reader: &(impl Read + ?Sized), room_id: &RoomId) -> Result<Option<RoomRecord>> {
+    Ok(ROOMS_TABLE.get(reader, &room_id.to_string())?.map(|Json(record)| record))
+}
+
+/// The head (current snapshot, extremities) of a room.
+pub fn heads(reader: &(impl Read + ?Sized), short: u64) -> Result<Option<RoomHeads>> {
+    Ok(ROOM_HEADS_TABLE.get(reader, &short)?.map(|Json(heads)| heads))
+}
+
+/// The short id of an event, if this server has it.
+pub fn event_short(storage: &Storage, event_id: &EventId) -> Result<Option<u64>> {
+    storage.interner().lookup(storage.engine(), Namespace::EventId, event_id.as_bytes())
+}
+
+/// The event id of a short event id.
+pub fn event_id(storage: &Storage, short: u64) -> Result<Option<OwnedEventId>> {
+    Ok(storage
+        .interner()
+        .resolve(storage.engine(), Namespace::EventId, short)?
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|id| EventId::parse(id).ok()))
+}
+
+/// An event by short id.
+pub fn pdu(reader: &(impl Read + ?Sized), short: u64) -> Result<Option<Pdu>> {
+    match PDUS_TABLE.get(reader, &short)? {
+        Some(bytes) => Ok(Some(Pdu::from_bytes(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// An event by id, with its short id.
+pub fn pdu_by_id(storage: &Storage, event_id: &EventId) -> Result<Option<(u64, Pdu)>> {
+    let Some(short) = event_short(storage, event_id)? else {
+        return Ok(None);
+    };
+    Ok(pdu(storage.engine(), short)?.map(|pdu| (short, pdu)))
+}
+
+/// Where an event sits in its room.
+pub fn event_meta(reader: &(impl Read + ?Sized), short: u64) -> Result<Option<EventMeta>> {
+    Ok(EVENT_META_TABLE.get(reader, &short)?.map(|Json(meta)| meta))
+}
+
+/// `user`'s membership in `room_id`, as recorded for the user.
+pub fn membership(
+    reader: &(impl Read + ?Sized),
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<Option<MembershipRecord>> {
+    Ok(USER_ROOMS_TABLE
+        .get(reader, &(user.to_string(), room_id.to_string()))?
+        .map(|Json(record)| record))
+}
+
+/// Whether `user` is currently joined to `room_id`.
+pub fn is_joined(reader: &(impl Read + ?Sized), room_id: &RoomId, user: &UserId) -> Result<bool> {
+    Ok(membership(reader, room_id, user)?.is_some_and(|record| record.membership == "join"))
+}
+
+/// The state event `(kind, state_key)` at `snapshot`.
+pub fn state_event(
+    storage: &Storage,
+    snapshot: u64,
+    kind: &str,
+    state_key: &str,
+) -> Result<Option<Pdu>> {
+    let Some(key) = state::short_key(storage, kind, state_key)? else {
+        return Ok(None);
+    };
+    match state::lookup(storage.engine(), snapshot, key)? {
+        Some(short) => pdu(storage.engine(), short),
+        None => Ok(None),
+    }
+}
+
+/// The current state event `(kind, state_key)` of a room.
+pub fn current_state_event(
+    storage: &Storage,
+    room_id: &RoomId,
+    kind: &str,
+    state_key: &str,
+) -> Result<Option<Pdu>> {
+    let Some(record) = room(storage.engine(), room_id)? else {
+        return Ok(None);
+    };
+    let Some(heads) = heads(storage.engine(), record.short)? else {
+        return Ok(None);
+    };
+    state_event(storage, heads.snapshot, kind, state_key)
+}
+
+/// How long a caller waits for a room actor.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The rooms service: the registry of room actors and what creating a room needs.
+pub struct Rooms {
+    pub actors: Registry<RoomActor>,
+    storage: Arc<Storage>,
+    key: Arc<SigningKey>,
+    server_name: OwnedServerName,
+    /// Serialises changes to the global alias namespace.
+    pub aliases: tokio::sync::Mutex<()>,
+}
+
+impl Rooms {
+    pub async fn start(
+        config: &Config,
+        storage: Arc<Storage>,
+        key: Arc<SigningKey>,
+        actors: &ActorSystem,
+    ) -> Result<Self> {
+        let limits = Limits {
+            idle_timeout: std::time::Duration::from_secs(config.actor_idle_timeout_s.max(1)),
+            mailbox_limit: config.actor_mailbox_limit.max(1),
+        };
+        let behaviour = RoomActor::new(
+            Arc::clone(&storage),
+            Arc::clone(&key),
+            config.server_name.clone(),
+            config.save_unredacted_events,
+        );
+        let actors = actors.registry(behaviour, limits).await?;
+        Ok(Self {
+            actors,
+            storage,
+            key,
+            server_name: config.server_name.clone(),
+            aliases: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Sends one event to a room through its actor.
+    pub async fn send(&self, room_id: &RoomId, request: SendRequest) -> Result<Sent> {
+        let request = Box::new(request);
+        self.actors
+            .call(&room_id.to_owned(), |reply| RoomMessage::Send { request, reply }, CALL_TIMEOUT)
+            .await?
+    }
+
+    /// Creates a room: builds its create event (which defines the id of a version-12 room),
+    /// then has the new room's actor commit it with the events that follow, atomically.
+    pub async fn create(
+        &self,
+        version: RoomVersionId,
+        create: Template,
+        then: Vec<Template>,
+    ) -> Result<(OwnedRoomId, Vec<Sent>)> {
+        let rules = version.rules().ok_or_else(|| {
+            Error::matrix(
+                axum::http::StatusCode::BAD_REQUEST,
+                ErrorKind::UnsupportedRoomVersion,
+                "Unsupported room version.",
+            )
+        })?;
+        let room_id = (!rules.authorization.room_create_event_id_as_room_id)
+            .then(|| RoomId::new_v1(&self.server_name));
+        let position = Position {
+            room_id: room_id.as_deref(),
+            prev_events: &[],
+            auth_events: Vec::new(),
+            depth: 1,
+        };
+        let create = builder::build(create, position, &rules, &self.key, &self.server_name)?;
+        let room_id = create.room_id.clone();
+        let create = Box::new(create);
+        let sent = self
+            .actors
+            .call(
+                &room_id,
+                |reply| RoomMessage::Create { create, version, then, reply },
+                CALL_TIMEOUT,
+            )
+            .await??;
+        Ok((room_id, sent))
+    }
+
+    /// Marks a left room as forgotten for `user`.
+    pub async fn forget(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        let user = user.to_owned();
+        self.actors
+            .call(&room_id.to_owned(), |reply| RoomMessage::Forget { user, reply }, CALL_TIMEOUT)
+            .await?
+    }
+
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+}

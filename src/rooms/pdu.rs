@@ -1,0 +1,325 @@
+//! The persistent data unit: an event as the room DAG knows it, with its signatures and
+//! hashes, and its client-facing rendering.
+//!
+//! The stored form is the federation JSON plus `event_id` (which room versions 3+ leave
+//! implicit), so one read gives everything; [`Pdu::federation_json`] strips it again. A
+//! version-12 create event has no `room_id`: its id with `!` for `$` is the room id.
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UInt, UserId, events::TimelineEventType,
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
+
+use crate::{Error, Result};
+
+/// An event of a room.
+#[derive(Debug, Clone)]
+pub struct Pdu {
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    pub sender: OwnedUserId,
+    pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    pub kind: TimelineEventType,
+    pub content: Box<RawJsonValue>,
+    pub state_key: Option<String>,
+    pub prev_events: Vec<OwnedEventId>,
+    pub auth_events: Vec<OwnedEventId>,
+    /// The redacted event, from `content.redacts` (v11+) or the top-level field.
+    pub redacts: Option<OwnedEventId>,
+    pub depth: u64,
+    /// The room id is not in the event (a version-12 create event defines it).
+    pub implicit_room_id: bool,
+    /// The stored form (federation JSON plus `event_id`).
+    pub json: CanonicalJsonObject,
+}
+
+fn field<'a>(json: &'a CanonicalJsonObject, name: &str) -> Result<&'a CanonicalJsonValue> {
+    json.get(name).ok_or_else(|| Error::bad_json(format!("event has no `{name}`")))
+}
+
+fn string<'a>(json: &'a CanonicalJsonObject, name: &str) -> Result<&'a str> {
+    match field(json, name)? {
+        CanonicalJsonValue::String(value) => Ok(value),
+        _ => Err(Error::bad_json(format!("event field `{name}` is not a string"))),
+    }
+}
+
+fn event_ids(json: &CanonicalJsonObject, name: &str) -> Result<Vec<OwnedEventId>> {
+    let Some(value) = json.get(name) else {
+        return Ok(Vec::new());
+    };
+    let CanonicalJsonValue::Array(items) = value else {
+        return Err(Error::bad_json(format!("event field `{name}` is not an array")));
+    };
+    items
+        .iter()
+        .map(|item| {
+            match item {
+                // Room versions 1 and 2 reference events as [event_id, hashes].
+                CanonicalJsonValue::Array(pair) => match pair.first() {
+                    Some(CanonicalJsonValue::String(id)) => EventId::parse(id.as_str()),
+                    _ => EventId::parse(""),
+                },
+                CanonicalJsonValue::String(id) => EventId::parse(id.as_str()),
+                _ => EventId::parse(""),
+            }
+            .map_err(|_| Error::bad_json(format!("event field `{name}` holds an invalid event id")))
+        })
+        .collect()
+}
+
+impl Pdu {
+    /// Parses a stored or freshly built event.
+    pub fn from_json(json: CanonicalJsonObject) -> Result<Self> {
+        let event_id = EventId::parse(string(&json, "event_id")?)
+            .map_err(|_| Error::bad_json("invalid event_id"))?;
+        let kind = TimelineEventType::from(string(&json, "type")?);
+        let (room_id, implicit_room_id) = match json.get("room_id") {
+            Some(CanonicalJsonValue::String(room_id)) => (
+                RoomId::parse(room_id.as_str()).map_err(|_| Error::bad_json("invalid room_id"))?,
+                false,
+            ),
+            // Version 12: the create event's id, with `!` for `$`, is the room id.
+            None if kind == TimelineEventType::RoomCreate => (
+                RoomId::new_v2(event_id.as_str().trim_start_matches('$'))
+                    .map_err(|_| Error::bad_json("create event without a usable room id"))?,
+                true,
+            ),
+            _ => return Err(Error::bad_json("event has no valid `room_id`")),
+        };
+        let sender = UserId::parse(string(&json, "sender")?)
+            .map_err(|_| Error::bad_json("invalid sender"))?;
+        let origin_server_ts = match field(&json, "origin_server_ts")? {
+            CanonicalJsonValue::Integer(ts) => UInt::try_from(i64::from(*ts))
+                .map(MilliSecondsSinceUnixEpoch)
+                .map_err(|_| Error::bad_json("negative origin_server_ts"))?,
+            _ => return Err(Error::bad_json("origin_server_ts is not an integer")),
+        };
+        let depth = match json.get("depth") {
+            Some(CanonicalJsonValue::Integer(depth)) => {
+                u64::try_from(i64::from(*depth)).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        let content_value = match field(&json, "content")? {
+            value @ CanonicalJsonValue::Object(_) => value,
+            _ => return Err(Error::bad_json("event content is not an object")),
+        };
+        let content = serde_json::value::to_raw_value(content_value)?;
+        let state_key = match json.get("state_key") {
+            Some(CanonicalJsonValue::String(key)) => Some(key.clone()),
+            Some(_) => return Err(Error::bad_json("state_key is not a string")),
+            None => None,
+        };
+        let redacts = match (json.get("redacts"), content_value) {
+            (Some(CanonicalJsonValue::String(id)), _) => EventId::parse(id.as_str()).ok(),
+            (_, CanonicalJsonValue::Object(content)) => match content.get("redacts") {
+                Some(CanonicalJsonValue::String(id)) => EventId::parse(id.as_str()).ok(),
+                _ => None,
+            },
+            _ => None,
+        };
+        let prev_events = event_ids(&json, "prev_events")?;
+        let auth_events = event_ids(&json, "auth_events")?;
+        Ok(Self {
+            redacts: (kind == TimelineEventType::RoomRedaction).then_some(redacts).flatten(),
+            event_id,
+            room_id,
+            sender,
+            origin_server_ts,
+            kind,
+            content,
+            state_key,
+            prev_events,
+            auth_events,
+            depth,
+            implicit_room_id,
+            json,
+        })
+    }
+
+    /// Parses the stored bytes of an event.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let json: CanonicalJsonObject = serde_json::from_slice(bytes)?;
+        Self::from_json(json)
+    }
+
+    /// The stored form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.json).unwrap_or_default()
+    }
+
+    pub fn is_state(&self) -> bool {
+        self.state_key.is_some()
+    }
+
+    /// The content as a JSON value.
+    pub fn content_value(&self) -> JsonValue {
+        serde_json::from_str(self.content.get()).unwrap_or(JsonValue::Null)
+    }
+
+    /// A string field of the content.
+    pub fn content_str(&self, name: &str) -> Option<String> {
+        self.content_value().get(name).and_then(JsonValue::as_str).map(str::to_owned)
+    }
+
+    /// The event as other servers must see it.
+    pub fn federation_json(&self, version: &RoomVersionId) -> CanonicalJsonObject {
+        let mut json = self.json.clone();
+        let rules = version.rules();
+        let explicit_event_id = rules.as_ref().is_some_and(|rules| {
+            matches!(rules.event_id_format, ruma::room_version_rules::EventIdFormatVersion::V1)
+        });
+        if !explicit_event_id {
+            json.remove("event_id");
+        }
+        json.remove("unsigned");
+        json
+    }
+
+    /// The event as clients see it (the spec's ClientEvent), with `unsigned` filled in by the
+    /// caller.
+    pub fn client_json(&self, unsigned: serde_json::Map<String, JsonValue>) -> JsonValue {
+        let mut event = serde_json::Map::new();
+        event.insert("content".to_owned(), self.content_value());
+        event.insert("event_id".to_owned(), JsonValue::String(self.event_id.to_string()));
+        event.insert(
+            "origin_server_ts".to_owned(),
+            JsonValue::from(u64::from(self.origin_server_ts.get())),
+        );
+        event.insert("room_id".to_owned(), JsonValue::String(self.room_id.to_string()));
+        event.insert("sender".to_owned(), JsonValue::String(self.sender.to_string()));
+        event.insert("type".to_owned(), JsonValue::String(self.kind.to_string()));
+        if let Some(state_key) = &self.state_key {
+            event.insert("state_key".to_owned(), JsonValue::String(state_key.clone()));
+        }
+        if let Some(redacts) = &self.redacts {
+            event.insert("redacts".to_owned(), JsonValue::String(redacts.to_string()));
+        }
+        let mut unsigned = unsigned;
+        let age =
+            MilliSecondsSinceUnixEpoch::now().get().saturating_sub(self.origin_server_ts.get());
+        unsigned.insert("age".to_owned(), JsonValue::from(u64::from(age)));
+        if let Some(CanonicalJsonValue::Object(stored)) = self.json.get("unsigned")
+            && let Some(because) = stored.get("redacted_because")
+        {
+            unsigned.insert(
+                "redacted_because".to_owned(),
+                serde_json::to_value(because).unwrap_or_default(),
+            );
+        }
+        event.insert("unsigned".to_owned(), JsonValue::Object(unsigned));
+        JsonValue::Object(event)
+    }
+
+    /// The stripped form used for invite and knock previews.
+    pub fn stripped_json(&self) -> JsonValue {
+        serde_json::json!({
+            "content": self.content_value(),
+            "sender": self.sender,
+            "state_key": self.state_key.clone().unwrap_or_default(),
+            "type": self.kind.to_string(),
+        })
+    }
+
+    /// The redacted form of this event under `rules`.
+    pub fn redacted(&self, rules: &RoomVersionRules, because: &Pdu) -> Result<Self> {
+        let because_json = serde_json::to_value(&because.json)?;
+        let because_object = match ruma::canonical_json::to_canonical_value(because_json) {
+            Ok(CanonicalJsonValue::Object(object)) => object,
+            _ => return Err(Error::internal("redaction event is not an object")),
+        };
+        let mut json = self.json.clone();
+        let event_id = json.remove("event_id");
+        json.remove("unsigned");
+        let mut redacted = ruma::canonical_json::redact(
+            json,
+            &rules.redaction,
+            Some(ruma::canonical_json::RedactedBecause::from_json(because_object)),
+        )
+        .map_err(|error| Error::internal(format!("redacting {}: {error}", self.event_id)))?;
+        if let Some(event_id) = event_id {
+            redacted.insert("event_id".to_owned(), event_id);
+        }
+        Self::from_json(redacted)
+    }
+}
+
+impl ruma::state_res::Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &Self::Id {
+        &self.event_id
+    }
+
+    fn room_id(&self) -> Option<&RoomId> {
+        (!self.implicit_room_id).then_some(&self.room_id)
+    }
+
+    fn sender(&self) -> &UserId {
+        &self.sender
+    }
+
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.origin_server_ts
+    }
+
+    fn event_type(&self) -> &TimelineEventType {
+        &self.kind
+    }
+
+    fn content(&self) -> &RawJsonValue {
+        &self.content
+    }
+
+    fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.prev_events.iter())
+    }
+
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.auth_events.iter())
+    }
+
+    fn redacts(&self) -> Option<&Self::Id> {
+        self.redacts.as_ref()
+    }
+
+    fn rejected(&self) -> bool {
+        false
+    }
+}
+
+/// Converts client-supplied JSON content into canonical JSON, refusing what canonical JSON
+/// cannot carry (floats, integers beyond 2^53).
+pub fn canonical_content(content: JsonValue) -> Result<CanonicalJsonObject> {
+    match CanonicalJsonValue::try_from(content) {
+        Ok(CanonicalJsonValue::Object(object)) => Ok(object),
+        Ok(_) => Err(Error::bad_json("Event content must be a JSON object.")),
+        Err(error) => Err(Error::bad_json(format!(
+            "Event content is not valid canonical JSON ({error}): use integers, not floats."
+        ))),
+    }
+}
+
+/// The state key interned for `(event type, state key)`.
+pub fn state_key_bytes(kind: &str, state_key: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(kind.len() + 1 + state_key.len());
+    bytes.extend_from_slice(kind.as_bytes());
+    bytes.push(0xFF);
+    bytes.extend_from_slice(state_key.as_bytes());
+    bytes
+}
+
+/// Splits bytes made by [`state_key_bytes`].
+pub fn split_state_key(bytes: &[u8]) -> Option<(String, String)> {
+    let separator = bytes.iter().position(|byte| *byte == 0xFF)?;
+    let kind = std::str::from_utf8(&bytes[..separator]).ok()?;
+    let key = std::str::from_utf8(&bytes[separator + 1..]).ok()?;
+    Some((kind.to_owned(), key.to_owned()))
+}

@@ -1,0 +1,293 @@
+//! Reading rooms as a user may see them: history visibility, timeline pagination tokens,
+//! which state a user may read, and events rendered for clients.
+//!
+//! A pagination token `t<N>` names the gap after stream position N: paging backwards from
+//! it yields events at N and before, paging forwards yields events after N.
+
+use std::{collections::HashMap, ops::ControlFlow};
+
+use ruma::{RoomId, UserId};
+use serde_json::{Map, Value as JsonValue};
+
+use super::{Pdu, state};
+use crate::{
+    Error, Result,
+    storage::{
+        Direction, Storage,
+        codec::Json,
+        rooms::{EventMeta, ROOM_MEMBERS_TABLE, RoomRecord, TIMELINE_TABLE},
+    },
+};
+
+/// A position in a room's timeline, as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token(pub u64);
+
+impl Token {
+    pub fn parse(text: &str) -> Result<Self> {
+        // Sync tokens carry the timeline position first ("s12_..."); plain "t12" and "12"
+        // are accepted too.
+        let digits =
+            text.trim_start_matches(['t', 's']).split(['_', '.', '~']).next().unwrap_or_default();
+        digits
+            .parse()
+            .map(Self)
+            .map_err(|_| Error::invalid_param(format!("Invalid pagination token '{text}'.")))
+    }
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "t{}", self.0)
+    }
+}
+
+/// What a user may see of a room: memoises visibility facts per state snapshot.
+pub struct Viewer<'a> {
+    storage: &'a Storage,
+    user: &'a UserId,
+    /// The user's current membership in the room.
+    current_membership: Option<String>,
+    facts: HashMap<u64, (String, Option<String>)>,
+}
+
+impl<'a> Viewer<'a> {
+    pub fn new(storage: &'a Storage, room_id: &RoomId, user: &'a UserId) -> Result<Self> {
+        let current_membership =
+            super::membership(storage.engine(), room_id, user)?.map(|record| record.membership);
+        Ok(Self { storage, user, current_membership, facts: HashMap::new() })
+    }
+
+    pub fn user(&self) -> &UserId {
+        self.user
+    }
+
+    pub fn current_membership(&self) -> Option<&str> {
+        self.current_membership.as_deref()
+    }
+
+    /// `(history_visibility, user's membership)` in the state `snapshot`.
+    fn facts(&mut self, snapshot: u64) -> Result<(String, Option<String>)> {
+        if let Some(facts) = self.facts.get(&snapshot) {
+            return Ok(facts.clone());
+        }
+        let visibility =
+            super::state_event(self.storage, snapshot, "m.room.history_visibility", "")?
+                .and_then(|pdu| pdu.content_str("history_visibility"))
+                .unwrap_or_else(|| "shared".to_owned());
+        let membership =
+            super::state_event(self.storage, snapshot, "m.room.member", self.user.as_str())?
+                .and_then(|pdu| pdu.content_str("membership"));
+        if self.facts.len() > 1024 {
+            self.facts.clear();
+        }
+        self.facts.insert(snapshot, (visibility.clone(), membership.clone()));
+        Ok((visibility, membership))
+    }
+
+    /// Whether the user may see `pdu`, whose metadata is `meta`.
+    pub fn can_see(&mut self, pdu: &Pdu, meta: &EventMeta) -> Result<bool> {
+        // Users always see their own membership changes.
+        if pdu.state_key.as_deref() == Some(self.user.as_str())
+            && pdu.kind.to_string() == "m.room.member"
+        {
+            return Ok(true);
+        }
+        let (visibility, membership) = self.facts(meta.state_before)?;
+        Ok(match visibility.as_str() {
+            "world_readable" => true,
+            _ if membership.as_deref() == Some("join") => true,
+            "shared" => self.current_membership.as_deref() == Some("join"),
+            "invited" => membership.as_deref() == Some("invite"),
+            _ => false,
+        })
+    }
+}
+
+/// The state snapshot `user` may read for a room: the current state while joined (or when
+/// the room is world-readable), the state when they left otherwise.
+pub fn readable_snapshot(
+    storage: &Storage,
+    record: &RoomRecord,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<u64> {
+    let heads = super::heads(storage.engine(), record.short)?
+        .ok_or_else(|| Error::not_found("Unknown room."))?;
+    let membership = super::membership(storage.engine(), room_id, user)?;
+    match membership.as_ref().map(|record| record.membership.as_str()) {
+        Some("join") => return Ok(heads.snapshot),
+        Some("leave" | "ban") => {
+            let record =
+                membership.as_ref().ok_or_else(|| Error::internal("membership vanished"))?;
+            if let Some(short) = super::event_short(storage, &record.event_id)?
+                && let Some(meta) = super::event_meta(storage.engine(), short)?
+            {
+                // The state at their departure, unless the room is world-readable now.
+                let world_readable =
+                    super::state_event(storage, heads.snapshot, "m.room.history_visibility", "")?
+                        .and_then(|pdu| pdu.content_str("history_visibility"))
+                        .is_some_and(|visibility| visibility == "world_readable");
+                return Ok(if world_readable { heads.snapshot } else { meta.state_after });
+            }
+        }
+        _ => {}
+    }
+    let world_readable =
+        super::state_event(storage, heads.snapshot, "m.room.history_visibility", "")?
+            .and_then(|pdu| pdu.content_str("history_visibility"))
+            .is_some_and(|visibility| visibility == "world_readable");
+    if world_readable {
+        Ok(heads.snapshot)
+    } else {
+        Err(Error::forbidden("You are not a member of this room."))
+    }
+}
+
+/// Renders an event for `viewer`: age, the sender device's transaction id, and for state
+/// events the previous content.
+pub fn render(
+    storage: &Storage,
+    pdu: &Pdu,
+    meta: &EventMeta,
+    viewer: Option<(&UserId, Option<&str>)>,
+) -> Result<JsonValue> {
+    let mut unsigned = Map::new();
+    if let (Some((user, Some(device))), Some((sent_device, txn))) = (viewer, &meta.transaction)
+        && pdu.sender == user
+        && device == sent_device
+    {
+        unsigned.insert("transaction_id".to_owned(), JsonValue::String(txn.clone()));
+    }
+    if let Some(state_key) = &pdu.state_key
+        && let Some(key) = state::short_key(storage, &pdu.kind.to_string(), state_key)?
+        && let Some(previous) = state::lookup(storage.engine(), meta.state_before, key)?
+        && let Some(previous) = super::pdu(storage.engine(), previous)?
+    {
+        unsigned.insert("prev_content".to_owned(), previous.content_value());
+        unsigned
+            .insert("replaces_state".to_owned(), JsonValue::String(previous.event_id.to_string()));
+    }
+    let mut rendered = pdu.client_json(unsigned);
+    if let Some(bundle) = bundled_relations(storage, pdu, viewer.map(|(user, _)| user))?
+        && let Some(unsigned) = rendered.get_mut("unsigned").and_then(JsonValue::as_object_mut)
+    {
+        unsigned.insert("m.relations".to_owned(), bundle);
+    }
+    Ok(rendered)
+}
+
+/// Bundled aggregations for `pdu` (`m.replace`, `m.thread`, `m.reference`), if any.
+pub fn bundled_relations(
+    storage: &Storage,
+    pdu: &Pdu,
+    viewer: Option<&UserId>,
+) -> Result<Option<JsonValue>> {
+    let _ = (storage, pdu, viewer);
+    Ok(None)
+}
+
+/// A page of a room's timeline in `direction` from `from`, as events the viewer may see.
+pub struct Page {
+    pub events: Vec<(u64, Pdu, EventMeta)>,
+    /// Token to continue from, absent when the start (or end) was reached.
+    pub next: Option<Token>,
+}
+
+/// Walks the timeline of `room` and keeps the visible events that `keep` accepts, up to
+/// `limit`; at most `scan_limit` events are examined.
+pub fn paginate(
+    storage: &Storage,
+    room: u64,
+    from: Option<Token>,
+    direction: Direction,
+    limit: usize,
+    viewer: &mut Viewer<'_>,
+    mut keep: impl FnMut(&Pdu) -> bool,
+) -> Result<Page> {
+    let scan_limit = limit.saturating_mul(50).max(500);
+    let prefix = room.to_be_bytes();
+    let start = match (from, direction) {
+        (Some(Token(position)), Direction::Reverse) => Some((room, position)),
+        (Some(Token(position)), Direction::Forward) => Some((room, position.saturating_add(1))),
+        (None, _) => None,
+    };
+    let mut candidates = Vec::new();
+    let mut scanned = 0usize;
+    let mut last = None;
+    let mut exhausted = true;
+    TIMELINE_TABLE.scan(
+        storage.engine(),
+        &prefix,
+        start.as_ref(),
+        direction,
+        |(_, position), short| {
+            scanned += 1;
+            last = Some(position);
+            candidates.push((position, short));
+            if scanned >= scan_limit {
+                exhausted = false;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    let mut events = Vec::new();
+    let mut finished_at = None;
+    for (position, short) in &candidates {
+        let Some(pdu) = super::pdu(storage.engine(), *short)? else { continue };
+        let Some(meta) = super::event_meta(storage.engine(), *short)? else { continue };
+        if !keep(&pdu) || !viewer.can_see(&pdu, &meta)? {
+            continue;
+        }
+        events.push((*short, pdu, meta));
+        if events.len() >= limit {
+            finished_at = Some(*position);
+            break;
+        }
+    }
+    let next = match (finished_at, direction) {
+        (Some(position), Direction::Reverse) => Some(Token(position.saturating_sub(1))),
+        (Some(position), Direction::Forward) => Some(Token(position)),
+        (None, Direction::Reverse) if !exhausted => {
+            last.map(|position| Token(position.saturating_sub(1)))
+        }
+        (None, Direction::Forward) if !exhausted => last.map(Token),
+        (None, _) => None,
+    };
+    Ok(Page { events, next })
+}
+
+/// Members of a room in the state `snapshot`, optionally filtered by membership.
+pub fn members_at(storage: &Storage, snapshot: u64) -> Result<Vec<Pdu>> {
+    let state = state::load(storage.engine(), snapshot)?;
+    let mut members = Vec::new();
+    for (key, short) in state {
+        let Some((kind, _)) = state::resolve_key(storage, key)? else { continue };
+        if kind != "m.room.member" {
+            continue;
+        }
+        if let Some(pdu) = super::pdu(storage.engine(), short)? {
+            members.push(pdu);
+        }
+    }
+    Ok(members)
+}
+
+/// Currently joined members (user id, member event content) from the membership index.
+pub fn joined_members(storage: &Storage, room: u64) -> Result<Vec<String>> {
+    let mut joined = Vec::new();
+    ROOM_MEMBERS_TABLE.scan(
+        storage.engine(),
+        &room.to_be_bytes(),
+        None,
+        Direction::Forward,
+        |(_, user), Json(record)| {
+            if record.membership == "join" {
+                joined.push(user);
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    Ok(joined)
+}

@@ -1,0 +1,168 @@
+//! Rooms at rest: events (PDUs) and their metadata, per-room timelines, state snapshots,
+//! memberships from both sides, and the indexes the read paths use. Only a room's actor
+//! writes that room's rows.
+
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as JsonValue;
+
+use super::{
+    catalogue::{
+        ALIASES, EVENT_META, EVENT_TIMES, PDUS, PUBLISHED_ROOMS, RELATIONS, REPORTS, ROOM_ALIASES,
+        ROOM_HEADS, ROOM_MEMBERS, ROOMS, SEARCH_INDEX, STATE_SNAPSHOTS, THREADS, TIMELINE,
+        TRANSACTIONS, UNREDACTED, USER_ROOMS,
+    },
+    codec::{CodecError, Json, Value},
+    table::Table,
+};
+
+/// A room this server knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub short: u64,
+    pub version: RoomVersionId,
+    pub creator: OwnedUserId,
+    pub created_ms: u64,
+}
+
+/// The head of a room: what new events build on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomHeads {
+    pub snapshot: u64,
+    /// Deltas since the last full snapshot on the current chain.
+    pub snapshot_chain: u32,
+    pub extremities: Vec<OwnedEventId>,
+    pub depth: u64,
+}
+
+/// Where an event sits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMeta {
+    pub room: u64,
+    pub position: u64,
+    /// State before the event.
+    pub state_before: u64,
+    /// State after the event (equal to `state_before` for non-state events).
+    pub state_after: u64,
+    #[serde(default)]
+    pub redacted: bool,
+    /// `(device id, transaction id)` of a local client's send, shown back to that device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<(String, String)>,
+}
+
+/// A membership as seen from the room or from the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipRecord {
+    pub membership: String,
+    /// Stream position of the membership event.
+    pub position: u64,
+    pub event_id: OwnedEventId,
+    /// Stripped state shown with an invite or knock.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stripped_state: Vec<JsonValue>,
+    /// The user forgot the room after leaving it.
+    #[serde(default)]
+    pub forgotten: bool,
+}
+
+/// An alias of a local room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasRecord {
+    pub room_id: OwnedRoomId,
+    pub creator: OwnedUserId,
+}
+
+/// A content report for admins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRecord {
+    pub reporter: OwnedUserId,
+    pub room_id: OwnedRoomId,
+    pub event_id: Option<OwnedEventId>,
+    pub reason: Option<String>,
+    pub score: Option<i64>,
+    pub received_ms: u64,
+}
+
+/// An event kept in its original form after redaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnredactedRecord {
+    pub original: String,
+    pub redacted_ms: u64,
+}
+
+/// A state snapshot: the entries that differ from `parent`, or every entry when `parent` is
+/// none. Entries are `(short state key, short event id)` sorted by state key, so a single
+/// key is found by binary search.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub parent: Option<u64>,
+    pub entries: Vec<(u64, u64)>,
+}
+
+impl Value for Snapshot {
+    fn encode_value(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.entries.len() * 16);
+        out.extend_from_slice(&self.parent.unwrap_or(0).to_be_bytes());
+        for (key, event) in &self.entries {
+            out.extend_from_slice(&key.to_be_bytes());
+            out.extend_from_slice(&event.to_be_bytes());
+        }
+        out
+    }
+
+    fn decode_value(bytes: &[u8]) -> Result<Self, CodecError> {
+        if bytes.len() < 8 || !(bytes.len() - 8).is_multiple_of(16) {
+            return Err(CodecError("malformed state snapshot"));
+        }
+        let word = |at: usize| {
+            let mut buffer = [0u8; 8];
+            buffer.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_be_bytes(buffer)
+        };
+        let parent = match word(0) {
+            0 => None,
+            parent => Some(parent),
+        };
+        let entries = (8..bytes.len()).step_by(16).map(|at| (word(at), word(at + 8))).collect();
+        Ok(Self { parent, entries })
+    }
+}
+
+pub const ROOMS_TABLE: Table<String, Json<RoomRecord>> = Table::new(ROOMS);
+pub const ROOM_HEADS_TABLE: Table<u64, Json<RoomHeads>> = Table::new(ROOM_HEADS);
+pub const PDUS_TABLE: Table<u64, Vec<u8>> = Table::new(PDUS);
+pub const EVENT_META_TABLE: Table<u64, Json<EventMeta>> = Table::new(EVENT_META);
+pub const TIMELINE_TABLE: Table<(u64, u64), u64> = Table::new(TIMELINE);
+pub const SNAPSHOTS_TABLE: Table<u64, Snapshot> = Table::new(STATE_SNAPSHOTS);
+pub const ROOM_MEMBERS_TABLE: Table<(u64, String), Json<MembershipRecord>> =
+    Table::new(ROOM_MEMBERS);
+pub const USER_ROOMS_TABLE: Table<(String, String), Json<MembershipRecord>> =
+    Table::new(USER_ROOMS);
+/// `(user, device, room, transaction id) -> event id`: a transaction id is scoped to the
+/// device and the room it was sent to.
+pub const TRANSACTIONS_TABLE: Table<(String, String, String, String), String> =
+    Table::new(TRANSACTIONS);
+pub const ALIASES_TABLE: Table<String, Json<AliasRecord>> = Table::new(ALIASES);
+pub const ROOM_ALIASES_TABLE: Table<(String, String), ()> = Table::new(ROOM_ALIASES);
+pub const PUBLISHED_ROOMS_TABLE: Table<String, ()> = Table::new(PUBLISHED_ROOMS);
+pub const RELATIONS_TABLE: Table<(u64, String, u64), u64> = Table::new(RELATIONS);
+pub const THREADS_TABLE: Table<(u64, u64), u64> = Table::new(THREADS);
+pub const SEARCH_TABLE: Table<(u64, String, u64), u64> = Table::new(SEARCH_INDEX);
+pub const EVENT_TIMES_TABLE: Table<(u64, u64, u64), u64> = Table::new(EVENT_TIMES);
+pub const REPORTS_TABLE: Table<(u64, String), Json<ReportRecord>> = Table::new(REPORTS);
+pub const UNREDACTED_TABLE: Table<u64, Json<UnredactedRecord>> = Table::new(UNREDACTED);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_round_trip() {
+        let snapshot = Snapshot { parent: Some(7), entries: vec![(1, 10), (5, 50)] };
+        assert_eq!(Snapshot::decode_value(&snapshot.encode_value()), Ok(snapshot));
+        let full = Snapshot { parent: None, entries: vec![] };
+        assert_eq!(Snapshot::decode_value(&full.encode_value()), Ok(full));
+        assert!(Snapshot::decode_value(&[1, 2, 3]).is_err());
+    }
+}
