@@ -57,6 +57,15 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Signal handlers go in before anything listens, so an early SIGTERM or SIGHUP is
+        // handled rather than killing the process.
+        let signals = match Signals::install() {
+            Ok(signals) => signals,
+            Err(error) => {
+                eprintln!("tuwunel: cannot install signal handlers: {error}");
+                return ExitCode::from(1);
+            }
+        };
         let server = match Server::start(config).await {
             Ok(server) => server,
             Err(error) => {
@@ -68,7 +77,7 @@ fn main() -> ExitCode {
         let shutdown = server.shutdown_handle();
         let services = std::sync::Arc::downgrade(server.services());
         tokio::spawn(async move {
-            handle_signals(services).await;
+            signals.handle(services).await;
             shutdown.trigger();
         });
         match server.run().await {
@@ -81,32 +90,43 @@ fn main() -> ExitCode {
     })
 }
 
-/// Returns when the server should stop (SIGTERM, SIGINT). SIGUSR2 runs the configured
-/// `admin_signal_execute` commands; SIGHUP is logged and ignored (there is no live reload).
-async fn handle_signals(services: std::sync::Weak<tuwunel::Services>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup), Ok(mut user2)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined2()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-            _ = hangup.recv() => {
-                tracing::warn!("SIGHUP received: configuration is not reloaded; restart the server to apply changes");
-            }
-            _ = user2.recv() => {
-                if let Some(services) = services.upgrade() {
-                    Server::signal_commands(&services);
+/// The signals the server reacts to.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+    user2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+            user2: signal(SignalKind::user_defined2())?,
+        })
+    }
+
+    /// Returns when the server should stop (SIGTERM, SIGINT). SIGUSR2 runs the configured
+    /// `admin_signal_execute` commands; SIGHUP is logged and ignored (there is no live
+    /// reload).
+    async fn handle(mut self, services: std::sync::Weak<tuwunel::Services>) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => break,
+                _ = self.interrupt.recv() => break,
+                _ = self.hangup.recv() => {
+                    tracing::warn!("SIGHUP received: configuration is not reloaded; restart the server to apply changes");
+                }
+                _ = self.user2.recv() => {
+                    if let Some(services) = services.upgrade() {
+                        Server::signal_commands(&services);
+                    }
                 }
             }
         }
+        tracing::info!("stop signal received");
     }
-    tracing::info!("stop signal received");
 }
