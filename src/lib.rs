@@ -17,6 +17,7 @@ pub mod rooms;
 pub mod server;
 pub mod services;
 pub mod storage;
+pub mod sync;
 
 pub use crate::{
     config::Config,

@@ -19,12 +19,13 @@ use tokio::sync::{Semaphore, watch};
 use crate::{
     Config, Error, Result, Services,
     accounts::Accounts,
-    actors::ActorSystem,
+    actors::{ActorSystem, presence::Presence},
     admin,
     federation::SigningKey,
     http::{self, Listeners},
     rooms::Rooms,
     storage::{self, Storage, schema::Outcome},
+    sync::hub::SyncHub,
 };
 
 /// How long in-flight requests get to finish once shutdown starts.
@@ -33,6 +34,8 @@ const DRAIN_REQUESTS: Duration = Duration::from_secs(30);
 const DRAIN_ACTORS: Duration = Duration::from_secs(10);
 /// How often device activity is written to the database.
 const ACTIVITY_FLUSH: Duration = Duration::from_secs(60);
+/// Originals of redacted events are checked for expiry every this many flushes (hourly).
+const PURGE_EVERY_TICKS: u64 = 60;
 
 /// Tells everything that the server is stopping.
 #[derive(Clone, Debug)]
@@ -125,10 +128,20 @@ impl Server {
             Arc::new(SigningKey::load_or_generate(&storage, server_name.clone()).await?);
         let namespace = format!("{server_name}#{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
         let actors = ActorSystem::start(namespace).await?;
-        let accounts = Accounts::start(&config, Arc::clone(&storage), &actors).await?;
+        let hub = Arc::new(SyncHub::default());
+        let accounts =
+            Accounts::start(&config, Arc::clone(&storage), &actors, Arc::clone(&hub)).await?;
         accounts.bootstrap_registration(&config).await?;
-        let rooms =
-            Rooms::start(&config, Arc::clone(&storage), Arc::clone(&signing_key), &actors).await?;
+        let presence =
+            Presence::start(&config, Arc::clone(&storage), Arc::clone(&hub), &actors).await?;
+        let rooms = Rooms::start(
+            &config,
+            Arc::clone(&storage),
+            Arc::clone(&signing_key),
+            &actors,
+            Arc::clone(&hub),
+        )
+        .await?;
         let metrics = if config.metrics_enabled { http::metrics::install() } else { None };
         let shutdown = Shutdown::new();
         let services = Arc::new(Services {
@@ -138,11 +151,17 @@ impl Server {
             actors,
             accounts,
             rooms,
+            presence,
+            hub,
             signing_key,
             metrics,
             started: Instant::now(),
             shutdown: shutdown.clone(),
         });
+        if let Err(error) = admin::room::ensure(&services).await {
+            services.actors.shutdown(DRAIN_ACTORS).await;
+            return Err(error);
+        }
         let listeners = match http::serve(&services, &shutdown).await {
             Ok(listeners) => listeners,
             Err(error) => {
@@ -204,13 +223,15 @@ impl Server {
     }
 
     /// Persists device activity (last seen IP and time) every minute instead of on every
-    /// request.
+    /// request, and hourly discards originals of redactions older than
+    /// `redaction_retention_seconds`.
     fn flush_activity_periodically(&self) {
         let services = Arc::downgrade(&self.services);
         let shutdown = self.services.shutdown.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(ACTIVITY_FLUSH);
             ticker.tick().await;
+            let mut ticks: u64 = 0;
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {}
@@ -219,6 +240,21 @@ impl Server {
                 let Some(services) = services.upgrade() else { return };
                 if let Err(error) = services.accounts.flush_last_seen().await {
                     tracing::warn!(%error, "saving device activity failed");
+                }
+                ticks += 1;
+                if ticks.is_multiple_of(PURGE_EVERY_TICKS) {
+                    match crate::rooms::purge_unredacted(
+                        &services.storage,
+                        services.config.redaction_retention_seconds,
+                    )
+                    .await
+                    {
+                        Ok(0) => {}
+                        Ok(purged) => {
+                            tracing::info!(purged, "discarded originals of old redactions")
+                        }
+                        Err(error) => tracing::warn!(%error, "purging redacted originals failed"),
+                    }
                 }
             }
         });
@@ -257,12 +293,18 @@ impl Server {
         let Self { services, listeners, failure } = self;
         services.shutdown.trigger();
         tracing::info!("shutting down: finishing in-flight requests");
-        for task in listeners.tasks {
-            let abort = task.abort_handle();
-            if tokio::time::timeout(DRAIN_REQUESTS, task).await.is_err() {
-                tracing::warn!(
-                    "in-flight requests did not finish in time; closing their connections"
-                );
+        // One deadline for all listeners together, so the total stays bounded.
+        let aborts: Vec<_> =
+            listeners.tasks.iter().map(tokio::task::JoinHandle::abort_handle).collect();
+        let drained = tokio::time::timeout(DRAIN_REQUESTS, async {
+            for task in listeners.tasks {
+                let _ = task.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("in-flight requests did not finish in time; closing their connections");
+            for abort in aborts {
                 abort.abort();
             }
         }
@@ -271,6 +313,7 @@ impl Server {
             tracing::warn!(%error, "saving device activity failed");
         }
         services.rooms.actors.shutdown(DRAIN_ACTORS).await;
+        services.presence.actors.shutdown(DRAIN_ACTORS).await;
         services.accounts.users.shutdown(DRAIN_ACTORS).await;
         services.actors.shutdown(DRAIN_ACTORS).await;
         tracing::info!("shutting down: committing queued writes and flushing the database");

@@ -8,7 +8,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     Config, accounts::Accounts, actors::ActorSystem, federation::SigningKey, rooms::Rooms,
-    server::Shutdown, storage::Storage,
+    server::Shutdown, storage::Storage, sync::hub::SyncHub,
 };
 
 pub struct Services {
@@ -17,6 +17,9 @@ pub struct Services {
     pub actors: ActorSystem,
     pub accounts: Accounts,
     pub rooms: Rooms,
+    pub presence: crate::actors::presence::Presence,
+    /// Wakes waiting /sync requests.
+    pub hub: Arc<SyncHub>,
     pub signing_key: Arc<SigningKey>,
     pub metrics: Option<PrometheusHandle>,
     /// Permits for requests in flight (`max_in_flight_requests`).

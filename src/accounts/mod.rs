@@ -78,6 +78,7 @@ impl Accounts {
         config: &Config,
         storage: Arc<Storage>,
         actors: &ActorSystem,
+        hub: Arc<crate::sync::hub::SyncHub>,
     ) -> Result<Self> {
         let tokens = Arc::new(TokenCache::default());
         let limits = Limits {
@@ -85,7 +86,7 @@ impl Accounts {
             mailbox_limit: config.actor_mailbox_limit.max(1),
         };
         let users = actors
-            .registry(UserActor::new(Arc::clone(&storage), Arc::clone(&tokens)), limits)
+            .registry(UserActor::new(Arc::clone(&storage), Arc::clone(&tokens), hub), limits)
             .await?;
         let forbidden_usernames = config
             .forbidden_usernames

@@ -5,6 +5,7 @@
 //! several servers can share one process, as the integration tests do.
 
 pub mod keyed;
+pub mod presence;
 pub mod room;
 pub mod user;
 

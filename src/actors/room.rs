@@ -4,7 +4,11 @@
 //! before it, and commits the event with all its indexes in one batch before answering.
 //! Work per event does not depend on the number of members.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use ruma::{
     CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
@@ -24,18 +28,21 @@ use crate::{
         builder::{self, Position, Template},
         pdu::state_key_bytes,
         state::{self, StateMap},
+        typing::Typing,
     },
     storage::{
         Batch, Namespace, Storage,
         codec::Json,
         rooms::{
             EVENT_META_TABLE, EVENT_TIMES_TABLE, EventMeta, MembershipRecord, PDUS_TABLE,
-            RELATIONS_TABLE, ROOM_HEADS_TABLE, ROOM_MEMBERS_TABLE, ROOMS_TABLE, RoomHeads,
-            RoomRecord, SEARCH_TABLE, THREADS_TABLE, TIMELINE_TABLE, TRANSACTIONS_TABLE,
-            UNREDACTED_TABLE, USER_ROOMS_TABLE, UnredactedRecord,
+            RECEIPT_STREAM_TABLE, RECEIPTS_TABLE, RELATIONS_TABLE, ROOM_HEADS_TABLE,
+            ROOM_MEMBERS_TABLE, ROOMS_TABLE, ReceiptRecord, RoomHeads, RoomRecord, SEARCH_TABLE,
+            THREADS_TABLE, TIMELINE_TABLE, TRANSACTIONS_TABLE, UNREDACTED_TABLE, USER_ROOMS_TABLE,
+            UnredactedRecord,
         },
         shortid::Interner,
     },
+    sync::hub::SyncHub,
 };
 
 /// Most forward extremities a new event references.
@@ -76,6 +83,18 @@ pub enum RoomMessage {
     Send { request: Box<SendRequest>, reply: Reply<Result<Sent>> },
     /// Hides a room the user has left from their room list.
     Forget { user: OwnedUserId, reply: Reply<Result<()>> },
+    /// Starts (`Some(timeout)`) or stops a user's typing notification.
+    Typing { user: OwnedUserId, timeout: Option<Duration>, reply: Reply<Result<()>> },
+    /// A typing notification may have run out (a timer the actor set itself).
+    TypingExpired { user: OwnedUserId },
+    /// Records a read receipt (`m.read`, `m.read.private`) up to an event.
+    Receipt {
+        user: OwnedUserId,
+        kind: String,
+        event_id: OwnedEventId,
+        thread: Option<String>,
+        reply: Reply<Result<()>>,
+    },
 }
 
 /// Everything a room actor needs from the rest of the server.
@@ -84,16 +103,28 @@ pub struct RoomActor {
     key: Arc<SigningKey>,
     server_name: ruma::OwnedServerName,
     save_unredacted: bool,
+    hub: Arc<SyncHub>,
+    typing: Arc<Typing>,
+    typing_timeouts: (Duration, Duration),
+}
+
+/// What room actors are built from.
+pub struct RoomDeps {
+    pub storage: Arc<Storage>,
+    pub key: Arc<SigningKey>,
+    pub server_name: ruma::OwnedServerName,
+    pub save_unredacted: bool,
+    pub hub: Arc<SyncHub>,
+    pub typing: Arc<Typing>,
+    /// Shortest and longest typing notification a client may ask for.
+    pub typing_timeouts: (Duration, Duration),
 }
 
 impl RoomActor {
-    pub fn new(
-        storage: Arc<Storage>,
-        key: Arc<SigningKey>,
-        server_name: ruma::OwnedServerName,
-        save_unredacted: bool,
-    ) -> Self {
-        Self { storage, key, server_name, save_unredacted }
+    pub fn new(deps: RoomDeps) -> Self {
+        let RoomDeps { storage, key, server_name, save_unredacted, hub, typing, typing_timeouts } =
+            deps;
+        Self { storage, key, server_name, save_unredacted, hub, typing, typing_timeouts }
     }
 }
 
@@ -175,6 +206,25 @@ impl Behaviour for RoomActor {
             }
             RoomMessage::Forget { user, reply } => {
                 let _ = reply.send(self.forget(&context.key, &user).await);
+            }
+            RoomMessage::Typing { user, timeout, reply } => {
+                let result = match state.room.as_ref() {
+                    Some(room) => self.set_typing(context, room, &user, timeout),
+                    None => Err(unknown_room()),
+                };
+                let _ = reply.send(result);
+            }
+            RoomMessage::TypingExpired { user } => {
+                if self.typing.expire(&context.key, &user, Instant::now()) {
+                    self.hub.room_changed(&context.key);
+                }
+            }
+            RoomMessage::Receipt { user, kind, event_id, thread, reply } => {
+                let result = match state.room.as_ref() {
+                    Some(room) => self.receipt(room, &user, kind, &event_id, thread).await,
+                    None => Err(unknown_room()),
+                };
+                let _ = reply.send(result);
             }
         }
         Ok(())
@@ -323,7 +373,7 @@ impl RoomActor {
         let template = self.complete_membership(room, template)?;
         let redaction_target = match (&template.kind, &template.redacts) {
             (TimelineEventType::RoomRedaction, Some(target)) => {
-                Some(self.check_redaction(room, &template.sender, target)?)
+                self.check_redaction(room, &template.sender, target)?
             }
             _ => None,
         };
@@ -542,7 +592,7 @@ impl RoomActor {
         room: &Loaded,
         sender: &UserId,
         target: &EventId,
-    ) -> Result<(u64, Pdu)> {
+    ) -> Result<Option<(u64, Pdu)>> {
         let (short, pdu) = rooms::pdu_by_id(&self.storage, target)?
             .filter(|(_, pdu)| pdu.room_id == room.room_id)
             .ok_or_else(|| Error::not_found("The event to redact is not in this room."))?;
@@ -553,7 +603,11 @@ impl RoomActor {
                 "You may only redact your own events unless you have the power to redact.",
             ));
         }
-        Ok((short, pdu))
+        // A second redaction is recorded but changes nothing: the event stays as the first
+        // redaction left it.
+        let already =
+            rooms::event_meta(self.storage.engine(), short)?.is_some_and(|meta| meta.redacted);
+        Ok((!already).then_some((short, pdu)))
     }
 
     /// Replaces the stored target with its redacted form (keeping the original if configured).
@@ -726,6 +780,10 @@ impl RoomActor {
         let room_short = room.short;
         let room_id = room.room_id.to_string();
         let count = prepared.len() as u64;
+        let members: Vec<OwnedUserId> = prepared
+            .iter()
+            .filter_map(|prepared| prepared.membership.as_ref().map(|(user, _)| user.clone()))
+            .collect();
         let ids: Vec<OwnedEventId> =
             prepared.iter().map(|prepared| prepared.pdu.event_id.clone()).collect();
         let positions = self
@@ -737,11 +795,99 @@ impl RoomActor {
                 }
             })
             .await?;
+        self.hub.room_changed(&room.room_id);
+        for member in members {
+            // Invites and joins reach users who are not yet waiting on the room.
+            self.hub.user_changed(&member);
+        }
         Ok(ids
             .into_iter()
             .zip(positions)
             .map(|(event_id, position)| Sent { event_id, position })
             .collect())
+    }
+
+    fn is_member(&self, room: &Loaded, user: &UserId) -> Result<bool> {
+        Ok(self
+            .current(room, "m.room.member", user.as_str())?
+            .is_some_and(|member| member.content_str("membership").as_deref() == Some("join")))
+    }
+
+    fn set_typing(
+        &self,
+        context: &Context<Self>,
+        room: &Loaded,
+        user: &UserId,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        if !self.is_member(room, user)? {
+            return Err(Error::forbidden("You are not in this room."));
+        }
+        let changed = match timeout {
+            Some(timeout) => {
+                let (shortest, longest) = self.typing_timeouts;
+                let timeout = timeout.clamp(shortest, longest);
+                context.send_after(timeout, RoomMessage::TypingExpired { user: user.to_owned() });
+                self.typing.set(&room.room_id, user, Some(Instant::now() + timeout))
+            }
+            None => self.typing.set(&room.room_id, user, None),
+        };
+        if changed {
+            self.hub.room_changed(&room.room_id);
+        }
+        Ok(())
+    }
+
+    async fn receipt(
+        &self,
+        room: &Loaded,
+        user: &UserId,
+        kind: String,
+        event_id: &EventId,
+        thread: Option<String>,
+    ) -> Result<()> {
+        if !self.is_member(room, user)? {
+            return Err(Error::forbidden("You are not in this room."));
+        }
+        let short = rooms::event_short(&self.storage, event_id)?;
+        let in_room = match short {
+            Some(short) => rooms::event_meta(self.storage.engine(), short)?
+                .is_some_and(|meta| meta.room == room.short),
+            None => false,
+        };
+        if !in_room {
+            return Err(Error::not_found("That event is not in this room."));
+        }
+        let thread_key = thread.unwrap_or_default();
+        let key = (room.short, kind.clone(), user.to_string(), thread_key.clone());
+        let mut batch = Batch::new();
+        if let Some(Json(previous)) = RECEIPTS_TABLE.get(self.storage.engine(), &key)? {
+            if previous.event_id == event_id {
+                return Ok(());
+            }
+            RECEIPT_STREAM_TABLE.delete(&mut batch, &(room.short, previous.position));
+        }
+        let event_id = event_id.to_owned();
+        let room_short = room.short;
+        let stream_entry = (user.to_string(), kind.clone(), thread_key);
+        self.storage
+            .writer()
+            .commit_with_positions(1, batch, move |batch, positions| {
+                let position = positions.start;
+                RECEIPTS_TABLE.put(
+                    batch,
+                    &key,
+                    &Json(ReceiptRecord { event_id, ts: now_ms(), position }),
+                );
+                RECEIPT_STREAM_TABLE.put(batch, &(room_short, position), &Json(stream_entry));
+            })
+            .await?;
+        if kind == "m.read.private" {
+            self.hub.user_changed(user);
+        } else {
+            self.hub.room_changed(&room.room_id);
+        }
+        Ok(())
     }
 }
 

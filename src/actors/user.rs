@@ -15,6 +15,7 @@ use crate::{
         now_ms,
         tokens::{self, TokenCache},
     },
+    storage::ephemeral::{TO_DEVICE_TABLE, ToDeviceRecord},
     storage::{
         Batch, Storage,
         account_data::{ACCOUNT_DATA_STREAM_TABLE, ACCOUNT_DATA_TABLE, AccountDataRecord},
@@ -25,6 +26,7 @@ use crate::{
             UserRecord,
         },
     },
+    sync::hub::SyncHub,
 };
 
 /// Tokens handed to a client after login, registration or refresh.
@@ -123,6 +125,16 @@ pub enum UserMessage {
         definition: Vec<u8>,
         reply: Reply<Result<()>>,
     },
+    /// Queues to-device messages for this user's devices: `(device id, message)`.
+    DeliverToDevice {
+        messages: Vec<(String, ToDeviceRecord)>,
+        reply: Reply<Result<()>>,
+    },
+    /// A device synced past `upto`: its messages up to there can go.
+    AckToDevice {
+        device: String,
+        upto: u64,
+    },
 }
 
 /// In-memory state: the account record (None before registration).
@@ -133,11 +145,12 @@ pub struct UserState {
 pub struct UserActor {
     storage: Arc<Storage>,
     tokens: Arc<TokenCache>,
+    hub: Arc<SyncHub>,
 }
 
 impl UserActor {
-    pub fn new(storage: Arc<Storage>, tokens: Arc<TokenCache>) -> Self {
-        Self { storage, tokens }
+    pub fn new(storage: Arc<Storage>, tokens: Arc<TokenCache>, hub: Arc<SyncHub>) -> Self {
+        Self { storage, tokens, hub }
     }
 }
 
@@ -202,6 +215,12 @@ impl Behaviour for UserActor {
                 let mut batch = Batch::new();
                 FILTERS_TABLE.put(&mut batch, &(user.to_string(), filter_id), &definition);
                 let _ = reply.send(self.storage.writer().commit(batch).await);
+            }
+            UserMessage::DeliverToDevice { messages, reply } => {
+                let _ = reply.send(self.deliver_to_device(user, messages).await);
+            }
+            UserMessage::AckToDevice { device, upto } => {
+                self.ack_to_device(user, &device, upto).await?;
             }
         }
         Ok(())
@@ -554,6 +573,54 @@ impl UserActor {
                 ACCOUNT_DATA_STREAM_TABLE.put(batch, &(user_key, position), &Json((room, kind)));
             })
             .await?;
+        self.hub.user_changed(user);
         Ok(positions.start)
+    }
+
+    async fn deliver_to_device(
+        &self,
+        user: &OwnedUserId,
+        messages: Vec<(String, ToDeviceRecord)>,
+    ) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let user_key = user.to_string();
+        self.storage
+            .writer()
+            .commit_with_positions(messages.len() as u64, Batch::new(), move |batch, positions| {
+                for ((device, message), position) in messages.into_iter().zip(positions) {
+                    TO_DEVICE_TABLE.put(
+                        batch,
+                        &(user_key.clone(), device, position),
+                        &Json(message),
+                    );
+                }
+            })
+            .await?;
+        self.hub.user_changed(user);
+        Ok(())
+    }
+
+    /// Deletes the messages a device confirmed by syncing past them.
+    async fn ack_to_device(&self, user: &OwnedUserId, device: &str, upto: u64) -> Result<()> {
+        let mut batch = Batch::new();
+        TO_DEVICE_TABLE.scan(
+            self.storage.engine(),
+            &crate::storage::codec::prefix2(&user.as_str(), &device),
+            None,
+            crate::storage::Direction::Forward,
+            |key, _| {
+                if key.2 > upto {
+                    return std::ops::ControlFlow::Break(());
+                }
+                TO_DEVICE_TABLE.delete(&mut batch, &key);
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.storage.writer().commit(batch).await
     }
 }

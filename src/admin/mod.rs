@@ -5,6 +5,8 @@
 //! (`admin_execute`, `--execute`) use the same path, and the admin room will too.
 
 mod debug;
+pub mod room;
+mod rooms;
 mod server;
 mod token;
 mod users;
@@ -28,6 +30,9 @@ enum Group {
     /// Server-wide operations: uptime, configuration, backups, shutdown.
     #[command(subcommand)]
     Server(server::ServerCommand),
+    /// Rooms: list, inspect, members, reports.
+    #[command(subcommand)]
+    Rooms(rooms::RoomsCommand),
     /// Accounts: create, reset passwords, deactivate, admin rights.
     #[command(subcommand)]
     Users(users::UsersCommand),
@@ -57,6 +62,7 @@ pub async fn execute(services: &Arc<Services>, line: &str) -> Result<String> {
     };
     match command.group {
         Group::Server(command) => server::run(services, command).await,
+        Group::Rooms(command) => rooms::run(services, command).await,
         Group::Users(command) => users::run(services, command).await,
         Group::Token(command) => token::run(services, command).await,
         Group::Debug(command) => debug::run(services, command).await,

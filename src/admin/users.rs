@@ -88,6 +88,9 @@ pub(super) async fn run(services: &Arc<Services>, command: UsersCommand) -> Resu
                     .await?;
                 admin
             };
+            if admin {
+                super::room::join_admin(services, &user).await?;
+            }
             let role = if admin { " (the server's first admin)" } else { "" };
             Ok(format!("Created {user}{role} with password `{password}`."))
         }
@@ -109,6 +112,7 @@ pub(super) async fn run(services: &Arc<Services>, command: UsersCommand) -> Resu
         UsersCommand::Deactivate { user_id } => {
             let user = local_user(services, &user_id)?;
             existing(services, &user)?;
+            crate::http::client::rooms::membership::leave_all(services, &user).await?;
             accounts.call(&user, |reply| UserMessage::Deactivate { reply }).await?;
             Ok(format!("Deactivated {user}."))
         }
@@ -116,12 +120,14 @@ pub(super) async fn run(services: &Arc<Services>, command: UsersCommand) -> Resu
             let user = local_user(services, &user_id)?;
             existing(services, &user)?;
             accounts.call(&user, |reply| UserMessage::SetAdmin { admin: true, reply }).await?;
+            super::room::join_admin(services, &user).await?;
             Ok(format!("{user} is now a server admin."))
         }
         UsersCommand::RevokeAdmin { user_id } => {
             let user = local_user(services, &user_id)?;
             existing(services, &user)?;
             accounts.call(&user, |reply| UserMessage::SetAdmin { admin: false, reply }).await?;
+            super::room::remove_admin(services, &user).await?;
             Ok(format!("{user} is no longer a server admin."))
         }
         UsersCommand::ListUsers => {

@@ -216,6 +216,9 @@ impl Config {
         if !matches!(global.default_room_version.as_str(), "10" | "11" | "12") {
             return Err(invalid("default_room_version", &"must be \"10\", \"11\" or \"12\""));
         }
+        if global.allow_outgoing_presence && !global.allow_local_presence {
+            return Err(invalid("allow_outgoing_presence", &"needs allow_local_presence"));
+        }
         if global.database_backups_to_keep < 0 {
             return Err(invalid("database_backups_to_keep", &"must not be negative"));
         }

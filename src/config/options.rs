@@ -174,6 +174,37 @@ config_section! {
         /// Seconds the original of a redacted event is kept when `save_unredacted_events`.
         redaction_retention_seconds: u64 = 5_184_000,
 
+        /// Shortest typing notification, in seconds, whatever the client asks for.
+        typing_client_timeout_min_s: u64 = 15,
+
+        /// Longest typing notification, in seconds, whatever the client asks for.
+        typing_client_timeout_max_s: u64 = 45,
+
+        /// Shortest long-poll of /sync in milliseconds, whatever the client asks for.
+        client_sync_timeout_min: u64 = 5000,
+
+        /// Long-poll of /sync in milliseconds when the client gives no timeout.
+        client_sync_timeout_default: u64 = 30_000,
+
+        /// Longest long-poll of /sync in milliseconds, whatever the client asks for.
+        client_sync_timeout_max: u64 = 90_000,
+
+        /// Track and share the presence of this server's users.
+        allow_local_presence: bool = true,
+
+        /// Accept presence from other servers (once federation exists).
+        allow_incoming_presence: bool = true,
+
+        /// Send this server's presence to other servers (once federation exists). Needs
+        /// `allow_local_presence`.
+        allow_outgoing_presence: bool = true,
+
+        /// Seconds without activity after which an online user becomes unavailable.
+        presence_idle_timeout_s: u64 = 300,
+
+        /// Seconds without activity after which a user becomes offline.
+        presence_offline_timeout_s: u64 = 1800,
+
         /// Federate with other Matrix servers. When false, federation endpoints answer
         /// `403 M_FORBIDDEN`.
         allow_federation: bool = true,

@@ -108,6 +108,10 @@ pub async fn admission(
     request: Request,
     next: Next,
 ) -> Response {
+    // Health checks and metrics scrapes are exempt: an overloaded server should still say so.
+    if matches!(request.uri().path(), "/_tuwunel/server_version" | "/metrics") {
+        return next.run(request).await;
+    }
     let Ok(_permit) = Arc::clone(&services.in_flight).try_acquire_owned() else {
         metrics::counter!("tuwunel_http_refused_total").increment(1);
         return Error::limit_exceeded(std::time::Duration::from_millis(500)).into_response();

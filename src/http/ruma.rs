@@ -95,13 +95,28 @@ where
         let params: Vec<&str> = params.iter().map(|(_, value)| value).collect();
         let bytes =
             read_body(&parts.headers, body, services.config.max_request_size.as_usize()).await?;
-        let bytes = strip_empty_auth(bytes);
+        let bytes = strip_empty_auth(empty_as_object(&parts, bytes));
         let headers = parts.headers.clone();
         let request = axum::http::Request::from_parts(parts, bytes.as_ref());
         match T::try_from_http_request(request, &params) {
             Ok(body) => Ok(Self { body, headers, sender, client_ip }),
             Err(error) => Err(classify(&bytes, error)),
         }
+    }
+}
+
+/// Many clients send no body at all to JSON endpoints whose fields are all optional (such
+/// as `POST /join`); treat an empty JSON (or untyped) body as `{}`.
+fn empty_as_object(parts: &axum::http::request::Parts, bytes: Bytes) -> Bytes {
+    let json_or_untyped = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_none_or(|value| value.starts_with("application/json"));
+    if bytes.is_empty() && json_or_untyped && matches!(parts.method, Method::POST | Method::PUT) {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
     }
 }
 

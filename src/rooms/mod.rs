@@ -6,6 +6,7 @@ pub mod filter;
 pub mod pdu;
 pub mod state;
 pub mod timeline;
+pub mod typing;
 
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use crate::{
     Config, Error, Result,
     actors::{
         ActorSystem, Limits, Registry,
-        room::{RoomActor, RoomMessage, SendRequest, Sent},
+        room::{RoomActor, RoomDeps, RoomMessage, SendRequest, Sent},
     },
     federation::SigningKey,
     storage::{
@@ -31,6 +32,7 @@ use crate::{
             ROOMS_TABLE, RoomHeads, RoomRecord, USER_ROOMS_TABLE,
         },
     },
+    sync::hub::SyncHub,
 };
 
 /// The record of a room this server knows.
@@ -126,6 +128,34 @@ pub fn current_state_event(
     state_event(storage, heads.snapshot, kind, state_key)
 }
 
+/// Deletes originals of redacted events kept longer than `retention_seconds`; returns how
+/// many were deleted.
+pub async fn purge_unredacted(storage: &Storage, retention_seconds: u64) -> Result<usize> {
+    let cutoff = crate::accounts::now_ms().saturating_sub(retention_seconds.saturating_mul(1000));
+    let mut expired = Vec::new();
+    crate::storage::rooms::UNREDACTED_TABLE.scan(
+        storage.engine(),
+        b"",
+        None,
+        crate::storage::Direction::Forward,
+        |short, Json(record)| {
+            if record.redacted_ms <= cutoff {
+                expired.push(short);
+            }
+            std::ops::ControlFlow::Continue(())
+        },
+    )?;
+    if expired.is_empty() {
+        return Ok(0);
+    }
+    let mut batch = crate::storage::Batch::new();
+    for short in &expired {
+        crate::storage::rooms::UNREDACTED_TABLE.delete(&mut batch, short);
+    }
+    storage.writer().commit(batch).await?;
+    Ok(expired.len())
+}
+
 /// How long a caller waits for a room actor.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -137,6 +167,9 @@ pub struct Rooms {
     server_name: OwnedServerName,
     /// Serialises changes to the global alias namespace.
     pub aliases: tokio::sync::Mutex<()>,
+    /// Who is typing where (written by room actors).
+    pub typing: Arc<typing::Typing>,
+    pub hub: Arc<SyncHub>,
 }
 
 impl Rooms {
@@ -145,17 +178,27 @@ impl Rooms {
         storage: Arc<Storage>,
         key: Arc<SigningKey>,
         actors: &ActorSystem,
+        hub: Arc<SyncHub>,
     ) -> Result<Self> {
         let limits = Limits {
             idle_timeout: std::time::Duration::from_secs(config.actor_idle_timeout_s.max(1)),
             mailbox_limit: config.actor_mailbox_limit.max(1),
         };
-        let behaviour = RoomActor::new(
-            Arc::clone(&storage),
-            Arc::clone(&key),
-            config.server_name.clone(),
-            config.save_unredacted_events,
-        );
+        let typing = Arc::new(typing::Typing::default());
+        let behaviour = RoomActor::new(RoomDeps {
+            storage: Arc::clone(&storage),
+            key: Arc::clone(&key),
+            server_name: config.server_name.clone(),
+            save_unredacted: config.save_unredacted_events,
+            hub: Arc::clone(&hub),
+            typing: Arc::clone(&typing),
+            typing_timeouts: (
+                std::time::Duration::from_secs(config.typing_client_timeout_min_s),
+                std::time::Duration::from_secs(
+                    config.typing_client_timeout_max_s.max(config.typing_client_timeout_min_s),
+                ),
+            ),
+        });
         let actors = actors.registry(behaviour, limits).await?;
         Ok(Self {
             actors,
@@ -163,6 +206,8 @@ impl Rooms {
             key,
             server_name: config.server_name.clone(),
             aliases: tokio::sync::Mutex::new(()),
+            typing,
+            hub,
         })
     }
 

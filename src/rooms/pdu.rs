@@ -205,10 +205,18 @@ impl Pdu {
         if let Some(CanonicalJsonValue::Object(stored)) = self.json.get("unsigned")
             && let Some(because) = stored.get("redacted_because")
         {
-            unsigned.insert(
-                "redacted_because".to_owned(),
-                serde_json::to_value(because).unwrap_or_default(),
-            );
+            // Stored in federation form; clients get the client form.
+            let because = serde_json::to_value(because).unwrap_or_default();
+            let mut client = serde_json::Map::new();
+            for field in
+                ["content", "event_id", "origin_server_ts", "room_id", "sender", "type", "redacts"]
+            {
+                if let Some(value) = because.get(field) {
+                    client.insert(field.to_owned(), value.clone());
+                }
+            }
+            client.insert("unsigned".to_owned(), JsonValue::Object(serde_json::Map::new()));
+            unsigned.insert("redacted_because".to_owned(), JsonValue::Object(client));
         }
         event.insert("unsigned".to_owned(), JsonValue::Object(unsigned));
         JsonValue::Object(event)

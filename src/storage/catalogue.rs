@@ -119,4 +119,16 @@ catalogue! {
         "(report time, report id) -> reported room/event, reporter, reason";
     UNREDACTED = "unredacted", Point, 1,
         "short event id -> original event kept after redaction, with redaction time";
+    RECEIPTS = "receipts", Scan, 2,
+        "(short room id, receipt type, user id, thread id) -> event id, time, stream position";
+    RECEIPT_STREAM = "receipt_stream", Scan, 2,
+        "(short room id, stream position) -> (user id, receipt type, thread id) of the change";
+    TO_DEVICE = "to_device", Scan, 2,
+        "(user id, device id, stream position) -> a to-device message waiting for the device";
+    TO_DEVICE_TRANSACTIONS = "to_device_transactions", Point, 1,
+        "(sender, sender device, transaction id) -> nothing; idempotent sendToDevice";
+    PRESENCE = "presence", Point, 2,
+        "user id -> presence state, status message, last activity, stream position";
+    PRESENCE_STREAM = "presence_stream", Scan, 1,
+        "stream position -> user id whose presence changed";
 }

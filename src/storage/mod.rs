@@ -10,6 +10,7 @@ pub mod batch;
 pub mod catalogue;
 pub mod codec;
 pub mod engine;
+pub mod ephemeral;
 pub mod meta;
 pub mod rooms;
 pub mod schema;

@@ -73,14 +73,14 @@ pub struct AliasRecord {
     pub creator: OwnedUserId,
 }
 
-/// A content report for admins.
+/// A report for admins: of an event, a room or a user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportRecord {
     pub reporter: OwnedUserId,
-    pub room_id: OwnedRoomId,
+    pub room_id: Option<OwnedRoomId>,
     pub event_id: Option<OwnedEventId>,
+    pub user_id: Option<OwnedUserId>,
     pub reason: Option<String>,
-    pub score: Option<i64>,
     pub received_ms: u64,
 }
 
@@ -166,3 +166,21 @@ mod tests {
         assert!(Snapshot::decode_value(&[1, 2, 3]).is_err());
     }
 }
+
+/// A user's latest receipt of one type (and thread) in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptRecord {
+    pub event_id: OwnedEventId,
+    pub ts: u64,
+    pub position: u64,
+}
+
+/// `(room short, receipt type, user, thread id or "")`.
+pub const RECEIPTS_TABLE: Table<(u64, String, String, String), Json<ReceiptRecord>> =
+    Table::new(super::catalogue::RECEIPTS);
+/// Which receipt changed: `(user, receipt type, thread id or "")`.
+pub type ReceiptKey = (String, String, String);
+
+/// `(room short, position) -> the receipt that changed`.
+pub const RECEIPT_STREAM_TABLE: Table<(u64, u64), Json<ReceiptKey>> =
+    Table::new(super::catalogue::RECEIPT_STREAM);

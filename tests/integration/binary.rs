@@ -388,3 +388,134 @@ fn a_database_of_another_server_is_refused_untouched() {
         "the foreign database was modified: {families:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_loses_no_acknowledged_event() {
+    use serde_json::{Value, json};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_file(
+        dir.path(),
+        "db",
+        "allow_registration = true\nyes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse = true\n\
+         rc_message_per_second = 10000.0\nrc_message_burst_count = 10000\n",
+    );
+    let client = reqwest::Client::new();
+    let mut server = Running::start(&["-c", &config], dir.path());
+    let base = format!("http://{}", server.address());
+    let register: Value = client
+        .post(format!("{base}/_matrix/client/v3/register"))
+        .json(&json!({"username": "writer", "password": "pw", "auth": {"type": "m.login.dummy"}}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let token = register["access_token"].as_str().expect("token").to_owned();
+    let room: Value = client
+        .post(format!("{base}/_matrix/client/v3/createRoom"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let room = room["room_id"].as_str().expect("room").to_owned();
+
+    // Four writers send until killed; only answered sends count as acknowledged.
+    let (acks, mut acked) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let (client, base, token, room, acks) =
+            (client.clone(), base.clone(), token.clone(), room.clone(), acks.clone());
+        writers.push(tokio::spawn(async move {
+            for index in 0..10_000 {
+                let url = format!(
+                    "{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/w{writer}-{index}"
+                );
+                let Ok(response) = client
+                    .put(url)
+                    .bearer_auth(&token)
+                    .json(&json!({"msgtype": "m.text", "body": "x"}))
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                let Ok(body) = response.json::<Value>().await else { return };
+                if let Some(id) = body["event_id"].as_str() {
+                    let _ = acks.send(id.to_owned());
+                }
+            }
+        }));
+    }
+    drop(acks);
+    let mut acknowledged = std::collections::HashSet::new();
+    while acknowledged.len() < 150 {
+        match tokio::time::timeout(Duration::from_secs(60), acked.recv()).await {
+            Ok(Some(id)) => {
+                acknowledged.insert(id);
+            }
+            _ => panic!("the server stopped acknowledging after {}", acknowledged.len()),
+        }
+    }
+    server.child.kill().expect("SIGKILL");
+    let _ = server.child.wait();
+    for writer in writers {
+        let _ = writer.await;
+    }
+    while let Ok(id) = acked.try_recv() {
+        acknowledged.insert(id);
+    }
+
+    let mut server = Running::start(&["-c", &config], dir.path());
+    let base = format!("http://{}", server.address());
+    let mut seen = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..1000 {
+        let mut url = format!("{base}/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=100");
+        if let Some(from) = &from {
+            url.push_str(&format!("&from={from}"));
+        }
+        let page: Value = client
+            .get(url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("messages")
+            .json()
+            .await
+            .expect("json");
+        for event in page["chunk"].as_array().expect("chunk") {
+            if event["type"] == "m.room.message" {
+                seen.push(event["event_id"].as_str().expect("id").to_owned());
+            }
+        }
+        match page["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => break,
+        }
+    }
+    let unique: std::collections::HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "an event appears twice in the timeline");
+    let missing: Vec<_> = acknowledged.iter().filter(|id| !unique.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events are missing after SIGKILL: {missing:?}",
+        missing.len()
+    );
+    // And the room keeps working on the recovered head.
+    let response = client
+        .put(format!("{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/after"))
+        .bearer_auth(&token)
+        .json(&json!({"msgtype": "m.text", "body": "after the crash"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    server.signal("-TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(60)), 0);
+}

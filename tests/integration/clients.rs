@@ -33,3 +33,11 @@ async fn matrix_nio_registers_logs_in_and_manages_its_account() {
     run_python("nio_accounts.py", &[&url, "nio-token"]).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_nio_creates_joins_sends_and_paginates() {
+    let mut server = TestServer::start().await;
+    let url = server.url("");
+    run_python("nio_rooms.py", &[&url]).await;
+    server.stop().await;
+}

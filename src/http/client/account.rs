@@ -93,6 +93,7 @@ async fn deactivate(
     let sender = request.sender()?.clone();
     password_challenge(&services, "deactivate", &sender.user_id, request.body.auth.as_ref())
         .await?;
+    crate::http::client::rooms::membership::leave_all(&services, &sender.user_id).await?;
     services.accounts.call(&sender.user_id, |reply| UserMessage::Deactivate { reply }).await?;
     tracing::info!(user = %sender.user_id, "account deactivated");
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))

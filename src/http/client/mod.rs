@@ -8,7 +8,8 @@ mod filters;
 mod login;
 mod profile;
 mod register;
-mod rooms;
+pub(crate) mod rooms;
+mod search;
 mod threepid;
 mod user_directory;
 
@@ -29,6 +30,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = filters::routes(router);
     let router = capabilities::routes(router);
     let router = rooms::routes(router);
+    let router = search::routes(router);
     user_directory::routes(router)
 }
 

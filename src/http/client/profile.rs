@@ -89,6 +89,11 @@ async fn get_field(
     Ok(get_profile_field::v3::Response::new(value))
 }
 
+/// Fields that member events carry and must follow.
+fn is_member_field(name: &str) -> bool {
+    name == ProfileFieldName::DisplayName.as_str() || name == ProfileFieldName::AvatarUrl.as_str()
+}
+
 fn check_field_name(services: &Services, sender_guest: bool, name: &str) -> Result<()> {
     if name.len() > KEY_LIMIT {
         return Err(Error::matrix(
@@ -137,6 +142,7 @@ async fn set_field(
             "The profile would exceed the 64 KiB limit.",
         ));
     }
+    let propagate = is_member_field(&name);
     services
         .accounts
         .call(&sender.user_id, |reply| UserMessage::SetProfileField {
@@ -145,6 +151,10 @@ async fn set_field(
             reply,
         })
         .await?;
+    if propagate {
+        crate::http::client::rooms::membership::propagate_profile(&services, &sender.user_id)
+            .await?;
+    }
     Ok(set_profile_field::v3::Response::new())
 }
 
@@ -157,6 +167,7 @@ async fn delete_field(
     require_self(&sender, &body.user_id, "change the profile")?;
     let name = body.field.as_str().to_owned();
     check_field_name(&services, sender.guest, &name)?;
+    let propagate = is_member_field(&name);
     services
         .accounts
         .call(&sender.user_id, |reply| UserMessage::SetProfileField {
@@ -165,5 +176,9 @@ async fn delete_field(
             reply,
         })
         .await?;
+    if propagate {
+        crate::http::client::rooms::membership::propagate_profile(&services, &sender.user_id)
+            .await?;
+    }
     Ok(delete_profile_field::v3::Response::new())
 }

@@ -156,6 +156,9 @@ async fn register(
     };
     accounts.uia.finish(&completed.session);
     tracing::info!(user = %user_id, admin, "registered a new account");
+    if admin {
+        crate::admin::room::join_admin(&services, &user_id).await?;
+    }
 
     let mut response = register::v3::Response::new(user_id.clone());
     if body.inhibit_login {

@@ -1,18 +1,24 @@
 //! `POST /user_directory/search`: local users whose id or display name matches, among those
-//! the searcher may discover (sharing a room or in a public room; everyone with
-//! `user_directory_search_all_users`). Deactivated accounts are never listed.
+//! the searcher may discover: users sharing a room with them and members of rooms published
+//! in the room directory (everyone with `user_directory_search_all_users`). Deactivated and
+//! guest accounts are never listed.
 
-use std::{ops::ControlFlow, sync::Arc};
+use std::{collections::HashSet, ops::ControlFlow, sync::Arc};
 
 use axum::Router;
-use ruma::{OwnedUserId, UserId, api::client::user_directory::search_users::v3 as search_users};
+use ruma::{
+    OwnedRoomId, OwnedUserId, RoomId, UserId,
+    api::client::user_directory::search_users::v3 as search_users,
+};
 
+use super::rooms::membership::joined_room_ids;
 use crate::{
     Result, Services,
     http::ruma::{Ruma, route},
     storage::{
         Direction,
         codec::Json,
+        rooms::PUBLISHED_ROOMS_TABLE,
         users::{PROFILES_TABLE, USERS_TABLE},
     },
 };
@@ -32,9 +38,31 @@ fn profile_string(services: &Services, user: &UserId, field: &str) -> Option<Str
         .and_then(|bytes| serde_json::from_slice::<String>(&bytes).ok())
 }
 
-/// Whether `searcher` may discover `candidate`.
-fn discoverable(services: &Services, searcher: &UserId, candidate: &UserId) -> bool {
-    services.config.user_directory_search_all_users || searcher == candidate
+/// The users `searcher` may discover, or `None` when everyone is discoverable.
+fn discoverable(services: &Services, searcher: &UserId) -> Result<Option<HashSet<String>>> {
+    if services.config.user_directory_search_all_users {
+        return Ok(None);
+    }
+    let mut rooms: Vec<OwnedRoomId> = joined_room_ids(services, searcher)?;
+    PUBLISHED_ROOMS_TABLE.scan(
+        services.storage.engine(),
+        b"",
+        None,
+        Direction::Forward,
+        |room, ()| {
+            if let Ok(room) = RoomId::parse(room) {
+                rooms.push(room);
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    let mut users = HashSet::from([searcher.to_string()]);
+    for room in rooms {
+        if let Some(record) = crate::rooms::room(services.storage.engine(), &room)? {
+            users.extend(crate::rooms::timeline::joined_members(&services.storage, record.short)?);
+        }
+    }
+    Ok(Some(users))
 }
 
 async fn search(
@@ -46,6 +74,7 @@ async fn search(
     let limit = usize::try_from(request.body.limit).unwrap_or(MAX_RESULTS).clamp(1, MAX_RESULTS);
     let mut results = Vec::new();
     let mut limited = false;
+    let visible = discoverable(&services, &sender.user_id)?;
     let mut candidates: Vec<OwnedUserId> = Vec::new();
     USERS_TABLE.scan(
         services.storage.engine(),
@@ -66,7 +95,7 @@ async fn search(
         let display_name = profile_string(&services, &user, "displayname");
         let matches = user.as_str().to_lowercase().contains(&term)
             || display_name.as_ref().is_some_and(|name| name.to_lowercase().contains(&term));
-        if !matches || !discoverable(&services, &sender.user_id, &user) {
+        if !matches || visible.as_ref().is_some_and(|visible| !visible.contains(user.as_str())) {
             continue;
         }
         if results.len() == limit {

@@ -290,3 +290,92 @@ async fn joined(
     let sender = request.sender()?;
     Ok(joined_rooms::v3::Response::new(joined_room_ids(&services, &sender.user_id)?))
 }
+
+/// Rooms where `user` has one of `memberships`.
+fn rooms_with(
+    services: &Services,
+    user: &UserId,
+    memberships: &[&str],
+) -> Result<Vec<OwnedRoomId>> {
+    let mut rooms = Vec::new();
+    USER_ROOMS_TABLE.scan(
+        services.storage.engine(),
+        &prefix(&user.as_str()),
+        None,
+        Direction::Forward,
+        |(_, room), Json(record)| {
+            if memberships.contains(&record.membership.as_str())
+                && let Ok(room) = RoomId::parse(room)
+            {
+                rooms.push(room);
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    Ok(rooms)
+}
+
+/// Leaves (or declines) every room `user` is joined to, invited to or knocking on; used when
+/// an account is deactivated. Failures are logged and do not stop the others.
+pub(crate) async fn leave_all(services: &Services, user: &UserId) -> Result<()> {
+    for room_id in rooms_with(services, user, &["join", "invite", "knock"])? {
+        if let Err(error) = send_membership(services, &room_id, user, user, "leave", None).await {
+            tracing::warn!(%user, room = %room_id, %error, "could not leave a room");
+        }
+    }
+    Ok(())
+}
+
+/// Sends an updated join event with the current display name and avatar to every room
+/// `user` is joined to, as the spec asks after a profile change.
+pub(crate) async fn propagate_profile(services: &Arc<Services>, user: &UserId) -> Result<()> {
+    let profile = super::member_content(services, user, "join", None)?;
+    let mut tasks = Vec::new();
+    for room_id in rooms_with(services, user, &["join"])? {
+        let current = crate::rooms::current_state_event(
+            &services.storage,
+            &room_id,
+            "m.room.member",
+            user.as_str(),
+        )?;
+        let Some(current) = current else { continue };
+        let Ok(ruma::CanonicalJsonValue::Object(mut content)) =
+            ruma::CanonicalJsonValue::try_from(current.content_value())
+        else {
+            continue;
+        };
+        let mut changed = false;
+        for field in ["displayname", "avatar_url"] {
+            let wanted = profile.get(field);
+            if content.get(field) != wanted {
+                changed = true;
+                match wanted {
+                    Some(value) => content.insert(field.to_owned(), value.clone()),
+                    None => content.remove(field),
+                };
+            }
+        }
+        // A restricted-join authorisation belongs to the original join only.
+        content.remove("join_authorised_via_users_server");
+        if !changed {
+            continue;
+        }
+        let services = Arc::clone(services);
+        let user = user.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let template = crate::rooms::builder::Template::state(
+                ruma::events::TimelineEventType::RoomMember,
+                user.as_str(),
+                &user,
+                content,
+            );
+            if let Err(error) = super::send(&services, &room_id, template, None).await {
+                tracing::warn!(%user, room = %room_id, %error, "could not update the member event");
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(())
+}

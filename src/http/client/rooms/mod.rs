@@ -1,9 +1,14 @@
 //! Room endpoints of the Client-Server API, one file per family.
 
 mod create;
-mod membership;
+mod directory;
+mod hierarchy;
+pub(crate) mod membership;
 mod read;
+mod relations;
+mod reports;
 mod send;
+mod upgrade;
 
 use std::sync::Arc;
 
@@ -24,6 +29,11 @@ pub(in crate::http) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Servi
     let router = create::routes(router);
     let router = membership::routes(router);
     let router = send::routes(router);
+    let router = directory::routes(router);
+    let router = hierarchy::routes(router);
+    let router = upgrade::routes(router);
+    let router = reports::routes(router);
+    let router = relations::routes(router);
     read::routes(router)
 }
 

@@ -1,0 +1,262 @@
+//! The presence actor: one per user whose presence is not offline. It owns the user's
+//! presence state, moves it to `unavailable` after `presence_idle_timeout_s` and to
+//! `offline` after `presence_offline_timeout_s` without activity (actor timers), persists
+//! each change on the presence stream and wakes the syncs of everyone sharing a room. Once
+//! offline it passivates: idle users cost nothing.
+
+use std::{ops::ControlFlow, sync::Arc, time::Duration};
+
+use dashmap::DashMap;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+
+use super::{ActorSystem, Behaviour, Context, Limits, Registry, Reply};
+use crate::{
+    Config, Result,
+    accounts::now_ms,
+    storage::{
+        Batch, Direction, Storage,
+        codec::{Json, prefix},
+        ephemeral::{PRESENCE_STREAM_TABLE, PRESENCE_TABLE, PresenceRecord},
+        rooms::USER_ROOMS_TABLE,
+    },
+    sync::hub::SyncHub,
+};
+
+pub enum PresenceMessage {
+    /// The client set a state (and optionally a status message).
+    Set { state: String, status_msg: Option<Option<String>>, reply: Reply<Result<()>> },
+    /// The user did something (a sync with `set_presence=online`, a message).
+    Active,
+    /// Time to check for idleness.
+    Check,
+}
+
+pub struct PresenceState {
+    record: PresenceRecord,
+    /// The state the client asked for; activity only brings back what was asked.
+    chosen: String,
+}
+
+pub struct PresenceActor {
+    storage: Arc<Storage>,
+    hub: Arc<SyncHub>,
+    activity: Arc<DashMap<OwnedUserId, u64>>,
+    idle: Duration,
+    offline: Duration,
+}
+
+impl PresenceActor {
+    async fn save(&self, user: &UserId, state: &mut PresenceState) -> Result<()> {
+        let mut batch = Batch::new();
+        let previous = state.record.position;
+        if previous != 0 {
+            PRESENCE_STREAM_TABLE.delete(&mut batch, &previous);
+        }
+        let record = state.record.clone();
+        let user_key = user.to_string();
+        let positions = self
+            .storage
+            .writer()
+            .commit_with_positions(1, batch, move |batch, positions| {
+                let mut record = record;
+                record.position = positions.start;
+                PRESENCE_TABLE.put(batch, &user_key, &Json(record));
+                PRESENCE_STREAM_TABLE.put(batch, &positions.start, &user_key);
+            })
+            .await?;
+        state.record.position = positions.start;
+        for room in joined_rooms(&self.storage, user)? {
+            self.hub.room_changed(&room);
+        }
+        self.hub.user_changed(user);
+        Ok(())
+    }
+
+    fn schedule(&self, context: &Context<Self>, state: &PresenceState) {
+        let wait = match state.record.state.as_str() {
+            "online" => self.idle,
+            "unavailable" => self.offline.saturating_sub(self.idle),
+            _ => return,
+        };
+        context.send_after(wait.max(Duration::from_millis(100)), PresenceMessage::Check);
+    }
+}
+
+/// Rooms `user` is joined to.
+pub fn joined_rooms(storage: &Storage, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+    let mut rooms = Vec::new();
+    USER_ROOMS_TABLE.scan(
+        storage.engine(),
+        &prefix(&user.as_str()),
+        None,
+        Direction::Forward,
+        |(_, room), Json(record)| {
+            if record.membership == "join"
+                && let Ok(room) = RoomId::parse(room)
+            {
+                rooms.push(room);
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    Ok(rooms)
+}
+
+impl Behaviour for PresenceActor {
+    type Key = OwnedUserId;
+    type Message = PresenceMessage;
+    type State = PresenceState;
+
+    const KIND: &'static str = "presence";
+
+    async fn start(&self, user: &OwnedUserId) -> Result<PresenceState> {
+        let record = PRESENCE_TABLE.get(self.storage.engine(), &user.to_string())?.map_or_else(
+            || PresenceRecord {
+                state: "offline".to_owned(),
+                status_msg: None,
+                last_active_ms: 0,
+                position: 0,
+            },
+            |Json(record)| record,
+        );
+        Ok(PresenceState { chosen: record.state.clone(), record })
+    }
+
+    async fn handle(
+        &self,
+        context: &Context<Self>,
+        message: PresenceMessage,
+        state: &mut PresenceState,
+    ) -> Result<()> {
+        let user = &context.key;
+        let now = now_ms();
+        match message {
+            PresenceMessage::Set { state: wanted, status_msg, reply } => {
+                let mut changed = wanted != state.record.state;
+                if let Some(status_msg) = status_msg
+                    && status_msg != state.record.status_msg
+                {
+                    state.record.status_msg = status_msg;
+                    changed = true;
+                }
+                state.chosen = wanted.clone();
+                state.record.state = wanted;
+                if state.record.state != "offline" {
+                    state.record.last_active_ms = now;
+                    self.activity.insert(user.clone(), now);
+                }
+                let result = if changed { self.save(user, state).await } else { Ok(()) };
+                self.schedule(context, state);
+                let _ = reply.send(result);
+            }
+            PresenceMessage::Active => {
+                self.activity.insert(user.clone(), now);
+                state.record.last_active_ms = now;
+                if state.record.state != "online" && state.chosen != "unavailable" {
+                    state.record.state = "online".to_owned();
+                    self.save(user, state).await?;
+                    self.schedule(context, state);
+                }
+            }
+            PresenceMessage::Check => {
+                let idle_for =
+                    Duration::from_millis(now.saturating_sub(state.record.last_active_ms));
+                let next = if idle_for >= self.offline {
+                    "offline".to_owned()
+                } else if idle_for >= self.idle {
+                    "unavailable".to_owned()
+                } else {
+                    state.record.state.clone()
+                };
+                if next != state.record.state {
+                    let offline = next == "offline";
+                    state.record.state = next;
+                    if offline {
+                        self.activity.remove(user);
+                    }
+                    self.save(user, state).await?;
+                }
+                self.schedule(context, state);
+            }
+        }
+        Ok(())
+    }
+
+    fn can_passivate(&self, state: &PresenceState) -> bool {
+        state.record.state == "offline"
+    }
+}
+
+/// The presence service: the actors' registry and the users' latest activity.
+pub struct Presence {
+    pub actors: Registry<PresenceActor>,
+    activity: Arc<DashMap<OwnedUserId, u64>>,
+    enabled: bool,
+}
+
+impl Presence {
+    pub async fn start(
+        config: &Config,
+        storage: Arc<Storage>,
+        hub: Arc<SyncHub>,
+        system: &ActorSystem,
+    ) -> Result<Self> {
+        let activity = Arc::new(DashMap::new());
+        let behaviour = PresenceActor {
+            storage,
+            hub,
+            activity: Arc::clone(&activity),
+            idle: Duration::from_secs(config.presence_idle_timeout_s.max(1)),
+            offline: Duration::from_secs(
+                config.presence_offline_timeout_s.max(config.presence_idle_timeout_s).max(1),
+            ),
+        };
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(config.actor_idle_timeout_s.max(1)),
+            mailbox_limit: config.actor_mailbox_limit.max(1),
+        };
+        Ok(Self {
+            actors: system.registry(behaviour, limits).await?,
+            activity,
+            enabled: config.allow_local_presence,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Notes activity (a request that counts as the user being there).
+    pub async fn active(&self, user: &UserId) {
+        if !self.enabled {
+            return;
+        }
+        // Cheap path: an online user only updates the in-memory activity.
+        let _ = self.actors.send(&user.to_owned(), PresenceMessage::Active).await;
+    }
+
+    /// Sets a user's presence as they asked.
+    pub async fn set(
+        &self,
+        user: &UserId,
+        state: &str,
+        status_msg: Option<Option<String>>,
+    ) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let state = state.to_owned();
+        self.actors
+            .call(
+                &user.to_owned(),
+                |reply| PresenceMessage::Set { state, status_msg, reply },
+                Duration::from_secs(30),
+            )
+            .await?
+    }
+
+    /// Milliseconds since `user` was last active, preferring what is in memory.
+    pub fn last_active_ms(&self, user: &UserId, stored: u64) -> u64 {
+        self.activity.get(user).map_or(stored, |entry| (*entry).max(stored))
+    }
+}

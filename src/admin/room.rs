@@ -1,0 +1,225 @@
+//! The admin room `#admins:<server_name>`, run by the server user `@conduit:<server_name>`:
+//! created at first start, joined by every server admin, and where messages starting with
+//! `!admin` run admin commands whose output the server user posts back.
+
+use std::sync::Arc;
+
+use ruma::{
+    CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
+    events::TimelineEventType,
+};
+use serde_json::json;
+
+use crate::{
+    Error, Result, Services,
+    accounts::now_ms,
+    actors::user::UserMessage,
+    http::client::rooms::{self as room_api, send_membership},
+    rooms::{builder::Template, pdu::canonical_content},
+    storage::{
+        Batch,
+        codec::Json,
+        meta::RECORDS,
+        rooms::{ALIASES_TABLE, AliasRecord, ROOM_ALIASES_TABLE},
+        users::UserRecord,
+    },
+};
+
+const ADMIN_ROOM: &str = "admin_room_id";
+
+/// The server user, `@<server_user_localpart>:<server_name>`.
+pub fn server_user(services: &Services) -> Result<OwnedUserId> {
+    UserId::parse_with_server_name(
+        services.config.server_user_localpart.as_str(),
+        &services.config.server_name,
+    )
+    .map_err(|error| Error::internal(format!("server user id: {error}")))
+}
+
+/// The admin room, once created.
+pub fn admin_room(services: &Services) -> Result<Option<OwnedRoomId>> {
+    Ok(RECORDS
+        .get(services.storage.engine(), &ADMIN_ROOM.to_owned())?
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|id| RoomId::parse(id).ok()))
+}
+
+/// Creates the server user and the admin room on first start.
+pub async fn ensure(services: &Arc<Services>) -> Result<OwnedRoomId> {
+    if let Some(room) = admin_room(services)? {
+        return Ok(room);
+    }
+    let server_user = server_user(services)?;
+    if services.accounts.record(&server_user)?.is_none() {
+        let record = UserRecord {
+            password_hash: None,
+            created_ms: now_ms(),
+            guest: false,
+            admin: true,
+            deactivated: false,
+        };
+        let profile = vec![("displayname".to_owned(), json!("Server"))];
+        services
+            .accounts
+            .call(&server_user, |reply| UserMessage::Create {
+                record,
+                profile,
+                also: Batch::new(),
+                reply,
+            })
+            .await?;
+    }
+    let alias = RoomAliasId::parse(format!("#admins:{}", services.config.server_name))
+        .map_err(|error| Error::internal(format!("admin room alias: {error}")))?;
+    let name = format!("{} Admin Room", services.config.server_name);
+    let topic = "Manage this server: send `!admin --help` for the commands.";
+    let version = services.config.default_room_version.clone();
+    let rules = version.rules().ok_or_else(|| Error::internal("admin room version rules"))?;
+    let mut create_content = json!({ "room_version": version.as_str() });
+    if !rules.authorization.use_room_create_sender {
+        create_content["creator"] = json!(server_user);
+    }
+    let mut users = serde_json::Map::new();
+    if !rules.authorization.explicitly_privilege_room_creators {
+        users.insert(server_user.to_string(), json!(100));
+    }
+    let state = |kind: TimelineEventType, content: serde_json::Value| -> Result<Template> {
+        Ok(Template::state(kind, "", &server_user, canonical_content(content)?))
+    };
+    let then = vec![
+        Template::state(
+            TimelineEventType::RoomMember,
+            server_user.as_str(),
+            &server_user,
+            canonical_content(json!({ "membership": "join", "displayname": "Server" }))?,
+        ),
+        state(
+            TimelineEventType::RoomPowerLevels,
+            json!({ "users": users, "users_default": 0, "events_default": 0, "state_default": 50, "invite": 50, "kick": 50, "ban": 50, "redact": 50 }),
+        )?,
+        state(TimelineEventType::RoomCanonicalAlias, json!({ "alias": alias }))?,
+        state(TimelineEventType::RoomJoinRules, json!({ "join_rule": "invite" }))?,
+        state(TimelineEventType::RoomHistoryVisibility, json!({ "history_visibility": "shared" }))?,
+        state(TimelineEventType::RoomGuestAccess, json!({ "guest_access": "forbidden" }))?,
+        state(TimelineEventType::RoomName, json!({ "name": name }))?,
+        state(TimelineEventType::RoomTopic, json!({ "topic": topic }))?,
+    ];
+    let create = Template::state(
+        TimelineEventType::RoomCreate,
+        "",
+        &server_user,
+        canonical_content(create_content)?,
+    );
+    let (room_id, _) = services.rooms.create(version, create, then).await?;
+    let _aliases = services.rooms.aliases.lock().await;
+    let mut batch = Batch::new();
+    ALIASES_TABLE.put(
+        &mut batch,
+        &alias.to_string(),
+        &Json(AliasRecord { room_id: room_id.clone(), creator: server_user.clone() }),
+    );
+    ROOM_ALIASES_TABLE.put(&mut batch, &(room_id.to_string(), alias.to_string()), &());
+    RECORDS.put(&mut batch, &ADMIN_ROOM.to_owned(), &room_id.to_string().into_bytes());
+    services.storage.writer().commit(batch).await?;
+    tracing::info!(room = %room_id, %alias, "created the admin room");
+    Ok(room_id)
+}
+
+/// Sets `user`'s power level in the admin room.
+async fn set_power(
+    services: &Services,
+    room_id: &RoomId,
+    server_user: &UserId,
+    user: &UserId,
+    level: Option<i64>,
+) -> Result<()> {
+    let current =
+        crate::rooms::current_state_event(&services.storage, room_id, "m.room.power_levels", "")?
+            .ok_or_else(|| Error::internal("admin room without power levels"))?;
+    let mut content = current.content_value();
+    let Some(users) = content.get_mut("users").and_then(serde_json::Value::as_object_mut) else {
+        return Err(Error::internal("admin room power levels without users"));
+    };
+    match level {
+        Some(level) => users.insert(user.to_string(), json!(level)),
+        None => users.remove(user.as_str()),
+    };
+    let template = Template::state(
+        TimelineEventType::RoomPowerLevels,
+        "",
+        &server_user.to_owned(),
+        canonical_content(content)?,
+    );
+    room_api::send(services, room_id, template, None).await.map(drop)
+}
+
+/// Brings an admin into the admin room with power level 100.
+pub async fn join_admin(services: &Services, user: &UserId) -> Result<()> {
+    let Some(room_id) = admin_room(services)? else {
+        return Ok(());
+    };
+    let server_user = server_user(services)?;
+    let membership = crate::rooms::membership(services.storage.engine(), &room_id, user)?
+        .map(|record| record.membership);
+    if membership.as_deref() != Some("join") {
+        if membership.as_deref() != Some("invite") {
+            send_membership(services, &room_id, &server_user, user, "invite", None).await?;
+        }
+        send_membership(services, &room_id, user, user, "join", None).await?;
+    }
+    set_power(services, &room_id, &server_user, user, Some(100)).await
+}
+
+/// Removes a former admin from the admin room.
+pub async fn remove_admin(services: &Services, user: &UserId) -> Result<()> {
+    let Some(room_id) = admin_room(services)? else {
+        return Ok(());
+    };
+    let server_user = server_user(services)?;
+    set_power(services, &room_id, &server_user, user, None).await?;
+    if crate::rooms::is_joined(services.storage.engine(), &room_id, user)? {
+        send_membership(
+            services,
+            &room_id,
+            &server_user,
+            user,
+            "leave",
+            Some("No longer a server admin"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs `!admin ...` sent by an admin in the admin room and posts the output as the server
+/// user. Returns at once; the command runs in the background.
+pub fn maybe_run(services: &Arc<Services>, room_id: &RoomId, sender: &UserId, body: &str) {
+    let Some(command) = body.trim().strip_prefix("!admin") else {
+        return;
+    };
+    let in_admin_room =
+        admin_room(services).ok().flatten().is_some_and(|admin_room| admin_room == room_id);
+    if !in_admin_room || !services.accounts.is_admin(sender) {
+        return;
+    }
+    let command = command.trim().to_owned();
+    let services = Arc::clone(services);
+    let room_id = room_id.to_owned();
+    tokio::spawn(async move {
+        let output =
+            match super::execute(&services, if command.is_empty() { "--help" } else { &command })
+                .await
+            {
+                Ok(output) => output,
+                Err(error) => format!("Command failed: {error}"),
+            };
+        let Ok(server_user) = server_user(&services) else { return };
+        let mut content = ruma::CanonicalJsonObject::new();
+        content.insert("msgtype".to_owned(), CanonicalJsonValue::String("m.notice".to_owned()));
+        content.insert("body".to_owned(), CanonicalJsonValue::String(output));
+        let template = Template::message(TimelineEventType::RoomMessage, &server_user, content);
+        if let Err(error) = room_api::send(&services, &room_id, template, None).await {
+            tracing::warn!(%error, "could not post admin command output");
+        }
+    });
+}
