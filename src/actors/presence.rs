@@ -25,8 +25,9 @@ use crate::{
 pub enum PresenceMessage {
     /// The client set a state (and optionally a status message).
     Set { state: String, status_msg: Option<Option<String>>, reply: Reply<Result<()>> },
-    /// The user did something (a sync with `set_presence=online`, a message).
-    Active,
+    /// The user did something (a sync with `set_presence=online`); the reply comes once any
+    /// change of state is committed, so the caller's own view includes it.
+    Active { reply: Reply<Result<()>> },
     /// Time to check for idleness.
     Check,
 }
@@ -149,14 +150,16 @@ impl Behaviour for PresenceActor {
                 self.schedule(context, state);
                 let _ = reply.send(result);
             }
-            PresenceMessage::Active => {
+            PresenceMessage::Active { reply } => {
                 self.activity.insert(user.clone(), now);
                 state.record.last_active_ms = now;
+                let mut result = Ok(());
                 if state.record.state != "online" && state.chosen != "unavailable" {
                     state.record.state = "online".to_owned();
-                    self.save(user, state).await?;
+                    result = self.save(user, state).await;
                     self.schedule(context, state);
                 }
+                let _ = reply.send(result);
             }
             PresenceMessage::Check => {
                 let idle_for =
@@ -227,12 +230,17 @@ impl Presence {
     }
 
     /// Notes activity (a request that counts as the user being there).
-    pub async fn active(&self, user: &UserId) {
+    pub async fn active(&self, user: &UserId) -> Result<()> {
         if !self.enabled {
-            return;
+            return Ok(());
         }
-        // Cheap path: an online user only updates the in-memory activity.
-        let _ = self.actors.send(&user.to_owned(), PresenceMessage::Active).await;
+        self.actors
+            .call(
+                &user.to_owned(),
+                |reply| PresenceMessage::Active { reply },
+                Duration::from_secs(30),
+            )
+            .await?
     }
 
     /// Sets a user's presence as they asked.

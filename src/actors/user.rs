@@ -134,6 +134,7 @@ pub enum UserMessage {
     AckToDevice {
         device: String,
         upto: u64,
+        reply: Reply<Result<()>>,
     },
 }
 
@@ -219,8 +220,8 @@ impl Behaviour for UserActor {
             UserMessage::DeliverToDevice { messages, reply } => {
                 let _ = reply.send(self.deliver_to_device(user, messages).await);
             }
-            UserMessage::AckToDevice { device, upto } => {
-                self.ack_to_device(user, &device, upto).await?;
+            UserMessage::AckToDevice { device, upto, reply } => {
+                let _ = reply.send(self.ack_to_device(user, &device, upto).await);
             }
         }
         Ok(())

@@ -67,8 +67,6 @@ pub struct SyncParams<'a> {
 pub struct Computed {
     pub response: Response,
     pub has_news: bool,
-    /// The to-device messages at or below this position were acknowledged by the client.
-    pub acknowledged_to_device: Option<u64>,
 }
 
 fn raw<T>(value: &JsonValue) -> Result<Raw<T>> {
@@ -187,7 +185,8 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
     let user = &params.sender.user_id;
     let initial = params.since.is_none();
     let since = params.since.map_or(0, |token| token.position);
-    let mut response = Response::new(SyncToken { position: upto, typing: typing_now }.to_string());
+    let mut next = SyncToken { position: upto, typing: typing_now, to_device: None };
+    let mut response = Response::new(String::new());
     let mut has_news = false;
 
     let account_changes =
@@ -272,21 +271,34 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
         }
     }
 
-    // To-device messages for this device.
+    // To-device messages for this device, a page at a time: when the page fills, the token
+    // records how far delivery got so the rest is neither skipped nor acknowledged unseen.
     let device = params.sender.device_id.to_string();
-    let start = (user.to_string(), device.clone(), since.saturating_add(1));
-    TO_DEVICE_TABLE.scan(services.storage.engine(), &prefix2(&user.as_str(), &device.as_str()), Some(&start), Direction::Forward, |(_, _, position), Json(message)| {
-        if position > upto || response.to_device.events.len() >= TO_DEVICE_LIMIT {
-            return ControlFlow::Break(());
-        }
-        if let Ok(event) = raw(&json!({ "sender": message.sender, "type": message.kind, "content": message.content })) {
-            response.to_device.events.push(event);
-        }
-        ControlFlow::Continue(())
-    })?;
+    let delivered_through = params.since.map_or(0, |token| token.to_device_position());
+    let start = (user.to_string(), device.clone(), delivered_through.saturating_add(1));
+    let mut last_delivered = None;
+    TO_DEVICE_TABLE.scan(
+        services.storage.engine(),
+        &prefix2(&user.as_str(), &device.as_str()),
+        Some(&start),
+        Direction::Forward,
+        |(_, _, position), Json(message)| {
+            if position > upto {
+                return ControlFlow::Break(());
+            }
+            if response.to_device.events.len() >= TO_DEVICE_LIMIT {
+                next.to_device = last_delivered;
+                return ControlFlow::Break(());
+            }
+            if let Ok(event) = raw(&json!({ "sender": message.sender, "type": message.kind, "content": message.content })) {
+                response.to_device.events.push(event);
+            }
+            last_delivered = Some(position);
+            ControlFlow::Continue(())
+        },
+    )?;
     if !response.to_device.events.is_empty() {
         has_news = true;
-        // More than one page waiting: the next token must not skip the rest.
     }
 
     // Presence of users sharing a room.
@@ -295,7 +307,8 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
         has_news = true;
     }
 
-    Ok(Computed { response, has_news, acknowledged_to_device: (!initial).then_some(since) })
+    response.next_batch = next.to_string();
+    Ok(Computed { response, has_news })
 }
 
 fn stripped_with_event(

@@ -1,8 +1,11 @@
-//! Sync tokens: `s<position>_<typing>`. The position covers every persisted stream (timeline,
-//! state, memberships, account data, receipts, to-device, presence), all of which take their
-//! positions from the Writer's one counter; the typing number covers the in-memory typing
-//! stream. A token from before a restart keeps working: positions persist, and a typing
-//! number the server no longer knows just means "send typing state again".
+//! Sync tokens: `s<position>_<typing>[_<to-device>]`. The position covers every persisted
+//! stream (timeline, state, memberships, account data, receipts, to-device, presence), all of
+//! which take their positions from the Writer's one counter; the typing number covers the
+//! in-memory typing stream. The optional third number appears only when a response carried a
+//! full page of to-device messages: it says how far the device's queue was delivered, so the
+//! rest comes next time instead of being acknowledged unseen. A token from before a restart
+//! keeps working: positions persist, and a typing number the server no longer knows just means
+//! "send typing state again".
 
 use std::fmt;
 
@@ -12,23 +15,40 @@ use crate::{Error, Result};
 pub struct SyncToken {
     pub position: u64,
     pub typing: u64,
+    /// How far this device's to-device queue was delivered, when short of `position`.
+    pub to_device: Option<u64>,
 }
 
 impl SyncToken {
     pub fn parse(text: &str) -> Result<Self> {
         let invalid = || Error::invalid_param(format!("Invalid sync token '{text}'."));
         let rest = text.strip_prefix('s').ok_or_else(invalid)?;
-        let (position, typing) = rest.split_once('_').unwrap_or((rest, "0"));
-        Ok(Self {
-            position: position.parse().map_err(|_| invalid())?,
-            typing: typing.parse().map_err(|_| invalid())?,
-        })
+        let mut parts = rest.split('_');
+        let number = |part: Option<&str>| {
+            part.map(|text| text.parse::<u64>().map_err(|_| invalid())).transpose()
+        };
+        let position = number(parts.next())?.ok_or_else(invalid)?;
+        let typing = number(parts.next())?.unwrap_or(0);
+        let to_device = number(parts.next())?;
+        if parts.next().is_some() || to_device.is_some_and(|delivered| delivered > position) {
+            return Err(invalid());
+        }
+        Ok(Self { position, typing, to_device })
+    }
+
+    /// The to-device position this token delivered through.
+    pub fn to_device_position(&self) -> u64 {
+        self.to_device.unwrap_or(self.position)
     }
 }
 
 impl fmt::Display for SyncToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s{}_{}", self.position, self.typing)
+        write!(f, "s{}_{}", self.position, self.typing)?;
+        match self.to_device {
+            Some(delivered) => write!(f, "_{delivered}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -38,9 +58,17 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_reject_garbage() {
-        let token = SyncToken { position: 42, typing: 7 };
+        let token = SyncToken { position: 42, typing: 7, to_device: None };
         assert_eq!(SyncToken::parse(&token.to_string()).expect("valid"), token);
-        assert_eq!(SyncToken::parse("s5").expect("valid"), SyncToken { position: 5, typing: 0 });
+        let lagging = SyncToken { position: 42, typing: 7, to_device: Some(30) };
+        assert_eq!(lagging.to_string(), "s42_7_30");
+        assert_eq!(SyncToken::parse("s42_7_30").expect("valid").to_device_position(), 30);
+        assert_eq!(
+            SyncToken::parse("s5").expect("valid"),
+            SyncToken { position: 5, typing: 0, to_device: None }
+        );
+        assert!(SyncToken::parse("s5_1_9").is_err(), "delivered beyond the position");
+        assert!(SyncToken::parse("s5_1_2_3").is_err());
         assert!(SyncToken::parse("t5").is_err());
         assert!(SyncToken::parse("s_x").is_err());
         assert!(SyncToken::parse("").is_err());

@@ -26,3 +26,4 @@ mod sessions;
 mod shutdown;
 mod spaces;
 mod storage;
+mod sync;

@@ -5,11 +5,13 @@ mod account_data;
 mod capabilities;
 mod devices;
 mod filters;
+mod live;
 mod login;
 mod profile;
 mod register;
 pub(crate) mod rooms;
 mod search;
+mod sync;
 mod threepid;
 mod user_directory;
 
@@ -31,6 +33,8 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = capabilities::routes(router);
     let router = rooms::routes(router);
     let router = search::routes(router);
+    let router = sync::routes(router);
+    let router = live::routes(router);
     user_directory::routes(router)
 }
 

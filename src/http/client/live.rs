@@ -1,0 +1,355 @@
+//! Live streams clients write to: typing notifications, read receipts and markers,
+//! to-device messages and presence.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::Router;
+use ruma::{
+    UserId,
+    api::client::{
+        presence::{get_presence, set_presence},
+        read_marker::set_read_marker,
+        receipt::create_receipt::{self, v3::ReceiptType},
+        to_device::send_event_to_device,
+    },
+    events::receipt::ReceiptThread,
+    presence::PresenceState,
+    to_device::DeviceIdOrAllDevices,
+};
+use serde_json::{Value as JsonValue, json};
+
+use super::require_self;
+use crate::{
+    Error, Result, Services,
+    actors::{room::RoomMessage, user::UserMessage},
+    http::ruma::{Ruma, route},
+    storage::{
+        Batch, Direction,
+        codec::{Json, prefix},
+        ephemeral::{PRESENCE_TABLE, TO_DEVICE_TRANSACTIONS_TABLE, ToDeviceRecord},
+        users::DEVICES_TABLE,
+    },
+};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a typing notice lasts when the client names no timeout (before the configured
+/// bounds apply).
+const DEFAULT_TYPING_TIMEOUT_MS: u64 = 30_000;
+
+/// `PUT /rooms/{roomId}/typing/{userId}` as the spec has it: `timeout` may be left out even
+/// when `typing` is true (ruma's own type insists on it), and then the server's default applies.
+/// Paths, method and authentication are ruma's; only the body is read differently.
+mod create_typing_event {
+    use ruma::api::client::typing::create_typing_event::v3 as upstream;
+    use ruma::{
+        OwnedRoomId, OwnedUserId,
+        api::{IncomingRequest, Metadata},
+    };
+    use serde::Deserialize;
+
+    pub(super) struct Request {
+        pub room_id: OwnedRoomId,
+        pub user_id: OwnedUserId,
+        pub typing: bool,
+        /// Milliseconds.
+        pub timeout: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    struct Body {
+        typing: bool,
+        #[serde(default)]
+        timeout: Option<u64>,
+    }
+
+    pub(super) type Response = upstream::Response;
+
+    impl Metadata for Request {
+        const METHOD: axum::http::Method = <upstream::Request as Metadata>::METHOD;
+        const RATE_LIMITED: bool = <upstream::Request as Metadata>::RATE_LIMITED;
+        type Authentication = <upstream::Request as Metadata>::Authentication;
+        type PathBuilder = <upstream::Request as Metadata>::PathBuilder;
+        const PATH_BUILDER: Self::PathBuilder = <upstream::Request as Metadata>::PATH_BUILDER;
+    }
+
+    impl IncomingRequest for Request {
+        type EndpointError = <upstream::Request as IncomingRequest>::EndpointError;
+        type OutgoingResponse = Response;
+
+        fn try_from_http_request_inner(
+            request: axum::http::Request<&[u8]>,
+            path_args: &[&str],
+        ) -> Result<Self, ruma::api::error::DeserializationError> {
+            let [room_id, user_id] = path_args else {
+                return Err(ruma::api::error::DeserializationError::Header(
+                    ruma::api::error::HeaderDeserializationError::MissingHeader("path".to_owned()),
+                ));
+            };
+            let body: Body = serde_json::from_slice(request.body())?;
+            Ok(Self {
+                room_id: OwnedRoomId::try_from(*room_id)?,
+                user_id: OwnedUserId::try_from(*user_id)?,
+                typing: body.typing,
+                timeout: body.timeout,
+            })
+        }
+    }
+}
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    let router = route(router, typing);
+    let router = route(router, receipt);
+    let router = route(router, read_markers);
+    let router = route(router, send_to_device);
+    let router = route(router, get_status);
+    route(router, set_status)
+}
+
+fn not_in_room() -> Error {
+    Error::forbidden("You are not a member of this room.")
+}
+
+async fn typing(
+    services: Arc<Services>,
+    request: Ruma<create_typing_event::Request>,
+) -> Result<create_typing_event::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    require_self(&sender, &body.user_id, "send typing notifications")?;
+    crate::rooms::room(services.storage.engine(), &body.room_id)?.ok_or_else(not_in_room)?;
+    let timeout = body
+        .typing
+        .then(|| Duration::from_millis(body.timeout.unwrap_or(DEFAULT_TYPING_TIMEOUT_MS)));
+    let user = sender.user_id.clone();
+    services
+        .rooms
+        .actors
+        .call(&body.room_id, |reply| RoomMessage::Typing { user, timeout, reply }, CALL_TIMEOUT)
+        .await??;
+    Ok(create_typing_event::Response::new())
+}
+
+fn thread_key(thread: &ReceiptThread) -> Option<String> {
+    match thread {
+        ReceiptThread::Main => Some("main".to_owned()),
+        ReceiptThread::Thread(root) => Some(root.to_string()),
+        _ => None,
+    }
+}
+
+/// Records a receipt through the room's actor.
+async fn record_receipt(
+    services: &Services,
+    user: &UserId,
+    room_id: &ruma::RoomId,
+    kind: &str,
+    event_id: ruma::OwnedEventId,
+    thread: Option<String>,
+) -> Result<()> {
+    crate::rooms::room(services.storage.engine(), room_id)?.ok_or_else(not_in_room)?;
+    let user = user.to_owned();
+    let kind = kind.to_owned();
+    services
+        .rooms
+        .actors
+        .call(
+            &room_id.to_owned(),
+            |reply| RoomMessage::Receipt { user, kind, event_id, thread, reply },
+            CALL_TIMEOUT,
+        )
+        .await?
+}
+
+/// Sets the `m.fully_read` marker (server-managed room account data).
+async fn fully_read(
+    services: &Services,
+    user: &UserId,
+    room_id: &ruma::RoomId,
+    event_id: &ruma::EventId,
+) -> Result<()> {
+    if !crate::rooms::is_joined(services.storage.engine(), room_id, user)? {
+        return Err(not_in_room());
+    }
+    let content = json!({ "event_id": event_id });
+    super::account_data::write(services, user, Some(room_id), "m.fully_read".to_owned(), content)
+        .await?;
+    Ok(())
+}
+
+async fn receipt(
+    services: Arc<Services>,
+    request: Ruma<create_receipt::v3::Request>,
+) -> Result<create_receipt::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    let thread = thread_key(&body.thread);
+    match body.receipt_type {
+        ReceiptType::FullyRead => {
+            if thread.is_some() {
+                return Err(Error::invalid_param("m.fully_read cannot be threaded."));
+            }
+            fully_read(&services, &sender.user_id, &body.room_id, &body.event_id).await?;
+        }
+        ReceiptType::Read => {
+            record_receipt(
+                &services,
+                &sender.user_id,
+                &body.room_id,
+                "m.read",
+                body.event_id,
+                thread,
+            )
+            .await?
+        }
+        ReceiptType::ReadPrivate => {
+            record_receipt(
+                &services,
+                &sender.user_id,
+                &body.room_id,
+                "m.read.private",
+                body.event_id,
+                thread,
+            )
+            .await?
+        }
+        _ => return Err(Error::invalid_param("Unknown receipt type.")),
+    }
+    Ok(create_receipt::v3::Response::new())
+}
+
+async fn read_markers(
+    services: Arc<Services>,
+    request: Ruma<set_read_marker::v3::Request>,
+) -> Result<set_read_marker::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    if let Some(event_id) = &body.fully_read {
+        fully_read(&services, &sender.user_id, &body.room_id, event_id).await?;
+    }
+    if let Some(event_id) = body.read_receipt {
+        record_receipt(&services, &sender.user_id, &body.room_id, "m.read", event_id, None).await?;
+    }
+    if let Some(event_id) = body.private_read_receipt {
+        record_receipt(&services, &sender.user_id, &body.room_id, "m.read.private", event_id, None)
+            .await?;
+    }
+    Ok(set_read_marker::v3::Response::new())
+}
+
+async fn send_to_device(
+    services: Arc<Services>,
+    request: Ruma<send_event_to_device::v3::Request>,
+) -> Result<send_event_to_device::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    let transaction = (
+        sender.user_id.to_string(),
+        sender.device_id.to_string(),
+        format!("{}\u{1f}{}", body.event_type, body.txn_id),
+    );
+    if TO_DEVICE_TRANSACTIONS_TABLE.contains(services.storage.engine(), &transaction)? {
+        return Ok(send_event_to_device::v3::Response::new());
+    }
+    let kind = body.event_type.to_string();
+    for (user, devices) in body.messages {
+        if user.server_name() != services.config.server_name {
+            // Remote devices need federation; the message is dropped as undeliverable.
+            tracing::debug!(%user, "to-device message for a remote user dropped (no federation)");
+            continue;
+        }
+        let mut messages = Vec::new();
+        for (target, content) in devices {
+            let content: JsonValue = serde_json::from_str(content.json().get())
+                .map_err(|error| Error::bad_json(format!("Invalid message content: {error}")))?;
+            let record =
+                ToDeviceRecord { sender: sender.user_id.clone(), kind: kind.clone(), content };
+            match target {
+                DeviceIdOrAllDevices::DeviceId(device) => {
+                    messages.push((device.to_string(), record))
+                }
+                DeviceIdOrAllDevices::AllDevices => {
+                    for ((_, device), _) in DEVICES_TABLE.collect(
+                        services.storage.engine(),
+                        &prefix(&user.as_str()),
+                        Direction::Forward,
+                        usize::MAX,
+                    )? {
+                        messages.push((device, record.clone()));
+                    }
+                }
+            }
+        }
+        services
+            .accounts
+            .call(&user, |reply| UserMessage::DeliverToDevice { messages, reply })
+            .await
+            .or_else(|error| {
+                // Unknown local users have no devices: nothing to deliver.
+                if error.errcode() == "M_NOT_FOUND" { Ok(()) } else { Err(error) }
+            })?;
+    }
+    let mut batch = Batch::new();
+    TO_DEVICE_TRANSACTIONS_TABLE.put(&mut batch, &transaction, &());
+    services.storage.writer().commit(batch).await?;
+    Ok(send_event_to_device::v3::Response::new())
+}
+
+fn presence_name(state: &PresenceState) -> Result<&'static str> {
+    match state {
+        PresenceState::Online => Ok("online"),
+        PresenceState::Unavailable => Ok("unavailable"),
+        PresenceState::Offline => Ok("offline"),
+        _ => Err(Error::invalid_param("presence must be online, unavailable or offline.")),
+    }
+}
+
+async fn set_status(
+    services: Arc<Services>,
+    request: Ruma<set_presence::v3::Request>,
+) -> Result<set_presence::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    require_self(&sender, &body.user_id, "set presence")?;
+    let state = presence_name(&body.presence)?;
+    services.presence.set(&sender.user_id, state, Some(body.status_msg)).await?;
+    Ok(set_presence::v3::Response::new())
+}
+
+async fn get_status(
+    services: Arc<Services>,
+    request: Ruma<get_presence::v3::Request>,
+) -> Result<get_presence::v3::Response> {
+    let sender = request.sender()?.clone();
+    let target = request.body.user_id;
+    if services.accounts.record(&target)?.is_none() {
+        return Err(Error::not_found("No such user."));
+    }
+    if target != sender.user_id && !share_a_room(&services, &sender.user_id, &target)? {
+        return Err(Error::forbidden("You do not share a room with this user."));
+    }
+    let record = PRESENCE_TABLE
+        .get(services.storage.engine(), &target.to_string())?
+        .map(|Json(record)| record);
+    let Some(record) = record else {
+        return Ok(get_presence::v3::Response::new(PresenceState::Offline));
+    };
+    let state = match record.state.as_str() {
+        "online" => PresenceState::Online,
+        "unavailable" => PresenceState::Unavailable,
+        _ => PresenceState::Offline,
+    };
+    let mut response = get_presence::v3::Response::new(state);
+    response.status_msg = record.status_msg;
+    let last_active = services.presence.last_active_ms(&target, record.last_active_ms);
+    response.last_active_ago =
+        Some(Duration::from_millis(crate::accounts::now_ms().saturating_sub(last_active)));
+    response.currently_active = Some(record.state == "online");
+    Ok(response)
+}
+
+fn share_a_room(services: &Services, user: &UserId, other: &UserId) -> Result<bool> {
+    let mine = crate::actors::presence::joined_rooms(&services.storage, user)?;
+    let theirs: std::collections::HashSet<_> =
+        crate::actors::presence::joined_rooms(&services.storage, other)?.into_iter().collect();
+    Ok(mine.iter().any(|room| theirs.contains(room)))
+}

@@ -1,0 +1,189 @@
+//! `GET /sync`: computes what changed since the token and, when nothing did, waits on the
+//! SyncHub until something the user can see commits, the timeout passes or the server stops.
+
+use std::{ops::ControlFlow, sync::Arc, time::Duration};
+
+use axum::Router;
+use ruma::{
+    OwnedRoomId, RoomId, UserId,
+    api::client::{filter::FilterDefinition, sync::sync_events::v3 as sync_v3},
+    presence::PresenceState,
+};
+
+use super::filters;
+use crate::{
+    Error, Result, Services,
+    actors::user::UserMessage,
+    http::ruma::{Ruma, route},
+    storage::{
+        Direction,
+        codec::{Json, prefix, prefix2},
+        ephemeral::TO_DEVICE_TABLE,
+        rooms::USER_ROOMS_TABLE,
+    },
+    sync::{
+        response::{self, SyncParams},
+        token::SyncToken,
+    },
+};
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    route(router, sync)
+}
+
+/// Rooms a waiting request listens on: the ones the user is joined to.
+fn listening_rooms(services: &Services, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+    let mut rooms = Vec::new();
+    USER_ROOMS_TABLE.scan(
+        services.storage.engine(),
+        &prefix(&user.as_str()),
+        None,
+        Direction::Forward,
+        |(_, room), Json(record)| {
+            if record.membership == "join"
+                && let Ok(room) = RoomId::parse(room)
+            {
+                rooms.push(room);
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    Ok(rooms)
+}
+
+/// A client presenting a token has received everything it covers: the device's to-device
+/// messages up to there are deleted before the response is computed, so a retried old token
+/// cannot see them again. Only a queue that holds such messages costs a trip to the user actor.
+async fn acknowledge_to_device(
+    services: &Services,
+    user: &UserId,
+    device: &str,
+    upto: u64,
+) -> Result<()> {
+    let mut pending = false;
+    TO_DEVICE_TABLE.scan(
+        services.storage.engine(),
+        &prefix2(&user.as_str(), &device),
+        None,
+        Direction::Forward,
+        |(_, _, position), _| {
+            pending = position <= upto;
+            ControlFlow::Break(())
+        },
+    )?;
+    if !pending {
+        return Ok(());
+    }
+    let device = device.to_owned();
+    services.accounts.call(user, |reply| UserMessage::AckToDevice { device, upto, reply }).await
+}
+
+fn resolve_filter(
+    services: &Services,
+    user: &UserId,
+    filter: Option<sync_v3::Filter>,
+) -> Result<FilterDefinition> {
+    match filter {
+        None => Ok(FilterDefinition::default()),
+        Some(sync_v3::Filter::FilterDefinition(definition)) => Ok(definition),
+        Some(sync_v3::Filter::FilterId(id)) => filters::load(services, user, &id)?
+            .ok_or_else(|| Error::invalid_param(format!("Unknown filter id '{id}'."))),
+        Some(_) => Ok(FilterDefinition::default()),
+    }
+}
+
+async fn sync(
+    services: Arc<Services>,
+    request: Ruma<sync_v3::Request>,
+) -> Result<sync_v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    let since = body.since.as_deref().map(SyncToken::parse).transpose()?;
+    let filter = resolve_filter(&services, &sender.user_id, body.filter)?;
+
+    match body.set_presence {
+        PresenceState::Offline => {}
+        PresenceState::Unavailable => {
+            services.presence.set(&sender.user_id, "unavailable", None).await?
+        }
+        _ => services.presence.active(&sender.user_id).await?,
+    }
+
+    if let Some(token) = since {
+        acknowledge_to_device(
+            &services,
+            &sender.user_id,
+            sender.device_id.as_str(),
+            token.to_device_position(),
+        )
+        .await?;
+    }
+
+    let config = &services.config;
+    let timeout =
+        body.timeout.unwrap_or(Duration::from_millis(config.client_sync_timeout_default)).clamp(
+            Duration::from_millis(config.client_sync_timeout_min),
+            Duration::from_millis(
+                config.client_sync_timeout_max.max(config.client_sync_timeout_min),
+            ),
+        );
+    let wait =
+        since.is_some() && !body.full_state && body.timeout.is_none_or(|asked| !asked.is_zero());
+    let deadline = tokio::time::Instant::now() + timeout;
+    let params =
+        SyncParams { sender: &sender, since, full_state: body.full_state, filter: &filter };
+
+    let computed = loop {
+        // Register before looking, so a commit between the look and the wait still wakes us.
+        let registration = wait
+            .then(|| {
+                listening_rooms(&services, &sender.user_id)
+                    .map(|rooms| services.hub.register(&sender.user_id, &rooms))
+            })
+            .transpose()?;
+        let computed = {
+            let services = Arc::clone(&services);
+            let sender = sender.clone();
+            let filter = filter.clone();
+            tokio::task::spawn_blocking(move || {
+                response::compute(
+                    &services,
+                    &SyncParams {
+                        sender: &sender,
+                        since,
+                        full_state: params.full_state,
+                        filter: &filter,
+                    },
+                )
+            })
+            .await
+            .map_err(|error| Error::internal(format!("sync computation failed: {error}")))??
+        };
+        let Some(registration) = registration else { break computed };
+        if computed.has_news || tokio::time::Instant::now() >= deadline {
+            break computed;
+        }
+        tokio::select! {
+            () = registration.waiter().woken() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = services.shutdown.clone().wait() => {}
+        }
+        if services.shutdown.is_triggered() || tokio::time::Instant::now() >= deadline {
+            // One last look, then answer whatever there is.
+            let services = Arc::clone(&services);
+            let sender = sender.clone();
+            let filter = filter.clone();
+            break tokio::task::spawn_blocking(move || {
+                response::compute(
+                    &services,
+                    &SyncParams { sender: &sender, since, full_state: false, filter: &filter },
+                )
+            })
+            .await
+            .map_err(|error| Error::internal(format!("sync computation failed: {error}")))??;
+        }
+    };
+
+    metrics::counter!("tuwunel_sync_responses_total", "kind" => if since.is_some() { "incremental" } else { "initial" }).increment(1);
+    Ok(computed.response)
+}
