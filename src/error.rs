@@ -107,6 +107,16 @@ impl Error {
         )
     }
 
+    /// An error whose errcode ruma has no kind for (such as `M_INVALID_SIGNATURE`).
+    pub fn custom(
+        status: StatusCode,
+        errcode: &str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        let message: Cow<'static, str> = message.into();
+        Self::Json { status, body: serde_json::json!({ "errcode": errcode, "error": message }) }
+    }
+
     pub fn internal(message: impl Into<Cow<'static, str>>) -> Self {
         Self::Internal(message.into())
     }

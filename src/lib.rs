@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod federation;
 pub mod http;
+pub mod keys;
 pub mod logging;
 pub mod rooms;
 pub mod server;

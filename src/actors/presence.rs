@@ -4,20 +4,19 @@
 //! each change on the presence stream and wakes the syncs of everyone sharing a room. Once
 //! offline it passivates: idle users cost nothing.
 
-use std::{ops::ControlFlow, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use dashmap::DashMap;
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{OwnedUserId, UserId};
 
 use super::{ActorSystem, Behaviour, Context, Limits, Registry, Reply};
 use crate::{
     Config, Result,
     accounts::now_ms,
     storage::{
-        Batch, Direction, Storage,
-        codec::{Json, prefix},
+        Batch, Storage,
+        codec::Json,
         ephemeral::{PRESENCE_STREAM_TABLE, PRESENCE_TABLE, PresenceRecord},
-        rooms::USER_ROOMS_TABLE,
     },
     sync::hub::SyncHub,
 };
@@ -66,7 +65,7 @@ impl PresenceActor {
             })
             .await?;
         state.record.position = positions.start;
-        for room in joined_rooms(&self.storage, user)? {
+        for room in crate::rooms::joined_rooms(self.storage.engine(), user)? {
             self.hub.room_changed(&room);
         }
         self.hub.user_changed(user);
@@ -81,26 +80,6 @@ impl PresenceActor {
         };
         context.send_after(wait.max(Duration::from_millis(100)), PresenceMessage::Check);
     }
-}
-
-/// Rooms `user` is joined to.
-pub fn joined_rooms(storage: &Storage, user: &UserId) -> Result<Vec<OwnedRoomId>> {
-    let mut rooms = Vec::new();
-    USER_ROOMS_TABLE.scan(
-        storage.engine(),
-        &prefix(&user.as_str()),
-        None,
-        Direction::Forward,
-        |(_, room), Json(record)| {
-            if record.membership == "join"
-                && let Ok(room) = RoomId::parse(room)
-            {
-                rooms.push(room);
-            }
-            ControlFlow::Continue(())
-        },
-    )?;
-    Ok(rooms)
 }
 
 impl Behaviour for PresenceActor {

@@ -15,6 +15,11 @@ use crate::{
         now_ms,
         tokens::{self, TokenCache},
     },
+    keys::{
+        backup::{BackupCommand, Backups},
+        device_lists,
+        store::{KeyCommand, KeyStore, remove_device_keys},
+    },
     storage::ephemeral::{TO_DEVICE_TABLE, ToDeviceRecord},
     storage::{
         Batch, Storage,
@@ -136,6 +141,10 @@ pub enum UserMessage {
         upto: u64,
         reply: Reply<Result<()>>,
     },
+    /// End-to-end encryption keys owned by this user.
+    Keys(KeyCommand),
+    /// Room key backups owned by this user.
+    Backup(BackupCommand),
 }
 
 /// In-memory state: the account record (None before registration).
@@ -222,6 +231,12 @@ impl Behaviour for UserActor {
             }
             UserMessage::AckToDevice { device, upto, reply } => {
                 let _ = reply.send(self.ack_to_device(user, &device, upto).await);
+            }
+            UserMessage::Keys(command) => {
+                KeyStore { storage: &self.storage, hub: &self.hub, user }.handle(command).await;
+            }
+            UserMessage::Backup(command) => {
+                Backups { storage: &self.storage, user }.handle(command).await;
             }
         }
         Ok(())
@@ -362,9 +377,9 @@ impl UserActor {
             },
         };
         let key = (user.to_string(), device_id.to_string());
-        let mut device = DEVICES_TABLE
-            .get(self.storage.engine(), &key)?
-            .map(|Json(device)| device)
+        let existing = DEVICES_TABLE.get(self.storage.engine(), &key)?.map(|Json(device)| device);
+        let new_device = existing.is_none();
+        let mut device = existing
             .unwrap_or_else(|| DeviceRecord { created_ms: now_ms(), ..DeviceRecord::default() });
         if request.display_name.is_some() {
             device.display_name.clone_from(&request.display_name);
@@ -373,7 +388,11 @@ impl UserActor {
         let (session, replaced) =
             self.mint(user, &device_id, &mut device, &request, minted_from, &mut batch);
         DEVICES_TABLE.put(&mut batch, &key, &Json(device));
-        self.storage.writer().commit(batch).await?;
+        if new_device {
+            device_lists::commit_change(&self.storage, &self.hub, user, batch).await?;
+        } else {
+            self.storage.writer().commit(batch).await?;
+        }
         self.tokens.revoke(&replaced);
         Ok(session)
     }
@@ -492,8 +511,10 @@ impl UserActor {
             if let Some(refresh) = &record.refresh_token {
                 REFRESH_TOKENS_TABLE.delete(&mut batch, refresh);
             }
+            remove_device_keys(&self.storage, user, device_id.as_str(), &mut batch)?;
+            self.drop_to_device_queue(user, device_id.as_str(), &mut batch)?;
         }
-        self.storage.writer().commit(batch).await?;
+        device_lists::commit_change(&self.storage, &self.hub, user, batch).await?;
         self.tokens.revoke(&revoked);
         Ok(targets.into_iter().map(|(device_id, _)| device_id).collect())
     }
@@ -604,6 +625,26 @@ impl UserActor {
     }
 
     /// Deletes the messages a device confirmed by syncing past them.
+    /// Adds the deletion of a removed device's undelivered to-device messages to `batch`.
+    fn drop_to_device_queue(
+        &self,
+        user: &OwnedUserId,
+        device: &str,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        TO_DEVICE_TABLE.scan(
+            self.storage.engine(),
+            &crate::storage::codec::prefix2(&user.as_str(), &device),
+            None,
+            crate::storage::Direction::Forward,
+            |key, _| {
+                TO_DEVICE_TABLE.delete(batch, &key);
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
+        Ok(())
+    }
+
     async fn ack_to_device(&self, user: &OwnedUserId, device: &str, upto: u64) -> Result<()> {
         let mut batch = Batch::new();
         TO_DEVICE_TABLE.scan(

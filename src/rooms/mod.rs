@@ -91,6 +91,26 @@ pub fn membership(
         .map(|Json(record)| record))
 }
 
+/// Rooms `user` is currently joined to.
+pub fn joined_rooms(reader: &(impl Read + ?Sized), user: &UserId) -> Result<Vec<OwnedRoomId>> {
+    let mut rooms = Vec::new();
+    USER_ROOMS_TABLE.scan(
+        reader,
+        &crate::storage::codec::prefix(&user.as_str()),
+        None,
+        crate::storage::Direction::Forward,
+        |(_, room), Json(record)| {
+            if record.membership == "join"
+                && let Ok(room) = RoomId::parse(room)
+            {
+                rooms.push(room);
+            }
+            std::ops::ControlFlow::Continue(())
+        },
+    )?;
+    Ok(rooms)
+}
+
 /// Whether `user` is currently joined to `room_id`.
 pub fn is_joined(reader: &(impl Read + ?Sized), room_id: &RoomId, user: &UserId) -> Result<bool> {
     Ok(membership(reader, room_id, user)?.is_some_and(|record| record.membership == "join"))

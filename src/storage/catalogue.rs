@@ -131,4 +131,22 @@ catalogue! {
         "user id -> presence state, status message, last activity, stream position";
     PRESENCE_STREAM = "presence_stream", Scan, 1,
         "stream position -> user id whose presence changed";
+    DEVICE_KEYS = "device_keys", Point, 2,
+        "(user id, device id) -> the device's identity keys as uploaded (JSON)";
+    ONE_TIME_KEYS = "one_time_keys", Scan, 1,
+        "(user id, device id, algorithm, upload position, key id) -> an unclaimed one-time key";
+    FALLBACK_KEYS = "fallback_keys", Point, 1,
+        "(user id, device id, algorithm) -> the device's fallback key and whether it was used";
+    CROSS_SIGNING_KEYS = "cross_signing_keys", Point, 1,
+        "(user id, usage: master, self_signing or user_signing) -> the cross-signing key (JSON)";
+    KEY_SIGNATURES = "key_signatures", Scan, 1,
+        "(target user, target key id, signer user, signer key id) -> a signature uploaded later";
+    DEVICE_LIST_STREAM = "device_list_stream", Scan, 1,
+        "stream position -> user id whose devices or keys changed";
+    DEVICE_LIST_LATEST = "device_list_latest", Point, 1,
+        "user id -> the user's latest position on the device list stream";
+    BACKUP_VERSIONS = "backup_versions", Point, 1,
+        "(user id, version) -> a room key backup version: algorithm, auth data, count, etag";
+    BACKUP_KEYS = "backup_keys", Scan, 1,
+        "(user id, version, room id, session id) -> a backed-up room key (JSON)";
 }

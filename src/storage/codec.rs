@@ -132,6 +132,7 @@ macro_rules! tuple_key {
 tuple_key!(A; B);
 tuple_key!(A, B; C);
 tuple_key!(A, B, C; D);
+tuple_key!(A, B, C, D; E);
 
 /// Encodes the leading parts of a key for a prefix scan: every part is followed by its
 /// separator, so `prefix(("!room",))` never matches `"!room2"`.
@@ -146,6 +147,15 @@ pub fn prefix2<A: KeyPart, B: KeyPart>(first: &A, second: &B) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
     first.encode_part(&mut out, false);
     second.encode_part(&mut out, false);
+    out
+}
+
+/// Like [`prefix`] for three leading parts.
+pub fn prefix3<A: KeyPart, B: KeyPart, C: KeyPart>(first: &A, second: &B, third: &C) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48);
+    first.encode_part(&mut out, false);
+    second.encode_part(&mut out, false);
+    third.encode_part(&mut out, false);
     out
 }
 

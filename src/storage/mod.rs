@@ -11,6 +11,7 @@ pub mod catalogue;
 pub mod codec;
 pub mod engine;
 pub mod ephemeral;
+pub mod keys;
 pub mod meta;
 pub mod rooms;
 pub mod schema;

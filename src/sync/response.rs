@@ -29,6 +29,7 @@ use super::token::SyncToken;
 use crate::{
     Result, Services,
     accounts::Sender,
+    keys::{device_lists, query as keys_query},
     rooms::{
         self, Pdu, filter,
         state::{self, StateMap},
@@ -306,6 +307,27 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
     if !response.presence.events.is_empty() {
         has_news = true;
     }
+
+    // End-to-end encryption: whose devices to re-fetch, and this device's key supply.
+    if !initial {
+        let (changed, left) = device_lists::changes(&services.storage, user, since, upto)?;
+        if !changed.is_empty() || !left.is_empty() {
+            has_news = true;
+        }
+        response.device_lists.changed = changed;
+        response.device_lists.left = left;
+    }
+    let engine = services.storage.engine();
+    response.device_one_time_keys_count = keys_query::one_time_key_counts(engine, user, &device)?
+        .into_iter()
+        .map(|(algorithm, count)| (algorithm.into(), UInt::new_saturating(count)))
+        .collect();
+    response.device_unused_fallback_key_types = Some(
+        keys_query::unused_fallback_key_types(engine, user, &device)?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    );
 
     response.next_batch = next.to_string();
     Ok(Computed { response, has_news })

@@ -41,3 +41,21 @@ async fn matrix_nio_creates_joins_sends_and_paginates() {
     run_python("nio_rooms.py", &[&url]).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_nio_sync_loop_follows_a_conversation() {
+    let mut server = TestServer::start().await;
+    let url = server.url("");
+    run_python("nio_sync_loop.py", &[&url]).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_nio_decrypts_a_message_sent_through_our_server() {
+    let mut server = TestServer::start().await;
+    let url = server.url("");
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let scratch_path = scratch.path().to_string_lossy().into_owned();
+    run_python("nio_e2ee.py", &[&url, &scratch_path]).await;
+    server.stop().await;
+}

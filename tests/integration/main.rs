@@ -14,6 +14,7 @@ mod common;
 mod config;
 mod directory;
 mod discovery;
+mod e2ee;
 mod errors;
 mod metrics;
 mod profile;

@@ -13,7 +13,12 @@ use crate::{
 /// Options for fast long polls in tests.
 const QUICK: &[&str] = &["client_sync_timeout_min=0", "client_sync_timeout_max=20000"];
 
-async fn sync(server: &TestServer, user: &User, since: Option<&str>, extra: &str) -> Value {
+pub(crate) async fn sync(
+    server: &TestServer,
+    user: &User,
+    since: Option<&str>,
+    extra: &str,
+) -> Value {
     let mut path = "/_matrix/client/v3/sync?timeout=0".to_owned();
     if let Some(since) = since {
         path.push_str(&format!("&since={since}"));

@@ -348,8 +348,8 @@ async fn get_status(
 }
 
 fn share_a_room(services: &Services, user: &UserId, other: &UserId) -> Result<bool> {
-    let mine = crate::actors::presence::joined_rooms(&services.storage, user)?;
+    let mine = crate::rooms::joined_rooms(services.storage.engine(), user)?;
     let theirs: std::collections::HashSet<_> =
-        crate::actors::presence::joined_rooms(&services.storage, other)?.into_iter().collect();
+        crate::rooms::joined_rooms(services.storage.engine(), other)?.into_iter().collect();
     Ok(mine.iter().any(|room| theirs.contains(room)))
 }

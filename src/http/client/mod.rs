@@ -5,6 +5,8 @@ mod account_data;
 mod capabilities;
 mod devices;
 mod filters;
+mod key_backup;
+mod keys;
 mod live;
 mod login;
 mod profile;
@@ -35,6 +37,8 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = search::routes(router);
     let router = sync::routes(router);
     let router = live::routes(router);
+    let router = keys::routes(router);
+    let router = key_backup::routes(router);
     user_directory::routes(router)
 }
 

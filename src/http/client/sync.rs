@@ -5,7 +5,7 @@ use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use axum::Router;
 use ruma::{
-    OwnedRoomId, RoomId, UserId,
+    UserId,
     api::client::{filter::FilterDefinition, sync::sync_events::v3 as sync_v3},
     presence::PresenceState,
 };
@@ -15,12 +15,7 @@ use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
     http::ruma::{Ruma, route},
-    storage::{
-        Direction,
-        codec::{Json, prefix, prefix2},
-        ephemeral::TO_DEVICE_TABLE,
-        rooms::USER_ROOMS_TABLE,
-    },
+    storage::{Direction, codec::prefix2, ephemeral::TO_DEVICE_TABLE},
     sync::{
         response::{self, SyncParams},
         token::SyncToken,
@@ -29,26 +24,6 @@ use crate::{
 
 pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     route(router, sync)
-}
-
-/// Rooms a waiting request listens on: the ones the user is joined to.
-fn listening_rooms(services: &Services, user: &UserId) -> Result<Vec<OwnedRoomId>> {
-    let mut rooms = Vec::new();
-    USER_ROOMS_TABLE.scan(
-        services.storage.engine(),
-        &prefix(&user.as_str()),
-        None,
-        Direction::Forward,
-        |(_, room), Json(record)| {
-            if record.membership == "join"
-                && let Ok(room) = RoomId::parse(room)
-            {
-                rooms.push(room);
-            }
-            ControlFlow::Continue(())
-        },
-    )?;
-    Ok(rooms)
 }
 
 /// A client presenting a token has received everything it covers: the device's to-device
@@ -137,7 +112,7 @@ async fn sync(
         // Register before looking, so a commit between the look and the wait still wakes us.
         let registration = wait
             .then(|| {
-                listening_rooms(&services, &sender.user_id)
+                crate::rooms::joined_rooms(services.storage.engine(), &sender.user_id)
                     .map(|rooms| services.hub.register(&sender.user_id, &rooms))
             })
             .transpose()?;

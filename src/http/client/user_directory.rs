@@ -11,7 +11,6 @@ use ruma::{
     api::client::user_directory::search_users::v3 as search_users,
 };
 
-use super::rooms::membership::joined_room_ids;
 use crate::{
     Result, Services,
     http::ruma::{Ruma, route},
@@ -43,7 +42,8 @@ fn discoverable(services: &Services, searcher: &UserId) -> Result<Option<HashSet
     if services.config.user_directory_search_all_users {
         return Ok(None);
     }
-    let mut rooms: Vec<OwnedRoomId> = joined_room_ids(services, searcher)?;
+    let mut rooms: Vec<OwnedRoomId> =
+        crate::rooms::joined_rooms(services.storage.engine(), searcher)?;
     PUBLISHED_ROOMS_TABLE.scan(
         services.storage.engine(),
         b"",

@@ -263,32 +263,15 @@ async fn forget(
     Ok(forget_room::v3::Response::new())
 }
 
-/// Rooms `user` is joined to.
-pub(crate) fn joined_room_ids(services: &Services, user: &UserId) -> Result<Vec<OwnedRoomId>> {
-    let mut rooms = Vec::new();
-    USER_ROOMS_TABLE.scan(
-        services.storage.engine(),
-        &prefix(&user.as_str()),
-        None,
-        Direction::Forward,
-        |(_, room), Json(record)| {
-            if record.membership == "join"
-                && let Ok(room) = RoomId::parse(room)
-            {
-                rooms.push(room);
-            }
-            ControlFlow::Continue(())
-        },
-    )?;
-    Ok(rooms)
-}
-
 async fn joined(
     services: Arc<Services>,
     request: Ruma<joined_rooms::v3::Request>,
 ) -> Result<joined_rooms::v3::Response> {
     let sender = request.sender()?;
-    Ok(joined_rooms::v3::Response::new(joined_room_ids(&services, &sender.user_id)?))
+    Ok(joined_rooms::v3::Response::new(crate::rooms::joined_rooms(
+        services.storage.engine(),
+        &sender.user_id,
+    )?))
 }
 
 /// Rooms where `user` has one of `memberships`.

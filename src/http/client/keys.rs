@@ -1,0 +1,270 @@
+//! End-to-end encryption key endpoints: `/keys/upload`, `/keys/query`, `/keys/claim`,
+//! `/keys/changes`, `/keys/device_signing/upload` and `/keys/signatures/upload`.
+//! Local users only until federation lands: remote users are reported under `failures`.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::Router;
+use ruma::{
+    OneTimeKeyAlgorithm, OwnedUserId, UInt, UserId,
+    api::client::keys::{
+        claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys,
+    },
+    serde::Raw,
+};
+use serde_json::{Value as JsonValue, json};
+
+use super::account::password_challenge;
+use crate::{
+    Error, Result, Services,
+    actors::user::UserMessage,
+    http::ruma::{Ruma, route},
+    keys::{
+        device_lists,
+        query::{self, MASTER, SELF_SIGNING, USER_SIGNING},
+        signatures,
+        store::{CheckedSignature, KeyCommand, cross_signing_needs_auth},
+    },
+    storage::users::USERS_TABLE,
+    sync::token::SyncToken,
+};
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    let router = route(router, upload);
+    let router = route(router, query_keys);
+    let router = route(router, claim);
+    let router = route(router, changes);
+    let router = route(router, upload_cross_signing);
+    route(router, upload_signatures_handler)
+}
+
+fn to_json<T>(raw: &Raw<T>) -> Result<JsonValue> {
+    serde_json::from_str(raw.json().get())
+        .map_err(|error| Error::bad_json(format!("Invalid key object: {error}")))
+}
+
+fn to_raw<T>(value: &JsonValue) -> Result<Raw<T>> {
+    Ok(Raw::from_json(serde_json::value::to_raw_value(value)?))
+}
+
+fn counts_response(counts: BTreeMap<String, u64>) -> BTreeMap<OneTimeKeyAlgorithm, UInt> {
+    counts
+        .into_iter()
+        .map(|(algorithm, count)| {
+            (OneTimeKeyAlgorithm::from(algorithm), UInt::new_saturating(count))
+        })
+        .collect()
+}
+
+/// Remote servers cannot be asked yet: each is listed as a failure, as the spec allows for
+/// servers that could not be reached.
+fn remote_failure() -> JsonValue {
+    json!({ "status": 503, "message": "Federation is not available on this server yet." })
+}
+
+fn is_local_account(services: &Services, user: &UserId) -> Result<bool> {
+    Ok(user.server_name() == services.config.server_name
+        && USERS_TABLE.contains(services.storage.engine(), &user.to_string())?)
+}
+
+async fn upload(
+    services: Arc<Services>,
+    request: Ruma<upload_keys::v3::Request>,
+) -> Result<upload_keys::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    let device_keys = body.device_keys.as_ref().map(to_json).transpose()?;
+    let one_time_keys = body
+        .one_time_keys
+        .iter()
+        .map(|(id, key)| Ok((id.to_string(), to_json(key)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let fallback_keys = body
+        .fallback_keys
+        .iter()
+        .map(|(id, key)| Ok((id.to_string(), to_json(key)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let device = sender.device_id.to_string();
+    let counts = services
+        .accounts
+        .call(&sender.user_id, |reply| {
+            UserMessage::Keys(KeyCommand::Upload {
+                device,
+                device_keys,
+                one_time_keys,
+                fallback_keys,
+                reply,
+            })
+        })
+        .await?;
+    Ok(upload_keys::v3::Response::new(counts_response(counts)))
+}
+
+async fn query_keys(
+    services: Arc<Services>,
+    request: Ruma<get_keys::v3::Request>,
+) -> Result<get_keys::v3::Response> {
+    let sender = request.sender()?.clone();
+    let engine = services.storage.engine();
+    let mut response = get_keys::v3::Response::new();
+    for (user, devices) in request.body.device_keys {
+        if user.server_name() != services.config.server_name {
+            response.failures.insert(user.server_name().to_string(), remote_failure());
+            continue;
+        }
+        let devices: Vec<String> = devices.iter().map(ToString::to_string).collect();
+        let mut found = BTreeMap::new();
+        for (device, keys) in query::device_keys(engine, &user, &devices)? {
+            found.insert(device.into(), to_raw(&keys)?);
+        }
+        response.device_keys.insert(user.clone(), found);
+        if let Some(master) = query::cross_signing_key(engine, &user, MASTER, &sender.user_id)? {
+            response.master_keys.insert(user.clone(), to_raw(&master)?);
+        }
+        if let Some(self_signing) =
+            query::cross_signing_key(engine, &user, SELF_SIGNING, &sender.user_id)?
+        {
+            response.self_signing_keys.insert(user.clone(), to_raw(&self_signing)?);
+        }
+        if user == sender.user_id
+            && let Some(user_signing) =
+                query::cross_signing_key(engine, &user, USER_SIGNING, &sender.user_id)?
+        {
+            response.user_signing_keys.insert(user.clone(), to_raw(&user_signing)?);
+        }
+    }
+    Ok(response)
+}
+
+async fn claim(
+    services: Arc<Services>,
+    request: Ruma<claim_keys::v3::Request>,
+) -> Result<claim_keys::v3::Response> {
+    let mut response = claim_keys::v3::Response::new(BTreeMap::new());
+    for (user, wanted) in request.body.one_time_keys {
+        if user.server_name() != services.config.server_name {
+            response.failures.insert(user.server_name().to_string(), remote_failure());
+            continue;
+        }
+        if !is_local_account(&services, &user)? || wanted.is_empty() {
+            continue;
+        }
+        let wanted: Vec<(String, String)> = wanted
+            .into_iter()
+            .map(|(device, algorithm)| (device.to_string(), algorithm.to_string()))
+            .collect();
+        // The owner's actor hands each key out once, however many claims race.
+        let claimed = services
+            .accounts
+            .call(&user, |reply| UserMessage::Keys(KeyCommand::Claim { wanted, reply }))
+            .await?;
+        let by_device = response.one_time_keys.entry(user.clone()).or_default();
+        for (device, key_id, key) in claimed {
+            let key_id = key_id.as_str().try_into().map_err(|_| {
+                Error::internal(format!("stored one-time key id '{key_id}' is invalid"))
+            })?;
+            by_device.entry(device.into()).or_default().insert(key_id, to_raw(&key)?);
+        }
+    }
+    Ok(response)
+}
+
+async fn changes(
+    services: Arc<Services>,
+    request: Ruma<get_key_changes::v3::Request>,
+) -> Result<get_key_changes::v3::Response> {
+    let sender = request.sender()?.clone();
+    let from = SyncToken::parse(&request.body.from)?;
+    let to = SyncToken::parse(&request.body.to)?;
+    let upto = to.position.min(services.storage.writer().committed_position());
+    let (changed, left) =
+        device_lists::changes(&services.storage, &sender.user_id, from.position, upto)?;
+    Ok(get_key_changes::v3::Response::new(changed, left))
+}
+
+async fn upload_cross_signing(
+    services: Arc<Services>,
+    request: Ruma<upload_signing_keys::v3::Request>,
+) -> Result<upload_signing_keys::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    let master = body.master_key.as_ref().map(to_json).transpose()?;
+    let self_signing = body.self_signing_key.as_ref().map(to_json).transpose()?;
+    let user_signing = body.user_signing_key.as_ref().map(to_json).transpose()?;
+    let uploads = [
+        (MASTER, master.as_ref()),
+        (SELF_SIGNING, self_signing.as_ref()),
+        (USER_SIGNING, user_signing.as_ref()),
+    ];
+    let authenticated = cross_signing_needs_auth(&services.storage, &sender.user_id, uploads)?;
+    if authenticated {
+        password_challenge(&services, "device_signing_upload", &sender.user_id, body.auth.as_ref())
+            .await?;
+    }
+    services
+        .accounts
+        .call(&sender.user_id, |reply| {
+            UserMessage::Keys(KeyCommand::UploadCrossSigning {
+                master,
+                self_signing,
+                user_signing,
+                authenticated,
+                reply,
+            })
+        })
+        .await?;
+    Ok(upload_signing_keys::v3::Response::new())
+}
+
+fn failure(errcode: &str, message: String) -> Result<upload_signatures::v3::Failure> {
+    Ok(serde_json::from_value(json!({ "errcode": errcode, "error": message }))?)
+}
+
+async fn upload_signatures_handler(
+    services: Arc<Services>,
+    request: Ruma<upload_signatures::v3::Request>,
+) -> Result<upload_signatures::v3::Response> {
+    let sender = request.sender()?.clone();
+    let engine = services.storage.engine();
+    let mut checked: Vec<CheckedSignature> = Vec::new();
+    let mut failures: BTreeMap<OwnedUserId, BTreeMap<String, upload_signatures::v3::Failure>> =
+        BTreeMap::new();
+    for (target, keys) in &request.body.signed_keys {
+        for (key_id, object) in keys.iter() {
+            let outcome = match serde_json::from_str::<JsonValue>(object.get()) {
+                Ok(object) if target.server_name() == services.config.server_name => {
+                    signatures::check_uploaded(engine, &sender.user_id, target, key_id, &object)
+                }
+                Ok(_) => Err((
+                    "M_UNRECOGNIZED",
+                    "Keys of remote users cannot be signed here yet.".to_owned(),
+                )),
+                Err(error) => Err(("M_BAD_JSON", format!("Invalid key object: {error}"))),
+            };
+            match outcome {
+                Ok(accepted) => {
+                    checked.extend(accepted.into_iter().map(|(signing_key, signature)| {
+                        (target.clone(), key_id.to_owned(), signing_key, signature)
+                    }))
+                }
+                Err((errcode, message)) => {
+                    failures
+                        .entry(target.clone())
+                        .or_default()
+                        .insert(key_id.to_owned(), failure(errcode, message)?);
+                }
+            }
+        }
+    }
+    if !checked.is_empty() {
+        services
+            .accounts
+            .call(&sender.user_id, |reply| {
+                UserMessage::Keys(KeyCommand::AddSignatures { signatures: checked, reply })
+            })
+            .await?;
+    }
+    let mut response = upload_signatures::v3::Response::new();
+    response.failures = failures;
+    Ok(response)
+}

@@ -1,0 +1,228 @@
+//! Device list tracking: which users' devices or keys changed between two stream positions,
+//! as seen by one user (`device_lists` in /sync, `GET /keys/changes`).
+//!
+//! A change is one row on the device list stream, written in the same commit as the change
+//! by the owner's user actor; only a user's latest row is kept, which is all a token needs.
+//! Sharing a room also counts: someone who newly shares a room appears as changed (the
+//! client must learn their devices), someone who no longer shares any room as left.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    ops::ControlFlow,
+};
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::TimelineEventType};
+
+use crate::{
+    Result,
+    rooms::{self, timeline},
+    storage::{
+        Batch, Direction, Storage,
+        codec::{Json, prefix},
+        keys::{DEVICE_LIST_LATEST_TABLE, DEVICE_LIST_STREAM_TABLE},
+        rooms::{ROOM_MEMBERS_TABLE, TIMELINE_TABLE, USER_ROOMS_TABLE},
+    },
+    sync::hub::SyncHub,
+};
+
+/// Past this many events in a room since the token, reading the membership index beats
+/// reading the events.
+const EVENT_SCAN_LIMIT: usize = 200;
+
+/// Commits `batch` together with a device list change for `user`, then wakes everyone
+/// sharing a room with them. Only `user`'s own actor calls this, so the latest-row read
+/// cannot race another change.
+pub async fn commit_change(
+    storage: &Storage,
+    hub: &SyncHub,
+    user: &UserId,
+    batch: Batch,
+) -> Result<()> {
+    commit_change_with(storage, hub, user, batch, |_, _| {}).await
+}
+
+/// Like [`commit_change`], letting `extra` add rows that need the change's stream position.
+pub async fn commit_change_with(
+    storage: &Storage,
+    hub: &SyncHub,
+    user: &UserId,
+    mut batch: Batch,
+    extra: impl FnOnce(&mut Batch, u64) + Send + 'static,
+) -> Result<()> {
+    let key = user.to_string();
+    if let Some(previous) = DEVICE_LIST_LATEST_TABLE.get(storage.engine(), &key)? {
+        DEVICE_LIST_STREAM_TABLE.delete(&mut batch, &previous);
+    }
+    storage
+        .writer()
+        .commit_with_positions(1, batch, move |batch, positions| {
+            DEVICE_LIST_STREAM_TABLE.put(batch, &positions.start, &key);
+            DEVICE_LIST_LATEST_TABLE.put(batch, &key, &positions.start);
+            extra(batch, positions.start);
+        })
+        .await?;
+    for room in rooms::joined_rooms(storage.engine(), user)? {
+        hub.room_changed(&room);
+    }
+    hub.user_changed(user);
+    Ok(())
+}
+
+/// Users whose device lists `viewer` should re-fetch (`changed`) or stop tracking (`left`)
+/// between `since` (exclusive) and `upto` (inclusive).
+pub fn changes(
+    storage: &Storage,
+    viewer: &UserId,
+    since: u64,
+    upto: u64,
+) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
+    let engine = storage.engine();
+    let my_rooms: HashSet<OwnedRoomId> = rooms::joined_rooms(engine, viewer)?.into_iter().collect();
+    let shares = |other: &UserId| -> Result<bool> {
+        Ok(other == viewer
+            || rooms::joined_rooms(engine, other)?.iter().any(|room| my_rooms.contains(room)))
+    };
+    let mut changed = BTreeSet::new();
+    let mut maybe_left = BTreeSet::new();
+
+    // Keys and devices that changed.
+    let mut moved = Vec::new();
+    DEVICE_LIST_STREAM_TABLE.scan(
+        engine,
+        b"",
+        Some(&since.saturating_add(1)),
+        Direction::Forward,
+        |position, user| {
+            if position > upto {
+                return ControlFlow::Break(());
+            }
+            moved.push(user);
+            ControlFlow::Continue(())
+        },
+    )?;
+    for user in moved {
+        if let Ok(user) = UserId::parse(user)
+            && shares(&user)?
+        {
+            changed.insert(user);
+        }
+    }
+
+    // The viewer's own joins and leaves: everyone in those rooms is new to them, or maybe gone.
+    let mut own_changes = Vec::new();
+    USER_ROOMS_TABLE.scan(
+        engine,
+        &prefix(&viewer.as_str()),
+        None,
+        Direction::Forward,
+        |(_, room), Json(record)| {
+            if record.position > since && record.position <= upto {
+                own_changes.push((room, record.membership));
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    let mut settled_rooms = my_rooms.clone();
+    for (room, membership) in own_changes {
+        let Ok(room_id) = RoomId::parse(&room) else { continue };
+        settled_rooms.remove(&room_id);
+        let Some(record) = rooms::room(engine, &room_id)? else { continue };
+        let members = timeline::joined_members(storage, record.short)?;
+        if membership == "join" {
+            changed.extend(members.into_iter().filter_map(|member| UserId::parse(member).ok()));
+        } else {
+            maybe_left.extend(members.into_iter().filter_map(|member| UserId::parse(member).ok()));
+        }
+    }
+
+    // Others joining or leaving rooms the viewer was already in.
+    for room_id in settled_rooms {
+        let Some(record) = rooms::room(engine, &room_id)? else { continue };
+        for (member, membership) in membership_changes(storage, record.short, since, upto)? {
+            let Ok(member) = UserId::parse(member) else { continue };
+            if membership == "join" {
+                changed.insert(member);
+            } else {
+                maybe_left.insert(member);
+            }
+        }
+    }
+
+    let mut left = Vec::new();
+    for user in maybe_left {
+        if !changed.contains(&user) && !shares(&user)? {
+            left.push(user);
+        }
+    }
+    changed.remove(viewer);
+    let mut changed: Vec<OwnedUserId> = changed.into_iter().collect();
+    // The viewer's own device changes matter to their other devices.
+    if DEVICE_LIST_LATEST_TABLE
+        .get(engine, &viewer.to_string())?
+        .is_some_and(|position| position > since && position <= upto)
+    {
+        changed.push(viewer.to_owned());
+    }
+    Ok((changed, left))
+}
+
+/// `(user, membership)` of the membership changes in room `short` within `(since, upto]`.
+fn membership_changes(
+    storage: &Storage,
+    short: u64,
+    since: u64,
+    upto: u64,
+) -> Result<Vec<(String, String)>> {
+    let engine = storage.engine();
+    let mut events = Vec::new();
+    let mut too_many = false;
+    TIMELINE_TABLE.scan(
+        engine,
+        &short.to_be_bytes(),
+        Some(&(short, since.saturating_add(1))),
+        Direction::Forward,
+        |(_, position), event| {
+            if position > upto {
+                return ControlFlow::Break(());
+            }
+            if events.len() >= EVENT_SCAN_LIMIT {
+                too_many = true;
+                return ControlFlow::Break(());
+            }
+            events.push(event);
+            ControlFlow::Continue(())
+        },
+    )?;
+    let mut changes = Vec::new();
+    if too_many {
+        ROOM_MEMBERS_TABLE.scan(
+            engine,
+            &short.to_be_bytes(),
+            None,
+            Direction::Forward,
+            |(_, user), Json(record)| {
+                if record.position > since && record.position <= upto {
+                    changes.push((user, record.membership));
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        return Ok(changes);
+    }
+    for event in events {
+        let Some(meta) = rooms::event_meta(engine, event)? else { continue };
+        if meta.state_after == meta.state_before {
+            continue;
+        }
+        let Some(pdu) = rooms::pdu(engine, event)? else { continue };
+        if pdu.kind != TimelineEventType::RoomMember {
+            continue;
+        }
+        if let (Some(user), Some(membership)) =
+            (pdu.state_key.clone(), pdu.content_str("membership"))
+        {
+            changes.push((user, membership));
+        }
+    }
+    Ok(changes)
+}
