@@ -16,6 +16,7 @@ mod directory;
 mod discovery;
 mod e2ee;
 mod errors;
+mod live_streams;
 mod metrics;
 mod profile;
 mod rate_limits;

@@ -1,0 +1,308 @@
+//! The live streams in detail: typing expiry, presence timers and passivation, to-device to
+//! every device, threaded receipts, `set_presence`, `full_state` and the remaining filter
+//! fields.
+
+use std::time::{Duration, Instant};
+
+use ruma::OwnedUserId;
+use serde_json::{Value, json};
+
+use crate::{
+    common::{TestServer, assert_error, wait_until},
+    rooms::{create_room, send_text},
+    sync::sync,
+};
+
+fn ephemeral_of<'a>(body: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
+    body["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .find(|event| event["type"] == kind)
+}
+
+#[tokio::test]
+async fn typing_notices_expire_and_wake_waiting_syncs() {
+    let mut server =
+        TestServer::with_options(&["typing_client_timeout_min_s=1", "client_sync_timeout_min=0"])
+            .await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let typing = format!("/_matrix/client/v3/rooms/{room}/typing/{}", alice.user_id);
+    let (status, body) =
+        server.put_as(&alice, &typing, json!({"typing": true, "timeout": 1000})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.put_as(&alice, &typing, json!({"typing": "yes"})).await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    let first = sync(&server, &bob, None, "").await;
+    let notice = ephemeral_of(&first, &room, "m.typing").expect("typing");
+    assert_eq!(notice["content"]["user_ids"], json!([alice.user_id]));
+
+    // The expiry itself wakes the long poll, about a second later.
+    let started = Instant::now();
+    let token = first["next_batch"].as_str().expect("next");
+    let (status, body) =
+        server.get_as(&bob, &format!("/_matrix/client/v3/sync?timeout=10000&since={token}")).await;
+    assert_eq!(status, 200);
+    let elapsed = started.elapsed();
+    let notice = ephemeral_of(&body, &room, "m.typing").expect("typing stopped");
+    assert_eq!(notice["content"]["user_ids"], json!([]), "{body}");
+    assert!(elapsed < Duration::from_secs(5), "woken by the expiry, not the timeout: {elapsed:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn presence_goes_idle_then_offline_and_the_actor_passivates() {
+    let mut server = TestServer::with_options(&[
+        "presence_idle_timeout_s=1",
+        "presence_offline_timeout_s=2",
+        "actor_idle_timeout_s=1",
+    ])
+    .await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let status_path = format!("/_matrix/client/v3/presence/{}/status", alice.user_id);
+
+    // A sync marks Alice online; set_presence=unavailable and =offline are honoured.
+    sync(&server, &alice, None, "").await;
+    let (_, presence) = server.get_as(&bob, &status_path).await;
+    assert_eq!(presence["presence"], "online", "{presence}");
+    assert_eq!(presence["currently_active"], true);
+    assert!(presence["last_active_ago"].as_u64().is_some_and(|ago| ago < 5_000), "{presence}");
+    sync(&server, &alice, None, "&set_presence=unavailable").await;
+    let (_, presence) = server.get_as(&bob, &status_path).await;
+    assert_eq!(presence["presence"], "unavailable", "{presence}");
+
+    let (status, body) = server
+        .put_as(&alice, &status_path, json!({"presence": "online", "status_msg": "around"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.put_as(&alice, &status_path, json!({"presence": "sleepy"})).await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = server.put_as(&bob, &status_path, json!({"presence": "online"})).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+
+    // Idle after a second, offline after two, and then no actor is left running.
+    let alice_id: OwnedUserId = alice.user_id.parse().expect("user id");
+    let services = std::sync::Arc::clone(server.server().services());
+    assert!(services.presence.actors.is_live(&alice_id));
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..100 {
+        let (_, body) = server.get_as(&bob, &status_path).await;
+        let state = body["presence"].as_str().unwrap_or_default().to_owned();
+        if seen.last() != Some(&state) {
+            seen.push(state.clone());
+        }
+        if state == "offline" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("offline"), "{seen:?}");
+    assert!(seen.contains(&"unavailable".to_owned()), "idle before offline: {seen:?}");
+    let (_, body) = server.get_as(&bob, &status_path).await;
+    assert_eq!(body["status_msg"], "around", "the status message survives going offline");
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            !services.presence.actors.is_live(&alice_id)
+        })
+        .await,
+        "an offline user's presence actor passivates"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn presence_can_be_switched_off() {
+    let mut server =
+        TestServer::with_options(&["allow_local_presence=false", "allow_outgoing_presence=false"])
+            .await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let status_path = format!("/_matrix/client/v3/presence/{}/status", alice.user_id);
+    let (status, _) = server.put_as(&alice, &status_path, json!({"presence": "online"})).await;
+    assert_eq!(status, 200);
+    let body = sync(&server, &bob, None, "").await;
+    assert!(body["presence"]["events"].as_array().is_none_or(Vec::is_empty), "{body}");
+    let (_, presence) = server.get_as(&bob, &status_path).await;
+    assert_eq!(presence["presence"], "offline", "{presence}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn to_device_star_reaches_every_device() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob_phone = server.register("bob", "pw").await;
+    let bob_laptop = server.login("bob", "pw").await;
+    let (status, body) = server
+        .put_as(
+            &alice,
+            "/_matrix/client/v3/sendToDevice/m.test/all1",
+            json!({"messages": {bob_phone.user_id.clone(): {"*": {"hi": "all"}}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for device in [&bob_phone, &bob_laptop] {
+        let body = sync(&server, device, None, "").await;
+        let events = body["to_device"]["events"].as_array().expect("to_device");
+        assert_eq!(events.len(), 1, "{} got {events:?}", device.device_id);
+        assert_eq!(events[0]["content"]["hi"], "all");
+        assert_eq!(events[0]["type"], "m.test");
+    }
+    // Unknown devices and users are ignored; malformed bodies refused.
+    let (status, _) = server
+        .put_as(
+            &alice,
+            "/_matrix/client/v3/sendToDevice/m.test/all2",
+            json!({"messages": {"@nobody:test.local": {"X": {}}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = server
+        .put_as(&alice, "/_matrix/client/v3/sendToDevice/m.test/all3", json!({"messages": 5}))
+        .await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn to_device_pages_never_acknowledge_unseen_messages() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let messages: serde_json::Map<String, Value> =
+        std::iter::once((bob.device_id.clone(), json!({"n": 0}))).collect();
+    for index in 0..150 {
+        let (status, _) = server
+            .put_as(
+                &alice,
+                &format!("/_matrix/client/v3/sendToDevice/m.test/page{index}"),
+                json!({"messages": {bob.user_id.clone(): messages.clone()}}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let mut received = 0;
+    let mut since: Option<String> = None;
+    for _ in 0..5 {
+        let body = sync(&server, &bob, since.as_deref(), "").await;
+        received += body["to_device"]["events"].as_array().map_or(0, Vec::len);
+        since = body["next_batch"].as_str().map(str::to_owned);
+    }
+    assert_eq!(received, 150, "every message exactly once across pages");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn threaded_receipts_carry_their_thread() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let root = send_text(&server, &alice, &room, "root", "thread root").await;
+    let (status, reply) = server
+        .put_as(
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/reply"),
+            json!({
+                "msgtype": "m.text", "body": "in thread",
+                "m.relates_to": {"rel_type": "m.thread", "event_id": root},
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let reply = reply["event_id"].as_str().expect("id").to_owned();
+    let receipt = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{reply}");
+    let (status, body) = server.post_as(&bob, &receipt, json!({"thread_id": root})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server
+        .post_as(
+            &bob,
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{root}"),
+            json!({"thread_id": "main"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server
+        .post_as(
+            &bob,
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.fully_read/{root}"),
+            json!({"thread_id": "main"}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+
+    let view = sync(&server, &alice, None, "").await;
+    let receipts = ephemeral_of(&view, &room, "m.receipt").expect("receipts");
+    assert_eq!(
+        receipts["content"][&reply]["m.read"][&bob.user_id]["thread_id"],
+        root.as_str(),
+        "{receipts}"
+    );
+    assert_eq!(
+        receipts["content"][&root]["m.read"][&bob.user_id]["thread_id"], "main",
+        "{receipts}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn full_state_and_the_remaining_filter_fields() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let kept = create_room(&server, &alice, json!({"preset": "public_chat", "name": "Kept"})).await;
+    let hidden = create_room(&server, &alice, json!({"name": "Hidden"})).await;
+    let left = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post_as(&bob, &format!("/_matrix/client/v3/join/{kept}"), json!({})).await;
+    server.post_as(&alice, &format!("/_matrix/client/v3/rooms/{left}/leave"), json!({})).await;
+    let first = sync(&server, &alice, None, "").await;
+    let token = first["next_batch"].as_str().expect("next").to_owned();
+    assert!(
+        first["rooms"]["leave"].get(&left).is_none(),
+        "left rooms are not in an initial sync by default"
+    );
+
+    // full_state with a token sends the whole state again.
+    let full = sync(&server, &alice, Some(&token), "&full_state=true").await;
+    let state = full["rooms"]["join"][&kept]["state"]["events"].as_array().expect("full state");
+    assert!(state.iter().any(|event| event["type"] == "m.room.create"), "{state:?}");
+    assert!(state.iter().any(|event| event["type"] == "m.room.name"));
+    let incremental = sync(&server, &alice, Some(&token), "").await;
+    assert!(incremental["rooms"]["join"].get(&kept).is_none(), "nothing new: {incremental}");
+
+    // not_rooms, include_leave, and flags every client sends.
+    let filter = json!({"room": {
+        "not_rooms": [hidden],
+        "include_leave": true,
+        "timeline": {"limit": 3, "unread_thread_notifications": true},
+        "state": {"lazy_load_members": true, "include_redundant_members": true},
+    }});
+    let encoded = filter
+        .to_string()
+        .replace('%', "%25")
+        .replace('#', "%23")
+        .replace('&', "%26")
+        .replace('+', "%2B");
+    let filtered = sync(&server, &alice, None, &format!("&filter={encoded}")).await;
+    assert!(filtered["rooms"]["join"].get(&hidden).is_none(), "{filtered}");
+    assert!(filtered["rooms"]["join"].get(&kept).is_some());
+    assert!(filtered["rooms"]["leave"].get(&left).is_some(), "include_leave: {filtered}");
+    let timeline =
+        filtered["rooms"]["join"][&kept]["timeline"]["events"].as_array().expect("timeline");
+    assert!(timeline.len() <= 3);
+    assert_eq!(filtered["rooms"]["join"][&kept]["timeline"]["limited"], true);
+    let (status, body) =
+        server.get_as(&alice, "/_matrix/client/v3/sync?filter=%7B%22room%22%3A5%7D").await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = server.get_as(&alice, "/_matrix/client/v3/sync?timeout=soon").await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    server.stop().await;
+}
