@@ -14,6 +14,7 @@ pub mod federation;
 pub mod http;
 pub mod keys;
 pub mod logging;
+pub mod push;
 pub mod rooms;
 pub mod server;
 pub mod services;

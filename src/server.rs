@@ -23,6 +23,7 @@ use crate::{
     admin,
     federation::SigningKey,
     http::{self, Listeners},
+    push::pushers::Push,
     rooms::Rooms,
     storage::{self, Storage, schema::Outcome},
     sync::hub::SyncHub,
@@ -134,12 +135,14 @@ impl Server {
         accounts.bootstrap_registration(&config).await?;
         let presence =
             Presence::start(&config, Arc::clone(&storage), Arc::clone(&hub), &actors).await?;
+        let push = Arc::new(Push::start(&config, Arc::clone(&storage), &actors).await?);
         let rooms = Rooms::start(
             &config,
             Arc::clone(&storage),
             Arc::clone(&signing_key),
             &actors,
             Arc::clone(&hub),
+            Arc::clone(&push),
         )
         .await?;
         let metrics = if config.metrics_enabled { http::metrics::install() } else { None };
@@ -152,6 +155,7 @@ impl Server {
             accounts,
             rooms,
             presence,
+            push,
             hub,
             signing_key,
             metrics,
@@ -242,6 +246,7 @@ impl Server {
                     tracing::warn!(%error, "saving device activity failed");
                 }
                 ticks += 1;
+                services.hub.prune();
                 if ticks.is_multiple_of(PURGE_EVERY_TICKS) {
                     match crate::rooms::purge_unredacted(
                         &services.storage,
@@ -314,6 +319,7 @@ impl Server {
         }
         services.rooms.actors.shutdown(DRAIN_ACTORS).await;
         services.presence.actors.shutdown(DRAIN_ACTORS).await;
+        services.push.pushers.shutdown(DRAIN_ACTORS).await;
         services.accounts.users.shutdown(DRAIN_ACTORS).await;
         services.actors.shutdown(DRAIN_ACTORS).await;
         tracing::info!("shutting down: committing queued writes and flushing the database");

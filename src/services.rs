@@ -18,6 +18,8 @@ pub struct Services {
     pub accounts: Accounts,
     pub rooms: Rooms,
     pub presence: crate::actors::presence::Presence,
+    /// Push rules cache and pusher actors.
+    pub push: Arc<crate::push::pushers::Push>,
     /// Wakes waiting /sync requests.
     pub hub: Arc<SyncHub>,
     pub signing_key: Arc<SigningKey>,

@@ -35,6 +35,8 @@ pub struct PresenceState {
     record: PresenceRecord,
     /// The state the client asked for; activity only brings back what was asked.
     chosen: String,
+    /// An idleness check is scheduled (an actor restarted from storage has none yet).
+    timer_armed: bool,
 }
 
 pub struct PresenceActor {
@@ -72,12 +74,13 @@ impl PresenceActor {
         Ok(())
     }
 
-    fn schedule(&self, context: &Context<Self>, state: &PresenceState) {
+    fn schedule(&self, context: &Context<Self>, state: &mut PresenceState) {
         let wait = match state.record.state.as_str() {
             "online" => self.idle,
             "unavailable" => self.offline.saturating_sub(self.idle),
             _ => return,
         };
+        state.timer_armed = true;
         context.send_after(wait.max(Duration::from_millis(100)), PresenceMessage::Check);
     }
 }
@@ -99,7 +102,7 @@ impl Behaviour for PresenceActor {
             },
             |Json(record)| record,
         );
-        Ok(PresenceState { chosen: record.state.clone(), record })
+        Ok(PresenceState { chosen: record.state.clone(), record, timer_armed: false })
     }
 
     async fn handle(
@@ -137,10 +140,13 @@ impl Behaviour for PresenceActor {
                     state.record.state = "online".to_owned();
                     result = self.save(user, state).await;
                     self.schedule(context, state);
+                } else if !state.timer_armed {
+                    self.schedule(context, state);
                 }
                 let _ = reply.send(result);
             }
             PresenceMessage::Check => {
+                state.timer_armed = false;
                 let idle_for =
                     Duration::from_millis(now.saturating_sub(state.record.last_active_ms));
                 let next = if idle_for >= self.offline {
@@ -185,7 +191,7 @@ impl Presence {
     ) -> Result<Self> {
         let activity = Arc::new(DashMap::new());
         let behaviour = PresenceActor {
-            storage,
+            storage: Arc::clone(&storage),
             hub,
             activity: Arc::clone(&activity),
             idle: Duration::from_secs(config.presence_idle_timeout_s.max(1)),
@@ -197,11 +203,32 @@ impl Presence {
             idle_timeout: Duration::from_secs(config.actor_idle_timeout_s.max(1)),
             mailbox_limit: config.actor_mailbox_limit.max(1),
         };
-        Ok(Self {
+        let presence = Self {
             actors: system.registry(behaviour, limits).await?,
             activity,
             enabled: config.allow_local_presence,
-        })
+        };
+        // Users left online or idle by the last run get their timers back (and go offline
+        // at once if they were away longer than the offline timeout).
+        let mut awake = Vec::new();
+        PRESENCE_TABLE.scan(
+            storage.engine(),
+            b"",
+            None,
+            crate::storage::Direction::Forward,
+            |user, Json(record)| {
+                if record.state != "offline" {
+                    awake.push(user);
+                }
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
+        for user in awake {
+            if let Ok(user) = UserId::parse(user) {
+                let _ = presence.actors.send(&user, PresenceMessage::Check).await;
+            }
+        }
+        Ok(presence)
     }
 
     pub fn enabled(&self) -> bool {

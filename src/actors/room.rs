@@ -11,10 +11,12 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
-    UserId,
+    CanonicalJsonValue, EventId, Int, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
+    RoomVersionId, UserId,
     events::{StateEventType, TimelineEventType},
-    room_version_rules::RoomVersionRules,
+    power_levels::NotificationPowerLevels,
+    push::PushConditionPowerLevelsCtx,
+    room_version_rules::{RoomPowerLevelsRules, RoomVersionRules},
 };
 use serde_json::Value as JsonValue;
 
@@ -23,11 +25,17 @@ use crate::{
     Error, Result,
     accounts::now_ms,
     federation::SigningKey,
+    push::{
+        counts as push_counts,
+        evaluate::{Evaluated, Outcome, RoomContext, evaluate},
+        pushers::Push,
+    },
     rooms::{
         self, Pdu,
         builder::{self, Position, Template},
         pdu::state_key_bytes,
         state::{self, StateMap},
+        timeline,
         typing::Typing,
     },
     storage::{
@@ -106,6 +114,7 @@ pub struct RoomActor {
     hub: Arc<SyncHub>,
     typing: Arc<Typing>,
     typing_timeouts: (Duration, Duration),
+    push: Arc<Push>,
 }
 
 /// What room actors are built from.
@@ -118,13 +127,22 @@ pub struct RoomDeps {
     pub typing: Arc<Typing>,
     /// Shortest and longest typing notification a client may ask for.
     pub typing_timeouts: (Duration, Duration),
+    pub push: Arc<Push>,
 }
 
 impl RoomActor {
     pub fn new(deps: RoomDeps) -> Self {
-        let RoomDeps { storage, key, server_name, save_unredacted, hub, typing, typing_timeouts } =
-            deps;
-        Self { storage, key, server_name, save_unredacted, hub, typing, typing_timeouts }
+        let RoomDeps {
+            storage,
+            key,
+            server_name,
+            save_unredacted,
+            hub,
+            typing,
+            typing_timeouts,
+            push,
+        } = deps;
+        Self { storage, key, server_name, save_unredacted, hub, typing, typing_timeouts, push }
     }
 }
 
@@ -161,6 +179,14 @@ struct Prepared {
     transaction: Option<(String, String, String)>,
 }
 
+/// What a commit leaves for after the reply: push rule evaluation, then waking syncs.
+struct Committed {
+    /// `(event, short id, position, thread root)` in commit order.
+    events: Vec<(Arc<Pdu>, u64, u64, Option<String>)>,
+    /// Users whose membership changed.
+    members: Vec<OwnedUserId>,
+}
+
 fn unknown_room() -> Error {
     Error::not_found("Unknown room.")
 }
@@ -176,6 +202,11 @@ impl Behaviour for RoomActor {
         Ok(RoomState { room: self.load(key)? })
     }
 
+    fn can_passivate(&self, state: &RoomState) -> bool {
+        // Typing notices expire on this actor's timers; a passivated actor would drop them.
+        state.room.as_ref().is_none_or(|room| !self.typing.anyone(&room.room_id))
+    }
+
     async fn handle(
         &self,
         context: &Context<Self>,
@@ -189,7 +220,14 @@ impl Behaviour for RoomActor {
                     // Nothing was committed: forget whatever was built in memory.
                     state.room = self.load(&context.key)?;
                 }
-                let _ = reply.send(result);
+                let (answer, committed) = match result {
+                    Ok((sent, committed)) => (Ok(sent), Some(committed)),
+                    Err(error) => (Err(error), None),
+                };
+                let _ = reply.send(answer);
+                if let (Some(committed), Some(room)) = (committed, state.room.as_ref()) {
+                    self.after_commit(room, committed).await;
+                }
             }
             RoomMessage::Send { request, reply } => {
                 let result = match state.room.as_mut() {
@@ -202,7 +240,15 @@ impl Behaviour for RoomActor {
                     // A failed commit may leave memory ahead of the database; rebuild.
                     state.room = self.load(&context.key)?;
                 }
-                let _ = reply.send(result);
+                let (answer, committed) = match result {
+                    Ok((sent, committed)) => (Ok(sent), committed),
+                    Err(error) => (Err(error), None),
+                };
+                // The sender has its answer; notifications and waking syncs come after.
+                let _ = reply.send(answer);
+                if let (Some(committed), Some(room)) = (committed, state.room.as_ref()) {
+                    self.after_commit(room, committed).await;
+                }
             }
             RoomMessage::Forget { user, reply } => {
                 let _ = reply.send(self.forget(&context.key, &user).await);
@@ -295,7 +341,7 @@ impl RoomActor {
         create: Pdu,
         version: RoomVersionId,
         then: Vec<Template>,
-    ) -> Result<Vec<Sent>> {
+    ) -> Result<(Vec<Sent>, Committed)> {
         if state.room.is_some() || rooms::room(self.storage.engine(), room_id)?.is_some() {
             return Err(Error::matrix(
                 axum::http::StatusCode::BAD_REQUEST,
@@ -345,12 +391,16 @@ impl RoomActor {
             prepared.push(self.accept(&mut room, Arc::clone(&pdu), None, &mut batch).await?);
             pending.insert(pdu.event_id.clone(), pdu);
         }
-        let sent = self.commit(&room, prepared, batch).await?;
+        let committed = self.commit(&room, prepared, batch).await?;
         state.room = Some(room);
-        Ok(sent)
+        Ok(committed)
     }
 
-    async fn send(&self, room: &mut Loaded, request: SendRequest) -> Result<Sent> {
+    async fn send(
+        &self,
+        room: &mut Loaded,
+        request: SendRequest,
+    ) -> Result<(Sent, Option<Committed>)> {
         let SendRequest { template, transaction } = request;
         if let Some(transaction) = &transaction {
             let key = (
@@ -367,7 +417,7 @@ impl RoomActor {
                         rooms::event_meta(self.storage.engine(), short).ok().flatten()
                     })
                     .map_or(0, |meta| meta.position);
-                return Ok(Sent { event_id, position });
+                return Ok((Sent { event_id, position }, None));
             }
         }
         let template = self.complete_membership(room, template)?;
@@ -386,8 +436,9 @@ impl RoomActor {
         if let Some((target_short, target)) = redaction_target {
             self.apply_redaction(room, target_short, &target, &pdu, &mut batch)?;
         }
-        let mut sent = self.commit(room, vec![prepared], batch).await?;
-        sent.pop().ok_or_else(|| Error::internal("commit returned no event"))
+        let (mut sent, committed) = self.commit(room, vec![prepared], batch).await?;
+        let sent = sent.pop().ok_or_else(|| Error::internal("commit returned no event"))?;
+        Ok((sent, Some(committed)))
     }
 
     /// Builds an event on the current state of `room`.
@@ -766,7 +817,7 @@ impl RoomActor {
         room: &Loaded,
         prepared: Vec<Prepared>,
         mut batch: Batch,
-    ) -> Result<Vec<Sent>> {
+    ) -> Result<(Vec<Sent>, Committed)> {
         ROOM_HEADS_TABLE.put(
             &mut batch,
             &room.short,
@@ -786,6 +837,15 @@ impl RoomActor {
             .collect();
         let ids: Vec<OwnedEventId> =
             prepared.iter().map(|prepared| prepared.pdu.event_id.clone()).collect();
+        let events: Vec<(Arc<Pdu>, u64, Option<String>)> = prepared
+            .iter()
+            .map(|prepared| {
+                let thread = relation_of(&prepared.pdu)
+                    .filter(|(_, rel_type)| rel_type == "m.thread")
+                    .map(|(root, _)| root.to_string());
+                (Arc::clone(&prepared.pdu), prepared.short, thread)
+            })
+            .collect();
         let positions = self
             .storage
             .writer()
@@ -795,16 +855,170 @@ impl RoomActor {
                 }
             })
             .await?;
-        self.hub.room_changed(&room.room_id);
-        for member in members {
-            // Invites and joins reach users who are not yet waiting on the room.
-            self.hub.user_changed(&member);
-        }
-        Ok(ids
+        let committed = Committed {
+            events: events
+                .into_iter()
+                .zip(positions.clone())
+                .map(|((pdu, short, thread), position)| (pdu, short, position, thread))
+                .collect(),
+            members,
+        };
+        let sent = ids
             .into_iter()
             .zip(positions)
             .map(|(event_id, position)| Sent { event_id, position })
-            .collect())
+            .collect();
+        Ok((sent, committed))
+    }
+
+    /// After a commit: records who the events notify, then wakes the syncs that can see
+    /// them (once, with counts already in place) and the pushers of those notified.
+    async fn after_commit(&self, room: &Loaded, committed: Committed) {
+        let notified = match self.notify(room, &committed).await {
+            Ok(notified) => notified,
+            Err(error) => {
+                tracing::warn!(room = %room.room_id, %error, "push rule evaluation failed");
+                Vec::new()
+            }
+        };
+        self.hub.room_changed(&room.room_id);
+        for member in &committed.members {
+            // Invites and joins reach users who are not yet waiting on the room.
+            self.hub.user_changed(member);
+        }
+        for user in notified {
+            self.push.wake(&user).await;
+        }
+    }
+
+    /// Evaluates push rules for the committed events and commits what they notify.
+    async fn notify(&self, room: &Loaded, committed: &Committed) -> Result<Vec<OwnedUserId>> {
+        let joined = timeline::joined_members(&self.storage, room.short)?;
+        let member_count = joined.len() as u64;
+        let mut local: Vec<OwnedUserId> = joined
+            .into_iter()
+            .filter_map(|user| UserId::parse(user).ok())
+            .filter(|user| user.server_name() == self.server_name)
+            .collect();
+        // An invited local user hears of the invite through their push rules too.
+        for (pdu, ..) in &committed.events {
+            if pdu.kind == TimelineEventType::RoomMember
+                && pdu.content_str("membership").as_deref() == Some("invite")
+                && let Some(target) =
+                    pdu.state_key.as_deref().and_then(|key| UserId::parse(key).ok())
+                && target.server_name() == self.server_name
+                && !local.contains(&target)
+            {
+                local.push(target);
+            }
+        }
+        // Sending an event reads everything before it (in its thread, or the main timeline).
+        let mut outcome = Outcome::default();
+        for (pdu, _, position, thread) in &committed.events {
+            if pdu.sender.server_name() != self.server_name {
+                continue;
+            }
+            let scope = thread.as_deref().unwrap_or("main");
+            let changed = push_counts::read_up_to(
+                self.storage.engine(),
+                &pdu.sender,
+                room.short,
+                *position,
+                Some(scope),
+                &mut outcome.batch,
+            )?;
+            for (thread, counts) in changed {
+                outcome.counts.insert((pdu.sender.clone(), thread), counts);
+            }
+        }
+        let senders: Vec<&UserId> =
+            committed.events.iter().map(|(pdu, ..)| pdu.sender.as_ref()).collect();
+        let has_recipients = local.iter().any(|user| !senders.contains(&user.as_ref()));
+        if !has_recipients && outcome.counts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut recipients = Vec::with_capacity(local.len());
+        for user in local {
+            let name = self
+                .current(room, "m.room.member", user.as_str())?
+                .and_then(|member| member.content_str("displayname"))
+                .unwrap_or_else(|| user.localpart().to_owned());
+            recipients.push((user, name));
+        }
+        let context = RoomContext {
+            room_id: room.room_id.clone(),
+            room_short: room.short,
+            member_count,
+            power_levels: self.push_power_levels(room)?,
+            recipients,
+        };
+        let events: Vec<Evaluated<'_>> = committed
+            .events
+            .iter()
+            .map(|(pdu, short, position, thread)| Evaluated {
+                pdu,
+                short: *short,
+                position: *position,
+                thread: thread.clone(),
+            })
+            .collect();
+        if has_recipients {
+            evaluate(&self.storage, &self.push.rules, &context, &events, &mut outcome).await?;
+        }
+        if outcome.batch.is_empty() && outcome.counts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let room_short = room.short;
+        let counts = outcome.counts;
+        self.storage
+            .writer()
+            .commit_with_positions(1, outcome.batch, move |batch, positions| {
+                for ((user, thread), counts) in counts {
+                    let changed = std::iter::once((thread, counts)).collect();
+                    push_counts::write_counts(batch, &user, room_short, changed, positions.start);
+                }
+            })
+            .await?;
+        Ok(outcome.notified)
+    }
+
+    /// The room's power levels as push conditions need them.
+    fn push_power_levels(&self, room: &Loaded) -> Result<Option<PushConditionPowerLevelsCtx>> {
+        let content = self
+            .current(room, "m.room.power_levels", "")?
+            .map(|event| event.content_value())
+            .unwrap_or_default();
+        let users = content["users"]
+            .as_object()
+            .map(|users| {
+                users
+                    .iter()
+                    .filter_map(|(user, level)| {
+                        Some((UserId::parse(user).ok()?, Int::new(json_int(level)?)?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let users_default =
+            Int::new(json_int(&content["users_default"]).unwrap_or(0)).unwrap_or_default();
+        let mut notifications = NotificationPowerLevels::new();
+        if let Some(level) = json_int(&content["notifications"]["room"]).and_then(Int::new) {
+            notifications.room = level;
+        }
+        let creators = self
+            .current(room, "m.room.create", "")?
+            .map(|create| {
+                let mut creators = vec![create.sender.clone()];
+                if let Some(extra) = create.content_value()["additional_creators"].as_array() {
+                    creators.extend(extra.iter().filter_map(|user| {
+                        user.as_str().and_then(|user| UserId::parse(user).ok())
+                    }));
+                }
+                creators
+            })
+            .unwrap_or_default();
+        let rules = RoomPowerLevelsRules::new(&room.rules.authorization, creators);
+        Ok(Some(PushConditionPowerLevelsCtx::new(users, users_default, notifications, rules)))
     }
 
     fn is_member(&self, room: &Loaded, user: &UserId) -> Result<bool> {
@@ -850,14 +1064,14 @@ impl RoomActor {
             return Err(Error::forbidden("You are not in this room."));
         }
         let short = rooms::event_short(&self.storage, event_id)?;
-        let in_room = match short {
+        let meta = match short {
             Some(short) => rooms::event_meta(self.storage.engine(), short)?
-                .is_some_and(|meta| meta.room == room.short),
-            None => false,
+                .filter(|meta| meta.room == room.short),
+            None => None,
         };
-        if !in_room {
+        let Some(meta) = meta else {
             return Err(Error::not_found("That event is not in this room."));
-        }
+        };
         let thread_key = thread.unwrap_or_default();
         let key = (room.short, kind.clone(), user.to_string(), thread_key.clone());
         let mut batch = Batch::new();
@@ -867,13 +1081,26 @@ impl RoomActor {
             }
             RECEIPT_STREAM_TABLE.delete(&mut batch, &(room.short, previous.position));
         }
+        // Reading up to an event clears the notifications it covers (a threaded receipt only
+        // its thread's).
+        let threaded = (!thread_key.is_empty()).then_some(thread_key.as_str());
+        let counts = push_counts::read_up_to(
+            self.storage.engine(),
+            user,
+            room.short,
+            meta.position,
+            threaded,
+            &mut batch,
+        )?;
         let event_id = event_id.to_owned();
         let room_short = room.short;
+        let reader = user.to_owned();
         let stream_entry = (user.to_string(), kind.clone(), thread_key);
         self.storage
             .writer()
             .commit_with_positions(1, batch, move |batch, positions| {
                 let position = positions.start;
+                push_counts::write_counts(batch, &reader, room_short, counts, position);
                 RECEIPTS_TABLE.put(
                     batch,
                     &key,

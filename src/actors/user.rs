@@ -20,6 +20,7 @@ use crate::{
         device_lists,
         store::{KeyCommand, KeyStore, remove_device_keys},
     },
+    push::rules as push_rules,
     storage::ephemeral::{TO_DEVICE_TABLE, ToDeviceRecord},
     storage::{
         Batch, Storage,
@@ -145,7 +146,16 @@ pub enum UserMessage {
     Keys(KeyCommand),
     /// Room key backups owned by this user.
     Backup(BackupCommand),
+    /// Changes the user's push rules (read, changed and written back here, so concurrent
+    /// changes never lose each other).
+    UpdatePushRules {
+        update: PushRulesUpdate,
+        reply: Reply<Result<()>>,
+    },
 }
+
+/// A change to a ruleset; fails without writing anything.
+pub type PushRulesUpdate = Box<dyn FnOnce(&mut ruma::push::Ruleset) -> Result<()> + Send>;
 
 /// In-memory state: the account record (None before registration).
 pub struct UserState {
@@ -237,6 +247,9 @@ impl Behaviour for UserActor {
             }
             UserMessage::Backup(command) => {
                 Backups { storage: &self.storage, user }.handle(command).await;
+            }
+            UserMessage::UpdatePushRules { update, reply } => {
+                let _ = reply.send(self.update_push_rules(user, state, update).await);
             }
         }
         Ok(())
@@ -532,7 +545,8 @@ impl UserActor {
         record.display_name = display_name;
         let mut batch = Batch::new();
         DEVICES_TABLE.put(&mut batch, &key, &Json(record));
-        self.storage.writer().commit(batch).await
+        // The name travels with the device keys (`unsigned.device_display_name`).
+        device_lists::commit_change(&self.storage, &self.hub, user, batch).await
     }
 
     async fn deactivate(&self, user: &OwnedUserId, state: &mut UserState) -> Result<()> {
@@ -624,7 +638,26 @@ impl UserActor {
         Ok(())
     }
 
-    /// Deletes the messages a device confirmed by syncing past them.
+    async fn update_push_rules(
+        &self,
+        user: &OwnedUserId,
+        state: &UserState,
+        update: PushRulesUpdate,
+    ) -> Result<()> {
+        let mut ruleset = push_rules::load(&self.storage, user)?;
+        update(&mut ruleset)?;
+        let content = push_rules::content(&ruleset)?;
+        self.set_account_data(
+            user,
+            state,
+            String::new(),
+            push_rules::PUSH_RULES.to_owned(),
+            content,
+        )
+        .await
+        .map(drop)
+    }
+
     /// Adds the deletion of a removed device's undelivered to-device messages to `batch`.
     fn drop_to_device_queue(
         &self,
@@ -645,6 +678,7 @@ impl UserActor {
         Ok(())
     }
 
+    /// Deletes the messages a device confirmed by syncing past them.
     async fn ack_to_device(&self, user: &OwnedUserId, device: &str, upto: u64) -> Result<()> {
         let mut batch = Batch::new();
         TO_DEVICE_TABLE.scan(

@@ -112,8 +112,7 @@ pub(super) async fn run(services: &Arc<Services>, command: UsersCommand) -> Resu
         UsersCommand::Deactivate { user_id } => {
             let user = local_user(services, &user_id)?;
             existing(services, &user)?;
-            crate::http::client::rooms::membership::leave_all(services, &user).await?;
-            accounts.call(&user, |reply| UserMessage::Deactivate { reply }).await?;
+            crate::http::client::account::deactivate_account(services, &user).await?;
             Ok(format!("Deactivated {user}."))
         }
         UsersCommand::MakeUserAdmin { user_id } => {

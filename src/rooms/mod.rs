@@ -199,6 +199,7 @@ impl Rooms {
         key: Arc<SigningKey>,
         actors: &ActorSystem,
         hub: Arc<SyncHub>,
+        push: Arc<crate::push::pushers::Push>,
     ) -> Result<Self> {
         let limits = Limits {
             idle_timeout: std::time::Duration::from_secs(config.actor_idle_timeout_s.max(1)),
@@ -218,6 +219,7 @@ impl Rooms {
                     config.typing_client_timeout_max_s.max(config.typing_client_timeout_min_s),
                 ),
             ),
+            push,
         });
         let actors = actors.registry(behaviour, limits).await?;
         Ok(Self {

@@ -53,13 +53,38 @@ pub struct Viewer<'a> {
     /// The user's current membership in the room.
     current_membership: Option<String>,
     facts: HashMap<u64, (String, Option<String>)>,
+    /// Users whose events the viewer ignores (`m.ignored_user_list`).
+    ignored: HashSet<String>,
+}
+
+/// The users `user` ignores.
+pub fn ignored_users(storage: &Storage, user: &UserId) -> Result<HashSet<String>> {
+    Ok(ACCOUNT_DATA_TABLE
+        .get(
+            storage.engine(),
+            &(user.to_string(), String::new(), "m.ignored_user_list".to_owned()),
+        )?
+        .and_then(|Json(record)| {
+            record
+                .content
+                .get("ignored_users")
+                .and_then(JsonValue::as_object)
+                .map(|users| users.keys().cloned().collect::<HashSet<String>>())
+        })
+        .unwrap_or_default())
 }
 
 impl<'a> Viewer<'a> {
     pub fn new(storage: &'a Storage, room_id: &RoomId, user: &'a UserId) -> Result<Self> {
         let current_membership =
             super::membership(storage.engine(), room_id, user)?.map(|record| record.membership);
-        Ok(Self { storage, user, current_membership, facts: HashMap::new() })
+        let ignored = ignored_users(storage, user)?;
+        Ok(Self { storage, user, current_membership, facts: HashMap::new(), ignored })
+    }
+
+    /// Whether the viewer ignores `sender`.
+    pub fn ignores(&self, sender: &str) -> bool {
+        self.ignored.contains(sender)
     }
 
     pub fn user(&self) -> &UserId {
@@ -91,6 +116,10 @@ impl<'a> Viewer<'a> {
 
     /// Whether the user may see `pdu`, whose metadata is `meta`.
     pub fn can_see(&mut self, pdu: &Pdu, meta: &EventMeta) -> Result<bool> {
+        // Ignoring someone hides their messages, never the room's state.
+        if pdu.state_key.is_none() && self.ignores(pdu.sender.as_str()) {
+            return Ok(false);
+        }
         // Users always see their own membership changes.
         if pdu.state_key.as_deref() == Some(self.user.as_str())
             && pdu.kind.to_string() == "m.room.member"
@@ -241,32 +270,15 @@ struct Children<'a> {
     storage: &'a Storage,
     parent: &'a Pdu,
     viewer: Option<Viewer<'a>>,
-    /// Users whose events the viewer ignores (`m.ignored_user_list`).
-    ignored: HashSet<String>,
 }
 
 impl<'a> Children<'a> {
     fn new(storage: &'a Storage, parent: &'a Pdu, user: Option<&'a UserId>) -> Result<Self> {
-        let (viewer, ignored) = match user {
-            Some(user) => {
-                let ignored = ACCOUNT_DATA_TABLE
-                    .get(
-                        storage.engine(),
-                        &(user.to_string(), String::new(), "m.ignored_user_list".to_owned()),
-                    )?
-                    .and_then(|Json(record)| {
-                        record
-                            .content
-                            .get("ignored_users")
-                            .and_then(JsonValue::as_object)
-                            .map(|users| users.keys().cloned().collect::<HashSet<String>>())
-                    })
-                    .unwrap_or_default();
-                (Some(Viewer::new(storage, &parent.room_id, user)?), ignored)
-            }
-            None => (None, HashSet::new()),
+        let viewer = match user {
+            Some(user) => Some(Viewer::new(storage, &parent.room_id, user)?),
+            None => None,
         };
-        Ok(Self { storage, parent, viewer, ignored })
+        Ok(Self { storage, parent, viewer })
     }
 
     fn user(&self) -> Option<&UserId> {
@@ -285,7 +297,9 @@ impl<'a> Children<'a> {
         let Some(child) = super::pdu(self.storage.engine(), short)? else {
             return Ok(None);
         };
-        if child.room_id != self.parent.room_id || self.ignored.contains(child.sender.as_str()) {
+        if child.room_id != self.parent.room_id
+            || self.viewer.as_ref().is_some_and(|viewer| viewer.ignores(child.sender.as_str()))
+        {
             return Ok(None);
         }
         if let Some(viewer) = &mut self.viewer

@@ -53,6 +53,11 @@ impl Typing {
         expired && self.set(room, user, None)
     }
 
+    /// Whether anyone is typing in `room` (its actor must stay alive to expire them).
+    pub fn anyone(&self, room: &RoomId) -> bool {
+        self.rooms.get(room).is_some_and(|entry| !entry.users.is_empty())
+    }
+
     /// The users typing in `room` and the change number of that list, if it ever changed.
     pub fn get(&self, room: &RoomId) -> Option<(Vec<OwnedUserId>, u64)> {
         self.rooms.get(room).map(|entry| (entry.users.keys().cloned().collect(), entry.version))

@@ -149,4 +149,16 @@ catalogue! {
         "(user id, version) -> a room key backup version: algorithm, auth data, count, etag";
     BACKUP_KEYS = "backup_keys", Scan, 1,
         "(user id, version, room id, session id) -> a backed-up room key (JSON)";
+    UNREAD_EVENTS = "unread_events", Scan, 1,
+        "(user id, room short id, stream position) -> an unread event that notified the user";
+    UNREAD_COUNTS = "unread_counts", Scan, 2,
+        "(user id, room short id, thread root or empty) -> unread notification and highlight counts";
+    NOTIFICATIONS = "notifications", Scan, 1,
+        "(user id, stream position) -> a notification: room, event, actions, time";
+    PUSHERS = "pushers", Scan, 1,
+        "(user id, app id, pushkey) -> a pusher as the client set it";
+    PUSHER_PROGRESS = "pusher_progress", Point, 1,
+        "(user id, app id, pushkey) -> the last notification position delivered to the gateway";
+    PUSHKEYS = "pushkeys", Scan, 1,
+        "(app id, pushkey, user id) -> nothing; finds every user with a given pushkey";
 }

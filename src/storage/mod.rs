@@ -13,6 +13,7 @@ pub mod engine;
 pub mod ephemeral;
 pub mod keys;
 pub mod meta;
+pub mod push;
 pub mod rooms;
 pub mod schema;
 pub mod shortid;

@@ -30,6 +30,7 @@ use crate::{
     Result, Services,
     accounts::Sender,
     keys::{device_lists, query as keys_query},
+    push::{counts as push_counts, rules as push_rules},
     rooms::{
         self, Pdu, filter,
         state::{self, StateMap},
@@ -179,6 +180,19 @@ fn allows_kind(filter: &ruma::api::client::filter::Filter, kind: &str) -> bool {
     filter::allows_type(filter.types.as_deref(), &filter.not_types, kind)
 }
 
+/// Whether an invite came from someone the user ignores (such invites are not shown).
+fn invited_by_ignored(
+    services: &Services,
+    ignored: &HashSet<String>,
+    record: &MembershipRecord,
+) -> Result<bool> {
+    if ignored.is_empty() {
+        return Ok(false);
+    }
+    Ok(rooms::pdu_by_id(&services.storage, &record.event_id)?
+        .is_some_and(|(_, pdu)| ignored.contains(pdu.sender.as_str())))
+}
+
 /// Computes the response for `params`.
 pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed> {
     let upto = services.storage.writer().committed_position();
@@ -206,6 +220,7 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
             ControlFlow::Continue(())
         },
     )?;
+    let ignored = timeline::ignored_users(&services.storage, user)?;
     let mut joined_rooms = Vec::new();
     for (room_id, record) in memberships {
         // Changes committed after `upto` belong to the next sync.
@@ -231,7 +246,9 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
                     has_news = true;
                 }
             }
-            "invite" if initial || changed => {
+            "invite"
+                if (initial || changed) && !invited_by_ignored(services, &ignored, &record)? =>
+            {
                 let mut invite = InvitedRoom::new();
                 invite.invite_state.events = stripped_with_event(services, &record)?;
                 response.rooms.invite.insert(room_id, invite);
@@ -261,7 +278,13 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
 
     // Global account data.
     let global = if initial {
-        all_account_data(services, user, "")?
+        let mut global = all_account_data(services, user, "")?;
+        // Push rules exist from the start: the defaults until the user changes one.
+        if !global.iter().any(|event| event["type"] == push_rules::PUSH_RULES) {
+            let ruleset = push_rules::load(&services.storage, user)?;
+            global.push(json!({ "type": push_rules::PUSH_RULES, "content": push_rules::content(&ruleset)? }));
+        }
+        global
     } else {
         account_changes.get("").cloned().unwrap_or_default()
     };
@@ -492,6 +515,34 @@ fn joined_room(
         }
     }
 
+    // Lazy loading without a gap: the timeline's senders still need their member events
+    // (sent again if the client had them: harmless, and no per-device record is needed).
+    if lazy(&room_filter.state) && !full && !part.limited && !part.events.is_empty() {
+        let timeline_ids: HashSet<&ruma::EventId> =
+            part.events.iter().map(|(pdu, _)| &*pdu.event_id).collect();
+        let senders: BTreeSet<&UserId> = part.events.iter().map(|(pdu, _)| &*pdu.sender).collect();
+        for sender in senders {
+            let Some(member) = rooms::state_event(
+                &services.storage,
+                start_snapshot,
+                "m.room.member",
+                sender.as_str(),
+            )?
+            else {
+                continue;
+            };
+            if timeline_ids.contains(&*member.event_id) {
+                continue;
+            }
+            let Some((short, _)) = rooms::pdu_by_id(&services.storage, &member.event_id)? else {
+                continue;
+            };
+            if let Some(meta) = rooms::event_meta(services.storage.engine(), short)? {
+                state_events.push(raw(&sync_event(services, &member, &meta, params.sender)?)?);
+            }
+        }
+    }
+
     let mut timeline_events = Vec::with_capacity(part.events.len());
     for (pdu, meta) in &part.events {
         timeline_events.push(raw(&sync_event(services, pdu, meta, params.sender)?)?);
@@ -536,11 +587,17 @@ fn joined_room(
         })
         .collect();
 
+    // Unread notification counts; a change on its own is news too.
+    let counts = push_counts::room_counts(services.storage.engine(), user, record.short)?;
+    let counts_changed = params.since.is_some()
+        && counts.values().any(|counts| counts.position > since && counts.position <= upto);
+
     if !full
         && timeline_events.is_empty()
         && state_events.is_empty()
         && ephemeral.is_empty()
         && room_account.is_empty()
+        && !counts_changed
     {
         return Ok(None);
     }
@@ -562,7 +619,30 @@ fn joined_room(
     ephemeral_section.events = ephemeral.iter().map(raw).collect::<Result<_>>()?;
     joined.ephemeral = ephemeral_section;
     joined.account_data.events = room_account.iter().map(raw).collect::<Result<_>>()?;
-    joined.unread_notifications = UnreadNotificationsCount::new();
+    let count = |notifications: u64, highlights: u64| {
+        let mut count = UnreadNotificationsCount::new();
+        count.notification_count = Some(UInt::new_saturating(notifications));
+        count.highlight_count = Some(UInt::new_saturating(highlights));
+        count
+    };
+    if room_filter.timeline.unread_thread_notifications {
+        let main = counts.get("").cloned().unwrap_or_default();
+        joined.unread_notifications = count(main.notifications, main.highlights);
+        for (thread, counts) in &counts {
+            if thread.is_empty() || counts.notifications == 0 && counts.highlights == 0 {
+                continue;
+            }
+            if let Ok(root) = ruma::EventId::parse(thread) {
+                joined
+                    .unread_thread_notifications
+                    .insert(root, count(counts.notifications, counts.highlights));
+            }
+        }
+    } else {
+        let notifications = counts.values().map(|counts| counts.notifications).sum();
+        let highlights = counts.values().map(|counts| counts.highlights).sum();
+        joined.unread_notifications = count(notifications, highlights);
+    }
     Ok(Some(joined))
 }
 

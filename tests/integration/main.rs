@@ -19,6 +19,7 @@ mod errors;
 mod live_streams;
 mod metrics;
 mod profile;
+mod push;
 mod rate_limits;
 mod registration;
 mod relations;

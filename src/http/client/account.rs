@@ -14,6 +14,7 @@ use crate::{
     accounts::{passwords, rate_limit::Action, uia::Challenge},
     actors::user::{Devices, UserMessage},
     http::ruma::{Ruma, route},
+    push::pushers::PusherMessage,
 };
 
 pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
@@ -93,8 +94,23 @@ async fn deactivate(
     let sender = request.sender()?.clone();
     password_challenge(&services, "deactivate", &sender.user_id, request.body.auth.as_ref())
         .await?;
-    crate::http::client::rooms::membership::leave_all(&services, &sender.user_id).await?;
-    services.accounts.call(&sender.user_id, |reply| UserMessage::Deactivate { reply }).await?;
+    deactivate_account(&services, &sender.user_id).await?;
     tracing::info!(user = %sender.user_id, "account deactivated");
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
+}
+
+/// Deactivates `user`: leaves every room, removes their pushers, then closes the account
+/// (devices and tokens go with it).
+pub(crate) async fn deactivate_account(services: &Services, user: &ruma::UserId) -> Result<()> {
+    crate::http::client::rooms::membership::leave_all(services, user).await?;
+    services
+        .push
+        .pushers
+        .call(
+            &user.to_owned(),
+            |reply| PusherMessage::RemoveAll { reply },
+            std::time::Duration::from_secs(30),
+        )
+        .await??;
+    services.accounts.call(user, |reply| UserMessage::Deactivate { reply }).await
 }

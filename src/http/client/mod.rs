@@ -1,6 +1,6 @@
 //! The Client-Server API, one file per endpoint family.
 
-mod account;
+pub(crate) mod account;
 mod account_data;
 mod capabilities;
 mod devices;
@@ -10,6 +10,7 @@ mod keys;
 mod live;
 mod login;
 mod profile;
+mod push;
 mod register;
 pub(crate) mod rooms;
 mod search;
@@ -39,6 +40,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = live::routes(router);
     let router = keys::routes(router);
     let router = key_backup::routes(router);
+    let router = push::routes(router);
     user_directory::routes(router)
 }
 

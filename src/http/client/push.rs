@@ -1,0 +1,381 @@
+//! Push endpoints: push rules (`/pushrules/...`), pushers (`/pushers`, `/pushers/set`) and
+//! the notification list (`/notifications`).
+
+use std::{collections::HashMap, ops::ControlFlow, sync::Arc, time::Duration};
+
+use axum::Router;
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedRoomId, UInt,
+    api::client::push::{
+        PusherIds, delete_pushrule, get_notifications, get_pushers, get_pushrule,
+        get_pushrule_actions, get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope,
+        set_pusher, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
+    },
+    push::{InsertPushRuleError, RemovePushRuleError, Ruleset},
+    serde::Raw,
+};
+use serde_json::Value as JsonValue;
+
+use crate::{
+    Error, Result, Services,
+    accounts::{Sender, now_ms},
+    actors::user::{PushRulesUpdate, UserMessage},
+    http::ruma::{Ruma, route},
+    push::{pushers::PusherMessage, rules},
+    rooms,
+    storage::{
+        Direction,
+        codec::{Json, prefix},
+        push::{
+            NOTIFICATIONS_TABLE, PUSHERS_TABLE, PUSHKEYS_TABLE, PusherRecord, UNREAD_EVENTS_TABLE,
+        },
+    },
+};
+
+const PUSHER_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_NOTIFICATIONS: usize = 20;
+const MAX_NOTIFICATIONS: usize = 100;
+/// The only path a push gateway may have (Push Gateway API).
+const GATEWAY_PATH: &str = "/_matrix/push/v1/notify";
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    let router = route(router, all_rules);
+    let router = route(router, global_rules);
+    let router = route(router, get_rule);
+    let router = route(router, set_rule);
+    let router = route(router, delete_rule);
+    let router = route(router, get_enabled);
+    let router = route(router, set_enabled);
+    let router = route(router, get_actions);
+    let router = route(router, set_actions);
+    let router = route(router, list_pushers);
+    let router = route(router, set_pusher_handler);
+    route(router, notifications)
+}
+
+fn rule_not_found() -> Error {
+    Error::not_found("No such push rule.")
+}
+
+fn ruleset(services: &Services, sender: &Sender) -> Result<Ruleset> {
+    rules::load(&services.storage, &sender.user_id)
+}
+
+/// Applies `update` to the caller's rules through their actor, then drops the cached copy.
+async fn update_rules(services: &Services, sender: &Sender, update: PushRulesUpdate) -> Result<()> {
+    services
+        .accounts
+        .call(&sender.user_id, |reply| UserMessage::UpdatePushRules { update, reply })
+        .await?;
+    services.push.rules.invalidate(&sender.user_id);
+    Ok(())
+}
+
+async fn all_rules(
+    services: Arc<Services>,
+    request: Ruma<get_pushrules_all::v3::Request>,
+) -> Result<get_pushrules_all::v3::Response> {
+    Ok(get_pushrules_all::v3::Response::new(ruleset(&services, request.sender()?)?))
+}
+
+async fn global_rules(
+    services: Arc<Services>,
+    request: Ruma<get_pushrules_global_scope::v3::Request>,
+) -> Result<get_pushrules_global_scope::v3::Response> {
+    Ok(get_pushrules_global_scope::v3::Response::new(ruleset(&services, request.sender()?)?))
+}
+
+async fn get_rule(
+    services: Arc<Services>,
+    request: Ruma<get_pushrule::v3::Request>,
+) -> Result<get_pushrule::v3::Response> {
+    let rules = ruleset(&services, request.sender()?)?;
+    let rule =
+        rules.get(request.body.kind.clone(), &request.body.rule_id).ok_or_else(rule_not_found)?;
+    Ok(get_pushrule::v3::Response::new(rule.to_owned().into()))
+}
+
+async fn set_rule(
+    services: Arc<Services>,
+    request: Ruma<set_pushrule::v3::Request>,
+) -> Result<set_pushrule::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    update_rules(
+        &services,
+        &sender,
+        Box::new(move |rules: &mut Ruleset| {
+            rules.insert(body.rule, body.after.as_deref(), body.before.as_deref()).map_err(
+                |error| match error {
+                    InsertPushRuleError::UnknownRuleId => {
+                        Error::not_found("The rule named in before/after does not exist.")
+                    }
+                    other => Error::invalid_param(format!("Invalid push rule: {other}")),
+                },
+            )
+        }),
+    )
+    .await?;
+    Ok(set_pushrule::v3::Response::new())
+}
+
+async fn delete_rule(
+    services: Arc<Services>,
+    request: Ruma<delete_pushrule::v3::Request>,
+) -> Result<delete_pushrule::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    update_rules(
+        &services,
+        &sender,
+        Box::new(move |rules: &mut Ruleset| {
+            rules.remove(body.kind, &body.rule_id).map_err(|error| match error {
+                RemovePushRuleError::NotFound => rule_not_found(),
+                other => Error::invalid_param(format!("Cannot remove this rule: {other}")),
+            })
+        }),
+    )
+    .await?;
+    Ok(delete_pushrule::v3::Response::new())
+}
+
+async fn get_enabled(
+    services: Arc<Services>,
+    request: Ruma<get_pushrule_enabled::v3::Request>,
+) -> Result<get_pushrule_enabled::v3::Response> {
+    let rules = ruleset(&services, request.sender()?)?;
+    let rule =
+        rules.get(request.body.kind.clone(), &request.body.rule_id).ok_or_else(rule_not_found)?;
+    Ok(get_pushrule_enabled::v3::Response::new(rule.enabled()))
+}
+
+async fn set_enabled(
+    services: Arc<Services>,
+    request: Ruma<set_pushrule_enabled::v3::Request>,
+) -> Result<set_pushrule_enabled::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    update_rules(
+        &services,
+        &sender,
+        Box::new(move |rules: &mut Ruleset| {
+            rules.set_enabled(body.kind, &body.rule_id, body.enabled).map_err(|_| rule_not_found())
+        }),
+    )
+    .await?;
+    Ok(set_pushrule_enabled::v3::Response::new())
+}
+
+async fn get_actions(
+    services: Arc<Services>,
+    request: Ruma<get_pushrule_actions::v3::Request>,
+) -> Result<get_pushrule_actions::v3::Response> {
+    let rules = ruleset(&services, request.sender()?)?;
+    let rule =
+        rules.get(request.body.kind.clone(), &request.body.rule_id).ok_or_else(rule_not_found)?;
+    Ok(get_pushrule_actions::v3::Response::new(rule.actions().to_vec()))
+}
+
+async fn set_actions(
+    services: Arc<Services>,
+    request: Ruma<set_pushrule_actions::v3::Request>,
+) -> Result<set_pushrule_actions::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    update_rules(
+        &services,
+        &sender,
+        Box::new(move |rules: &mut Ruleset| {
+            rules.set_actions(body.kind, &body.rule_id, body.actions).map_err(|_| rule_not_found())
+        }),
+    )
+    .await?;
+    Ok(set_pushrule_actions::v3::Response::new())
+}
+
+async fn list_pushers(
+    services: Arc<Services>,
+    request: Ruma<get_pushers::v3::Request>,
+) -> Result<get_pushers::v3::Response> {
+    let user = &request.sender()?.user_id;
+    let mut pushers = Vec::new();
+    for (_, Json(record)) in PUSHERS_TABLE.collect(
+        services.storage.engine(),
+        &prefix(&user.as_str()),
+        Direction::Forward,
+        usize::MAX,
+    )? {
+        if let Ok(pusher) = serde_json::from_value(record.pusher) {
+            pushers.push(pusher);
+        }
+    }
+    Ok(get_pushers::v3::Response::new(pushers))
+}
+
+/// Checks an HTTP pusher's gateway URL: http(s), the Push Gateway API's path.
+fn check_pusher(pusher: &JsonValue) -> Result<()> {
+    match pusher["kind"].as_str() {
+        Some("http") => {}
+        Some("email") => {
+            return Err(Error::invalid_param("This server does not send email notifications."));
+        }
+        _ => return Err(Error::invalid_param("Unknown pusher kind.")),
+    }
+    let url = pusher["data"]["url"]
+        .as_str()
+        .ok_or_else(|| Error::missing_param("An http pusher needs data.url."))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| Error::invalid_param("data.url is not a URL."))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.path() != GATEWAY_PATH {
+        return Err(Error::invalid_param(format!(
+            "data.url must be an http(s) URL with the path {GATEWAY_PATH}."
+        )));
+    }
+    Ok(())
+}
+
+async fn remove_pusher(
+    services: &Services,
+    user: &ruma::UserId,
+    app_id: String,
+    pushkey: String,
+) -> Result<()> {
+    services
+        .push
+        .pushers
+        .call(
+            &user.to_owned(),
+            |reply| PusherMessage::Remove { app_id, pushkey, reply },
+            PUSHER_CALL_TIMEOUT,
+        )
+        .await?
+}
+
+async fn set_pusher_handler(
+    services: Arc<Services>,
+    request: Ruma<set_pusher::v3::Request>,
+) -> Result<set_pusher::v3::Response> {
+    let user = request.sender()?.user_id.clone();
+    match request.body.action {
+        set_pusher::v3::PusherAction::Post(data) => {
+            let PusherIds { app_id, pushkey, .. } = data.pusher.ids.clone();
+            let pusher = serde_json::to_value(&data.pusher)?;
+            check_pusher(&pusher)?;
+            if !data.append {
+                // The same app and pushkey for other users means the device changed hands.
+                let mut others = Vec::new();
+                PUSHKEYS_TABLE.scan(
+                    services.storage.engine(),
+                    &crate::storage::codec::prefix2(&app_id.as_str(), &pushkey.as_str()),
+                    None,
+                    Direction::Forward,
+                    |(_, _, other), ()| {
+                        others.push(other);
+                        ControlFlow::Continue(())
+                    },
+                )?;
+                for other in others {
+                    if let Ok(other) = ruma::UserId::parse(other)
+                        && other != user
+                    {
+                        remove_pusher(&services, &other, app_id.clone(), pushkey.clone()).await?;
+                    }
+                }
+            }
+            let record = PusherRecord {
+                pusher,
+                created_ms: now_ms(),
+                since_position: services.storage.writer().committed_position(),
+            };
+            services
+                .push
+                .pushers
+                .call(
+                    &user,
+                    |reply| PusherMessage::Set { app_id, pushkey, record, reply },
+                    PUSHER_CALL_TIMEOUT,
+                )
+                .await??;
+        }
+        set_pusher::v3::PusherAction::Delete(PusherIds { app_id, pushkey, .. }) => {
+            remove_pusher(&services, &user, app_id, pushkey).await?;
+        }
+        _ => return Err(Error::invalid_param("Unknown pusher action.")),
+    }
+    Ok(set_pusher::v3::Response::new())
+}
+
+async fn notifications(
+    services: Arc<Services>,
+    request: Ruma<get_notifications::v3::Request>,
+) -> Result<get_notifications::v3::Response> {
+    let user = request.sender()?.user_id.clone();
+    let body = request.body;
+    let engine = services.storage.engine();
+    let limit = body
+        .limit
+        .map_or(DEFAULT_NOTIFICATIONS, |limit| {
+            usize::try_from(u64::from(limit)).unwrap_or(MAX_NOTIFICATIONS)
+        })
+        .clamp(1, MAX_NOTIFICATIONS);
+    let from = match body.from.as_deref() {
+        Some(from) => {
+            Some(from.parse::<u64>().map_err(|_| Error::invalid_param("Invalid from token."))?)
+        }
+        None => None,
+    };
+    let only_highlight = body.only.as_deref() == Some("highlight");
+    let mut found = Vec::new();
+    let mut next_token = None;
+    let start = from.map(|from| (user.to_string(), from.saturating_sub(1)));
+    NOTIFICATIONS_TABLE.scan(
+        engine,
+        &prefix(&user.as_str()),
+        start.as_ref(),
+        Direction::Reverse,
+        |(_, position), Json(record)| {
+            if from.is_some_and(|from| position >= from) {
+                return ControlFlow::Continue(());
+            }
+            if found.len() >= limit {
+                next_token = found.last().map(|(position, _): &(u64, _)| position.to_string());
+                return ControlFlow::Break(());
+            }
+            if !only_highlight || record.highlight {
+                found.push((position, record));
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    let mut room_shorts: HashMap<String, u64> = HashMap::new();
+    let mut result = Vec::with_capacity(found.len());
+    for (position, record) in found {
+        let Some(pdu) = rooms::pdu(engine, record.event)? else { continue };
+        let room_short = match room_shorts.get(&record.room_id) {
+            Some(short) => *short,
+            None => {
+                let Ok(room_id) = OwnedRoomId::try_from(record.room_id.clone()) else { continue };
+                let Some(room) = rooms::room(engine, &room_id)? else { continue };
+                room_shorts.insert(record.room_id.clone(), room.short);
+                room.short
+            }
+        };
+        let read =
+            !UNREAD_EVENTS_TABLE.contains(engine, &(user.to_string(), room_short, position))?;
+        let event = Raw::from_json(serde_json::value::to_raw_value(
+            &pdu.client_json(serde_json::Map::new()),
+        )?);
+        let actions = serde_json::from_value(record.actions).unwrap_or_default();
+        let ts = MilliSecondsSinceUnixEpoch(UInt::new_saturating(record.ts));
+        result.push(get_notifications::v3::Notification::new(
+            actions,
+            event,
+            read,
+            pdu.room_id.clone(),
+            ts,
+        ));
+    }
+    let mut response = get_notifications::v3::Response::new(result);
+    response.next_token = next_token;
+    Ok(response)
+}

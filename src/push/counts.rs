@@ -1,0 +1,112 @@
+//! Unread notification counts: reading them for /sync and push payloads, and the receipt
+//! rule that resets them (a threaded receipt resets only its thread).
+
+use std::{collections::BTreeMap, ops::ControlFlow};
+
+use ruma::UserId;
+
+use crate::{
+    Result,
+    storage::{
+        Batch, Direction, Read,
+        codec::{Json, prefix, prefix2},
+        push::{UNREAD_COUNTS_TABLE, UNREAD_EVENTS_TABLE, UnreadCounts},
+    },
+};
+
+/// Counts of one room by thread (`""` is the main timeline).
+pub fn room_counts(
+    reader: &(impl Read + ?Sized),
+    user: &UserId,
+    room: u64,
+) -> Result<BTreeMap<String, UnreadCounts>> {
+    let mut counts = BTreeMap::new();
+    UNREAD_COUNTS_TABLE.scan(
+        reader,
+        &prefix2(&user.as_str(), &room),
+        None,
+        Direction::Forward,
+        |(_, _, thread), Json(record)| {
+            counts.insert(thread, record);
+            ControlFlow::Continue(())
+        },
+    )?;
+    Ok(counts)
+}
+
+/// Unread notifications across all of a user's rooms (a push payload's `counts.unread`).
+pub fn total_unread(reader: &(impl Read + ?Sized), user: &UserId) -> Result<u64> {
+    let mut total = 0;
+    UNREAD_COUNTS_TABLE.scan(
+        reader,
+        &prefix(&user.as_str()),
+        None,
+        Direction::Forward,
+        |_, Json(record)| {
+            total += record.notifications;
+            ControlFlow::Continue(())
+        },
+    )?;
+    Ok(total)
+}
+
+/// Adds to `batch` the removal of the unread events a receipt at `upto` covers: all threads
+/// for an unthreaded receipt, else only the receipt's thread (`"main"` is the main timeline).
+/// Answers the new counts of the threads that changed; the caller stamps their position.
+pub fn read_up_to(
+    reader: &(impl Read + ?Sized),
+    user: &UserId,
+    room: u64,
+    upto: u64,
+    thread: Option<&str>,
+    batch: &mut Batch,
+) -> Result<BTreeMap<String, UnreadCounts>> {
+    let wanted = thread.map(|thread| if thread == "main" { "" } else { thread });
+    let mut removed: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    UNREAD_EVENTS_TABLE.scan(
+        reader,
+        &prefix2(&user.as_str(), &room),
+        None,
+        Direction::Forward,
+        |key, Json(record)| {
+            if key.2 > upto {
+                return ControlFlow::Break(());
+            }
+            if wanted.is_none_or(|wanted| wanted == record.thread) {
+                UNREAD_EVENTS_TABLE.delete(batch, &key);
+                let entry = removed.entry(record.thread).or_default();
+                entry.0 += 1;
+                entry.1 += u64::from(record.highlight);
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    let mut current = room_counts(reader, user, room)?;
+    let mut changed = BTreeMap::new();
+    for (thread, (notifications, highlights)) in removed {
+        let mut counts = current.remove(&thread).unwrap_or_default();
+        counts.notifications = counts.notifications.saturating_sub(notifications);
+        counts.highlights = counts.highlights.saturating_sub(highlights);
+        changed.insert(thread, counts);
+    }
+    Ok(changed)
+}
+
+/// Writes `changed` counts stamped with `position` (dropping threads with nothing unread).
+pub fn write_counts(
+    batch: &mut Batch,
+    user: &UserId,
+    room: u64,
+    changed: BTreeMap<String, UnreadCounts>,
+    position: u64,
+) {
+    for (thread, mut counts) in changed {
+        let key = (user.to_string(), room, thread);
+        if counts.notifications == 0 && counts.highlights == 0 && !key.2.is_empty() {
+            UNREAD_COUNTS_TABLE.delete(batch, &key);
+            continue;
+        }
+        counts.position = position;
+        UNREAD_COUNTS_TABLE.put(batch, &key, &Json(counts));
+    }
+}

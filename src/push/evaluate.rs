@@ -1,0 +1,144 @@
+//! Push rule evaluation for committed events: which local users each event notifies, with
+//! which actions, and the rows that records (unread events, counts, the notification list).
+//! Runs in the room's actor after the event's commit and before syncs are woken, so a
+//! client never sees a message without its count.
+
+use std::collections::BTreeMap;
+
+use ruma::{
+    OwnedRoomId, OwnedUserId, UInt,
+    events::TimelineEventType,
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
+    serde::Raw,
+};
+
+use serde_json::Value as JsonValue;
+
+use super::{counts, rules::RulesCache};
+use crate::{
+    Result,
+    accounts::now_ms,
+    rooms::Pdu,
+    storage::{
+        Batch, Storage,
+        codec::Json,
+        push::{
+            NOTIFICATIONS_TABLE, NotificationRecord, UNREAD_EVENTS_TABLE, UnreadCounts,
+            UnreadRecord,
+        },
+    },
+};
+
+/// What evaluation needs to know about the room at the event.
+pub struct RoomContext {
+    pub room_id: OwnedRoomId,
+    pub room_short: u64,
+    pub member_count: u64,
+    pub power_levels: Option<PushConditionPowerLevelsCtx>,
+    /// Local users who may be notified, with their display names in the room.
+    pub recipients: Vec<(OwnedUserId, String)>,
+}
+
+/// One committed event to evaluate.
+pub struct Evaluated<'a> {
+    pub pdu: &'a Pdu,
+    pub short: u64,
+    pub position: u64,
+    /// The thread root's event id when the event is in a thread.
+    pub thread: Option<String>,
+}
+
+/// The outcome for one batch of events: rows to commit and who was notified.
+#[derive(Default)]
+pub struct Outcome {
+    pub batch: Batch,
+    /// New counts per `(user, thread)` of the room, to stamp with the commit's position.
+    pub counts: BTreeMap<(OwnedUserId, String), UnreadCounts>,
+    pub notified: Vec<OwnedUserId>,
+}
+
+fn is_highlight(actions: &[Action]) -> bool {
+    actions.iter().any(Action::is_highlight)
+}
+
+/// Evaluates `events` (in order) for every recipient, adding to `outcome` (whose counts
+/// may already hold changes the caller made, such as implicit read receipts).
+pub async fn evaluate(
+    storage: &Storage,
+    rules: &RulesCache,
+    room: &RoomContext,
+    events: &[Evaluated<'_>],
+    outcome: &mut Outcome,
+) -> Result<()> {
+    for event in events {
+        // Only events a client shows can notify; the client JSON is what rules match.
+        if event.pdu.kind == TimelineEventType::RoomRedaction {
+            continue;
+        }
+        let json = event.pdu.client_json(serde_json::Map::new());
+        let raw: Raw<JsonValue> = Raw::from_json(serde_json::value::to_raw_value(&json)?);
+        let flattened = FlattenedJson::from_raw(&raw);
+        let thread = event.thread.clone().unwrap_or_default();
+        for (user, display_name) in &room.recipients {
+            if *user == event.pdu.sender {
+                continue;
+            }
+            let ruleset = rules.get(storage, user)?;
+            let mut context = PushConditionRoomCtx::new(
+                room.room_id.clone(),
+                UInt::new_saturating(room.member_count),
+                user.clone(),
+                display_name.clone(),
+            );
+            if let Some(power_levels) = &room.power_levels {
+                context = context.with_power_levels(power_levels.clone());
+            }
+            let mut actions: Option<Vec<Action>> = None;
+            for rule in ruleset.iter() {
+                if rule.applies(&flattened, &context).await {
+                    actions = Some(rule.actions().to_vec());
+                    break;
+                }
+            }
+            let Some(actions) = actions.filter(|actions| actions.iter().any(Action::should_notify))
+            else {
+                continue;
+            };
+            let highlight = is_highlight(&actions);
+            let user_key = user.to_string();
+            UNREAD_EVENTS_TABLE.put(
+                &mut outcome.batch,
+                &(user_key.clone(), room.room_short, event.position),
+                &Json(UnreadRecord { highlight, thread: thread.clone() }),
+            );
+            NOTIFICATIONS_TABLE.put(
+                &mut outcome.batch,
+                &(user_key, event.position),
+                &Json(NotificationRecord {
+                    room_id: room.room_id.to_string(),
+                    event: event.short,
+                    actions: serde_json::to_value(&actions)?,
+                    highlight,
+                    ts: now_ms(),
+                }),
+            );
+            let counts_key = (user.clone(), thread.clone());
+            if !outcome.counts.contains_key(&counts_key) {
+                let stored = counts::room_counts(storage.engine(), user, room.room_short)?
+                    .remove(&thread)
+                    .unwrap_or_default();
+                outcome.counts.insert(counts_key.clone(), stored);
+            }
+            if let Some(counts) = outcome.counts.get_mut(&counts_key) {
+                counts.notifications += 1;
+                counts.highlights += u64::from(highlight);
+            }
+            if !outcome.notified.contains(user) {
+                outcome.notified.push(user.clone());
+            }
+            metrics::counter!("tuwunel_push_notifications_total", "highlight" => if highlight { "true" } else { "false" }).increment(1);
+        }
+        metrics::counter!("tuwunel_push_events_evaluated_total").increment(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Push: rules (stored as `m.push_rules` account data), evaluation of committed events,
+//! unread notification counts, the notification list, and pushers that deliver to HTTP
+//! push gateways.
+
+pub mod counts;
+pub mod evaluate;
+pub mod pushers;
+pub mod rules;

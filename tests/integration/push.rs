@@ -1,0 +1,437 @@
+//! Push rules, unread counts, the notification list and pushers delivering to a gateway on
+//! loopback.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Json, Router, extract::State, routing::post};
+use serde_json::{Value, json};
+
+use crate::{
+    common::{TestServer, User, assert_error, wait_until},
+    rooms::{create_room, send_text},
+    sync::sync,
+};
+
+fn counts(body: &Value, room: &str) -> (u64, u64) {
+    let unread = &body["rooms"]["join"][room]["unread_notifications"];
+    (
+        unread["notification_count"].as_u64().unwrap_or(0),
+        unread["highlight_count"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Syncs until the room's counts are `expected` (they are written just after the event, so
+/// a sync racing the send may see the event first), or fails after a few seconds.
+async fn counts_become(
+    server: &TestServer,
+    user: &User,
+    since: Option<&str>,
+    extra: &str,
+    room: &str,
+    expected: (u64, u64),
+) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = sync(server, user, since, extra).await;
+        if last["rooms"]["join"][room].is_object() && counts(&last, room) == expected {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("counts never became {expected:?}: {}", last["rooms"]["join"][room]);
+}
+
+async fn send(server: &TestServer, user: &User, room: &str, txn: &str, content: Value) -> String {
+    let (status, body) = server
+        .put_as(
+            user,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+            content,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["event_id"].as_str().expect("event id").to_owned()
+}
+
+#[tokio::test]
+async fn default_rules_drive_counts_that_receipts_reset() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let room =
+        create_room(&server, &alice, json!({"preset": "public_chat", "name": "Group"})).await;
+    for user in [&bob, &carol] {
+        server.post_as(user, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    }
+
+    // Defaults are there from the start, in /pushrules and in sync account data.
+    let (status, rules) = server.get_as(&bob, "/_matrix/client/v3/pushrules/").await;
+    assert_eq!(status, 200, "{rules}");
+    let overrides: Vec<&str> = rules["global"]["override"]
+        .as_array()
+        .expect("override")
+        .iter()
+        .filter_map(|rule| rule["rule_id"].as_str())
+        .collect();
+    for rule in [
+        ".m.rule.master",
+        ".m.rule.suppress_notices",
+        ".m.rule.is_user_mention",
+        ".m.rule.is_room_mention",
+    ] {
+        assert!(overrides.contains(&rule), "{rule} missing: {overrides:?}");
+    }
+    let initial = sync(&server, &bob, None, "").await;
+    assert!(
+        initial["account_data"]["events"]
+            .as_array()
+            .expect("account data")
+            .iter()
+            .any(|event| event["type"] == "m.push_rules")
+    );
+    let token = initial["next_batch"].as_str().expect("next").to_owned();
+
+    // A plain message notifies; a mention highlights; a notice does not notify.
+    send_text(&server, &alice, &room, "p1", "hello all").await;
+    let mention = send(&server, &alice, &room, "p2", json!({"msgtype": "m.text", "body": "bob: look", "m.mentions": {"user_ids": [bob.user_id]}})).await;
+    send(&server, &alice, &room, "p3", json!({"msgtype": "m.notice", "body": "bot says"})).await;
+    let view = counts_become(&server, &bob, Some(&token), "", &room, (2, 1)).await;
+    let alice_view = sync(&server, &alice, None, "").await;
+    assert_eq!(counts(&alice_view, &room), (0, 0), "own messages never count");
+
+    // The notification list shows them, newest first, with highlight filtering.
+    let (status, list) = server.get_as(&bob, "/_matrix/client/v3/notifications").await;
+    assert_eq!(status, 200, "{list}");
+    let notifications = list["notifications"].as_array().expect("notifications");
+    assert_eq!(notifications.len(), 2, "{list}");
+    assert_eq!(notifications[0]["event"]["event_id"], mention.as_str());
+    assert_eq!(notifications[0]["read"], false);
+    let (_, highlights) =
+        server.get_as(&bob, "/_matrix/client/v3/notifications?only=highlight").await;
+    assert_eq!(highlights["notifications"].as_array().map(Vec::len), Some(1));
+    let (_, page) = server.get_as(&bob, "/_matrix/client/v3/notifications?limit=1").await;
+    let next = page["next_token"].as_str().expect("next token").to_owned();
+    let (_, rest) =
+        server.get_as(&bob, &format!("/_matrix/client/v3/notifications?from={next}")).await;
+    assert_eq!(rest["notifications"].as_array().map(Vec::len), Some(1), "{rest}");
+    let (status, body) = server.get_as(&bob, "/_matrix/client/v3/notifications?from=soon").await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+
+    // Reading up to the mention clears both.
+    let token = view["next_batch"].as_str().expect("next").to_owned();
+    let (status, _) = server
+        .post_as(
+            &bob,
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{mention}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    counts_become(&server, &bob, Some(&token), "", &room, (0, 0)).await;
+    let (_, list) = server.get_as(&bob, "/_matrix/client/v3/notifications").await;
+    assert_eq!(list["notifications"][0]["read"], true);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_to_one_rooms_encrypted_rooms_and_keywords() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let direct = create_room(
+        &server,
+        &alice,
+        json!({"preset": "trusted_private_chat", "invite": [bob.user_id], "is_direct": true}),
+    )
+    .await;
+    server.post_as(&bob, &format!("/_matrix/client/v3/join/{direct}"), json!({})).await;
+    let (status, body) = server
+        .put_as(&alice, &format!("/_matrix/client/v3/rooms/{direct}/send/m.room.encrypted/e1"), json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "x", "sender_key": "k", "session_id": "s", "device_id": "D"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    send_text(&server, &alice, &direct, "d1", "just us").await;
+    let view = counts_become(&server, &bob, None, "", &direct, (2, 0)).await;
+
+    // A keyword rule of Bob's highlights.
+    let (status, body) = server
+        .put_as(
+            &bob,
+            "/_matrix/client/v3/pushrules/global/content/pineapple",
+            json!({"pattern": "pineapple", "actions": ["notify", {"set_tweak": "highlight"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let token = view["next_batch"].as_str().expect("next").to_owned();
+    send_text(&server, &alice, &direct, "d2", "I like pineapple pizza").await;
+    counts_become(&server, &bob, Some(&token), "", &direct, (3, 1)).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn thread_counts_are_separate_and_reset_by_threaded_receipts() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let root = send_text(&server, &alice, &room, "t0", "root").await;
+    let mut last_reply = String::new();
+    for index in 0..2 {
+        last_reply = send(
+            &server,
+            &alice,
+            &room,
+            &format!("t{}", index + 1),
+            json!({
+                "msgtype": "m.text", "body": format!("reply {index}"),
+                "m.relates_to": {"rel_type": "m.thread", "event_id": root},
+            }),
+        )
+        .await;
+    }
+    let filter = "&filter=%7B%22room%22%3A%7B%22timeline%22%3A%7B%22unread_thread_notifications%22%3Atrue%7D%7D%7D";
+    counts_become(&server, &bob, None, "", &room, (3, 0)).await;
+    let view = sync(&server, &bob, None, filter).await;
+    let joined = &view["rooms"]["join"][&room];
+    assert_eq!(joined["unread_notifications"]["notification_count"], 1, "main timeline: {joined}");
+    assert_eq!(joined["unread_thread_notifications"][&root]["notification_count"], 2, "{joined}");
+    counts_become(&server, &bob, None, "", &room, (3, 0)).await;
+
+    // A receipt in the thread clears the thread only.
+    let token = view["next_batch"].as_str().expect("next").to_owned();
+    let (status, _) = server
+        .post_as(
+            &bob,
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{last_reply}"),
+            json!({"thread_id": root}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let view = sync(&server, &bob, Some(&token), filter).await;
+    let joined = &view["rooms"]["join"][&room];
+    assert_eq!(joined["unread_notifications"]["notification_count"], 1, "{joined}");
+    assert!(joined["unread_thread_notifications"].get(&root).is_none(), "{joined}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn push_rule_crud_and_ordering() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let base = "/_matrix/client/v3/pushrules/global";
+    let rule = |pattern: &str| json!({"pattern": pattern, "actions": ["notify"]});
+    for (id, query) in [("first", ""), ("second", "?before=first"), ("third", "?after=first")] {
+        let (status, body) =
+            server.put_as(&alice, &format!("{base}/content/{id}{query}"), rule(id)).await;
+        assert_eq!(status, 200, "{id}: {body}");
+    }
+    let (_, all) = server.get_as(&alice, "/_matrix/client/v3/pushrules/").await;
+    let order: Vec<&str> = all["global"]["content"]
+        .as_array()
+        .expect("content")
+        .iter()
+        .filter_map(|rule| rule["rule_id"].as_str())
+        .filter(|id| !id.starts_with('.'))
+        .collect();
+    assert_eq!(order, ["second", "first", "third"]);
+
+    let (status, body) =
+        server.put_as(&alice, &format!("{base}/content/fourth?before=nope"), rule("x")).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) =
+        server.put_as(&alice, &format!("{base}/content/.m.custom"), rule("x")).await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = server
+        .put_as(&alice, &format!("{base}/content/nopattern"), json!({"actions": ["notify"]}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server.put_as(&alice, &format!("{base}/override/cond"), json!({"conditions": [{"kind": "event_match", "key": "type", "pattern": "m.call.*"}], "actions": []})).await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = server.get_as(&alice, &format!("{base}/content/first")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pattern"], "first");
+    let (status, body) = server
+        .put_as(&alice, &format!("{base}/content/first/enabled"), json!({"enabled": false}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = server.get_as(&alice, &format!("{base}/content/first/enabled")).await;
+    assert_eq!(body["enabled"], false);
+    let (status, _) = server
+        .put_as(
+            &alice,
+            &format!("{base}/override/.m.rule.master/enabled"),
+            json!({"enabled": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "default rules can be switched");
+    let (status, _) = server
+        .put_as(
+            &alice,
+            &format!("{base}/content/first/actions"),
+            json!({"actions": ["notify", {"set_tweak": "sound", "value": "ping"}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, body) = server.get_as(&alice, &format!("{base}/content/first/actions")).await;
+    assert_eq!(body["actions"][1]["value"], "ping", "{body}");
+    let (status, body) = server.get_as(&alice, &format!("{base}/content/missing/actions")).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+
+    let (status, _) = server.delete_as(&alice, &format!("{base}/content/first"), json!({})).await;
+    assert_eq!(status, 200);
+    let (status, body) =
+        server.delete_as(&alice, &format!("{base}/content/first"), json!({})).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) =
+        server.delete_as(&alice, &format!("{base}/override/.m.rule.master"), json!({})).await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = server
+        .put_as(
+            &alice,
+            "/_matrix/client/v3/user/@alice:test.local/account_data/m.push_rules",
+            json!({"global": {}}),
+        )
+        .await;
+    assert_eq!(status, 405, "{body}");
+    server.stop().await;
+}
+
+/// A push gateway on loopback recording what it receives and rejecting chosen pushkeys.
+#[derive(Clone, Default)]
+struct Gateway {
+    received: Arc<Mutex<Vec<Value>>>,
+    reject: Arc<Mutex<Vec<String>>>,
+}
+
+async fn notify(State(gateway): State<Gateway>, Json(body): Json<Value>) -> Json<Value> {
+    let pushkey =
+        body["notification"]["devices"][0]["pushkey"].as_str().unwrap_or_default().to_owned();
+    gateway.received.lock().expect("lock").push(body);
+    let rejected: Vec<String> = gateway
+        .reject
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|key| **key == pushkey)
+        .cloned()
+        .collect();
+    Json(json!({"rejected": rejected}))
+}
+
+async fn start_gateway() -> (Gateway, String) {
+    let gateway = Gateway::default();
+    let app =
+        Router::new().route("/_matrix/push/v1/notify", post(notify)).with_state(gateway.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (gateway, format!("http://{address}/_matrix/push/v1/notify"))
+}
+
+#[tokio::test]
+async fn pushers_deliver_to_the_gateway_and_rejected_ones_are_removed() {
+    let mut server = TestServer::with_options(&["ip_range_denylist=[]"]).await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room =
+        create_room(&server, &alice, json!({"preset": "public_chat", "name": "Pushy"})).await;
+    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let (gateway, url) = start_gateway().await;
+
+    let pusher = |pushkey: &str, format: Option<&str>| {
+        let mut data = json!({"url": url});
+        if let Some(format) = format {
+            data["format"] = json!(format);
+        }
+        json!({"kind": "http", "app_id": "org.example.app", "pushkey": pushkey, "app_display_name": "App", "device_display_name": "Phone", "lang": "en", "data": data})
+    };
+    let (status, body) =
+        server.post_as(&bob, "/_matrix/client/v3/pushers/set", pusher("key-full", None)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server
+        .post_as(&bob, "/_matrix/client/v3/pushers/set", {
+            let mut bad = pusher("bad", None);
+            bad["data"]["url"] = json!("http://127.0.0.1:1/somewhere");
+            bad
+        })
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (_, list) = server.get_as(&bob, "/_matrix/client/v3/pushers").await;
+    assert_eq!(list["pushers"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list["pushers"][0]["pushkey"], "key-full");
+
+    let event = send_text(&server, &alice, &room, "push1", "ring ring").await;
+    let received = gateway.received.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            !received.lock().expect("lock").is_empty()
+        })
+        .await,
+        "the gateway was called"
+    );
+    let notification = gateway.received.lock().expect("lock")[0]["notification"].clone();
+    assert_eq!(notification["event_id"], event.as_str());
+    assert_eq!(notification["room_id"], room.as_str());
+    assert_eq!(notification["type"], "m.room.message");
+    assert_eq!(notification["sender"], alice.user_id.as_str());
+    assert_eq!(notification["room_name"], "Pushy");
+    assert_eq!(notification["content"]["body"], "ring ring");
+    assert_eq!(notification["counts"]["unread"], 1);
+    assert_eq!(notification["devices"][0]["app_id"], "org.example.app");
+    assert!(
+        notification["devices"][0]["data"].get("url").is_none(),
+        "the url is not echoed: {notification}"
+    );
+
+    // event_id_only leaves the content out; a rejected pushkey removes the pusher.
+    let (status, _) = server
+        .post_as(&bob, "/_matrix/client/v3/pushers/set", pusher("key-gone", Some("event_id_only")))
+        .await;
+    assert_eq!(status, 200);
+    gateway.reject.lock().expect("lock").push("key-gone".to_owned());
+    send_text(&server, &alice, &room, "push2", "second").await;
+    let received = gateway.received.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || async { received.lock().expect("lock").len() >= 3 })
+            .await
+    );
+    let minimal = gateway
+        .received
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|body| body["notification"]["devices"][0]["pushkey"] == "key-gone")
+        .cloned()
+        .expect("event_id_only push");
+    assert!(minimal["notification"].get("content").is_none(), "{minimal}");
+    let server_ref = &server;
+    let bob_ref = &bob;
+    assert!(
+        wait_until(Duration::from_secs(10), || async move {
+            let (_, list) = server_ref.get_as(bob_ref, "/_matrix/client/v3/pushers").await;
+            list["pushers"].as_array().is_some_and(|pushers| pushers.len() == 1)
+        })
+        .await,
+        "the rejected pusher is removed"
+    );
+
+    // Deleting with kind null, and deactivation removes the rest.
+    let (status, _) = server
+        .post_as(
+            &bob,
+            "/_matrix/client/v3/pushers/set",
+            json!({"kind": null, "app_id": "org.example.app", "pushkey": "key-full"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, list) = server.get_as(&bob, "/_matrix/client/v3/pushers").await;
+    assert_eq!(list["pushers"], json!([]));
+    server.stop().await;
+}
