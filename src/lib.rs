@@ -2,8 +2,9 @@
 //!
 //! The crate is organised as the design describes: `config` (what the operator asked for),
 //! `storage` (RocksDB, typed tables, the Writer), `actors` (supervision and keyed actors),
-//! `http` (axum routes and listeners), `federation` (this server's identity towards others),
-//! `admin` (operator commands), and `server` (starting and stopping all of it).
+//! `http` (axum routes and listeners), `media` (the content repository), `federation` (this
+//! server's identity towards others), `admin` (operator commands), and `server` (starting
+//! and stopping all of it).
 
 pub mod accounts;
 pub mod actors;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod push;
+pub mod media;
 pub mod rooms;
 pub mod server;
 pub mod services;

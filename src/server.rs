@@ -24,6 +24,7 @@ use crate::{
     federation::SigningKey,
     http::{self, Listeners},
     push::pushers::Push,
+    media::Media,
     rooms::Rooms,
     storage::{self, Storage, schema::Outcome},
     sync::hub::SyncHub,
@@ -145,6 +146,7 @@ impl Server {
             Arc::clone(&push),
         )
         .await?;
+        let media = Media::start(&config, Arc::clone(&storage), &actors).await?;
         let metrics = if config.metrics_enabled { http::metrics::install() } else { None };
         let shutdown = Shutdown::new();
         let services = Arc::new(Services {
@@ -156,6 +158,7 @@ impl Server {
             rooms,
             presence,
             push,
+            media,
             hub,
             signing_key,
             metrics,

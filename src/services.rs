@@ -7,8 +7,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 use crate::{
-    Config, accounts::Accounts, actors::ActorSystem, federation::SigningKey, rooms::Rooms,
-    server::Shutdown, storage::Storage, sync::hub::SyncHub,
+    Config, accounts::Accounts, actors::ActorSystem, federation::SigningKey, media::Media,
+    rooms::Rooms, server::Shutdown, storage::Storage, sync::hub::SyncHub,
 };
 
 pub struct Services {
@@ -20,6 +20,8 @@ pub struct Services {
     pub presence: crate::actors::presence::Presence,
     /// Push rules cache and pusher actors.
     pub push: Arc<crate::push::pushers::Push>,
+    /// The media repository.
+    pub media: Media,
     /// Wakes waiting /sync requests.
     pub hub: Arc<SyncHub>,
     pub signing_key: Arc<SigningKey>,

@@ -5,6 +5,7 @@
 //! (`admin_execute`, `--execute`) use the same path, and the admin room will too.
 
 mod debug;
+mod media;
 pub mod room;
 mod rooms;
 mod server;
@@ -39,6 +40,9 @@ enum Group {
     /// Registration tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Media: storage usage, file information, deletion.
+    #[command(subcommand)]
+    Media(media::MediaCommand),
     /// Diagnostics.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
@@ -65,6 +69,7 @@ pub async fn execute(services: &Arc<Services>, line: &str) -> Result<String> {
         Group::Rooms(command) => rooms::run(services, command).await,
         Group::Users(command) => users::run(services, command).await,
         Group::Token(command) => token::run(services, command).await,
+        Group::Media(command) => media::run(services, command).await,
         Group::Debug(command) => debug::run(services, command).await,
     }
 }

@@ -41,7 +41,7 @@ fn generated_password() -> String {
 }
 
 /// Accepts `@name:server` or a bare localpart of this server.
-fn local_user(services: &Services, typed: &str) -> Result<OwnedUserId> {
+pub(super) fn local_user(services: &Services, typed: &str) -> Result<OwnedUserId> {
     let user = if typed.starts_with('@') {
         UserId::parse(typed).map_err(|error| Error::invalid_param(format!("{typed}: {error}")))?
     } else {

@@ -222,6 +222,20 @@ impl Config {
         if global.database_backups_to_keep < 0 {
             return Err(invalid("database_backups_to_keep", &"must not be negative"));
         }
+        for pattern in &global.prevent_media_downloads_from {
+            if let Err(error) = regex::Regex::new(pattern) {
+                return Err(invalid(
+                    "prevent_media_downloads_from",
+                    &format!("`{pattern}` is not a regular expression: {error}"),
+                ));
+            }
+        }
+        if let Err(error) = crate::http::ssrf::IpDenylist::parse(&global.ip_range_denylist) {
+            return Err(invalid("ip_range_denylist", &error));
+        }
+        if global.media_thumbnail_max_pixels == 0 {
+            return Err(invalid("media_thumbnail_max_pixels", &"must be at least 1"));
+        }
 
         Ok(Self { global, server_name, development, warnings })
     }

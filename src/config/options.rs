@@ -212,6 +212,89 @@ config_section! {
         /// Servers trusted to vouch for other servers' signing keys (notaries).
         trusted_servers: Vec<OwnedServerName> = vec![ruma::server_name!("matrix.org").to_owned()],
 
+        /// Serve the deprecated unauthenticated media endpoints (`/_matrix/media/*/download`,
+        /// `thumbnail`, `config` and `preview_url`) as well as the authenticated ones under
+        /// `/_matrix/client/v1/media/`. Off: those legacy routes answer `404 M_NOT_FOUND`, the
+        /// spec's answer for frozen unauthenticated media. Uploads
+        /// (`/_matrix/media/v3/upload`, `/_matrix/media/v1/create`) are not legacy; they
+        /// always require an access token and are always served.
+        allow_legacy_media: bool = false,
+
+        /// How many media IDs one user may hold from `POST /_matrix/media/v1/create` without
+        /// having uploaded to them yet; more are refused with `429 M_LIMIT_EXCEEDED`.
+        max_pending_media_uploads: usize = 5,
+
+        /// Seconds a media ID from `POST /_matrix/media/v1/create` stays usable for its upload
+        /// (the `unused_expires_at` a client is told); afterwards it is gone.
+        pending_media_upload_expiration_s: u64 = 86_400,
+
+        /// Largest picture, in pixels (width times height, as its header declares), that the
+        /// thumbnailer decodes. Bigger pictures get `413 M_TOO_LARGE` from the thumbnail
+        /// endpoints instead of being decoded, which stops decompression bombs (a small file
+        /// declaring a huge canvas). A decode may use about four bytes per pixel.
+        media_thumbnail_max_pixels: u64 = 50_000_000,
+
+        /// Most frames an animated thumbnail (`animated=true` on a GIF, animated WebP or APNG)
+        /// carries; longer animations are cut short. Frames also share the
+        /// `media_thumbnail_max_pixels` budget.
+        media_thumbnail_max_frames: usize = 50,
+
+        /// Regular expressions of server names whose media this server never fetches or
+        /// serves from its cache; requests for such media answer `404 M_NOT_FOUND`.
+        ///
+        /// example: ["badserver\\.tld$", "badphrase"]
+        prevent_media_downloads_from: Vec<String> = Vec::new(),
+
+        /// IP ranges (CIDR) that outbound requests made on a user's behalf (URL previews,
+        /// later federation) may never reach. Checked on the addresses a name resolves to
+        /// and again on every redirect, so a link cannot make the server call into your own
+        /// network. The default covers loopback, private, link-local, CGNAT, multicast,
+        /// documentation, benchmarking, reserved and unique-local ranges of IPv4 and IPv6;
+        /// IPv4-mapped IPv6 addresses are checked as IPv4. `[]` allows everything (only for
+        /// tests and closed networks).
+        ip_range_denylist: Vec<String> = default_ip_range_denylist(),
+
+        /// URL previews: hosts whose name contains one of these strings may be previewed
+        /// ("*" allows every host). URL previews are off while this and the two lists below
+        /// (`url_preview_domain_explicit_allowlist`, `url_preview_url_contains_allowlist`)
+        /// are all empty.
+        ///
+        /// example: ["wikipedia.org"]
+        url_preview_domain_contains_allowlist: Vec<String> = Vec::new(),
+
+        /// URL previews: hosts that may be previewed, matched exactly ("*" allows every
+        /// host).
+        ///
+        /// example: ["matrix.org", "www.matrix.org"]
+        url_preview_domain_explicit_allowlist: Vec<String> = Vec::new(),
+
+        /// URL previews: hosts that are never previewed, matched exactly; checked before the
+        /// allowlists and again on every redirect and image fetch.
+        ///
+        /// example: ["evil.example"]
+        url_preview_domain_explicit_denylist: Vec<String> = Vec::new(),
+
+        /// URL previews: URLs containing one of these strings may be previewed ("*" allows
+        /// every URL).
+        ///
+        /// example: ["https://en.wikipedia.org/wiki/"]
+        url_preview_url_contains_allowlist: Vec<String> = Vec::new(),
+
+        /// URL previews: also match the domain allowlists against the root domain of the
+        /// host (`en.m.wikipedia.org` is allowed by `wikipedia.org`).
+        url_preview_check_root_domain: bool = false,
+
+        /// URL previews: how much of a page is read for its OpenGraph tags, in bytes or with
+        /// a unit; the rest is not downloaded.
+        url_preview_max_spider_size: ByteSize = ByteSize(786_432),
+
+        /// URL previews: largest image (`og:image`, or a link straight to an image) stored in
+        /// the media repository for a preview; bigger ones leave the preview without image.
+        url_preview_max_media_size: ByteSize = ByteSize::mib(10),
+
+        /// URL previews: seconds a preview is cached before the page is fetched again.
+        url_preview_cache_ttl: u64 = 86_400,
+
         /// The log filter, in `tracing` EnvFilter syntax, e.g. "info" or
         /// "warn,tuwunel::http=debug". The `RUST_LOG` variable is not read; use this key
         /// (or `TUWUNEL_LOG`).
@@ -316,6 +399,37 @@ config_section! {
         /// Discovery documents served under `/.well-known/matrix/`.
         [section] well_known: WellKnownConfig = WellKnownConfig::default(),
     }
+}
+
+/// What `ip_range_denylist` refuses unless the operator says otherwise.
+fn default_ip_range_denylist() -> Vec<String> {
+    [
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/128",
+        "::1/128",
+        "2001:db8::/32",
+        "fc00::/7",
+        "fe80::/10",
+        "fec0::/10",
+        "ff00::/8",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
 }
 
 config_section! {

@@ -6,8 +6,10 @@ pub mod client;
 pub mod discovery;
 pub mod metrics;
 pub mod middleware;
+pub mod outbound;
 pub mod ruma;
 pub mod server_keys;
+pub mod ssrf;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 

@@ -161,4 +161,16 @@ catalogue! {
         "(user id, app id, pushkey) -> the last notification position delivered to the gateway";
     PUSHKEYS = "pushkeys", Scan, 1,
         "(app id, pushkey, user id) -> nothing; finds every user with a given pushkey";
+    MEDIA = "media", Point, 2,
+        "(server name, media id) -> content type, file name, size, sha-256, owner, or a pending upload";
+    MEDIA_THUMBNAILS = "media_thumbnails", Scan, 2,
+        "(server name, media id, size and method) -> a cached thumbnail's type, size, dimensions";
+    MEDIA_PENDING = "media_pending", Scan, 1,
+        "(owner, media id) -> expiry of a media id created but not uploaded to yet";
+    MEDIA_BY_OWNER = "media_by_owner", Scan, 1,
+        "(owner, server name, media id) -> nothing; the media each user uploaded";
+    MEDIA_USAGE = "media_usage", Point, 1,
+        "owner -> bytes and files of the media they uploaded, kept with every upload and deletion";
+    URL_PREVIEWS = "url_previews", Point, 1,
+        "url -> cached OpenGraph preview and when it was fetched";
 }

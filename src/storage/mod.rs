@@ -12,6 +12,7 @@ pub mod codec;
 pub mod engine;
 pub mod ephemeral;
 pub mod keys;
+pub mod media;
 pub mod meta;
 pub mod push;
 pub mod rooms;

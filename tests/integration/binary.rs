@@ -400,7 +400,7 @@ async fn a_killed_server_loses_no_acknowledged_event() {
         "allow_registration = true\nyes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse = true\n\
          rc_message_per_second = 10000.0\nrc_message_burst_count = 10000\n",
     );
-    let client = reqwest::Client::new();
+    let client = crate::common::client();
     let mut server = Running::start(&["-c", &config], dir.path());
     let base = format!("http://{}", server.address());
     let register: Value = client

@@ -107,6 +107,8 @@ pub async fn start_in(dir: &Path, options: &[String]) -> Server {
 }
 
 pub fn client() -> reqwest::Client {
+    // reqwest is built without a bundled TLS provider; the server installs one.
+    tuwunel::http::outbound::install_tls_provider();
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client")
 }
 

@@ -9,6 +9,7 @@ mod key_backup;
 mod keys;
 mod live;
 mod login;
+mod media;
 mod profile;
 mod push;
 mod register;
@@ -41,6 +42,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = keys::routes(router);
     let router = key_backup::routes(router);
     let router = push::routes(router);
+    let router = media::routes(router);
     user_directory::routes(router)
 }
 

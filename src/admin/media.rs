@@ -1,0 +1,92 @@
+//! `media` commands, with Tuwunel's names where it has them: storage usage, what is known
+//! about a file, and deleting media.
+
+use std::{fmt::Write, sync::Arc};
+
+use clap::Subcommand;
+use ruma::{MxcUri, OwnedMxcUri};
+
+use crate::{Error, Result, Services};
+
+#[derive(Subcommand, Debug)]
+pub(super) enum MediaCommand {
+    /// Bytes and files stored, in total and for the users storing the most.
+    Usage {
+        /// How many users to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// What is known about one media item.
+    GetFileInfo {
+        #[arg(long)]
+        mxc: OwnedMxcUri,
+    },
+    /// Delete one media item (its file, thumbnails and record).
+    Delete {
+        #[arg(long)]
+        mxc: OwnedMxcUri,
+    },
+    /// Delete every media item a local user uploaded.
+    DeleteAllFromUser { user_id: String },
+}
+
+fn parts(mxc: &MxcUri) -> Result<(String, String)> {
+    let (server_name, media_id) = mxc
+        .parts()
+        .map_err(|error| Error::invalid_param(format!("{mxc} is not an mxc:// URI: {error}")))?;
+    Ok((server_name.to_string(), media_id.to_owned()))
+}
+
+pub(super) async fn run(services: &Arc<Services>, command: MediaCommand) -> Result<String> {
+    let media = &services.media;
+    match command {
+        MediaCommand::Usage { limit } => {
+            let owners = media.usage()?;
+            let bytes: u64 = owners.iter().map(|(_, usage)| usage.bytes).sum();
+            let files: u64 = owners.iter().map(|(_, usage)| usage.files).sum();
+            let mut out = format!(
+                "Media stored: {files} files, {bytes} bytes, uploaded by {} users.\n",
+                owners.len()
+            );
+            for (owner, usage) in owners.iter().take(limit) {
+                let _ = writeln!(out, "- {owner}: {} files, {} bytes", usage.files, usage.bytes);
+            }
+            Ok(out)
+        }
+        MediaCommand::GetFileInfo { mxc } => {
+            let (server_name, media_id) = parts(&mxc)?;
+            let record = media
+                .stored(&server_name, &media_id)?
+                .ok_or_else(|| Error::not_found(format!("{mxc} is not stored here")))?;
+            Ok(format!(
+                "{mxc}: owner {}, {} bytes, type {}, file name {}, created {} ms, sha-256 {}{}",
+                record.owner,
+                record.size,
+                record.content_type.as_deref().unwrap_or("unknown"),
+                record.filename.as_deref().unwrap_or("none"),
+                record.created_ms,
+                record.sha256.as_deref().unwrap_or("unknown"),
+                if record.is_pending() { " (created, not uploaded yet)" } else { "" },
+            ))
+        }
+        MediaCommand::Delete { mxc } => {
+            let (server_name, media_id) = parts(&mxc)?;
+            match media.delete(&server_name, &media_id).await? {
+                Some(record) => Ok(format!("Deleted {mxc} ({} bytes).", record.size)),
+                None => Err(Error::not_found(format!("{mxc} is not stored here"))),
+            }
+        }
+        MediaCommand::DeleteAllFromUser { user_id } => {
+            let user = super::users::local_user(services, &user_id)?;
+            let mut deleted = 0_usize;
+            let mut bytes = 0_u64;
+            for (server_name, media_id) in media.owned_by(user.as_str())? {
+                if let Some(record) = media.delete(&server_name, &media_id).await? {
+                    deleted += 1;
+                    bytes += record.size;
+                }
+            }
+            Ok(format!("Deleted {deleted} media items ({bytes} bytes) uploaded by {user}."))
+        }
+    }
+}

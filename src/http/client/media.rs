@@ -1,0 +1,485 @@
+//! The media endpoints: uploads (`/_matrix/media/v3/upload`, `/_matrix/media/v1/create`),
+//! authenticated downloads, thumbnails, configuration and URL previews
+//! (`/_matrix/client/v1/media/...`), and their deprecated unauthenticated forms under
+//! `/_matrix/media/*/` when `allow_legacy_media` is on.
+//!
+//! Upload bodies are raw bytes of any size up to `max_request_size`, so the upload handlers
+//! authenticate with the shared auth code and stream the body to a staging file instead of
+//! going through [`Ruma`] (which buffers). Downloads stream from the file with headers that
+//! keep hostile content inert in a browser: a sandboxing CSP, `nosniff`, and `inline` only
+//! for the spec's list of safe types.
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{FromRequest, FromRequestParts, RawPathParams, Request, State},
+    http::{
+        HeaderValue, StatusCode,
+        header::{
+            CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_SECURITY_POLICY,
+            CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS,
+        },
+        request::Parts,
+    },
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use http_body_util::BodyExt;
+use ruma::{
+    MilliSecondsSinceUnixEpoch, ServerName, UInt,
+    api::{
+        IncomingRequest, Metadata,
+        client::{authenticated_media, media},
+        error::ErrorKind,
+        path_builder::PathBuilder,
+    },
+    http_headers::{ContentDisposition, ContentDispositionType},
+};
+use serde::Deserialize;
+use tokio_util::io::ReaderStream;
+
+use crate::{
+    Error, Result, Services,
+    accounts::Sender,
+    http::{
+        auth::{self, AuthPolicy, Policy},
+        ruma::{Ruma, RumaResponse, route},
+    },
+    media::{Served, owner::Described, store::StagedFile, thumbnail::Method},
+};
+
+/// Chunk size of streamed downloads.
+const DOWNLOAD_CHUNK: usize = 64 * 1024;
+/// Longest content type and file name stored with an upload.
+const MAX_DESCRIPTION: usize = 255;
+
+/// Types served `inline`: the spec's list of types a browser will not run as a document.
+const INLINE_TYPES: &[&str] = &[
+    "text/css",
+    "text/plain",
+    "text/csv",
+    "application/json",
+    "application/ld+json",
+    "image/jpeg",
+    "image/gif",
+    "image/png",
+    "image/apng",
+    "image/webp",
+    "image/avif",
+    "video/mp4",
+    "video/webm",
+    "video/ogg",
+    "video/quicktime",
+    "audio/mp4",
+    "audio/webm",
+    "audio/aac",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/wave",
+    "audio/wav",
+    "audio/x-wav",
+    "audio/x-pn-wav",
+    "audio/flac",
+    "audio/x-flac",
+];
+
+/// The policy the spec recommends for served media: nothing in it can run.
+const CONTENT_SECURITY_POLICY_VALUE: &str = "sandbox; default-src 'none'; script-src 'none'; \
+     plugin-types application/pdf; style-src 'unsafe-inline'; object-src 'self';";
+
+/// Media is immutable: an id always names the same bytes.
+const CACHE_CONTROL_VALUE: &str = "private, max-age=31536000, immutable";
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    let mut router = router;
+    for path in media::create_content::v3::Request::PATH_BUILDER.all_paths() {
+        router = router.route(path, post(upload));
+    }
+    for path in media::create_content_async::v3::Request::PATH_BUILDER.all_paths() {
+        router = router.route(path, put(upload_to));
+    }
+    router = route(router, create);
+    router = route(router, config);
+    router = route(router, preview);
+    router = mount_get(router, download);
+    router = mount_get(router, download_as);
+    router = mount_get(router, thumbnail);
+
+    router = mount_legacy(router, legacy_download);
+    router = mount_legacy(router, legacy_download_as);
+    router = mount_legacy(router, legacy_thumbnail);
+    router = mount_legacy(router, legacy_config);
+    mount_legacy(router, legacy_preview)
+}
+
+/// Mounts a GET endpoint whose request ruma parses but whose response streams.
+fn mount_get<R, H, F>(router: Router<Arc<Services>>, handler: H) -> Router<Arc<Services>>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthPolicy,
+    H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response>> + Send + 'static,
+{
+    let mut router = router;
+    for path in R::PATH_BUILDER.all_paths() {
+        let handler = handler.clone();
+        router = router.route(
+            path,
+            get(move |State(services): State<Arc<Services>>, request: Ruma<R>| {
+                handler(services, request)
+            }),
+        );
+    }
+    router
+}
+
+/// Mounts a deprecated unauthenticated endpoint: `404 M_NOT_FOUND` (the spec's answer for
+/// frozen media) unless `allow_legacy_media` is on, checked before anything else so the
+/// answer does not depend on the request.
+fn mount_legacy<R, H, F>(router: Router<Arc<Services>>, handler: H) -> Router<Arc<Services>>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthPolicy,
+    H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response>> + Send + 'static,
+{
+    let mut router = router;
+    for path in R::PATH_BUILDER.all_paths() {
+        let handler = handler.clone();
+        router = router.route(
+            path,
+            get(move |State(services): State<Arc<Services>>, request: Request| async move {
+                if !services.media.allow_legacy {
+                    return Err(Error::not_found(
+                        "Unauthenticated media is disabled on this server; use the \
+                         /_matrix/client/v1/media/ endpoints with an access token.",
+                    ));
+                }
+                let request = Ruma::<R>::from_request(request, &services).await?;
+                handler(services, request).await
+            }),
+        );
+    }
+    router
+}
+
+// ----- uploads -------------------------------------------------------------------------
+
+/// `POST /_matrix/media/v3/upload`.
+async fn upload(State(services): State<Arc<Services>>, request: Request) -> Result<Response> {
+    let (parts, body) = request.into_parts();
+    let sender = uploader(&services, &parts)?;
+    let described = described(&parts)?;
+    let staged = receive(&services, &parts, body).await?;
+    let content_uri = services.media.create(&sender.user_id, staged, described).await?;
+    Ok(RumaResponse(media::create_content::v3::Response::new(content_uri)).into_response())
+}
+
+/// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`: content for a `/create`d id.
+async fn upload_to(State(services): State<Arc<Services>>, request: Request) -> Result<Response> {
+    let (mut parts, body) = request.into_parts();
+    let sender = uploader(&services, &parts)?;
+    let params = RawPathParams::from_request_parts(&mut parts, &services)
+        .await
+        .map_err(|rejection| Error::invalid_param(rejection.body_text()))?;
+    let mut params = params.iter().map(|(_, value)| value.to_owned());
+    let (Some(server_name), Some(media_id)) = (params.next(), params.next()) else {
+        return Err(Error::not_found("Unknown media ID."));
+    };
+    let server_name = ServerName::parse(&server_name)
+        .map_err(|_| Error::not_found("Unknown media ID: not a server name."))?;
+    // Refuse before reading a byte: a wrong id should not cost an upload.
+    services.media.check_fillable(&sender.user_id, &server_name, &media_id)?;
+    let described = described(&parts)?;
+    let staged = receive(&services, &parts, body).await?;
+    services.media.fill(&sender.user_id, &media_id, staged, described).await?;
+    Ok(axum::Json(serde_json::json!({})).into_response())
+}
+
+/// `POST /_matrix/media/v1/create`.
+async fn create(
+    services: Arc<Services>,
+    request: Ruma<media::create_mxc_uri::v1::Request>,
+) -> Result<media::create_mxc_uri::v1::Response> {
+    let sender = request.sender()?;
+    let (content_uri, until) = services.media.reserve(&sender.user_id).await?;
+    let mut response = media::create_mxc_uri::v1::Response::new(content_uri);
+    response.unused_expires_at =
+        Some(MilliSecondsSinceUnixEpoch(UInt::try_from(until).unwrap_or(UInt::MAX)));
+    Ok(response)
+}
+
+/// The authenticated uploader: uploads need an access token and are not for guests.
+fn uploader(services: &Services, parts: &Parts) -> Result<Sender> {
+    let sender =
+        auth::authenticate(services, parts, Policy::Required)?.ok_or_else(Error::missing_token)?;
+    if sender.guest {
+        return Err(Error::matrix(
+            StatusCode::FORBIDDEN,
+            ErrorKind::GuestAccessForbidden,
+            "Guest accounts cannot upload media; register a full account.",
+        ));
+    }
+    services.accounts.note_seen(&sender, auth::client_ip(parts));
+    tracing::Span::current().record("user", sender.user_id.as_str());
+    Ok(sender)
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    filename: Option<String>,
+}
+
+/// The content type (header) and file name (query) of an upload.
+fn described(parts: &Parts) -> Result<Described> {
+    let content_type = match parts.headers.get(CONTENT_TYPE) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| Error::invalid_param("The Content-Type header is not ASCII."))?
+                .trim()
+                .to_owned(),
+        ),
+    }
+    .filter(|value| !value.is_empty());
+    let filename = axum::extract::Query::<UploadQuery>::try_from_uri(&parts.uri)
+        .map_err(|rejection| Error::invalid_param(rejection.body_text()))?
+        .0
+        .filename
+        .filter(|name| !name.is_empty());
+    if content_type.as_ref().is_some_and(|value| value.len() > MAX_DESCRIPTION)
+        || filename.as_ref().is_some_and(|name| name.chars().count() > MAX_DESCRIPTION)
+    {
+        return Err(Error::invalid_param(format!(
+            "Content type and file name may be at most {MAX_DESCRIPTION} characters."
+        )));
+    }
+    Ok(Described { content_type, filename })
+}
+
+/// Streams the request body into a staging file, chunk by chunk, within `max_request_size`.
+async fn receive(services: &Services, parts: &Parts, body: Body) -> Result<StagedFile> {
+    let limit = services.media.max_upload_size();
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(Error::too_large(format!(
+            "The upload is larger than this server's limit of {limit} bytes."
+        )));
+    }
+    let mut staging = services.media.stage_upload().await?;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            Error::matrix(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::Unknown,
+                format!("The upload was interrupted: {error}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            staging.write(&data).await?;
+        }
+    }
+    staging.finish().await
+}
+
+// ----- downloads -----------------------------------------------------------------------
+
+async fn download(
+    services: Arc<Services>,
+    request: Ruma<authenticated_media::get_content::v1::Request>,
+) -> Result<Response> {
+    let body = request.body;
+    let served = services.media.content(&body.server_name, &body.media_id, body.timeout_ms).await?;
+    Ok(serve(served, None, false))
+}
+
+async fn download_as(
+    services: Arc<Services>,
+    request: Ruma<authenticated_media::get_content_as_filename::v1::Request>,
+) -> Result<Response> {
+    let body = request.body;
+    let served = services.media.content(&body.server_name, &body.media_id, body.timeout_ms).await?;
+    Ok(serve(served, Some(body.filename), false))
+}
+
+async fn thumbnail(
+    services: Arc<Services>,
+    request: Ruma<authenticated_media::get_content_thumbnail::v1::Request>,
+) -> Result<Response> {
+    let body = request.body;
+    let served = services
+        .media
+        .thumbnail(
+            &body.server_name,
+            &body.media_id,
+            dimension(body.width),
+            dimension(body.height),
+            method(body.method.as_ref())?,
+            body.animated.unwrap_or(false),
+            body.timeout_ms,
+        )
+        .await?;
+    Ok(serve(served, None, true))
+}
+
+async fn config(
+    services: Arc<Services>,
+    _request: Ruma<authenticated_media::get_media_config::v1::Request>,
+) -> Result<authenticated_media::get_media_config::v1::Response> {
+    Ok(authenticated_media::get_media_config::v1::Response::new(upload_size(&services)))
+}
+
+async fn preview(
+    services: Arc<Services>,
+    request: Ruma<authenticated_media::get_media_preview::v1::Request>,
+) -> Result<authenticated_media::get_media_preview::v1::Response> {
+    let data = services.media.preview(&request.body.url).await?;
+    Ok(authenticated_media::get_media_preview::v1::Response::from_serialize(&data)?)
+}
+
+// The legacy request types are deprecated, which is the point of these handlers.
+#[allow(deprecated)]
+async fn legacy_download(
+    services: Arc<Services>,
+    request: Ruma<media::get_content::v3::Request>,
+) -> Result<Response> {
+    let body = request.body;
+    let served = services.media.content(&body.server_name, &body.media_id, body.timeout_ms).await?;
+    Ok(serve(served, None, false))
+}
+
+#[allow(deprecated)]
+async fn legacy_download_as(
+    services: Arc<Services>,
+    request: Ruma<media::get_content_as_filename::v3::Request>,
+) -> Result<Response> {
+    let body = request.body;
+    let served = services.media.content(&body.server_name, &body.media_id, body.timeout_ms).await?;
+    Ok(serve(served, Some(body.filename), false))
+}
+
+#[allow(deprecated)]
+async fn legacy_thumbnail(
+    services: Arc<Services>,
+    request: Ruma<media::get_content_thumbnail::v3::Request>,
+) -> Result<Response> {
+    let body = request.body;
+    let served = services
+        .media
+        .thumbnail(
+            &body.server_name,
+            &body.media_id,
+            dimension(body.width),
+            dimension(body.height),
+            method(body.method.as_ref())?,
+            body.animated.unwrap_or(false),
+            body.timeout_ms,
+        )
+        .await?;
+    Ok(serve(served, None, true))
+}
+
+#[allow(deprecated)]
+async fn legacy_config(
+    services: Arc<Services>,
+    _request: Ruma<media::get_media_config::v3::Request>,
+) -> Result<Response> {
+    let response = media::get_media_config::v3::Response::new(upload_size(&services));
+    Ok(RumaResponse(response).into_response())
+}
+
+#[allow(deprecated)]
+async fn legacy_preview(
+    services: Arc<Services>,
+    request: Ruma<media::get_media_preview::v3::Request>,
+) -> Result<Response> {
+    let data = services.media.preview(&request.body.url).await?;
+    let response = media::get_media_preview::v3::Response::from_serialize(&data)?;
+    Ok(RumaResponse(response).into_response())
+}
+
+fn upload_size(services: &Services) -> UInt {
+    UInt::try_from(services.media.max_upload_size()).unwrap_or(UInt::MAX)
+}
+
+/// A requested thumbnail dimension; absurd values saturate (and then fit no size).
+fn dimension(value: UInt) -> u32 {
+    u32::try_from(u64::from(value)).unwrap_or(u32::MAX)
+}
+
+fn method(method: Option<&ruma::media::Method>) -> Result<Method> {
+    match method {
+        None | Some(ruma::media::Method::Scale) => Ok(Method::Scale),
+        Some(ruma::media::Method::Crop) => Ok(Method::Crop),
+        Some(other) => Err(Error::invalid_param(format!(
+            "Unknown thumbnail method `{}`: use crop or scale.",
+            other.as_str()
+        ))),
+    }
+}
+
+/// Whether `content_type` may be shown by a browser in place.
+fn inline_safe(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    INLINE_TYPES.contains(&essence.as_str())
+}
+
+/// The response for a stored file: safe headers, body streamed from disk.
+fn serve(served: Served, filename: Option<String>, thumbnail: bool) -> Response {
+    let content_type = served
+        .content_type
+        .as_deref()
+        .and_then(|value| HeaderValue::from_str(value).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
+    // Thumbnails are always images this server produced (or checked); the spec wants them
+    // inline.
+    let inline = thumbnail || content_type.to_str().is_ok_and(inline_safe);
+    let disposition = ContentDisposition::new(if inline {
+        ContentDispositionType::Inline
+    } else {
+        ContentDispositionType::Attachment
+    })
+    .with_filename(filename.or(served.filename));
+    let disposition = HeaderValue::from_str(&disposition.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
+
+    let body = Body::from_stream(ReaderStream::with_capacity(served.file, DOWNLOAD_CHUNK));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, content_type);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(served.length));
+    headers.insert(CONTENT_DISPOSITION, disposition);
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL_VALUE));
+    headers
+        .insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY_VALUE));
+    headers.insert(
+        axum::http::HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("cross-origin"),
+    );
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_types_are_inline() {
+        assert!(inline_safe("image/png"));
+        assert!(inline_safe("text/plain; charset=utf-8"));
+        assert!(inline_safe("IMAGE/JPEG"));
+        assert!(!inline_safe("text/html"));
+        assert!(!inline_safe("image/svg+xml"));
+        assert!(!inline_safe("application/octet-stream"));
+        assert!(!inline_safe(""));
+    }
+}
