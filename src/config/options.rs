@@ -246,13 +246,19 @@ config_section! {
         prevent_media_downloads_from: Vec<String> = Vec::new(),
 
         /// IP ranges (CIDR) that outbound requests made on a user's behalf (URL previews,
-        /// later federation) may never reach. Checked on the addresses a name resolves to
+        /// push gateways, later federation) may never reach. Checked on the addresses a name resolves to
         /// and again on every redirect, so a link cannot make the server call into your own
         /// network. The default covers loopback, private, link-local, CGNAT, multicast,
         /// documentation, benchmarking, reserved and unique-local ranges of IPv4 and IPv6;
         /// IPv4-mapped IPv6 addresses are checked as IPv4. `[]` allows everything (only for
         /// tests and closed networks).
         ip_range_denylist: Vec<String> = default_ip_range_denylist(),
+
+        /// Push gateway hosts (names or IP addresses, as written in a pusher's URL) that
+        /// pushers may reach even when they resolve into `ip_range_denylist`: a gateway the
+        /// operator runs on this machine or network. Pushes to any other denied address are
+        /// dropped, not retried.
+        push_gateway_allowlist: Vec<String> = Vec::new(),
 
         /// URL previews: hosts whose name contains one of these strings may be previewed
         /// ("*" allows every host). URL previews are off while this and the two lists below

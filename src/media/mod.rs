@@ -29,10 +29,10 @@ use self::{
     thumbnail::{Budget, Method, Outcome},
 };
 use crate::{
-    http::ssrf::IpDenylist,
     Config, Error, Result,
     accounts::now_ms,
     actors::{ActorSystem, Limits, Registry},
+    http::ssrf::IpDenylist,
     storage::{
         Direction, Storage,
         codec::{Json, prefix},

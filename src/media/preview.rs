@@ -23,9 +23,9 @@ use tokio::sync::Semaphore;
 
 use super::{Media, html};
 use crate::{
-    http::ssrf::{self, GuardedResolver, IpDenylist, Refused},
     Config, Error, Result,
     accounts::now_ms,
+    http::ssrf::{self, GuardedResolver, IpDenylist, Refused},
     storage::{
         Batch,
         codec::Json,

@@ -4,5 +4,6 @@
 
 pub mod counts;
 pub mod evaluate;
+pub mod gateway;
 pub mod pushers;
 pub mod rules;

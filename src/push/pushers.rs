@@ -9,9 +9,12 @@ use std::{ops::ControlFlow, sync::Arc, time::Duration};
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Value as JsonValue, json};
 
-use super::counts;
+use super::{
+    counts,
+    gateway::{GatewayAnswer, GatewayClient},
+};
 use crate::{
-    Config, Error, Result,
+    Config, Result,
     accounts::now_ms,
     actors::{ActorSystem, Behaviour, Context, Limits, Registry, Reply},
     rooms,
@@ -58,13 +61,15 @@ pub struct PusherState {
 
 pub struct PusherActor {
     storage: Arc<Storage>,
-    client: reqwest::Client,
+    client: GatewayClient,
 }
 
 /// What delivering one notification came to.
 enum Delivery {
     Delivered,
     Rejected,
+    /// The gateway's address is in `ip_range_denylist`: the notification is dropped.
+    Denied(String),
     Failed(String),
 }
 
@@ -167,16 +172,11 @@ impl PusherActor {
     }
 
     async fn post(&self, url: &str, body: &JsonValue, pushkey: &str) -> Delivery {
-        let response = match self.client.post(url).json(body).timeout(GATEWAY_TIMEOUT).send().await
-        {
-            Ok(response) => response,
-            Err(error) => return Delivery::Failed(format!("request: {error}")),
+        let answer = match self.client.post(url, body, GATEWAY_TIMEOUT).await {
+            GatewayAnswer::Answered(answer) => answer,
+            GatewayAnswer::Denied(reason) => return Delivery::Denied(reason),
+            GatewayAnswer::Failed(reason) => return Delivery::Failed(reason),
         };
-        let status = response.status();
-        if !status.is_success() {
-            return Delivery::Failed(format!("gateway answered {status}"));
-        }
-        let answer: JsonValue = response.json().await.unwrap_or_default();
         let rejected = answer["rejected"]
             .as_array()
             .is_some_and(|keys| keys.iter().any(|key| key.as_str() == Some(pushkey)));
@@ -229,6 +229,11 @@ impl PusherActor {
                             self.remove(&key).await?;
                             removed = true;
                             break;
+                        }
+                        Delivery::Denied(reason) => {
+                            metrics::counter!("tuwunel_push_failures_total", "reason" => "denied")
+                                .increment(1);
+                            tracing::info!(%user, app_id, %reason, "push gateway address refused; notification dropped");
                         }
                         Delivery::Failed(reason) => {
                             metrics::counter!("tuwunel_push_failures_total", "reason" => "unreachable").increment(1);
@@ -351,10 +356,7 @@ impl Push {
         storage: Arc<Storage>,
         system: &ActorSystem,
     ) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("tuwunel/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|error| Error::internal(format!("cannot build the push client: {error}")))?;
+        let client = GatewayClient::new(config)?;
         let limits = Limits {
             idle_timeout: Duration::from_secs(config.actor_idle_timeout_s.max(1)),
             mailbox_limit: config.actor_mailbox_limit.max(1),

@@ -337,7 +337,8 @@ async fn start_gateway() -> (Gateway, String) {
 
 #[tokio::test]
 async fn pushers_deliver_to_the_gateway_and_rejected_ones_are_removed() {
-    let mut server = TestServer::with_options(&["ip_range_denylist=[]"]).await;
+    // The default ip_range_denylist covers loopback; the allowlist exempts this gateway.
+    let mut server = TestServer::with_options(&["push_gateway_allowlist=[\"127.0.0.1\"]"]).await;
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let room =
@@ -433,5 +434,51 @@ async fn pushers_deliver_to_the_gateway_and_rejected_ones_are_removed() {
     assert_eq!(status, 200);
     let (_, list) = server.get_as(&bob, "/_matrix/client/v3/pushers").await;
     assert_eq!(list["pushers"], json!([]));
+    server.stop().await;
+}
+
+/// The value of `tuwunel_push_failures_total{reason="denied"}` on the metrics page.
+async fn denied_pushes(server: &TestServer) -> u64 {
+    let response = server.client.get(server.url("/metrics")).send().await.expect("request");
+    let text = response.text().await.expect("metrics text");
+    text.lines()
+        .find(|line| line.starts_with("tuwunel_push_failures_total{reason=\"denied\"}"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn gateways_in_the_ip_range_denylist_are_not_contacted() {
+    let mut server = TestServer::with_options(&["metrics_enabled=true"]).await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let (gateway, url) = start_gateway().await;
+    let (status, body) = server
+        .post_as(
+            &bob,
+            "/_matrix/client/v3/pushers/set",
+            json!({"kind": "http", "app_id": "org.example.app", "pushkey": "k", "app_display_name": "App", "device_display_name": "Phone", "lang": "en", "data": {"url": url}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Each notification is dropped (counted as denied), not retried, and the pusher stays.
+    let before = denied_pushes(&server).await;
+    send_text(&server, &alice, &room, "deny1", "one").await;
+    send_text(&server, &alice, &room, "deny2", "two").await;
+    let server_ref = &server;
+    assert!(
+        wait_until(Duration::from_secs(10), || async move {
+            denied_pushes(server_ref).await >= before + 2
+        })
+        .await,
+        "both pushes were refused"
+    );
+    assert!(gateway.received.lock().expect("lock").is_empty(), "the gateway was never called");
+    let (_, list) = server.get_as(&bob, "/_matrix/client/v3/pushers").await;
+    assert_eq!(list["pushers"].as_array().map(Vec::len), Some(1), "{list}");
     server.stop().await;
 }
