@@ -631,7 +631,15 @@ async fn room_key_backups() {
         .put_as(
             &alice,
             &format!("/_matrix/client/v3/room_keys/version/{newer}"),
-            json!({"algorithm": algorithm["algorithm"], "auth_data": {"public_key": "def"}}),
+            json!({"algorithm": algorithm["algorithm"], "auth_data": {"public_key": "def"}, "version": "1"}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = server
+        .put_as(
+            &alice,
+            &format!("/_matrix/client/v3/room_keys/version/{newer}"),
+            json!({"algorithm": algorithm["algorithm"], "auth_data": {"public_key": "def"}, "version": newer}),
         )
         .await;
     assert_eq!(status, 200, "{body}");

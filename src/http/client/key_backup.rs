@@ -129,6 +129,16 @@ async fn update_version(
     let user = request.sender()?.user_id.clone();
     let (algorithm, auth_data) = algorithm_parts(&request.body.algorithm)?;
     let version = request.body.version;
+    let body: JsonValue = serde_json::from_str(request.body.algorithm.json().get())?;
+    match body.get("version") {
+        None => {}
+        Some(JsonValue::String(named)) if *named == version => {}
+        Some(_) => {
+            return Err(Error::invalid_param(
+                "The `version` in the body does not match the version in the path.",
+            ));
+        }
+    }
     command(&services, &user, |reply| BackupCommand::Update {
         version,
         algorithm,
