@@ -17,6 +17,7 @@ mod discovery;
 mod e2ee;
 mod errors;
 mod live_streams;
+mod loadtest;
 mod media;
 mod metrics;
 mod profile;
