@@ -10,13 +10,6 @@ use crate::common::TestServer;
 
 const HARNESS: &str = env!("CARGO_BIN_EXE_tuwunel-loadtest");
 
-/// `Server::start` builds the push client with reqwest before anything installs the TLS
-/// provider (src/push/pushers.rs), which panics when this file's tests run alone; install it
-/// first, as `common::client` does.
-fn install_tls_provider() {
-    tuwunel::http::outbound::install_tls_provider();
-}
-
 /// Runs the harness off the async runtime (the server lives in this process).
 async fn harness(args: Vec<String>) -> (i32, String, String) {
     tokio::task::spawn_blocking(move || {
@@ -83,7 +76,6 @@ async fn scenario(server: &TestServer, dir: &Path, tag: &str, name: &str, flags:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_small_and_loses_nothing() {
-    install_tls_provider();
     let mut server = TestServer::with_options(&[
         "yes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse=false",
         "registration_token=\"loadtest\"",
@@ -283,7 +275,6 @@ async fn every_scenario_runs_small_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_registration_uses_the_dummy_stage() {
-    install_tls_provider();
     let mut server = TestServer::start().await;
     let (code, stdout, stderr) =
         harness(strings(&["--url", &server.base, "create-rooms", "--count", "3", "--users", "1"]))
