@@ -800,16 +800,37 @@ fn presence(
         if changed.is_empty() {
             return Ok(());
         }
+        changed.sort_unstable();
+        changed.dedup();
     }
-    let mut sharing: HashSet<String> = HashSet::new();
+    let mut shorts = Vec::with_capacity(joined_rooms.len());
     for room_id in joined_rooms {
         if let Some(record) = rooms::room(services.storage.engine(), room_id)? {
-            sharing.extend(timeline::joined_members(&services.storage, record.short)?);
+            shorts.push(record.short);
         }
     }
     let candidates: Vec<String> = if params.since.is_some() {
-        changed.into_iter().filter(|user| sharing.contains(user)).collect()
+        // Few users change presence between two syncs; looking each of them up in the
+        // user's rooms keeps a sync in a big room from reading its whole member list.
+        let engine = services.storage.engine();
+        let mut shared = Vec::new();
+        for user in changed {
+            for short in &shorts {
+                if ROOM_MEMBERS_TABLE
+                    .get(engine, &(*short, user.clone()))?
+                    .is_some_and(|Json(record)| record.membership == "join")
+                {
+                    shared.push(user);
+                    break;
+                }
+            }
+        }
+        shared
     } else {
+        let mut sharing: HashSet<String> = HashSet::new();
+        for short in shorts {
+            sharing.extend(timeline::joined_members(&services.storage, short)?);
+        }
         sharing.into_iter().collect()
     };
     let now = crate::accounts::now_ms();
