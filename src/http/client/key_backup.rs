@@ -48,7 +48,10 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 
 /// `{algorithm, auth_data}` from a request body.
 fn algorithm_parts<T>(raw: &Raw<T>) -> Result<(JsonValue, JsonValue)> {
-    let body: JsonValue = serde_json::from_str(raw.json().get())?;
+    parts_of(&serde_json::from_str(raw.json().get())?)
+}
+
+fn parts_of(body: &JsonValue) -> Result<(JsonValue, JsonValue)> {
     let algorithm = body.get("algorithm").filter(|value| value.is_string()).cloned();
     let auth_data = body.get("auth_data").filter(|value| value.is_object()).cloned();
     match (algorithm, auth_data) {
@@ -127,9 +130,10 @@ async fn update_version(
     request: Ruma<update_backup_version::v3::Request>,
 ) -> Result<update_backup_version::v3::Response> {
     let user = request.sender()?.user_id.clone();
-    let (algorithm, auth_data) = algorithm_parts(&request.body.algorithm)?;
-    let version = request.body.version;
+    // The raw `algorithm` is the whole body, so it also holds the optional `version`.
     let body: JsonValue = serde_json::from_str(request.body.algorithm.json().get())?;
+    let (algorithm, auth_data) = parts_of(&body)?;
+    let version = request.body.version;
     match body.get("version") {
         None => {}
         Some(JsonValue::String(named)) if *named == version => {}
