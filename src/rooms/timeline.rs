@@ -18,7 +18,7 @@ use crate::{
     storage::{
         Direction, Storage,
         account_data::ACCOUNT_DATA_TABLE,
-        codec::{Json, prefix2},
+        codec::{Json, prefix, prefix2},
         rooms::{EventMeta, RELATIONS_TABLE, ROOM_MEMBERS_TABLE, RoomRecord, TIMELINE_TABLE},
     },
 };
@@ -257,6 +257,22 @@ fn relation_rows(
     Ok((rows, total))
 }
 
+/// Whether any event relates to `parent`, whatever the relation type.
+fn has_children(storage: &Storage, parent: u64) -> Result<bool> {
+    let mut found = false;
+    RELATIONS_TABLE.scan(
+        storage.engine(),
+        &prefix(&parent),
+        None,
+        Direction::Forward,
+        |_, _| {
+            found = true;
+            ControlFlow::Break(())
+        },
+    )?;
+    Ok(found)
+}
+
 /// Whether the stored event carries the redaction that stripped it.
 fn is_redacted(pdu: &Pdu) -> bool {
     matches!(
@@ -333,6 +349,10 @@ fn aggregate(
     let Some(short) = super::event_short(storage, &pdu.event_id)? else {
         return Ok(None);
     };
+    // Most events have no children: one look settles that instead of a scan per relation type.
+    if !has_children(storage, short)? {
+        return Ok(None);
+    }
     let redacted = is_redacted(pdu);
     // An edit of an edit is not valid, so an edit's own edits need no scan.
     let editable = !redacted

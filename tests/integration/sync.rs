@@ -195,6 +195,65 @@ async fn incremental_syncs_never_miss_or_repeat_an_event() {
     server.stop().await;
 }
 
+/// A poll with a token that is already current waits without computing a response first, and
+/// still hears of a message sent while it waits.
+#[tokio::test]
+async fn a_current_token_waits_without_computing_and_still_wakes() {
+    let mut options = QUICK.to_vec();
+    options.push("metrics_enabled=true");
+    let mut server = TestServer::with_options(&options).await;
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let token =
+        sync(&server, &alice, None, "").await["next_batch"].as_str().expect("next").to_owned();
+    let skipped = |text: &str| -> u64 {
+        text.lines()
+            .find(|line| line.starts_with("tuwunel_sync_skipped_computations_total"))
+            .and_then(|line| line.split_whitespace().last())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    };
+    let metrics = || async {
+        server
+            .client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    let before = skipped(&metrics().await);
+
+    let url = server.url(&format!("/_matrix/client/v3/sync?timeout=10000&since={token}"));
+    let waiter = {
+        let client = server.client.clone();
+        let access = alice.token.clone();
+        tokio::spawn(async move {
+            let body: Value = client
+                .get(url)
+                .bearer_auth(access)
+                .send()
+                .await
+                .expect("sync")
+                .json()
+                .await
+                .expect("json");
+            body
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(skipped(&metrics().await) > before, "the poll computed a response it did not need");
+    let event = send_text(&server, &alice, &room, "t1", "while you wait").await;
+    let body = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken well before the timeout")
+        .expect("task");
+    assert_eq!(timeline_ids(&body, &room), vec![event], "{body}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn long_polls_wake_on_each_stream_and_time_out_empty() {
     let mut server = TestServer::with_options(QUICK).await;

@@ -53,6 +53,18 @@ async fn acknowledge_to_device(
     services.accounts.call(user, |reply| UserMessage::AckToDevice { device, upto, reply }).await
 }
 
+/// Whether a sync from `since` can have nothing to show without looking: every stream but
+/// typing advances the committed position, and typing has its own counter. A client polling
+/// again right after a response presents exactly such a token, so its wait starts without a
+/// response being computed and thrown away.
+fn nothing_new_since(services: &Services, since: Option<SyncToken>) -> bool {
+    since.is_some_and(|token| {
+        token.to_device.is_none()
+            && token.position == services.storage.writer().committed_position()
+            && token.typing == services.rooms.typing.counter()
+    })
+}
+
 fn resolve_filter(
     services: &Services,
     user: &UserId,
@@ -105,9 +117,6 @@ async fn sync(
     let wait =
         since.is_some() && !body.full_state && body.timeout.is_none_or(|asked| !asked.is_zero());
     let deadline = tokio::time::Instant::now() + timeout;
-    let params =
-        SyncParams { sender: &sender, since, full_state: body.full_state, filter: &filter };
-
     let computed = loop {
         // Register before looking, so a commit between the look and the wait still wakes us.
         let registration = wait
@@ -116,49 +125,63 @@ async fn sync(
                     .map(|rooms| services.hub.register(&sender.user_id, &rooms))
             })
             .transpose()?;
-        let computed = {
-            let services = Arc::clone(&services);
-            let sender = sender.clone();
-            let filter = filter.clone();
-            tokio::task::spawn_blocking(move || {
-                response::compute(
-                    &services,
-                    &SyncParams {
-                        sender: &sender,
-                        since,
-                        full_state: params.full_state,
-                        filter: &filter,
-                    },
-                )
-            })
-            .await
-            .map_err(|error| Error::internal(format!("sync computation failed: {error}")))??
-        };
+        if let Some(registration) = &registration
+            && nothing_new_since(&services, since)
+            && tokio::time::Instant::now() < deadline
+        {
+            metrics::counter!("tuwunel_sync_skipped_computations_total").increment(1);
+            if !wait_for_news(&services, registration, deadline).await {
+                break compute(&services, &sender, since, false, &filter).await?;
+            }
+            continue;
+        }
+        let computed = compute(&services, &sender, since, body.full_state, &filter).await?;
         let Some(registration) = registration else { break computed };
         if computed.has_news || tokio::time::Instant::now() >= deadline {
             break computed;
         }
-        tokio::select! {
-            () = registration.waiter().woken() => {}
-            () = tokio::time::sleep_until(deadline) => {}
-            () = services.shutdown.clone().wait() => {}
-        }
-        if services.shutdown.is_triggered() || tokio::time::Instant::now() >= deadline {
+        if !wait_for_news(&services, &registration, deadline).await {
             // One last look, then answer whatever there is.
-            let services = Arc::clone(&services);
-            let sender = sender.clone();
-            let filter = filter.clone();
-            break tokio::task::spawn_blocking(move || {
-                response::compute(
-                    &services,
-                    &SyncParams { sender: &sender, since, full_state: false, filter: &filter },
-                )
-            })
-            .await
-            .map_err(|error| Error::internal(format!("sync computation failed: {error}")))??;
+            break compute(&services, &sender, since, false, &filter).await?;
         }
     };
 
     metrics::counter!("tuwunel_sync_responses_total", "kind" => if since.is_some() { "incremental" } else { "initial" }).increment(1);
     Ok(computed.response)
+}
+
+/// Waits until the registration is woken; false when the deadline passed or the server is
+/// stopping instead.
+async fn wait_for_news(
+    services: &Services,
+    registration: &crate::sync::hub::Registration,
+    deadline: tokio::time::Instant,
+) -> bool {
+    tokio::select! {
+        () = registration.waiter().woken() => {}
+        () = tokio::time::sleep_until(deadline) => {}
+        () = services.shutdown.clone().wait() => {}
+    }
+    !services.shutdown.is_triggered() && tokio::time::Instant::now() < deadline
+}
+
+/// Computes a response on the blocking pool (it reads the database).
+async fn compute(
+    services: &Arc<Services>,
+    sender: &crate::accounts::Sender,
+    since: Option<SyncToken>,
+    full_state: bool,
+    filter: &FilterDefinition,
+) -> Result<response::Computed> {
+    let services = Arc::clone(services);
+    let sender = sender.clone();
+    let filter = filter.clone();
+    tokio::task::spawn_blocking(move || {
+        response::compute(
+            &services,
+            &SyncParams { sender: &sender, since, full_state, filter: &filter },
+        )
+    })
+    .await
+    .map_err(|error| Error::internal(format!("sync computation failed: {error}")))?
 }
