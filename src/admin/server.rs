@@ -65,6 +65,17 @@ pub(super) async fn run(services: &Arc<Services>, command: ServerCommand) -> Res
             for (table, disk, memory) in services.storage.engine().table_sizes() {
                 let _ = writeln!(out, "| {table} | {disk} | {memory} |");
             }
+            let memory = services.storage.engine().memory();
+            let _ = write!(
+                out,
+                "\nBlock cache: {} bytes ({} pinned, capacity {} bytes). Memtables: {} bytes. \
+                 Table readers: {} bytes.",
+                memory.block_cache,
+                memory.block_cache_pinned,
+                services.config.db_cache_bytes(),
+                memory.memtables,
+                memory.table_readers
+            );
             Ok(out)
         }
         ServerCommand::Shutdown => {

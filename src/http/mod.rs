@@ -48,6 +48,15 @@ async fn metrics_endpoint(State(services): State<Arc<Services>>) -> Response {
     for (table, disk, _memory) in services.storage.engine().table_sizes() {
         ::metrics::gauge!("tuwunel_database_table_bytes", "table" => table).set(disk as f64);
     }
+    let memory = services.storage.engine().memory();
+    for (kind, bytes) in [
+        ("block_cache", memory.block_cache as f64),
+        ("block_cache_pinned", memory.block_cache_pinned as f64),
+        ("memtables", memory.memtables as f64),
+        ("table_readers", memory.table_readers as f64),
+    ] {
+        ::metrics::gauge!("tuwunel_database_memory_bytes", "kind" => kind).set(bytes);
+    }
     match &services.metrics {
         Some(handle) => metrics::render(handle),
         None => axum::response::IntoResponse::into_response(Error::not_found(

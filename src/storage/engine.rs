@@ -100,6 +100,21 @@ pub struct Engine {
     path: PathBuf,
     sync_write: WriteOptions,
     foreign_families: Vec<String>,
+    /// The block cache every table shares, kept to report its usage.
+    cache: Cache,
+}
+
+/// Where RocksDB's memory goes, in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineMemory {
+    /// Data, index and filter blocks in the shared block cache.
+    pub block_cache: usize,
+    /// The part of the block cache pinned by open iterators and L0 index/filter blocks.
+    pub block_cache_pinned: usize,
+    /// Memtables of every table, flushed or not yet.
+    pub memtables: u64,
+    /// Table readers outside the block cache.
+    pub table_readers: u64,
 }
 
 impl Engine {
@@ -170,7 +185,7 @@ impl Engine {
             })?;
         let mut sync_write = WriteOptions::default();
         sync_write.set_sync(true);
-        Ok(Self { db, path: options.path.clone(), sync_write, foreign_families })
+        Ok(Self { db, path: options.path.clone(), sync_write, foreign_families, cache })
     }
 
     /// Column families present in the database that the catalogue does not declare.
@@ -238,6 +253,24 @@ impl Engine {
                 Some((table.name, disk, memory))
             })
             .collect()
+    }
+
+    /// RocksDB's memory use, summed over the tables.
+    pub fn memory(&self) -> EngineMemory {
+        let mut memory = EngineMemory {
+            block_cache: self.cache.get_usage(),
+            block_cache_pinned: self.cache.get_pinned_usage(),
+            ..EngineMemory::default()
+        };
+        for table in TABLES {
+            let Some(family) = self.db.cf_handle(table.name) else { continue };
+            let property = |name: &str| {
+                self.db.property_int_value_cf(family, name).ok().flatten().unwrap_or(0)
+            };
+            memory.memtables += property("rocksdb.size-all-mem-tables");
+            memory.table_readers += property("rocksdb.estimate-table-readers-mem");
+        }
+        memory
     }
 
     pub(super) fn raw(&self) -> &DB {

@@ -105,6 +105,12 @@ async fn the_first_user_runs_admin_commands_in_the_admin_room() {
         .expect("revoke");
     let (_, rooms) = server.get_as(&helper, "/_matrix/client/v3/joined_rooms").await;
     assert!(!rooms["joined_rooms"].as_array().expect("rooms").iter().any(|r| r == room.as_str()));
+
+    let memory = tuwunel::admin::execute(server.server().services(), "server memory-usage")
+        .await
+        .expect("memory-usage");
+    assert!(memory.contains("| pdus |"), "{memory}");
+    assert!(memory.contains("Block cache: ") && memory.contains("Memtables: "), "{memory}");
     server.stop().await;
 }
 

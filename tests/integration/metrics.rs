@@ -18,6 +18,8 @@ async fn metrics_are_exposed_when_enabled() {
         "tuwunel_writer_group_size_bucket",
         "tuwunel_writer_commit_seconds_bucket",
         "tuwunel_database_table_bytes",
+        "tuwunel_database_memory_bytes{kind=\"block_cache\"}",
+        "tuwunel_database_memory_bytes{kind=\"memtables\"}",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
