@@ -276,13 +276,11 @@ fn main() {
     }
     runtime.block_on(storage.writer().commit(batch)).expect("snapshots commit");
     bench(filter, "state: load full snapshot (1,000 keys)", || {
-        state::load(storage.engine(), base).expect("loads")
+        state::load(&storage, base).expect("loads")
     });
-    bench(filter, "state: load through 63 deltas", || {
-        state::load(storage.engine(), tip).expect("loads")
-    });
+    bench(filter, "state: load through 63 deltas", || state::load(&storage, tip).expect("loads"));
     bench(filter, "state: lookup one key through 63 deltas", || {
-        state::lookup(storage.engine(), tip, 999).expect("looks up")
+        state::lookup(&storage, tip, 999).expect("looks up")
     });
     let snapshot = tuwunel::storage::rooms::Snapshot { parent: Some(7), entries: vec![(1, 2); 64] };
     let encoded_snapshot = snapshot.encode_value();

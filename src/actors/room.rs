@@ -304,7 +304,7 @@ impl RoomActor {
         };
         let heads = rooms::heads(self.storage.engine(), record.short)?
             .ok_or_else(|| Error::internal(format!("room {room_id} has no head")))?;
-        let state = state::load(self.storage.engine(), heads.snapshot)?;
+        let state = state::load(&self.storage, heads.snapshot)?;
         let mut keys = HashMap::with_capacity(state.len());
         let mut event_ids = HashMap::with_capacity(state.len());
         for (short_key, short_event) in &state {
@@ -937,12 +937,18 @@ impl RoomActor {
         if !has_recipients && outcome.counts.is_empty() {
             return Ok(Vec::new());
         }
+        // Display names only match a `content.body`; events without one (joins, state) skip
+        // reading every member's event.
+        let any_body = committed.events.iter().any(|(pdu, ..)| pdu.content_str("body").is_some());
         let mut recipients = Vec::with_capacity(local.len());
         for user in local {
-            let name = self
-                .current(room, "m.room.member", user.as_str())?
-                .and_then(|member| member.content_str("displayname"))
-                .unwrap_or_else(|| user.localpart().to_owned());
+            let name = if any_body {
+                self.current(room, "m.room.member", user.as_str())?
+                    .and_then(|member| member.content_str("displayname"))
+            } else {
+                None
+            };
+            let name = name.unwrap_or_else(|| user.localpart().to_owned());
             recipients.push((user, name));
         }
         let context = RoomContext {

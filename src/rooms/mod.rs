@@ -126,7 +126,7 @@ pub fn state_event(
     let Some(key) = state::short_key(storage, kind, state_key)? else {
         return Ok(None);
     };
-    match state::lookup(storage.engine(), snapshot, key)? {
+    match state::lookup(storage, snapshot, key)? {
         Some(short) => pdu(storage.engine(), short),
         None => Ok(None),
     }

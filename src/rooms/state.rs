@@ -2,13 +2,13 @@
 //! with a full snapshot every [`FULL_EVERY`] deltas, so that writing state costs one small
 //! row and reading any historical state costs a bounded walk.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::pdu::{split_state_key, state_key_bytes};
 use crate::{
     Result,
     storage::{
-        Batch, Namespace, Read, Storage,
+        Batch, Namespace, Storage,
         rooms::{SNAPSHOTS_TABLE, Snapshot},
     },
 };
@@ -47,31 +47,34 @@ pub fn write(
 /// The snapshot id standing for the empty state (before a room's create event).
 pub const EMPTY: u64 = 0;
 
+fn stored(storage: &Storage, id: u64) -> Result<Arc<Snapshot>> {
+    storage
+        .snapshots()
+        .get(storage.engine(), id)?
+        .ok_or_else(|| crate::Error::internal(format!("state snapshot {id} is missing")))
+}
+
 /// The whole state at `snapshot`.
-pub fn load(reader: &(impl Read + ?Sized), snapshot: u64) -> Result<StateMap> {
+pub fn load(storage: &Storage, snapshot: u64) -> Result<StateMap> {
     let mut chain = Vec::new();
     let mut next = (snapshot != EMPTY).then_some(snapshot);
     while let Some(id) = next {
-        let stored = SNAPSHOTS_TABLE
-            .get(reader, &id)?
-            .ok_or_else(|| crate::Error::internal(format!("state snapshot {id} is missing")))?;
+        let stored = stored(storage, id)?;
         next = stored.parent;
         chain.push(stored);
     }
     let mut state = StateMap::new();
     for snapshot in chain.into_iter().rev() {
-        state.extend(snapshot.entries);
+        state.extend(snapshot.entries.iter().copied());
     }
     Ok(state)
 }
 
 /// The event for one state key at `snapshot`, without materialising the whole state.
-pub fn lookup(reader: &(impl Read + ?Sized), snapshot: u64, state_key: u64) -> Result<Option<u64>> {
+pub fn lookup(storage: &Storage, snapshot: u64, state_key: u64) -> Result<Option<u64>> {
     let mut next = (snapshot != EMPTY).then_some(snapshot);
     while let Some(id) = next {
-        let stored = SNAPSHOTS_TABLE
-            .get(reader, &id)?
-            .ok_or_else(|| crate::Error::internal(format!("state snapshot {id} is missing")))?;
+        let stored = stored(storage, id)?;
         if let Ok(index) = stored.entries.binary_search_by_key(&state_key, |(key, _)| *key) {
             return Ok(Some(stored.entries[index].1));
         }

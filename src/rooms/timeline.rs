@@ -194,7 +194,7 @@ pub fn render(
     }
     if let Some(state_key) = &pdu.state_key
         && let Some(key) = state::short_key(storage, &pdu.kind.to_string(), state_key)?
-        && let Some(previous) = state::lookup(storage.engine(), meta.state_before, key)?
+        && let Some(previous) = state::lookup(storage, meta.state_before, key)?
         && let Some(previous) = super::pdu(storage.engine(), previous)?
     {
         unsigned.insert("prev_content".to_owned(), previous.content_value());
@@ -518,7 +518,7 @@ pub fn paginate(
 
 /// Members of a room in the state `snapshot`, optionally filtered by membership.
 pub fn members_at(storage: &Storage, snapshot: u64) -> Result<Vec<Pdu>> {
-    let state = state::load(storage.engine(), snapshot)?;
+    let state = state::load(storage, snapshot)?;
     let mut members = Vec::new();
     for (key, short) in state {
         let Some((kind, _)) = state::resolve_key(storage, key)? else { continue };

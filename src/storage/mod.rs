@@ -18,6 +18,7 @@ pub mod push;
 pub mod rooms;
 pub mod schema;
 pub mod shortid;
+pub mod snapshot_cache;
 pub mod table;
 pub mod users;
 pub mod writer;
@@ -46,6 +47,7 @@ pub struct Storage {
     writer: Writer,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     interner: Interner,
+    snapshots: snapshot_cache::SnapshotCache,
     backup_directory: Option<PathBuf>,
     backups_to_keep: usize,
     backup_lock: tokio::sync::Mutex<()>,
@@ -64,6 +66,7 @@ impl Storage {
                 writer,
                 writer_thread: Mutex::new(Some(thread)),
                 interner,
+                snapshots: snapshot_cache::SnapshotCache::default(),
                 backup_directory: None,
                 backups_to_keep: 1,
                 backup_lock: tokio::sync::Mutex::new(()),
@@ -93,6 +96,11 @@ impl Storage {
 
     pub fn interner(&self) -> &Interner {
         &self.interner
+    }
+
+    /// Decoded state snapshots (immutable rows, so shared by every reader).
+    pub fn snapshots(&self) -> &snapshot_cache::SnapshotCache {
+        &self.snapshots
     }
 
     fn backup_directory(&self) -> Result<PathBuf> {

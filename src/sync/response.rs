@@ -473,11 +473,11 @@ fn joined_room(
     // since the token for gappy timelines, nothing otherwise (the timeline carries it).
     let mut state_events = Vec::new();
     if full || part.limited {
-        let start = state::load(services.storage.engine(), start_snapshot)?;
+        let start = state::load(&services.storage, start_snapshot)?;
         let before: StateMap = if full {
             StateMap::new()
         } else {
-            state::load(services.storage.engine(), snapshot_at(services, record.short, since)?)?
+            state::load(&services.storage, snapshot_at(services, record.short, since)?)?
         };
         let lazy_members: Option<BTreeSet<OwnedUserId>> = lazy(&room_filter.state).then(|| {
             let mut senders: BTreeSet<OwnedUserId> =

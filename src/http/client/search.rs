@@ -500,7 +500,7 @@ fn room_events(
             let Some(record) = rooms::room(storage.engine(), room_id)? else { continue };
             let snapshot = timeline::readable_snapshot(storage, &record, room_id, user)?;
             let mut events = Vec::new();
-            for short in state::load(storage.engine(), snapshot)?.into_values() {
+            for short in state::load(storage, snapshot)?.into_values() {
                 if let (Some(pdu), Some(meta)) = (
                     rooms::pdu(storage.engine(), short)?,
                     rooms::event_meta(storage.engine(), short)?,

@@ -94,7 +94,7 @@ fn valid_order(content: &JsonValue) -> Option<String> {
 fn children(services: &Services, snapshot: u64, suggested_only: bool) -> Result<Vec<Child>> {
     let storage = &services.storage;
     let mut children = Vec::new();
-    for (key, short) in state::load(storage.engine(), snapshot)? {
+    for (key, short) in state::load(storage, snapshot)? {
         let Some((kind, state_key)) = state::resolve_key(storage, key)? else { continue };
         if kind != "m.space.child" {
             continue;

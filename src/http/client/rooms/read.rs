@@ -240,7 +240,7 @@ async fn context(
         lazy_members(&services, state_snapshot, &senders)?.iter().map(raw).collect::<Result<_>>()?
     } else {
         let mut state_events = Vec::new();
-        for short in state::load(services.storage.engine(), state_snapshot)?.into_values() {
+        for short in state::load(&services.storage, state_snapshot)?.into_values() {
             if let (Some(pdu), Some(meta)) = (
                 rooms::pdu(services.storage.engine(), short)?,
                 rooms::event_meta(services.storage.engine(), short)?,

@@ -227,7 +227,7 @@ async fn get_state(
     let snapshot =
         timeline::readable_snapshot(&services.storage, &record, &room_id, &sender.user_id)?;
     let mut events = Vec::new();
-    for short in state::load(services.storage.engine(), snapshot)?.into_values() {
+    for short in state::load(&services.storage, snapshot)?.into_values() {
         let (Some(pdu), Some(meta)) = (
             rooms::pdu(services.storage.engine(), short)?,
             rooms::event_meta(services.storage.engine(), short)?,

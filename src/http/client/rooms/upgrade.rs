@@ -270,7 +270,7 @@ async fn upgrade(
         }
     }
     let mut bans = Vec::new();
-    for (key, short) in state::load(storage.engine(), snapshot)? {
+    for (key, short) in state::load(storage, snapshot)? {
         let Some((kind, state_key)) = state::resolve_key(storage, key)? else { continue };
         let wanted = (is_space && kind == "m.space.child") || kind == "m.room.member";
         if !wanted {
