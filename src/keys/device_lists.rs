@@ -20,7 +20,7 @@ use crate::{
         Batch, Direction, Storage,
         codec::{Json, prefix},
         keys::{DEVICE_LIST_LATEST_TABLE, DEVICE_LIST_STREAM_TABLE},
-        rooms::{ROOM_MEMBERS_TABLE, TIMELINE_TABLE, USER_ROOMS_TABLE},
+        rooms::{MembershipRecord, ROOM_MEMBERS_TABLE, TIMELINE_TABLE, USER_ROOMS_TABLE},
     },
     sync::hub::SyncHub,
 };
@@ -76,8 +76,37 @@ pub fn changes(
     since: u64,
     upto: u64,
 ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
+    let mut memberships = Vec::new();
+    USER_ROOMS_TABLE.scan(
+        storage.engine(),
+        &prefix(&viewer.as_str()),
+        None,
+        Direction::Forward,
+        |(_, room), Json(record)| {
+            if let Ok(room) = RoomId::parse(room) {
+                memberships.push((room, record));
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    changes_in(storage, viewer, &memberships, since, upto)
+}
+
+/// [`changes`] for a viewer whose room memberships (every `user_rooms` row) the caller
+/// has read already.
+pub fn changes_in(
+    storage: &Storage,
+    viewer: &UserId,
+    memberships: &[(OwnedRoomId, MembershipRecord)],
+    since: u64,
+    upto: u64,
+) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
     let engine = storage.engine();
-    let my_rooms: HashSet<OwnedRoomId> = rooms::joined_rooms(engine, viewer)?.into_iter().collect();
+    let my_rooms: HashSet<OwnedRoomId> = memberships
+        .iter()
+        .filter(|(_, record)| record.membership == "join")
+        .map(|(room, _)| room.clone())
+        .collect();
     let shares = |other: &UserId| -> Result<bool> {
         Ok(other == viewer
             || rooms::joined_rooms(engine, other)?.iter().any(|room| my_rooms.contains(room)))
@@ -109,26 +138,14 @@ pub fn changes(
     }
 
     // The viewer's own joins and leaves: everyone in those rooms is new to them, or maybe gone.
-    let mut own_changes = Vec::new();
-    USER_ROOMS_TABLE.scan(
-        engine,
-        &prefix(&viewer.as_str()),
-        None,
-        Direction::Forward,
-        |(_, room), Json(record)| {
-            if record.position > since && record.position <= upto {
-                own_changes.push((room, record.membership));
-            }
-            ControlFlow::Continue(())
-        },
-    )?;
+    let own_changes =
+        memberships.iter().filter(|(_, record)| record.position > since && record.position <= upto);
     let mut settled_rooms = my_rooms.clone();
-    for (room, membership) in own_changes {
-        let Ok(room_id) = RoomId::parse(&room) else { continue };
-        settled_rooms.remove(&room_id);
-        let Some(record) = rooms::room(engine, &room_id)? else { continue };
+    for (room_id, own) in own_changes {
+        settled_rooms.remove(room_id);
+        let Some(record) = rooms::room(engine, room_id)? else { continue };
         let members = timeline::joined_members(storage, record.short)?;
-        if membership == "join" {
+        if own.membership == "join" {
             changed.extend(members.into_iter().filter_map(|member| UserId::parse(member).ok()));
         } else {
             maybe_left.extend(members.into_iter().filter_map(|member| UserId::parse(member).ok()));

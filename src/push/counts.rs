@@ -34,6 +34,19 @@ pub fn room_counts(
     Ok(counts)
 }
 
+/// The counts of one thread (`""`: the main timeline) of a room: one point read.
+pub fn thread_counts(
+    reader: &(impl Read + ?Sized),
+    user: &UserId,
+    room: u64,
+    thread: &str,
+) -> Result<UnreadCounts> {
+    Ok(UNREAD_COUNTS_TABLE
+        .get(reader, &(user.to_string(), room, thread.to_owned()))?
+        .map(|Json(counts)| counts)
+        .unwrap_or_default())
+}
+
 /// Unread notifications across all of a user's rooms (a push payload's `counts.unread`).
 pub fn total_unread(reader: &(impl Read + ?Sized), user: &UserId) -> Result<u64> {
     let mut total = 0;

@@ -124,9 +124,8 @@ pub async fn evaluate(
             );
             let counts_key = (user.clone(), thread.clone());
             if !outcome.counts.contains_key(&counts_key) {
-                let stored = counts::room_counts(storage.engine(), user, room.room_short)?
-                    .remove(&thread)
-                    .unwrap_or_default();
+                let stored =
+                    counts::thread_counts(storage.engine(), user, room.room_short, &thread)?;
                 outcome.counts.insert(counts_key.clone(), stored);
             }
             if let Some(counts) = outcome.counts.get_mut(&counts_key) {

@@ -132,6 +132,33 @@ pub fn state_event(
     }
 }
 
+/// A state fact that redaction keeps, so it can be cached by event for good.
+#[derive(Debug, Clone, Copy)]
+pub enum StateFact<'a> {
+    /// `history_visibility` of `m.room.history_visibility`.
+    HistoryVisibility,
+    /// `membership` of the user's `m.room.member`.
+    Membership(&'a UserId),
+}
+
+/// The value of `fact` at `snapshot`, without parsing the event once it has been read.
+pub fn state_fact(storage: &Storage, snapshot: u64, fact: StateFact<'_>) -> Result<Option<String>> {
+    let (kind, state_key, field) = match fact {
+        StateFact::HistoryVisibility => ("m.room.history_visibility", "", "history_visibility"),
+        StateFact::Membership(user) => ("m.room.member", user.as_str(), "membership"),
+    };
+    let Some(key) = state::short_key(storage, kind, state_key)? else {
+        return Ok(None);
+    };
+    let Some(short) = state::lookup(storage, snapshot, key)? else {
+        return Ok(None);
+    };
+    let value = storage
+        .caches()
+        .fact(short, || Ok(pdu(storage.engine(), short)?.and_then(|pdu| pdu.content_str(field))))?;
+    Ok(value.as_ref().clone())
+}
+
 /// The current state event `(kind, state_key)` of a room.
 pub fn current_state_event(
     storage: &Storage,

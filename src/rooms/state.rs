@@ -49,8 +49,8 @@ pub const EMPTY: u64 = 0;
 
 fn stored(storage: &Storage, id: u64) -> Result<Arc<Snapshot>> {
     storage
-        .snapshots()
-        .get(storage.engine(), id)?
+        .caches()
+        .snapshot(storage.engine(), id)?
         .ok_or_else(|| crate::Error::internal(format!("state snapshot {id} is missing")))
 }
 

@@ -101,12 +101,10 @@ impl<'a> Viewer<'a> {
             return Ok(facts.clone());
         }
         let visibility =
-            super::state_event(self.storage, snapshot, "m.room.history_visibility", "")?
-                .and_then(|pdu| pdu.content_str("history_visibility"))
+            super::state_fact(self.storage, snapshot, super::StateFact::HistoryVisibility)?
                 .unwrap_or_else(|| "shared".to_owned());
         let membership =
-            super::state_event(self.storage, snapshot, "m.room.member", self.user.as_str())?
-                .and_then(|pdu| pdu.content_str("membership"));
+            super::state_fact(self.storage, snapshot, super::StateFact::Membership(self.user))?;
         if self.facts.len() > 1024 {
             self.facts.clear();
         }

@@ -11,6 +11,7 @@ pub mod catalogue;
 pub mod codec;
 pub mod engine;
 pub mod ephemeral;
+pub mod immutable_cache;
 pub mod keys;
 pub mod media;
 pub mod meta;
@@ -18,7 +19,6 @@ pub mod push;
 pub mod rooms;
 pub mod schema;
 pub mod shortid;
-pub mod snapshot_cache;
 pub mod table;
 pub mod users;
 pub mod writer;
@@ -47,7 +47,7 @@ pub struct Storage {
     writer: Writer,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     interner: Interner,
-    snapshots: snapshot_cache::SnapshotCache,
+    caches: immutable_cache::ImmutableCaches,
     backup_directory: Option<PathBuf>,
     backups_to_keep: usize,
     backup_lock: tokio::sync::Mutex<()>,
@@ -66,7 +66,7 @@ impl Storage {
                 writer,
                 writer_thread: Mutex::new(Some(thread)),
                 interner,
-                snapshots: snapshot_cache::SnapshotCache::default(),
+                caches: immutable_cache::ImmutableCaches::default(),
                 backup_directory: None,
                 backups_to_keep: 1,
                 backup_lock: tokio::sync::Mutex::new(()),
@@ -98,9 +98,9 @@ impl Storage {
         &self.interner
     }
 
-    /// Decoded state snapshots (immutable rows, so shared by every reader).
-    pub fn snapshots(&self) -> &snapshot_cache::SnapshotCache {
-        &self.snapshots
+    /// Decoded state snapshots and state facts (immutable, so shared by every reader).
+    pub fn caches(&self) -> &immutable_cache::ImmutableCaches {
+        &self.caches
     }
 
     fn backup_directory(&self) -> Result<PathBuf> {

@@ -222,7 +222,8 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
     )?;
     let ignored = timeline::ignored_users(&services.storage, user)?;
     let mut joined_rooms = Vec::new();
-    for (room_id, record) in memberships {
+    for (room_id, record) in &memberships {
+        let room_id = room_id.clone();
         // Changes committed after `upto` belong to the next sync.
         if record.position > upto || !room_allowed(params.filter, &room_id) {
             continue;
@@ -247,17 +248,17 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
                 }
             }
             "invite"
-                if (initial || changed) && !invited_by_ignored(services, &ignored, &record)? =>
+                if (initial || changed) && !invited_by_ignored(services, &ignored, record)? =>
             {
                 let mut invite = InvitedRoom::new();
-                invite.invite_state.events = stripped_with_event(services, &record)?;
+                invite.invite_state.events = stripped_with_event(services, record)?;
                 response.rooms.invite.insert(room_id, invite);
                 has_news = true;
             }
             "knock" if initial || changed => {
                 let mut knock = KnockedRoom::new();
                 let mut state = KnockState::new();
-                state.events = stripped_with_event(services, &record)?;
+                state.events = stripped_with_event(services, record)?;
                 knock.knock_state = state;
                 response.rooms.knock.insert(room_id, knock);
                 has_news = true;
@@ -266,10 +267,10 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
                 if !record.forgotten
                     && ((changed && !initial) || (initial && params.filter.room.include_leave)) =>
             {
-                response.rooms.leave.insert(
-                    room_id.clone(),
-                    left_room(services, params, &room_id, &record, since)?,
-                );
+                response
+                    .rooms
+                    .leave
+                    .insert(room_id.clone(), left_room(services, params, &room_id, record, since)?);
                 has_news = true;
             }
             _ => {}
@@ -333,7 +334,8 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
 
     // End-to-end encryption: whose devices to re-fetch, and this device's key supply.
     if !initial {
-        let (changed, left) = device_lists::changes(&services.storage, user, since, upto)?;
+        let (changed, left) =
+            device_lists::changes_in(&services.storage, user, &memberships, since, upto)?;
         if !changed.is_empty() || !left.is_empty() {
             has_news = true;
         }
