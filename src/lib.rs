@@ -16,6 +16,7 @@ pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod media;
+pub mod memory;
 pub mod push;
 pub mod rooms;
 pub mod server;

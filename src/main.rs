@@ -6,10 +6,11 @@ use clap::Parser;
 use tuwunel::{
     Config, Server,
     config::{Inputs, args::Args, example},
-    logging, storage,
+    logging, memory, storage,
 };
 
 fn main() -> ExitCode {
+    let allocator_tuned = memory::tune_allocator();
     let args = Args::parse();
     if args.generate_config {
         print!("{}", example::generate());
@@ -27,6 +28,11 @@ fn main() -> ExitCode {
     config.global_mut().admin_execute.extend(args.execute.iter().cloned());
 
     logging::init(&config.log);
+    if !allocator_tuned {
+        tracing::warn!(
+            "glibc refused to fix its mmap threshold; memory may stay high after password hashing"
+        );
+    }
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
