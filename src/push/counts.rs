@@ -21,10 +21,19 @@ pub fn room_counts(
     room: u64,
 ) -> Result<BTreeMap<String, UnreadCounts>> {
     let mut counts = BTreeMap::new();
+    // The main timeline's row is rewritten by every notifying event, so the table holds many
+    // versions of it until compaction: a scan that began on it would step over them all.
+    // It is read with a point read, and the scan for threads starts past it.
+    let user_key = user.to_string();
+    if let Some(Json(main)) =
+        UNREAD_COUNTS_TABLE.get(reader, &(user_key.clone(), room, String::new()))?
+    {
+        counts.insert(String::new(), main);
+    }
     UNREAD_COUNTS_TABLE.scan(
         reader,
         &prefix2(&user.as_str(), &room),
-        None,
+        Some(&(user_key, room, "\0".to_owned())),
         Direction::Forward,
         |(_, _, thread), Json(record)| {
             counts.insert(thread, record);

@@ -117,14 +117,17 @@ async fn sync(
     let wait =
         since.is_some() && !body.full_state && body.timeout.is_none_or(|asked| !asked.is_zero());
     let deadline = tokio::time::Instant::now() + timeout;
+    // Register before looking, so a commit between the look and the wait still wakes us. One
+    // registration serves the whole request: a wake that arrives while a response is being
+    // computed is kept for the next wait. A room joined meanwhile wakes the user directly,
+    // and that join is news, so the request answers before it would need the new room.
+    let registration = wait
+        .then(|| {
+            crate::rooms::joined_rooms(services.storage.engine(), &sender.user_id)
+                .map(|rooms| services.hub.register(&sender.user_id, &rooms))
+        })
+        .transpose()?;
     let computed = loop {
-        // Register before looking, so a commit between the look and the wait still wakes us.
-        let registration = wait
-            .then(|| {
-                crate::rooms::joined_rooms(services.storage.engine(), &sender.user_id)
-                    .map(|rooms| services.hub.register(&sender.user_id, &rooms))
-            })
-            .transpose()?;
         if let Some(registration) = &registration
             && nothing_new_since(&services, since)
             && tokio::time::Instant::now() < deadline
@@ -136,11 +139,11 @@ async fn sync(
             continue;
         }
         let computed = compute(&services, &sender, since, body.full_state, &filter).await?;
-        let Some(registration) = registration else { break computed };
+        let Some(registration) = &registration else { break computed };
         if computed.has_news || tokio::time::Instant::now() >= deadline {
             break computed;
         }
-        if !wait_for_news(&services, &registration, deadline).await {
+        if !wait_for_news(&services, registration, deadline).await {
             // One last look, then answer whatever there is.
             break compute(&services, &sender, since, false, &filter).await?;
         }
