@@ -11,16 +11,16 @@ use std::{
     ops::ControlFlow,
 };
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::TimelineEventType};
+use ruma::{OwnedRoomId, OwnedUserId, UserId, events::TimelineEventType};
 
 use crate::{
     Result,
     rooms::{self, timeline},
     storage::{
         Batch, Direction, Storage,
-        codec::{Json, prefix},
+        codec::Json,
         keys::{DEVICE_LIST_LATEST_TABLE, DEVICE_LIST_STREAM_TABLE},
-        rooms::{MembershipRecord, ROOM_MEMBERS_TABLE, TIMELINE_TABLE, USER_ROOMS_TABLE},
+        rooms::{MembershipRecord, ROOM_MEMBERS_TABLE, TIMELINE_TABLE},
     },
     sync::hub::SyncHub,
 };
@@ -76,19 +76,7 @@ pub fn changes(
     since: u64,
     upto: u64,
 ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
-    let mut memberships = Vec::new();
-    USER_ROOMS_TABLE.scan(
-        storage.engine(),
-        &prefix(&viewer.as_str()),
-        None,
-        Direction::Forward,
-        |(_, room), Json(record)| {
-            if let Ok(room) = RoomId::parse(room) {
-                memberships.push((room, record));
-            }
-            ControlFlow::Continue(())
-        },
-    )?;
+    let memberships = rooms::memberships(storage.engine(), viewer)?;
     changes_in(storage, viewer, &memberships, since, upto)
 }
 

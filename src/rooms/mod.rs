@@ -91,6 +91,27 @@ pub fn membership(
         .map(|Json(record)| record))
 }
 
+/// Every room membership `user` has (joined, invited, knocking, left...), by room.
+pub fn memberships(
+    reader: &(impl Read + ?Sized),
+    user: &UserId,
+) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
+    let mut memberships = Vec::new();
+    USER_ROOMS_TABLE.scan(
+        reader,
+        &crate::storage::codec::prefix(&user.as_str()),
+        None,
+        crate::storage::Direction::Forward,
+        |(_, room), Json(record)| {
+            if let Ok(room) = RoomId::parse(room) {
+                memberships.push((room, record));
+            }
+            std::ops::ControlFlow::Continue(())
+        },
+    )?;
+    Ok(memberships)
+}
+
 /// Rooms `user` is currently joined to.
 pub fn joined_rooms(reader: &(impl Read + ?Sized), user: &UserId) -> Result<Vec<OwnedRoomId>> {
     let mut rooms = Vec::new();

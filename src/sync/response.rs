@@ -43,7 +43,7 @@ use crate::{
         ephemeral::{PRESENCE_STREAM_TABLE, PRESENCE_TABLE, TO_DEVICE_TABLE},
         rooms::{
             EventMeta, MembershipRecord, RECEIPT_STREAM_TABLE, RECEIPTS_TABLE, ROOM_MEMBERS_TABLE,
-            TIMELINE_TABLE, USER_ROOMS_TABLE,
+            TIMELINE_TABLE,
         },
     },
 };
@@ -207,19 +207,7 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
     let account_changes =
         if initial { HashMap::new() } else { changed_account_data(services, user, since, upto)? };
 
-    let mut memberships = Vec::new();
-    USER_ROOMS_TABLE.scan(
-        services.storage.engine(),
-        &prefix(&user.as_str()),
-        None,
-        Direction::Forward,
-        |(_, room), Json(record)| {
-            if let Ok(room) = RoomId::parse(room) {
-                memberships.push((room, record));
-            }
-            ControlFlow::Continue(())
-        },
-    )?;
+    let memberships = rooms::memberships(services.storage.engine(), user)?;
     let ignored = timeline::ignored_users(&services.storage, user)?;
     let mut joined_rooms = Vec::new();
     for (room_id, record) in &memberships {

@@ -29,6 +29,16 @@ pub(crate) async fn sync(
     body
 }
 
+/// A long poll running in the background; its task yields the response body.
+fn spawn_sync(server: &TestServer, user: &User, query: &str) -> tokio::task::JoinHandle<Value> {
+    let url = server.url(&format!("/_matrix/client/v3/sync?{query}"));
+    let client = server.client.clone();
+    let token = user.token.clone();
+    tokio::spawn(async move {
+        client.get(url).bearer_auth(token).send().await.expect("sync").json().await.expect("json")
+    })
+}
+
 fn timeline_ids(body: &Value, room: &str) -> Vec<String> {
     body["rooms"]["join"][room]["timeline"]["events"]
         .as_array()
@@ -226,23 +236,7 @@ async fn a_current_token_waits_without_computing_and_still_wakes() {
     };
     let before = skipped(&metrics().await);
 
-    let url = server.url(&format!("/_matrix/client/v3/sync?timeout=10000&since={token}"));
-    let waiter = {
-        let client = server.client.clone();
-        let access = alice.token.clone();
-        tokio::spawn(async move {
-            let body: Value = client
-                .get(url)
-                .bearer_auth(access)
-                .send()
-                .await
-                .expect("sync")
-                .json()
-                .await
-                .expect("json");
-            body
-        })
-    };
+    let waiter = spawn_sync(&server, &alice, &format!("timeout=10000&since={token}"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(skipped(&metrics().await) > before, "the poll computed a response it did not need");
     let event = send_text(&server, &alice, &room, "t1", "while you wait").await;
@@ -277,24 +271,8 @@ async fn long_polls_wake_on_each_stream_and_time_out_empty() {
     let mut last_message = String::new();
     for kind in ["message", "typing", "receipt", "to_device", "account_data", "presence", "invite"]
     {
-        let waiter = {
-            let url = server.url(&format!("/_matrix/client/v3/sync?timeout=15000&since={token}"));
-            let client = server.client.clone();
-            let token = bob.token.clone();
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let body: Value = client
-                    .get(url)
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .expect("sync")
-                    .json()
-                    .await
-                    .expect("json");
-                (started.elapsed(), body)
-            })
-        };
+        let started = Instant::now();
+        let waiter = spawn_sync(&server, &bob, &format!("timeout=15000&since={token}"));
         tokio::time::sleep(Duration::from_millis(200)).await;
         match kind {
             "message" => {
@@ -356,10 +334,11 @@ async fn long_polls_wake_on_each_stream_and_time_out_empty() {
             }
             _ => unreachable!(),
         }
-        let (elapsed, body) = tokio::time::timeout(Duration::from_secs(20), waiter)
+        let body = tokio::time::timeout(Duration::from_secs(20), waiter)
             .await
             .expect("answered")
             .expect("task");
+        let elapsed = started.elapsed();
         assert!(
             elapsed < Duration::from_secs(10),
             "{kind}: the long poll was not woken ({elapsed:?})"
