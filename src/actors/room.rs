@@ -164,6 +164,10 @@ struct Loaded {
     extremities: Vec<OwnedEventId>,
     depth: u64,
     cache: HashMap<u64, Arc<Pdu>>,
+    /// Members' display names as push rules match them, read on first need; a member event
+    /// or its redaction drops its user's entry. (A lock only because after-commit work reads
+    /// it through a shared reference across awaits; the actor is its only user.)
+    display_names: std::sync::Mutex<HashMap<OwnedUserId, String>>,
 }
 
 /// An event accepted but not yet committed, with the rows that need its stream position.
@@ -331,6 +335,7 @@ impl RoomActor {
             extremities: heads.extremities,
             depth: heads.depth,
             cache: HashMap::new(),
+            display_names: std::sync::Mutex::default(),
         }))
     }
 
@@ -378,6 +383,7 @@ impl RoomActor {
             extremities: Vec::new(),
             depth: 0,
             cache: HashMap::new(),
+            display_names: std::sync::Mutex::default(),
         };
         let mut prepared = Vec::with_capacity(then.len() + 1);
         let mut pending: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
@@ -671,6 +677,14 @@ impl RoomActor {
         batch: &mut Batch,
     ) -> Result<()> {
         let redacted = target.redacted(&room.rules, redaction)?;
+        if target.kind == TimelineEventType::RoomMember
+            && let Some(user) = target.state_key.as_deref().and_then(|key| UserId::parse(key).ok())
+        {
+            room.display_names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&user);
+        }
         if self.save_unredacted {
             let original = String::from_utf8(target.to_bytes()).unwrap_or_default();
             UNREDACTED_TABLE.put(
@@ -729,6 +743,10 @@ impl RoomActor {
             if pdu.kind == TimelineEventType::RoomMember
                 && let Ok(user) = UserId::parse(state_key.as_str())
             {
+                room.display_names
+                    .get_mut()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&user);
                 let value = pdu.content_str("membership").unwrap_or_default();
                 let stripped_state = if matches!(value.as_str(), "invite" | "knock") {
                     self.stripped_state(room)?
@@ -943,12 +961,10 @@ impl RoomActor {
         let mut recipients = Vec::with_capacity(local.len());
         for user in local {
             let name = if any_body {
-                self.current(room, "m.room.member", user.as_str())?
-                    .and_then(|member| member.content_str("displayname"))
+                self.display_name(room, &user)?
             } else {
-                None
+                user.localpart().to_owned()
             };
-            let name = name.unwrap_or_else(|| user.localpart().to_owned());
             recipients.push((user, name));
         }
         let context = RoomContext {
@@ -986,6 +1002,20 @@ impl RoomActor {
             })
             .await?;
         Ok(outcome.notified)
+    }
+
+    /// `user`'s display name in the room (their localpart without one), as push rules see it.
+    fn display_name(&self, room: &Loaded, user: &UserId) -> Result<String> {
+        let names = || room.display_names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(name) = names().get(user) {
+            return Ok(name.clone());
+        }
+        let name = self
+            .current(room, "m.room.member", user.as_str())?
+            .and_then(|member| member.content_str("displayname"))
+            .unwrap_or_else(|| user.localpart().to_owned());
+        names().insert(user.to_owned(), name.clone());
+        Ok(name)
     }
 
     /// The room's power levels as push conditions need them.

@@ -72,6 +72,10 @@ pub fn load(storage: &Storage, snapshot: u64) -> Result<StateMap> {
 
 /// The event for one state key at `snapshot`, without materialising the whole state.
 pub fn lookup(storage: &Storage, snapshot: u64, state_key: u64) -> Result<Option<u64>> {
+    storage.caches().lookup(snapshot, state_key, || walk(storage, snapshot, state_key))
+}
+
+fn walk(storage: &Storage, snapshot: u64, state_key: u64) -> Result<Option<u64>> {
     let mut next = (snapshot != EMPTY).then_some(snapshot);
     while let Some(id) = next {
         let stored = stored(storage, id)?;
@@ -85,11 +89,10 @@ pub fn lookup(storage: &Storage, snapshot: u64, state_key: u64) -> Result<Option
 
 /// The short id of `(kind, state_key)`, if it was ever interned.
 pub fn short_key(storage: &Storage, kind: &str, state_key: &str) -> Result<Option<u64>> {
-    storage.interner().lookup(
-        storage.engine(),
-        Namespace::StateKey,
-        &state_key_bytes(kind, state_key),
-    )
+    let bytes = state_key_bytes(kind, state_key);
+    storage.caches().state_key(&bytes, || {
+        storage.interner().lookup(storage.engine(), Namespace::StateKey, &bytes)
+    })
 }
 
 /// The `(kind, state_key)` a short state key stands for.

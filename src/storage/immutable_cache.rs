@@ -4,13 +4,19 @@
 //!
 //! - State snapshots: reading a room's state walks up to [`crate::rooms::state::FULL_EVERY`]
 //!   delta rows, and every /sync response that checks history visibility walks the same ones.
+//! - State lookups: the event for one state key at one snapshot, the walk's result.
+//! - State keys: the short id of an interned `(kind, state_key)` (only ids that exist: one
+//!   not interned yet may be later).
 //! - State facts: the `membership` of a member event and the `history_visibility` of a
 //!   visibility event, by short event id. Redaction keeps both fields, so they are as
 //!   immutable as the snapshots; visibility checks need them without parsing the event.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    hash::Hash,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use dashmap::DashMap;
@@ -21,24 +27,24 @@ use super::{
 };
 use crate::Result;
 
-/// A bounded map from a short id to an immutable value, weighed by `weight`.
-pub struct ImmutableCache<V> {
-    values: DashMap<u64, Arc<V>>,
+/// A bounded map from a key to an immutable value, each weighed when inserted.
+pub struct ImmutableCache<K, V> {
+    values: DashMap<K, Arc<V>>,
     weight: AtomicUsize,
     limit: usize,
 }
 
-impl<V> ImmutableCache<V> {
+impl<K: Hash + Eq, V> ImmutableCache<K, V> {
     pub fn new(limit: usize) -> Self {
         Self { values: DashMap::new(), weight: AtomicUsize::new(0), limit }
     }
 
-    pub fn get(&self, id: u64) -> Option<Arc<V>> {
-        self.values.get(&id).map(|value| Arc::clone(&value))
+    pub fn get(&self, id: &K) -> Option<Arc<V>> {
+        self.values.get(id).map(|value| Arc::clone(&value))
     }
 
     /// Keeps `value` (of `weight` units) under `id`, starting over when the bound is passed.
-    pub fn insert(&self, id: u64, value: Arc<V>, weight: usize) {
+    pub fn insert(&self, id: K, value: Arc<V>, weight: usize) {
         let weight = weight.max(1);
         if self.weight.fetch_add(weight, Ordering::AcqRel) + weight > self.limit {
             self.values.clear();
@@ -59,20 +65,24 @@ impl<V> ImmutableCache<V> {
 /// State entries the snapshot cache holds (16 bytes each, plus the map's share).
 const SNAPSHOT_ENTRY_LIMIT: usize = 256 * 1024;
 
-/// State facts kept (a short string each).
-const FACT_LIMIT: usize = 256 * 1024;
+/// Entries kept by each of the small caches (facts, lookups, state keys).
+const SMALL_LIMIT: usize = 256 * 1024;
 
 /// The immutable caches a storage keeps.
 pub struct ImmutableCaches {
-    snapshots: ImmutableCache<Snapshot>,
-    facts: ImmutableCache<Option<String>>,
+    snapshots: ImmutableCache<u64, Snapshot>,
+    lookups: ImmutableCache<(u64, u64), Option<u64>>,
+    state_keys: ImmutableCache<Vec<u8>, u64>,
+    facts: ImmutableCache<u64, Option<String>>,
 }
 
 impl Default for ImmutableCaches {
     fn default() -> Self {
         Self {
             snapshots: ImmutableCache::new(SNAPSHOT_ENTRY_LIMIT),
-            facts: ImmutableCache::new(FACT_LIMIT),
+            lookups: ImmutableCache::new(SMALL_LIMIT),
+            state_keys: ImmutableCache::new(SMALL_LIMIT),
+            facts: ImmutableCache::new(SMALL_LIMIT),
         }
     }
 }
@@ -84,7 +94,7 @@ impl ImmutableCaches {
         reader: &(impl Read + ?Sized),
         id: u64,
     ) -> Result<Option<Arc<Snapshot>>> {
-        if let Some(snapshot) = self.snapshots.get(id) {
+        if let Some(snapshot) = self.snapshots.get(&id) {
             return Ok(Some(snapshot));
         }
         let Some(snapshot) = SNAPSHOTS_TABLE.get(reader, &id)? else {
@@ -95,13 +105,45 @@ impl ImmutableCaches {
         Ok(Some(snapshot))
     }
 
+    /// The event for `state_key` at `snapshot`, computing it with `walk` on a miss.
+    pub fn lookup(
+        &self,
+        snapshot: u64,
+        state_key: u64,
+        walk: impl FnOnce() -> Result<Option<u64>>,
+    ) -> Result<Option<u64>> {
+        if let Some(found) = self.lookups.get(&(snapshot, state_key)) {
+            return Ok(*found);
+        }
+        let found = walk()?;
+        self.lookups.insert((snapshot, state_key), Arc::new(found), 1);
+        Ok(found)
+    }
+
+    /// The short id of the interned state key `bytes`, computing it with `read` on a miss;
+    /// only ids that exist are kept.
+    pub fn state_key(
+        &self,
+        bytes: &[u8],
+        read: impl FnOnce() -> Result<Option<u64>>,
+    ) -> Result<Option<u64>> {
+        if let Some(id) = self.state_keys.get(&bytes.to_vec()) {
+            return Ok(Some(*id));
+        }
+        let id = read()?;
+        if let Some(id) = id {
+            self.state_keys.insert(bytes.to_vec(), Arc::new(id), 1);
+        }
+        Ok(id)
+    }
+
     /// The fact recorded for event `short`, computing it with `read` on a miss.
     pub fn fact(
         &self,
         short: u64,
         read: impl FnOnce() -> Result<Option<String>>,
     ) -> Result<Arc<Option<String>>> {
-        if let Some(fact) = self.facts.get(short) {
+        if let Some(fact) = self.facts.get(&short) {
             return Ok(fact);
         }
         let fact = Arc::new(read()?);
@@ -132,6 +174,12 @@ mod tests {
         assert_eq!(fact.as_deref(), Some("join"));
         let again = caches.fact(5, || panic!("read again")).expect("cached");
         assert_eq!(again.as_deref(), Some("join"));
+        assert_eq!(caches.lookup(2, 7, || Ok(Some(9))).expect("walk"), Some(9));
+        assert_eq!(caches.lookup(2, 7, || panic!("walked again")).expect("cached"), Some(9));
+        // A state key not interned yet is asked again next time; one that exists is kept.
+        assert_eq!(caches.state_key(b"k", || Ok(None)).expect("read"), None);
+        assert_eq!(caches.state_key(b"k", || Ok(Some(3))).expect("read"), Some(3));
+        assert_eq!(caches.state_key(b"k", || panic!("read again")).expect("cached"), Some(3));
         storage.close().await;
     }
 
@@ -144,7 +192,7 @@ mod tests {
         // 6 + 3 + 4 passes the bound of 10: only the newest value stays.
         cache.insert(3, Arc::new(()), 4);
         assert_eq!(cache.len(), 1);
-        assert!(cache.get(3).is_some() && cache.get(1).is_none());
+        assert!(cache.get(&3).is_some() && cache.get(&1).is_none());
         assert!(!cache.is_empty());
     }
 }
