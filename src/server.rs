@@ -36,6 +36,8 @@ const DRAIN_REQUESTS: Duration = Duration::from_secs(30);
 const DRAIN_ACTORS: Duration = Duration::from_secs(10);
 /// How often device activity is written to the database.
 const ACTIVITY_FLUSH: Duration = Duration::from_secs(60);
+/// How often freed actor memory is handed back to the system (when actors passivated).
+const MEMORY_TRIM: Duration = Duration::from_secs(15);
 /// Originals of redacted events are checked for expiry every this many flushes (hourly).
 const PURGE_EVERY_TICKS: u64 = 60;
 
@@ -179,6 +181,7 @@ impl Server {
         let server = Self { services, listeners, failure: Arc::new(Mutex::new(None)) };
         server.run_startup_commands();
         server.flush_activity_periodically();
+        server.trim_memory_periodically();
         Ok(server)
     }
 
@@ -225,6 +228,23 @@ impl Server {
                         return;
                     }
                 }
+            }
+        });
+    }
+
+    /// Every [`MEMORY_TRIM`], returns the heap's free pages to the system if actors
+    /// passivated meanwhile (see `memory::trim_after_passivations`).
+    fn trim_memory_periodically(&self) {
+        let shutdown = self.services.shutdown.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(MEMORY_TRIM);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    () = shutdown.clone().wait() => return,
+                }
+                let _ = tokio::task::spawn_blocking(crate::memory::trim_after_passivations).await;
             }
         });
     }
