@@ -114,22 +114,11 @@ pub fn memberships(
 
 /// Rooms `user` is currently joined to.
 pub fn joined_rooms(reader: &(impl Read + ?Sized), user: &UserId) -> Result<Vec<OwnedRoomId>> {
-    let mut rooms = Vec::new();
-    USER_ROOMS_TABLE.scan(
-        reader,
-        &crate::storage::codec::prefix(&user.as_str()),
-        None,
-        crate::storage::Direction::Forward,
-        |(_, room), Json(record)| {
-            if record.membership == "join"
-                && let Ok(room) = RoomId::parse(room)
-            {
-                rooms.push(room);
-            }
-            std::ops::ControlFlow::Continue(())
-        },
-    )?;
-    Ok(rooms)
+    Ok(memberships(reader, user)?
+        .into_iter()
+        .filter(|(_, record)| record.membership == "join")
+        .map(|(room, _)| room)
+        .collect())
 }
 
 /// Whether `user` is currently joined to `room_id`.

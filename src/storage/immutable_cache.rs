@@ -39,7 +39,10 @@ impl<K: Hash + Eq, V> ImmutableCache<K, V> {
         Self { values: DashMap::new(), weight: AtomicUsize::new(0), limit }
     }
 
-    pub fn get(&self, id: &K) -> Option<Arc<V>> {
+    pub fn get<Q: Hash + Eq + ?Sized>(&self, id: &Q) -> Option<Arc<V>>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         self.values.get(id).map(|value| Arc::clone(&value))
     }
 
@@ -127,7 +130,7 @@ impl ImmutableCaches {
         bytes: &[u8],
         read: impl FnOnce() -> Result<Option<u64>>,
     ) -> Result<Option<u64>> {
-        if let Some(id) = self.state_keys.get(&bytes.to_vec()) {
+        if let Some(id) = self.state_keys.get(bytes) {
             return Ok(Some(*id));
         }
         let id = read()?;
