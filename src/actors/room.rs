@@ -298,12 +298,13 @@ impl RoomActor {
         record.forgotten = true;
         let mut batch = Batch::new();
         USER_ROOMS_TABLE.put(&mut batch, &key, &Json(record));
+        let _writing = self.storage.coherent().memberships.begin(vec![user.to_owned()]);
         self.storage.writer().commit(batch).await
     }
 
     /// Rebuilds a room's state from the database (`None` if the room does not exist).
     fn load(&self, room_id: &RoomId) -> Result<Option<Loaded>> {
-        let Some(record) = rooms::room(self.storage.engine(), room_id)? else {
+        let Some(record) = rooms::room(&self.storage, room_id)? else {
             return Ok(None);
         };
         let heads = rooms::heads(self.storage.engine(), record.short)?
@@ -347,7 +348,7 @@ impl RoomActor {
         version: RoomVersionId,
         then: Vec<Template>,
     ) -> Result<(Vec<Sent>, Committed)> {
-        if state.room.is_some() || rooms::room(self.storage.engine(), room_id)?.is_some() {
+        if state.room.is_some() || rooms::room(&self.storage, room_id)?.is_some() {
             return Err(Error::matrix(
                 axum::http::StatusCode::BAD_REQUEST,
                 ruma::api::error::ErrorKind::RoomInUse,
@@ -439,10 +440,17 @@ impl RoomActor {
         let transaction = transaction
             .map(|transaction| (pdu.sender.to_string(), transaction.device, transaction.txn_id));
         let prepared = self.accept(room, Arc::clone(&pdu), transaction, &mut batch).await?;
-        if let Some((target_short, target)) = redaction_target {
-            self.apply_redaction(room, target_short, &target, &pdu, &mut batch)?;
-        }
+        let redacted = match redaction_target {
+            Some((target_short, target)) => {
+                self.apply_redaction(room, target_short, &target, &pdu, &mut batch)?;
+                Some(target_short)
+            }
+            None => None,
+        };
         let (mut sent, committed) = self.commit(room, vec![prepared], batch).await?;
+        if let Some(target_short) = redacted {
+            self.storage.events().rewritten(&[target_short]);
+        }
         let sent = sent.pop().ok_or_else(|| Error::internal("commit returned no event"))?;
         Ok((sent, Some(committed)))
     }
@@ -864,6 +872,7 @@ impl RoomActor {
                 (Arc::clone(&prepared.pdu), prepared.short, thread)
             })
             .collect();
+        let _writing = self.storage.coherent().memberships.begin(members.clone());
         let positions = self
             .storage
             .writer()
@@ -992,6 +1001,11 @@ impl RoomActor {
         }
         let room_short = room.short;
         let counts = outcome.counts;
+        let _writing = self
+            .storage
+            .coherent()
+            .unread_counts
+            .begin(counts.keys().map(|(user, _)| (user.clone(), room_short)).collect());
         self.storage
             .writer()
             .commit_with_positions(1, outcome.batch, move |batch, positions| {
@@ -1132,6 +1146,8 @@ impl RoomActor {
         let room_short = room.short;
         let reader = user.to_owned();
         let stream_entry = (user.to_string(), kind.clone(), thread_key);
+        let _writing =
+            self.storage.coherent().unread_counts.begin(vec![(user.to_owned(), room_short)]);
         self.storage
             .writer()
             .commit_with_positions(1, batch, move |batch, positions| {

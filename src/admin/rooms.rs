@@ -68,7 +68,7 @@ pub(super) async fn run(services: &Arc<Services>, command: RoomsCommand) -> Resu
         }
         RoomsCommand::Info { room } => {
             let room_id = resolve(services, &room)?;
-            let record = rooms::room(services.storage.engine(), &room_id)?
+            let record = rooms::room(&services.storage, &room_id)?
                 .ok_or_else(|| Error::not_found("Unknown room."))?;
             let members = rooms::timeline::joined_members(&services.storage, record.short)?.len();
             Ok(format!(
@@ -80,7 +80,7 @@ pub(super) async fn run(services: &Arc<Services>, command: RoomsCommand) -> Resu
         }
         RoomsCommand::ListJoinedMembers { room } => {
             let room_id = resolve(services, &room)?;
-            let record = rooms::room(services.storage.engine(), &room_id)?
+            let record = rooms::room(&services.storage, &room_id)?
                 .ok_or_else(|| Error::not_found("Unknown room."))?;
             let members = rooms::timeline::joined_members(&services.storage, record.short)?;
             Ok(format!(

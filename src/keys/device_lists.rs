@@ -7,7 +7,7 @@
 //! client must learn their devices), someone who no longer shares any room as left.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     ops::ControlFlow,
 };
 
@@ -77,17 +77,19 @@ pub fn changes(
     upto: u64,
 ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
     let memberships = rooms::memberships(storage.engine(), viewer)?;
-    changes_in(storage, viewer, &memberships, since, upto)
+    changes_in(storage, viewer, &memberships, since, upto, &HashMap::new())
 }
 
 /// [`changes`] for a viewer whose room memberships (every `user_rooms` row) the caller
-/// has read already.
+/// has read already, as have they the `(user, membership)` changes in `(since, upto]` of
+/// some rooms (`known_changes`, oldest first).
 pub fn changes_in(
     storage: &Storage,
     viewer: &UserId,
     memberships: &[(OwnedRoomId, MembershipRecord)],
     since: u64,
     upto: u64,
+    known_changes: &HashMap<OwnedRoomId, Vec<(String, String)>>,
 ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
     let engine = storage.engine();
     let my_rooms: HashSet<OwnedRoomId> = memberships
@@ -131,7 +133,7 @@ pub fn changes_in(
     let mut settled_rooms = my_rooms.clone();
     for (room_id, own) in own_changes {
         settled_rooms.remove(room_id);
-        let Some(record) = rooms::room(engine, room_id)? else { continue };
+        let Some(record) = rooms::room(storage, room_id)? else { continue };
         let members = timeline::joined_members(storage, record.short)?;
         if own.membership == "join" {
             changed.extend(members.into_iter().filter_map(|member| UserId::parse(member).ok()));
@@ -142,8 +144,14 @@ pub fn changes_in(
 
     // Others joining or leaving rooms the viewer was already in.
     for room_id in settled_rooms {
-        let Some(record) = rooms::room(engine, &room_id)? else { continue };
-        for (member, membership) in membership_changes(storage, record.short, since, upto)? {
+        let changes = match known_changes.get(&room_id) {
+            Some(changes) => changes.clone(),
+            None => {
+                let Some(record) = rooms::room(storage, &room_id)? else { continue };
+                membership_changes(storage, record.short, since, upto)?
+            }
+        };
+        for (member, membership) in changes {
             let Ok(member) = UserId::parse(member) else { continue };
             if membership == "join" {
                 changed.insert(member);

@@ -1,14 +1,14 @@
 //! Unread notification counts: reading them for /sync and push payloads, and the receipt
 //! rule that resets them (a threaded receipt resets only its thread).
 
-use std::{collections::BTreeMap, ops::ControlFlow};
+use std::{collections::BTreeMap, ops::ControlFlow, sync::Arc};
 
 use ruma::UserId;
 
 use crate::{
     Result,
     storage::{
-        Batch, Direction, Read,
+        Batch, Direction, Read, Storage,
         codec::{Json, prefix, prefix2},
         push::{UNREAD_COUNTS_TABLE, UNREAD_EVENTS_TABLE, UnreadCounts},
     },
@@ -41,6 +41,18 @@ pub fn room_counts(
         },
     )?;
     Ok(counts)
+}
+
+/// [`room_counts`] through the coherent cache, for /sync.
+pub fn cached_room_counts(
+    storage: &Storage,
+    user: &UserId,
+    room: u64,
+) -> Result<Arc<BTreeMap<String, UnreadCounts>>> {
+    storage
+        .coherent()
+        .unread_counts
+        .get(&(user.to_owned(), room), || room_counts(storage.engine(), user, room))
 }
 
 /// The counts of one thread (`""`: the main timeline) of a room: one point read.

@@ -6,6 +6,8 @@
 
 use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
+use dashmap::DashSet;
+
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Value as JsonValue, json};
 
@@ -62,6 +64,7 @@ pub struct PusherState {
 pub struct PusherActor {
     storage: Arc<Storage>,
     client: GatewayClient,
+    with_pushers: Arc<DashSet<OwnedUserId>>,
 }
 
 /// What delivering one notification came to.
@@ -103,6 +106,8 @@ impl PusherActor {
         record: PusherRecord,
     ) -> Result<()> {
         let key = (user.to_string(), app_id.clone(), pushkey.clone());
+        // Known before the commit, so no notification can slip between the two unwoken.
+        self.with_pushers.insert(user.to_owned());
         let mut batch = Batch::new();
         PUSHERS_TABLE.put(&mut batch, &key, &Json(record));
         PUSHKEYS_TABLE.put(&mut batch, &(app_id, pushkey, user.to_string()), &());
@@ -271,7 +276,7 @@ fn tweaks(actions: &JsonValue) -> JsonValue {
 
 /// A room of exactly two joined members counts as a conversation worth waking a phone for.
 fn is_one_to_one(storage: &Storage, room_id: &ruma::RoomId) -> Result<bool> {
-    let Some(record) = rooms::room(storage.engine(), room_id)? else { return Ok(false) };
+    let Some(record) = rooms::room(storage, room_id)? else { return Ok(false) };
     Ok(rooms::timeline::joined_members(storage, record.short)?.len() == 2)
 }
 
@@ -348,6 +353,10 @@ impl PusherActor {
 pub struct Push {
     pub rules: super::rules::RulesCache,
     pub pushers: Registry<PusherActor>,
+    /// Users who have (or have had, since the start) a pusher: only they need waking. In a
+    /// large room most members have none, and waking each would start an actor per member
+    /// per message.
+    with_pushers: Arc<DashSet<OwnedUserId>>,
 }
 
 impl Push {
@@ -361,9 +370,14 @@ impl Push {
             idle_timeout: Duration::from_secs(config.actor_idle_timeout_s.max(1)),
             mailbox_limit: config.actor_mailbox_limit.max(1),
         };
-        let pushers =
-            system.registry(PusherActor { storage: Arc::clone(&storage), client }, limits).await?;
-        let push = Self { rules: super::rules::RulesCache::default(), pushers };
+        let with_pushers = Arc::new(DashSet::new());
+        let actor = PusherActor {
+            storage: Arc::clone(&storage),
+            client,
+            with_pushers: Arc::clone(&with_pushers),
+        };
+        let pushers = system.registry(actor, limits).await?;
+        let push = Self { rules: super::rules::RulesCache::default(), pushers, with_pushers };
         // Anything left undelivered before a restart goes out now.
         let mut users = Vec::new();
         PUSHERS_TABLE.scan(
@@ -380,6 +394,7 @@ impl Push {
         )?;
         for user in users {
             if let Ok(user) = UserId::parse(user) {
+                push.with_pushers.insert(user.clone());
                 push.wake(&user).await;
             }
         }
@@ -388,6 +403,9 @@ impl Push {
 
     /// Tells `user`'s pusher actor that notifications may be waiting.
     pub async fn wake(&self, user: &UserId) {
+        if !self.with_pushers.contains(user) {
+            return;
+        }
         let _ = self.pushers.send(&user.to_owned(), PusherMessage::Wake).await;
     }
 }

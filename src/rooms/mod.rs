@@ -28,16 +28,16 @@ use crate::{
         Namespace, Read, Storage,
         codec::Json,
         rooms::{
-            EVENT_META_TABLE, EventMeta, MembershipRecord, PDUS_TABLE, ROOM_HEADS_TABLE,
-            ROOMS_TABLE, RoomHeads, RoomRecord, USER_ROOMS_TABLE,
+            EVENT_META_TABLE, EventMeta, MembershipRecord, PDUS_TABLE, ROOM_HEADS_TABLE, RoomHeads,
+            RoomRecord, USER_ROOMS_TABLE,
         },
     },
     sync::hub::SyncHub,
 };
 
 /// The record of a room this server knows.
-pub fn room(reader: &(impl Read + ?Sized), room_id: &RoomId) -> Result<Option<RoomRecord>> {
-    Ok(ROOMS_TABLE.get(reader, &room_id.to_string())?.map(|Json(record)| record))
+pub fn room(storage: &Storage, room_id: &RoomId) -> Result<Option<RoomRecord>> {
+    storage.caches().room(storage.engine(), room_id.as_str())
 }
 
 /// The head (current snapshot, extremities) of a room.
@@ -65,6 +65,15 @@ pub fn pdu(reader: &(impl Read + ?Sized), short: u64) -> Result<Option<Pdu>> {
         Some(bytes) => Ok(Some(Pdu::from_bytes(&bytes)?)),
         None => Ok(None),
     }
+}
+
+/// An event by short id, shared: through the event cache, which hot readers (/sync) use so
+/// that a message read by every member is parsed once.
+pub fn shared_pdu(storage: &Storage, short: u64) -> Result<Option<Arc<Pdu>>> {
+    storage.events().get(short, || match PDUS_TABLE.get(storage.engine(), &short)? {
+        Some(bytes) => Ok(Some((Pdu::from_bytes(&bytes)?, bytes.len()))),
+        None => Ok(None),
+    })
 }
 
 /// An event by id, with its short id.
@@ -110,6 +119,14 @@ pub fn memberships(
         },
     )?;
     Ok(memberships)
+}
+
+/// [`memberships`] through the coherent cache, for readers that run on every /sync.
+pub fn cached_memberships(
+    storage: &Storage,
+    user: &UserId,
+) -> Result<Arc<Vec<(OwnedRoomId, MembershipRecord)>>> {
+    storage.coherent().memberships.get(&user.to_owned(), || memberships(storage.engine(), user))
 }
 
 /// Rooms `user` is currently joined to.
@@ -176,7 +193,7 @@ pub fn current_state_event(
     kind: &str,
     state_key: &str,
 ) -> Result<Option<Pdu>> {
-    let Some(record) = room(storage.engine(), room_id)? else {
+    let Some(record) = room(storage, room_id)? else {
         return Ok(None);
     };
     let Some(heads) = heads(storage.engine(), record.short)? else {

@@ -10,6 +10,7 @@
 //! - State facts: the `membership` of a member event and the `history_visibility` of a
 //!   visibility event, by short event id. Redaction keeps both fields, so they are as
 //!   immutable as the snapshots; visibility checks need them without parsing the event.
+//! - Room records: a room's short id, version and creator, written once at its creation.
 
 use std::{
     hash::Hash,
@@ -23,7 +24,8 @@ use dashmap::DashMap;
 
 use super::{
     Read,
-    rooms::{SNAPSHOTS_TABLE, Snapshot},
+    codec::Json,
+    rooms::{ROOMS_TABLE, RoomRecord, SNAPSHOTS_TABLE, Snapshot},
 };
 use crate::Result;
 
@@ -56,6 +58,14 @@ impl<K: Hash + Eq, V> ImmutableCache<K, V> {
         self.values.insert(id, value);
     }
 
+    /// Forgets `id`.
+    pub fn remove<Q: Hash + Eq + ?Sized>(&self, id: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.values.remove(id);
+    }
+
     pub fn len(&self) -> usize {
         self.values.len()
     }
@@ -77,6 +87,7 @@ pub struct ImmutableCaches {
     lookups: ImmutableCache<(u64, u64), Option<u64>>,
     state_keys: ImmutableCache<Vec<u8>, u64>,
     facts: ImmutableCache<u64, Option<String>>,
+    rooms: ImmutableCache<String, RoomRecord>,
 }
 
 impl Default for ImmutableCaches {
@@ -86,6 +97,7 @@ impl Default for ImmutableCaches {
             lookups: ImmutableCache::new(SMALL_LIMIT),
             state_keys: ImmutableCache::new(SMALL_LIMIT),
             facts: ImmutableCache::new(SMALL_LIMIT),
+            rooms: ImmutableCache::new(SMALL_LIMIT),
         }
     }
 }
@@ -106,6 +118,19 @@ impl ImmutableCaches {
         let snapshot = Arc::new(snapshot);
         self.snapshots.insert(id, Arc::clone(&snapshot), snapshot.entries.len());
         Ok(Some(snapshot))
+    }
+
+    /// The record of the room `room_id`, from the cache or read through `reader` (only
+    /// rooms that exist are kept: one unknown now may be created later).
+    pub fn room(&self, reader: &(impl Read + ?Sized), room_id: &str) -> Result<Option<RoomRecord>> {
+        if let Some(record) = self.rooms.get(room_id) {
+            return Ok(Some(RoomRecord::clone(&record)));
+        }
+        let Some(Json(record)) = ROOMS_TABLE.get(reader, &room_id.to_owned())? else {
+            return Ok(None);
+        };
+        self.rooms.insert(room_id.to_owned(), Arc::new(record.clone()), 1);
+        Ok(Some(record))
     }
 
     /// The event for `state_key` at `snapshot`, computing it with `walk` on a miss.

@@ -9,8 +9,10 @@ pub mod backup;
 pub mod batch;
 pub mod catalogue;
 pub mod codec;
+pub mod coherent_cache;
 pub mod engine;
 pub mod ephemeral;
+pub mod event_cache;
 pub mod immutable_cache;
 pub mod keys;
 pub mod media;
@@ -48,6 +50,8 @@ pub struct Storage {
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     interner: Interner,
     caches: immutable_cache::ImmutableCaches,
+    events: event_cache::EventCache,
+    coherent: coherent_cache::CoherentCaches,
     backup_directory: Option<PathBuf>,
     backups_to_keep: usize,
     backup_lock: tokio::sync::Mutex<()>,
@@ -67,6 +71,8 @@ impl Storage {
                 writer_thread: Mutex::new(Some(thread)),
                 interner,
                 caches: immutable_cache::ImmutableCaches::default(),
+                events: event_cache::EventCache::default(),
+                coherent: coherent_cache::CoherentCaches::default(),
                 backup_directory: None,
                 backups_to_keep: 1,
                 backup_lock: tokio::sync::Mutex::new(()),
@@ -101,6 +107,16 @@ impl Storage {
     /// Decoded state snapshots and state facts (immutable, so shared by every reader).
     pub fn caches(&self) -> &immutable_cache::ImmutableCaches {
         &self.caches
+    }
+
+    /// Parsed events by short id (rewritten only by redaction).
+    pub fn events(&self) -> &event_cache::EventCache {
+        &self.events
+    }
+
+    /// Caches of changing rows that writers keep exact (memberships, unread counts).
+    pub fn coherent(&self) -> &coherent_cache::CoherentCaches {
+        &self.coherent
     }
 
     fn backup_directory(&self) -> Result<PathBuf> {

@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     ops::ControlFlow,
+    sync::Arc,
 };
 
 use ruma::{
@@ -21,6 +22,7 @@ use ruma::{
             },
         },
     },
+    events::TimelineEventType,
     serde::Raw,
 };
 use serde_json::{Value as JsonValue, json};
@@ -207,10 +209,11 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
     let account_changes =
         if initial { HashMap::new() } else { changed_account_data(services, user, since, upto)? };
 
-    let memberships = rooms::memberships(services.storage.engine(), user)?;
+    let memberships = rooms::cached_memberships(&services.storage, user)?;
     let ignored = timeline::ignored_users(&services.storage, user)?;
     let mut joined_rooms = Vec::new();
-    for (room_id, record) in &memberships {
+    let mut membership_changes = HashMap::new();
+    for (room_id, record) in memberships.iter() {
         let room_id = room_id.clone();
         // Changes committed after `upto` belong to the next sync.
         if record.position > upto || !room_allowed(params.filter, &room_id) {
@@ -230,6 +233,7 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
                     typing_now,
                     initial || changed,
                     room_account,
+                    &mut membership_changes,
                 )? {
                     response.rooms.join.insert(room_id, joined);
                     has_news = true;
@@ -322,8 +326,14 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
 
     // End-to-end encryption: whose devices to re-fetch, and this device's key supply.
     if !initial {
-        let (changed, left) =
-            device_lists::changes_in(&services.storage, user, &memberships, since, upto)?;
+        let (changed, left) = device_lists::changes_in(
+            &services.storage,
+            user,
+            &memberships,
+            since,
+            upto,
+            &membership_changes,
+        )?;
         if !changed.is_empty() || !left.is_empty() {
             has_news = true;
         }
@@ -359,8 +369,58 @@ fn stripped_with_event(
 
 /// Timeline events of a room in `(lower, upto]` visible to the viewer, newest `limit`.
 struct TimelinePart {
-    events: Vec<(Pdu, EventMeta)>,
+    events: Vec<(Arc<Pdu>, EventMeta)>,
     limited: bool,
+    /// Every membership change in `(lower, upto]` as `(user, membership)`, when the part
+    /// examined every event of that range (device list tracking needs them all).
+    membership_changes: Option<Vec<(String, String)>>,
+}
+
+/// The short ids of a room's events in `(lower, upto]`, newest first, at most `scan_limit`
+/// of them; true when older ones in the range were left out.
+fn timeline_candidates(
+    services: &Services,
+    room: u64,
+    lower: u64,
+    upto: u64,
+    scan_limit: usize,
+) -> Result<(Vec<u64>, bool)> {
+    let scan = |from: (u64, u64), direction, in_range: &dyn Fn(u64) -> bool| {
+        let mut candidates = Vec::new();
+        let mut more = false;
+        TIMELINE_TABLE
+            .scan(
+                services.storage.engine(),
+                &room.to_be_bytes(),
+                Some(&from),
+                direction,
+                |(_, position), short| {
+                    if !in_range(position) {
+                        return ControlFlow::Break(());
+                    }
+                    if candidates.len() == scan_limit {
+                        more = true;
+                        return ControlFlow::Break(());
+                    }
+                    candidates.push(short);
+                    ControlFlow::Continue(())
+                },
+            )
+            .map(|()| (candidates, more))
+    };
+    if lower > 0 {
+        // An incremental sync usually finds a handful of events: reading them forwards from
+        // the token is one cheap seek, where the reverse seek below is several times dearer.
+        let (mut candidates, more) =
+            scan((room, lower.saturating_add(1)), Direction::Forward, &|position| {
+                position <= upto
+            })?;
+        if !more {
+            candidates.reverse();
+            return Ok((candidates, false));
+        }
+    }
+    scan((room, upto), Direction::Reverse, &|position| position > lower)
 }
 
 fn timeline_part(
@@ -372,48 +432,42 @@ fn timeline_part(
     filter: &RoomEventFilter,
     viewer: &mut Viewer<'_>,
 ) -> Result<TimelinePart> {
-    let mut candidates = Vec::new();
     let scan_limit = limit.saturating_mul(20).saturating_add(100);
-    let mut scanned = 0;
-    let mut more = false;
-    TIMELINE_TABLE.scan(
-        services.storage.engine(),
-        &room.to_be_bytes(),
-        Some(&(room, upto)),
-        Direction::Reverse,
-        |(_, position), short| {
-            if position <= lower {
-                return ControlFlow::Break(());
-            }
-            scanned += 1;
-            if scanned > scan_limit {
-                more = true;
-                return ControlFlow::Break(());
-            }
-            candidates.push(short);
-            ControlFlow::Continue(())
-        },
-    )?;
+    let (candidates, more) = timeline_candidates(services, room, lower, upto, scan_limit)?;
     let mut events = Vec::new();
     let mut limited = more;
+    let mut membership_changes = (!more).then(Vec::new);
     for short in candidates {
         let (Some(pdu), Some(meta)) = (
-            rooms::pdu(services.storage.engine(), short)?,
+            rooms::shared_pdu(&services.storage, short)?,
             rooms::event_meta(services.storage.engine(), short)?,
         ) else {
             continue;
         };
+        if let Some(changes) = &mut membership_changes
+            && meta.state_after != meta.state_before
+            && pdu.kind == TimelineEventType::RoomMember
+            && let (Some(user), Some(membership)) =
+                (pdu.state_key.clone(), pdu.content_str("membership"))
+        {
+            changes.push((user, membership));
+        }
         if !filter::allows(filter, &pdu) || !viewer.can_see(&pdu, &meta)? {
             continue;
         }
         if events.len() == limit {
             limited = true;
+            // The older events go unexamined, so the membership changes are incomplete.
+            membership_changes = None;
             break;
         }
         events.push((pdu, meta));
     }
     events.reverse();
-    Ok(TimelinePart { events, limited })
+    if let Some(changes) = &mut membership_changes {
+        changes.reverse();
+    }
+    Ok(TimelinePart { events, limited, membership_changes })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -426,8 +480,9 @@ fn joined_room(
     typing_now: u64,
     full: bool,
     account_changes: Option<&Vec<JsonValue>>,
+    membership_changes: &mut HashMap<OwnedRoomId, Vec<(String, String)>>,
 ) -> Result<Option<JoinedRoom>> {
-    let Some(record) = rooms::room(services.storage.engine(), room_id)? else {
+    let Some(record) = rooms::room(&services.storage, room_id)? else {
         return Ok(None);
     };
     let user = &params.sender.user_id;
@@ -450,6 +505,11 @@ fn joined_room(
         &room_filter.timeline,
         &mut viewer,
     )?;
+    if params.since.is_some()
+        && let Some(changes) = &part.membership_changes
+    {
+        membership_changes.insert(room_id.to_owned(), changes.clone());
+    }
 
     let mut joined = JoinedRoom::new();
     let start_snapshot = match part.events.first() {
@@ -578,7 +638,7 @@ fn joined_room(
         .collect();
 
     // Unread notification counts; a change on its own is news too.
-    let counts = push_counts::room_counts(services.storage.engine(), user, record.short)?;
+    let counts = push_counts::cached_room_counts(&services.storage, user, record.short)?;
     let counts_changed = params.since.is_some()
         && counts.values().any(|counts| counts.position > since && counts.position <= upto);
 
@@ -618,7 +678,7 @@ fn joined_room(
     if room_filter.timeline.unread_thread_notifications {
         let main = counts.get("").cloned().unwrap_or_default();
         joined.unread_notifications = count(main.notifications, main.highlights);
-        for (thread, counts) in &counts {
+        for (thread, counts) in counts.iter() {
             if thread.is_empty() || counts.notifications == 0 && counts.highlights == 0 {
                 continue;
             }
@@ -727,7 +787,7 @@ fn left_room(
     since: u64,
 ) -> Result<LeftRoom> {
     let mut left = LeftRoom::new();
-    let Some(room) = rooms::room(services.storage.engine(), room_id)? else {
+    let Some(room) = rooms::room(&services.storage, room_id)? else {
         return Ok(left);
     };
     let limit = params
@@ -795,7 +855,7 @@ fn presence(
     }
     let mut shorts = Vec::with_capacity(joined_rooms.len());
     for room_id in joined_rooms {
-        if let Some(record) = rooms::room(services.storage.engine(), room_id)? {
+        if let Some(record) = rooms::room(&services.storage, room_id)? {
             shorts.push(record.short);
         }
     }

@@ -733,7 +733,7 @@ async fn concurrent_senders_make_one_linear_timeline() {
     // The timeline holds every event once, each building on the previous one.
     let services = server.server().services().clone();
     let record =
-        tuwunel::rooms::room(services.storage.engine(), &ruma::RoomId::parse(&room).expect("room"))
+        tuwunel::rooms::room(&services.storage, &ruma::RoomId::parse(&room).expect("room"))
             .expect("read")
             .expect("room");
     let rows = tuwunel::storage::rooms::TIMELINE_TABLE

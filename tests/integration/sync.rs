@@ -205,6 +205,72 @@ async fn incremental_syncs_never_miss_or_repeat_an_event() {
     server.stop().await;
 }
 
+/// Sync keeps parsed events, memberships and unread counts in caches; each must follow the
+/// writes: a message already synced shows redacted after its redaction, a leave and a
+/// rejoin show at once, and unread counts follow every message and receipt.
+#[tokio::test]
+async fn cached_events_memberships_and_counts_follow_every_write() {
+    let mut server = TestServer::with_options(QUICK).await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let mut token =
+        sync(&server, &bob, None, "").await["next_batch"].as_str().expect("next").to_owned();
+    let joined = |body: &Value| body["rooms"]["join"][room.as_str()].clone();
+
+    let secret = send_text(&server, &alice, &room, "c1", "secret").await;
+    let body = sync(&server, &bob, Some(&token), "").await;
+    let shown = joined(&body)["timeline"]["events"]
+        .as_array()
+        .and_then(|events| events.iter().find(|event| event["event_id"] == secret.as_str()))
+        .cloned()
+        .expect("the message");
+    assert_eq!(shown["content"]["body"], "secret");
+    assert_eq!(joined(&body)["unread_notifications"]["notification_count"], 1, "{body}");
+    token = body["next_batch"].as_str().expect("next").to_owned();
+
+    let (status, body) = server
+        .put_as(&alice, &format!("/_matrix/client/v3/rooms/{room}/redact/{secret}/c2"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let full = sync(&server, &bob, None, "").await;
+    let redacted = joined(&full)["timeline"]["events"]
+        .as_array()
+        .and_then(|events| events.iter().find(|event| event["event_id"] == secret.as_str()))
+        .cloned()
+        .expect("the message, redacted");
+    assert_eq!(redacted["content"], json!({}), "{redacted}");
+
+    // Counts follow a second message, then bob's receipt.
+    let second = send_text(&server, &alice, &room, "c3", "again").await;
+    let body = sync(&server, &bob, Some(&token), "").await;
+    assert_eq!(joined(&body)["unread_notifications"]["notification_count"], 2, "{body}");
+    token = body["next_batch"].as_str().expect("next").to_owned();
+    let (status, _) = server
+        .post_as(
+            &bob,
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{second}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let body = sync(&server, &bob, Some(&token), "").await;
+    assert_eq!(joined(&body)["unread_notifications"]["notification_count"], 0, "{body}");
+    token = body["next_batch"].as_str().expect("next").to_owned();
+
+    // Leaving and rejoining show in the next sync each time.
+    server.post_as(&bob, &format!("/_matrix/client/v3/rooms/{room}/leave"), json!({})).await;
+    let body = sync(&server, &bob, Some(&token), "").await;
+    assert!(body["rooms"]["leave"].get(room.as_str()).is_some(), "{body}");
+    assert!(body["rooms"]["join"].get(room.as_str()).is_none(), "{body}");
+    token = body["next_batch"].as_str().expect("next").to_owned();
+    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let body = sync(&server, &bob, Some(&token), "").await;
+    assert!(joined(&body).is_object(), "{body}");
+    server.stop().await;
+}
+
 /// A poll with a token that is already current waits without computing a response first, and
 /// still hears of a message sent while it waits.
 #[tokio::test]

@@ -116,7 +116,7 @@ async fn typing(
     let sender = request.sender()?.clone();
     let body = request.body;
     require_self(&sender, &body.user_id, "send typing notifications")?;
-    crate::rooms::room(services.storage.engine(), &body.room_id)?.ok_or_else(not_in_room)?;
+    crate::rooms::room(&services.storage, &body.room_id)?.ok_or_else(not_in_room)?;
     let timeout = body
         .typing
         .then(|| Duration::from_millis(body.timeout.unwrap_or(DEFAULT_TYPING_TIMEOUT_MS)));
@@ -146,7 +146,7 @@ async fn record_receipt(
     event_id: ruma::OwnedEventId,
     thread: Option<String>,
 ) -> Result<()> {
-    crate::rooms::room(services.storage.engine(), room_id)?.ok_or_else(not_in_room)?;
+    crate::rooms::room(&services.storage, room_id)?.ok_or_else(not_in_room)?;
     let user = user.to_owned();
     let kind = kind.to_owned();
     services

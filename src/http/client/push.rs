@@ -355,7 +355,7 @@ async fn notifications(
             Some(short) => *short,
             None => {
                 let Ok(room_id) = OwnedRoomId::try_from(record.room_id.clone()) else { continue };
-                let Some(room) = rooms::room(engine, &room_id)? else { continue };
+                let Some(room) = rooms::room(&services.storage, &room_id)? else { continue };
                 room_shorts.insert(record.room_id.clone(), room.short);
                 room.short
             }

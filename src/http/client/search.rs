@@ -317,7 +317,7 @@ fn searched_rooms(
         {
             continue;
         }
-        if let Some(record) = rooms::room(storage.engine(), &room_id)? {
+        if let Some(record) = rooms::room(storage, &room_id)? {
             rooms.push((room_id, record.short));
         }
     }
@@ -497,7 +497,7 @@ fn room_events(
     if criteria.include_state == Some(true) {
         for room in rooms_returned {
             let (room_id, _) = &rooms[room];
-            let Some(record) = rooms::room(storage.engine(), room_id)? else { continue };
+            let Some(record) = rooms::room(storage, room_id)? else { continue };
             let snapshot = timeline::readable_snapshot(storage, &record, room_id, user)?;
             let mut events = Vec::new();
             for short in state::load(storage, snapshot)?.into_values() {

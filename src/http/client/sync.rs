@@ -123,8 +123,16 @@ async fn sync(
     // and that join is news, so the request answers before it would need the new room.
     let registration = wait
         .then(|| {
-            crate::rooms::joined_rooms(services.storage.engine(), &sender.user_id)
-                .map(|rooms| services.hub.register(&sender.user_id, &rooms))
+            crate::rooms::cached_memberships(&services.storage, &sender.user_id).map(
+                |memberships| {
+                    let joined: Vec<_> = memberships
+                        .iter()
+                        .filter(|(_, record)| record.membership == "join")
+                        .map(|(room, _)| room.clone())
+                        .collect();
+                    services.hub.register(&sender.user_id, &joined)
+                },
+            )
         })
         .transpose()?;
     let computed = loop {

@@ -58,7 +58,7 @@ fn discoverable(services: &Services, searcher: &UserId) -> Result<Option<HashSet
     )?;
     let mut users = HashSet::from([searcher.to_string()]);
     for room in rooms {
-        if let Some(record) = crate::rooms::room(services.storage.engine(), &room)? {
+        if let Some(record) = crate::rooms::room(&services.storage, &room)? {
             users.extend(crate::rooms::timeline::joined_members(&services.storage, record.short)?);
         }
     }

@@ -235,7 +235,7 @@ impl RoomInfo {
     /// The summary of a room this server knows, `None` otherwise.
     pub(super) fn load(services: &Services, room_id: &RoomId) -> Result<Option<Self>> {
         let storage = &services.storage;
-        let Some(record) = rooms::room(storage.engine(), room_id)? else {
+        let Some(record) = rooms::room(storage, room_id)? else {
             return Ok(None);
         };
         let Some(heads) = rooms::heads(storage.engine(), record.short)? else {
@@ -484,7 +484,7 @@ async fn remove_alias(
     let user = &sender.user_id;
     let allowed = record.creator == *user
         || services.accounts.is_admin(user)
-        || match rooms::room(services.storage.engine(), &record.room_id)? {
+        || match rooms::room(&services.storage, &record.room_id)? {
             Some(room) => may_manage_listing(&services, &record.room_id, &room, user)?,
             None => false,
         };

@@ -63,8 +63,7 @@ pub(crate) fn require_room(
     services: &Services,
     room_id: &RoomId,
 ) -> Result<crate::storage::rooms::RoomRecord> {
-    crate::rooms::room(services.storage.engine(), room_id)?
-        .ok_or_else(|| Error::not_found("Unknown room."))
+    crate::rooms::room(&services.storage, room_id)?.ok_or_else(|| Error::not_found("Unknown room."))
 }
 
 /// Content of a membership event for `user`, with their display name and avatar.

@@ -228,7 +228,7 @@ impl Window {
 fn children(services: &Services, sender: &Sender, query: Query) -> Result<Children> {
     let storage = &services.storage;
     let not_found = || Error::not_found("Event not found.");
-    let record = rooms::room(storage.engine(), &query.room_id)?.ok_or_else(not_found)?;
+    let record = rooms::room(storage, &query.room_id)?.ok_or_else(not_found)?;
     let (parent_short, parent) =
         rooms::pdu_by_id(storage, &query.event_id)?.ok_or_else(not_found)?;
     let parent_meta = rooms::event_meta(storage.engine(), parent_short)?.ok_or_else(not_found)?;

@@ -1,0 +1,195 @@
+//! Caches of rows that change, kept exact for readers who need everything committed so far.
+//!
+//! A /sync reads the committed stream position first and then expects every read after it
+//! to include all commits up to that position. A plain cache cannot promise that: between
+//! a commit and the writer's invalidation a reader would get the old value, and a reader
+//! that loaded just before the commit could put the old value back afterwards. So writers
+//! bracket each commit that touches a key: [`CoherentCache::begin`] before the write is
+//! submitted, and dropping the returned [`Writing`] guard after it finished (or failed).
+//! While a key has a write in flight readers go to storage; a loaded value is kept only if
+//! no write began or ended on the key while it was loading.
+
+use std::{
+    collections::BTreeMap,
+    hash::Hash,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use dashmap::DashMap;
+
+use super::{push::UnreadCounts, rooms::MembershipRecord};
+use crate::Result;
+
+struct Slot<V> {
+    /// Writes begun and not yet ended.
+    writing: u32,
+    /// Bumped whenever a write begins or ends.
+    generation: u64,
+    value: Option<Arc<V>>,
+}
+
+impl<V> Default for Slot<V> {
+    fn default() -> Self {
+        Self { writing: 0, generation: 0, value: None }
+    }
+}
+
+/// A cache of one value per key, exact as described in the module documentation.
+pub struct CoherentCache<K: Hash + Eq, V> {
+    slots: DashMap<K, Slot<V>>,
+    /// Past this many keys, idle ones are dropped.
+    limit: usize,
+    /// Bumped when idle keys are dropped (with them the record of their writes).
+    clearings: AtomicU64,
+}
+
+impl<K: Hash + Eq + Clone, V> CoherentCache<K, V> {
+    pub fn new(limit: usize) -> Self {
+        Self { slots: DashMap::new(), limit, clearings: AtomicU64::new(0) }
+    }
+
+    /// The value for `key`, from the cache when no write to it is in flight, else loaded.
+    pub fn get(&self, key: &K, load: impl FnOnce() -> Result<V>) -> Result<Arc<V>> {
+        let clearings = self.clearings.load(Ordering::SeqCst);
+        let generation = match self.slots.get(key) {
+            Some(slot) if slot.writing > 0 => return load().map(Arc::new),
+            Some(slot) => match &slot.value {
+                Some(value) => return Ok(Arc::clone(value)),
+                None => Some(slot.generation),
+            },
+            None => None,
+        };
+        let value = Arc::new(load()?);
+        if self.slots.len() >= self.limit {
+            self.clearings.fetch_add(1, Ordering::SeqCst);
+            self.slots.retain(|_, slot| slot.writing > 0);
+        }
+        let mut slot = self.slots.entry(key.clone()).or_default();
+        // A slot that appeared since the look above was made by a write beginning.
+        if slot.writing == 0
+            && slot.generation == generation.unwrap_or(0)
+            && self.clearings.load(Ordering::SeqCst) == clearings
+        {
+            slot.value = Some(Arc::clone(&value));
+        }
+        Ok(value)
+    }
+
+    /// Announces a write to `keys`; readers go to storage until the guard is dropped.
+    pub fn begin(&self, keys: Vec<K>) -> Writing<'_, K, V> {
+        for key in &keys {
+            let mut slot = self.slots.entry(key.clone()).or_default();
+            slot.writing += 1;
+            slot.generation += 1;
+            slot.value = None;
+        }
+        Writing { cache: self, keys }
+    }
+
+    fn end(&self, keys: &[K]) {
+        for key in keys {
+            if let Some(mut slot) = self.slots.get_mut(key) {
+                slot.writing = slot.writing.saturating_sub(1);
+                slot.generation += 1;
+                slot.value = None;
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// The coherent caches a storage keeps.
+pub struct CoherentCaches {
+    /// Every `user_rooms` row of a user: each /sync reads them, twice when it waits.
+    pub memberships: CoherentCache<ruma::OwnedUserId, Vec<(ruma::OwnedRoomId, MembershipRecord)>>,
+    /// A user's unread counts in a room, by thread: each /sync reads them for every room.
+    pub unread_counts: CoherentCache<(ruma::OwnedUserId, u64), BTreeMap<String, UnreadCounts>>,
+}
+
+/// Users (or user and room pairs) whose cached values are kept.
+const KEYS_LIMIT: usize = 64 * 1024;
+
+impl Default for CoherentCaches {
+    fn default() -> Self {
+        Self {
+            memberships: CoherentCache::new(KEYS_LIMIT),
+            unread_counts: CoherentCache::new(KEYS_LIMIT),
+        }
+    }
+}
+
+/// A write in flight to some keys of a [`CoherentCache`]; ends when dropped.
+pub struct Writing<'a, K: Hash + Eq + Clone, V> {
+    cache: &'a CoherentCache<K, V>,
+    keys: Vec<K>,
+}
+
+impl<K: Hash + Eq + Clone, V> Drop for Writing<'_, K, V> {
+    fn drop(&mut self) {
+        self.cache.end(&self.keys);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_cached_until_a_write() {
+        let cache: CoherentCache<u32, &str> = CoherentCache::new(100);
+        assert_eq!(*cache.get(&1, || Ok("a")).expect("load"), "a");
+        assert_eq!(*cache.get(&1, || panic!("loaded twice")).expect("cached"), "a");
+        let writing = cache.begin(vec![1]);
+        // During the write every read goes to storage, and nothing it loads is kept.
+        assert_eq!(*cache.get(&1, || Ok("b")).expect("load"), "b");
+        assert_eq!(*cache.get(&1, || Ok("c")).expect("load"), "c");
+        drop(writing);
+        assert_eq!(*cache.get(&1, || Ok("d")).expect("load"), "d");
+        assert_eq!(*cache.get(&1, || panic!("loaded twice")).expect("cached"), "d");
+    }
+
+    #[test]
+    fn a_load_that_overlapped_a_write_is_not_kept() {
+        let cache: CoherentCache<u32, &str> = CoherentCache::new(100);
+        // The write begins and ends while the old value is being loaded.
+        let old = cache
+            .get(&1, || {
+                drop(cache.begin(vec![1]));
+                Ok("old")
+            })
+            .expect("load");
+        assert_eq!(*old, "old");
+        assert_eq!(*cache.get(&1, || Ok("new")).expect("load"), "new");
+        assert_eq!(*cache.get(&1, || panic!("loaded twice")).expect("cached"), "new");
+        // Also for a key whose slot existed already.
+        drop(cache.begin(vec![2]));
+        let racing = cache
+            .get(&2, || {
+                drop(cache.begin(vec![2]));
+                Ok("racing")
+            })
+            .expect("load");
+        assert_eq!(*racing, "racing");
+        assert_eq!(*cache.get(&2, || Ok("fresh")).expect("load"), "fresh");
+    }
+
+    #[test]
+    fn a_full_cache_keeps_only_keys_being_written() {
+        let cache: CoherentCache<u32, u32> = CoherentCache::new(2);
+        let _writing = cache.begin(vec![9]);
+        cache.get(&1, || Ok(1)).expect("load");
+        cache.get(&2, || Ok(2)).expect("load");
+        assert_eq!(cache.len(), 2);
+        assert!(!cache.is_empty());
+    }
+}
