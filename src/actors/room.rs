@@ -5,7 +5,7 @@
 //! Work per event does not depend on the number of members.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -41,6 +41,7 @@ use crate::{
     storage::{
         Batch, Namespace, Storage,
         codec::Json,
+        push::UnreadCounts,
         rooms::{
             EVENT_META_TABLE, EVENT_TIMES_TABLE, EventMeta, MembershipRecord, PDUS_TABLE,
             RECEIPT_STREAM_TABLE, RECEIPTS_TABLE, RELATIONS_TABLE, ROOM_HEADS_TABLE,
@@ -782,6 +783,15 @@ impl RoomActor {
                 .flatten()
                 .map(|parent| (parent, rel_type))
         });
+        // The parent now has a child. (A parent in this same commit has no meta stored yet;
+        // `commit` marks it.)
+        if let Some((parent, _)) = &relation
+            && let Some(mut meta) = rooms::event_meta(self.storage.engine(), *parent)?
+            && meta.has_children != Some(true)
+        {
+            meta.has_children = Some(true);
+            EVENT_META_TABLE.put(batch, parent, &Json(meta));
+        }
         let thread_root_previous = match &relation {
             Some((root, rel_type)) if rel_type == "m.thread" => {
                 let mut previous = None;
@@ -873,12 +883,18 @@ impl RoomActor {
             })
             .collect();
         let _writing = self.storage.coherent().memberships.begin(members.clone());
+        let parents: HashSet<u64> = prepared
+            .iter()
+            .filter_map(|prepared| prepared.relation.as_ref())
+            .map(|(parent, _)| *parent)
+            .collect();
         let positions = self
             .storage
             .writer()
             .commit_with_positions(count, batch, move |batch, positions| {
                 for (prepared, position) in prepared.into_iter().zip(positions) {
-                    write_positioned(batch, room_short, &room_id, prepared, position);
+                    let has_children = parents.contains(&prepared.short);
+                    write_positioned(batch, room_short, &room_id, prepared, position, has_children);
                 }
             })
             .await?;
@@ -1001,12 +1017,20 @@ impl RoomActor {
         }
         let room_short = room.short;
         let counts = outcome.counts;
-        let _writing = self
+        // Every member's counts change with each message: the cache takes the new values
+        // rather than having each member's next /sync read them back.
+        let mut changed_by_user: HashMap<OwnedUserId, BTreeMap<String, UnreadCounts>> =
+            HashMap::new();
+        for ((user, thread), counts) in &counts {
+            changed_by_user.entry(user.clone()).or_default().insert(thread.clone(), counts.clone());
+        }
+        let writing = self
             .storage
             .coherent()
             .unread_counts
-            .begin(counts.keys().map(|(user, _)| (user.clone(), room_short)).collect());
-        self.storage
+            .begin(changed_by_user.keys().map(|user| (user.clone(), room_short)).collect());
+        let positions = self
+            .storage
             .writer()
             .commit_with_positions(1, outcome.batch, move |batch, positions| {
                 for ((user, thread), counts) in counts {
@@ -1015,6 +1039,10 @@ impl RoomActor {
                 }
             })
             .await?;
+        writing.committed(|(user, _), before| match changed_by_user.get(user) {
+            Some(changed) => push_counts::with_written(before, changed, positions.start),
+            None => before.clone(),
+        });
         Ok(outcome.notified)
     }
 
@@ -1177,6 +1205,7 @@ fn write_positioned(
     room_id: &str,
     prepared: Prepared,
     position: u64,
+    has_children: bool,
 ) {
     let Prepared {
         pdu,
@@ -1200,6 +1229,7 @@ fn write_positioned(
             state_after: meta_after,
             redacted: false,
             transaction: sent_by,
+            has_children: Some(has_children),
         }),
     );
     TIMELINE_TABLE.put(batch, &(room, position), &short);

@@ -527,6 +527,10 @@ impl UserActor {
             remove_device_keys(&self.storage, user, device_id.as_str(), &mut batch)?;
             self.drop_to_device_queue(user, device_id.as_str(), &mut batch)?;
         }
+        // A device id can come back with a later login: its cached key supply must not.
+        let _writing = self.storage.coherent().key_supply.begin(
+            targets.iter().map(|(device_id, _)| (user.clone(), device_id.to_string())).collect(),
+        );
         device_lists::commit_change(&self.storage, &self.hub, user, batch).await?;
         self.tokens.revoke(&revoked);
         Ok(targets.into_iter().map(|(device_id, _)| device_id).collect())

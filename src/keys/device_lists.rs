@@ -104,22 +104,8 @@ pub fn changes_in(
     let mut changed = BTreeSet::new();
     let mut maybe_left = BTreeSet::new();
 
-    // Keys and devices that changed.
-    let mut moved = Vec::new();
-    DEVICE_LIST_STREAM_TABLE.scan(
-        engine,
-        b"",
-        Some(&since.saturating_add(1)),
-        Direction::Forward,
-        |position, user| {
-            if position > upto {
-                return ControlFlow::Break(());
-            }
-            moved.push(user);
-            ControlFlow::Continue(())
-        },
-    )?;
-    for user in moved {
+    // Keys and devices that changed (none when the stream gained no row since the token).
+    for user in storage.stream_values(DEVICE_LIST_STREAM_TABLE, since, upto)? {
         if let Ok(user) = UserId::parse(user)
             && shares(&user)?
         {
@@ -170,9 +156,10 @@ pub fn changes_in(
     changed.remove(viewer);
     let mut changed: Vec<OwnedUserId> = changed.into_iter().collect();
     // The viewer's own device changes matter to their other devices.
-    if DEVICE_LIST_LATEST_TABLE
-        .get(engine, &viewer.to_string())?
-        .is_some_and(|position| position > since && position <= upto)
+    if storage.writer().last_put(DEVICE_LIST_LATEST_TABLE.id()) > since
+        && DEVICE_LIST_LATEST_TABLE
+            .get(engine, &viewer.to_string())?
+            .is_some_and(|position| position > since && position <= upto)
     {
         changed.push(viewer.to_owned());
     }

@@ -155,6 +155,22 @@ pub fn one_time_key_counts(
     Ok(counts)
 }
 
+/// [`one_time_key_counts`] and [`unused_fallback_key_types`] through the coherent cache, for
+/// /sync (a device that keeps fifty keys uploaded would otherwise have them all decoded on
+/// every sync).
+pub fn cached_key_supply(
+    storage: &crate::storage::Storage,
+    user: &UserId,
+    device: &str,
+) -> Result<std::sync::Arc<crate::storage::coherent_cache::KeySupply>> {
+    storage.coherent().key_supply.get(&(user.to_owned(), device.to_owned()), || {
+        Ok((
+            one_time_key_counts(storage.engine(), user, device)?,
+            unused_fallback_key_types(storage.engine(), user, device)?,
+        ))
+    })
+}
+
 /// Algorithms for which the device has a fallback key that was not handed out yet.
 pub fn unused_fallback_key_types(
     reader: &(impl Read + ?Sized),

@@ -231,6 +231,11 @@ impl KeyStore<'_> {
         // One-time keys are handed out in upload order: each upload's keys carry the stream
         // position of its commit.
         let has_new_one_time = !new_one_time.is_empty();
+        let _writing = self
+            .storage
+            .coherent()
+            .key_supply
+            .begin(vec![(self.user.to_owned(), device.to_owned())]);
         let device_owned = device.to_owned();
         let user_owned = user.clone();
         let add_one_time = move |batch: &mut Batch, position: u64| {
@@ -303,6 +308,9 @@ impl KeyStore<'_> {
             }
         }
         if !batch.is_empty() {
+            let devices =
+                claimed.iter().map(|(device, ..)| (self.user.to_owned(), device.clone())).collect();
+            let _writing = self.storage.coherent().key_supply.begin(devices);
             self.storage.writer().commit(batch).await?;
         }
         Ok(claimed)

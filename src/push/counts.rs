@@ -126,6 +126,16 @@ pub fn read_up_to(
     Ok(changed)
 }
 
+/// The row [`write_counts`] leaves for one thread's new counts: none for a thread with
+/// nothing unread (the main timeline's row always stays).
+fn stored_counts(thread: &str, mut counts: UnreadCounts, position: u64) -> Option<UnreadCounts> {
+    if counts.notifications == 0 && counts.highlights == 0 && !thread.is_empty() {
+        return None;
+    }
+    counts.position = position;
+    Some(counts)
+}
+
 /// Writes `changed` counts stamped with `position` (dropping threads with nothing unread).
 pub fn write_counts(
     batch: &mut Batch,
@@ -134,13 +144,27 @@ pub fn write_counts(
     changed: BTreeMap<String, UnreadCounts>,
     position: u64,
 ) {
-    for (thread, mut counts) in changed {
+    for (thread, counts) in changed {
         let key = (user.to_string(), room, thread);
-        if counts.notifications == 0 && counts.highlights == 0 && !key.2.is_empty() {
-            UNREAD_COUNTS_TABLE.delete(batch, &key);
-            continue;
+        match stored_counts(&key.2, counts, position) {
+            Some(counts) => UNREAD_COUNTS_TABLE.put(batch, &key, &Json(counts)),
+            None => UNREAD_COUNTS_TABLE.delete(batch, &key),
         }
-        counts.position = position;
-        UNREAD_COUNTS_TABLE.put(batch, &key, &Json(counts));
     }
+}
+
+/// A room's counts (as [`room_counts`] reads them) after [`write_counts`] wrote `changed`.
+pub fn with_written(
+    counts: &BTreeMap<String, UnreadCounts>,
+    changed: &BTreeMap<String, UnreadCounts>,
+    position: u64,
+) -> BTreeMap<String, UnreadCounts> {
+    let mut after = counts.clone();
+    for (thread, counts) in changed {
+        match stored_counts(thread, counts.clone(), position) {
+            Some(counts) => after.insert(thread.clone(), counts),
+            None => after.remove(thread),
+        };
+    }
+    after
 }

@@ -79,7 +79,18 @@ impl<'a> Viewer<'a> {
         let current_membership =
             super::membership(storage.engine(), room_id, user)?.map(|record| record.membership);
         let ignored = ignored_users(storage, user)?;
-        Ok(Self { storage, user, current_membership, facts: HashMap::new(), ignored })
+        Ok(Self::known(storage, user, current_membership, ignored))
+    }
+
+    /// A viewer whose current membership and ignored users the caller has read already
+    /// (a /sync reads them once for all its rooms).
+    pub fn known(
+        storage: &'a Storage,
+        user: &'a UserId,
+        current_membership: Option<String>,
+        ignored: HashSet<String>,
+    ) -> Self {
+        Self { storage, user, current_membership, facts: HashMap::new(), ignored }
     }
 
     /// Whether the viewer ignores `sender`.
@@ -200,7 +211,9 @@ pub fn render(
             .insert("replaces_state".to_owned(), JsonValue::String(previous.event_id.to_string()));
     }
     let mut rendered = pdu.client_json(unsigned);
-    if let Some(bundle) = bundled_relations(storage, pdu, viewer.map(|(user, _)| user))?
+    // Most events never get a child; their meta says so and saves the relation lookups.
+    if meta.has_children != Some(false)
+        && let Some(bundle) = bundled_relations(storage, pdu, viewer.map(|(user, _)| user))?
         && let Some(unsigned) = rendered.get_mut("unsigned").and_then(JsonValue::as_object_mut)
     {
         unsigned.insert("m.relations".to_owned(), bundle);

@@ -43,6 +43,14 @@ impl Batch {
         self.ops.is_empty()
     }
 
+    /// The tables this batch puts rows into (with repeats).
+    pub(super) fn put_tables(&self) -> impl Iterator<Item = TableId> + '_ {
+        self.ops.iter().filter_map(|op| match op {
+            Op::Put { table, .. } => Some(*table),
+            Op::Delete { .. } => None,
+        })
+    }
+
     pub(super) fn into_ops(self) -> Vec<Op> {
         self.ops
     }

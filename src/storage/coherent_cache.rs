@@ -29,13 +29,18 @@ struct Slot<V> {
     /// Bumped whenever a write begins or ends.
     generation: u64,
     value: Option<Arc<V>>,
+    /// The value when the only write in flight began, for [`Writing::committed`].
+    before: Option<Arc<V>>,
 }
 
 impl<V> Default for Slot<V> {
     fn default() -> Self {
-        Self { writing: 0, generation: 0, value: None }
+        Self { writing: 0, generation: 0, value: None, before: None }
     }
 }
+
+/// Maps a key's value before a committed write to the value after it.
+type Update<'a, K, V> = dyn Fn(&K, &V) -> V + 'a;
 
 /// A cache of one value per key, exact as described in the module documentation.
 pub struct CoherentCache<K: Hash + Eq, V> {
@@ -82,19 +87,29 @@ impl<K: Hash + Eq + Clone, V> CoherentCache<K, V> {
     pub fn begin(&self, keys: Vec<K>) -> Writing<'_, K, V> {
         for key in &keys {
             let mut slot = self.slots.entry(key.clone()).or_default();
+            // Overlapping writes each lose the value they started from.
+            slot.before = if slot.writing == 0 { slot.value.take() } else { None };
+            slot.value = None;
             slot.writing += 1;
             slot.generation += 1;
-            slot.value = None;
         }
-        Writing { cache: self, keys }
+        Writing { cache: self, keys, ended: false }
     }
 
-    fn end(&self, keys: &[K]) {
+    /// Ends a write; with `update`, a key that had a value when the write began (and no other
+    /// write overlapped) gets `update(key, value)`, the value the write left in storage.
+    fn end(&self, keys: &[K], update: Option<&Update<'_, K, V>>) {
         for key in keys {
             if let Some(mut slot) = self.slots.get_mut(key) {
                 slot.writing = slot.writing.saturating_sub(1);
                 slot.generation += 1;
-                slot.value = None;
+                let before = slot.before.take();
+                slot.value = match (update, before) {
+                    (Some(update), Some(before)) if slot.writing == 0 => {
+                        Some(Arc::new(update(key, &before)))
+                    }
+                    _ => None,
+                };
             }
         }
     }
@@ -114,7 +129,13 @@ pub struct CoherentCaches {
     pub memberships: CoherentCache<ruma::OwnedUserId, Vec<(ruma::OwnedRoomId, MembershipRecord)>>,
     /// A user's unread counts in a room, by thread: each /sync reads them for every room.
     pub unread_counts: CoherentCache<(ruma::OwnedUserId, u64), BTreeMap<String, UnreadCounts>>,
+    /// A device's unclaimed one-time keys by algorithm and its unused fallback key
+    /// algorithms: each /sync of the device reports both.
+    pub key_supply: CoherentCache<(ruma::OwnedUserId, String), KeySupply>,
 }
+
+/// One-time key counts by algorithm, and the algorithms with an unused fallback key.
+pub type KeySupply = (BTreeMap<String, u64>, Vec<String>);
 
 /// Users (or user and room pairs) whose cached values are kept.
 const KEYS_LIMIT: usize = 64 * 1024;
@@ -124,6 +145,7 @@ impl Default for CoherentCaches {
         Self {
             memberships: CoherentCache::new(KEYS_LIMIT),
             unread_counts: CoherentCache::new(KEYS_LIMIT),
+            key_supply: CoherentCache::new(KEYS_LIMIT),
         }
     }
 }
@@ -132,11 +154,23 @@ impl Default for CoherentCaches {
 pub struct Writing<'a, K: Hash + Eq + Clone, V> {
     cache: &'a CoherentCache<K, V>,
     keys: Vec<K>,
+    ended: bool,
+}
+
+impl<K: Hash + Eq + Clone, V> Writing<'_, K, V> {
+    /// Ends a write that committed, keeping for each key the value it left: `update` maps
+    /// the value before the write to the one after (exactly what storage now holds).
+    pub fn committed(mut self, update: impl Fn(&K, &V) -> V) {
+        self.ended = true;
+        self.cache.end(&self.keys, Some(&update));
+    }
 }
 
 impl<K: Hash + Eq + Clone, V> Drop for Writing<'_, K, V> {
     fn drop(&mut self) {
-        self.cache.end(&self.keys);
+        if !self.ended {
+            self.cache.end(&self.keys, None);
+        }
     }
 }
 
@@ -181,6 +215,24 @@ mod tests {
             .expect("load");
         assert_eq!(*racing, "racing");
         assert_eq!(*cache.get(&2, || Ok("fresh")).expect("load"), "fresh");
+    }
+
+    #[test]
+    fn a_committed_write_can_leave_its_value() {
+        let cache: CoherentCache<u32, u32> = CoherentCache::new(100);
+        cache.get(&1, || Ok(10)).expect("load");
+        cache.begin(vec![1, 2]).committed(|_, before| before + 1);
+        assert_eq!(*cache.get(&1, || panic!("loaded")).expect("updated"), 11);
+        // A key with no value before the write is loaded afterwards.
+        assert_eq!(*cache.get(&2, || Ok(5)).expect("load"), 5);
+        // Overlapping writes, or a write that did not commit, leave nothing to update.
+        let first = cache.begin(vec![1]);
+        let second = cache.begin(vec![1]);
+        second.committed(|_, before| before + 1);
+        first.committed(|_, before| before + 1);
+        assert_eq!(*cache.get(&1, || Ok(20)).expect("load"), 20);
+        drop(cache.begin(vec![1]));
+        assert_eq!(*cache.get(&1, || Ok(30)).expect("load"), 30);
     }
 
     #[test]

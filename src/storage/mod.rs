@@ -114,6 +114,35 @@ impl Storage {
         &self.events
     }
 
+    /// The values of a stream table keyed by position (such as the users whose presence or
+    /// devices changed) in `(since, upto]`, oldest first; no scan when the Writer's mark
+    /// shows the table gained nothing since `since`.
+    pub fn stream_values(
+        &self,
+        table: Table<u64, String>,
+        since: u64,
+        upto: u64,
+    ) -> Result<Vec<String>> {
+        let mut values = Vec::new();
+        if self.writer.last_put(table.id()) <= since {
+            return Ok(values);
+        }
+        table.scan(
+            &*self.engine,
+            b"",
+            Some(&since.saturating_add(1)),
+            Direction::Forward,
+            |position, value| {
+                if position > upto {
+                    return std::ops::ControlFlow::Break(());
+                }
+                values.push(value);
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
+        Ok(values)
+    }
+
     /// Caches of changing rows that writers keep exact (memberships, unread counts).
     pub fn coherent(&self) -> &coherent_cache::CoherentCaches {
         &self.coherent

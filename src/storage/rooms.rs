@@ -49,6 +49,11 @@ pub struct EventMeta {
     /// `(device id, transaction id)` of a local client's send, shown back to that device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<(String, String)>,
+    /// Whether any event relates to this one (`m.relates_to`): rendering skips the relation
+    /// scans for an event known to have none. `None` for events stored before this was
+    /// recorded, which are looked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub has_children: Option<bool>,
 }
 
 /// A membership as seen from the room or from the user.

@@ -10,6 +10,11 @@
 //! forming a group needs to see the whole queue at once, which a ractor mailbox does not
 //! offer, and a synced RocksDB write blocks, which must not happen on the async runtime. A
 //! full mailbox makes senders wait, which is the back-pressure the actors upstream need.
+//!
+//! It also remembers, per table, the stream position as of the last commit that put a row
+//! in it, and records that before publishing the commit's position: a reader that took
+//! `committed_position` as its bound and finds a stream table's mark at or below its token
+//! knows, without a scan, that the table gained nothing in between.
 
 use std::{
     ops::Range,
@@ -28,6 +33,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::{
     Batch, Engine,
+    catalogue::{TABLES, TableId},
     meta::{COUNTERS, SHORTID_COUNTER, STREAM_POSITION},
 };
 use crate::{Error, Result};
@@ -60,6 +66,7 @@ pub struct Writer {
     mailbox: loole::Sender<Message>,
     committed: Arc<watch::Sender<u64>>,
     stats: Arc<Counters>,
+    last_puts: Arc<[AtomicU64]>,
 }
 
 /// Totals since the Writer started.
@@ -87,7 +94,11 @@ impl Writer {
         let (committed, _) = watch::channel(committed_position);
         let committed = Arc::new(committed);
         let stats = Arc::new(Counters::default());
+        // What happened before the start is unknown: every table counts as written then.
+        let last_puts: Arc<[AtomicU64]> =
+            TABLES.iter().map(|_| AtomicU64::new(committed_position)).collect();
         let state = WriterState {
+            last_puts: Arc::clone(&last_puts),
             stats: Arc::clone(&stats),
             engine,
             inbox,
@@ -100,7 +111,7 @@ impl Writer {
             .name("tuwunel-writer".to_owned())
             .spawn(move || state.run())
             .map_err(|error| Error::internal(format!("cannot start the writer thread: {error}")))?;
-        Ok((Self { mailbox, committed, stats }, thread))
+        Ok((Self { mailbox, committed, stats, last_puts }, thread))
     }
 
     /// Commits `batch` durably.
@@ -137,6 +148,14 @@ impl Writer {
         *self.committed.borrow()
     }
 
+    /// The committed position as of the last commit that put a row in `table` (at least that
+    /// of the start). Rows it holds with positions above a token came no earlier.
+    pub fn last_put(&self, table: TableId) -> u64 {
+        self.last_puts
+            .get(usize::from(table.0))
+            .map_or(u64::MAX, |mark| mark.load(Ordering::SeqCst))
+    }
+
     /// Groups and batches committed so far.
     pub fn stats(&self) -> WriterStats {
         WriterStats {
@@ -168,6 +187,7 @@ fn stopped() -> Error {
 }
 
 struct WriterState {
+    last_puts: Arc<[AtomicU64]>,
     stats: Arc<Counters>,
     engine: Arc<Engine>,
     inbox: loole::Receiver<Message>,
@@ -248,11 +268,21 @@ impl WriterState {
         if shortid != self.persisted_shortid {
             COUNTERS.put(&mut combined, &SHORTID_COUNTER.to_owned(), &shortid);
         }
+        let mut put_tables: Vec<TableId> = combined.put_tables().collect();
+        put_tables.sort_unstable_by_key(|table| table.0);
+        put_tables.dedup_by_key(|table| table.0);
 
         match self.engine.write(combined) {
             Ok(()) => {
                 self.next_position = next;
                 self.persisted_shortid = shortid;
+                // Before the position is published (see the module documentation).
+                let as_of = next.saturating_sub(1);
+                for table in put_tables {
+                    if let Some(mark) = self.last_puts.get(usize::from(table.0)) {
+                        mark.fetch_max(as_of, Ordering::SeqCst);
+                    }
+                }
                 if next > first_position {
                     self.committed.send_replace(next - 1);
                 }

@@ -129,6 +129,16 @@ fn snapshot_at(services: &Services, room: u64, position: u64) -> Result<u64> {
     }
 }
 
+/// Whether `table` may hold rows above the stream position `since`: the Writer's mark
+/// settles most stream tables without a scan when nothing was put since the token.
+fn written_since(
+    services: &Services,
+    table: crate::storage::catalogue::TableId,
+    since: u64,
+) -> bool {
+    services.storage.writer().last_put(table) > since
+}
+
 /// The latest account data of `user` in `room` (`""`: global) as events.
 fn all_account_data(services: &Services, user: &UserId, room: &str) -> Result<Vec<JsonValue>> {
     Ok(ACCOUNT_DATA_TABLE
@@ -151,6 +161,9 @@ fn changed_account_data(
     upto: u64,
 ) -> Result<HashMap<String, Vec<JsonValue>>> {
     let mut changed: HashMap<String, Vec<JsonValue>> = HashMap::new();
+    if !written_since(services, ACCOUNT_DATA_STREAM_TABLE.id(), since) {
+        return Ok(changed);
+    }
     let start = (user.to_string(), since.saturating_add(1));
     let mut entries = Vec::new();
     ACCOUNT_DATA_STREAM_TABLE.scan(
@@ -234,6 +247,7 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
                     initial || changed,
                     room_account,
                     &mut membership_changes,
+                    &ignored,
                 )? {
                     response.rooms.join.insert(room_id, joined);
                     has_news = true;
@@ -294,7 +308,8 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
     let delivered_through = params.since.map_or(0, |token| token.to_device_position());
     let start = (user.to_string(), device.clone(), delivered_through.saturating_add(1));
     let mut last_delivered = None;
-    TO_DEVICE_TABLE.scan(
+    if written_since(services, TO_DEVICE_TABLE.id(), delivered_through) {
+        TO_DEVICE_TABLE.scan(
         services.storage.engine(),
         &prefix2(&user.as_str(), &device.as_str()),
         Some(&start),
@@ -314,6 +329,7 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
             ControlFlow::Continue(())
         },
     )?;
+    }
     if !response.to_device.events.is_empty() {
         has_news = true;
     }
@@ -340,17 +356,14 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
         response.device_lists.changed = changed;
         response.device_lists.left = left;
     }
-    let engine = services.storage.engine();
-    response.device_one_time_keys_count = keys_query::one_time_key_counts(engine, user, &device)?
-        .into_iter()
-        .map(|(algorithm, count)| (algorithm.into(), UInt::new_saturating(count)))
+    let supply = keys_query::cached_key_supply(&services.storage, user, &device)?;
+    let (one_time, unused_fallback) = &*supply;
+    response.device_one_time_keys_count = one_time
+        .iter()
+        .map(|(algorithm, count)| (algorithm.as_str().into(), UInt::new_saturating(*count)))
         .collect();
-    response.device_unused_fallback_key_types = Some(
-        keys_query::unused_fallback_key_types(engine, user, &device)?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-    );
+    response.device_unused_fallback_key_types =
+        Some(unused_fallback.iter().map(|algorithm| algorithm.as_str().into()).collect());
 
     response.next_batch = next.to_string();
     Ok(Computed { response, has_news })
@@ -481,6 +494,7 @@ fn joined_room(
     full: bool,
     account_changes: Option<&Vec<JsonValue>>,
     membership_changes: &mut HashMap<OwnedRoomId, Vec<(String, String)>>,
+    ignored: &HashSet<String>,
 ) -> Result<Option<JoinedRoom>> {
     let Some(record) = rooms::room(&services.storage, room_id)? else {
         return Ok(None);
@@ -495,7 +509,8 @@ fn joined_room(
         .unwrap_or(DEFAULT_TIMELINE_LIMIT)
         .clamp(1, MAX_TIMELINE_LIMIT);
     let lower = if params.since.is_none() { 0 } else { since };
-    let mut viewer = Viewer::new(&services.storage, room_id, user)?;
+    let mut viewer =
+        Viewer::known(&services.storage, user, Some("join".to_owned()), ignored.clone());
     let part = timeline_part(
         services,
         record.short,
@@ -705,6 +720,9 @@ fn receipts(
     lower: u64,
     upto: u64,
 ) -> Result<Option<JsonValue>> {
+    if !written_since(services, RECEIPT_STREAM_TABLE.id(), lower) {
+        return Ok(None);
+    }
     let mut entries = Vec::new();
     RECEIPT_STREAM_TABLE.scan(
         services.storage.engine(),
@@ -834,19 +852,7 @@ fn presence(
     }
     let mut changed = Vec::new();
     if params.since.is_some() {
-        PRESENCE_STREAM_TABLE.scan(
-            services.storage.engine(),
-            b"",
-            Some(&since.saturating_add(1)),
-            Direction::Forward,
-            |position, user| {
-                if position > upto {
-                    return ControlFlow::Break(());
-                }
-                changed.push(user);
-                ControlFlow::Continue(())
-            },
-        )?;
+        changed = services.storage.stream_values(PRESENCE_STREAM_TABLE, since, upto)?;
         if changed.is_empty() {
             return Ok(());
         }

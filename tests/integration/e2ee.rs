@@ -214,6 +214,60 @@ async fn keys_upload_query_and_claim() {
     server.stop().await;
 }
 
+/// A deleted device's key supply is gone, also for a later login that reuses its device id
+/// (each /sync reads the supply through a cache that must not outlive the device).
+#[tokio::test]
+async fn a_reused_device_id_starts_without_the_old_keys() {
+    let mut server = TestServer::start().await;
+    server.register("alice", "pw").await;
+    let login = |device: &str| {
+        json!({
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "alice"},
+            "password": "pw",
+            "device_id": device,
+        })
+    };
+    let (status, body) = server
+        .request(reqwest::Method::POST, "/_matrix/client/v3/login", None, Some(login("REUSED")))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let phone = crate::common::user_from(&body);
+    let (status, body) = server
+        .post_as(
+            &phone,
+            "/_matrix/client/v3/keys/upload",
+            json!({
+                "one_time_keys": {"signed_curve25519:K1": {"key": "k1"}},
+                "fallback_keys": {"signed_curve25519:F1": {"key": "f1", "fallback": true}},
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let before = sync(&server, &phone, None, "").await;
+    assert_eq!(before["device_one_time_keys_count"]["signed_curve25519"], 1, "{before}");
+    assert_eq!(before["device_unused_fallback_key_types"], json!(["signed_curve25519"]));
+
+    let (status, body) = server
+        .delete_as(&phone, "/_matrix/client/v3/devices/REUSED", json!({
+            "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw"}
+        }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server
+        .request(reqwest::Method::POST, "/_matrix/client/v3/login", None, Some(login("REUSED")))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let again = crate::common::user_from(&body);
+    let after = sync(&server, &again, None, "").await;
+    assert!(
+        after["device_one_time_keys_count"].get("signed_curve25519").is_none_or(|count| count == 0),
+        "{after}"
+    );
+    assert_eq!(after["device_unused_fallback_key_types"], json!([]), "{after}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn concurrent_claims_never_share_a_key() {
     let mut server = TestServer::start().await;

@@ -52,6 +52,36 @@ async fn acknowledged_batches_survive_reopen() {
     storage.close().await;
 }
 
+/// The Writer marks each table with the position of the last commit that put a row in it,
+/// visible once that position is: readers skip scans of stream tables by it.
+#[tokio::test]
+async fn each_table_is_marked_with_its_last_put() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = open(dir.path());
+    let writer = storage.writer();
+    let start = writer.committed_position();
+    assert_eq!(writer.last_put(RIGHT.id()), start);
+    let mut batch = Batch::new();
+    LEFT.put(&mut batch, &"marked".to_owned(), &1);
+    let positions = writer
+        .commit_with_positions(2, batch, |batch, positions| {
+            RIGHT.put(batch, &(7, positions.start), &Vec::new());
+        })
+        .await
+        .expect("commit");
+    assert_eq!(writer.committed_position(), positions.end - 1);
+    assert_eq!(writer.last_put(LEFT.id()), positions.end - 1);
+    assert_eq!(writer.last_put(RIGHT.id()), positions.end - 1);
+    // A commit that only deletes from a table leaves its mark.
+    let mut batch = Batch::new();
+    RIGHT.delete(&mut batch, &(7, positions.start));
+    LEFT.put(&mut batch, &"again".to_owned(), &2);
+    writer.commit_with_positions(1, batch, |_, _| {}).await.expect("commit");
+    assert_eq!(writer.last_put(RIGHT.id()), positions.end - 1);
+    assert_eq!(writer.last_put(LEFT.id()), writer.committed_position());
+    storage.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_are_grouped_with_gap_free_positions() {
     let dir = tempfile::tempdir().expect("tempdir");
