@@ -27,7 +27,7 @@ use crate::{
     federation::SigningKey,
     push::{
         counts as push_counts,
-        evaluate::{Evaluated, Outcome, RoomContext, evaluate},
+        evaluate::{Evaluated, Outcome, RoomContext, evaluate, write_notifications},
         pushers::Push,
     },
     rooms::{
@@ -184,12 +184,12 @@ struct Prepared {
     transaction: Option<(String, String, String)>,
 }
 
-/// What a commit leaves for after the reply: push rule evaluation, then waking syncs.
+/// What a commit leaves for after the reply: waking syncs and pushers.
 struct Committed {
-    /// `(event, short id, position, thread root)` in commit order.
-    events: Vec<(Arc<Pdu>, u64, u64, Option<String>)>,
     /// Users whose membership changed.
     members: Vec<OwnedUserId>,
+    /// Local users the events notified (their pushers have work).
+    notified: Vec<OwnedUserId>,
 }
 
 fn unknown_room() -> Error {
@@ -847,7 +847,8 @@ impl RoomActor {
         Ok(stripped)
     }
 
-    /// Commits prepared events in order with consecutive stream positions.
+    /// Commits prepared events in order with consecutive stream positions, with what their
+    /// push rules record (notifications and unread counts) in the same commit.
     async fn commit(
         &self,
         room: &Loaded,
@@ -871,6 +872,11 @@ impl RoomActor {
             .iter()
             .filter_map(|prepared| prepared.membership.as_ref().map(|(user, _)| user.clone()))
             .collect();
+        let membership_changes: Vec<(OwnedUserId, String)> = prepared
+            .iter()
+            .filter_map(|prepared| prepared.membership.as_ref())
+            .map(|(user, record)| (user.clone(), record.membership.clone()))
+            .collect();
         let ids: Vec<OwnedEventId> =
             prepared.iter().map(|prepared| prepared.pdu.event_id.clone()).collect();
         let events: Vec<(Arc<Pdu>, u64, Option<String>)> = prepared
@@ -882,7 +888,29 @@ impl RoomActor {
                 (Arc::clone(&prepared.pdu), prepared.short, thread)
             })
             .collect();
-        let _writing = self.storage.coherent().memberships.begin(members.clone());
+        // A failed evaluation costs the events their notifications, never their commit.
+        let push = match self.evaluate_push(room, &events, &membership_changes).await {
+            Ok(push) => push,
+            Err(error) => {
+                tracing::warn!(room = %room.room_id, %error, "push rule evaluation failed");
+                Outcome::default()
+            }
+        };
+        let Outcome { batch: push_batch, notifications, counts, notified } = push;
+        batch.append(push_batch);
+        // Every member's counts change with each message: the cache takes the new values
+        // rather than having each member's next /sync read them back.
+        let mut changed_by_user: HashMap<OwnedUserId, BTreeMap<String, UnreadCounts>> =
+            HashMap::new();
+        for ((user, thread), counts) in &counts {
+            changed_by_user.entry(user.clone()).or_default().insert(thread.clone(), counts.clone());
+        }
+        let counts_writing = self
+            .storage
+            .coherent()
+            .unread_counts
+            .begin(changed_by_user.keys().map(|user| (user.clone(), room_short)).collect());
+        let _memberships_writing = self.storage.coherent().memberships.begin(members.clone());
         let parents: HashSet<u64> = prepared
             .iter()
             .filter_map(|prepared| prepared.relation.as_ref())
@@ -892,20 +920,27 @@ impl RoomActor {
             .storage
             .writer()
             .commit_with_positions(count, batch, move |batch, positions| {
-                for (prepared, position) in prepared.into_iter().zip(positions) {
+                let assigned: Vec<u64> = positions.clone().collect();
+                for (prepared, position) in prepared.into_iter().zip(positions.clone()) {
                     let has_children = parents.contains(&prepared.short);
                     write_positioned(batch, room_short, &room_id, prepared, position, has_children);
                 }
+                write_notifications(batch, room_short, notifications, &assigned);
+                // Counts are stamped with the last event's position: a sync that sees the
+                // events sees their counts.
+                let stamp = positions.end.saturating_sub(1);
+                for ((user, thread), counts) in counts {
+                    let changed = std::iter::once((thread, counts)).collect();
+                    push_counts::write_counts(batch, &user, room_short, changed, stamp);
+                }
             })
             .await?;
-        let committed = Committed {
-            events: events
-                .into_iter()
-                .zip(positions.clone())
-                .map(|((pdu, short, thread), position)| (pdu, short, position, thread))
-                .collect(),
-            members,
-        };
+        let stamp = positions.end.saturating_sub(1);
+        counts_writing.committed(|(user, _), before| match changed_by_user.get(user) {
+            Some(changed) => push_counts::with_written(before, changed, stamp),
+            None => before.clone(),
+        });
+        let committed = Committed { members, notified };
         let sent = ids
             .into_iter()
             .zip(positions)
@@ -914,37 +949,43 @@ impl RoomActor {
         Ok((sent, committed))
     }
 
-    /// After a commit: records who the events notify, then wakes the syncs that can see
-    /// them (once, with counts already in place) and the pushers of those notified.
+    /// After a commit (and the reply to the sender): wakes the syncs that can see the events
+    /// and the pushers of those notified.
     async fn after_commit(&self, room: &Loaded, committed: Committed) {
-        let notified = match self.notify(room, &committed).await {
-            Ok(notified) => notified,
-            Err(error) => {
-                tracing::warn!(room = %room.room_id, %error, "push rule evaluation failed");
-                Vec::new()
-            }
-        };
         self.hub.room_changed(&room.room_id);
         for member in &committed.members {
             // Invites and joins reach users who are not yet waiting on the room.
             self.hub.user_changed(member);
         }
-        for user in notified {
-            self.push.wake(&user).await;
+        for user in &committed.notified {
+            self.push.wake(user).await;
         }
     }
 
-    /// Evaluates push rules for the committed events and commits what they notify.
-    async fn notify(&self, room: &Loaded, committed: &Committed) -> Result<Vec<OwnedUserId>> {
-        let joined = timeline::joined_members(&self.storage, room.short)?;
-        let member_count = joined.len() as u64;
-        let mut local: Vec<OwnedUserId> = joined
+    /// Evaluates push rules for events about to commit (`(event, short id, thread root)` in
+    /// order, changing the memberships `membership_changes`), for their commit to record.
+    async fn evaluate_push(
+        &self,
+        room: &Loaded,
+        events: &[(Arc<Pdu>, u64, Option<String>)],
+        membership_changes: &[(OwnedUserId, String)],
+    ) -> Result<Outcome> {
+        // The members as they will be once the events commit.
+        let mut joined: Vec<OwnedUserId> = timeline::joined_members(&self.storage, room.short)?
             .into_iter()
             .filter_map(|user| UserId::parse(user).ok())
-            .filter(|user| user.server_name() == self.server_name)
             .collect();
+        for (user, membership) in membership_changes {
+            joined.retain(|member| member != user);
+            if membership == "join" {
+                joined.push(user.clone());
+            }
+        }
+        let member_count = joined.len() as u64;
+        let mut local: Vec<OwnedUserId> =
+            joined.into_iter().filter(|user| user.server_name() == self.server_name).collect();
         // An invited local user hears of the invite through their push rules too.
-        for (pdu, ..) in &committed.events {
+        for (pdu, ..) in events {
             if pdu.kind == TimelineEventType::RoomMember
                 && pdu.content_str("membership").as_deref() == Some("invite")
                 && let Some(target) =
@@ -955,9 +996,10 @@ impl RoomActor {
                 local.push(target);
             }
         }
-        // Sending an event reads everything before it (in its thread, or the main timeline).
+        // Sending an event reads everything before it (in its thread, or the main timeline):
+        // every unread row there is, since the event is newer than all of them.
         let mut outcome = Outcome::default();
-        for (pdu, _, position, thread) in &committed.events {
+        for (pdu, _, thread) in events {
             if pdu.sender.server_name() != self.server_name {
                 continue;
             }
@@ -966,7 +1008,7 @@ impl RoomActor {
                 self.storage.engine(),
                 &pdu.sender,
                 room.short,
-                *position,
+                u64::MAX,
                 Some(scope),
                 &mut outcome.batch,
             )?;
@@ -974,15 +1016,14 @@ impl RoomActor {
                 outcome.counts.insert((pdu.sender.clone(), thread), counts);
             }
         }
-        let senders: Vec<&UserId> =
-            committed.events.iter().map(|(pdu, ..)| pdu.sender.as_ref()).collect();
+        let senders: Vec<&UserId> = events.iter().map(|(pdu, ..)| pdu.sender.as_ref()).collect();
         let has_recipients = local.iter().any(|user| !senders.contains(&user.as_ref()));
-        if !has_recipients && outcome.counts.is_empty() {
-            return Ok(Vec::new());
+        if !has_recipients {
+            return Ok(outcome);
         }
         // Display names only match a `content.body`; events without one (joins, state) skip
         // reading every member's event.
-        let any_body = committed.events.iter().any(|(pdu, ..)| pdu.content_str("body").is_some());
+        let any_body = events.iter().any(|(pdu, ..)| pdu.content_str("body").is_some());
         let mut recipients = Vec::with_capacity(local.len());
         for user in local {
             let name = if any_body {
@@ -999,51 +1040,18 @@ impl RoomActor {
             power_levels: self.push_power_levels(room)?,
             recipients,
         };
-        let events: Vec<Evaluated<'_>> = committed
-            .events
+        let evaluated: Vec<Evaluated<'_>> = events
             .iter()
-            .map(|(pdu, short, position, thread)| Evaluated {
+            .enumerate()
+            .map(|(index, (pdu, short, thread))| Evaluated {
                 pdu,
                 short: *short,
-                position: *position,
+                index,
                 thread: thread.clone(),
             })
             .collect();
-        if has_recipients {
-            evaluate(&self.storage, &self.push.rules, &context, &events, &mut outcome).await?;
-        }
-        if outcome.batch.is_empty() && outcome.counts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let room_short = room.short;
-        let counts = outcome.counts;
-        // Every member's counts change with each message: the cache takes the new values
-        // rather than having each member's next /sync read them back.
-        let mut changed_by_user: HashMap<OwnedUserId, BTreeMap<String, UnreadCounts>> =
-            HashMap::new();
-        for ((user, thread), counts) in &counts {
-            changed_by_user.entry(user.clone()).or_default().insert(thread.clone(), counts.clone());
-        }
-        let writing = self
-            .storage
-            .coherent()
-            .unread_counts
-            .begin(changed_by_user.keys().map(|user| (user.clone(), room_short)).collect());
-        let positions = self
-            .storage
-            .writer()
-            .commit_with_positions(1, outcome.batch, move |batch, positions| {
-                for ((user, thread), counts) in counts {
-                    let changed = std::iter::once((thread, counts)).collect();
-                    push_counts::write_counts(batch, &user, room_short, changed, positions.start);
-                }
-            })
-            .await?;
-        writing.committed(|(user, _), before| match changed_by_user.get(user) {
-            Some(changed) => push_counts::with_written(before, changed, positions.start),
-            None => before.clone(),
-        });
-        Ok(outcome.notified)
+        evaluate(&self.storage, &self.push.rules, &context, &evaluated, &mut outcome).await?;
+        Ok(outcome)
     }
 
     /// `user`'s display name in the room (their localpart without one), as push rules see it.

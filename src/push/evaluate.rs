@@ -1,7 +1,7 @@
-//! Push rule evaluation for committed events: which local users each event notifies, with
-//! which actions, and the rows that records (unread events, counts, the notification list).
-//! Runs in the room's actor after the event's commit and before syncs are woken, so a
-//! client never sees a message without its count.
+//! Push rule evaluation for events about to commit: which local users each event notifies,
+//! with which actions, and the rows that records (unread events, counts, the notification
+//! list). Runs in the room's actor before the events' commit and its rows go into that same
+//! commit, so no reader ever sees a message without its count.
 
 use std::collections::BTreeMap;
 
@@ -39,22 +39,52 @@ pub struct RoomContext {
     pub recipients: Vec<(OwnedUserId, String)>,
 }
 
-/// One committed event to evaluate.
+/// One event to evaluate, the `index`th of its commit.
 pub struct Evaluated<'a> {
     pub pdu: &'a Pdu,
     pub short: u64,
-    pub position: u64,
+    pub index: usize,
     /// The thread root's event id when the event is in a thread.
     pub thread: Option<String>,
+}
+
+/// One user notified by one event: its rows are keyed by the event's stream position, which
+/// the commit assigns.
+pub struct Notification {
+    user: String,
+    index: usize,
+    unread: UnreadRecord,
+    record: NotificationRecord,
 }
 
 /// The outcome for one batch of events: rows to commit and who was notified.
 #[derive(Default)]
 pub struct Outcome {
+    /// Rows that need no stream position (unread events a sender's own event reads).
     pub batch: Batch,
+    pub notifications: Vec<Notification>,
     /// New counts per `(user, thread)` of the room, to stamp with the commit's position.
     pub counts: BTreeMap<(OwnedUserId, String), UnreadCounts>,
     pub notified: Vec<OwnedUserId>,
+}
+
+/// Adds the rows of `notifications` to `batch`, the `i`th event of the commit having stream
+/// position `positions[i]`.
+pub fn write_notifications(
+    batch: &mut Batch,
+    room_short: u64,
+    notifications: Vec<Notification>,
+    positions: &[u64],
+) {
+    for notification in notifications {
+        let Some(position) = positions.get(notification.index).copied() else { continue };
+        UNREAD_EVENTS_TABLE.put(
+            batch,
+            &(notification.user.clone(), room_short, position),
+            &Json(notification.unread),
+        );
+        NOTIFICATIONS_TABLE.put(batch, &(notification.user, position), &Json(notification.record));
+    }
 }
 
 fn is_highlight(actions: &[Action]) -> bool {
@@ -105,23 +135,18 @@ pub async fn evaluate(
                 continue;
             };
             let highlight = is_highlight(&actions);
-            let user_key = user.to_string();
-            UNREAD_EVENTS_TABLE.put(
-                &mut outcome.batch,
-                &(user_key.clone(), room.room_short, event.position),
-                &Json(UnreadRecord { highlight, thread: thread.clone() }),
-            );
-            NOTIFICATIONS_TABLE.put(
-                &mut outcome.batch,
-                &(user_key, event.position),
-                &Json(NotificationRecord {
+            outcome.notifications.push(Notification {
+                user: user.to_string(),
+                index: event.index,
+                unread: UnreadRecord { highlight, thread: thread.clone() },
+                record: NotificationRecord {
                     room_id: room.room_id.to_string(),
                     event: event.short,
                     actions: serde_json::to_value(&actions)?,
                     highlight,
                     ts: now_ms(),
-                }),
-            );
+                },
+            });
             let counts_key = (user.clone(), thread.clone());
             if !outcome.counts.contains_key(&counts_key) {
                 let stored =
