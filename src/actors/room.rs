@@ -705,6 +705,11 @@ impl RoomActor {
         PDUS_TABLE.put(batch, &short, &redacted.to_bytes());
         if let Some(mut meta) = rooms::event_meta(self.storage.engine(), short)? {
             meta.redacted = true;
+            // `accept` already marked the target in this batch if the redaction relates to
+            // it; this later write of the same row must keep that mark.
+            if relation_of(redaction).is_some_and(|(parent, _)| parent == target.event_id) {
+                meta.has_children = Some(true);
+            }
             let position = meta.position;
             EVENT_META_TABLE.put(batch, &short, &Json(meta));
             for word in search_words(target) {

@@ -143,7 +143,8 @@ impl Storage {
         Ok(values)
     }
 
-    /// Caches of changing rows that writers keep exact (memberships, unread counts).
+    /// Caches of changing rows that writers keep exact (memberships, unread counts, key
+    /// supply).
     pub fn coherent(&self) -> &coherent_cache::CoherentCaches {
         &self.coherent
     }

@@ -255,6 +255,34 @@ async fn threads_are_summarised_and_listed_by_activity() {
 }
 
 #[tokio::test]
+async fn a_redaction_that_relates_to_its_target_keeps_it_a_parent() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = public_room(&server, &alice, &[&bob]).await;
+    let target = send_text(&server, &alice, &room, "t", "to be removed").await;
+    // The redaction both strips its target and is a reference to it: the one commit writes
+    // the target's metadata twice, and the second write must keep the first's mark.
+    let (status, body) = server
+        .put_as(
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.redaction/x1"),
+            json!({"redacts": target, "m.relates_to": {"rel_type": "m.reference", "event_id": target}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let redaction = body["event_id"].as_str().expect("id").to_owned();
+    let bundled = event(&server, &bob, &room, &target).await;
+    assert_eq!(bundled["content"], json!({}), "{bundled}");
+    assert_eq!(
+        bundled["unsigned"]["m.relations"]["m.reference"],
+        json!({"chunk": [{"event_id": redaction}]}),
+        "{bundled}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn references_are_bundled_in_order() {
     let mut server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
