@@ -315,6 +315,36 @@ async fn a_current_token_waits_without_computing_and_still_wakes() {
     server.stop().await;
 }
 
+/// Small incremental syncs are computed on the request's task, those of a user in many rooms
+/// on the blocking pool (`sync::tests` in the library checks the rule). Both answer alike.
+#[tokio::test]
+async fn incremental_syncs_answer_alike_for_few_and_many_rooms() {
+    let mut server = TestServer::with_options(QUICK).await;
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let token =
+        sync(&server, &alice, None, "").await["next_batch"].as_str().expect("next").to_owned();
+    let event = send_text(&server, &alice, &room, "t1", "few rooms").await;
+    let body = sync(&server, &alice, Some(&token), "").await;
+    assert_eq!(timeline_ids(&body, &room), vec![event], "{body}");
+
+    // More rooms than the inline limit (64).
+    let mut last_room = room;
+    for _ in 0..64 {
+        last_room = create_room(&server, &alice, json!({})).await;
+    }
+    let token = body["next_batch"].as_str().expect("next").to_owned();
+    let token = sync(&server, &alice, Some(&token), "").await["next_batch"]
+        .as_str()
+        .expect("next")
+        .to_owned();
+    let event = send_text(&server, &alice, &last_room, "t2", "many rooms").await;
+    let body = sync(&server, &alice, Some(&token), "").await;
+    assert_eq!(timeline_ids(&body, &last_room), vec![event], "{body}");
+    assert_eq!(body["rooms"]["join"].as_object().map(|rooms| rooms.len()), Some(1), "{body}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn long_polls_wake_on_each_stream_and_time_out_empty() {
     let mut server = TestServer::with_options(QUICK).await;

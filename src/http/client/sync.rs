@@ -176,7 +176,41 @@ async fn wait_for_news(
     !services.shutdown.is_triggered() && tokio::time::Instant::now() < deadline
 }
 
-/// Computes a response on the blocking pool (it reads the database).
+/// Incremental syncs at most this many stream positions behind, for users in at most
+/// `INLINE_MAX_ROOMS` rooms, are computed on the request's own task.
+const INLINE_MAX_GAP: u64 = 256;
+const INLINE_MAX_ROOMS: usize = 64;
+
+/// Whether a response is small enough to compute without leaving the async worker. Such a
+/// sync is a handful of cached reads (tens of microseconds); handing it to the blocking pool
+/// cost two thread switches and a pool that grew to one thread per waiting member when a
+/// message woke a whole room at once. Initial, full-state, far-behind and many-room syncs
+/// read much more, so they still go to the blocking pool.
+fn is_small(
+    services: &Services,
+    sender: &crate::accounts::Sender,
+    since: Option<SyncToken>,
+    full_state: bool,
+) -> Result<bool> {
+    let Some(since) = since else { return Ok(false) };
+    let committed = services.storage.writer().committed_position();
+    if !is_small_size(Some(since.position), committed, 0, full_state) {
+        return Ok(false);
+    }
+    let rooms = crate::rooms::cached_memberships(&services.storage, &sender.user_id)?.len();
+    Ok(is_small_size(Some(since.position), committed, rooms, full_state))
+}
+
+/// The size rule of [`is_small`], on what it measured.
+fn is_small_size(since: Option<u64>, committed: u64, rooms: usize, full_state: bool) -> bool {
+    since.is_some_and(|since| {
+        !full_state
+            && committed.saturating_sub(since) <= INLINE_MAX_GAP
+            && rooms <= INLINE_MAX_ROOMS
+    })
+}
+
+/// Computes a response: a small one right here, any other on the blocking pool.
 async fn compute(
     services: &Arc<Services>,
     sender: &crate::accounts::Sender,
@@ -184,6 +218,11 @@ async fn compute(
     full_state: bool,
     filter: &FilterDefinition,
 ) -> Result<response::Computed> {
+    if is_small(services, sender, since, full_state)? {
+        metrics::counter!("tuwunel_sync_computations_total", "pool" => "inline").increment(1);
+        return response::compute(services, &SyncParams { sender, since, full_state, filter });
+    }
+    metrics::counter!("tuwunel_sync_computations_total", "pool" => "blocking").increment(1);
     let services = Arc::clone(services);
     let sender = sender.clone();
     let filter = filter.clone();
@@ -195,4 +234,18 @@ async fn compute(
     })
     .await
     .map_err(|error| Error::internal(format!("sync computation failed: {error}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_near_incremental_syncs_of_few_rooms_are_small() {
+        assert!(is_small_size(Some(100), 100 + INLINE_MAX_GAP, INLINE_MAX_ROOMS, false));
+        assert!(!is_small_size(None, 0, 1, false), "an initial sync");
+        assert!(!is_small_size(Some(100), 101, 1, true), "a full-state sync");
+        assert!(!is_small_size(Some(100), 101 + INLINE_MAX_GAP, 1, false), "far behind");
+        assert!(!is_small_size(Some(100), 101, INLINE_MAX_ROOMS + 1, false), "many rooms");
+    }
 }
