@@ -169,6 +169,9 @@ struct Loaded {
     /// or its redaction drops its user's entry. (A lock only because after-commit work reads
     /// it through a shared reference across awaits; the actor is its only user.)
     display_names: std::sync::Mutex<HashMap<OwnedUserId, String>>,
+    /// The joined members as of the last commit, read on first need; a commit that changes a
+    /// membership drops it (this actor is the only writer of the room's members).
+    joined: std::sync::Mutex<Option<Arc<Vec<OwnedUserId>>>>,
 }
 
 /// An event accepted but not yet committed, with the rows that need its stream position.
@@ -338,6 +341,7 @@ impl RoomActor {
             depth: heads.depth,
             cache: HashMap::new(),
             display_names: std::sync::Mutex::default(),
+            joined: std::sync::Mutex::default(),
         }))
     }
 
@@ -386,6 +390,7 @@ impl RoomActor {
             depth: 0,
             cache: HashMap::new(),
             display_names: std::sync::Mutex::default(),
+            joined: std::sync::Mutex::default(),
         };
         let mut prepared = Vec::with_capacity(then.len() + 1);
         let mut pending: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
@@ -940,6 +945,9 @@ impl RoomActor {
                 }
             })
             .await?;
+        if !membership_changes.is_empty() {
+            *room.joined.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
         let stamp = positions.end.saturating_sub(1);
         counts_writing.committed(|(user, _), before| match changed_by_user.get(user) {
             Some(changed) => push_counts::with_written(before, changed, stamp),
@@ -976,10 +984,7 @@ impl RoomActor {
         membership_changes: &[(OwnedUserId, String)],
     ) -> Result<Outcome> {
         // The members as they will be once the events commit.
-        let mut joined: Vec<OwnedUserId> = timeline::joined_members(&self.storage, room.short)?
-            .into_iter()
-            .filter_map(|user| UserId::parse(user).ok())
-            .collect();
+        let mut joined: Vec<OwnedUserId> = self.joined_members(room)?.as_ref().clone();
         for (user, membership) in membership_changes {
             joined.retain(|member| member != user);
             if membership == "join" {
@@ -1057,6 +1062,22 @@ impl RoomActor {
             .collect();
         evaluate(&self.storage, &self.push.rules, &context, &evaluated, &mut outcome).await?;
         Ok(outcome)
+    }
+
+    /// The room's joined members as of the last commit.
+    fn joined_members(&self, room: &Loaded) -> Result<Arc<Vec<OwnedUserId>>> {
+        let cached = || room.joined.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(joined) = cached().as_ref() {
+            return Ok(Arc::clone(joined));
+        }
+        let joined: Arc<Vec<OwnedUserId>> = Arc::new(
+            timeline::joined_members(&self.storage, room.short)?
+                .into_iter()
+                .filter_map(|user| UserId::parse(user).ok())
+                .collect(),
+        );
+        *cached() = Some(Arc::clone(&joined));
+        Ok(joined)
     }
 
     /// `user`'s display name in the room (their localpart without one), as push rules see it.

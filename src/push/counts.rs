@@ -43,7 +43,7 @@ pub fn room_counts(
     Ok(counts)
 }
 
-/// [`room_counts`] through the coherent cache, for /sync.
+/// [`room_counts`] through the coherent cache, for /sync and push evaluation.
 pub fn cached_room_counts(
     storage: &Storage,
     user: &UserId,
@@ -53,19 +53,6 @@ pub fn cached_room_counts(
         .coherent()
         .unread_counts
         .get(&(user.to_owned(), room), || room_counts(storage.engine(), user, room))
-}
-
-/// The counts of one thread (`""`: the main timeline) of a room: one point read.
-pub fn thread_counts(
-    reader: &(impl Read + ?Sized),
-    user: &UserId,
-    room: u64,
-    thread: &str,
-) -> Result<UnreadCounts> {
-    Ok(UNREAD_COUNTS_TABLE
-        .get(reader, &(user.to_string(), room, thread.to_owned()))?
-        .map(|Json(counts)| counts)
-        .unwrap_or_default())
 }
 
 /// Unread notifications across all of a user's rooms (a push payload's `counts.unread`).

@@ -109,20 +109,24 @@ pub async fn evaluate(
         let raw: Raw<JsonValue> = Raw::from_json(serde_json::value::to_raw_value(&json)?);
         let flattened = FlattenedJson::from_raw(&raw);
         let thread = event.thread.clone().unwrap_or_default();
+        // One context, its user fields changed per recipient.
+        let mut context = PushConditionRoomCtx::new(
+            room.room_id.clone(),
+            UInt::new_saturating(room.member_count),
+            event.pdu.sender.clone(),
+            String::new(),
+        );
+        if let Some(power_levels) = &room.power_levels {
+            context = context.with_power_levels(power_levels.clone());
+        }
+        let mut notified = [0_u64; 2];
         for (user, display_name) in &room.recipients {
             if *user == event.pdu.sender {
                 continue;
             }
             let ruleset = rules.get(storage, user)?;
-            let mut context = PushConditionRoomCtx::new(
-                room.room_id.clone(),
-                UInt::new_saturating(room.member_count),
-                user.clone(),
-                display_name.clone(),
-            );
-            if let Some(power_levels) = &room.power_levels {
-                context = context.with_power_levels(power_levels.clone());
-            }
+            context.user_id.clone_from(user);
+            context.user_display_name.clone_from(display_name);
             let mut actions: Option<Vec<Action>> = None;
             for rule in ruleset.iter() {
                 if rule.applies(&flattened, &context).await {
@@ -149,8 +153,11 @@ pub async fn evaluate(
             });
             let counts_key = (user.clone(), thread.clone());
             if !outcome.counts.contains_key(&counts_key) {
-                let stored =
-                    counts::thread_counts(storage.engine(), user, room.room_short, &thread)?;
+                // The room actor writes these counts, so the cache is current here.
+                let stored = counts::cached_room_counts(storage, user, room.room_short)?
+                    .get(&thread)
+                    .cloned()
+                    .unwrap_or_default();
                 outcome.counts.insert(counts_key.clone(), stored);
             }
             if let Some(counts) = outcome.counts.get_mut(&counts_key) {
@@ -160,7 +167,13 @@ pub async fn evaluate(
             if !outcome.notified.contains(user) {
                 outcome.notified.push(user.clone());
             }
-            metrics::counter!("tuwunel_push_notifications_total", "highlight" => if highlight { "true" } else { "false" }).increment(1);
+            notified[usize::from(highlight)] += 1;
+        }
+        for (highlight, count) in ["false", "true"].into_iter().zip(notified) {
+            if count > 0 {
+                metrics::counter!("tuwunel_push_notifications_total", "highlight" => highlight)
+                    .increment(count);
+            }
         }
         metrics::counter!("tuwunel_push_events_evaluated_total").increment(1);
     }

@@ -51,6 +51,16 @@ impl Batch {
         })
     }
 
+    /// The rows this batch puts into `table`, as encoded key and value.
+    pub(super) fn puts_to(&self, wanted: TableId) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.ops.iter().filter_map(move |op| match op {
+            Op::Put { table, key, value } if table.0 == wanted.0 => {
+                Some((key.as_slice(), value.as_slice()))
+            }
+            _ => None,
+        })
+    }
+
     pub(super) fn into_ops(self) -> Vec<Op> {
         self.ops
     }

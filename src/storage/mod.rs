@@ -18,6 +18,7 @@ pub mod keys;
 pub mod media;
 pub mod meta;
 pub mod push;
+pub mod recent_timeline;
 pub mod rooms;
 pub mod schema;
 pub mod shortid;

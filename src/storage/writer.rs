@@ -14,7 +14,8 @@
 //! It also remembers, per table, the stream position as of the last commit that put a row
 //! in it, and records that before publishing the commit's position: a reader that took
 //! `committed_position` as its bound and finds a stream table's mark at or below its token
-//! knows, without a scan, that the table gained nothing in between.
+//! knows, without a scan, that the table gained nothing in between. For the same reason it
+//! records each group's timeline rows in the [`RecentTimeline`] before publishing.
 
 use std::{
     ops::Range,
@@ -34,7 +35,10 @@ use tokio::sync::{oneshot, watch};
 use super::{
     Batch, Engine,
     catalogue::{TABLES, TableId},
+    codec::{Key, Value},
     meta::{COUNTERS, SHORTID_COUNTER, STREAM_POSITION},
+    recent_timeline::RecentTimeline,
+    rooms::TIMELINE_TABLE,
 };
 use crate::{Error, Result};
 
@@ -67,6 +71,7 @@ pub struct Writer {
     committed: Arc<watch::Sender<u64>>,
     stats: Arc<Counters>,
     last_puts: Arc<[AtomicU64]>,
+    recent_timeline: Arc<RecentTimeline>,
 }
 
 /// Totals since the Writer started.
@@ -97,8 +102,10 @@ impl Writer {
         // What happened before the start is unknown: every table counts as written then.
         let last_puts: Arc<[AtomicU64]> =
             TABLES.iter().map(|_| AtomicU64::new(committed_position)).collect();
+        let recent_timeline = Arc::new(RecentTimeline::new(committed_position));
         let state = WriterState {
             last_puts: Arc::clone(&last_puts),
+            recent_timeline: Arc::clone(&recent_timeline),
             stats: Arc::clone(&stats),
             engine,
             inbox,
@@ -111,7 +118,7 @@ impl Writer {
             .name("tuwunel-writer".to_owned())
             .spawn(move || state.run())
             .map_err(|error| Error::internal(format!("cannot start the writer thread: {error}")))?;
-        Ok((Self { mailbox, committed, stats, last_puts }, thread))
+        Ok((Self { mailbox, committed, stats, last_puts, recent_timeline }, thread))
     }
 
     /// Commits `batch` durably.
@@ -156,6 +163,11 @@ impl Writer {
             .map_or(u64::MAX, |mark| mark.load(Ordering::SeqCst))
     }
 
+    /// The newest timeline entries of recently written rooms.
+    pub fn recent_timeline(&self) -> &RecentTimeline {
+        &self.recent_timeline
+    }
+
     /// Groups and batches committed so far.
     pub fn stats(&self) -> WriterStats {
         WriterStats {
@@ -188,6 +200,7 @@ fn stopped() -> Error {
 
 struct WriterState {
     last_puts: Arc<[AtomicU64]>,
+    recent_timeline: Arc<RecentTimeline>,
     stats: Arc<Counters>,
     engine: Arc<Engine>,
     inbox: loole::Receiver<Message>,
@@ -271,6 +284,13 @@ impl WriterState {
         let mut put_tables: Vec<TableId> = combined.put_tables().collect();
         put_tables.sort_unstable_by_key(|table| table.0);
         put_tables.dedup_by_key(|table| table.0);
+        let mut timeline_rows: Vec<(u64, u64, u64)> = combined
+            .puts_to(TIMELINE_TABLE.id())
+            .filter_map(|(key, value)| {
+                let (room, position) = <(u64, u64)>::decode(key).ok()?;
+                Some((room, position, u64::decode_value(value).ok()?))
+            })
+            .collect();
 
         match self.engine.write(combined) {
             Ok(()) => {
@@ -278,6 +298,7 @@ impl WriterState {
                 self.persisted_shortid = shortid;
                 // Before the position is published (see the module documentation).
                 let as_of = next.saturating_sub(1);
+                self.recent_timeline.record(first_position.saturating_sub(1), &mut timeline_rows);
                 for table in put_tables {
                     if let Some(mark) = self.last_puts.get(usize::from(table.0)) {
                         mark.fetch_max(as_of, Ordering::SeqCst);

@@ -422,6 +422,12 @@ fn timeline_candidates(
             .map(|()| (candidates, more))
     };
     if lower > 0 {
+        // Rooms written recently have their newest entries in memory.
+        if let Some(found) =
+            services.storage.writer().recent_timeline().between(room, lower, upto, scan_limit)
+        {
+            return Ok(found);
+        }
         // An incremental sync usually finds a handful of events: reading them forwards from
         // the token is one cheap seek, where the reverse seek below is several times dearer.
         let (mut candidates, more) =

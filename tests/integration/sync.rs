@@ -345,6 +345,42 @@ async fn incremental_syncs_answer_alike_for_few_and_many_rooms() {
     server.stop().await;
 }
 
+/// An incremental sync finds a room's newest events in memory when it is a few behind, and
+/// scans for them when it is further behind than memory keeps (16 per room): both ways give
+/// the same events in order.
+#[tokio::test]
+async fn syncs_near_and_far_behind_see_the_same_events() {
+    let mut server = TestServer::with_options(QUICK).await;
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let filter = format!("&filter={}", encode(r#"{"room":{"timeline":{"limit":50}}}"#));
+    let far =
+        sync(&server, &alice, None, "").await["next_batch"].as_str().expect("next").to_owned();
+    let mut sent = Vec::new();
+    for index in 0..10 {
+        sent.push(send_text(&server, &alice, &room, &format!("a{index}"), "first half").await);
+    }
+    let body = sync(&server, &alice, Some(&far), &filter).await;
+    assert_eq!(timeline_ids(&body, &room), sent, "{body}");
+    let near = body["next_batch"].as_str().expect("next").to_owned();
+    for index in 0..10 {
+        sent.push(send_text(&server, &alice, &room, &format!("b{index}"), "second half").await);
+    }
+    let body = sync(&server, &alice, Some(&near), &filter).await;
+    assert_eq!(timeline_ids(&body, &room), sent[10..], "{body}");
+    let body = sync(&server, &alice, Some(&far), &filter).await;
+    assert_eq!(timeline_ids(&body, &room), sent, "{body}");
+    assert_ne!(body["rooms"]["join"][room.as_str()]["timeline"]["limited"], true, "{body}");
+    // Limited either way: the newest five, and a gap.
+    let five = format!("&filter={}", encode(r#"{"room":{"timeline":{"limit":5}}}"#));
+    for token in [&near, &far] {
+        let body = sync(&server, &alice, Some(token), &five).await;
+        assert_eq!(timeline_ids(&body, &room), sent[15..], "{body}");
+        assert_eq!(body["rooms"]["join"][room.as_str()]["timeline"]["limited"], true, "{body}");
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn long_polls_wake_on_each_stream_and_time_out_empty() {
     let mut server = TestServer::with_options(QUICK).await;
