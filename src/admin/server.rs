@@ -76,6 +76,24 @@ pub(super) async fn run(services: &Arc<Services>, command: ServerCommand) -> Res
                 memory.memtables,
                 memory.table_readers
             );
+            let storage = &services.storage;
+            let coherent = storage.coherent();
+            let _ = write!(
+                out,
+                "\n\n| in-memory cache (`cache_capacity_modifier` {}) | entries |\n|---|---|\n\
+                 | parsed events | {} |\n| memberships (users) | {} |\n\
+                 | unread counts (user and room) | {} |\n| device key counts | {} |\n\
+                 | recent timeline (rooms) | {} |",
+                services.config.cache_capacity_modifier,
+                storage.events().len(),
+                coherent.memberships.len(),
+                coherent.unread_counts.len(),
+                coherent.key_supply.len(),
+                storage.writer().recent_timeline().rooms(),
+            );
+            for (name, entries) in storage.caches().sizes() {
+                let _ = write!(out, "\n| {name} | {entries} |");
+            }
             Ok(out)
         }
         ServerCommand::Shutdown => {

@@ -351,6 +351,11 @@ config_section! {
         /// default: 128 + 64 per CPU core
         db_cache_capacity_mb: Option<f64> = None,
 
+        /// Multiplies the bounds of the server's in-memory caches (parsed events, state,
+        /// memberships, unread counts, recent timeline entries); 0.5 halves the memory they
+        /// may hold. The database's read cache is `db_cache_capacity_mb`.
+        cache_capacity_modifier: f64 = 1.0,
+
         /// Level of RocksDB's own log (LOG files in the database directory): "debug", "info",
         /// "warn", "error", "fatal" or "header".
         rocksdb_log_level: String = "error".to_owned(),

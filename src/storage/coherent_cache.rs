@@ -142,10 +142,18 @@ const KEYS_LIMIT: usize = 64 * 1024;
 
 impl Default for CoherentCaches {
     fn default() -> Self {
+        Self::scaled(1.0)
+    }
+}
+
+impl CoherentCaches {
+    /// Caches whose bounds are scaled by the operator's cache modifier.
+    pub fn scaled(modifier: f64) -> Self {
+        let limit = super::scaled(KEYS_LIMIT, modifier);
         Self {
-            memberships: CoherentCache::new(KEYS_LIMIT),
-            unread_counts: CoherentCache::new(KEYS_LIMIT),
-            key_supply: CoherentCache::new(KEYS_LIMIT),
+            memberships: CoherentCache::new(limit),
+            unread_counts: CoherentCache::new(limit),
+            key_supply: CoherentCache::new(limit),
         }
     }
 }

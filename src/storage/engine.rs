@@ -67,6 +67,8 @@ pub struct EngineOptions {
     pub auto_compaction: bool,
     /// Rotational disks: larger readahead for compactions.
     pub large_reads: bool,
+    /// Scales the bounds of the in-memory caches kept beside the database.
+    pub cache_modifier: f64,
 }
 
 impl EngineOptions {
@@ -90,6 +92,7 @@ impl EngineOptions {
             repair: false,
             auto_compaction: true,
             large_reads: false,
+            cache_modifier: 1.0,
         }
     }
 }

@@ -25,7 +25,26 @@ pub struct EventCache {
 
 impl Default for EventCache {
     fn default() -> Self {
-        Self { events: ImmutableCache::new(EVENT_BYTES_LIMIT), generation: AtomicU64::new(0) }
+        Self::scaled(1.0)
+    }
+}
+
+impl EventCache {
+    /// A cache whose bound is scaled by the operator's cache modifier.
+    pub fn scaled(modifier: f64) -> Self {
+        Self {
+            events: ImmutableCache::new(super::scaled(EVENT_BYTES_LIMIT, modifier)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Events held.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.len() == 0
     }
 }
 

@@ -92,17 +92,34 @@ pub struct ImmutableCaches {
 
 impl Default for ImmutableCaches {
     fn default() -> Self {
-        Self {
-            snapshots: ImmutableCache::new(SNAPSHOT_ENTRY_LIMIT),
-            lookups: ImmutableCache::new(SMALL_LIMIT),
-            state_keys: ImmutableCache::new(SMALL_LIMIT),
-            facts: ImmutableCache::new(SMALL_LIMIT),
-            rooms: ImmutableCache::new(SMALL_LIMIT),
-        }
+        Self::scaled(1.0)
     }
 }
 
 impl ImmutableCaches {
+    /// Caches whose bounds are scaled by the operator's cache modifier.
+    pub fn scaled(modifier: f64) -> Self {
+        let small = super::scaled(SMALL_LIMIT, modifier);
+        Self {
+            snapshots: ImmutableCache::new(super::scaled(SNAPSHOT_ENTRY_LIMIT, modifier)),
+            lookups: ImmutableCache::new(small),
+            state_keys: ImmutableCache::new(small),
+            facts: ImmutableCache::new(small),
+            rooms: ImmutableCache::new(small),
+        }
+    }
+
+    /// Entries held by each cache, by name.
+    pub fn sizes(&self) -> [(&'static str, usize); 5] {
+        [
+            ("state snapshots", self.snapshots.len()),
+            ("state lookups", self.lookups.len()),
+            ("state keys", self.state_keys.len()),
+            ("visibility facts", self.facts.len()),
+            ("room records", self.rooms.len()),
+        ]
+    }
+
     /// The snapshot `id`, from the cache or read through `reader`.
     pub fn snapshot(
         &self,

@@ -64,16 +64,17 @@ impl Storage {
         let engine = Arc::new(Engine::open(options)?);
         let outcome = schema::prepare(&engine, schema::MIGRATIONS, schema::CURRENT)?;
         let interner = Interner::load(&*engine)?;
-        let (writer, thread) = Writer::start(Arc::clone(&engine), interner.counter())?;
+        let modifier = options.cache_modifier;
+        let (writer, thread) = Writer::start(Arc::clone(&engine), interner.counter(), modifier)?;
         Ok((
             Self {
                 engine,
                 writer,
                 writer_thread: Mutex::new(Some(thread)),
                 interner,
-                caches: immutable_cache::ImmutableCaches::default(),
-                events: event_cache::EventCache::default(),
-                coherent: coherent_cache::CoherentCaches::default(),
+                caches: immutable_cache::ImmutableCaches::scaled(modifier),
+                events: event_cache::EventCache::scaled(modifier),
+                coherent: coherent_cache::CoherentCaches::scaled(modifier),
                 backup_directory: None,
                 backups_to_keep: 1,
                 backup_lock: tokio::sync::Mutex::new(()),
@@ -231,5 +232,28 @@ pub fn engine_options(config: &Config) -> EngineOptions {
         repair: config.rocksdb_repair,
         auto_compaction: config.rocksdb_compaction,
         large_reads: spinning,
+        cache_modifier: config.cache_capacity_modifier,
+    }
+}
+
+/// `base` scaled by the operator's cache modifier (at least one).
+pub(crate) fn scaled(base: usize, modifier: f64) -> usize {
+    // The cast saturates on absurd modifiers by design.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let scaled = (base as f64 * modifier.max(0.0)) as usize;
+    scaled.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scaled;
+
+    #[test]
+    fn cache_bounds_scale_and_stay_positive() {
+        assert_eq!(scaled(1000, 1.0), 1000);
+        assert_eq!(scaled(1000, 0.25), 250);
+        assert_eq!(scaled(1000, 2.0), 2000);
+        assert_eq!(scaled(1000, 0.0), 1, "a bound of zero would cache nothing and churn");
+        assert_eq!(scaled(1000, -3.0), 1);
     }
 }

@@ -16,7 +16,8 @@ use std::{
 /// Entries kept per room: syncs further behind than this in one room scan instead.
 const PER_ROOM: usize = 16;
 
-/// Rooms kept; past this many all are forgotten at once (and reads fall back to scans).
+/// Rooms kept (times the cache modifier); past this many all are forgotten at once (and
+/// reads fall back to scans).
 const ROOMS_LIMIT: usize = 16 * 1024;
 
 struct Tail {
@@ -35,12 +36,16 @@ struct Inner {
 /// Per-room tails of the timeline table, exact within the span each covers.
 pub struct RecentTimeline {
     inner: RwLock<Inner>,
+    rooms_limit: usize,
 }
 
 impl RecentTimeline {
     /// Starts empty at `committed`: no room is known to have gained anything after it.
-    pub(super) fn new(committed: u64) -> Self {
-        Self { inner: RwLock::new(Inner { rooms: HashMap::new(), floor: committed }) }
+    pub(super) fn new(committed: u64, cache_modifier: f64) -> Self {
+        Self {
+            inner: RwLock::new(Inner { rooms: HashMap::new(), floor: committed }),
+            rooms_limit: super::scaled(ROOMS_LIMIT, cache_modifier),
+        }
     }
 
     /// Records the timeline rows `(room, position, short)` of a group that committed on top
@@ -51,7 +56,7 @@ impl RecentTimeline {
         }
         rows.sort_unstable_by_key(|&(_, position, _)| position);
         let mut inner = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if inner.rooms.len() >= ROOMS_LIMIT {
+        if inner.rooms.len() >= self.rooms_limit {
             inner.rooms.clear();
             inner.floor = before;
         }
@@ -115,7 +120,7 @@ mod tests {
 
     #[test]
     fn answers_only_within_the_span_it_covers() {
-        let recent = RecentTimeline::new(10);
+        let recent = RecentTimeline::new(10, 1.0);
         // Nothing was written since position 10: a room's range above it is empty.
         assert_eq!(recent.between(1, 10, 20, 5), Some((vec![], false)));
         assert_eq!(recent.between(1, 9, 20, 5), None, "before the start is unknown");
@@ -131,7 +136,7 @@ mod tests {
 
     #[test]
     fn a_full_tail_forgets_its_oldest_entries() {
-        let recent = RecentTimeline::new(0);
+        let recent = RecentTimeline::new(0, 1.0);
         let mut rows: Vec<_> = (1..=PER_ROOM as u64 + 2).map(|p| (7, p, 100 + p)).collect();
         recent.record(0, &mut rows);
         assert_eq!(recent.between(7, 1, 100, 100), None, "entry 2 was dropped");
@@ -142,7 +147,7 @@ mod tests {
 
     #[test]
     fn clearing_moves_the_floor() {
-        let recent = RecentTimeline::new(0);
+        let recent = RecentTimeline::new(0, 1.0);
         for room in 0..ROOMS_LIMIT as u64 {
             recent.record(room, &mut [(room, room + 1, room)]);
         }

@@ -93,6 +93,7 @@ impl Writer {
     pub(super) fn start(
         engine: Arc<Engine>,
         shortids: Arc<AtomicU64>,
+        cache_modifier: f64,
     ) -> Result<(Self, JoinHandle<()>)> {
         let committed_position = COUNTERS.get(&*engine, &STREAM_POSITION.to_owned())?.unwrap_or(0);
         let (mailbox, inbox) = loole::bounded(MAILBOX_CAPACITY);
@@ -102,7 +103,7 @@ impl Writer {
         // What happened before the start is unknown: every table counts as written then.
         let last_puts: Arc<[AtomicU64]> =
             TABLES.iter().map(|_| AtomicU64::new(committed_position)).collect();
-        let recent_timeline = Arc::new(RecentTimeline::new(committed_position));
+        let recent_timeline = Arc::new(RecentTimeline::new(committed_position, cache_modifier));
         let state = WriterState {
             last_puts: Arc::clone(&last_puts),
             recent_timeline: Arc::clone(&recent_timeline),

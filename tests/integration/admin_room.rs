@@ -111,6 +111,16 @@ async fn the_first_user_runs_admin_commands_in_the_admin_room() {
         .expect("memory-usage");
     assert!(memory.contains("| pdus |"), "{memory}");
     assert!(memory.contains("Block cache: ") && memory.contains("Memtables: "), "{memory}");
+    // The caches beside the database, with the modifier that scales them; this user's
+    // memberships were read by the room joins above.
+    assert!(memory.contains("`cache_capacity_modifier` 1)"), "{memory}");
+    let memberships = memory
+        .lines()
+        .find(|line| line.starts_with("| memberships (users) |"))
+        .and_then(|line| line.split('|').nth(2))
+        .and_then(|count| count.trim().parse::<u64>().ok());
+    assert!(memberships.is_some_and(|count| count > 0), "{memory}");
+    assert!(memory.contains("| state snapshots |"), "{memory}");
     server.stop().await;
 }
 
