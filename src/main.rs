@@ -9,6 +9,12 @@ use tuwunel::{
     logging, memory, storage,
 };
 
+/// jemalloc serves the server's own allocations: with dozens of threads allocating and
+/// freeing, glibc's malloc kept freed memory in fragmented arenas that `malloc_trim` could
+/// not return (see docs/deployment.md, Memory). RocksDB's C++ allocations stay with glibc.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let allocator_tuned = memory::tune_allocator();
     let args = Args::parse();

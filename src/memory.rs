@@ -1,5 +1,9 @@
 //! How the process uses the C allocator.
 //!
+//! The binary's own (Rust) allocations go to jemalloc, which returns freed memory to the system
+//! by itself; glibc's malloc still serves RocksDB and other C code, and is tuned here. (The
+//! in-process test servers run on glibc alone.)
+//!
 //! glibc's malloc serves blocks above a threshold (128 KiB) with `mmap` and gives them back on
 //! `free`, but by default it raises that threshold to the size of any such block freed, up to
 //! 32 MiB. One argon2 password hash (19 MiB of working memory) is enough: from then on every
