@@ -103,6 +103,10 @@ fn describe() {
         "Time to assemble and durably write a group"
     );
     metrics::describe_histogram!(
+        "tuwunel_writer_write_seconds",
+        "Time of a group's durable RocksDB write alone (part of the commit time)"
+    );
+    metrics::describe_histogram!(
         "tuwunel_writer_queue_wait_seconds",
         "Time a batch waited for the writer"
     );

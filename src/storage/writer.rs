@@ -293,7 +293,10 @@ impl WriterState {
             })
             .collect();
 
-        match self.engine.write(combined) {
+        let writing = Instant::now();
+        let written = self.engine.write(combined);
+        metrics::histogram!("tuwunel_writer_write_seconds").record(writing.elapsed().as_secs_f64());
+        match written {
             Ok(()) => {
                 self.next_position = next;
                 self.persisted_shortid = shortid;

@@ -17,6 +17,7 @@ async fn metrics_are_exposed_when_enabled() {
         "tuwunel_http_request_seconds_bucket",
         "tuwunel_writer_group_size_bucket",
         "tuwunel_writer_commit_seconds_bucket",
+        "tuwunel_writer_write_seconds_bucket",
         "tuwunel_database_table_bytes",
         "tuwunel_database_memory_bytes{kind=\"block_cache\"}",
         "tuwunel_database_memory_bytes{kind=\"memtables\"}",
