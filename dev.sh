@@ -14,6 +14,8 @@ install_system_dependencies() {
     local missing=()
     dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
     command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+    # jemalloc (the binary's allocator) builds with make.
+    command -v make >/dev/null 2>&1 || missing+=(make)
     command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "dev.sh: installing ${missing[*]}" >&2
