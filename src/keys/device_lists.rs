@@ -156,7 +156,7 @@ pub fn changes_in(
     changed.remove(viewer);
     let mut changed: Vec<OwnedUserId> = changed.into_iter().collect();
     // The viewer's own device changes matter to their other devices.
-    if storage.writer().last_put(DEVICE_LIST_LATEST_TABLE.id()) > since
+    if storage.writer().written_since(DEVICE_LIST_LATEST_TABLE.id(), since)
         && DEVICE_LIST_LATEST_TABLE
             .get(engine, &viewer.to_string())?
             .is_some_and(|position| position > since && position <= upto)

@@ -126,7 +126,7 @@ impl Storage {
         upto: u64,
     ) -> Result<Vec<String>> {
         let mut values = Vec::new();
-        if self.writer.last_put(table.id()) <= since {
+        if !self.writer.written_since(table.id(), since) {
             return Ok(values);
         }
         table.scan(

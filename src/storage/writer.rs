@@ -169,6 +169,12 @@ impl Writer {
         &self.recent_timeline
     }
 
+    /// Whether `table` may hold rows put after the stream position `since` (false settles
+    /// it without a read, for a reader whose bound is the committed position).
+    pub fn written_since(&self, table: TableId, since: u64) -> bool {
+        self.last_put(table) > since
+    }
+
     /// Groups and batches committed so far.
     pub fn stats(&self) -> WriterStats {
         WriterStats {

@@ -129,16 +129,6 @@ fn snapshot_at(services: &Services, room: u64, position: u64) -> Result<u64> {
     }
 }
 
-/// Whether `table` may hold rows above the stream position `since`: the Writer's mark
-/// settles most stream tables without a scan when nothing was put since the token.
-fn written_since(
-    services: &Services,
-    table: crate::storage::catalogue::TableId,
-    since: u64,
-) -> bool {
-    services.storage.writer().last_put(table) > since
-}
-
 /// The latest account data of `user` in `room` (`""`: global) as events.
 fn all_account_data(services: &Services, user: &UserId, room: &str) -> Result<Vec<JsonValue>> {
     Ok(ACCOUNT_DATA_TABLE
@@ -161,7 +151,7 @@ fn changed_account_data(
     upto: u64,
 ) -> Result<HashMap<String, Vec<JsonValue>>> {
     let mut changed: HashMap<String, Vec<JsonValue>> = HashMap::new();
-    if !written_since(services, ACCOUNT_DATA_STREAM_TABLE.id(), since) {
+    if !services.storage.writer().written_since(ACCOUNT_DATA_STREAM_TABLE.id(), since) {
         return Ok(changed);
     }
     let start = (user.to_string(), since.saturating_add(1));
@@ -308,27 +298,32 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
     let delivered_through = params.since.map_or(0, |token| token.to_device_position());
     let start = (user.to_string(), device.clone(), delivered_through.saturating_add(1));
     let mut last_delivered = None;
-    if written_since(services, TO_DEVICE_TABLE.id(), delivered_through) {
+    if services.storage.writer().written_since(TO_DEVICE_TABLE.id(), delivered_through) {
         TO_DEVICE_TABLE.scan(
-        services.storage.engine(),
-        &prefix2(&user.as_str(), &device.as_str()),
-        Some(&start),
-        Direction::Forward,
-        |(_, _, position), Json(message)| {
-            if position > upto {
-                return ControlFlow::Break(());
-            }
-            if response.to_device.events.len() >= TO_DEVICE_LIMIT {
-                next.to_device = last_delivered;
-                return ControlFlow::Break(());
-            }
-            if let Ok(event) = raw(&json!({ "sender": message.sender, "type": message.kind, "content": message.content })) {
-                response.to_device.events.push(event);
-            }
-            last_delivered = Some(position);
-            ControlFlow::Continue(())
-        },
-    )?;
+            services.storage.engine(),
+            &prefix2(&user.as_str(), &device.as_str()),
+            Some(&start),
+            Direction::Forward,
+            |(_, _, position), Json(message)| {
+                if position > upto {
+                    return ControlFlow::Break(());
+                }
+                if response.to_device.events.len() >= TO_DEVICE_LIMIT {
+                    next.to_device = last_delivered;
+                    return ControlFlow::Break(());
+                }
+                let event = json!({
+                    "sender": message.sender,
+                    "type": message.kind,
+                    "content": message.content,
+                });
+                if let Ok(event) = raw(&event) {
+                    response.to_device.events.push(event);
+                }
+                last_delivered = Some(position);
+                ControlFlow::Continue(())
+            },
+        )?;
     }
     if !response.to_device.events.is_empty() {
         has_news = true;
@@ -726,7 +721,7 @@ fn receipts(
     lower: u64,
     upto: u64,
 ) -> Result<Option<JsonValue>> {
-    if !written_since(services, RECEIPT_STREAM_TABLE.id(), lower) {
+    if !services.storage.writer().written_since(RECEIPT_STREAM_TABLE.id(), lower) {
         return Ok(None);
     }
     let mut entries = Vec::new();
