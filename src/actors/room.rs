@@ -446,17 +446,14 @@ impl RoomActor {
         let transaction = transaction
             .map(|transaction| (pdu.sender.to_string(), transaction.device, transaction.txn_id));
         let prepared = self.accept(room, Arc::clone(&pdu), transaction, &mut batch).await?;
-        let redacted = match redaction_target {
-            Some((target_short, target)) => {
-                self.apply_redaction(room, target_short, &target, &pdu, &mut batch)?;
-                Some(target_short)
-            }
-            None => None,
-        };
-        let (mut sent, committed) = self.commit(room, vec![prepared], batch).await?;
-        if let Some(target_short) = redacted {
-            self.storage.events().rewritten(&[target_short]);
+        let mut rewritten = Vec::new();
+        if let Some((target_short, target)) = redaction_target {
+            self.apply_redaction(room, target_short, &target, &pdu, &mut batch)?;
+            rewritten.push(target_short);
         }
+        // Readers of the redacted event go to storage until the commit is done.
+        let _rewriting = self.storage.events().rewriting(rewritten);
+        let (mut sent, committed) = self.commit(room, vec![prepared], batch).await?;
         let sent = sent.pop().ok_or_else(|| Error::internal("commit returned no event"))?;
         Ok((sent, Some(committed)))
     }
@@ -921,6 +918,11 @@ impl RoomActor {
             .unread_counts
             .begin(changed_by_user.keys().map(|user| (user.clone(), room_short)).collect());
         let _memberships_writing = self.storage.coherent().memberships.begin(members.clone());
+        // Dropped before the commit, so even a commit whose outcome is unknown (the Writer
+        // stopping) cannot leave a stale list behind.
+        if !membership_changes.is_empty() {
+            *room.joined.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
         let parents: HashSet<u64> = prepared
             .iter()
             .filter_map(|prepared| prepared.relation.as_ref())
@@ -945,9 +947,6 @@ impl RoomActor {
                 }
             })
             .await?;
-        if !membership_changes.is_empty() {
-            *room.joined.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        }
         let stamp = positions.end.saturating_sub(1);
         counts_writing.committed(|(user, _), before| match changed_by_user.get(user) {
             Some(changed) => push_counts::with_written(before, changed, stamp),

@@ -1,15 +1,18 @@
 //! Parsed events by short id, shared by every reader.
 //!
-//! An event row changes only when a redaction rewrites it, so the cache is right except in
-//! the moment between such a commit and [`EventCache::rewritten`]. A reader that loaded the
-//! old row just before the commit could otherwise put it back after the rewrite was
-//! announced; a generation counter catches that: a loader whose generation moved while it
-//! loaded takes its insertion out again.
+//! An event row changes only when a redaction rewrites it. The room actor brackets that
+//! commit with [`EventCache::rewriting`]: while the guard lives, readers of those events go
+//! to storage and keep nothing, and when it drops the old entries are gone. A reader that
+//! began loading the old row before the bracket could still insert it afterwards; a
+//! generation counter catches that: a loader whose generation moved while it loaded takes
+//! its insertion out again.
 
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
 };
+
+use dashmap::DashSet;
 
 use super::immutable_cache::ImmutableCache;
 use crate::{Result, rooms::Pdu};
@@ -21,6 +24,8 @@ const EVENT_BYTES_LIMIT: usize = 4 * 1024 * 1024;
 pub struct EventCache {
     events: ImmutableCache<u64, Pdu>,
     generation: AtomicU64,
+    /// Events whose rewrite is being committed.
+    rewriting: DashSet<u64>,
 }
 
 impl Default for EventCache {
@@ -35,6 +40,7 @@ impl EventCache {
         Self {
             events: ImmutableCache::new(super::scaled(EVENT_BYTES_LIMIT, modifier)),
             generation: AtomicU64::new(0),
+            rewriting: DashSet::new(),
         }
     }
 
@@ -44,17 +50,18 @@ impl EventCache {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.len() == 0
+        self.events.is_empty()
     }
-}
 
-impl EventCache {
     /// The event `short`, from the cache or loaded (with its stored size) by `load`.
     pub fn get(
         &self,
         short: u64,
         load: impl FnOnce() -> Result<Option<(Pdu, usize)>>,
     ) -> Result<Option<Arc<Pdu>>> {
+        if !self.rewriting.is_empty() && self.rewriting.contains(&short) {
+            return Ok(load()?.map(|(pdu, _)| Arc::new(pdu)));
+        }
         if let Some(pdu) = self.events.get(&short) {
             return Ok(Some(pdu));
         }
@@ -70,11 +77,38 @@ impl EventCache {
         Ok(Some(pdu))
     }
 
-    /// Called after a commit that rewrote the stored events `shorts`.
-    pub fn rewritten(&self, shorts: &[u64]) {
+    /// Announces a commit that rewrites the stored events `shorts`; hold the guard until
+    /// the commit finished (or failed).
+    pub fn rewriting(&self, shorts: Vec<u64>) -> Rewriting<'_> {
+        for short in &shorts {
+            self.rewriting.insert(*short);
+        }
+        self.forget(&shorts);
+        Rewriting { cache: self, shorts }
+    }
+
+    fn forget(&self, shorts: &[u64]) {
+        if shorts.is_empty() {
+            return;
+        }
         self.generation.fetch_add(1, Ordering::SeqCst);
         for short in shorts {
             self.events.remove(short);
+        }
+    }
+}
+
+/// A rewrite of some events in flight; readers go to storage for them until it drops.
+pub struct Rewriting<'a> {
+    cache: &'a EventCache,
+    shorts: Vec<u64>,
+}
+
+impl Drop for Rewriting<'_> {
+    fn drop(&mut self) {
+        self.cache.forget(&self.shorts);
+        for short in &self.shorts {
+            self.cache.rewriting.remove(short);
         }
     }
 }
@@ -109,9 +143,17 @@ mod tests {
         assert_eq!(body(&first).as_deref(), Some("one"));
         let again = cache.get(1, || panic!("loaded twice")).expect("cached").expect("found");
         assert_eq!(body(&again).as_deref(), Some("one"));
-        cache.rewritten(&[1]);
-        let after = cache.get(1, || Ok(Some((event("two"), 10)))).expect("load").expect("found");
-        assert_eq!(body(&after).as_deref(), Some("two"));
+        let rewriting = cache.rewriting(vec![1]);
+        // During the commit every read goes to storage, and nothing it loads is kept.
+        let during = cache.get(1, || Ok(Some((event("two"), 10)))).expect("load").expect("found");
+        assert_eq!(body(&during).as_deref(), Some("two"));
+        let during = cache.get(1, || Ok(Some((event("three"), 10)))).expect("load").expect("found");
+        assert_eq!(body(&during).as_deref(), Some("three"));
+        drop(rewriting);
+        let after = cache.get(1, || Ok(Some((event("four"), 10)))).expect("load").expect("found");
+        assert_eq!(body(&after).as_deref(), Some("four"));
+        let again = cache.get(1, || panic!("loaded twice")).expect("cached").expect("found");
+        assert_eq!(body(&again).as_deref(), Some("four"));
         assert!(cache.get(2, || Ok(None)).expect("load").is_none());
     }
 
@@ -121,7 +163,7 @@ mod tests {
         // The rewrite is announced while the old row is being loaded.
         let stale = cache
             .get(1, || {
-                cache.rewritten(&[1]);
+                drop(cache.rewriting(vec![1]));
                 Ok(Some((event("old"), 10)))
             })
             .expect("load")
