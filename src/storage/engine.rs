@@ -430,9 +430,9 @@ fn db_options(options: &EngineOptions) -> Options {
     db.set_paranoid_checks(options.paranoid_checks);
     db.set_use_direct_reads(options.direct_io);
     db.set_use_direct_io_for_flush_and_compaction(options.direct_io);
-    // Group commit already batches writers; atomic flush keeps families consistent with each
-    // other when the WAL is replayed after a crash.
-    db.set_atomic_flush(true);
+    // Every write goes through the WAL, whose replay after a crash restores all families to
+    // the same point, so each family flushes on its own. (Atomic flush made one busy family's
+    // full memtable flush every family, leaving tiny files that then cost compaction.)
     db.set_avoid_unnecessary_blocking_io(true);
     db.set_max_total_wal_size(256 << 20);
     if options.large_reads {
