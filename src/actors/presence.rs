@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use ruma::{OwnedUserId, UserId};
 
 use super::{ActorSystem, Behaviour, Context, Limits, Registry, Reply};
@@ -43,6 +43,9 @@ pub struct PresenceActor {
     storage: Arc<Storage>,
     hub: Arc<SyncHub>,
     activity: Arc<DashMap<OwnedUserId, u64>>,
+    /// Users online with an idleness check scheduled: activity only needs recording in
+    /// `activity`, which that check reads, so it costs no message to the actor.
+    settled: Arc<DashSet<OwnedUserId>>,
     idle: Duration,
     offline: Duration,
 }
@@ -83,6 +86,17 @@ impl PresenceActor {
         state.timer_armed = true;
         context.send_after(wait.max(Duration::from_millis(100)), PresenceMessage::Check);
     }
+
+    /// Keeps `settled` in step with the state after each message.
+    fn settle(&self, user: &OwnedUserId, state: &PresenceState) {
+        if state.record.state == "online" && state.timer_armed {
+            if !self.settled.contains(user) {
+                self.settled.insert(user.clone());
+            }
+        } else {
+            self.settled.remove(user);
+        }
+    }
 }
 
 impl Behaviour for PresenceActor {
@@ -102,6 +116,8 @@ impl Behaviour for PresenceActor {
             },
             |Json(record)| record,
         );
+        // A restarted actor has no check scheduled until its first message.
+        self.settled.remove(user);
         Ok(PresenceState { chosen: record.state.clone(), record, timer_armed: false })
     }
 
@@ -147,6 +163,12 @@ impl Behaviour for PresenceActor {
             }
             PresenceMessage::Check => {
                 state.timer_armed = false;
+                // Unsettled before activity is read: an `active` that still finds the user
+                // settled recorded its activity before this read.
+                self.settled.remove(user);
+                if let Some(recorded) = self.activity.get(user).map(|entry| *entry) {
+                    state.record.last_active_ms = state.record.last_active_ms.max(recorded);
+                }
                 let idle_for =
                     Duration::from_millis(now.saturating_sub(state.record.last_active_ms));
                 let next = if idle_for >= self.offline {
@@ -167,6 +189,7 @@ impl Behaviour for PresenceActor {
                 self.schedule(context, state);
             }
         }
+        self.settle(user, state);
         Ok(())
     }
 
@@ -179,6 +202,7 @@ impl Behaviour for PresenceActor {
 pub struct Presence {
     pub actors: Registry<PresenceActor>,
     activity: Arc<DashMap<OwnedUserId, u64>>,
+    settled: Arc<DashSet<OwnedUserId>>,
     enabled: bool,
 }
 
@@ -190,10 +214,12 @@ impl Presence {
         system: &ActorSystem,
     ) -> Result<Self> {
         let activity = Arc::new(DashMap::new());
+        let settled = Arc::new(DashSet::new());
         let behaviour = PresenceActor {
             storage: Arc::clone(&storage),
             hub,
             activity: Arc::clone(&activity),
+            settled: Arc::clone(&settled),
             idle: Duration::from_secs(config.presence_idle_timeout_s.max(1)),
             offline: Duration::from_secs(
                 config.presence_offline_timeout_s.max(config.presence_idle_timeout_s).max(1),
@@ -206,6 +232,7 @@ impl Presence {
         let presence = Self {
             actors: system.registry(behaviour, limits).await?,
             activity,
+            settled,
             enabled: config.allow_local_presence,
         };
         // Users left online or idle by the last run get their timers back (and go offline
@@ -239,6 +266,14 @@ impl Presence {
     pub async fn active(&self, user: &UserId) -> Result<()> {
         if !self.enabled {
             return Ok(());
+        }
+        // Recorded before looking, so a check that unsettles the user meanwhile either sees
+        // this activity or leaves the user unsettled for the message below.
+        if self.settled.contains(user) {
+            self.activity.insert(user.to_owned(), now_ms());
+            if self.settled.contains(user) {
+                return Ok(());
+            }
         }
         self.actors
             .call(

@@ -21,6 +21,7 @@ use crate::{
         store::{KeyCommand, KeyStore, remove_device_keys},
     },
     push::rules as push_rules,
+    rooms::timeline::IGNORED_USER_LIST,
     storage::ephemeral::{TO_DEVICE_TABLE, ToDeviceRecord},
     storage::{
         Batch, Storage,
@@ -527,10 +528,12 @@ impl UserActor {
             remove_device_keys(&self.storage, user, device_id.as_str(), &mut batch)?;
             self.drop_to_device_queue(user, device_id.as_str(), &mut batch)?;
         }
-        // A device id can come back with a later login: its cached key supply must not.
-        let _writing = self.storage.coherent().key_supply.begin(
-            targets.iter().map(|(device_id, _)| (user.clone(), device_id.to_string())).collect(),
-        );
+        // A device id can come back with a later login: its cached key supply and queue
+        // state must not.
+        let devices: Vec<_> =
+            targets.iter().map(|(device_id, _)| (user.clone(), device_id.to_string())).collect();
+        let _queued_writing = self.storage.coherent().to_device_queued.begin(devices.clone());
+        let _writing = self.storage.coherent().key_supply.begin(devices);
         device_lists::commit_change(&self.storage, &self.hub, user, batch).await?;
         self.tokens.revoke(&revoked);
         Ok(targets.into_iter().map(|(device_id, _)| device_id).collect())
@@ -603,6 +606,8 @@ impl UserActor {
         if let Some(previous) = previous {
             ACCOUNT_DATA_STREAM_TABLE.delete(&mut batch, &(user.to_string(), previous));
         }
+        let _ignored_writing = (room.is_empty() && kind == IGNORED_USER_LIST)
+            .then(|| self.storage.coherent().ignored_users.begin(vec![user.clone()]));
         let user_key = user.to_string();
         let positions = self
             .storage
@@ -625,6 +630,11 @@ impl UserActor {
         if messages.is_empty() {
             return Ok(());
         }
+        let mut devices: Vec<_> =
+            messages.iter().map(|(device, _)| (user.clone(), device.clone())).collect();
+        devices.sort_unstable();
+        devices.dedup();
+        let writing = self.storage.coherent().to_device_queued.begin(devices);
         let user_key = user.to_string();
         self.storage
             .writer()
@@ -638,6 +648,7 @@ impl UserActor {
                 }
             })
             .await?;
+        writing.committed(|_, _| true);
         self.hub.user_changed(user);
         Ok(())
     }
@@ -701,6 +712,9 @@ impl UserActor {
         if batch.is_empty() {
             return Ok(());
         }
+        // Whether anything is left is found by the next reader.
+        let _writing =
+            self.storage.coherent().to_device_queued.begin(vec![(user.clone(), device.to_owned())]);
         self.storage.writer().commit(batch).await
     }
 }

@@ -7,6 +7,7 @@
 use std::{
     collections::{HashMap, HashSet},
     ops::ControlFlow,
+    sync::Arc,
 };
 
 use ruma::{CanonicalJsonValue, RoomId, UserId};
@@ -54,24 +55,29 @@ pub struct Viewer<'a> {
     current_membership: Option<String>,
     facts: HashMap<u64, (String, Option<String>)>,
     /// Users whose events the viewer ignores (`m.ignored_user_list`).
-    ignored: HashSet<String>,
+    ignored: Arc<HashSet<String>>,
 }
 
-/// The users `user` ignores.
-pub fn ignored_users(storage: &Storage, user: &UserId) -> Result<HashSet<String>> {
-    Ok(ACCOUNT_DATA_TABLE
-        .get(
-            storage.engine(),
-            &(user.to_string(), String::new(), "m.ignored_user_list".to_owned()),
-        )?
-        .and_then(|Json(record)| {
-            record
-                .content
-                .get("ignored_users")
-                .and_then(JsonValue::as_object)
-                .map(|users| users.keys().cloned().collect::<HashSet<String>>())
-        })
-        .unwrap_or_default())
+/// The account data type whose `ignored_users` hides those users' events.
+pub const IGNORED_USER_LIST: &str = "m.ignored_user_list";
+
+/// The users `user` ignores (read by every /sync, so cached).
+pub fn ignored_users(storage: &Storage, user: &UserId) -> Result<Arc<HashSet<String>>> {
+    storage.coherent().ignored_users.get(&user.to_owned(), || {
+        Ok(ACCOUNT_DATA_TABLE
+            .get(
+                storage.engine(),
+                &(user.to_string(), String::new(), IGNORED_USER_LIST.to_owned()),
+            )?
+            .and_then(|Json(record)| {
+                record
+                    .content
+                    .get("ignored_users")
+                    .and_then(JsonValue::as_object)
+                    .map(|users| users.keys().cloned().collect::<HashSet<String>>())
+            })
+            .unwrap_or_default())
+    })
 }
 
 impl<'a> Viewer<'a> {
@@ -88,7 +94,7 @@ impl<'a> Viewer<'a> {
         storage: &'a Storage,
         user: &'a UserId,
         current_membership: Option<String>,
-        ignored: HashSet<String>,
+        ignored: Arc<HashSet<String>>,
     ) -> Self {
         Self { storage, user, current_membership, facts: HashMap::new(), ignored }
     }

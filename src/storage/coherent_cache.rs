@@ -132,6 +132,11 @@ pub struct CoherentCaches {
     /// A device's unclaimed one-time keys by algorithm and its unused fallback key
     /// algorithms: each /sync of the device reports both.
     pub key_supply: CoherentCache<(ruma::OwnedUserId, String), KeySupply>,
+    /// Whether a device has to-device messages queued: each /sync of the device asks, and
+    /// almost always the answer is no.
+    pub to_device_queued: CoherentCache<(ruma::OwnedUserId, String), bool>,
+    /// The users each user ignores: each /sync reads them.
+    pub ignored_users: CoherentCache<ruma::OwnedUserId, std::collections::HashSet<String>>,
 }
 
 /// One-time key counts by algorithm, and the algorithms with an unused fallback key.
@@ -154,6 +159,8 @@ impl CoherentCaches {
             memberships: CoherentCache::new(limit),
             unread_counts: CoherentCache::new(limit),
             key_supply: CoherentCache::new(limit),
+            to_device_queued: CoherentCache::new(limit),
+            ignored_users: CoherentCache::new(limit),
         }
     }
 }

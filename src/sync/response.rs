@@ -495,7 +495,7 @@ fn joined_room(
     full: bool,
     account_changes: Option<&Vec<JsonValue>>,
     membership_changes: &mut HashMap<OwnedRoomId, Vec<(String, String)>>,
-    ignored: &HashSet<String>,
+    ignored: &Arc<HashSet<String>>,
 ) -> Result<Option<JoinedRoom>> {
     let Some(record) = rooms::room(&services.storage, room_id)? else {
         return Ok(None);
@@ -511,7 +511,7 @@ fn joined_room(
         .clamp(1, MAX_TIMELINE_LIMIT);
     let lower = if params.since.is_none() { 0 } else { since };
     let mut viewer =
-        Viewer::known(&services.storage, user, Some("join".to_owned()), ignored.clone());
+        Viewer::known(&services.storage, user, Some("join".to_owned()), Arc::clone(ignored));
     let part = timeline_part(
         services,
         record.short,

@@ -116,6 +116,34 @@ async fn presence_goes_idle_then_offline_and_the_actor_passivates() {
 }
 
 #[tokio::test]
+async fn steady_syncing_keeps_presence_online_past_the_idle_timeout() {
+    let mut server =
+        TestServer::with_options(&["presence_idle_timeout_s=1", "presence_offline_timeout_s=30"])
+            .await;
+    let alice = server.register("alice", "pw").await;
+    let status_path = format!("/_matrix/client/v3/presence/{}/status", alice.user_id);
+    // Once online, syncs only record activity; the idleness check must still see it.
+    for _ in 0..12 {
+        sync(&server, &alice, None, "").await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (_, presence) = server.get_as(&alice, &status_path).await;
+        assert_eq!(presence["presence"], "online", "{presence}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            server.get_as(&alice, &status_path).await.1["presence"] == "unavailable"
+        })
+        .await,
+        "idle once the syncs stop"
+    );
+    // Activity brings the user back at once.
+    sync(&server, &alice, None, "").await;
+    let (_, presence) = server.get_as(&alice, &status_path).await;
+    assert_eq!(presence["presence"], "online", "{presence}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn presence_can_be_switched_off() {
     let mut server =
         TestServer::with_options(&["allow_local_presence=false", "allow_outgoing_presence=false"])
@@ -168,6 +196,41 @@ async fn to_device_star_reaches_every_device() {
         .put_as(&alice, "/_matrix/client/v3/sendToDevice/m.test/all3", json!({"messages": 5}))
         .await;
     assert_error(status, &body, 400, "M_BAD_JSON");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn to_device_messages_to_a_quiet_device_are_delivered_then_acknowledged() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    // Bob's syncs first learn that his queue is empty.
+    let first = sync(&server, &bob, None, "").await;
+    let start = first["next_batch"].as_str().expect("next").to_owned();
+    let quiet = sync(&server, &bob, Some(&start), "").await;
+    assert!(quiet["to_device"]["events"].as_array().is_none_or(Vec::is_empty), "{quiet}");
+    for round in 0..2 {
+        let (status, body) = server
+            .put_as(
+                &alice,
+                &format!("/_matrix/client/v3/sendToDevice/m.test/quiet{round}"),
+                json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"round": round}}}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let delivered = sync(&server, &bob, Some(&start), "").await;
+        let events = delivered["to_device"]["events"].as_array().expect("delivered");
+        assert_eq!(events.len(), 1, "{delivered}");
+        assert_eq!(events[0]["content"]["round"], round);
+        // The next token acknowledges it: even the older token no longer sees it.
+        let next = delivered["next_batch"].as_str().expect("next");
+        sync(&server, &bob, Some(next), "").await;
+        let again = sync(&server, &bob, Some(&start), "").await;
+        assert!(
+            again["to_device"]["events"].as_array().is_none_or(Vec::is_empty),
+            "acknowledged messages are gone: {again}"
+        );
+    }
     server.stop().await;
 }
 

@@ -849,3 +849,39 @@ async fn a_sync_token_survives_a_restart() {
     assert_eq!(timeline_ids(&body, &room), [after]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn ignoring_a_user_hides_their_events_from_the_next_sync() {
+    let mut server = TestServer::with_options(QUICK).await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    for user in [&bob, &carol] {
+        let (status, body) =
+            server.post_as(user, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let ignore_list =
+        format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", alice.user_id);
+    // Alice's syncs have already read her (empty) ignore list when she starts ignoring Bob.
+    let mut since =
+        sync(&server, &alice, None, "").await["next_batch"].as_str().expect("next").to_owned();
+    for (round, ignored) in
+        [json!({"bob": {}}), json!({bob.user_id.clone(): {}}), json!({})].into_iter().enumerate()
+    {
+        let (status, body) =
+            server.put_as(&alice, &ignore_list, json!({"ignored_users": ignored})).await;
+        assert_eq!(status, 200, "{body}");
+        let from_bob = send_text(&server, &bob, &room, &format!("b{round}"), "from bob").await;
+        let from_carol =
+            send_text(&server, &carol, &room, &format!("c{round}"), "from carol").await;
+        let body = sync(&server, &alice, Some(&since), "").await;
+        let seen = timeline_ids(&body, &room);
+        assert!(seen.contains(&from_carol), "round {round}: {body}");
+        let bob_ignored = ignored.get(bob.user_id.as_str()).is_some();
+        assert_eq!(seen.contains(&from_bob), !bob_ignored, "round {round}: {body}");
+        since = body["next_batch"].as_str().expect("next").to_owned();
+    }
+    server.stop().await;
+}

@@ -15,7 +15,7 @@ use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
     http::ruma::{Ruma, route},
-    storage::{Direction, codec::prefix2, ephemeral::TO_DEVICE_TABLE},
+    storage::{Direction, Engine, codec::prefix2, ephemeral::TO_DEVICE_TABLE},
     sync::{
         response::{self, SyncParams},
         token::SyncToken,
@@ -26,18 +26,12 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     route(router, sync)
 }
 
-/// A client presenting a token has received everything it covers: the device's to-device
-/// messages up to there are deleted before the response is computed, so a retried old token
-/// cannot see them again. Only a queue that holds such messages costs a trip to the user actor.
-async fn acknowledge_to_device(
-    services: &Services,
-    user: &UserId,
-    device: &str,
-    upto: u64,
-) -> Result<()> {
+/// Whether the device's to-device queue holds a message at or below `upto`; the first
+/// message is the oldest.
+fn first_queued_by(engine: &Engine, user: &UserId, device: &str, upto: u64) -> Result<bool> {
     let mut pending = false;
     TO_DEVICE_TABLE.scan(
-        services.storage.engine(),
+        engine,
         &prefix2(&user.as_str(), &device),
         None,
         Direction::Forward,
@@ -46,7 +40,28 @@ async fn acknowledge_to_device(
             ControlFlow::Break(())
         },
     )?;
-    if !pending {
+    Ok(pending)
+}
+
+/// A client presenting a token has received everything it covers: the device's to-device
+/// messages up to there are deleted before the response is computed, so a retried old token
+/// cannot see them again. Only a queue that holds such messages costs a trip to the user actor,
+/// and only a device whose queue is not known to be empty costs a read.
+async fn acknowledge_to_device(
+    services: &Services,
+    user: &UserId,
+    device: &str,
+    upto: u64,
+) -> Result<()> {
+    let engine = services.storage.engine();
+    let queued = services
+        .storage
+        .coherent()
+        .to_device_queued
+        .get(&(user.to_owned(), device.to_owned()), || {
+            first_queued_by(engine, user, device, u64::MAX)
+        })?;
+    if !*queued || !first_queued_by(engine, user, device, upto)? {
         return Ok(());
     }
     let device = device.to_owned();
