@@ -68,12 +68,13 @@ pub(super) async fn run(services: &Arc<Services>, command: ServerCommand) -> Res
             let memory = services.storage.engine().memory();
             let _ = write!(
                 out,
-                "\nBlock cache: {} bytes ({} pinned, capacity {} bytes). Memtables: {} bytes. \
-                 Table readers: {} bytes.",
+                "\nBlock cache: {} bytes ({} pinned, capacity {} bytes). Memtables: {} bytes \
+                 (capacity {} bytes). Table readers: {} bytes.",
                 memory.block_cache,
                 memory.block_cache_pinned,
                 services.config.db_cache_bytes(),
                 memory.memtables,
+                services.config.db_write_buffer_bytes(),
                 memory.table_readers
             );
             let storage = &services.storage;

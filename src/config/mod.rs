@@ -269,6 +269,17 @@ impl Config {
         bytes
     }
 
+    pub fn db_write_buffer_bytes(&self) -> usize {
+        let mb = self.global.db_write_buffer_capacity_mb.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            48.0 + 4.0 * cores as f64
+        });
+        // Megabytes to bytes; the cast saturates on absurd values by design.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let bytes = (mb.max(1.0) * 1024.0 * 1024.0) as usize;
+        bytes
+    }
+
     /// Mutable access for tests and tools that adjust a loaded configuration.
     pub fn global_mut(&mut self) -> &mut GlobalConfig {
         &mut self.global

@@ -351,6 +351,12 @@ config_section! {
         /// default: 128 + 64 per CPU core
         db_cache_capacity_mb: Option<f64> = None,
 
+        /// Most memory, in MiB, the database's write buffers (memtables) may hold across all
+        /// tables before the oldest is flushed to disk.
+        ///
+        /// default: 48 + 4 per CPU core
+        db_write_buffer_capacity_mb: Option<f64> = None,
+
         /// Multiplies the bounds of the server's in-memory caches (parsed events, state,
         /// memberships, unread counts, recent timeline entries); 0.5 halves the memory they
         /// may hold. The database's read cache is `db_cache_capacity_mb`.

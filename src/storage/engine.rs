@@ -52,6 +52,8 @@ pub struct EngineOptions {
     pub path: PathBuf,
     pub cache_capacity_bytes: usize,
     pub parallelism: i32,
+    /// The memtables of all tables together; past it the oldest is flushed.
+    pub write_buffer_capacity_bytes: usize,
     pub log_level: LogLevel,
     pub max_log_file_size: usize,
     pub log_time_to_roll: usize,
@@ -77,6 +79,7 @@ impl EngineOptions {
         Self {
             path: path.into(),
             cache_capacity_bytes: 64 << 20,
+            write_buffer_capacity_bytes: 32 << 20,
             parallelism: 2,
             log_level: LogLevel::Error,
             max_log_file_size: 4 << 20,
@@ -435,6 +438,7 @@ fn db_options(options: &EngineOptions) -> Options {
     // full memtable flush every family, leaving tiny files that then cost compaction.)
     db.set_avoid_unnecessary_blocking_io(true);
     db.set_max_total_wal_size(256 << 20);
+    db.set_db_write_buffer_size(options.write_buffer_capacity_bytes.max(1 << 20));
     if options.large_reads {
         db.set_compaction_readahead_size(4 << 20);
     }

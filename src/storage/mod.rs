@@ -200,6 +200,7 @@ pub fn engine_options(config: &Config) -> EngineOptions {
     EngineOptions {
         path: config.database_path.clone(),
         cache_capacity_bytes: config.db_cache_bytes(),
+        write_buffer_capacity_bytes: config.db_write_buffer_bytes(),
         parallelism: i32::try_from(if spinning { parallelism.min(2) } else { parallelism })
             .unwrap_or(2),
         log_level: match config.rocksdb_log_level.as_str() {

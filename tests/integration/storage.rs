@@ -13,7 +13,7 @@ use std::{
 
 use tuwunel::storage::{
     Batch, EngineOptions, Storage, Table,
-    catalogue::{KEY_BY_SHORTID, META},
+    catalogue::{KEY_BY_SHORTID, META, NOTIFICATIONS, RECEIPTS, TO_DEVICE, UNREAD_EVENTS},
 };
 
 /// Two tables in two column families: a batch writes one row to each.
@@ -29,6 +29,50 @@ fn paired_batch(index: u64) -> Batch {
     LEFT.put(&mut batch, &format!("test-row-{index:08}"), &index);
     RIGHT.put(&mut batch, &(9_999, index), &index.to_be_bytes().to_vec());
     batch
+}
+
+/// Memtable bytes after writing about 700 KB to each of four tables whose own write buffers
+/// (1 MiB) none of them fills.
+async fn memtables_after_filling_four_tables(write_buffer_capacity: usize) -> u64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = EngineOptions::for_path(dir.path());
+    options.write_buffer_capacity_bytes = write_buffer_capacity;
+    let storage = Storage::open(&options).expect("open storage").0;
+    let tables: [Table<(u64, u64), Vec<u8>>; 4] = [
+        Table::new(NOTIFICATIONS),
+        Table::new(UNREAD_EVENTS),
+        Table::new(RECEIPTS),
+        Table::new(TO_DEVICE),
+    ];
+    for table in &tables {
+        for chunk in 0..7 {
+            let mut batch = Batch::new();
+            for row in 0..100 {
+                table.put(&mut batch, &(chunk, row), &vec![7; 1000]);
+            }
+            storage.writer().commit(batch).await.expect("commit");
+        }
+    }
+    // Flushes run in the background; only a capacity below the rows written starts any.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut memtables = storage.engine().memory().memtables;
+    while write_buffer_capacity < 2 << 20 && memtables > 2 << 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        memtables = storage.engine().memory().memtables;
+    }
+    for table in &tables {
+        assert_eq!(table.get(storage.engine(), &(6, 99)).expect("read"), Some(vec![7; 1000]));
+    }
+    storage.close().await;
+    memtables
+}
+
+#[tokio::test]
+async fn memtables_stay_within_the_write_buffer_capacity() {
+    let roomy = memtables_after_filling_four_tables(64 << 20).await;
+    assert!(roomy > 2 << 20, "without pressure the rows stay in memtables: {roomy}");
+    let capped = memtables_after_filling_four_tables(1 << 20).await;
+    assert!(capped <= 2 << 20, "the capacity flushes the oldest memtables: {capped}");
 }
 
 #[tokio::test]
