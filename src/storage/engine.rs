@@ -489,6 +489,13 @@ fn table_options(
     // Keep memtables proportional to the table's cache share, within sane limits.
     let write_buffer = (cache_share / 4).clamp(1 << 20, 64 << 20);
     table.set_write_buffer_size(usize::try_from(write_buffer).unwrap_or(64 << 20));
+    // Levels sized from the write buffer rather than RocksDB's 64 MiB defaults: the four L0
+    // files that trigger a compaction then meet a base level of similar size, split into
+    // files small enough that one compaction rewrites only the key range it overlaps. With
+    // the defaults, each flush of a 1 MiB buffer of keys spread over all users led to
+    // rewriting the whole table.
+    table.set_max_bytes_for_level_base((write_buffer * 4).max(16 << 20));
+    table.set_target_file_size_base(write_buffer.max(8 << 20));
     table
 }
 
