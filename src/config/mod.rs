@@ -259,31 +259,30 @@ impl Config {
 
     /// The read cache size in bytes.
     pub fn db_cache_bytes(&self) -> usize {
-        let mb = self.global.db_cache_capacity_mb.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, usize::from);
-            128.0 + 64.0 * cores as f64
-        });
-        // Megabytes to bytes; the cast saturates on absurd values by design.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let bytes = (mb.max(1.0) * 1024.0 * 1024.0) as usize;
-        bytes
+        megabytes_or_per_core(self.global.db_cache_capacity_mb, 128.0, 64.0)
     }
 
+    /// The bound on all memtables together, in bytes.
     pub fn db_write_buffer_bytes(&self) -> usize {
-        let mb = self.global.db_write_buffer_capacity_mb.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, usize::from);
-            48.0 + 4.0 * cores as f64
-        });
-        // Megabytes to bytes; the cast saturates on absurd values by design.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let bytes = (mb.max(1.0) * 1024.0 * 1024.0) as usize;
-        bytes
+        megabytes_or_per_core(self.global.db_write_buffer_capacity_mb, 48.0, 4.0)
     }
 
     /// Mutable access for tests and tools that adjust a loaded configuration.
     pub fn global_mut(&mut self) -> &mut GlobalConfig {
         &mut self.global
     }
+}
+
+/// A size configured in MiB, or by default `base` plus `per_core` MiB per CPU core, in bytes.
+fn megabytes_or_per_core(configured: Option<f64>, base: f64, per_core: f64) -> usize {
+    let mb = configured.unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        base + per_core * cores as f64
+    });
+    // Megabytes to bytes; the cast saturates on absurd values by design.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let bytes = (mb.max(1.0) * 1024.0 * 1024.0) as usize;
+    bytes
 }
 
 fn octal_digits(value: u32) -> bool {
