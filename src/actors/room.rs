@@ -449,6 +449,9 @@ impl RoomActor {
         let mut rewritten = Vec::new();
         if let Some((target_short, target)) = redaction_target {
             self.apply_redaction(room, target_short, &target, &pdu, &mut batch)?;
+            // A redacted current state event is read from storage from now on: auth checks
+            // and push rules must see what the redaction left of it.
+            room.cache.remove(&target_short);
             rewritten.push(target_short);
         }
         // Readers of the redacted event go to storage until the commit is done.

@@ -482,3 +482,60 @@ async fn gateways_in_the_ip_range_denylist_are_not_contacted() {
     assert_eq!(list["pushers"].as_array().map(Vec::len), Some(1), "{list}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_redacted_display_name_no_longer_highlights() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let (status, body) = server
+        .put_as(
+            &bob,
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{}", bob.user_id),
+            json!({"membership": "join", "displayname": "Bobby"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let member_event = body["event_id"].as_str().expect("event id").to_owned();
+    // The spec's deprecated display-name rule, which the defaults no longer carry.
+    let (status, body) = server
+        .put_as(
+            &bob,
+            "/_matrix/client/v3/pushrules/global/override/display_name",
+            json!({
+                "conditions": [{"kind": "contains_display_name"}],
+                "actions": ["notify", {"set_tweak": "highlight"}],
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let highlighted = || async {
+        let (status, list) =
+            server.get_as(&bob, "/_matrix/client/v3/notifications?only=highlight").await;
+        assert_eq!(status, 200, "{list}");
+        list["notifications"]
+            .as_array()
+            .expect("notifications")
+            .iter()
+            .filter_map(|item| item["event"]["event_id"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    let before = send_text(&server, &alice, &room, "n1", "hi Bobby").await;
+    assert!(highlighted().await.contains(&before), "the display name highlights");
+
+    // The redaction strips the display name from Bob's current member event.
+    let (status, body) = server
+        .put_as(
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{member_event}/r1"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let after = send_text(&server, &alice, &room, "n2", "hi Bobby again").await;
+    let list = highlighted().await;
+    assert!(list.contains(&before) && !list.contains(&after), "{list:?}");
+    server.stop().await;
+}
