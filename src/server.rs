@@ -251,7 +251,8 @@ impl Server {
 
     /// Persists device activity (last seen IP and time) every minute instead of on every
     /// request, and hourly discards originals of redactions older than
-    /// `redaction_retention_seconds`.
+    /// `redaction_retention_seconds` and notifications older than
+    /// `notification_retention_seconds`.
     fn flush_activity_periodically(&self) {
         let services = Arc::downgrade(&self.services);
         let shutdown = self.services.shutdown.clone();
@@ -282,6 +283,16 @@ impl Server {
                             tracing::info!(purged, "discarded originals of old redactions")
                         }
                         Err(error) => tracing::warn!(%error, "purging redacted originals failed"),
+                    }
+                    match crate::push::retention::purge_notifications(
+                        &services.storage,
+                        services.config.notification_retention_seconds,
+                    )
+                    .await
+                    {
+                        Ok(0) => {}
+                        Ok(purged) => tracing::info!(purged, "discarded old notifications"),
+                        Err(error) => tracing::warn!(%error, "purging old notifications failed"),
                     }
                 }
             }

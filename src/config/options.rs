@@ -174,6 +174,11 @@ config_section! {
         /// Seconds the original of a redacted event is kept when `save_unredacted_events`.
         redaction_retention_seconds: u64 = 5_184_000,
 
+        /// Seconds an entry stays in a user's notification list (`GET /notifications`)
+        /// before the hourly housekeeping deletes it; 0 keeps them forever. Unread counts
+        /// are not affected.
+        notification_retention_seconds: u64 = 2_592_000,
+
         /// Shortest typing notification, in seconds, whatever the client asks for.
         typing_client_timeout_min_s: u64 = 15,
 

@@ -6,4 +6,5 @@ pub mod counts;
 pub mod evaluate;
 pub mod gateway;
 pub mod pushers;
+pub mod retention;
 pub mod rules;

@@ -539,3 +539,55 @@ async fn a_redacted_display_name_no_longer_highlights() {
     assert!(list.contains(&before) && !list.contains(&after), "{list:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn notifications_past_the_retention_are_pruned_and_counts_stay() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    for user in [&bob, &carol] {
+        server.post_as(user, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    }
+    let listed = |user: &User| {
+        let user = user.clone();
+        let server = &server;
+        async move {
+            let (status, list) = server.get_as(&user, "/_matrix/client/v3/notifications").await;
+            assert_eq!(status, 200, "{list}");
+            list["notifications"]
+                .as_array()
+                .expect("notifications")
+                .iter()
+                .filter_map(|item| item["event"]["event_id"].as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut old = Vec::new();
+    for index in 0..3 {
+        old.push(send_text(&server, &alice, &room, &format!("o{index}"), "old news").await);
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let recent = send_text(&server, &alice, &room, "r", "recent news").await;
+    let storage = &server.server().services().storage;
+
+    // Zero keeps everything.
+    assert_eq!(tuwunel::push::retention::purge_notifications(storage, 0).await.expect("purge"), 0);
+    // Two seconds: the three older entries of each of Bob and Carol go, and Alice's invite
+    // to the admin room (the first user becomes an admin). Two rows per commit, so the purge
+    // also resumes after full batches.
+    let purged = tuwunel::push::retention::purge_notifications_in_chunks(storage, 2, 2)
+        .await
+        .expect("purge");
+    assert_eq!(purged, 7);
+    assert!(listed(&alice).await.is_empty());
+    for user in [&bob, &carol] {
+        assert_eq!(listed(user).await, vec![recent.clone()], "{}", user.user_id);
+    }
+    // Unread counts are kept apart and still count every unread message.
+    let body = sync(&server, &bob, None, "").await;
+    assert_eq!(counts(&body, &room).0, 4, "{body}");
+    assert_eq!(tuwunel::push::retention::purge_notifications(storage, 2).await.expect("purge"), 0);
+    server.stop().await;
+}
