@@ -23,6 +23,30 @@ fn counts(body: &Value, room: &str) -> (u64, u64) {
     )
 }
 
+/// Alice and Bob, registered in that order, and a public room Alice made and Bob joined.
+async fn alice_and_bob_in_a_public_room(server: &TestServer) -> (User, User, String) {
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(server, &alice, json!({"preset": "public_chat"})).await;
+    let (status, body) =
+        server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    (alice, bob, room)
+}
+
+/// The event ids in `user`'s notification list, newest first (`query`: e.g. `?only=highlight`).
+async fn notified_event_ids(server: &TestServer, user: &User, query: &str) -> Vec<String> {
+    let (status, list) =
+        server.get_as(user, &format!("/_matrix/client/v3/notifications{query}")).await;
+    assert_eq!(status, 200, "{list}");
+    list["notifications"]
+        .as_array()
+        .expect("notifications")
+        .iter()
+        .filter_map(|item| item["event"]["event_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Syncs until the room's counts are `expected` (they are written just after the event, so
 /// a sync racing the send may see the event first), or fails after a few seconds.
 async fn counts_become(
@@ -174,10 +198,7 @@ async fn one_to_one_rooms_encrypted_rooms_and_keywords() {
 #[tokio::test]
 async fn thread_counts_are_separate_and_reset_by_threaded_receipts() {
     let mut server = TestServer::start().await;
-    let alice = server.register("alice", "pw").await;
-    let bob = server.register("bob", "pw").await;
-    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
-    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let (alice, bob, room) = alice_and_bob_in_a_public_room(&server).await;
     let root = send_text(&server, &alice, &room, "t0", "root").await;
     let mut last_reply = String::new();
     for index in 0..2 {
@@ -451,10 +472,7 @@ async fn denied_pushes(server: &TestServer) -> u64 {
 #[tokio::test]
 async fn gateways_in_the_ip_range_denylist_are_not_contacted() {
     let mut server = TestServer::with_options(&["metrics_enabled=true"]).await;
-    let alice = server.register("alice", "pw").await;
-    let bob = server.register("bob", "pw").await;
-    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
-    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let (alice, bob, room) = alice_and_bob_in_a_public_room(&server).await;
     let (gateway, url) = start_gateway().await;
     let (status, body) = server
         .post_as(
@@ -486,10 +504,7 @@ async fn gateways_in_the_ip_range_denylist_are_not_contacted() {
 #[tokio::test]
 async fn a_redacted_display_name_no_longer_highlights() {
     let mut server = TestServer::start().await;
-    let alice = server.register("alice", "pw").await;
-    let bob = server.register("bob", "pw").await;
-    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
-    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let (alice, bob, room) = alice_and_bob_in_a_public_room(&server).await;
     let (status, body) = server
         .put_as(
             &bob,
@@ -511,19 +526,11 @@ async fn a_redacted_display_name_no_longer_highlights() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let highlighted = || async {
-        let (status, list) =
-            server.get_as(&bob, "/_matrix/client/v3/notifications?only=highlight").await;
-        assert_eq!(status, 200, "{list}");
-        list["notifications"]
-            .as_array()
-            .expect("notifications")
-            .iter()
-            .filter_map(|item| item["event"]["event_id"].as_str().map(str::to_owned))
-            .collect::<Vec<_>>()
-    };
     let before = send_text(&server, &alice, &room, "n1", "hi Bobby").await;
-    assert!(highlighted().await.contains(&before), "the display name highlights");
+    assert!(
+        notified_event_ids(&server, &bob, "?only=highlight").await.contains(&before),
+        "the display name highlights"
+    );
 
     // The redaction strips the display name from Bob's current member event.
     let (status, body) = server
@@ -535,7 +542,7 @@ async fn a_redacted_display_name_no_longer_highlights() {
         .await;
     assert_eq!(status, 200, "{body}");
     let after = send_text(&server, &alice, &room, "n2", "hi Bobby again").await;
-    let list = highlighted().await;
+    let list = notified_event_ids(&server, &bob, "?only=highlight").await;
     assert!(list.contains(&before) && !list.contains(&after), "{list:?}");
     server.stop().await;
 }
@@ -550,20 +557,6 @@ async fn notifications_past_the_retention_are_pruned_and_counts_stay() {
     for user in [&bob, &carol] {
         server.post_as(user, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
     }
-    let listed = |user: &User| {
-        let user = user.clone();
-        let server = &server;
-        async move {
-            let (status, list) = server.get_as(&user, "/_matrix/client/v3/notifications").await;
-            assert_eq!(status, 200, "{list}");
-            list["notifications"]
-                .as_array()
-                .expect("notifications")
-                .iter()
-                .filter_map(|item| item["event"]["event_id"].as_str().map(str::to_owned))
-                .collect::<Vec<_>>()
-        }
-    };
     let mut old = Vec::new();
     for index in 0..3 {
         old.push(send_text(&server, &alice, &room, &format!("o{index}"), "old news").await);
@@ -581,9 +574,14 @@ async fn notifications_past_the_retention_are_pruned_and_counts_stay() {
         .await
         .expect("purge");
     assert_eq!(purged, 7);
-    assert!(listed(&alice).await.is_empty());
+    assert!(notified_event_ids(&server, &alice, "").await.is_empty());
     for user in [&bob, &carol] {
-        assert_eq!(listed(user).await, vec![recent.clone()], "{}", user.user_id);
+        assert_eq!(
+            notified_event_ids(&server, user, "").await,
+            vec![recent.clone()],
+            "{}",
+            user.user_id
+        );
     }
     // Unread counts are kept apart and still count every unread message.
     let body = sync(&server, &bob, None, "").await;
