@@ -1,7 +1,7 @@
 //! How the process uses the C allocator.
 //!
-//! The binary's own (Rust) allocations go to jemalloc, which returns freed memory to the system
-//! by itself; glibc's malloc still serves RocksDB and other C code, and is tuned here. (The
+//! The binary's own (Rust) allocations go to jemalloc, which returns freed pages to the system
+//! some seconds after they fall idle (its decay time); glibc's malloc still serves RocksDB and other C code, and is tuned here. (The
 //! in-process test servers run on glibc alone.)
 //!
 //! glibc's malloc serves blocks above a threshold (128 KiB) with `mmap` and gives them back on

@@ -84,13 +84,15 @@ pub(super) async fn run(services: &Arc<Services>, command: ServerCommand) -> Res
                 "\n\n| in-memory cache (`cache_capacity_modifier` {}) | entries |\n|---|---|\n\
                  | parsed events | {} |\n| memberships (users) | {} |\n\
                  | unread counts (user and room) | {} |\n| device key counts | {} |\n\
-                 | to-device queues (devices) | {} |\n| recent timeline (rooms) | {} |",
+                 | to-device queues (devices) | {} |\n| ignore lists (users) | {} |\n\
+                 | recent timeline (rooms) | {} |",
                 services.config.cache_capacity_modifier,
                 storage.events().len(),
                 coherent.memberships.len(),
                 coherent.unread_counts.len(),
                 coherent.key_supply.len(),
                 coherent.to_device_queued.len(),
+                coherent.ignored_users.len(),
                 storage.writer().recent_timeline().rooms(),
             );
             for (name, entries) in storage.caches().sizes() {

@@ -121,6 +121,7 @@ async fn the_first_user_runs_admin_commands_in_the_admin_room() {
         .and_then(|count| count.trim().parse::<u64>().ok());
     assert!(memberships.is_some_and(|count| count > 0), "{memory}");
     assert!(memory.contains("| state snapshots |"), "{memory}");
+    assert!(memory.contains("| ignore lists (users) |"), "{memory}");
     server.stop().await;
 }
 
