@@ -17,6 +17,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let allocator_tuned = memory::tune_allocator();
+    memory::note_jemalloc_is_global();
     let args = Args::parse();
     if args.generate_config {
         print!("{}", example::generate());

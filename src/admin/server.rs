@@ -77,6 +77,12 @@ pub(super) async fn run(services: &Arc<Services>, command: ServerCommand) -> Res
                 services.config.db_write_buffer_bytes(),
                 memory.table_readers
             );
+            out.push_str(
+                "\n\n| heap | in use (bytes) | held by the allocator (bytes) |\n|---|---|---|",
+            );
+            for (allocator, usage) in crate::memory::heaps() {
+                let _ = write!(out, "\n| {allocator} | {} | {} |", usage.in_use, usage.resident);
+            }
             let storage = &services.storage;
             let coherent = storage.coherent();
             let _ = write!(

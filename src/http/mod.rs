@@ -57,6 +57,12 @@ async fn metrics_endpoint(State(services): State<Arc<Services>>) -> Response {
     ] {
         ::metrics::gauge!("tuwunel_database_memory_bytes", "kind" => kind).set(bytes);
     }
+    for (allocator, usage) in crate::memory::heaps() {
+        for (kind, bytes) in [("in_use", usage.in_use), ("resident", usage.resident)] {
+            ::metrics::gauge!("tuwunel_heap_bytes", "allocator" => allocator, "kind" => kind)
+                .set(bytes as f64);
+        }
+    }
     match &services.metrics {
         Some(handle) => metrics::render(handle),
         None => axum::response::IntoResponse::into_response(Error::not_found(

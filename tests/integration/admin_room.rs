@@ -122,6 +122,12 @@ async fn the_first_user_runs_admin_commands_in_the_admin_room() {
     assert!(memberships.is_some_and(|count| count > 0), "{memory}");
     assert!(memory.contains("| state snapshots |"), "{memory}");
     assert!(memory.contains("| ignore lists (users) |"), "{memory}");
+    let glibc_in_use = memory
+        .lines()
+        .find(|line| line.starts_with("| glibc |"))
+        .and_then(|line| line.split('|').nth(2))
+        .and_then(|bytes| bytes.trim().parse::<u64>().ok());
+    assert!(glibc_in_use.is_some_and(|bytes| bytes > 0), "{memory}");
     server.stop().await;
 }
 

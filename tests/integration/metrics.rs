@@ -21,6 +21,9 @@ async fn metrics_are_exposed_when_enabled() {
         "tuwunel_database_table_bytes",
         "tuwunel_database_memory_bytes{kind=\"block_cache\"}",
         "tuwunel_database_memory_bytes{kind=\"memtables\"}",
+        // The test server runs on glibc's malloc; the binary adds jemalloc's row.
+        "tuwunel_heap_bytes{allocator=\"glibc\",kind=\"in_use\"}",
+        "tuwunel_heap_bytes{allocator=\"glibc\",kind=\"resident\"}",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
