@@ -223,7 +223,7 @@ fn main() {
         )
         .expect("builds")
     });
-    let federation = room.message.federation_json(&RoomVersionId::V12);
+    let federation = room.message.federation_json(&RoomVersionId::V12).expect("stored form parses");
     bench(filter, "pdu: reference hash", || {
         ruma::signatures::reference_hash(&federation, &room.rules).expect("hashes")
     });

@@ -700,7 +700,7 @@ impl RoomActor {
                 .remove(&user);
         }
         if self.save_unredacted {
-            let original = String::from_utf8(target.to_bytes()).unwrap_or_default();
+            let original = target.stored_text().to_owned();
             UNREDACTED_TABLE.put(
                 batch,
                 &short,

@@ -71,7 +71,11 @@ pub fn pdu(reader: &(impl Read + ?Sized), short: u64) -> Result<Option<Pdu>> {
 /// that a message read by every member is parsed once.
 pub fn shared_pdu(storage: &Storage, short: u64) -> Result<Option<Arc<Pdu>>> {
     storage.events().get(short, || match PDUS_TABLE.get(storage.engine(), &short)? {
-        Some(bytes) => Ok(Some((Pdu::from_bytes(&bytes)?, bytes.len()))),
+        Some(bytes) => {
+            let pdu = Pdu::from_bytes(&bytes)?;
+            let size = pdu.memory_size();
+            Ok(Some((pdu, size)))
+        }
         None => Ok(None),
     })
 }

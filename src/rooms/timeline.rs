@@ -10,7 +10,7 @@ use std::{
     sync::Arc,
 };
 
-use ruma::{CanonicalJsonValue, RoomId, UserId};
+use ruma::{RoomId, UserId};
 use serde_json::{Map, Value as JsonValue};
 
 use super::{Pdu, state};
@@ -292,10 +292,7 @@ fn has_children(storage: &Storage, parent: u64) -> Result<bool> {
 
 /// Whether the stored event carries the redaction that stripped it.
 fn is_redacted(pdu: &Pdu) -> bool {
-    matches!(
-        pdu.json.get("unsigned"),
-        Some(CanonicalJsonValue::Object(unsigned)) if unsigned.contains_key("redacted_because")
-    )
+    pdu.redacted_because.is_some()
 }
 
 /// Reads the children of one parent as one user may see them.

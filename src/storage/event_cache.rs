@@ -17,9 +17,9 @@ use dashmap::DashSet;
 use super::immutable_cache::ImmutableCache;
 use crate::{Result, rooms::Pdu};
 
-/// Bytes of stored event JSON the cache holds before it starts over (parsed, about three
-/// times that in memory).
-const EVENT_BYTES_LIMIT: usize = 4 * 1024 * 1024;
+/// Bytes of memory (as [`Pdu::memory_size`] estimates them) the cache holds before it starts
+/// over: about 8,000 events of a few hundred bytes each.
+const EVENT_BYTES_LIMIT: usize = 12 * 1024 * 1024;
 
 pub struct EventCache {
     events: ImmutableCache<u64, Pdu>,
@@ -53,7 +53,7 @@ impl EventCache {
         self.events.is_empty()
     }
 
-    /// The event `short`, from the cache or loaded (with its stored size) by `load`.
+    /// The event `short`, from the cache or loaded (with its size in memory) by `load`.
     pub fn get(
         &self,
         short: u64,
