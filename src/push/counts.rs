@@ -10,7 +10,7 @@ use crate::{
     storage::{
         Batch, Direction, Read, Storage,
         codec::{Json, prefix, prefix2},
-        push::{UNREAD_COUNTS_TABLE, UNREAD_EVENTS_TABLE, UnreadCounts},
+        push::{ThreadCounts, UNREAD_COUNTS_TABLE, UNREAD_EVENTS_TABLE, UnreadCounts},
     },
 };
 
@@ -19,8 +19,8 @@ pub fn room_counts(
     reader: &(impl Read + ?Sized),
     user: &UserId,
     room: u64,
-) -> Result<BTreeMap<String, UnreadCounts>> {
-    let mut counts = BTreeMap::new();
+) -> Result<ThreadCounts> {
+    let mut counts = ThreadCounts::default();
     // The main timeline's row is rewritten by every notifying event, so the table holds many
     // versions of it until compaction: a scan that began on it would step over them all.
     // It is read with a point read, and the scan for threads starts past it.
@@ -40,7 +40,7 @@ pub fn room_counts(
             ControlFlow::Continue(())
         },
     )?;
-    Ok(counts)
+    Ok(counts.shrunk())
 }
 
 /// [`room_counts`] through the coherent cache, for /sync and push evaluation.
@@ -48,7 +48,7 @@ pub fn cached_room_counts(
     storage: &Storage,
     user: &UserId,
     room: u64,
-) -> Result<Arc<BTreeMap<String, UnreadCounts>>> {
+) -> Result<Arc<ThreadCounts>> {
     storage
         .coherent()
         .unread_counts
@@ -142,16 +142,18 @@ pub fn write_counts(
 
 /// A room's counts (as [`room_counts`] reads them) after [`write_counts`] wrote `changed`.
 pub fn with_written(
-    counts: &BTreeMap<String, UnreadCounts>,
+    counts: &ThreadCounts,
     changed: &BTreeMap<String, UnreadCounts>,
     position: u64,
-) -> BTreeMap<String, UnreadCounts> {
+) -> ThreadCounts {
     let mut after = counts.clone();
     for (thread, counts) in changed {
         match stored_counts(thread, counts.clone(), position) {
             Some(counts) => after.insert(thread.clone(), counts),
-            None => after.remove(thread),
-        };
+            None => {
+                after.remove(thread);
+            }
+        }
     }
-    after
+    after.shrunk()
 }

@@ -20,7 +20,7 @@ use std::{
 
 use dashmap::DashMap;
 
-use super::{push::UnreadCounts, rooms::MembershipRecord};
+use super::{push::ThreadCounts, rooms::MembershipRecord};
 use crate::Result;
 
 struct Slot<V> {
@@ -128,7 +128,7 @@ pub struct CoherentCaches {
     /// Every `user_rooms` row of a user: each /sync reads them, twice when it waits.
     pub memberships: CoherentCache<ruma::OwnedUserId, Vec<(ruma::OwnedRoomId, MembershipRecord)>>,
     /// A user's unread counts in a room, by thread: each /sync reads them for every room.
-    pub unread_counts: CoherentCache<(ruma::OwnedUserId, u64), BTreeMap<String, UnreadCounts>>,
+    pub unread_counts: CoherentCache<(ruma::OwnedUserId, u64), ThreadCounts>,
     /// A device's unclaimed one-time keys by algorithm and its unused fallback key
     /// algorithms: each /sync of the device reports both.
     pub key_supply: CoherentCache<(ruma::OwnedUserId, String), KeySupply>,

@@ -27,6 +27,50 @@ pub struct UnreadCounts {
     pub position: u64,
 }
 
+/// A user's unread counts in one room by thread (`""` is the main timeline), sorted by
+/// thread. A sorted vector rather than a map: the coherent cache holds one per user and
+/// room, most hold only the main timeline, and a map's first node alone takes 640 bytes
+/// (20,000 of them were 13 MB of a 10,000-room server).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThreadCounts(Vec<(String, UnreadCounts)>);
+
+impl ThreadCounts {
+    fn position(&self, thread: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(held, _)| held.as_str().cmp(thread))
+    }
+
+    pub fn get(&self, thread: &str) -> Option<&UnreadCounts> {
+        self.position(thread).ok().map(|index| &self.0[index].1)
+    }
+
+    /// Sets the counts of `thread`.
+    pub fn insert(&mut self, thread: String, counts: UnreadCounts) {
+        match self.position(&thread) {
+            Ok(index) => self.0[index].1 = counts,
+            Err(index) => self.0.insert(index, (thread, counts)),
+        }
+    }
+
+    pub fn remove(&mut self, thread: &str) -> Option<UnreadCounts> {
+        self.position(thread).ok().map(|index| self.0.remove(index).1)
+    }
+
+    /// Threads and their counts, in thread order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &UnreadCounts)> {
+        self.0.iter().map(|(thread, counts)| (thread.as_str(), counts))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &UnreadCounts> {
+        self.0.iter().map(|(_, counts)| counts)
+    }
+
+    /// Gives back spare capacity, for a value about to be cached.
+    pub fn shrunk(mut self) -> Self {
+        self.0.shrink_to_fit();
+        self
+    }
+}
+
 /// One notification in a user's list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NotificationRecord {
@@ -63,3 +107,29 @@ pub const PUSHERS_TABLE: Table<(String, String, String), Json<PusherRecord>> = T
 pub const PUSHER_PROGRESS_TABLE: Table<(String, String, String), u64> = Table::new(PUSHER_PROGRESS);
 /// `(app id, pushkey, user) -> ()`.
 pub const PUSHKEYS_TABLE: Table<(String, String, String), ()> = Table::new(PUSHKEYS);
+
+#[cfg(test)]
+mod tests {
+    use super::{ThreadCounts, UnreadCounts};
+
+    fn counts(notifications: u64) -> UnreadCounts {
+        UnreadCounts { notifications, ..UnreadCounts::default() }
+    }
+
+    #[test]
+    fn thread_counts_stay_sorted_and_answer_by_thread() {
+        let mut by_thread = ThreadCounts::default();
+        by_thread.insert("$b".to_owned(), counts(2));
+        by_thread.insert(String::new(), counts(1));
+        by_thread.insert("$a".to_owned(), counts(3));
+        by_thread.insert("$b".to_owned(), counts(4));
+        let threads: Vec<(&str, u64)> =
+            by_thread.iter().map(|(thread, counts)| (thread, counts.notifications)).collect();
+        assert_eq!(threads, [("", 1), ("$a", 3), ("$b", 4)]);
+        assert_eq!(by_thread.get("$a"), Some(&counts(3)));
+        assert_eq!(by_thread.remove("$a"), Some(counts(3)));
+        assert_eq!(by_thread.get("$a"), None);
+        assert_eq!(by_thread.remove("$c"), None);
+        assert_eq!(by_thread.values().map(|counts| counts.notifications).sum::<u64>(), 5);
+    }
+}
