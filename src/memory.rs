@@ -31,12 +31,17 @@ pub fn tune_allocator() -> bool {
     true
 }
 
-/// Actors passivated since the process started, and as of the last trim.
+/// Actors passivated (and bulk frees) since the process started, and as of the last trim.
 static PASSIVATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static PASSIVATED_AT_LAST_TRIM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Counts a passivated actor: its state was freed, and the heap may hold the pages.
 pub fn note_passivation() {
+    PASSIVATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Counts a bulk release of memory (flushed memtables), for the next trim to return.
+pub fn note_bulk_free() {
     PASSIVATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 

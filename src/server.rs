@@ -38,8 +38,46 @@ const DRAIN_ACTORS: Duration = Duration::from_secs(10);
 const ACTIVITY_FLUSH: Duration = Duration::from_secs(60);
 /// How often freed actor memory is handed back to the system (when actors passivated).
 const MEMORY_TRIM: Duration = Duration::from_secs(15);
+/// After this long without a commit, memtables holding at least [`IDLE_FLUSH_MIN_BYTES`]
+/// are flushed: a quiet server need not keep its write buffers (one per written table).
+const IDLE_FLUSH_AFTER: Duration = Duration::from_secs(60);
+const IDLE_FLUSH_MIN_BYTES: u64 = 1024 * 1024;
 /// Originals of redacted events are checked for expiry every this many flushes (hourly).
 const PURGE_EVERY_TICKS: u64 = 60;
+
+/// Decides when a quiet server flushes its memtables: once per quiet spell, after
+/// [`IDLE_FLUSH_AFTER`] without a commit, and only when they hold at least
+/// [`IDLE_FLUSH_MIN_BYTES`] (a flush leaves a file per written table for compaction, not
+/// worth it for a few rows).
+struct IdleFlush {
+    /// Commit groups as of the last look, and when that count was first seen.
+    groups: u64,
+    since: Instant,
+    /// Commit groups as of the last flush.
+    flushed_at: Option<u64>,
+}
+
+impl IdleFlush {
+    fn new(groups: u64) -> Self {
+        Self { groups, since: Instant::now(), flushed_at: None }
+    }
+
+    /// Whether to flush now, given the commit groups so far and the memtables' bytes.
+    fn due(&mut self, groups: u64, memtables: u64, now: Instant) -> bool {
+        if groups != self.groups {
+            self.groups = groups;
+            self.since = now;
+            return false;
+        }
+        let due = now.duration_since(self.since) >= IDLE_FLUSH_AFTER
+            && self.flushed_at != Some(groups)
+            && memtables >= IDLE_FLUSH_MIN_BYTES;
+        if due {
+            self.flushed_at = Some(groups);
+        }
+        due
+    }
+}
 
 /// Tells everything that the server is stopping.
 #[derive(Clone, Debug)]
@@ -233,16 +271,34 @@ impl Server {
     }
 
     /// Every [`MEMORY_TRIM`], returns the heap's free pages to the system if actors
-    /// passivated meanwhile (see `memory::trim_after_passivations`).
+    /// passivated meanwhile (see `memory::trim_after_passivations`), and once per quiet
+    /// spell of [`IDLE_FLUSH_AFTER`] flushes the memtables (see [`IdleFlush`]).
     fn trim_memory_periodically(&self) {
+        let services = Arc::clone(&self.services);
         let shutdown = self.services.shutdown.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(MEMORY_TRIM);
             ticker.tick().await;
+            let mut idle_flush = IdleFlush::new(services.storage.writer().stats().groups);
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {}
                     () = shutdown.clone().wait() => return,
+                }
+                let groups = services.storage.writer().stats().groups;
+                let memtables = services.storage.engine().memory().memtables;
+                if idle_flush.due(groups, memtables, Instant::now()) {
+                    let storage = Arc::clone(&services.storage);
+                    let flushed =
+                        tokio::task::spawn_blocking(move || storage.engine().flush()).await;
+                    match flushed {
+                        Ok(Ok(())) => {
+                            metrics::counter!("tuwunel_database_idle_flushes_total").increment(1);
+                            crate::memory::note_bulk_free();
+                        }
+                        Ok(Err(error)) => tracing::warn!(%error, "idle memtable flush failed"),
+                        Err(error) => tracing::warn!(%error, "idle memtable flush panicked"),
+                    }
                 }
                 let _ = tokio::task::spawn_blocking(crate::memory::trim_after_passivations).await;
             }
@@ -372,5 +428,27 @@ impl Server {
             Some(reason) => Err(Error::internal(reason)),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memtables_are_flushed_once_per_quiet_spell_and_only_when_worth_it() {
+        let start = Instant::now();
+        let big = IDLE_FLUSH_MIN_BYTES;
+        let mut idle = IdleFlush { groups: 5, since: start, flushed_at: None };
+        assert!(!idle.due(5, big, start + IDLE_FLUSH_AFTER / 2), "not quiet long enough");
+        assert!(!idle.due(5, big - 1, start + IDLE_FLUSH_AFTER), "too little to flush");
+        assert!(idle.due(5, big, start + IDLE_FLUSH_AFTER));
+        assert!(!idle.due(5, big, start + IDLE_FLUSH_AFTER * 3), "already flushed this spell");
+
+        // A commit starts a new spell, which must be quiet for the whole span again.
+        let commit = start + IDLE_FLUSH_AFTER * 4;
+        assert!(!idle.due(6, big, commit));
+        assert!(!idle.due(6, big, commit + IDLE_FLUSH_AFTER / 2));
+        assert!(idle.due(6, big, commit + IDLE_FLUSH_AFTER));
     }
 }
