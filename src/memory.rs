@@ -1,8 +1,10 @@
-//! How the process uses the C allocator.
+//! How the process uses its allocators: tuning glibc's, giving freed memory back to the
+//! system, and reporting both heaps.
 //!
-//! The binary's own (Rust) allocations go to jemalloc, which returns freed pages to the system
-//! some seconds after they fall idle (its decay time); glibc's malloc still serves RocksDB and other C code, and is tuned here. (The
-//! in-process test servers run on glibc alone.)
+//! The binary's own (Rust) allocations go to jemalloc, which returns freed pages to the
+//! system some seconds after they fall idle (its decay time); glibc's malloc still serves
+//! RocksDB and other C code, and is tuned here. (The in-process test servers run on glibc
+//! alone.)
 //!
 //! glibc's malloc serves blocks above a threshold (128 KiB) with `mmap` and gives them back on
 //! `free`, but by default it raises that threshold to the size of any such block freed, up to
@@ -31,29 +33,25 @@ pub fn tune_allocator() -> bool {
     true
 }
 
-/// Actors passivated (and bulk frees) since the process started, and as of the last trim.
-static PASSIVATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static PASSIVATED_AT_LAST_TRIM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Bulk releases of memory since the process started, and as of the last trim.
+static FREED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static FREED_AT_LAST_TRIM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Counts a passivated actor: its state was freed, and the heap may hold the pages.
-pub fn note_passivation() {
-    PASSIVATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// Counts a bulk release of memory (a passivated actor's state, flushed memtables): the
+/// heaps may hold the freed pages until the next trim.
+pub fn note_memory_freed() {
+    FREED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Counts a bulk release of memory (flushed memtables), for the next trim to return.
-pub fn note_bulk_free() {
-    PASSIVATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Gives both allocators' free pages back to the system when actors passivated since the
-/// last call (glibc keeps freed memory in its arenas, where thousands of passivated rooms
+/// Gives both allocators' free pages back to the system when memory was freed in bulk
+/// (actors passivated, memtables flushed) since the last call (glibc keeps freed memory in its arenas, where thousands of passivated rooms
 /// left over 100 MB; jemalloc returns it only as later allocations tick its decay clock,
 /// and an idle server allocates little). Returns whether it trimmed. Blocking: a trim
 /// walks every arena.
 pub fn trim_after_passivations() -> bool {
     use std::sync::atomic::Ordering;
-    let now = PASSIVATED.load(Ordering::Relaxed);
-    if PASSIVATED_AT_LAST_TRIM.swap(now, Ordering::Relaxed) == now {
+    let now = FREED.load(Ordering::Relaxed);
+    if FREED_AT_LAST_TRIM.swap(now, Ordering::Relaxed) == now {
         return false;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -150,7 +148,7 @@ mod tests {
     #[test]
     fn a_passivation_asks_for_a_trim() {
         trim_after_passivations();
-        note_passivation();
+        note_memory_freed();
         assert!(trim_after_passivations());
     }
 

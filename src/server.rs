@@ -294,7 +294,7 @@ impl Server {
                     match flushed {
                         Ok(Ok(())) => {
                             metrics::counter!("tuwunel_database_idle_flushes_total").increment(1);
-                            crate::memory::note_bulk_free();
+                            crate::memory::note_memory_freed();
                         }
                         Ok(Err(error)) => tracing::warn!(%error, "idle memtable flush failed"),
                         Err(error) => tracing::warn!(%error, "idle memtable flush panicked"),

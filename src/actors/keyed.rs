@@ -446,7 +446,7 @@ impl<B: Behaviour> Actor for KeyedActor<B> {
                 if removed.is_some() {
                     metrics::counter!("tuwunel_actor_passivations_total", "kind" => B::KIND)
                         .increment(1);
-                    crate::memory::note_passivation();
+                    crate::memory::note_memory_freed();
                     myself.stop(Some("passivated".to_owned()));
                 } else {
                     self.arm_idle_check(&myself, state, timeout);
