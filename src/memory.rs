@@ -44,10 +44,10 @@ pub fn note_memory_freed() {
 }
 
 /// Gives both allocators' free pages back to the system when memory was freed in bulk
-/// (actors passivated, memtables flushed) since the last call (glibc keeps freed memory in its arenas, where thousands of passivated rooms
-/// left over 100 MB; jemalloc returns it only as later allocations tick its decay clock,
-/// and an idle server allocates little). Returns whether it trimmed. Blocking: a trim
-/// walks every arena.
+/// (actors passivated, memtables flushed) since the last call. glibc keeps freed memory in
+/// its arenas, where thousands of passivated rooms left over 100 MB; jemalloc returns it
+/// only as later allocations tick its decay clock, and an idle server allocates little.
+/// Returns whether it trimmed. Blocking: a trim walks every arena.
 pub fn trim_after_passivations() -> bool {
     use std::sync::atomic::Ordering;
     let now = FREED.load(Ordering::Relaxed);

@@ -83,26 +83,15 @@ pub(super) async fn run(services: &Arc<Services>, command: ServerCommand) -> Res
             for (allocator, usage) in crate::memory::heaps() {
                 let _ = write!(out, "\n| {allocator} | {} | {} |", usage.in_use, usage.resident);
             }
-            let storage = &services.storage;
-            let coherent = storage.coherent();
             let _ = write!(
                 out,
-                "\n\n| in-memory cache (`cache_capacity_modifier` {}) | entries |\n|---|---|\n\
-                 | parsed events | {} |\n| memberships (users) | {} |\n\
-                 | unread counts (user and room) | {} |\n| device key counts | {} |\n\
-                 | to-device queues (devices) | {} |\n| ignore lists (users) | {} |\n\
-                 | recent timeline (rooms) | {} |",
+                "\n\n| in-memory cache (`cache_capacity_modifier` {}) | entries | estimated \
+                 bytes |\n|---|---|---|",
                 services.config.cache_capacity_modifier,
-                storage.events().len(),
-                coherent.memberships.len(),
-                coherent.unread_counts.len(),
-                coherent.key_supply.len(),
-                coherent.to_device_queued.len(),
-                coherent.ignored_users.len(),
-                storage.writer().recent_timeline().rooms(),
             );
-            for (name, entries) in storage.caches().sizes() {
-                let _ = write!(out, "\n| {name} | {entries} |");
+            for cache in services.storage.cache_usage() {
+                let bytes = cache.bytes.map_or_else(|| "-".to_owned(), |bytes| bytes.to_string());
+                let _ = write!(out, "\n| {} | {} | {bytes} |", cache.description, cache.entries);
             }
             Ok(out)
         }

@@ -63,6 +63,13 @@ async fn metrics_endpoint(State(services): State<Arc<Services>>) -> Response {
                 .set(bytes as f64);
         }
     }
+    for cache in services.storage.cache_usage() {
+        ::metrics::gauge!("tuwunel_cache_entries", "cache" => cache.label)
+            .set(cache.entries as f64);
+        if let Some(bytes) = cache.bytes {
+            ::metrics::gauge!("tuwunel_cache_bytes", "cache" => cache.label).set(bytes as f64);
+        }
+    }
     match &services.metrics {
         Some(handle) => metrics::render(handle),
         None => axum::response::IntoResponse::into_response(Error::not_found(

@@ -184,10 +184,9 @@ pub fn state_fact(storage: &Storage, snapshot: u64, fact: StateFact<'_>) -> Resu
     let Some(short) = state::lookup(storage, snapshot, key)? else {
         return Ok(None);
     };
-    let value = storage
+    storage
         .caches()
-        .fact(short, || Ok(pdu(storage.engine(), short)?.and_then(|pdu| pdu.content_str(field))))?;
-    Ok(value.as_ref().clone())
+        .fact(short, || Ok(pdu(storage.engine(), short)?.and_then(|pdu| pdu.content_str(field))))
 }
 
 /// The current state event `(kind, state_key)` of a room.

@@ -71,6 +71,8 @@ impl<K: Hash + Eq + Clone, V> CoherentCache<K, V> {
         if self.slots.len() >= self.limit {
             self.clearings.fetch_add(1, Ordering::SeqCst);
             self.slots.retain(|_, slot| slot.writing > 0);
+            // Without this the emptied table keeps the memory of a full one.
+            self.slots.shrink_to_fit();
         }
         let mut slot = self.slots.entry(key.clone()).or_default();
         // A slot that appeared since the look above was made by a write beginning.

@@ -22,7 +22,7 @@ use crate::{Result, rooms::Pdu};
 const EVENT_BYTES_LIMIT: usize = 12 * 1024 * 1024;
 
 pub struct EventCache {
-    events: ImmutableCache<u64, Pdu>,
+    events: ImmutableCache<u64, Arc<Pdu>>,
     generation: AtomicU64,
     /// Events whose rewrite is being committed.
     rewriting: DashSet<u64>,
@@ -51,6 +51,11 @@ impl EventCache {
 
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
+    }
+
+    /// The memory the held events take, as [`Pdu::memory_size`] estimates it.
+    pub fn bytes(&self) -> usize {
+        self.events.weight()
     }
 
     /// The event `short`, from the cache or loaded (with its size in memory) by `load`.

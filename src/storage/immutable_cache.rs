@@ -23,36 +23,41 @@ use std::{
 use dashmap::DashMap;
 
 use super::{
-    Read,
+    CacheUsage, Read,
     codec::Json,
     rooms::{ROOMS_TABLE, RoomRecord, SNAPSHOTS_TABLE, Snapshot},
 };
 use crate::Result;
 
-/// A bounded map from a key to an immutable value, each weighed when inserted.
+/// A bounded map from a key to an immutable value, each weighed when inserted. Values are
+/// held inline: small ones (ids, flags) cost no allocation of their own, and large ones are
+/// put behind an `Arc` by the caller so a hit only bumps a count.
 pub struct ImmutableCache<K, V> {
-    values: DashMap<K, Arc<V>>,
+    values: DashMap<K, V>,
     weight: AtomicUsize,
     limit: usize,
 }
 
-impl<K: Hash + Eq, V> ImmutableCache<K, V> {
+impl<K: Hash + Eq, V: Clone> ImmutableCache<K, V> {
     pub fn new(limit: usize) -> Self {
         Self { values: DashMap::new(), weight: AtomicUsize::new(0), limit }
     }
 
-    pub fn get<Q: Hash + Eq + ?Sized>(&self, id: &Q) -> Option<Arc<V>>
+    pub fn get<Q: Hash + Eq + ?Sized>(&self, id: &Q) -> Option<V>
     where
         K: std::borrow::Borrow<Q>,
     {
-        self.values.get(id).map(|value| Arc::clone(&value))
+        self.values.get(id).map(|value| value.clone())
     }
 
     /// Keeps `value` (of `weight` units) under `id`, starting over when the bound is passed.
-    pub fn insert(&self, id: K, value: Arc<V>, weight: usize) {
+    pub fn insert(&self, id: K, value: V, weight: usize) {
         let weight = weight.max(1);
         if self.weight.fetch_add(weight, Ordering::AcqRel) + weight > self.limit {
             self.values.clear();
+            // A cleared map keeps its table; a cache that filled once would hold the
+            // memory of a full one forever after.
+            self.values.shrink_to_fit();
             self.weight.store(weight, Ordering::Release);
         }
         self.values.insert(id, value);
@@ -70,23 +75,41 @@ impl<K: Hash + Eq, V> ImmutableCache<K, V> {
         self.values.len()
     }
 
+    /// The weight of the entries held (since the last start over).
+    pub fn weight(&self) -> usize {
+        self.weight.load(Ordering::Acquire)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
 }
 
-/// State entries the snapshot cache holds (16 bytes each, plus the map's share).
-const SNAPSHOT_ENTRY_LIMIT: usize = 256 * 1024;
+/// Bytes of memory the snapshot cache holds, as [`snapshot_size`] estimates them.
+const SNAPSHOT_BYTES_LIMIT: usize = 4 * 1024 * 1024;
 
-/// Entries kept by each of the small caches (facts, lookups, state keys).
-const SMALL_LIMIT: usize = 256 * 1024;
+/// Bytes of memory each of the small caches (lookups, state keys, facts, room records) holds.
+const SMALL_BYTES_LIMIT: usize = 8 * 1024 * 1024;
+
+/// What any entry costs before its own contents: its slot in the map, with the table's share
+/// of spare capacity. Weighing entries by count instead let 50,000 one-entry snapshot deltas
+/// of a 10,000-room server take 6 MB under a bound meant as 4 MiB.
+const ENTRY_BYTES: usize = 48;
+
+/// The memory a cached snapshot takes: its map slot, the `Arc` around it and its entries.
+fn snapshot_size(snapshot: &Snapshot) -> usize {
+    ENTRY_BYTES
+        + size_of::<Snapshot>()
+        + 2 * size_of::<usize>()
+        + snapshot.entries.len() * size_of::<(u64, u64)>()
+}
 
 /// The immutable caches a storage keeps.
 pub struct ImmutableCaches {
-    snapshots: ImmutableCache<u64, Snapshot>,
+    snapshots: ImmutableCache<u64, Arc<Snapshot>>,
     lookups: ImmutableCache<(u64, u64), Option<u64>>,
-    state_keys: ImmutableCache<Vec<u8>, u64>,
-    facts: ImmutableCache<u64, Option<String>>,
+    state_keys: ImmutableCache<Box<[u8]>, u64>,
+    facts: ImmutableCache<u64, Option<Box<str>>>,
     rooms: ImmutableCache<String, RoomRecord>,
 }
 
@@ -99,9 +122,9 @@ impl Default for ImmutableCaches {
 impl ImmutableCaches {
     /// Caches whose bounds are scaled by the operator's cache modifier.
     pub fn scaled(modifier: f64) -> Self {
-        let small = super::scaled(SMALL_LIMIT, modifier);
+        let small = super::scaled(SMALL_BYTES_LIMIT, modifier);
         Self {
-            snapshots: ImmutableCache::new(super::scaled(SNAPSHOT_ENTRY_LIMIT, modifier)),
+            snapshots: ImmutableCache::new(super::scaled(SNAPSHOT_BYTES_LIMIT, modifier)),
             lookups: ImmutableCache::new(small),
             state_keys: ImmutableCache::new(small),
             facts: ImmutableCache::new(small),
@@ -109,14 +132,21 @@ impl ImmutableCaches {
         }
     }
 
-    /// Entries held by each cache, by name.
-    pub fn sizes(&self) -> [(&'static str, usize); 5] {
+    /// What each cache holds.
+    pub fn usage(&self) -> [CacheUsage; 5] {
+        fn of<K: Hash + Eq, V: Clone>(
+            label: &'static str,
+            description: &'static str,
+            cache: &ImmutableCache<K, V>,
+        ) -> CacheUsage {
+            CacheUsage { label, description, entries: cache.len(), bytes: Some(cache.weight()) }
+        }
         [
-            ("state snapshots", self.snapshots.len()),
-            ("state lookups", self.lookups.len()),
-            ("state keys", self.state_keys.len()),
-            ("visibility facts", self.facts.len()),
-            ("room records", self.rooms.len()),
+            of("state_snapshots", "state snapshots", &self.snapshots),
+            of("state_lookups", "state lookups", &self.lookups),
+            of("state_keys", "state keys", &self.state_keys),
+            of("visibility_facts", "visibility facts", &self.facts),
+            of("room_records", "room records", &self.rooms),
         ]
     }
 
@@ -133,7 +163,7 @@ impl ImmutableCaches {
             return Ok(None);
         };
         let snapshot = Arc::new(snapshot);
-        self.snapshots.insert(id, Arc::clone(&snapshot), snapshot.entries.len());
+        self.snapshots.insert(id, Arc::clone(&snapshot), snapshot_size(&snapshot));
         Ok(Some(snapshot))
     }
 
@@ -141,12 +171,17 @@ impl ImmutableCaches {
     /// rooms that exist are kept: one unknown now may be created later).
     pub fn room(&self, reader: &(impl Read + ?Sized), room_id: &str) -> Result<Option<RoomRecord>> {
         if let Some(record) = self.rooms.get(room_id) {
-            return Ok(Some(RoomRecord::clone(&record)));
+            return Ok(Some(record));
         }
         let Some(Json(record)) = ROOMS_TABLE.get(reader, &room_id.to_owned())? else {
             return Ok(None);
         };
-        self.rooms.insert(room_id.to_owned(), Arc::new(record.clone()), 1);
+        let size = ENTRY_BYTES
+            + size_of::<RoomRecord>()
+            + room_id.len()
+            + record.creator.as_str().len()
+            + record.version.as_str().len();
+        self.rooms.insert(room_id.to_owned(), record.clone(), size);
         Ok(Some(record))
     }
 
@@ -158,10 +193,10 @@ impl ImmutableCaches {
         walk: impl FnOnce() -> Result<Option<u64>>,
     ) -> Result<Option<u64>> {
         if let Some(found) = self.lookups.get(&(snapshot, state_key)) {
-            return Ok(*found);
+            return Ok(found);
         }
         let found = walk()?;
-        self.lookups.insert((snapshot, state_key), Arc::new(found), 1);
+        self.lookups.insert((snapshot, state_key), found, ENTRY_BYTES);
         Ok(found)
     }
 
@@ -173,11 +208,11 @@ impl ImmutableCaches {
         read: impl FnOnce() -> Result<Option<u64>>,
     ) -> Result<Option<u64>> {
         if let Some(id) = self.state_keys.get(bytes) {
-            return Ok(Some(*id));
+            return Ok(Some(id));
         }
         let id = read()?;
         if let Some(id) = id {
-            self.state_keys.insert(bytes.to_vec(), Arc::new(id), 1);
+            self.state_keys.insert(bytes.into(), id, ENTRY_BYTES + bytes.len());
         }
         Ok(id)
     }
@@ -187,12 +222,16 @@ impl ImmutableCaches {
         &self,
         short: u64,
         read: impl FnOnce() -> Result<Option<String>>,
-    ) -> Result<Arc<Option<String>>> {
+    ) -> Result<Option<String>> {
         if let Some(fact) = self.facts.get(&short) {
-            return Ok(fact);
+            return Ok(fact.map(String::from));
         }
-        let fact = Arc::new(read()?);
-        self.facts.insert(short, Arc::clone(&fact), 1);
+        let fact = read()?;
+        self.facts.insert(
+            short,
+            fact.as_deref().map(Box::from),
+            ENTRY_BYTES + fact.as_ref().map_or(0, String::len),
+        );
         Ok(fact)
     }
 }
@@ -228,16 +267,49 @@ mod tests {
         storage.close().await;
     }
 
+    #[tokio::test]
+    async fn snapshots_are_weighed_by_their_memory_not_their_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (storage, _) = Storage::open(&EngineOptions::for_path(dir.path())).expect("open");
+        let delta = |id| Snapshot { parent: Some(id), entries: vec![(7, id)] };
+        let mut batch = Batch::new();
+        for id in 1..=40 {
+            SNAPSHOTS_TABLE.put(&mut batch, &id, &delta(id));
+        }
+        storage.writer().commit(batch).await.expect("commit");
+
+        // Room for ten one-entry deltas: by entry count it would have held hundreds.
+        let room_for_ten = (10 * snapshot_size(&delta(1))) as f64;
+        let caches = ImmutableCaches::scaled(room_for_ten / SNAPSHOT_BYTES_LIMIT as f64);
+        for id in 1..=40 {
+            assert!(caches.snapshot(storage.engine(), id).expect("read").is_some());
+            assert!(caches.snapshots.len() <= 10, "{} cached", caches.snapshots.len());
+        }
+        storage.close().await;
+    }
+
     #[test]
     fn a_full_cache_starts_over() {
         let cache = ImmutableCache::new(10);
-        cache.insert(1, Arc::new(()), 6);
-        cache.insert(2, Arc::new(()), 3);
+        cache.insert(1, (), 6);
+        cache.insert(2, (), 3);
         assert_eq!(cache.len(), 2);
         // 6 + 3 + 4 passes the bound of 10: only the newest value stays.
-        cache.insert(3, Arc::new(()), 4);
+        cache.insert(3, (), 4);
         assert_eq!(cache.len(), 1);
         assert!(cache.get(&3).is_some() && cache.get(&1).is_none());
         assert!(!cache.is_empty());
+    }
+
+    #[test]
+    fn starting_over_gives_back_the_table() {
+        let cache = ImmutableCache::new(4096);
+        for id in 0..4096 {
+            cache.insert(id, (), 1);
+        }
+        assert!(cache.values.capacity() >= 4096);
+        cache.insert(4096, (), 1);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.values.capacity() < 256, "{}", cache.values.capacity());
     }
 }

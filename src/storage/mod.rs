@@ -151,6 +151,37 @@ impl Storage {
         &self.coherent
     }
 
+    /// What every in-memory cache holds, for `/metrics` and `!admin server memory-usage`.
+    pub fn cache_usage(&self) -> Vec<CacheUsage> {
+        let coherent = &self.coherent;
+        let counted =
+            |label, description, entries| CacheUsage { label, description, entries, bytes: None };
+        let mut usage = vec![
+            CacheUsage {
+                label: "events",
+                description: "parsed events",
+                entries: self.events.len(),
+                bytes: Some(self.events.bytes()),
+            },
+            counted("memberships", "memberships (users)", coherent.memberships.len()),
+            counted("unread_counts", "unread counts (user and room)", coherent.unread_counts.len()),
+            counted("key_supply", "device key counts", coherent.key_supply.len()),
+            counted(
+                "to_device_queued",
+                "to-device queues (devices)",
+                coherent.to_device_queued.len(),
+            ),
+            counted("ignored_users", "ignore lists (users)", coherent.ignored_users.len()),
+            counted(
+                "recent_timeline",
+                "recent timeline (rooms)",
+                self.writer.recent_timeline().rooms(),
+            ),
+        ];
+        usage.extend(self.caches.usage());
+        usage
+    }
+
     fn backup_directory(&self) -> Result<PathBuf> {
         self.backup_directory
             .clone()
@@ -238,6 +269,19 @@ pub fn engine_options(config: &Config) -> EngineOptions {
 }
 
 /// `base` scaled by the operator's cache modifier (at least one).
+/// One in-memory cache's contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheUsage {
+    /// The `cache` label of its metrics.
+    pub label: &'static str,
+    /// What it holds, for people.
+    pub description: &'static str,
+    pub entries: usize,
+    /// The memory its entries take, as estimated for its bound; `None` for caches bounded by
+    /// their number of keys.
+    pub bytes: Option<usize>,
+}
+
 pub(crate) fn scaled(base: usize, modifier: f64) -> usize {
     // The cast saturates on absurd modifiers by design.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]

@@ -24,6 +24,9 @@ async fn metrics_are_exposed_when_enabled() {
         // The test server runs on glibc's malloc; the binary adds jemalloc's row.
         "tuwunel_heap_bytes{allocator=\"glibc\",kind=\"in_use\"}",
         "tuwunel_heap_bytes{allocator=\"glibc\",kind=\"resident\"}",
+        "tuwunel_cache_entries{cache=\"events\"}",
+        "tuwunel_cache_entries{cache=\"state_lookups\"}",
+        "tuwunel_cache_bytes{cache=\"events\"}",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
