@@ -188,18 +188,34 @@ impl Pdu {
         Ok(serde_json::from_str(&self.stored)?)
     }
 
-    /// Roughly the bytes this event holds in memory, for caches that bound their size.
+    /// Roughly the bytes this event holds in memory once shared behind an `Arc`, for caches
+    /// that bound their size: the contents of each heap allocation plus what the allocator
+    /// adds to it.
     pub fn memory_size(&self) -> usize {
-        let ids = (self.prev_events.len() + self.auth_events.len()) * 64;
-        size_of::<Self>()
+        // jemalloc rounds each allocation up to its size class: by up to a quarter, about 16
+        // bytes for the short strings most of these are.
+        const PER_ALLOCATION: usize = 16;
+        let referenced = self.prev_events.iter().chain(&self.auth_events).chain(&self.redacts);
+        let ids: usize = referenced.map(|id| id.as_str().len() + PER_ALLOCATION).sum();
+        let lists = (self.prev_events.len() + self.auth_events.len()) * size_of::<OwnedEventId>();
+        let optional = [
+            self.state_key.as_ref().map(String::len),
+            self.redacted_because.as_ref().map(|because| because.get().len()),
+        ];
+        let optional: usize = optional.iter().flatten().map(|len| len + PER_ALLOCATION).sum();
+        // The Arc (with its two counts), the stored text, the content, three ids, two lists.
+        let allocations = 8 * PER_ALLOCATION;
+        2 * size_of::<usize>()
+            + size_of::<Self>()
             + self.stored.len()
             + self.content.get().len()
             + self.event_id.as_str().len()
             + self.room_id.as_str().len()
             + self.sender.as_str().len()
-            + self.state_key.as_ref().map_or(0, String::len)
-            + self.redacted_because.as_ref().map_or(0, |because| because.get().len())
+            + lists
             + ids
+            + optional
+            + allocations
     }
 
     pub fn is_state(&self) -> bool {
