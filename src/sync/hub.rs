@@ -88,7 +88,9 @@ impl SyncHub {
         wake(self.by_user.get_mut(user));
     }
 
-    /// Drops empty entries (called from time to time so the maps do not grow).
+    /// Drops empty entries (called from time to time so the maps do not grow), and gives
+    /// back the tables they leave empty: members who long-polled across 10,000 rooms would
+    /// otherwise leave a table sized for all of them.
     pub fn prune(&self) {
         self.by_user.retain(|_, entries| {
             entries.retain(|waiter| waiter.strong_count() > 0);
@@ -98,6 +100,8 @@ impl SyncHub {
             entries.retain(|waiter| waiter.strong_count() > 0);
             !entries.is_empty()
         });
+        self.by_user.shrink_to_fit();
+        self.by_room.shrink_to_fit();
     }
 }
 
@@ -141,5 +145,6 @@ mod tests {
         drop(member);
         hub.prune();
         assert!(hub.by_room.is_empty());
+        assert_eq!(hub.by_room.capacity(), 0);
     }
 }
