@@ -49,6 +49,7 @@ pub(crate) async fn run(
     require(args.polls > 0 && args.users > 0, "--polls and --users must be positive")?;
     require(args.polls <= 200_000, "--polls is limited to 200000")?;
     require(args.hold_seconds > 0.0, "--hold-seconds must be positive")?;
+    require(args.open_rate >= 0.0, "--open-rate must not be negative")?;
     if let Some(limit) = sampler::open_files_limit() {
         let needed = args.polls as u64 + 256;
         if needed > limit {
@@ -87,6 +88,10 @@ pub(crate) async fn run(
     let mut polls = Vec::new();
     let mut tasks = Vec::new();
     for j in 0..args.polls {
+        if args.open_rate > 0.0 {
+            let due = opened + Duration::from_secs_f64(j as f64 / args.open_rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
         let user = j % users.len();
         let responses: Responses = Arc::default();
         polls.push((user, Arc::clone(&responses)));
