@@ -268,7 +268,6 @@ pub fn engine_options(config: &Config) -> EngineOptions {
     }
 }
 
-/// `base` scaled by the operator's cache modifier (at least one).
 /// One in-memory cache's contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheUsage {
@@ -282,6 +281,7 @@ pub struct CacheUsage {
     pub bytes: Option<usize>,
 }
 
+/// `base` scaled by the operator's cache modifier (at least one).
 pub(crate) fn scaled(base: usize, modifier: f64) -> usize {
     // The cast saturates on absurd modifiers by design.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
