@@ -9,15 +9,16 @@ use tuwunel::{
     logging, memory, storage,
 };
 
-/// jemalloc serves the server's own allocations: with dozens of threads allocating and
-/// freeing, glibc's malloc kept freed memory in fragmented arenas that `malloc_trim` could
-/// not return (see docs/deployment.md, Memory). RocksDB's C++ allocations stay with glibc.
+/// jemalloc serves every allocation: with dozens of threads allocating and freeing, glibc's
+/// malloc kept freed memory in fragmented arenas that `malloc_trim` could not return (see
+/// docs/deployment.md, Memory). Caches and actors allocate from arenas of their own
+/// (`memory::Allocator`).
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: memory::Allocator = memory::Allocator;
 
 fn main() -> ExitCode {
-    let allocator_tuned = memory::tune_allocator();
-    memory::note_jemalloc_is_global();
+    let arenas_created = memory::create_arenas();
+    let purging = memory::start_background_purging();
     let args = Args::parse();
     if args.generate_config {
         print!("{}", example::generate());
@@ -35,10 +36,11 @@ fn main() -> ExitCode {
     config.global_mut().admin_execute.extend(args.execute.iter().cloned());
 
     logging::init(&config.log);
-    if !allocator_tuned {
-        tracing::warn!(
-            "glibc refused to fix its mmap threshold; memory may stay high after password hashing"
-        );
+    if !arenas_created {
+        tracing::warn!("jemalloc refused to create the arenas for caches and actors");
+    }
+    if !purging {
+        tracing::warn!("jemalloc refused to start its background threads; freed pages stay longer");
     }
     for warning in &config.warnings {
         tracing::warn!("{warning}");

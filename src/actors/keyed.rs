@@ -27,7 +27,10 @@ use dashmap::DashMap;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, MessagingErr};
 use tokio::sync::{OnceCell, oneshot};
 
-use crate::{Error, Result};
+use crate::{
+    Error, Result,
+    memory::{Arena, InArena},
+};
 
 /// A reply channel carried inside a message.
 pub type Reply<T> = oneshot::Sender<T>;
@@ -313,13 +316,13 @@ impl<B: Behaviour> Registry<B> {
         let name = format!("{}/{}/{key}#{sequence}", self.shared.namespace, B::KIND);
         let actor = KeyedActor::<B> { shared: Arc::downgrade(&self.shared) };
         let started = Instant::now();
-        let (actor, _) =
-            Actor::spawn_linked(Some(name), actor, (key.clone(), Arc::clone(&slot)), supervisor)
-                .await
-                .map_err(|error| {
-                    self.record_failure(key);
-                    Error::internal(format!("{} actor {key} failed to start: {error}", B::KIND))
-                })?;
+        // The actor's mailboxes and task are allocated here; they go when it passivates.
+        let spawning =
+            Actor::spawn_linked(Some(name), actor, (key.clone(), Arc::clone(&slot)), supervisor);
+        let (actor, _) = InArena::new(Arena::Actors, spawning).await.map_err(|error| {
+            self.record_failure(key);
+            Error::internal(format!("{} actor {key} failed to start: {error}", B::KIND))
+        })?;
         self.shared.keys_by_actor.insert(actor.get_id(), (key.clone(), slot));
         metrics::counter!("tuwunel_actor_spawns_total", "kind" => B::KIND).increment(1);
         metrics::histogram!("tuwunel_actor_start_seconds", "kind" => B::KIND)
@@ -393,9 +396,7 @@ impl<B: Behaviour> Actor for KeyedActor<B> {
         (key, slot): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let shared = self.shared()?;
-        let inner = shared
-            .behaviour
-            .start(&key)
+        let inner = InArena::new(Arena::Actors, shared.behaviour.start(&key))
             .await
             .map_err(|error| Box::new(error) as ActorProcessingErr)?;
         let mut state = KeyedState {
@@ -421,11 +422,13 @@ impl<B: Behaviour> Actor for KeyedActor<B> {
                 state.slot.depth.fetch_sub(1, Ordering::AcqRel);
                 metrics::gauge!("tuwunel_actor_queued_messages", "kind" => B::KIND).decrement(1.0);
                 state.last_activity = Instant::now();
-                shared.behaviour.handle(&state.context, message, &mut state.inner).await?;
+                let handling = shared.behaviour.handle(&state.context, message, &mut state.inner);
+                InArena::new(Arena::Actors, handling).await?;
             }
             Envelope::Timer(message) => {
                 state.last_activity = Instant::now();
-                shared.behaviour.handle(&state.context, message, &mut state.inner).await?;
+                let handling = shared.behaviour.handle(&state.context, message, &mut state.inner);
+                InArena::new(Arena::Actors, handling).await?;
             }
             Envelope::IdleCheck => {
                 state.idle_check_pending = false;

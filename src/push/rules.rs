@@ -57,13 +57,15 @@ impl RulesCache {
             return Ok(Arc::clone(&ruleset));
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let ruleset = Arc::new(load(storage, user)?);
+        let ruleset = crate::memory::long_lived(|| load(storage, user).map(Arc::new))?;
         if self.generation.load(Ordering::Acquire) == generation {
             // A crude bound instead of an LRU: rulesets reload cheaply from storage.
             if self.rulesets.len() >= CACHE_LIMIT {
                 self.rulesets.clear();
             }
-            self.rulesets.insert(user.to_owned(), Arc::clone(&ruleset));
+            crate::memory::long_lived(|| {
+                self.rulesets.insert(user.to_owned(), Arc::clone(&ruleset));
+            });
         }
         Ok(ruleset)
     }

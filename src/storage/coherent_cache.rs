@@ -67,14 +67,14 @@ impl<K: Hash + Eq + Clone, V> CoherentCache<K, V> {
             },
             None => None,
         };
-        let value = Arc::new(load()?);
+        let value = crate::memory::long_lived(|| load().map(Arc::new))?;
         if self.slots.len() >= self.limit {
             self.clearings.fetch_add(1, Ordering::SeqCst);
             self.slots.retain(|_, slot| slot.writing > 0);
             // Without this the emptied table keeps the memory of a full one.
             self.slots.shrink_to_fit();
         }
-        let mut slot = self.slots.entry(key.clone()).or_default();
+        let mut slot = crate::memory::long_lived(|| self.slots.entry(key.clone()).or_default());
         // A slot that appeared since the look above was made by a write beginning.
         if slot.writing == 0
             && slot.generation == generation.unwrap_or(0)
@@ -88,7 +88,8 @@ impl<K: Hash + Eq + Clone, V> CoherentCache<K, V> {
     /// Announces a write to `keys`; readers go to storage until the guard is dropped.
     pub fn begin(&self, keys: Vec<K>) -> Writing<'_, K, V> {
         for key in &keys {
-            let mut slot = self.slots.entry(key.clone()).or_default();
+            // The slot outlives the writer (a room actor, say) that announced it.
+            let mut slot = crate::memory::long_lived(|| self.slots.entry(key.clone()).or_default());
             // Overlapping writes each lose the value they started from.
             slot.before = if slot.writing == 0 { slot.value.take() } else { None };
             slot.value = None;
@@ -108,7 +109,7 @@ impl<K: Hash + Eq + Clone, V> CoherentCache<K, V> {
                 let before = slot.before.take();
                 slot.value = match (update, before) {
                     (Some(update), Some(before)) if slot.writing == 0 => {
-                        Some(Arc::new(update(key, &before)))
+                        Some(crate::memory::long_lived(|| Arc::new(update(key, &before))))
                     }
                     _ => None,
                 };

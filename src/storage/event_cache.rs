@@ -71,11 +71,14 @@ impl EventCache {
             return Ok(Some(pdu));
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let Some((pdu, size)) = load()? else {
+        let Some((pdu, size)) = crate::memory::long_lived(load)? else {
             return Ok(None);
         };
-        let pdu = Arc::new(pdu);
-        self.events.insert(short, Arc::clone(&pdu), size);
+        let pdu = crate::memory::long_lived(|| {
+            let pdu = Arc::new(pdu);
+            self.events.insert(short, Arc::clone(&pdu), size);
+            pdu
+        });
         if self.generation.load(Ordering::SeqCst) != generation {
             self.events.remove(&short);
         }

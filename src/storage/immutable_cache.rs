@@ -159,12 +159,14 @@ impl ImmutableCaches {
         if let Some(snapshot) = self.snapshots.get(&id) {
             return Ok(Some(snapshot));
         }
-        let Some(snapshot) = SNAPSHOTS_TABLE.get(reader, &id)? else {
-            return Ok(None);
-        };
-        let snapshot = Arc::new(snapshot);
-        self.snapshots.insert(id, Arc::clone(&snapshot), snapshot_size(&snapshot));
-        Ok(Some(snapshot))
+        crate::memory::long_lived(|| {
+            let Some(snapshot) = SNAPSHOTS_TABLE.get(reader, &id)? else {
+                return Ok(None);
+            };
+            let snapshot = Arc::new(snapshot);
+            self.snapshots.insert(id, Arc::clone(&snapshot), snapshot_size(&snapshot));
+            Ok(Some(snapshot))
+        })
     }
 
     /// The record of the room `room_id`, from the cache or read through `reader` (only
@@ -181,7 +183,7 @@ impl ImmutableCaches {
             + room_id.len()
             + record.creator.as_str().len()
             + record.version.as_str().len();
-        self.rooms.insert(room_id.to_owned(), record.clone(), size);
+        crate::memory::long_lived(|| self.rooms.insert(room_id.to_owned(), record.clone(), size));
         Ok(Some(record))
     }
 
@@ -196,7 +198,9 @@ impl ImmutableCaches {
             return Ok(found);
         }
         let found = walk()?;
-        self.lookups.insert((snapshot, state_key), found, ENTRY_BYTES);
+        crate::memory::long_lived(|| {
+            self.lookups.insert((snapshot, state_key), found, ENTRY_BYTES);
+        });
         Ok(found)
     }
 
@@ -212,7 +216,9 @@ impl ImmutableCaches {
         }
         let id = read()?;
         if let Some(id) = id {
-            self.state_keys.insert(bytes.into(), id, ENTRY_BYTES + bytes.len());
+            crate::memory::long_lived(|| {
+                self.state_keys.insert(bytes.into(), id, ENTRY_BYTES + bytes.len());
+            });
         }
         Ok(id)
     }
@@ -227,11 +233,13 @@ impl ImmutableCaches {
             return Ok(fact.map(String::from));
         }
         let fact = read()?;
-        self.facts.insert(
-            short,
-            fact.as_deref().map(Box::from),
-            ENTRY_BYTES + fact.as_ref().map_or(0, String::len),
-        );
+        crate::memory::long_lived(|| {
+            self.facts.insert(
+                short,
+                fact.as_deref().map(Box::from),
+                ENTRY_BYTES + fact.as_ref().map_or(0, String::len),
+            );
+        });
         Ok(fact)
     }
 }

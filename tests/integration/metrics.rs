@@ -21,9 +21,9 @@ async fn metrics_are_exposed_when_enabled() {
         "tuwunel_database_table_bytes",
         "tuwunel_database_memory_bytes{kind=\"block_cache\"}",
         "tuwunel_database_memory_bytes{kind=\"memtables\"}",
-        // The test server runs on glibc's malloc; the binary adds jemalloc's row.
-        "tuwunel_heap_bytes{allocator=\"glibc\",kind=\"in_use\"}",
-        "tuwunel_heap_bytes{allocator=\"glibc\",kind=\"resident\"}",
+        // jemalloc serves every allocation, in the test process as in the binary.
+        "tuwunel_heap_bytes{allocator=\"jemalloc\",kind=\"in_use\"}",
+        "tuwunel_heap_bytes{allocator=\"jemalloc\",kind=\"resident\"}",
         "tuwunel_cache_entries{cache=\"events\"}",
         "tuwunel_cache_entries{cache=\"state_lookups\"}",
         "tuwunel_cache_bytes{cache=\"events\"}",
