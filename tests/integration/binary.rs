@@ -528,9 +528,10 @@ fn resident_bytes(pid: u32) -> u64 {
     kib * 1024
 }
 
-/// Password hashes use 19 MiB each; glibc used to keep raising its mmap threshold after
+/// Password hashes use 19 MiB each; glibc's malloc used to raise its mmap threshold after
 /// freeing one, after which the heap held on to everything (460 MB after 100 registrations
-/// in the load test). The binary fixes the threshold at start (src/memory.rs).
+/// in the load test). jemalloc now serves every allocation (src/memory.rs) and must not
+/// regress to that either.
 #[tokio::test]
 async fn password_hashing_does_not_leave_the_heap_swollen() {
     use serde_json::json;
