@@ -253,10 +253,13 @@ config_section! {
         /// IP ranges (CIDR) that outbound requests made on a user's behalf (URL previews,
         /// push gateways, later federation) may never reach. Checked on the addresses a name resolves to
         /// and again on every redirect, so a link cannot make the server call into your own
-        /// network. The default covers loopback, private, link-local, CGNAT, multicast,
-        /// documentation, benchmarking, reserved and unique-local ranges of IPv4 and IPv6;
-        /// IPv4-mapped IPv6 addresses are checked as IPv4. `[]` allows everything (only for
-        /// tests and closed networks).
+        /// network. The default covers the ranges IANA's special-purpose registries mark as
+        /// not globally reachable (loopback, private, link-local, CGNAT, multicast,
+        /// documentation, benchmarking, reserved, unique-local and the IETF protocol
+        /// assignments of IPv4 and IPv6), the IPv4-compatible range and the NAT64 prefixes.
+        /// An IPv6 address that carries an IPv4 one (IPv4-mapped, IPv4-compatible, NAT64,
+        /// 6to4) is also checked as that IPv4 address. `[]` allows everything (only for tests
+        /// and closed networks).
         ip_range_denylist: Vec<String> = default_ip_range_denylist(),
 
         /// Push gateway hosts (names or IP addresses, as written in a pusher's URL) that
@@ -441,9 +444,16 @@ fn default_ip_range_denylist() -> Vec<String> {
         "203.0.113.0/24",
         "224.0.0.0/4",
         "240.0.0.0/4",
-        "::/128",
+        "::/96",
         "::1/128",
+        "64:ff9b::/96",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "100:0:0:1::/64",
+        "2001::/23",
         "2001:db8::/32",
+        "3fff::/20",
+        "5f00::/16",
         "fc00::/7",
         "fe80::/10",
         "fec0::/10",

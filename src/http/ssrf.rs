@@ -43,16 +43,38 @@ impl IpDenylist {
         Ok(Self { ranges })
     }
 
-    /// Whether `ip` may not be contacted. An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`)
-    /// reaches the IPv4 host, so it is judged as that address too.
+    /// Whether `ip` may not be contacted. An IPv6 address that carries an IPv4 address
+    /// (see [`embedded_ipv4`]) can reach that IPv4 host, so it is judged as that address too:
+    /// `::ffff:10.0.0.1` and `::10.0.0.1` are denied wherever `10.0.0.0/8` is.
     pub fn denies(&self, ip: IpAddr) -> bool {
-        let mapped = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+        let embedded = match ip {
+            IpAddr::V6(v6) => embedded_ipv4(v6).map(IpAddr::V4),
             IpAddr::V4(_) => None,
         };
         self.ranges
             .iter()
-            .any(|range| range.contains(&ip) || mapped.is_some_and(|v4| range.contains(&v4)))
+            .any(|range| range.contains(&ip) || embedded.is_some_and(|v4| range.contains(&v4)))
+    }
+}
+
+/// The IPv4 address an IPv6 address leads to, for the forms that carry one in a fixed place:
+/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated but still
+/// routed to the IPv4 host by some stacks), the NAT64 prefixes (`64:ff9b::/96`, and a /96
+/// inside the local-use `64:ff9b:1::/48`, which a NAT64 gateway translates to the IPv4 host
+/// in the last 32 bits) and 6to4 (`2002:AABB:CCDD::/48`, the IPv4 address in bits 16 to 48).
+fn embedded_ipv4(ip: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let segments = ip.segments();
+    let octets = ip.octets();
+    let last32 = || std::net::Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]);
+    match segments {
+        // `::` and `::1` are the IPv6 unspecified and loopback addresses, not IPv4 ones;
+        // the denylist covers them as IPv6.
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
+        [0, 0, 0, 0, 0, 0xffff | 0, _, _] => Some(last32()),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(last32()),
+        [0x64, 0xff9b, 1, ..] => Some(last32()),
+        [0x2002, ..] => Some(std::net::Ipv4Addr::new(octets[2], octets[3], octets[4], octets[5])),
+        _ => None,
     }
 }
 
@@ -197,6 +219,78 @@ mod tests {
         }
         for allowed in ["1.1.1.1", "8.8.8.8", "2606:4700::1111", "::ffff:1.1.1.1"] {
             assert!(!list.denies(ip(allowed)), "{allowed} should be allowed");
+        }
+    }
+
+    /// IANA's special-purpose registries (IPv4 and IPv6) list these as not globally
+    /// reachable (or, for the translation prefixes, as reaching IPv4 hosts): one address of
+    /// each must be denied by default.
+    #[test]
+    fn default_list_covers_the_special_purpose_registries() {
+        let list = default_list();
+        for denied in [
+            "0.1.2.3",          // "this network"
+            "192.0.0.8",        // IETF protocol assignments
+            "192.88.99.1",      // deprecated 6to4 relay anycast
+            "198.18.0.1",       // benchmarking
+            "198.51.100.1",     // documentation (TEST-NET-2)
+            "203.0.113.1",      // documentation (TEST-NET-3)
+            "240.0.0.1",        // reserved
+            "::ffff:0:1",       // IPv4-mapped, empty
+            "64:ff9b::1.1.1.1", // NAT64 well-known prefix, whatever it embeds
+            "64:ff9b:1::1",     // local-use NAT64
+            "100::1",           // discard-only
+            "100:0:0:1::1",     // dummy prefix
+            "2001::1",          // Teredo
+            "2001:2::1",        // benchmarking
+            "2001:10::1",       // ORCHID (deprecated)
+            "2001:20::1",       // ORCHIDv2
+            "3fff::1",          // documentation
+            "5f00::1",          // segment routing SIDs
+            "fec0::1",          // site-local (deprecated)
+        ] {
+            assert!(list.denies(ip(denied)), "{denied} should be denied");
+        }
+    }
+
+    /// Every IPv6 spelling that reaches an IPv4 host is judged as that host, whatever the
+    /// list holds for IPv6: with only `127.0.0.0/8` denied, each form of 127.0.0.1 is denied.
+    #[test]
+    fn ipv6_forms_of_a_denied_ipv4_address_are_denied() {
+        let list = IpDenylist::parse(&["127.0.0.0/8".to_owned()]).expect("list");
+        for form in [
+            "::ffff:127.0.0.1",    // IPv4-mapped
+            "::127.0.0.1",         // IPv4-compatible
+            "::7f00:1",            // the same, written in hex
+            "64:ff9b::127.0.0.1",  // NAT64 well-known prefix
+            "64:ff9b:1::7f00:1",   // local-use NAT64
+            "2002:7f00:1::",       // 6to4
+            "2002:7f00:1:1234::5", // 6to4, any host behind it
+        ] {
+            assert!(list.denies(ip(form)), "{form} reaches 127.0.0.1");
+        }
+        for form in ["::ffff:8.8.8.8", "::8.8.8.8", "64:ff9b::8.8.8.8", "2002:808:808::"] {
+            assert!(!list.denies(ip(form)), "{form} reaches 8.8.8.8");
+        }
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
+        assert!(!list.denies(ip("::1")));
+        assert!(!list.denies(ip("::")));
+    }
+
+    #[test]
+    fn ipv4_compatible_and_translated_loopback_urls_are_refused_before_connecting() {
+        let list = default_list();
+        let check = |url: &str| check_url(&Url::parse(url).expect("url"), &list);
+        for url in [
+            "http://[::127.0.0.1]:8008/",
+            "http://[::7f00:1]/",
+            "http://[::ffff:7f00:1]/",
+            "http://[64:ff9b::127.0.0.1]/",
+            "http://[64:ff9b::a00:1]/",
+            "http://[2002:7f00:1::1]/",
+            "http://[::169.254.169.254]/",
+        ] {
+            assert!(check(url).is_err(), "{url} must be refused");
         }
     }
 
