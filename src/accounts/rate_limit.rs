@@ -44,6 +44,35 @@ pub struct RateLimiter {
     buckets: DashMap<(Action, String), Mutex<Bucket>>,
 }
 
+impl Action {
+    /// Every action, for metrics that must exist before their first increment.
+    pub const ALL: [Action; 6] = [
+        Action::Registration,
+        Action::Login,
+        Action::FailedLogin,
+        Action::Message,
+        Action::Join,
+        Action::Invite,
+    ];
+
+    /// The `action` label of `tuwunel_rate_limited_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::Registration => "Registration",
+            Action::Login => "Login",
+            Action::FailedLogin => "FailedLogin",
+            Action::Message => "Message",
+            Action::Join => "Join",
+            Action::Invite => "Invite",
+        }
+    }
+}
+
+/// Counts one refusal of `action` in `tuwunel_rate_limited_total`.
+fn count_refusal(action: Action) {
+    metrics::counter!("tuwunel_rate_limited_total", "action" => action.label()).increment(1);
+}
+
 impl RateLimiter {
     pub fn new(config: &Config) -> Self {
         let rule = |per_second: f64, burst: u32| Rule {
@@ -84,16 +113,23 @@ impl RateLimiter {
         match self.take(action, key, true) {
             None => Ok(()),
             Some(wait) => {
-                metrics::counter!("tuwunel_rate_limited_total", "action" => format!("{action:?}"))
-                    .increment(1);
+                count_refusal(action);
                 Err(Error::limit_exceeded(wait))
             }
         }
     }
 
-    /// Whether `action` by `key` would be refused now, without taking a token.
-    pub fn would_refuse(&self, action: Action, key: &str) -> Option<Duration> {
-        self.take(action, key, false)
+    /// Refuses with `429 M_LIMIT_EXCEEDED` (counted like [`RateLimiter::check`]) when `key`
+    /// has no token left for `action`, without taking one: for actions that only cost a
+    /// token when they fail, such as a login with a wrong password.
+    pub fn refuse_if_exhausted(&self, action: Action, key: &str) -> Result<()> {
+        match self.take(action, key, false) {
+            None => Ok(()),
+            Some(wait) => {
+                count_refusal(action);
+                Err(Error::limit_exceeded(wait))
+            }
+        }
     }
 
     fn take(&self, action: Action, key: &str, consume: bool) -> Option<Duration> {

@@ -1,9 +1,14 @@
 //! User-Interactive Authentication: sessions, flows and stages, and the exact 401 bodies the
 //! spec describes.
 //!
-//! A session belongs to one endpoint and (when known) one user; stages complete in flow
-//! order; a session expires after `uia_session_timeout_s` and is then replaced by a new
-//! challenge. Sessions live in memory: a restart asks clients to authenticate again.
+//! A session belongs to one endpoint, (when known) one user and, once a request names it, one
+//! operation (the username to register, the devices to delete): a request on the session that
+//! asks for something else is refused, so what was authorised is what happens. Stages
+//! complete in flow order; a session expires after `uia_session_timeout_s` and is then
+//! replaced by a new challenge. A completed session authorises exactly one operation: the
+//! request that completes it takes it out of the table ([`Claim`]), so concurrent requests on
+//! the same session cannot all proceed; it comes back only if that operation fails. Sessions
+//! live in memory: a restart asks clients to authenticate again.
 
 use std::time::{Duration, Instant};
 
@@ -36,23 +41,61 @@ pub struct Challenge<'a> {
     pub flows: Vec<Vec<AuthType>>,
     /// The user who must authenticate (password stages), when known.
     pub user: Option<&'a UserId>,
+    /// What this request asks the endpoint to do, in the parts that must not change within
+    /// a session (`None`: this request does not say, and takes what the session holds).
+    pub operation: Option<String>,
     pub server_name: &'a ruma::ServerName,
 }
 
-/// A completed authentication.
-#[derive(Debug, Clone)]
-pub struct Completed {
-    pub session: String,
+/// A completed authentication, taken out of the session table: the one request allowed to
+/// carry out the operation. [`Claim::finish`] once it has succeeded; dropping the claim
+/// without finishing (the operation failed) puts the session back, so the client can retry.
+pub struct Claim<'a> {
+    uia: &'a Uia,
+    id: String,
+    session: Option<Session>,
+}
+
+impl Claim<'_> {
     /// The registration token the `m.login.registration_token` stage accepted, if any.
-    pub registration_token: Option<String>,
+    pub fn registration_token(&self) -> Option<&str> {
+        self.session.as_ref().and_then(|session| session.registration_token.as_deref())
+    }
+
+    /// The operation the session is bound to, if any request on it named one.
+    pub fn operation(&self) -> Option<&str> {
+        self.session.as_ref().and_then(|session| session.operation.as_deref())
+    }
+
+    /// The operation succeeded: the session is spent.
+    pub fn finish(mut self) {
+        self.session = None;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            self.uia.sessions.insert(std::mem::take(&mut self.id), session);
+        }
+    }
 }
 
 struct Session {
     created: Instant,
     endpoint: &'static str,
     user: Option<OwnedUserId>,
+    operation: Option<String>,
     completed: Vec<AuthType>,
     registration_token: Option<String>,
+}
+
+/// Why a session named by a request cannot be used for it.
+enum Unusable {
+    /// Unknown, expired, spent, or in use by a concurrent request.
+    Gone,
+    /// Started for another endpoint, user or operation.
+    Mismatch,
 }
 
 pub struct Uia {
@@ -65,38 +108,45 @@ impl Uia {
         Self { sessions: DashMap::new(), lifetime }
     }
 
-    /// Runs one round of UIA: `Ok` when a flow is complete, otherwise the 401 to send.
+    /// Runs one round of UIA: a [`Claim`] when a flow is complete, otherwise the 401 to send.
     pub async fn authenticate(
         &self,
         challenge: &Challenge<'_>,
         auth: Option<&AuthData>,
         checks: &impl StageChecks,
-    ) -> Result<Completed> {
+    ) -> Result<Claim<'_>> {
         let Some(auth) = auth else {
             let session = self.open(challenge)?;
             return Err(self.unauthorized(challenge, &session, None));
         };
         let session = match auth.session() {
-            Some(id) if self.valid(id, challenge) => id.to_owned(),
-            // Unknown, expired or belonging to another endpoint or user: start over.
-            Some(_) => {
-                let session = self.open(challenge)?;
-                return Err(self.unauthorized(
-                    challenge,
-                    &session,
-                    Some((
-                        "M_FORBIDDEN",
-                        "Unknown or expired authentication session; start again.",
-                    )),
-                ));
-            }
+            Some(id) => match self.usable(id, challenge) {
+                Ok(()) => id.to_owned(),
+                Err(unusable) => {
+                    let message = match unusable {
+                        Unusable::Gone => {
+                            "Unknown, expired or already used authentication session; start again."
+                        }
+                        Unusable::Mismatch => {
+                            "This authentication session was started for a different request; \
+                             start again."
+                        }
+                    };
+                    let session = self.open(challenge)?;
+                    return Err(self.unauthorized(
+                        challenge,
+                        &session,
+                        Some(("M_FORBIDDEN", message)),
+                    ));
+                }
+            },
             None => self.open(challenge)?,
         };
 
         // A session that already satisfies a flow authorises the call whatever stage is
         // (re)submitted with it; clients such as matrix-nio finish with an extra dummy stage.
-        if let Some(done) = self.complete(&session, challenge) {
-            return Ok(done);
+        if self.complete(&session, challenge) {
+            return self.claim(session, challenge);
         }
 
         let stage = auth.auth_type();
@@ -166,40 +216,60 @@ impl Uia {
                         ));
                     }
                 }
-                if let Some(mut entry) = self.sessions.get_mut(&session) {
-                    if !entry.completed.contains(&stage) {
-                        entry.completed.push(stage);
-                    }
-                    if token_used.is_some() {
-                        entry.registration_token = token_used;
-                    }
+                // The session may have been claimed by a concurrent request meanwhile (the
+                // password check awaits): then this stage is too late.
+                let Some(mut entry) = self.sessions.get_mut(&session) else {
+                    return Err(self.gone(challenge)?);
+                };
+                if !entry.completed.contains(&stage) {
+                    entry.completed.push(stage);
+                }
+                if token_used.is_some() {
+                    entry.registration_token = token_used;
                 }
             }
         }
 
-        match self.complete(&session, challenge) {
-            Some(done) => Ok(done),
-            None => Err(self.unauthorized(challenge, &session, None)),
+        if self.complete(&session, challenge) {
+            self.claim(session, challenge)
+        } else {
+            Err(self.unauthorized(challenge, &session, None))
         }
     }
 
-    /// The completed authentication, if `session` has finished a flow of `challenge`.
-    fn complete(&self, session: &str, challenge: &Challenge<'_>) -> Option<Completed> {
+    /// Whether `session` has finished a flow of `challenge`.
+    fn complete(&self, session: &str, challenge: &Challenge<'_>) -> bool {
         let completed = self.completed(session);
-        challenge.flows.iter().any(|flow| flow.iter().all(|stage| completed.contains(stage))).then(
-            || Completed {
-                session: session.to_owned(),
-                registration_token: self
-                    .sessions
-                    .get(session)
-                    .and_then(|entry| entry.registration_token.clone()),
-            },
-        )
+        flow_done(&challenge.flows, &completed)
     }
 
-    /// Forgets a session once the operation it authorised has succeeded.
-    pub fn finish(&self, session: &str) {
-        self.sessions.remove(session);
+    /// Takes a completed session out of the table for the one request that gets to act on
+    /// it; a concurrent request that completed it too finds it gone.
+    fn claim(&self, session: String, challenge: &Challenge<'_>) -> Result<Claim<'_>> {
+        let flows = &challenge.flows;
+        match self.sessions.remove_if(&session, |_, entry| flow_done(flows, &entry.completed)) {
+            Some((id, entry)) => Ok(Claim { uia: self, id, session: Some(entry) }),
+            None => Err(self.gone(challenge)?),
+        }
+    }
+
+    /// The 401 (with a fresh session) for a request whose session was claimed under it.
+    fn gone(&self, challenge: &Challenge<'_>) -> Result<Error> {
+        let session = self.open(challenge)?;
+        Ok(self.unauthorized(
+            challenge,
+            &session,
+            Some(("M_FORBIDDEN", "This authentication session is already in use; start again.")),
+        ))
+    }
+
+    /// The operation a live session of `endpoint` is bound to, for requests that leave it out
+    /// (a client need not repeat the username in every stage of a registration).
+    pub fn bound_operation(&self, session: &str, endpoint: &str) -> Option<String> {
+        self.sessions
+            .get(session)
+            .filter(|entry| entry.endpoint == endpoint && entry.created.elapsed() < self.lifetime)
+            .and_then(|entry| entry.operation.clone())
     }
 
     fn open(&self, challenge: &Challenge<'_>) -> Result<String> {
@@ -216,6 +286,7 @@ impl Uia {
                 created: Instant::now(),
                 endpoint: challenge.endpoint,
                 user: challenge.user.map(ToOwned::to_owned),
+                operation: challenge.operation.clone(),
                 completed: Vec::new(),
                 registration_token: None,
             },
@@ -223,16 +294,28 @@ impl Uia {
         Ok(id)
     }
 
-    fn valid(&self, id: &str, challenge: &Challenge<'_>) -> bool {
-        let Some(session) = self.sessions.get(id) else {
-            return false;
+    /// Whether session `id` may serve `challenge`; binds it to the challenge's operation if
+    /// this is the first request on it that names one.
+    fn usable(&self, id: &str, challenge: &Challenge<'_>) -> Result<(), Unusable> {
+        let Some(mut session) = self.sessions.get_mut(id) else {
+            return Err(Unusable::Gone);
         };
         if session.created.elapsed() >= self.lifetime {
             drop(session);
             self.sessions.remove(id);
-            return false;
+            return Err(Unusable::Gone);
         }
-        session.endpoint == challenge.endpoint && session.user.as_deref() == challenge.user
+        if session.endpoint != challenge.endpoint || session.user.as_deref() != challenge.user {
+            return Err(Unusable::Mismatch);
+        }
+        match (&session.operation, &challenge.operation) {
+            (Some(bound), Some(asked)) if bound != asked => Err(Unusable::Mismatch),
+            (None, Some(asked)) => {
+                session.operation = Some(asked.clone());
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     fn completed(&self, id: &str) -> Vec<AuthType> {
@@ -264,6 +347,11 @@ impl Uia {
     }
 }
 
+/// Whether `completed` satisfies one of `flows`.
+fn flow_done(flows: &[Vec<AuthType>], completed: &[AuthType]) -> bool {
+    flows.iter().any(|flow| flow.iter().all(|stage| completed.contains(stage)))
+}
+
 /// Whether `stage` is the next stage of some flow that begins with `completed`.
 fn next_stage_allowed(flows: &[Vec<AuthType>], completed: &[AuthType], stage: &AuthType) -> bool {
     if completed.contains(stage) {
@@ -278,7 +366,113 @@ fn next_stage_allowed(flows: &[Vec<AuthType>], completed: &[AuthType], stage: &A
 
 #[cfg(test)]
 mod tests {
+    use ruma::api::client::uiaa::Dummy;
+
     use super::*;
+
+    struct NoChecks;
+
+    impl StageChecks for NoChecks {
+        async fn password_matches(&self, _user: &UserId, _password: &str) -> bool {
+            false
+        }
+        fn registration_token_valid(&self, _token: &str) -> bool {
+            false
+        }
+        fn password_failed(&self, _user: &UserId) {}
+    }
+
+    fn challenge(operation: Option<&str>) -> Challenge<'static> {
+        Challenge {
+            endpoint: "register",
+            flows: vec![vec![AuthType::Dummy]],
+            user: None,
+            operation: operation.map(str::to_owned),
+            server_name: ruma::server_name!("test.local"),
+        }
+    }
+
+    fn dummy(session: &str) -> AuthData {
+        let mut dummy = Dummy::new();
+        dummy.session = Some(session.to_owned());
+        AuthData::Dummy(dummy)
+    }
+
+    /// Opens a session and returns its id from the 401.
+    async fn open(uia: &Uia, operation: Option<&str>) -> String {
+        let Err(Error::Json { body, .. }) =
+            uia.authenticate(&challenge(operation), None, &NoChecks).await
+        else {
+            panic!("a request without auth gets a 401");
+        };
+        body["session"].as_str().expect("session").to_owned()
+    }
+
+    fn errcode(result: Result<Claim<'_>>) -> String {
+        match result {
+            Err(Error::Json { body, .. }) => body["errcode"].as_str().unwrap_or("none").to_owned(),
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => "completed".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_completed_session_serves_one_request_at_a_time_and_once() {
+        let uia = Uia::new(Duration::from_secs(60));
+        let session = open(&uia, None).await;
+        let claim = uia.authenticate(&challenge(None), Some(&dummy(&session)), &NoChecks).await;
+        let claim = claim.expect("the dummy stage completes the flow");
+        // While the first request acts on the session, another one cannot.
+        let second = uia.authenticate(&challenge(None), Some(&dummy(&session)), &NoChecks).await;
+        assert_eq!(errcode(second), "M_FORBIDDEN");
+        // The operation failed: the session can be used again.
+        drop(claim);
+        let claim = uia.authenticate(&challenge(None), Some(&dummy(&session)), &NoChecks).await;
+        claim.expect("the session is back").finish();
+        // Spent.
+        let again = uia.authenticate(&challenge(None), Some(&dummy(&session)), &NoChecks).await;
+        assert_eq!(errcode(again), "M_FORBIDDEN");
+    }
+
+    #[tokio::test]
+    async fn the_operation_binds_at_the_first_request_that_names_it() {
+        let uia = Uia::new(Duration::from_secs(60));
+        // Opened without an operation (a client asking for the flows first).
+        let session = open(&uia, None).await;
+        let Err(Error::Json { body, .. }) = uia
+            .authenticate(
+                &challenge(Some("@alice:test.local")),
+                Some(&ruma_session(&session)),
+                &NoChecks,
+            )
+            .await
+        else {
+            panic!("only the session: progress is reported");
+        };
+        assert!(body.get("errcode").is_none(), "{body}");
+        assert_eq!(uia.bound_operation(&session, "register").as_deref(), Some("@alice:test.local"));
+        assert_eq!(uia.bound_operation(&session, "delete_devices"), None);
+
+        let changed = uia
+            .authenticate(
+                &challenge(Some("@mallory:test.local")),
+                Some(&dummy(&session)),
+                &NoChecks,
+            )
+            .await;
+        assert_eq!(errcode(changed), "M_FORBIDDEN");
+        let claim = uia
+            .authenticate(&challenge(None), Some(&dummy(&session)), &NoChecks)
+            .await
+            .expect("leaving the operation out takes the bound one");
+        assert_eq!(claim.operation(), Some("@alice:test.local"));
+    }
+
+    fn ruma_session(session: &str) -> AuthData {
+        AuthData::FallbackAcknowledgement(ruma::api::client::uiaa::FallbackAcknowledgement::new(
+            session.to_owned(),
+        ))
+    }
 
     #[test]
     fn stages_follow_flow_order() {

@@ -246,3 +246,46 @@ async fn third_party_identifiers_are_not_supported() {
     assert_eq!(body["id_server_unbind_result"], "no-support");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_device_deletion_session_cannot_delete_another_device() {
+    let mut server = TestServer::start().await;
+    let phone = server.register("liam", "pw").await;
+    let laptop = server.login("liam", "pw").await;
+    let tablet = server.login("liam", "pw").await;
+    let laptop_path = format!("/_matrix/client/v3/devices/{}", laptop.device_id);
+    let tablet_path = format!("/_matrix/client/v3/devices/{}", tablet.device_id);
+    let (status, challenge) = server.delete_as(&phone, &laptop_path, json!({})).await;
+    assert_eq!(status, 401, "{challenge}");
+    let session = challenge["session"].as_str().expect("session");
+    // The session was started to delete the laptop: it cannot delete the tablet.
+    let (status, body) = server
+        .delete_as(&phone, &tablet_path, json!({"auth": password_auth("liam", "pw", session)}))
+        .await;
+    assert_error(status, &body, 401, "M_FORBIDDEN");
+    let (status, _) = server.get_as(&tablet, "/_matrix/client/v3/account/whoami").await;
+    assert_eq!(status, 200, "the tablet is still signed in");
+    let (status, body) = server
+        .delete_as(&phone, &laptop_path, json!({"auth": password_auth("liam", "pw", session)}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The same for a list of devices.
+    let watch = server.login("liam", "pw").await;
+    let (status, challenge) = server
+        .post_as(&phone, "/_matrix/client/v3/delete_devices", json!({"devices": [watch.device_id]}))
+        .await;
+    assert_eq!(status, 401);
+    let session = challenge["session"].as_str().expect("session");
+    let (status, body) = server
+        .post_as(
+            &phone,
+            "/_matrix/client/v3/delete_devices",
+            json!({"devices": [watch.device_id, tablet.device_id], "auth": password_auth("liam", "pw", session)}),
+        )
+        .await;
+    assert_error(status, &body, 401, "M_FORBIDDEN");
+    let (status, _) = server.get_as(&tablet, "/_matrix/client/v3/account/whoami").await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}

@@ -363,3 +363,92 @@ async fn concurrent_registrations_of_one_name_have_one_winner() {
     assert_eq!(winners, 1);
     server.stop().await;
 }
+
+/// Registers with the configured token "letmein" up to the last stage and returns the session.
+async fn session_after_token_stage(server: &TestServer, username: Option<&str>) -> String {
+    let mut body = json!({"password": "pw", "auth": {"type": "m.login.registration_token", "token": "letmein"}});
+    if let Some(username) = username {
+        body["username"] = json!(username);
+    }
+    let (status, body) = post_register(server, body).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["completed"], json!(["m.login.registration_token"]), "{body}");
+    body["session"].as_str().expect("session").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_uia_session_registers_one_account_however_many_final_requests() {
+    let mut server = TestServer::with_options(&[
+        "yes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse=false",
+        "registration_token=\"letmein\"",
+    ])
+    .await;
+    // No username: each final request would get a generated one.
+    let session = session_after_token_stage(&server, None).await;
+    let base = server.url("");
+    let mut attempts = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let client = server.client.clone();
+        let base = base.clone();
+        let session = session.clone();
+        attempts.spawn(async move {
+            let response = client
+                .post(format!("{base}/_matrix/client/v3/register"))
+                .json(&json!({"password": "pw", "auth": {"type": "m.login.dummy", "session": session}}))
+                .send()
+                .await
+                .expect("request");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or_default())
+        });
+    }
+    let mut registered = Vec::new();
+    while let Some(attempt) = attempts.join_next().await {
+        let (status, body) = attempt.expect("task");
+        match status {
+            200 => registered.push(body["user_id"].clone()),
+            401 => assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(registered.len(), 1, "one session, one account: {registered:?}");
+    // The session is spent.
+    let (status, body) = post_register(
+        &server,
+        json!({"password": "pw", "auth": {"type": "m.login.dummy", "session": session}}),
+    )
+    .await;
+    assert_error(status, &body, 401, "M_FORBIDDEN");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_username_cannot_change_between_uia_stages() {
+    let mut server = TestServer::with_options(&[
+        "yes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse=false",
+        "registration_token=\"letmein\"",
+    ])
+    .await;
+    let session = session_after_token_stage(&server, Some("alice")).await;
+    let (status, body) = post_register(
+        &server,
+        json!({"username": "mallory", "password": "pw", "auth": {"type": "m.login.dummy", "session": session}}),
+    )
+    .await;
+    assert_error(status, &body, 401, "M_FORBIDDEN");
+    assert_ne!(body["session"], session.as_str(), "a fresh session to start again with");
+    let (status, body) = server
+        .request(Method::GET, "/_matrix/client/v3/register/available?username=mallory", None, None)
+        .await;
+    assert_eq!((status, body["available"].clone()), (200, json!(true)), "{body}");
+
+    // Leaving the username out of the last stage registers the one the session is bound to.
+    let (status, body) = post_register(
+        &server,
+        json!({"password": "pw", "auth": {"type": "m.login.dummy", "session": session}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], "@alice:test.local");
+    server.stop().await;
+}

@@ -11,7 +11,11 @@ use ruma::api::client::{
 use super::register::Checks;
 use crate::{
     Error, Result, Services,
-    accounts::{passwords, rate_limit::Action, uia::Challenge},
+    accounts::{
+        passwords,
+        rate_limit::Action,
+        uia::{Challenge, Claim},
+    },
     actors::user::{Devices, UserMessage},
     http::ruma::{Ruma, route},
     push::pushers::PusherMessage,
@@ -33,26 +37,25 @@ async fn whoami(
     Ok(response)
 }
 
-/// Runs the password stage of UIA for the caller.
-pub(super) async fn password_challenge(
-    services: &Services,
+/// Runs the password stage of UIA for the caller. `operation` is what the request asks for
+/// (see [`Challenge::operation`]); the returned claim is finished once that succeeded.
+pub(super) async fn password_challenge<'a>(
+    services: &'a Services,
     endpoint: &'static str,
     user: &ruma::UserId,
+    operation: Option<String>,
     auth: Option<&ruma::api::client::uiaa::AuthData>,
-) -> Result<()> {
+) -> Result<Claim<'a>> {
     let accounts = &services.accounts;
-    if let Some(wait) = accounts.limiter.would_refuse(Action::FailedLogin, user.as_str()) {
-        return Err(Error::limit_exceeded(wait));
-    }
+    accounts.limiter.refuse_if_exhausted(Action::FailedLogin, user.as_str())?;
     let challenge = Challenge {
         endpoint,
         flows: vec![vec![AuthType::Password]],
         user: Some(user),
+        operation,
         server_name: accounts.server_name(),
     };
-    let completed = accounts.uia.authenticate(&challenge, auth, &Checks(accounts)).await?;
-    accounts.uia.finish(&completed.session);
-    Ok(())
+    accounts.uia.authenticate(&challenge, auth, &Checks(accounts)).await
 }
 
 async fn change_password(
@@ -61,7 +64,9 @@ async fn change_password(
 ) -> Result<change_password::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
-    password_challenge(&services, "change_password", &sender.user_id, body.auth.as_ref()).await?;
+    let claim =
+        password_challenge(&services, "change_password", &sender.user_id, None, body.auth.as_ref())
+            .await?;
     if body.new_password.is_empty() {
         return Err(Error::matrix(
             axum::http::StatusCode::BAD_REQUEST,
@@ -83,6 +88,7 @@ async fn change_password(
             })
             .await?;
     }
+    claim.finish();
     tracing::info!(user = %sender.user_id, "password changed");
     Ok(change_password::v3::Response::new())
 }
@@ -92,9 +98,16 @@ async fn deactivate(
     request: Ruma<deactivate::v3::Request>,
 ) -> Result<deactivate::v3::Response> {
     let sender = request.sender()?.clone();
-    password_challenge(&services, "deactivate", &sender.user_id, request.body.auth.as_ref())
-        .await?;
+    let claim = password_challenge(
+        &services,
+        "deactivate",
+        &sender.user_id,
+        None,
+        request.body.auth.as_ref(),
+    )
+    .await?;
     deactivate_account(&services, &sender.user_id).await?;
+    claim.finish();
     tracing::info!(user = %sender.user_id, "account deactivated");
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
 }

@@ -104,7 +104,10 @@ async fn delete(
     {
         return Err(Error::not_found("No such device."));
     }
-    password_challenge(&services, "delete_device", &user, body.auth.as_ref()).await?;
+    let operation = Some(body.device_id.to_string());
+    let claim =
+        password_challenge(&services, "delete_device", &user, operation, body.auth.as_ref())
+            .await?;
     services
         .accounts
         .call(&user, |reply| UserMessage::RemoveDevices {
@@ -112,6 +115,7 @@ async fn delete(
             reply,
         })
         .await?;
+    claim.finish();
     Ok(delete_device::v3::Response::new())
 }
 
@@ -121,7 +125,13 @@ async fn delete_many(
 ) -> Result<delete_devices::v3::Response> {
     let user = request.sender()?.user_id.clone();
     let body = request.body;
-    password_challenge(&services, "delete_devices", &user, body.auth.as_ref()).await?;
+    let mut devices: Vec<&str> = body.devices.iter().map(|device| device.as_str()).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    let operation = Some(devices.join("\n"));
+    let claim =
+        password_challenge(&services, "delete_devices", &user, operation, body.auth.as_ref())
+            .await?;
     services
         .accounts
         .call(&user, |reply| UserMessage::RemoveDevices {
@@ -129,5 +139,6 @@ async fn delete_many(
             reply,
         })
         .await?;
+    claim.finish();
     Ok(delete_devices::v3::Response::new())
 }

@@ -197,10 +197,23 @@ async fn upload_cross_signing(
         (USER_SIGNING, user_signing.as_ref()),
     ];
     let authenticated = cross_signing_needs_auth(&services.storage, &sender.user_id, uploads)?;
-    if authenticated {
-        password_challenge(&services, "device_signing_upload", &sender.user_id, body.auth.as_ref())
-            .await?;
-    }
+    let claim = if authenticated {
+        // The keys are what the password authorises: a session cannot be completed with
+        // other keys than the ones it was started for.
+        let operation = serde_json::to_string(&uploads)?;
+        Some(
+            password_challenge(
+                &services,
+                "device_signing_upload",
+                &sender.user_id,
+                Some(operation),
+                body.auth.as_ref(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     services
         .accounts
         .call(&sender.user_id, |reply| {
@@ -213,6 +226,9 @@ async fn upload_cross_signing(
             })
         })
         .await?;
+    if let Some(claim) = claim {
+        claim.finish();
+    }
     Ok(upload_signing_keys::v3::Response::new())
 }
 

@@ -89,10 +89,7 @@ async fn login(
                 }
             };
             let user_id = local_user(&services, &typed)?;
-            if let Some(wait) = accounts.limiter.would_refuse(Action::FailedLogin, user_id.as_str())
-            {
-                return Err(Error::limit_exceeded(wait));
-            }
+            accounts.limiter.refuse_if_exhausted(Action::FailedLogin, user_id.as_str())?;
             let record = accounts.record(&user_id)?;
             let Some(record) = record else {
                 let _ = accounts.limiter.check(Action::FailedLogin, user_id.as_str());
@@ -212,21 +209,19 @@ async fn login_token(
 ) -> Result<get_login_token::v1::Response> {
     let sender = request.sender()?.clone();
     let accounts = &services.accounts;
-    if let Some(wait) = accounts.limiter.would_refuse(Action::FailedLogin, sender.user_id.as_str())
-    {
-        return Err(Error::limit_exceeded(wait));
-    }
+    accounts.limiter.refuse_if_exhausted(Action::FailedLogin, sender.user_id.as_str())?;
     let challenge = Challenge {
         endpoint: "login_token",
         flows: vec![vec![AuthType::Password]],
         user: Some(&sender.user_id),
+        operation: None,
         server_name: accounts.server_name(),
     };
-    let completed = accounts
+    let claim = accounts
         .uia
         .authenticate(&challenge, request.body.auth.as_ref(), &Checks(accounts))
         .await?;
-    accounts.uia.finish(&completed.session);
     let (token, lifetime) = accounts.issue_login_token(&sender.user_id)?;
+    claim.finish();
     Ok(get_login_token::v1::Response::new(lifetime, token))
 }

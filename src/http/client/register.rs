@@ -28,6 +28,9 @@ use crate::{
     storage::{Batch, users::UserRecord},
 };
 
+/// The UIA endpoint name of registration.
+const REGISTER: &str = "register";
+
 pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = route(router, register);
     let router = route(router, username_available);
@@ -102,21 +105,32 @@ async fn register(
         return Err(Error::forbidden("Registration has been disabled on this server."));
     }
 
-    let user_id = match &body.username {
-        Some(username) => accounts.check_localpart(username)?,
-        None => generated_user_id(accounts)?,
+    // The username binds to the UIA session at the first request that gives one; a later
+    // stage may leave it out (and gets that one) but not change it.
+    let session = body.auth.as_ref().and_then(|auth| auth.session());
+    let requested = body.username.clone().or_else(|| {
+        let bound = accounts.uia.bound_operation(session?, REGISTER)?;
+        Some(UserId::parse(bound).ok()?.localpart().to_owned())
+    });
+    let (user_id, operation) = match &requested {
+        Some(username) => {
+            let user_id = accounts.check_localpart(username)?;
+            (user_id.clone(), Some(user_id.to_string()))
+        }
+        None => (generated_user_id(accounts)?, None),
     };
     if accounts.record(&user_id)?.is_some() {
         return Err(user_in_use());
     }
 
     let challenge = Challenge {
-        endpoint: "register",
+        endpoint: REGISTER,
         flows: accounts.registration_flows(),
         user: None,
+        operation,
         server_name: accounts.server_name(),
     };
-    let completed =
+    let claim =
         accounts.uia.authenticate(&challenge, body.auth.as_ref(), &Checks(accounts)).await?;
     accounts.limiter.check(Action::Registration, &ip)?;
 
@@ -134,7 +148,7 @@ async fn register(
     let admin = {
         let _registering = accounts.registration.lock().await;
         let mut also = Batch::new();
-        if let Some(token) = &completed.registration_token {
+        if let Some(token) = claim.registration_token() {
             accounts.use_registration_token(token, &mut also)?;
         }
         let admin = accounts.first_admin_pending()?;
@@ -154,7 +168,7 @@ async fn register(
             .await?;
         admin
     };
-    accounts.uia.finish(&completed.session);
+    claim.finish();
     tracing::info!(user = %user_id, admin, "registered a new account");
     if admin {
         crate::admin::room::join_admin(&services, &user_id).await?;
@@ -259,9 +273,7 @@ async fn token_validity(
         return Err(Error::forbidden("Registration has been disabled on this server."));
     }
     let ip = ip_key(request.client_ip);
-    if let Some(wait) = services.accounts.limiter.would_refuse(Action::Registration, &ip) {
-        return Err(Error::limit_exceeded(wait));
-    }
+    services.accounts.limiter.refuse_if_exhausted(Action::Registration, &ip)?;
     let valid = services
         .accounts
         .registration_flows()
