@@ -39,6 +39,8 @@ use crate::{
 const FIRST_ADMIN_ASSIGNED: &str = "first_admin_assigned";
 /// How long a user actor call may take before the caller gives up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Users whose device activity is written at once by a flush.
+const LAST_SEEN_CONCURRENCY: usize = 64;
 /// Login tokens waiting to be exchanged are bounded.
 const LOGIN_TOKEN_LIMIT: usize = 10_000;
 
@@ -198,7 +200,8 @@ impl Accounts {
             .map(|Json(seen)| seen)
     }
 
-    /// Writes pending device activity in one batch.
+    /// Writes pending device activity, through each user's actor (which skips devices
+    /// removed meanwhile). A user whose write failed keeps their entries for the next flush.
     pub async fn flush_last_seen(&self) -> Result<()> {
         let pending: Vec<_> = self
             .last_seen
@@ -208,19 +211,45 @@ impl Accounts {
         if pending.is_empty() {
             return Ok(());
         }
-        let mut batch = Batch::new();
+        let mut by_user: std::collections::BTreeMap<OwnedUserId, Vec<_>> = Default::default();
         for ((user, device), seen) in &pending {
-            LAST_SEEN_TABLE.put(
-                &mut batch,
-                &(user.to_string(), device.to_string()),
-                &Json(seen.clone()),
-            );
+            by_user.entry(user.clone()).or_default().push((device.clone(), seen.clone()));
         }
-        self.storage.writer().commit(batch).await?;
+        let mut saving = tokio::task::JoinSet::new();
+        let mut saved = std::collections::HashSet::new();
+        let mut failure = None;
+        let mut collect = |joined: Option<Result<(OwnedUserId, Result<()>), _>>| match joined {
+            Some(Ok((user, Ok(())))) => {
+                saved.insert(user);
+            }
+            Some(Ok((_, Err(error)))) => failure = Some(error),
+            Some(Err(error)) => {
+                failure = Some(Error::internal(format!("saving activity: {error}")))
+            }
+            None => {}
+        };
+        for (user, seen) in by_user {
+            if saving.len() >= LAST_SEEN_CONCURRENCY {
+                collect(saving.join_next().await);
+            }
+            let users = self.users.clone();
+            saving.spawn(async move {
+                let result = users
+                    .call(&user, |reply| UserMessage::SaveLastSeen { seen, reply }, CALL_TIMEOUT)
+                    .await
+                    .and_then(|result| result);
+                (user, result)
+            });
+        }
+        while let Some(joined) = saving.join_next().await {
+            collect(Some(joined));
+        }
         for (key, seen) in pending {
-            self.last_seen.remove_if(&key, |_, current| current.ts_ms == seen.ts_ms);
+            if saved.contains(&key.0) {
+                self.last_seen.remove_if(&key, |_, current| current.ts_ms == seen.ts_ms);
+            }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     /// The UIA flows `/register` offers.

@@ -1,7 +1,9 @@
 //! The user actor: one per local user, the only writer of that user's account, devices,
-//! tokens, profile, account data and filters. Serialising a user's changes here is what
-//! makes "exactly one of two concurrent registrations wins" and "a deleted device's token is
-//! dead at once" true without locks.
+//! tokens, profile, account data and filters, and of the to-device messages the user sends
+//! (queued for their recipients in the same batch as the transaction that sent them).
+//! Serialising a user's changes here is what makes "exactly one of two concurrent
+//! registrations wins", "a deleted device's token is dead at once" and "a retried to-device
+//! transaction is delivered once" true without locks.
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,19 +24,22 @@ use crate::{
     },
     push::rules as push_rules,
     rooms::timeline::IGNORED_USER_LIST,
-    storage::ephemeral::{TO_DEVICE_TABLE, ToDeviceRecord},
+    storage::ephemeral::{TO_DEVICE_TABLE, TO_DEVICE_TRANSACTIONS_TABLE, ToDeviceRecord},
     storage::{
         Batch, Storage,
         account_data::{ACCOUNT_DATA_STREAM_TABLE, ACCOUNT_DATA_TABLE, AccountDataRecord},
         codec::Json,
         users::{
             ACCESS_TOKENS_TABLE, AccessTokenRecord, DEVICES_TABLE, DeviceRecord, FILTERS_TABLE,
-            LAST_SEEN_TABLE, PROFILES_TABLE, REFRESH_TOKENS_TABLE, RefreshTokenRecord, USERS_TABLE,
-            UserRecord,
+            LAST_SEEN_TABLE, LastSeen, PROFILES_TABLE, REFRESH_TOKENS_TABLE, RefreshTokenRecord,
+            USERS_TABLE, UserRecord,
         },
     },
     sync::hub::SyncHub,
 };
+
+/// The spec's limit on a whole profile, as JSON.
+pub const PROFILE_LIMIT: usize = 64 * 1024;
 
 /// Tokens handed to a client after login, registration or refresh.
 #[derive(Debug, Clone)]
@@ -127,14 +132,22 @@ pub enum UserMessage {
         content: JsonValue,
         reply: Reply<Result<u64>>,
     },
+    /// Persists the latest activity of devices; removed devices are skipped.
+    SaveLastSeen {
+        seen: Vec<(OwnedDeviceId, LastSeen)>,
+        reply: Reply<Result<()>>,
+    },
     PutFilter {
         filter_id: String,
         definition: Vec<u8>,
         reply: Reply<Result<()>>,
     },
-    /// Queues to-device messages for this user's devices: `(device id, message)`.
-    DeliverToDevice {
-        messages: Vec<(String, ToDeviceRecord)>,
+    /// Sends to-device messages from one of this user's devices, once per transaction:
+    /// `transaction` is the `(sender device, transaction key)` the client's retries share,
+    /// `deliveries` the messages per recipient, `(recipient, device id, message)`.
+    SendToDevice {
+        transaction: (String, String),
+        deliveries: Vec<(OwnedUserId, String, ToDeviceRecord)>,
         reply: Reply<Result<()>>,
     },
     /// A device synced past `upto`: its messages up to there can go.
@@ -232,13 +245,16 @@ impl Behaviour for UserActor {
             UserMessage::SetAccountData { room, kind, content, reply } => {
                 let _ = reply.send(self.set_account_data(user, state, room, kind, content).await);
             }
+            UserMessage::SaveLastSeen { seen, reply } => {
+                let _ = reply.send(self.save_last_seen(user, seen).await);
+            }
             UserMessage::PutFilter { filter_id, definition, reply } => {
                 let mut batch = Batch::new();
                 FILTERS_TABLE.put(&mut batch, &(user.to_string(), filter_id), &definition);
                 let _ = reply.send(self.storage.writer().commit(batch).await);
             }
-            UserMessage::DeliverToDevice { messages, reply } => {
-                let _ = reply.send(self.deliver_to_device(user, messages).await);
+            UserMessage::SendToDevice { transaction, deliveries, reply } => {
+                let _ = reply.send(self.send_to_device(user, transaction, deliveries).await);
             }
             UserMessage::AckToDevice { device, upto, reply } => {
                 let _ = reply.send(self.ack_to_device(user, &device, upto).await);
@@ -539,6 +555,27 @@ impl UserActor {
         Ok(targets.into_iter().map(|(device_id, _)| device_id).collect())
     }
 
+    /// Writes device activity noted in memory. Only for devices that still exist: a device
+    /// removed after a request noted its activity must not get its row back, and since this
+    /// actor is the one that removes devices, the check cannot race with a removal.
+    async fn save_last_seen(
+        &self,
+        user: &OwnedUserId,
+        seen: Vec<(OwnedDeviceId, LastSeen)>,
+    ) -> Result<()> {
+        let mut batch = Batch::new();
+        for (device_id, seen) in seen {
+            let key = (user.to_string(), device_id.to_string());
+            if DEVICES_TABLE.contains(self.storage.engine(), &key)? {
+                LAST_SEEN_TABLE.put(&mut batch, &key, &Json(seen));
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.storage.writer().commit(batch).await
+    }
+
     async fn rename_device(
         &self,
         user: &OwnedUserId,
@@ -572,6 +609,9 @@ impl UserActor {
         .await
     }
 
+    /// Sets or removes one profile field, refusing a change that would take the whole
+    /// profile over [`PROFILE_LIMIT`]: checked here, where profile writes are serialised, so
+    /// two concurrent updates cannot each pass the check against the profile before the other.
     async fn set_profile_field(
         &self,
         user: &OwnedUserId,
@@ -580,6 +620,28 @@ impl UserActor {
         value: Option<JsonValue>,
     ) -> Result<()> {
         require_account(state)?;
+        if let Some(value) = &value {
+            let mut fields = serde_json::Map::new();
+            for ((_, name), bytes) in PROFILES_TABLE.collect(
+                self.storage.engine(),
+                &crate::storage::codec::prefix(&user.as_str()),
+                crate::storage::Direction::Forward,
+                usize::MAX,
+            )? {
+                // A stored field that does not parse counts with its raw size.
+                let stored = serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|_| JsonValue::String(String::from_utf8_lossy(&bytes).into()));
+                fields.insert(name, stored);
+            }
+            fields.insert(field.clone(), value.clone());
+            if serde_json::to_vec(&fields)?.len() > PROFILE_LIMIT {
+                return Err(Error::matrix(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    ruma::api::error::ErrorKind::ProfileTooLarge,
+                    "The profile would exceed the 64 KiB limit.",
+                ));
+            }
+        }
         let mut batch = Batch::new();
         let key = (user.to_string(), field);
         match value {
@@ -622,34 +684,50 @@ impl UserActor {
         Ok(positions.start)
     }
 
-    async fn deliver_to_device(
+    /// Queues `deliveries` and records `transaction` in one batch, unless the transaction
+    /// was recorded before: the check and the write are both here, in the sender's actor, so
+    /// two concurrent retries of a transaction deliver once, and a crash leaves either both
+    /// or neither.
+    async fn send_to_device(
         &self,
         user: &OwnedUserId,
-        messages: Vec<(String, ToDeviceRecord)>,
+        (device, transaction): (String, String),
+        deliveries: Vec<(OwnedUserId, String, ToDeviceRecord)>,
     ) -> Result<()> {
-        if messages.is_empty() {
+        let transaction = (user.to_string(), device, transaction);
+        if TO_DEVICE_TRANSACTIONS_TABLE.contains(self.storage.engine(), &transaction)? {
             return Ok(());
         }
-        let mut devices: Vec<_> =
-            messages.iter().map(|(device, _)| (user.clone(), device.clone())).collect();
+        let mut batch = Batch::new();
+        TO_DEVICE_TRANSACTIONS_TABLE.put(&mut batch, &transaction, &());
+        let mut devices: Vec<_> = deliveries
+            .iter()
+            .map(|(recipient, device, _)| (recipient.clone(), device.clone()))
+            .collect();
         devices.sort_unstable();
         devices.dedup();
+        let mut recipients: Vec<OwnedUserId> =
+            devices.iter().map(|(recipient, _)| recipient.clone()).collect();
+        recipients.dedup();
         let writing = self.storage.coherent().to_device_queued.begin(devices);
-        let user_key = user.to_string();
         self.storage
             .writer()
-            .commit_with_positions(messages.len() as u64, Batch::new(), move |batch, positions| {
-                for ((device, message), position) in messages.into_iter().zip(positions) {
+            .commit_with_positions(deliveries.len() as u64, batch, move |batch, positions| {
+                for ((recipient, device, message), position) in
+                    deliveries.into_iter().zip(positions)
+                {
                     TO_DEVICE_TABLE.put(
                         batch,
-                        &(user_key.clone(), device, position),
+                        &(recipient.to_string(), device, position),
                         &Json(message),
                     );
                 }
             })
             .await?;
         writing.committed(|_, _| true);
-        self.hub.user_changed(user);
+        for recipient in &recipients {
+            self.hub.user_changed(recipient);
+        }
         Ok(())
     }
 

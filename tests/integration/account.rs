@@ -289,3 +289,31 @@ async fn a_device_deletion_session_cannot_delete_another_device() {
     assert_eq!(status, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_deleted_device_gets_no_activity_row_back() {
+    use tuwunel::storage::users::LAST_SEEN_TABLE;
+
+    let mut server = TestServer::start().await;
+    let phone = server.register("mona", "pw").await;
+    let old = server.login("mona", "pw").await;
+    let services = std::sync::Arc::clone(server.server().services());
+    services.accounts.flush_last_seen().await.expect("flush");
+    let key = (old.user_id.clone(), old.device_id.clone());
+    assert!(LAST_SEEN_TABLE.get(services.storage.engine(), &key).expect("read").is_some());
+    // The device signs itself out with UIA: each of its requests notes activity first.
+    let path = format!("/_matrix/client/v3/devices/{}", old.device_id);
+    let (status, body) = with_password(&server, &old, Method::DELETE, &path, json!({}), "pw").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(LAST_SEEN_TABLE.get(services.storage.engine(), &key).expect("read").is_none());
+    // The periodic flush of noted activity must not bring the row back.
+    services.accounts.flush_last_seen().await.expect("flush");
+    assert!(
+        LAST_SEEN_TABLE.get(services.storage.engine(), &key).expect("read").is_none(),
+        "the removed device's activity row was re-created"
+    );
+    let (_, devices) = server.get_as(&phone, "/_matrix/client/v3/devices").await;
+    assert_eq!(devices["devices"].as_array().expect("devices").len(), 1);
+    drop(services);
+    server.stop().await;
+}

@@ -369,3 +369,45 @@ async fn full_state_and_the_remaining_filter_fields() {
     assert_error(status, &body, 400, "M_INVALID_PARAM");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_of_a_to_device_transaction_deliver_once() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let url = server.url("/_matrix/client/v3/sendToDevice/m.test/retried");
+    let body = json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"once": true}}}});
+    let mut retries = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let request =
+            server.client.put(url.clone()).bearer_auth(alice.token.clone()).json(&body).send();
+        retries.spawn(async move { request.await.expect("request").status().as_u16() });
+    }
+    while let Some(status) = retries.join_next().await {
+        assert_eq!(status.expect("task"), 200, "every retry is acknowledged");
+    }
+    let delivered = sync(&server, &bob, None, "").await;
+    let events = delivered["to_device"]["events"].as_array().expect("to_device");
+    assert_eq!(events.len(), 1, "delivered once: {events:?}");
+
+    // A device that does not exist gets nothing queued.
+    let (status, body) = server
+        .put_as(
+            &alice,
+            "/_matrix/client/v3/sendToDevice/m.test/ghost",
+            json!({"messages": {bob.user_id.clone(): {"NOSUCHDEVICE": {"lost": true}}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    use tuwunel::storage::{Direction, codec::prefix2, ephemeral::TO_DEVICE_TABLE};
+    let queued = TO_DEVICE_TABLE
+        .collect(
+            server.server().services().storage.engine(),
+            &prefix2(&bob.user_id.as_str(), &"NOSUCHDEVICE"),
+            Direction::Forward,
+            usize::MAX,
+        )
+        .expect("scan");
+    assert!(queued.is_empty(), "{} messages queued for a device that does not exist", queued.len());
+    server.stop().await;
+}

@@ -112,3 +112,38 @@ async fn profile_limits_and_permissions() {
     assert_eq!(status, 200);
     private.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_cannot_take_a_profile_past_its_limit_together() {
+    let mut server = TestServer::start().await;
+    let sam = server.register("sam", "pw").await;
+    let base = server.url("/_matrix/client/v3/profile/@sam:test.local");
+    // Each field alone fits; any four together do not.
+    let big = "x".repeat(20 * 1024);
+    let mut updates = tokio::task::JoinSet::new();
+    for field in 0..12 {
+        let client = server.client.clone();
+        let url = format!("{base}/org.example.f{field}");
+        let body = json!({format!("org.example.f{field}"): big});
+        let token = sam.token.clone();
+        updates.spawn(async move {
+            let response =
+                client.put(url).bearer_auth(token).json(&body).send().await.expect("request");
+            response.status().as_u16()
+        });
+    }
+    let mut accepted = 0;
+    while let Some(status) = updates.join_next().await {
+        match status.expect("task") {
+            200 => accepted += 1,
+            400 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let (status, profile) = server.get_as(&sam, "/_matrix/client/v3/profile/@sam:test.local").await;
+    assert_eq!(status, 200);
+    let size = serde_json::to_vec(&profile).expect("json").len();
+    assert!(size <= 64 * 1024, "{accepted} updates were accepted; the profile is {size} bytes");
+    assert_eq!(accepted, 3);
+    server.stop().await;
+}

@@ -24,9 +24,9 @@ use crate::{
     actors::{room::RoomMessage, user::UserMessage},
     http::ruma::{Ruma, route},
     storage::{
-        Batch, Direction,
+        Direction,
         codec::{Json, prefix},
-        ephemeral::{PRESENCE_TABLE, TO_DEVICE_TRANSACTIONS_TABLE, ToDeviceRecord},
+        ephemeral::{PRESENCE_TABLE, ToDeviceRecord},
         users::DEVICES_TABLE,
     },
 };
@@ -242,55 +242,47 @@ async fn send_to_device(
 ) -> Result<send_event_to_device::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
-    let transaction = (
-        sender.user_id.to_string(),
-        sender.device_id.to_string(),
-        format!("{}\u{1f}{}", body.event_type, body.txn_id),
-    );
-    if TO_DEVICE_TRANSACTIONS_TABLE.contains(services.storage.engine(), &transaction)? {
-        return Ok(send_event_to_device::v3::Response::new());
-    }
+    let transaction =
+        (sender.device_id.to_string(), format!("{}\u{1f}{}", body.event_type, body.txn_id));
     let kind = body.event_type.to_string();
+    let engine = services.storage.engine();
+    let mut deliveries = Vec::new();
     for (user, devices) in body.messages {
         if user.server_name() != services.config.server_name {
             // Remote devices need federation; the message is dropped as undeliverable.
             tracing::debug!(%user, "to-device message for a remote user dropped (no federation)");
             continue;
         }
-        let mut messages = Vec::new();
         for (target, content) in devices {
             let content: JsonValue = serde_json::from_str(content.json().get())
                 .map_err(|error| Error::bad_json(format!("Invalid message content: {error}")))?;
             let record =
                 ToDeviceRecord { sender: sender.user_id.clone(), kind: kind.clone(), content };
             match target {
+                // A device that does not exist gets nothing: queued, its messages would stay
+                // forever (and reach a later device that takes its ID).
                 DeviceIdOrAllDevices::DeviceId(device) => {
-                    messages.push((device.to_string(), record))
+                    if DEVICES_TABLE.contains(engine, &(user.to_string(), device.to_string()))? {
+                        deliveries.push((user.clone(), device.to_string(), record));
+                    }
                 }
                 DeviceIdOrAllDevices::AllDevices => {
                     for ((_, device), _) in DEVICES_TABLE.collect(
-                        services.storage.engine(),
+                        engine,
                         &prefix(&user.as_str()),
                         Direction::Forward,
                         usize::MAX,
                     )? {
-                        messages.push((device, record.clone()));
+                        deliveries.push((user.clone(), device, record.clone()));
                     }
                 }
             }
         }
-        services
-            .accounts
-            .call(&user, |reply| UserMessage::DeliverToDevice { messages, reply })
-            .await
-            .or_else(|error| {
-                // Unknown local users have no devices: nothing to deliver.
-                if error.errcode() == "M_NOT_FOUND" { Ok(()) } else { Err(error) }
-            })?;
     }
-    let mut batch = Batch::new();
-    TO_DEVICE_TRANSACTIONS_TABLE.put(&mut batch, &transaction, &());
-    services.storage.writer().commit(batch).await?;
+    services
+        .accounts
+        .call(&sender.user_id, |reply| UserMessage::SendToDevice { transaction, deliveries, reply })
+        .await?;
     Ok(send_event_to_device::v3::Response::new())
 }
 

@@ -24,8 +24,6 @@ use crate::{
     storage::{Direction, codec::prefix, users::PROFILES_TABLE},
 };
 
-/// The spec's limit on a whole profile.
-const PROFILE_LIMIT: usize = 64 * 1024;
 /// The spec's limit on a field name.
 const KEY_LIMIT: usize = 255;
 
@@ -131,17 +129,8 @@ async fn set_field(
     {
         return Err(Error::invalid_param("avatar_url must be an mxc:// URI."));
     }
-    let mut fields = load(&services, &sender.user_id)?;
-    fields.retain(|(field, _)| *field != name);
-    fields.push((name.clone(), value.clone()));
-    let size = serde_json::to_vec(&fields.into_iter().collect::<serde_json::Map<_, _>>())?.len();
-    if size > PROFILE_LIMIT {
-        return Err(Error::matrix(
-            StatusCode::BAD_REQUEST,
-            ErrorKind::ProfileTooLarge,
-            "The profile would exceed the 64 KiB limit.",
-        ));
-    }
+    // The whole profile's size limit is checked by the user's actor, where profile writes
+    // are serialised.
     let propagate = is_member_field(&name);
     services
         .accounts
