@@ -67,6 +67,18 @@ pub trait Behaviour: Send + Sync + Sized + 'static {
     fn restart_eagerly(&self) -> bool {
         false
     }
+
+    /// Called once an actor of this kind has failed and its state is gone: undo what it kept
+    /// outside its state and would have cleaned up itself (entries in shared maps, marks that
+    /// its timers were armed). Its timers died with it.
+    fn failed(&self, _key: &Self::Key) {}
+
+    /// A message that brings a failed actor back after its backoff, for actors whose work
+    /// only their timers drive (`None`: it waits for its next message, or
+    /// [`Behaviour::restart_eagerly`]).
+    fn wake_after_failure(&self, _key: &Self::Key) -> Option<Self::Message> {
+        None
+    }
 }
 
 /// Limits shared by every actor of a registry.
@@ -86,6 +98,8 @@ pub enum Envelope<M> {
     Timer(M),
     /// Time to check whether the actor has been idle long enough to passivate.
     IdleCheck,
+    /// Fail now, as a handler error would ([`Registry::inject_failure`]).
+    Fail,
 }
 
 /// Handed to [`Behaviour::handle`]: who the actor is and how it schedules its own timers.
@@ -340,6 +354,13 @@ impl<B: Behaviour> Registry<B> {
         entry.last = now;
     }
 
+    /// Makes the live actor for `key` fail as its next step, as an error from its handler
+    /// would: for tests of what a failure leaves behind. False if it is not live.
+    pub fn inject_failure(&self, key: &B::Key) -> bool {
+        let actor = self.shared.slots.get(key).and_then(|slot| slot.actor.get().cloned());
+        actor.is_some_and(|actor| actor.send_message(Envelope::Fail).is_ok())
+    }
+
     /// Drains every actor (queued messages are handled first) and stops the supervisor.
     pub async fn shutdown(&self, timeout: Duration) {
         if let Some(supervisor) = self.shared.supervisor.get() {
@@ -430,6 +451,7 @@ impl<B: Behaviour> Actor for KeyedActor<B> {
                 let handling = shared.behaviour.handle(&state.context, message, &mut state.inner);
                 InArena::new(Arena::Actors, handling).await?;
             }
+            Envelope::Fail => return Err("failure injected".into()),
             Envelope::IdleCheck => {
                 state.idle_check_pending = false;
                 let idle = state.last_activity.elapsed();
@@ -462,9 +484,13 @@ impl<B: Behaviour> Actor for KeyedActor<B> {
 
 /// Messages to a kind's supervisor.
 pub enum SupervisorMessage<K> {
-    /// Bring the actor for this key back after a failure.
-    Restart(K),
+    /// Bring the actor for this key back after a failure; the number is the attempt.
+    Restart(K, u32),
 }
+
+/// Attempts to bring back an actor with [`Behaviour::wake_after_failure`] before giving up
+/// (each after the key's backoff, so about five minutes in all).
+const WAKE_ATTEMPTS: u32 = 12;
 
 /// Supervises the actors of one kind; survives their failures and restarts them.
 struct KindSupervisor<B: Behaviour> {
@@ -486,7 +512,7 @@ impl<B: Behaviour> Actor for KindSupervisor<B> {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         _state: &mut (),
     ) -> Result<(), ActorProcessingErr> {
@@ -494,13 +520,27 @@ impl<B: Behaviour> Actor for KindSupervisor<B> {
             return Ok(());
         };
         match message {
-            SupervisorMessage::Restart(key) => {
-                let registry = Registry { shared };
-                if !registry.is_live(&key) {
-                    metrics::counter!("tuwunel_actor_restarts_total", "kind" => B::KIND)
-                        .increment(1);
-                    if let Err(error) = registry.live_actor(&key).await {
-                        tracing::warn!(kind = B::KIND, %key, %error, "restart failed");
+            SupervisorMessage::Restart(key, attempt) => {
+                let registry = Registry { shared: Arc::clone(&shared) };
+                let restarted = match shared.behaviour.wake_after_failure(&key) {
+                    Some(wake) => {
+                        metrics::counter!("tuwunel_actor_restarts_total", "kind" => B::KIND)
+                            .increment(1);
+                        registry.send(&key, wake).await
+                    }
+                    None if !registry.is_live(&key) => {
+                        metrics::counter!("tuwunel_actor_restarts_total", "kind" => B::KIND)
+                            .increment(1);
+                        registry.live_actor(&key).await.map(drop)
+                    }
+                    None => Ok(()),
+                };
+                if let Err(error) = restarted {
+                    tracing::warn!(kind = B::KIND, %key, %error, attempt, "restart failed");
+                    if attempt < WAKE_ATTEMPTS
+                        && shared.behaviour.wake_after_failure(&key).is_some()
+                    {
+                        schedule_restart(&shared, &myself, key, attempt + 1);
                     }
                 }
             }
@@ -538,18 +578,31 @@ impl<B: Behaviour> Actor for KindSupervisor<B> {
             metrics::counter!("tuwunel_actor_failures_total", "kind" => B::KIND).increment(1);
             let registry = Registry { shared: Arc::clone(&shared) };
             registry.record_failure(&key);
-            if shared.behaviour.restart_eagerly() {
-                let count = shared.failures.get(&key).map_or(1, |entry| entry.count);
-                let wait = backoff(count);
-                let myself = myself.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    let _ = myself.send_message(SupervisorMessage::Restart(key));
-                });
+            shared.behaviour.failed(&key);
+            if shared.behaviour.restart_eagerly()
+                || shared.behaviour.wake_after_failure(&key).is_some()
+            {
+                schedule_restart(&shared, &myself, key, 1);
             }
         }
         Ok(())
     }
+}
+
+/// Sends the supervisor a restart of `key` once the key's backoff has passed.
+fn schedule_restart<B: Behaviour>(
+    shared: &Shared<B>,
+    supervisor: &ActorRef<SupervisorMessage<B::Key>>,
+    key: B::Key,
+    attempt: u32,
+) {
+    let count = shared.failures.get(&key).map_or(1, |entry| entry.count);
+    let wait = backoff(count);
+    let supervisor = supervisor.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        let _ = supervisor.send_message(SupervisorMessage::Restart(key, attempt));
+    });
 }
 
 #[cfg(test)]

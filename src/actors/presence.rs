@@ -196,6 +196,18 @@ impl Behaviour for PresenceActor {
     fn can_passivate(&self, state: &PresenceState) -> bool {
         state.record.state == "offline"
     }
+
+    fn failed(&self, user: &OwnedUserId) {
+        // Its idleness timer died with it: while the user stayed settled, activity would
+        // never reach a new actor, and nothing would ever move them to unavailable.
+        self.settled.remove(user);
+    }
+
+    fn wake_after_failure(&self, _user: &OwnedUserId) -> Option<PresenceMessage> {
+        // A check from the stored state schedules the idleness timers again (and goes
+        // offline at once when that is overdue).
+        Some(PresenceMessage::Check)
+    }
 }
 
 /// The presence service: the actors' registry and the users' latest activity.

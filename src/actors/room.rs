@@ -215,6 +215,15 @@ impl Behaviour for RoomActor {
         state.room.as_ref().is_none_or(|room| !self.typing.anyone(&room.room_id))
     }
 
+    fn failed(&self, room: &OwnedRoomId) {
+        // The timers that would have expired the room's typing notices died with the actor:
+        // left alone, those users would show as typing forever, and the room's next actor
+        // could never passivate.
+        if self.typing.clear(room) {
+            self.hub.room_changed(room);
+        }
+    }
+
     async fn handle(
         &self,
         context: &Context<Self>,

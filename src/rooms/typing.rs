@@ -53,6 +53,20 @@ impl Typing {
         expired && self.set(room, user, None)
     }
 
+    /// Stops everyone typing in `room` (its actor failed, and with it the timers that would
+    /// have expired them); returns whether anyone was.
+    pub fn clear(&self, room: &RoomId) -> bool {
+        let Some(mut entry) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        if entry.users.is_empty() {
+            return false;
+        }
+        entry.users.clear();
+        entry.version = self.counter.fetch_add(1, Ordering::AcqRel) + 1;
+        true
+    }
+
     /// Whether anyone is typing in `room` (its actor must stay alive to expire them).
     pub fn anyone(&self, room: &RoomId) -> bool {
         self.rooms.get(room).is_some_and(|entry| !entry.users.is_empty())

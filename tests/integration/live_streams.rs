@@ -411,3 +411,82 @@ async fn concurrent_retries_of_a_to_device_transaction_deliver_once() {
     assert!(queued.is_empty(), "{} messages queued for a device that does not exist", queued.len());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_room_actor_that_fails_drops_its_typing_notices_and_can_passivate() {
+    let mut server =
+        TestServer::with_options(&["actor_idle_timeout_s=1", "client_sync_timeout_min=0"]).await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let typing = format!("/_matrix/client/v3/rooms/{room}/typing/{}", alice.user_id);
+    let (status, body) =
+        server.put_as(&alice, &typing, json!({"typing": true, "timeout": 30000})).await;
+    assert_eq!(status, 200, "{body}");
+    let first = sync(&server, &bob, None, "").await;
+    let notice = ephemeral_of(&first, &room, "m.typing").expect("typing");
+    assert_eq!(notice["content"]["user_ids"], json!([alice.user_id]));
+
+    let services = std::sync::Arc::clone(server.server().services());
+    let room_id: ruma::OwnedRoomId = room.parse().expect("room id");
+    assert!(services.rooms.actors.inject_failure(&room_id), "the room actor is live");
+    // The failure stops the notice (its expiry timer died with the actor) and says so.
+    let token = first["next_batch"].as_str().expect("next");
+    let (status, body) =
+        server.get_as(&bob, &format!("/_matrix/client/v3/sync?timeout=10000&since={token}")).await;
+    assert_eq!(status, 200);
+    let notice = ephemeral_of(&body, &room, "m.typing").expect("typing stopped");
+    assert_eq!(notice["content"]["user_ids"], json!([]), "{body}");
+
+    // The room works again (once its restart backoff has passed), and its actor
+    // passivates once idle.
+    let send = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/again");
+    let mut sent = 0;
+    for _ in 0..50 {
+        let (status, _) =
+            server.put_as(&alice, &send, json!({"msgtype": "m.text", "body": "hi"})).await;
+        sent = status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sent, 200, "the room came back");
+    assert!(
+        wait_until(Duration::from_secs(10), || async { !services.rooms.actors.is_live(&room_id) })
+            .await,
+        "the room actor never passivated"
+    );
+    drop(services);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_presence_actor_that_fails_still_lets_its_user_go_idle() {
+    let mut server =
+        TestServer::with_options(&["presence_idle_timeout_s=1", "presence_offline_timeout_s=600"])
+            .await;
+    let alice = server.register("alice", "pw").await;
+    let status_path = format!("/_matrix/client/v3/presence/{}/status", alice.user_id);
+    let (status, body) = server.put_as(&alice, &status_path, json!({"presence": "online"})).await;
+    assert_eq!(status, 200, "{body}");
+    let services = std::sync::Arc::clone(server.server().services());
+    let alice_id: OwnedUserId = alice.user_id.parse().expect("user id");
+    assert!(services.presence.actors.inject_failure(&alice_id), "the presence actor is live");
+    // Activity, which only touches memory while the user counts as settled (it may also
+    // meet the failed actor's restart backoff).
+    let _ = services.presence.active(&alice_id).await;
+    let mut state = String::new();
+    for _ in 0..100 {
+        let (_, body) = server.get_as(&alice, &status_path).await;
+        state = body["presence"].as_str().unwrap_or_default().to_owned();
+        if state == "unavailable" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "unavailable", "the user never went idle after the actor failed");
+    drop(services);
+    server.stop().await;
+}
