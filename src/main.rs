@@ -21,7 +21,8 @@ fn main() -> ExitCode {
     let purging = memory::start_background_purging();
     let args = Args::parse();
     if args.generate_config {
-        print!("{}", example::generate());
+        // Written without `print!`, which panics when the reader went away (`| head`).
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), example::generate().as_bytes());
         return ExitCode::SUCCESS;
     }
 
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
     let mut config = match Config::load(&inputs) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("tuwunel: configuration error: {error}");
+            logging::stderr_line(format_args!("tuwunel: configuration error: {error}"));
             return ExitCode::from(1);
         }
     };
@@ -48,13 +49,15 @@ fn main() -> ExitCode {
 
     if let Some(id) = args.restore_backup {
         let Some(directory) = config.database_backup_path.clone() else {
-            eprintln!("tuwunel: --restore-backup needs database_backup_path to be set");
+            logging::stderr_line(format_args!(
+                "tuwunel: --restore-backup needs database_backup_path to be set"
+            ));
             return ExitCode::from(1);
         };
         match storage::backup::restore(&directory, &config.database_path, id) {
             Ok(info) => tracing::warn!(backup = info.id, "restored the database from a backup"),
             Err(error) => {
-                eprintln!("tuwunel: restoring the backup failed: {error}");
+                logging::stderr_line(format_args!("tuwunel: restoring the backup failed: {error}"));
                 return ExitCode::from(1);
             }
         }
@@ -67,7 +70,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("tuwunel: cannot start the async runtime: {error}");
+            logging::stderr_line(format_args!("tuwunel: cannot start the async runtime: {error}"));
             return ExitCode::from(1);
         }
     };
@@ -77,7 +80,9 @@ fn main() -> ExitCode {
         let signals = match Signals::install() {
             Ok(signals) => signals,
             Err(error) => {
-                eprintln!("tuwunel: cannot install signal handlers: {error}");
+                logging::stderr_line(format_args!(
+                    "tuwunel: cannot install signal handlers: {error}"
+                ));
                 return ExitCode::from(1);
             }
         };
@@ -85,20 +90,22 @@ fn main() -> ExitCode {
             Ok(server) => server,
             Err(error) => {
                 tracing::error!(%error, "startup failed");
-                eprintln!("tuwunel: startup failed: {error}");
+                logging::stderr_line(format_args!("tuwunel: startup failed: {error}"));
                 return ExitCode::from(1);
             }
         };
         let shutdown = server.shutdown_handle();
         let services = std::sync::Arc::downgrade(server.services());
         tokio::spawn(async move {
-            signals.handle(services).await;
+            // However the handler ends, a panic included, the server stops: one that could no
+            // longer hear SIGTERM must not keep running unnoticed.
+            let _ = tokio::spawn(signals.handle(services)).await;
             shutdown.trigger();
         });
         match server.run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("tuwunel: {error}");
+                logging::stderr_line(format_args!("tuwunel: {error}"));
                 ExitCode::from(1)
             }
         }

@@ -79,6 +79,83 @@ impl IdleFlush {
     }
 }
 
+/// The `meta` record naming the server a database belongs to.
+const SERVER_NAME_RECORD: &str = "server_name";
+
+/// Binds the database to `server_name`, or refuses it when it belongs to another name: user
+/// and room IDs, signatures and tokens all carry the name, so a database started under
+/// another one would serve accounts nobody can log in to. A database from before this record
+/// existed is judged by its accounts (every account in it is local) and then stamped.
+async fn claim_server_name(storage: &Storage, server_name: &ruma::ServerName) -> Result<()> {
+    use crate::storage::{Direction, meta::RECORDS, users::USERS_TABLE};
+
+    let engine = storage.engine();
+    let stored = RECORDS
+        .get(engine, &SERVER_NAME_RECORD.to_owned())?
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+    let owner = match &stored {
+        Some(name) => Some(name.clone()),
+        None => USERS_TABLE
+            .collect(engine, b"", Direction::Forward, 1)?
+            .into_iter()
+            .next()
+            .and_then(|(user, _)| ruma::UserId::parse(user).ok())
+            .map(|user| user.server_name().to_string()),
+    };
+    if let Some(owner) = owner
+        && owner != server_name.as_str()
+    {
+        return Err(Error::internal(format!(
+            "the database at {} belongs to the server `{owner}`, but server_name is \
+             `{server_name}`; a server's name cannot change once it has a database: set \
+             server_name back to `{owner}`, or point database_path at an empty directory to \
+             start a new server",
+            engine.path().display()
+        )));
+    }
+    if stored.is_none() {
+        let mut batch = storage::Batch::new();
+        RECORDS.put(
+            &mut batch,
+            &SERVER_NAME_RECORD.to_owned(),
+            &server_name.as_str().as_bytes().to_vec(),
+        );
+        storage.writer().commit(batch).await?;
+    }
+    Ok(())
+}
+
+/// One minute's housekeeping (see `Server::flush_activity_periodically`).
+async fn housekeeping(services: Arc<Services>, ticks: u64) {
+    if let Err(error) = services.accounts.flush_last_seen().await {
+        tracing::warn!(%error, "saving device activity failed");
+    }
+    services.hub.prune();
+    if !ticks.is_multiple_of(PURGE_EVERY_TICKS) {
+        return;
+    }
+    match crate::rooms::purge_unredacted(
+        &services.storage,
+        services.config.redaction_retention_seconds,
+    )
+    .await
+    {
+        Ok(0) => {}
+        Ok(purged) => tracing::info!(purged, "discarded originals of old redactions"),
+        Err(error) => tracing::warn!(%error, "purging redacted originals failed"),
+    }
+    match crate::push::retention::purge_notifications(
+        &services.storage,
+        services.config.notification_retention_seconds,
+    )
+    .await
+    {
+        Ok(0) => {}
+        Ok(purged) => tracing::info!(purged, "discarded old notifications"),
+        Err(error) => tracing::warn!(%error, "purging old notifications failed"),
+    }
+}
+
 /// Tells everything that the server is stopping.
 #[derive(Clone, Debug)]
 pub struct Shutdown {
@@ -166,6 +243,7 @@ impl Server {
         storage: Arc<Storage>,
         server_name: ruma::OwnedServerName,
     ) -> Result<Self> {
+        claim_server_name(&storage, &server_name).await?;
         let signing_key =
             Arc::new(SigningKey::load_or_generate(&storage, server_name.clone()).await?);
         let namespace = format!("{server_name}#{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
@@ -217,6 +295,7 @@ impl Server {
             }
         };
         let server = Self { services, listeners, failure: Arc::new(Mutex::new(None)) };
+        server.stop_if_the_writer_dies();
         server.run_startup_commands();
         server.flush_activity_periodically();
         server.trim_memory_periodically();
@@ -238,6 +317,30 @@ impl Server {
                     Ok(output) => tracing::info!(%command, "{output}"),
                     Err(error) => tracing::error!(%command, %error, "signal admin command failed"),
                 }
+            }
+        });
+    }
+
+    /// Stops the server, with an error (`run` returns it, and the binary exits with status
+    /// 1), if the Writer thread dies: every write would fail from then on, and only a new
+    /// start rebuilds what it held (see `storage::writer`).
+    fn stop_if_the_writer_dies(&self) {
+        let writer = self.services.storage.writer().clone();
+        let shutdown = self.services.shutdown.clone();
+        let failure = Arc::clone(&self.failure);
+        tokio::spawn(async move {
+            tokio::select! {
+                reason = writer.failed() => {
+                    tracing::error!(
+                        %reason,
+                        "no write can succeed any more; stopping the server so that it restarts"
+                    );
+                    if let Ok(mut slot) = failure.lock() {
+                        slot.get_or_insert(reason);
+                    }
+                    shutdown.trigger();
+                }
+                () = shutdown.clone().wait() => {}
             }
         });
     }
@@ -322,34 +425,11 @@ impl Server {
                     () = shutdown.clone().wait() => return,
                 }
                 let Some(services) = services.upgrade() else { return };
-                if let Err(error) = services.accounts.flush_last_seen().await {
-                    tracing::warn!(%error, "saving device activity failed");
-                }
                 ticks += 1;
-                services.hub.prune();
-                if ticks.is_multiple_of(PURGE_EVERY_TICKS) {
-                    match crate::rooms::purge_unredacted(
-                        &services.storage,
-                        services.config.redaction_retention_seconds,
-                    )
-                    .await
-                    {
-                        Ok(0) => {}
-                        Ok(purged) => {
-                            tracing::info!(purged, "discarded originals of old redactions")
-                        }
-                        Err(error) => tracing::warn!(%error, "purging redacted originals failed"),
-                    }
-                    match crate::push::retention::purge_notifications(
-                        &services.storage,
-                        services.config.notification_retention_seconds,
-                    )
-                    .await
-                    {
-                        Ok(0) => {}
-                        Ok(purged) => tracing::info!(purged, "discarded old notifications"),
-                        Err(error) => tracing::warn!(%error, "purging old notifications failed"),
-                    }
+                // In a task of its own: a panic in one round is reported and the next round
+                // still runs, where a panic in this loop would end it for good, silently.
+                if let Err(error) = tokio::spawn(housekeeping(services, ticks)).await {
+                    tracing::error!(%error, "housekeeping failed; it runs again next minute");
                 }
             }
         });

@@ -90,6 +90,19 @@ impl Accounts {
         let users = actors
             .registry(UserActor::new(Arc::clone(&storage), Arc::clone(&tokens), hub), limits)
             .await?;
+        if let Some(path) = &config.registration_token_file {
+            // Read again at each use (so it can be edited live), but a file that cannot be
+            // read is a broken setup to report now, not at the first registration.
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                Error::internal(format!(
+                    "cannot read registration_token_file {}: {error}",
+                    path.display()
+                ))
+            })?;
+            if text.split_whitespace().next().is_none() {
+                tracing::warn!(path = %path.display(), "registration_token_file holds no token");
+            }
+        }
         let forbidden_usernames = config
             .forbidden_usernames
             .iter()

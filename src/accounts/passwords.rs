@@ -30,7 +30,11 @@ fn pool() -> &'static loole::Sender<Job> {
             let spawned =
                 std::thread::Builder::new().name(format!("password-{index}")).spawn(move || {
                     while let Ok(job) = receiver.recv() {
-                        job();
+                        // A job that panics must not take its thread along: once every thread
+                        // had died, every login would fail. Its caller sees its reply dropped.
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                            tracing::error!("a password hashing job panicked");
+                        }
                     }
                 });
             if let Err(error) = spawned {
@@ -68,4 +72,19 @@ pub async fn verify(password: String, hash: String) -> bool {
     run(move || Argon2::default().verify_password(password.as_bytes(), hash.as_str()).is_ok())
         .await
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn panicking_jobs_do_not_use_up_the_hashing_threads() {
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        for _ in 0..=threads {
+            let failed = run(|| -> u32 { panic!("a job that panics") }).await;
+            assert!(failed.is_err());
+        }
+        assert_eq!(run(|| 42).await.expect("the threads still serve"), 42);
+    }
 }

@@ -11,6 +11,7 @@ use rust_rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode,
     Direction as RocksDirection, IteratorMode, LogLevel, Options, ReadOptions, WriteBatch,
     WriteOptions,
+    statistics::{StatsLevel, Ticker},
 };
 
 use super::{
@@ -103,6 +104,8 @@ impl EngineOptions {
 /// An open database.
 pub struct Engine {
     db: DB,
+    /// The options the database was opened with, which hold its statistics.
+    options: Options,
     path: PathBuf,
     sync_write: WriteOptions,
     foreign_families: Vec<String>,
@@ -191,7 +194,14 @@ impl Engine {
             })?;
         let mut sync_write = WriteOptions::default();
         sync_write.set_sync(true);
-        Ok(Self { db, path: options.path.clone(), sync_write, foreign_families, cache })
+        Ok(Self {
+            db,
+            options: db_options,
+            path: options.path.clone(),
+            sync_write,
+            foreign_families,
+            cache,
+        })
     }
 
     /// Column families present in the database that the catalogue does not declare.
@@ -277,6 +287,13 @@ impl Engine {
             memory.table_readers += property("rocksdb.estimate-table-readers-mem");
         }
         memory
+    }
+
+    /// WAL syncs since the database was opened (RocksDB's `rocksdb.wal.synced` ticker).
+    /// Every acknowledged commit made one before its acknowledgement (see the Writer); the
+    /// storage tests hold it to that.
+    pub fn wal_syncs(&self) -> u64 {
+        self.options.get_ticker_count(Ticker::WalFileSynced)
     }
 
     pub(super) fn raw(&self) -> &DB {
@@ -442,6 +459,10 @@ fn db_options(options: &EngineOptions) -> Options {
     // WAL's sync after each commit never waits behind a whole file's writeback.
     db.set_bytes_per_sync(1 << 20);
     db.set_db_write_buffer_size(options.write_buffer_capacity_bytes.max(1 << 20));
+    // Counters only (no histograms or timers, which cost on every operation): they show
+    // that commits are synced to the WAL (`Engine::wal_syncs`).
+    db.enable_statistics();
+    db.set_statistics_level(StatsLevel::ExceptHistogramOrTimers);
     if options.large_reads {
         db.set_compaction_readahead_size(4 << 20);
     }

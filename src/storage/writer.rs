@@ -11,6 +11,15 @@
 //! offer, and a synced RocksDB write blocks, which must not happen on the async runtime. A
 //! full mailbox makes senders wait, which is the back-pressure the actors upstream need.
 //!
+//! If the thread dies (a panic: a bug, since every RocksDB error is answered as a failed
+//! commit), it is not restarted in place. A panic can strike between a durable write and the
+//! publication of its stream positions, leaving the in-memory counters, the per-table marks
+//! and the recent timeline out of step with the database; rebuilding all of that is what a
+//! start does anyway. So the Writer reports its death ([`Writer::failed`]) and the server
+//! stops with a non-zero exit status, for the service manager to restart it from the
+//! database, which every group leaves consistent (one atomic, synced batch). The
+//! alternative, every write answering 503 until someone notices, is what this prevents.
+//!
 //! It also remembers, per table, the stream position as of the last commit that put a row
 //! in it, and records that before publishing the commit's position: a reader that took
 //! `committed_position` as its bound and finds a stream table's mark at or below its token
@@ -62,6 +71,8 @@ struct Request {
 enum Message {
     Commit(Request),
     Stop(oneshot::Sender<()>),
+    /// Panic, as a bug would ([`Writer::inject_failure`]).
+    Panic,
 }
 
 /// A handle to the Writer; cheap to clone.
@@ -72,6 +83,8 @@ pub struct Writer {
     stats: Arc<Counters>,
     last_puts: Arc<[AtomicU64]>,
     recent_timeline: Arc<RecentTimeline>,
+    /// Why the thread died, once it has (see the module documentation).
+    failure: Arc<watch::Sender<Option<String>>>,
 }
 
 /// Totals since the Writer started.
@@ -115,11 +128,39 @@ impl Writer {
             shortids,
             persisted_shortid: u64::MAX,
         };
+        let failure = Arc::new(watch::channel(None).0);
+        let report = Arc::clone(&failure);
         let thread = std::thread::Builder::new()
             .name("tuwunel-writer".to_owned())
-            .spawn(move || state.run())
+            .spawn(move || {
+                // `state` (with the mailbox's receiver) is gone once this returns, so waiting
+                // senders get an error instead of hanging.
+                if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| state.run())) {
+                    let reason = panic_message(panic.as_ref());
+                    tracing::error!(%reason, "the database writer thread panicked");
+                    report.send_replace(Some(format!("the database writer panicked: {reason}")));
+                }
+            })
             .map_err(|error| Error::internal(format!("cannot start the writer thread: {error}")))?;
-        Ok((Self { mailbox, committed, stats, last_puts, recent_timeline }, thread))
+        Ok((Self { mailbox, committed, stats, last_puts, recent_timeline, failure }, thread))
+    }
+
+    /// Resolves, with the reason, if the Writer thread dies other than by [`Writer::stop`];
+    /// never otherwise.
+    pub async fn failed(&self) -> String {
+        let mut receiver = self.failure.subscribe();
+        let reason =
+            receiver.wait_for(Option::is_some).await.ok().and_then(|reason| reason.clone());
+        match reason {
+            Some(reason) => reason,
+            // The sender lives as long as this handle does.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Makes the Writer thread panic, as a bug in it would: for tests of what follows.
+    pub fn inject_failure(&self) {
+        let _ = self.mailbox.try_send(Message::Panic);
     }
 
     /// Commits `batch` durably.
@@ -197,6 +238,15 @@ impl Writer {
     }
 }
 
+/// The text of a panic's payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
 fn stopped() -> Error {
     Error::matrix(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -225,11 +275,13 @@ impl WriterState {
             match first {
                 Message::Commit(request) => group.push(request),
                 Message::Stop(done) => stop = Some(done),
+                Message::Panic => panic!("failure injected into the writer"),
             }
             while stop.is_none() && group.len() < MAX_GROUP {
                 match self.inbox.try_recv() {
                     Ok(Message::Commit(request)) => group.push(request),
                     Ok(Message::Stop(done)) => stop = Some(done),
+                    Ok(Message::Panic) => panic!("failure injected into the writer"),
                     Err(_) => break,
                 }
             }

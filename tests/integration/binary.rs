@@ -565,3 +565,54 @@ async fn password_hashing_does_not_leave_the_heap_swollen() {
     let resident = resident_bytes(server.child.id());
     assert!(resident < 160 << 20, "{} MiB resident after 60 registrations", resident >> 20);
 }
+
+#[test]
+fn a_closed_log_pipe_neither_panics_nor_deafens_the_server_to_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_file(dir.path(), "db", "");
+    let mut child = Command::new(BINARY)
+        .args(["-c", &config])
+        .current_dir(dir.path())
+        .env_remove("TUWUNEL_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tuwunel");
+    // Read the log until the server listens, then close both pipes, as `| head` does.
+    let mut address = None;
+    {
+        let stdout = child.stdout.take().expect("stdout");
+        drop(child.stderr.take());
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(start) = line.find("address=") {
+                let rest = &line[start + "address=".len()..];
+                address = rest.split_whitespace().next().map(str::to_owned);
+                break;
+            }
+        }
+    }
+    let address = address.expect("the server listened");
+    // Every log line now fails to write; SIGHUP logs one from the signal handler.
+    for _ in 0..3 {
+        let status =
+            Command::new("kill").args(["-HUP", &child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(get(&address, "/_tuwunel/server_version").starts_with("HTTP/1.1 200"), "still serving");
+    let status =
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("SIGTERM was ignored once the log pipe had closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+}

@@ -30,5 +30,6 @@ mod search;
 mod sessions;
 mod shutdown;
 mod spaces;
+mod startup;
 mod storage;
 mod sync;

@@ -338,3 +338,48 @@ async fn sigkill_loses_no_acknowledged_write() {
     assert!(left.is_superset(&acknowledged));
     storage.close().await;
 }
+
+/// Durability itself, not only its outcome: a killed process keeps what the page cache held,
+/// so the kill test alone would pass without any fsync. RocksDB counts its WAL syncs; every
+/// acknowledged commit must have made one before its acknowledgement arrived.
+#[tokio::test]
+async fn every_acknowledged_commit_was_synced_to_the_wal_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = open(dir.path());
+    for index in 0..20 {
+        let before = storage.engine().wal_syncs();
+        storage.writer().commit(paired_batch(index)).await.expect("commit");
+        let after = storage.engine().wal_syncs();
+        assert!(after > before, "commit {index} was acknowledged without a WAL sync");
+    }
+    // Concurrent commits share groups, and each group is one sync.
+    let storage = Arc::new(storage);
+    let before = storage.engine().wal_syncs();
+    let groups_before = storage.writer().stats().groups;
+    let mut commits = tokio::task::JoinSet::new();
+    for index in 100..300 {
+        let storage = Arc::clone(&storage);
+        commits.spawn(async move { storage.writer().commit(paired_batch(index)).await });
+    }
+    while let Some(result) = commits.join_next().await {
+        result.expect("task").expect("commit");
+    }
+    let groups = storage.writer().stats().groups - groups_before;
+    assert!(storage.engine().wal_syncs() - before >= groups, "{groups} groups");
+    storage.close().await;
+}
+
+#[tokio::test]
+async fn a_dead_writer_is_reported_and_later_commits_fail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = open(dir.path());
+    storage.writer().commit(paired_batch(1)).await.expect("commit");
+    storage.writer().inject_failure();
+    let reason = tokio::time::timeout(Duration::from_secs(10), storage.writer().failed())
+        .await
+        .expect("the writer's death is reported");
+    assert!(reason.contains("panicked"), "{reason}");
+    let error = storage.writer().commit(paired_batch(2)).await.expect_err("no writer");
+    assert_eq!(error.status().as_u16(), 503, "{error}");
+    storage.close().await;
+}

@@ -1,0 +1,60 @@
+//! What a server refuses at startup, and what stops it once running: a database of another
+//! `server_name`, an unreadable `registration_token_file`, and a Writer thread that died.
+
+use std::time::Duration;
+
+use tuwunel::{Config, Server, config::Inputs};
+
+use crate::common::{TestServer, write_config};
+
+fn config(dir: &std::path::Path, options: &[&str]) -> Config {
+    crate::common::init_logging();
+    let file = write_config(dir);
+    let options = options.iter().map(|option| (*option).to_owned()).collect();
+    Config::load(&Inputs { files: vec![file], env: Vec::new(), options }).expect("config")
+}
+
+async fn start_error(dir: &std::path::Path, options: &[&str]) -> String {
+    match Server::start(config(dir, options)).await {
+        Ok(server) => {
+            server.stop().await.expect("stop");
+            panic!("the server started with {options:?}");
+        }
+        Err(error) => error.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_database_of_another_server_name_is_refused_naming_both() {
+    let mut server = TestServer::start().await;
+    server.register("alice", "pw").await;
+    server.stop().await;
+    let error = start_error(server.dir.path(), &["server_name=\"renamed.local\""]).await;
+    assert!(error.contains("test.local") && error.contains("renamed.local"), "{error}");
+    // The database is untouched: its own name still opens it.
+    server.restart().await;
+    server.login("alice", "pw").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreadable_registration_token_file_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-token-file");
+    let option = format!("registration_token_file=\"{}\"", missing.display());
+    let error = start_error(dir.path(), &[option.as_str()]).await;
+    assert!(error.contains("registration_token_file"), "{error}");
+    assert!(error.contains("no-such-token-file"), "{error}");
+}
+
+#[tokio::test]
+async fn a_dead_writer_stops_the_server_with_an_error() {
+    let mut server = TestServer::start().await;
+    let running = server.server.take().expect("running");
+    running.services().storage.writer().inject_failure();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), running.run())
+        .await
+        .expect("the server stops by itself");
+    let error = outcome.expect_err("and says why");
+    assert!(error.to_string().contains("writer"), "{error}");
+}
