@@ -38,8 +38,11 @@ pub(super) async fn run(services: &Arc<Services>, command: ServerCommand) -> Res
         ServerCommand::BackupDatabase => {
             let info = services.storage.backup().await?;
             Ok(format!(
-                "Backup {} complete: {} files, {} bytes.",
-                info.id, info.files, info.size_bytes
+                "Backup {} complete: {} files, {} bytes, {} media files.",
+                info.id,
+                info.files,
+                info.size_bytes,
+                info.media_files.unwrap_or(0)
             ))
         }
         ServerCommand::ListBackups => {
@@ -48,12 +51,16 @@ pub(super) async fn run(services: &Arc<Services>, command: ServerCommand) -> Res
                 return Ok("No backups.".to_owned());
             }
             let mut out = String::from(
-                "| id | taken (unix time) | size (bytes) | files |\n|---|---|---|---|\n",
+                "| id | taken (unix time) | size (bytes) | files | media files |\n\
+                 |---|---|---|---|---|\n",
             );
             for backup in backups {
+                let media = backup
+                    .media_files
+                    .map_or_else(|| "none (older backup)".to_owned(), |count| count.to_string());
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {media} |",
                     backup.id, backup.timestamp, backup.size_bytes, backup.files
                 );
             }

@@ -36,8 +36,8 @@ pub struct MediaStore {
 impl MediaStore {
     /// Prepares `<database_path>/media/` and empties its staging directory. Blocking.
     pub fn open(database_path: &Path) -> Result<Self> {
-        let root = database_path.join("media");
-        let staging = root.join("tmp");
+        let root = database_path.join(crate::storage::backup::MEDIA_DIRECTORY);
+        let staging = root.join(crate::storage::backup::MEDIA_STAGING);
         std::fs::create_dir_all(&staging)?;
         let mut removed = 0_usize;
         for entry in std::fs::read_dir(&staging)? {

@@ -616,3 +616,87 @@ fn a_closed_log_pipe_neither_panics_nor_deafens_the_server_to_sigterm() {
     };
     assert_eq!(code, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restored_as_documented_brings_back_the_media() {
+    use serde_json::{Value, json};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backups = dir.path().join("backups");
+    let extra = format!(
+        "allow_registration = true\nyes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse = true\n\
+         database_backup_path = \"{}\"\nadmin_signal_execute = [\"server backup-database\"]\n",
+        backups.display()
+    );
+    let config = config_file(dir.path(), "db", &extra);
+    let client = crate::common::client();
+    let mut server = Running::start(&["-c", &config], dir.path());
+    let base = format!("http://{}", server.address());
+    let register: Value = client
+        .post(format!("{base}/_matrix/client/v3/register"))
+        .json(&json!({"username": "keeper", "password": "pw", "auth": {"type": "m.login.dummy"}}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let token = register["access_token"].as_str().expect("token").to_owned();
+    let bytes: Vec<u8> = (0..200_000_u32).map(|index| (index * 7 % 251) as u8).collect();
+    let uploaded: Value = client
+        .post(format!("{base}/_matrix/media/v3/upload?filename=kept.bin"))
+        .bearer_auth(&token)
+        .header("content-type", "application/octet-stream")
+        .body(bytes.clone())
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    let mxc = uploaded["content_uri"].as_str().expect("content_uri").to_owned();
+    let path = mxc.strip_prefix("mxc://").expect("mxc").to_owned();
+
+    // An online backup by signal, as docs/backups.md sets it up.
+    server.signal("-USR2");
+    let line = server
+        .wait_for("Backup 1 complete", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no backup: {:?}", server.seen));
+    assert!(line.contains("1 media files"), "{line}");
+    server.signal("-TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(60)), 0);
+
+    // docs/backups.md, "Step by step": move the damaged database aside, recreate the
+    // directory empty, restore with --restore-backup and a shutdown, start again.
+    std::fs::rename(dir.path().join("db"), dir.path().join("db.damaged")).expect("move aside");
+    std::fs::create_dir(dir.path().join("db")).expect("empty directory");
+    let (code, stdout, stderr) =
+        run(&["-c", &config, "--restore-backup", "--execute", "server shutdown"], dir.path());
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("restored the database"), "{stdout}");
+    assert!(stdout.contains("restored media files"), "{stdout}");
+
+    let mut restored = Running::start(&["-c", &config], dir.path());
+    let base = format!("http://{}", restored.address());
+    let login: Value = client
+        .post(format!("{base}/_matrix/client/v3/login"))
+        .json(&json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "keeper"}, "password": "pw"}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let token = login["access_token"].as_str().expect("the account came back").to_owned();
+    let response = client
+        .get(format!("{base}/_matrix/client/v1/media/download/{path}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(response.status(), 200);
+    let downloaded = response.bytes().await.expect("bytes");
+    assert!(downloaded == bytes, "the restored file differs");
+    restored.signal("-TERM");
+    assert_eq!(restored.wait_exit(Duration::from_secs(60)), 0);
+}
