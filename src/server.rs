@@ -30,8 +30,6 @@ use crate::{
     sync::hub::SyncHub,
 };
 
-/// How long in-flight requests get to finish once shutdown starts.
-const DRAIN_REQUESTS: Duration = Duration::from_secs(30);
 /// How long actors get to drain their mailboxes.
 const DRAIN_ACTORS: Duration = Duration::from_secs(10);
 /// How often device activity is written to the database.
@@ -471,7 +469,9 @@ impl Server {
         // One deadline for all listeners together, so the total stays bounded.
         let aborts: Vec<_> =
             listeners.tasks.iter().map(tokio::task::JoinHandle::abort_handle).collect();
-        let drained = tokio::time::timeout(DRAIN_REQUESTS, async {
+        // `client_shutdown_timeout`: how long requests in flight get to finish.
+        let drain = Duration::from_secs(services.config.client_shutdown_timeout);
+        let drained = tokio::time::timeout(drain, async {
             for task in listeners.tasks {
                 let _ = task.await;
             }

@@ -26,6 +26,9 @@ use self::{
 
 /// The smallest `max_request_size` accepted: media uploads and large state need room.
 const MIN_REQUEST_SIZE: u64 = 10_000_000;
+/// What `client_request_timeout` must leave beyond the longest `/sync` long poll: time to
+/// compute and send the response once the wait ends.
+const SYNC_SLACK_MS: u64 = 5_000;
 
 /// A configuration problem that stops the server from starting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +235,29 @@ impl Config {
         }
         if let Err(error) = crate::http::ssrf::IpDenylist::parse(&global.ip_range_denylist) {
             return Err(invalid("ip_range_denylist", &error));
+        }
+        for (key, seconds) in [
+            ("client_header_timeout", global.client_header_timeout),
+            ("client_receive_timeout", global.client_receive_timeout),
+            ("client_request_timeout", global.client_request_timeout),
+            ("client_response_timeout", global.client_response_timeout),
+            ("client_idle_timeout", global.client_idle_timeout),
+        ] {
+            if seconds == 0 {
+                return Err(invalid(key, &"must be at least 1 second"));
+            }
+        }
+        let longest_poll_ms = global.client_sync_timeout_max.max(global.client_sync_timeout_min);
+        if global.client_request_timeout.saturating_mul(1000) < longest_poll_ms + SYNC_SLACK_MS {
+            return Err(invalid(
+                "client_request_timeout",
+                &format!(
+                    "must exceed the longest /sync long poll (client_sync_timeout_max, {} s) by \
+                     at least {} s, or long polls would be cut off",
+                    longest_poll_ms / 1000,
+                    SYNC_SLACK_MS / 1000
+                ),
+            ));
         }
         if global.media_thumbnail_max_pixels == 0 {
             return Err(invalid("media_thumbnail_max_pixels", &"must be at least 1"));

@@ -66,6 +66,39 @@ config_section! {
         /// the number of connected clients.
         max_in_flight_requests: usize = 20_000,
 
+        /// Seconds a client has to send a request's head (request line and headers): from
+        /// opening the connection for its first request, and from the first byte of each
+        /// later one. Slower connections are closed, so a client sending half a header
+        /// cannot hold one open.
+        client_header_timeout: u64 = 30,
+
+        /// Seconds a client may pause while sending a request body; a body that stops
+        /// arriving for longer is answered `408` and its connection closed.
+        client_receive_timeout: u64 = 75,
+
+        /// Seconds a request may take from its head to its response, receiving its body
+        /// included; longer ones are answered `408`. Must exceed the longest `/sync` long
+        /// poll (`client_sync_timeout_max`) by at least 5 seconds, and allow for the
+        /// largest upload (`max_request_size`) over your users' slowest links.
+        client_request_timeout: u64 = 240,
+
+        /// Seconds a client may stop accepting a response before its connection is closed.
+        client_response_timeout: u64 = 120,
+
+        /// Seconds a keep-alive connection may wait for its next request before the server
+        /// closes it. A reverse proxy that keeps connections to tuwunel open between requests
+        /// must close idle ones sooner than this (nginx: 60 s, Caddy: 2 minutes by default).
+        client_idle_timeout: u64 = 180,
+
+        /// Seconds requests in flight get to finish when the server stops; connections still
+        /// busy then are closed.
+        client_shutdown_timeout: u64 = 10,
+
+        /// Connections one client address may hold open at once (for IPv6, one /64 network);
+        /// more are closed as they arrive. Peers on loopback, such as a reverse proxy on this
+        /// host, and the UNIX socket are not limited. 0 removes the limit.
+        client_max_connections_per_ip: usize = 128,
+
         /// Allow new users to register. Registration needs a token (`registration_token`,
         /// `registration_token_file` or one issued by an admin) unless the open-registration
         /// switch below is also set.

@@ -38,12 +38,17 @@ pub fn install() -> Option<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            register_alerting_counters();
             let upkeep = handle.clone();
             let _ =
                 std::thread::Builder::new().name("tuwunel-metrics".to_owned()).spawn(move || {
                     loop {
                         std::thread::sleep(Duration::from_secs(5));
-                        upkeep.run_upkeep();
+                        // Without upkeep, histogram samples pile up: survive a panic in it.
+                        let run = std::panic::AssertUnwindSafe(|| upkeep.run_upkeep());
+                        if std::panic::catch_unwind(run).is_err() {
+                            tracing::error!("metrics upkeep panicked");
+                        }
                     }
                 });
             Some(handle)
@@ -63,6 +68,22 @@ fn describe() {
     metrics::describe_counter!(
         "tuwunel_http_refused_total",
         "Requests refused because too many were in flight"
+    );
+    metrics::describe_counter!(
+        "tuwunel_http_connections_refused_total",
+        "Connections closed on arrival because their address had too many open"
+    );
+    metrics::describe_counter!(
+        "tuwunel_http_timeouts_total",
+        "Connections and requests ended by a client timeout, by kind"
+    );
+    metrics::describe_counter!(
+        "tuwunel_rate_limited_total",
+        "Requests refused by a rate limit, by action"
+    );
+    metrics::describe_counter!(
+        "tuwunel_database_wal_syncs_total",
+        "Write-ahead log syncs since the database was opened"
     );
     metrics::describe_gauge!("tuwunel_actors_live", "Live actors by kind");
     metrics::describe_counter!("tuwunel_actor_spawns_total", "Actors spawned by kind");
@@ -118,6 +139,25 @@ fn describe() {
         "tuwunel_database_table_bytes",
         "Approximate on-disk size of each table"
     );
+}
+
+/// Creates, at 0, the counters that docs/deployment.md suggests alerting on: a counter that
+/// only appears with its first increment makes `rate()` and `increase()` miss that first
+/// event, and an alert on a missing series cannot tell "nothing happened" from "not scraped".
+fn register_alerting_counters() {
+    for action in crate::accounts::rate_limit::Action::ALL {
+        metrics::counter!("tuwunel_rate_limited_total", "action" => action.label()).increment(0);
+    }
+    for name in [
+        "tuwunel_http_refused_total",
+        "tuwunel_http_connections_refused_total",
+        "tuwunel_writer_failures_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for kind in ["header", "receive", "request", "response"] {
+        metrics::counter!("tuwunel_http_timeouts_total", "kind" => kind).increment(0);
+    }
 }
 
 /// Renders the current metrics in Prometheus text format.

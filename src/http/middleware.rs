@@ -1,12 +1,14 @@
 //! Layers every request passes through: request id and tracing span, HTTP metrics, CORS,
-//! in-flight admission and panic containment.
+//! in-flight admission, request deadlines and panic containment.
 
 use std::{
+    pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Instant,
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -16,9 +18,13 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use ruma::api::error::ErrorKind;
+use tokio::time::Sleep;
 use tracing::Instrument;
 
-use crate::{Error, Services};
+use crate::{Config, Error, Services};
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -114,9 +120,105 @@ pub async fn admission(
     }
     let Ok(_permit) = Arc::clone(&services.in_flight).try_acquire_owned() else {
         metrics::counter!("tuwunel_http_refused_total").increment(1);
-        return Error::limit_exceeded(std::time::Duration::from_millis(500)).into_response();
+        return Error::limit_exceeded(Duration::from_millis(500)).into_response();
     };
     next.run(request).await
+}
+
+/// The limits [`deadlines`] holds a request to.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// Longest wait for the next part of the request body (`client_receive_timeout`).
+    pub receive: Duration,
+    /// Longest time from the request's head to its response (`client_request_timeout`).
+    pub request: Duration,
+}
+
+impl Deadlines {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            receive: Duration::from_secs(config.client_receive_timeout.max(1)),
+            request: Duration::from_secs(config.client_request_timeout.max(1)),
+        }
+    }
+}
+
+/// Answers `408` to a request whose body stops arriving for `receive`, or which takes longer
+/// than `request` in all (body included). It runs inside [`admission`], so the in-flight
+/// permit a slow client holds is released when its deadline passes. `/sync` long polls stay
+/// below `request` (the configuration refuses a `client_sync_timeout_max` that does not).
+pub async fn deadlines(State(limits): State<Deadlines>, request: Request, next: Next) -> Response {
+    let stalled = Arc::new(AtomicBool::new(false));
+    let request = request.map(|body| {
+        Body::new(ReceiveTimeout {
+            body,
+            limit: limits.receive,
+            wait: None,
+            stalled: Arc::clone(&stalled),
+        })
+    });
+    match tokio::time::timeout(limits.request, next.run(request)).await {
+        // The handler answered whatever its failed body read made it answer; the client's
+        // answer is that it was too slow.
+        Ok(_) if stalled.load(Ordering::Acquire) => {
+            timed_out("The request body did not arrive in time.")
+        }
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("tuwunel_http_timeouts_total", "kind" => "request").increment(1);
+            timed_out("The request took too long.")
+        }
+    }
+}
+
+fn timed_out(message: &'static str) -> Response {
+    let mut response =
+        Error::matrix(StatusCode::REQUEST_TIMEOUT, ErrorKind::Unknown, message).into_response();
+    // The rest of a late body may still come; the connection cannot carry another request.
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// A request body that fails when its next part takes longer than `limit` to arrive, and
+/// says so in `stalled`.
+struct ReceiveTimeout {
+    body: Body,
+    limit: Duration,
+    /// Running while the body is waited for.
+    wait: Option<Pin<Box<Sleep>>>,
+    stalled: Arc<AtomicBool>,
+}
+
+impl HttpBody for ReceiveTimeout {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.wait = None;
+            return Poll::Ready(frame);
+        }
+        let limit = this.limit;
+        let wait = this.wait.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if wait.as_mut().poll(cx).is_ready() {
+            this.stalled.store(true, Ordering::Release);
+            metrics::counter!("tuwunel_http_timeouts_total", "kind" => "receive").increment(1);
+            return Poll::Ready(Some(Err(axum::Error::new("the request body stopped arriving"))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Converts a handler panic into `500 M_UNKNOWN` (the panic is logged by the hook).

@@ -1,9 +1,11 @@
 //! HTTP: the axum router (client API, federation API, discovery, metrics), its middleware,
-//! and the listeners on TCP addresses or a UNIX socket.
+//! and the listeners on TCP addresses or a UNIX socket (their accept loop and connection
+//! limits are in `listener`).
 
 pub mod auth;
 pub mod client;
 pub mod discovery;
+pub mod listener;
 pub mod metrics;
 pub mod middleware;
 pub mod outbound;
@@ -21,6 +23,8 @@ use axum::{
     routing::get,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
+
+use self::listener::ConnectionLimits;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::{Error, Result, Services, server::Shutdown};
@@ -37,6 +41,10 @@ pub fn router(services: &Arc<Services>) -> Router {
     router
         .fallback(middleware::unknown_path)
         .method_not_allowed_fallback(middleware::wrong_method)
+        .layer(from_fn_with_state(
+            middleware::Deadlines::from_config(&services.config),
+            middleware::deadlines,
+        ))
         .layer(from_fn_with_state(Arc::clone(services), middleware::admission))
         .layer(from_fn(middleware::cors))
         .layer(from_fn(middleware::observe))
@@ -48,6 +56,8 @@ async fn metrics_endpoint(State(services): State<Arc<Services>>) -> Response {
     for (table, disk, _memory) in services.storage.engine().table_sizes() {
         ::metrics::gauge!("tuwunel_database_table_bytes", "table" => table).set(disk as f64);
     }
+    ::metrics::counter!("tuwunel_database_wal_syncs_total")
+        .absolute(services.storage.engine().wal_syncs());
     let memory = services.storage.engine().memory();
     for (kind, bytes) in [
         ("block_cache", memory.block_cache as f64),
@@ -91,6 +101,8 @@ pub struct Listeners {
 pub async fn serve(services: &Arc<Services>, shutdown: &Shutdown) -> Result<Listeners> {
     let config = &services.config;
     let app = router(services);
+    // One set of limits for every listener, so the per-address count spans them all.
+    let limits = ConnectionLimits::from_config(config);
     let mut listeners = Listeners {
         addresses: Vec::new(),
         metrics_address: None,
@@ -99,9 +111,10 @@ pub async fn serve(services: &Arc<Services>, shutdown: &Shutdown) -> Result<List
     };
 
     if let Some(path) = &config.unix_socket_path {
-        listeners
-            .tasks
-            .push(serve_unix(path, config.unix_socket_mode(), app.clone(), shutdown).await?);
+        listeners.tasks.push(
+            serve_unix(path, config.unix_socket_mode(), app.clone(), limits.clone(), shutdown)
+                .await?,
+        );
         listeners.unix_socket = Some(path.clone());
     } else {
         let (addresses, explicit) = config.listen_addresses();
@@ -113,7 +126,12 @@ pub async fn serve(services: &Arc<Services>, shutdown: &Shutdown) -> Result<List
                         let local = listener.local_addr()?;
                         tracing::info!(address = %local, "listening");
                         listeners.addresses.push(local);
-                        listeners.tasks.push(serve_tcp(listener, app.clone(), shutdown));
+                        listeners.tasks.push(listener::spawn(
+                            listener,
+                            app.clone(),
+                            limits.clone(),
+                            shutdown.clone(),
+                        ));
                     }
                     Err(error) if !explicit => {
                         tracing::warn!(%address, %error, "cannot listen on a default address; skipping it");
@@ -140,7 +158,7 @@ pub async fn serve(services: &Arc<Services>, shutdown: &Shutdown) -> Result<List
         let local = listener.local_addr()?;
         tracing::info!(address = %local, "serving metrics");
         listeners.metrics_address = Some(local);
-        listeners.tasks.push(serve_tcp(listener, metrics_app, shutdown));
+        listeners.tasks.push(listener::spawn(listener, metrics_app, limits, shutdown.clone()));
     }
     Ok(listeners)
 }
@@ -160,22 +178,11 @@ fn bind_tcp(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-fn serve_tcp(listener: TcpListener, app: Router, shutdown: &Shutdown) -> JoinHandle<()> {
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(error) =
-            axum::serve(listener, service).with_graceful_shutdown(shutdown.wait()).await
-        {
-            tracing::error!(%error, "listener failed");
-        }
-    })
-}
-
 async fn serve_unix(
     path: &std::path::Path,
     mode: u32,
     app: Router,
+    limits: ConnectionLimits,
     shutdown: &Shutdown,
 ) -> Result<JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt;
@@ -197,13 +204,24 @@ async fn serve_unix(
     })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     tracing::info!(socket = %path.display(), "listening");
-    let shutdown = shutdown.clone();
-    let path = path.to_owned();
+    let serving = listener::spawn(listener, app, limits, shutdown.clone());
+    let guard = UnixSocket { path: path.to_owned(), serving: serving.abort_handle() };
     Ok(tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await
-        {
-            tracing::error!(%error, "socket listener failed");
-        }
-        let _ = std::fs::remove_file(&path);
+        let _ = serving.await;
+        drop(guard);
     }))
+}
+
+/// Removes the socket file once its listener has ended, and ends the listener when the
+/// task that waits for it is aborted (a shutdown past its deadline).
+struct UnixSocket {
+    path: PathBuf,
+    serving: tokio::task::AbortHandle,
+}
+
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        self.serving.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
 }

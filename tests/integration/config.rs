@@ -214,6 +214,10 @@ fn inconsistent_settings_are_refused() {
         (&["unix_socket_perms=999"], "unix_socket_perms"),
         (&["well_known.support_role=\"m.role.boss\""], "support_role"),
         (&["address=\"not-an-ip\""], "address"),
+        // A request deadline that would cut off the longest /sync long poll (90 s).
+        (&["client_request_timeout=60"], "client_request_timeout"),
+        (&["client_sync_timeout_max=240000"], "client_request_timeout"),
+        (&["client_header_timeout=0"], "client_header_timeout"),
     ];
     for (options, key) in cases {
         let error = load(vec![], vec![], options).expect_err(&format!("{options:?} must fail"));

@@ -16,6 +16,7 @@ mod directory;
 mod discovery;
 mod e2ee;
 mod errors;
+mod listeners;
 mod live_streams;
 mod loadtest;
 mod media;
