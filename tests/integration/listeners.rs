@@ -176,3 +176,67 @@ async fn a_request_past_its_deadline_is_answered_408_and_releases_its_permit() {
     drop(services);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_unix_socket_listener_has_the_same_limits_and_is_removed_on_stop() {
+    use std::os::unix::{fs::PermissionsExt, net::UnixStream};
+
+    crate::common::init_logging();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("run").join("tuwunel.sock");
+    let config = dir.path().join("tuwunel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\nserver_name = \"test.local\"\ndatabase_path = \"{}\"\n\
+             unix_socket_path = \"{}\"\nunix_socket_perms = 660\ndb_cache_capacity_mb = 16\n\
+             log = \"error\"\nclient_header_timeout = 1\nclient_max_connections_per_ip = 1\n",
+            dir.path().join("db").display(),
+            socket.display()
+        ),
+    )
+    .expect("config");
+    let inputs = tuwunel::config::Inputs { files: vec![config], env: Vec::new(), options: vec![] };
+    let server = tuwunel::Server::start(tuwunel::Config::load(&inputs).expect("config"))
+        .await
+        .expect("starts");
+    let mode = std::fs::metadata(&socket).expect("socket exists").permissions().mode();
+    assert_eq!(mode & 0o777, 0o660);
+
+    let path = socket.clone();
+    let (answers, half_closed) = tokio::task::spawn_blocking(move || {
+        let open = |path: &std::path::Path| {
+            let stream = UnixStream::connect(path).expect("connect");
+            stream.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+            stream
+        };
+        // The per-address limit does not apply to the socket: three at once are served.
+        let mut streams: Vec<UnixStream> = (0..3).map(|_| open(&path)).collect();
+        let mut answers = Vec::new();
+        for stream in &mut streams {
+            stream
+                .write_all(b"GET /_tuwunel/server_version HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .expect("request");
+        }
+        for stream in &mut streams {
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            answers.push(answer);
+        }
+        // Half a header is cut off here too.
+        let mut half = open(&path);
+        half.write_all(b"GET /_tuwunel/server_version HTTP/1.1\r\nHo").expect("half");
+        let mut rest = Vec::new();
+        let started = Instant::now();
+        let closed = half.read_to_end(&mut rest).is_ok() && rest.is_empty();
+        (answers, closed && started.elapsed() < Duration::from_secs(10))
+    })
+    .await
+    .expect("client");
+    for answer in &answers {
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert!(half_closed, "half a header over the socket was not cut off");
+    server.stop().await.expect("stop");
+    assert!(!socket.exists(), "the socket file is removed on stop");
+}
