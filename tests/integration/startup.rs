@@ -58,3 +58,32 @@ async fn a_dead_writer_stops_the_server_with_an_error() {
     let error = outcome.expect_err("and says why");
     assert!(error.to_string().contains("writer"), "{error}");
 }
+
+#[tokio::test]
+async fn a_database_from_before_the_name_record_is_judged_by_its_accounts() {
+    use tuwunel::storage::{Batch, EngineOptions, Storage, Table, catalogue::META};
+    const RECORDS: Table<String, Vec<u8>> = Table::new(META);
+
+    let mut server = TestServer::start().await;
+    server.register("alice", "pw").await;
+    server.stop().await;
+    // Remove the record, as a database written before it existed lacks it.
+    {
+        let (storage, _) =
+            Storage::open(&EngineOptions::for_path(server.dir.path().join("db"))).expect("open");
+        let mut batch = Batch::new();
+        RECORDS.delete(&mut batch, &"server_name".to_owned());
+        storage.writer().commit(batch).await.expect("commit");
+        storage.close().await;
+    }
+    let error = start_error(server.dir.path(), &["server_name=\"renamed.local\""]).await;
+    assert!(error.contains("`test.local`") && error.contains("`renamed.local`"), "{error}");
+    // Its own name opens it, and stamps it.
+    server.restart().await;
+    server.stop().await;
+    let (storage, _) =
+        Storage::open(&EngineOptions::for_path(server.dir.path().join("db"))).expect("open");
+    let stamped = RECORDS.get(storage.engine(), &"server_name".to_owned()).expect("read");
+    assert_eq!(stamped.as_deref(), Some(&b"test.local"[..]));
+    storage.close().await;
+}
