@@ -11,6 +11,7 @@ pub mod ruma;
 pub mod server_keys;
 pub mod ssrf;
 
+pub mod validate;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use axum::{
