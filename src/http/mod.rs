@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod metrics;
 pub mod middleware;
 pub mod outbound;
+pub mod routes;
 pub mod ruma;
 pub mod server_keys;
 pub mod ssrf;
@@ -17,6 +18,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use axum::{
     Router,
     extract::State,
+    http::Method,
     middleware::{from_fn, from_fn_with_state},
     response::Response,
     routing::get,
@@ -24,18 +26,25 @@ use axum::{
 use tokio::{net::TcpListener, task::JoinHandle};
 use tower_http::catch_panic::CatchPanicLayer;
 
+use self::routes::{BodyKind, Routes};
 use crate::{Error, Result, Services, server::Shutdown};
+
+/// Every route the application router serves, with how each reads its body.
+pub fn routes(services: &Arc<Services>) -> Routes {
+    let mut routes = Routes::new();
+    routes = discovery::routes(routes);
+    routes = client::routes(routes);
+    routes = server_keys::routes(routes);
+    if services.config.metrics_enabled && services.config.metrics_address.is_none() {
+        routes = routes.mount(Method::GET, "/metrics", BodyKind::Ignored, get(metrics_endpoint));
+    }
+    routes
+}
 
 /// The application router with every route and layer.
 pub fn router(services: &Arc<Services>) -> Router {
-    let mut router = Router::new();
-    router = discovery::routes(router);
-    router = client::routes(router);
-    router = server_keys::routes(router);
-    if services.config.metrics_enabled && services.config.metrics_address.is_none() {
-        router = router.route("/metrics", get(metrics_endpoint));
-    }
-    router
+    routes(services)
+        .into_router()
         .fallback(middleware::unknown_path)
         .method_not_allowed_fallback(middleware::wrong_method)
         .layer(from_fn_with_state(Arc::clone(services), middleware::admission))

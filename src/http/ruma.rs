@@ -8,7 +8,6 @@
 use std::{collections::BTreeSet, future::Future, net::IpAddr, sync::Arc};
 
 use axum::{
-    Router,
     body::Body,
     extract::{FromRequest, RawPathParams, Request, State},
     http::{HeaderMap, Method, header::CONTENT_LENGTH},
@@ -22,7 +21,10 @@ use ruma::api::{
     path_builder::PathBuilder,
 };
 
-use super::auth::{self, AuthPolicy};
+use super::{
+    auth::{self, AuthPolicy},
+    routes::{BodyKind, Routes},
+};
 use crate::{Error, Result, Services, accounts::Sender};
 
 /// A parsed Matrix request of type `T`, with who sent it.
@@ -192,7 +194,7 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
 }
 
 /// Mounts `handler` for every path and version of the endpoint `R`.
-pub fn route<R, H, F>(router: Router<Arc<Services>>, handler: H) -> Router<Arc<Services>>
+pub fn route<R, H, F>(routes: Routes, handler: H) -> Routes
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: AuthPolicy,
@@ -200,16 +202,12 @@ where
     H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
 {
-    route_with_paths(router, handler, &[])
+    route_with_paths(routes, handler, &[])
 }
 
 /// Like [`route`], also mounting `extra` paths (forms the path router cannot express, such
 /// as a trailing parameter that may be empty).
-pub fn route_with_paths<R, H, F>(
-    router: Router<Arc<Services>>,
-    handler: H,
-    extra: &[&'static str],
-) -> Router<Arc<Services>>
+pub fn route_with_paths<R, H, F>(routes: Routes, handler: H, extra: &[&'static str]) -> Routes
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: AuthPolicy,
@@ -220,17 +218,19 @@ where
     let filter = method_filter(&R::METHOD);
     let mut paths: BTreeSet<&'static str> = R::PATH_BUILDER.all_paths().collect();
     paths.extend(extra);
-    let mut router = router;
+    let mut routes = routes;
     for path in paths {
         let handler = handler.clone();
-        router = router.route(
+        routes = routes.mount(
+            R::METHOD,
             path,
+            BodyKind::Json,
             on(filter, move |State(services): State<Arc<Services>>, request: Ruma<R>| async move {
                 handler(services, request).await.map(RumaResponse)
             }),
         );
     }
-    router
+    routes
 }
 
 fn method_filter(method: &Method) -> MethodFilter {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::{Router, http::StatusCode};
+use axum::http::StatusCode;
 use ruma::{
     RoomId, UserId,
     api::{
@@ -22,6 +22,7 @@ use ruma::{
 use serde_json::Value as JsonValue;
 
 use super::require_self;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
@@ -29,7 +30,7 @@ use crate::{
     storage::{account_data::ACCOUNT_DATA_TABLE, codec::Json},
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, get_global);
     let router = route(router, set_global);
     let router = route(router, get_room);

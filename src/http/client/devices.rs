@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedDeviceId, UInt, UserId,
     api::client::device::{
@@ -11,6 +10,7 @@ use ruma::{
 };
 
 use super::account::password_challenge;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::{Devices, UserMessage},
@@ -22,7 +22,7 @@ use crate::{
     },
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, list);
     let router = route(router, get);
     let router = route(router, update);

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use ruma::api::client::filter::{FilterDefinition, create_filter, get_filter};
 use sha2::{Digest, Sha256};
 
 use super::require_self;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
@@ -15,7 +15,7 @@ use crate::{
     storage::users::FILTERS_TABLE,
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, create);
     route(router, get)
 }

@@ -3,7 +3,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::Router;
 use ruma::{
     UserId,
     api::client::{
@@ -19,6 +18,7 @@ use ruma::{
 use serde_json::{Value as JsonValue, json};
 
 use super::require_self;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::{room::RoomMessage, user::UserMessage},
@@ -96,7 +96,7 @@ mod create_typing_event {
     }
 }
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, typing);
     let router = route(router, receipt);
     let router = route(router, read_markers);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::{Router, http::StatusCode};
+use axum::http::StatusCode;
 use ruma::{
     UserId,
     api::{
@@ -17,6 +17,7 @@ use ruma::{
 use serde_json::Value as JsonValue;
 
 use super::require_self;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
@@ -29,7 +30,7 @@ const PROFILE_LIMIT: usize = 64 * 1024;
 /// The spec's limit on a field name.
 const KEY_LIMIT: usize = 255;
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, profile);
     let router = route(router, get_field);
     let router = route(router, set_field);

@@ -3,7 +3,6 @@
 
 use std::{collections::HashMap, ops::ControlFlow, sync::Arc, time::Duration};
 
-use axum::Router;
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedRoomId, UInt,
     api::client::push::{
@@ -16,6 +15,7 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{Sender, now_ms},
@@ -38,7 +38,7 @@ const MAX_NOTIFICATIONS: usize = 100;
 /// The only path a push gateway may have (Push Gateway API).
 const GATEWAY_PATH: &str = "/_matrix/push/v1/notify";
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, all_rules);
     let router = route(router, global_rules);
     let router = route(router, get_rule);

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use ruma::{
     OwnedUserId, UserId,
     api::client::{
@@ -16,6 +15,7 @@ use ruma::{
 };
 use serde_json::json;
 
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{
@@ -28,7 +28,7 @@ use crate::{
     storage::{Batch, users::UserRecord},
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, register);
     let router = route(router, username_available);
     route(router, token_validity)

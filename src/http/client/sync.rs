@@ -3,7 +3,6 @@
 
 use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
-use axum::Router;
 use ruma::{
     UserId,
     api::client::{filter::FilterDefinition, sync::sync_events::v3 as sync_v3},
@@ -11,6 +10,7 @@ use ruma::{
 };
 
 use super::filters;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
@@ -22,7 +22,7 @@ use crate::{
     },
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     route(router, sync)
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::{Router, http::StatusCode};
+use axum::http::StatusCode;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedRoomAliasId, OwnedUserId, RoomAliasId,
     api::{
@@ -15,6 +15,7 @@ use ruma::{
 use serde_json::{Value as JsonValue, json};
 
 use super::member_content;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     http::{
@@ -29,7 +30,7 @@ use crate::{
     },
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     route(router, create)
 }
 

@@ -7,7 +7,6 @@ use std::{
     sync::Arc,
 };
 
-use axum::Router;
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedUserId, RoomId, UInt, UserId,
     api::{
@@ -25,6 +24,7 @@ use ruma::{
 use serde_json::Value as JsonValue;
 
 use super::require_room;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::Sender,
@@ -42,7 +42,7 @@ use crate::{
 /// Most events one page returns.
 const MAX_LIMIT: usize = 1000;
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, messages);
     let router = route(router, context);
     let router = route(router, event);

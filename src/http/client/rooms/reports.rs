@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use ruma::api::client::{
     reporting::report_user,
     room::{report_content, report_room},
 };
 
 use super::require_room;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{now_ms, tokens},
@@ -22,7 +22,7 @@ use crate::{
     },
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, report_event);
     let router = route(router, report_room);
     route(router, report_user)
