@@ -805,12 +805,12 @@ impl RoomActor {
         let thread_root_previous = match &relation {
             Some((root, rel_type)) if rel_type == "m.thread" => {
                 let mut previous = None;
-                RELATIONS_TABLE.scan(
+                RELATIONS_TABLE.scan_keys(
                     self.storage.engine(),
                     &crate::storage::codec::prefix2(root, &"m.thread"),
                     None,
                     crate::storage::Direction::Reverse,
-                    |(_, _, position), _| {
+                    |(_, _, position)| {
                         previous = Some(position);
                         std::ops::ControlFlow::Break(())
                     },

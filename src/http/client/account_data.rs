@@ -52,7 +52,9 @@ pub(crate) fn read(
 ) -> Result<Option<JsonValue>> {
     let key =
         (user.to_string(), room.map_or_else(String::new, |room| room.to_string()), kind.to_owned());
-    Ok(ACCOUNT_DATA_TABLE.get(services.storage.engine(), &key)?.map(|Json(record)| record.content))
+    Ok(ACCOUNT_DATA_TABLE
+        .get_readable(services.storage.engine(), &key)?
+        .map(|Json(record)| record.content))
 }
 
 /// Writes one account data key through the user's actor.

@@ -12,7 +12,7 @@ use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
     http::ruma::{Ruma, route},
-    storage::users::FILTERS_TABLE,
+    storage::{codec::Key, users::FILTERS_TABLE},
 };
 
 pub(super) fn routes(router: Routes) -> Routes {
@@ -61,9 +61,17 @@ pub(crate) fn load(
     user: &ruma::UserId,
     filter_id: &str,
 ) -> Result<Option<FilterDefinition>> {
-    match FILTERS_TABLE.get(services.storage.engine(), &(user.to_string(), filter_id.to_owned()))? {
-        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-        None => Ok(None),
+    let key = (user.to_string(), filter_id.to_owned());
+    let Some(bytes) = FILTERS_TABLE.get(services.storage.engine(), &key)? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(filter) => Ok(Some(filter)),
+        Err(error) => {
+            // Reported and treated as unknown: the client can create a new one.
+            crate::storage::table::report_undecodable(FILTERS_TABLE.id(), &key.encode(), &error);
+            Ok(None)
+        }
     }
 }
 

@@ -30,12 +30,12 @@ pub(super) fn routes(router: Routes) -> Routes {
 /// message is the oldest.
 fn first_queued_by(engine: &Engine, user: &UserId, device: &str, upto: u64) -> Result<bool> {
     let mut pending = false;
-    TO_DEVICE_TABLE.scan(
+    TO_DEVICE_TABLE.scan_keys(
         engine,
         &prefix2(&user.as_str(), &device),
         None,
         Direction::Forward,
-        |(_, _, position), _| {
+        |(_, _, position)| {
             pending = position <= upto;
             ControlFlow::Break(())
         },

@@ -314,12 +314,12 @@ fn relation_types(storage: &Storage, parent: u64) -> Result<Vec<String>> {
         // Past every row of the last type found: its key with the largest position.
         let from = types.last().map(|last| (parent, last.clone(), u64::MAX));
         let mut found = None;
-        RELATIONS_TABLE.scan(
+        RELATIONS_TABLE.scan_keys(
             storage.engine(),
             &scan,
             from.as_ref(),
             Direction::Forward,
-            |(_, rel_type, _), _| {
+            |(_, rel_type, _)| {
                 if types.last() == Some(&rel_type) {
                     return ControlFlow::Continue(());
                 }
