@@ -11,8 +11,8 @@ pub mod routes;
 pub mod ruma;
 pub mod server_keys;
 pub mod ssrf;
-
 pub mod validate;
+
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use axum::{

@@ -26,7 +26,11 @@ use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
-    http::ruma::{Ruma, route},
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
+    limits,
     storage::{account_data::ACCOUNT_DATA_TABLE, codec::Json},
 };
 
@@ -73,6 +77,7 @@ pub(crate) async fn write(
 }
 
 fn check_writable(kind: &str, content: &JsonValue) -> Result<()> {
+    validate::max_bytes("An account data type", kind, limits::MAX_ID_BYTES)?;
     if SERVER_MANAGED.contains(&kind) {
         return Err(Error::matrix(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -171,6 +176,7 @@ async fn add_tag(
     let sender = request.sender()?.clone();
     let body = request.body;
     require_self(&sender, &body.user_id, "tag rooms")?;
+    validate::max_bytes("A tag", &body.tag, limits::MAX_TAG_BYTES)?;
     if body.tag_info.order.is_some_and(|order| !(0.0..=1.0).contains(&order)) {
         return Err(Error::invalid_param("Tag order must be between 0 and 1."));
     }

@@ -14,7 +14,11 @@ use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::{Devices, UserMessage},
-    http::ruma::{Ruma, route},
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
+    limits,
     storage::{
         Direction,
         codec::{Json, prefix},
@@ -82,6 +86,9 @@ async fn update(
 ) -> Result<update_device::v3::Response> {
     let user = request.sender()?.user_id.clone();
     let body = request.body;
+    if let Some(name) = &body.display_name {
+        validate::max_chars("A device name", name, limits::MAX_DEVICE_NAME_CHARS)?;
+    }
     services
         .accounts
         .call(&user, |reply| UserMessage::RenameDevice {

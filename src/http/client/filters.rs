@@ -33,7 +33,11 @@ fn validate(filter: &FilterDefinition) -> Result<()> {
     if limits.iter().flatten().any(|limit| *limit == ruma::UInt::MIN) {
         return Err(Error::invalid_param("A filter limit must be at least 1."));
     }
-    Ok(())
+    crate::http::validate::known_value(
+        "event_format",
+        filter.event_format.as_str(),
+        &["client", "federation"],
+    )
 }
 
 async fn create(

@@ -22,7 +22,11 @@ use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::{room::RoomMessage, user::UserMessage},
-    http::ruma::{Ruma, route},
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
+    limits,
     storage::{
         Batch, Direction,
         codec::{Json, prefix},
@@ -242,6 +246,8 @@ async fn send_to_device(
 ) -> Result<send_event_to_device::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
+    validate::max_bytes("An event type", &body.event_type.to_string(), limits::MAX_ID_BYTES)?;
+    validate::max_bytes("A transaction ID", body.txn_id.as_str(), limits::MAX_OPAQUE_ID_BYTES)?;
     let transaction = (
         sender.user_id.to_string(),
         sender.device_id.to_string(),
@@ -249,6 +255,19 @@ async fn send_to_device(
     );
     if TO_DEVICE_TRANSACTIONS_TABLE.contains(services.storage.engine(), &transaction)? {
         return Ok(send_event_to_device::v3::Response::new());
+    }
+    // Like an event, a message must fit in what servers exchange (Synapse's bound). All are
+    // checked before any is delivered, so a refused request delivers nothing.
+    let oversized = body
+        .messages
+        .values()
+        .flat_map(|devices| devices.values())
+        .any(|content| content.json().get().len() > limits::MAX_PDU_BYTES);
+    if oversized {
+        return Err(Error::too_large(format!(
+            "A to-device message is limited to {} bytes.",
+            limits::MAX_PDU_BYTES
+        )));
     }
     let kind = body.event_type.to_string();
     for (user, devices) in body.messages {
@@ -265,7 +284,12 @@ async fn send_to_device(
                 ToDeviceRecord { sender: sender.user_id.clone(), kind: kind.clone(), content };
             match target {
                 DeviceIdOrAllDevices::DeviceId(device) => {
-                    messages.push((device.to_string(), record))
+                    // A queue for a device that does not exist would never be read or
+                    // emptied; such messages are dropped, as for an unknown user.
+                    let key = (user.to_string(), device.to_string());
+                    if DEVICES_TABLE.contains(services.storage.engine(), &key)? {
+                        messages.push((device.to_string(), record));
+                    }
                 }
                 DeviceIdOrAllDevices::AllDevices => {
                     for ((_, device), _) in DEVICES_TABLE.collect(
@@ -311,6 +335,9 @@ async fn set_status(
     let body = request.body;
     require_self(&sender, &body.user_id, "set presence")?;
     let state = presence_name(&body.presence)?;
+    if let Some(message) = &body.status_msg {
+        validate::max_chars("A status message", message, limits::MAX_STATUS_MSG_CHARS)?;
+    }
     services.presence.set(&sender.user_id, state, Some(body.status_msg)).await?;
     Ok(set_presence::v3::Response::new())
 }

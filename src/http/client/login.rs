@@ -76,6 +76,10 @@ async fn login(
     accounts.limiter.check(Action::Login, &ip)?;
     let client_ip = request.client_ip;
     let body = request.body;
+    super::register::check_device(
+        body.device_id.as_deref(),
+        body.initial_device_display_name.as_deref(),
+    )?;
 
     let user_id = match &body.login_info {
         LoginInfo::Password(password) => {

@@ -14,7 +14,10 @@ use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
-    http::ruma::{Ruma, route},
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
     storage::{Direction, Engine, codec::prefix2, ephemeral::TO_DEVICE_TABLE},
     sync::{
         response::{self, SyncParams},
@@ -100,6 +103,11 @@ async fn sync(
 ) -> Result<sync_v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
+    validate::known_param(
+        "set_presence",
+        body.set_presence.as_str(),
+        &["online", "offline", "unavailable"],
+    )?;
     let since = body.since.as_deref().map(SyncToken::parse).transpose()?;
     let filter = resolve_filter(&services, &sender.user_id, body.filter)?;
 

@@ -21,6 +21,7 @@ use crate::{
     http::{
         client::capabilities::CREATABLE_ROOM_VERSIONS,
         ruma::{Ruma, route},
+        validate,
     },
     rooms::{builder::Template, pdu::canonical_content},
     storage::{
@@ -29,6 +30,12 @@ use crate::{
         rooms::{ALIASES_TABLE, AliasRecord, PUBLISHED_ROOMS_TABLE, ROOM_ALIASES_TABLE},
     },
 };
+
+/// The spec's room visibilities (createRoom and the room directory).
+const VISIBILITIES: &[&str] = &["public", "private"];
+
+/// The spec's room presets.
+const PRESETS: &[&str] = &["private_chat", "public_chat", "trusted_private_chat"];
 
 pub(super) fn routes(router: Routes) -> Routes {
     route(router, create)
@@ -110,6 +117,10 @@ async fn create(
     let sender = request.sender()?.clone();
     let body = request.body;
     let creator = sender.user_id.clone();
+    validate::known_value("visibility", body.visibility.as_str(), VISIBILITIES)?;
+    if let Some(preset) = &body.preset {
+        validate::known_value("preset", preset.as_str(), PRESETS)?;
+    }
     if !services.config.allow_room_creation && !services.accounts.is_admin(&creator) {
         return Err(Error::forbidden("Room creation is disabled on this server."));
     }

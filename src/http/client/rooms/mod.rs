@@ -98,6 +98,13 @@ pub(crate) async fn send(
 ) -> Result<Sent> {
     require_room(services, room_id)
         .map_err(|_| Error::forbidden("You are not a member of this room."))?;
+    if let Some(transaction) = &transaction {
+        crate::http::validate::max_bytes(
+            "A transaction ID",
+            &transaction.txn_id,
+            crate::limits::MAX_OPAQUE_ID_BYTES,
+        )?;
+    }
     services.rooms.send(room_id, SendRequest { template, transaction }).await
 }
 

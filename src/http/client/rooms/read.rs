@@ -28,7 +28,10 @@ use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::Sender,
-    http::ruma::{Ruma, route},
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
     rooms::{
         self, Pdu, filter, state,
         timeline::{self, Token, Viewer},
@@ -317,6 +320,11 @@ async fn members(
     };
     let membership = body.membership.as_ref().map(ToString::to_string);
     let not_membership = body.not_membership.as_ref().map(ToString::to_string);
+    for (param, value) in [("membership", &membership), ("not_membership", &not_membership)] {
+        if let Some(value) = value {
+            validate::known_param(param, value, &["join", "invite", "knock", "leave", "ban"])?;
+        }
+    }
     let mut chunk = Vec::new();
     for pdu in timeline::members_at(&services.storage, snapshot)? {
         let value = pdu.content_str("membership").unwrap_or_default();

@@ -13,8 +13,11 @@ use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{now_ms, tokens},
-    http::ruma::{Ruma, route},
-    rooms,
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
+    limits, rooms,
     storage::{
         Batch,
         codec::Json,
@@ -29,6 +32,9 @@ pub(super) fn routes(router: Routes) -> Routes {
 }
 
 async fn store(services: &Services, record: ReportRecord) -> Result<()> {
+    if let Some(reason) = &record.reason {
+        validate::max_chars("A report's reason", reason, limits::MAX_REASON_CHARS)?;
+    }
     let mut batch = Batch::new();
     REPORTS_TABLE.put(&mut batch, &(record.received_ms, tokens::generate("rep")), &Json(record));
     services.storage.writer().commit(batch).await
