@@ -247,3 +247,97 @@ mod tests {
         assert_eq!(json_depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// JSON values a few levels deep, with every kind of scalar.
+    fn shallow_json() -> impl Strategy<Value = JsonValue> {
+        let leaf = prop_oneof![
+            Just(JsonValue::Null),
+            any::<bool>().prop_map(JsonValue::from),
+            any::<i64>().prop_map(JsonValue::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(JsonValue::from),
+            any::<String>().prop_map(JsonValue::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(JsonValue::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(|map| JsonValue::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// `value` inside `levels` more arrays or objects.
+    fn wrapped(mut value: JsonValue, levels: &[bool]) -> JsonValue {
+        for in_array in levels {
+            value = if *in_array {
+                JsonValue::Array(vec![value])
+            } else {
+                serde_json::json!({ "w": value })
+            };
+        }
+        value
+    }
+
+    /// A key written with every character as a `\u` escape: the same key to a parser.
+    fn escaped(key: &str) -> String {
+        let mut out = String::from("\"");
+        for unit in key.encode_utf16() {
+            out.push_str(&format!("\\u{unit:04x}"));
+        }
+        out.push('"');
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_accepted_bytes_parse(bytes in any::<Vec<u8>>()) {
+            if check_json(&bytes).is_ok() {
+                let value: JsonValue = serde_json::from_slice(&bytes).expect("accepted bytes parse");
+                prop_assert!(json_depth(&value) <= MAX_JSON_DEPTH);
+            }
+        }
+
+        #[test]
+        fn json_is_accepted_exactly_up_to_the_depth_limit(
+            value in shallow_json(),
+            levels in prop::collection::vec(any::<bool>(), 0..100),
+        ) {
+            let value = wrapped(value, &levels);
+            let bytes = serde_json::to_vec(&value).expect("serialize");
+            let accepted = check_json(&bytes);
+            if json_depth(&value) <= MAX_JSON_DEPTH {
+                prop_assert_eq!(accepted, Ok(()));
+            } else {
+                prop_assert!(matches!(accepted, Err(JsonProblem::Refused(_))));
+            }
+        }
+
+        #[test]
+        fn a_repeated_key_is_refused_however_it_is_written(
+            key in any::<String>(),
+            first in shallow_json(),
+            second in shallow_json(),
+            levels in prop::collection::vec(any::<bool>(), 0..20),
+        ) {
+            let object = format!(
+                "{{{}:{},{}:{}}}",
+                serde_json::to_string(&key).expect("key"),
+                first,
+                escaped(&key),
+                second,
+            );
+            // The object wrapped in arrays and objects, as text.
+            let mut text = object;
+            for in_array in &levels {
+                text = if *in_array { format!("[{text}]") } else { format!("{{\"w\":{text}}}") };
+            }
+            prop_assert!(matches!(check_json(text.as_bytes()), Err(JsonProblem::Refused(_))));
+        }
+    }
+}
