@@ -16,7 +16,7 @@ pub enum BodyKind {
     Json,
     /// Bytes of any kind (media uploads).
     Raw,
-    /// The handler never reads the body.
+    /// The handler ignores the body (`GET` endpoints read it only up to the size limit).
     Ignored,
 }
 

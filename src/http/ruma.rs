@@ -1,7 +1,8 @@
 //! Glue between axum and ruma: every Matrix endpoint is declared by its ruma request type,
 //! which supplies the method, the paths (all versions) and the body shape; [`route`] mounts it.
 //!
-//! The request body is read with `max_request_size` as a hard limit (`413 M_TOO_LARGE`) and
+//! The request body is read with `max_request_size` as a hard limit (`413 M_TOO_LARGE`) and,
+//! unless the method is `GET` (whose body the spec does not define, and ruma ignores),
 //! checked before ruma sees it: one JSON value (`400 M_NOT_JSON` otherwise), nested at most
 //! [`limits::MAX_JSON_DEPTH`] levels and with no repeated key (`400 M_BAD_JSON`). This is
 //! the one door every Matrix endpoint's body comes through, so nothing deeper is ever
@@ -135,8 +136,13 @@ where
 
 /// Refuses a body that is not one JSON value, or that nests too deep or repeats a key, and
 /// an empty body where the endpoint needs one. Any other empty body is given to ruma as
-/// `{}` (most of its parsers do that themselves, a few hand-written ones do not).
-fn checked_body<T: 'static>(bytes: Bytes) -> Result<Bytes> {
+/// `{}` (most of its parsers do that themselves, a few hand-written ones do not). `GET`
+/// requests have no body in the spec: one sent anyway is read (within the size limit) and
+/// ignored, as ruma ignores it.
+fn checked_body<T: IncomingRequest + 'static>(bytes: Bytes) -> Result<Bytes> {
+    if T::METHOD == Method::GET {
+        return Ok(bytes);
+    }
     if bytes.is_empty() {
         if body_required::<T>() {
             return Err(needs_body());
@@ -284,7 +290,7 @@ where
         routes = routes.mount(
             R::METHOD,
             path,
-            BodyKind::Json,
+            if R::METHOD == Method::GET { BodyKind::Ignored } else { BodyKind::Json },
             on(filter, move |State(services): State<Arc<Services>>, request: Ruma<R>| async move {
                 handler(services, request).await.map(RumaResponse)
             }),

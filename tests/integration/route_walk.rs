@@ -2,7 +2,8 @@
 //! through which every route is mounted, so a new one cannot be missed), sent malformed,
 //! oversized, deeply nested and repeated-key bodies, wrong methods and bad path parameters,
 //! with an access token and without: the answer is a Matrix error (a 4xx with an `errcode`)
-//! or, where the input is acceptable, a success; never a 5xx, and nothing panics.
+//! or, where the input is acceptable (including any body sent with `GET`, which is
+//! ignored), a success; never a 5xx, and nothing panics.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

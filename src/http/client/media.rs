@@ -128,7 +128,7 @@ where
         router = router.mount(
             HttpMethod::GET,
             path,
-            BodyKind::Json,
+            BodyKind::Ignored,
             get(move |State(services): State<Arc<Services>>, request: Ruma<R>| {
                 handler(services, request)
             }),
@@ -153,7 +153,7 @@ where
         router = router.mount(
             HttpMethod::GET,
             path,
-            BodyKind::Json,
+            BodyKind::Ignored,
             get(move |State(services): State<Arc<Services>>, request: Request| async move {
                 if !services.media.allow_legacy {
                     return Err(Error::not_found(
