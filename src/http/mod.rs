@@ -57,6 +57,9 @@ pub fn router(services: &Arc<Services>) -> Router {
 async fn metrics_endpoint(State(services): State<Arc<Services>>) -> Response {
     for (table, disk, _memory) in services.storage.engine().table_sizes() {
         ::metrics::gauge!("tuwunel_database_table_bytes", "table" => table).set(disk as f64);
+        // Alerts watch this counter: it exists (at 0) before the first unreadable record.
+        ::metrics::counter!("tuwunel_storage_undecodable_records_total", "table" => table)
+            .increment(0);
     }
     let memory = services.storage.engine().memory();
     for (kind, bytes) in [
