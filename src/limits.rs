@@ -6,7 +6,9 @@
 //! to-device message inside its record, an event's content inside the event). Accepting
 //! anything the parser accepts would store records that the server's own readers then
 //! refuse. A request body may nest at most [`MAX_JSON_DEPTH`] levels, which leaves ample
-//! room for our wrappers and for ruma's push rule evaluation, which re-parses whole events.
+//! room for our wrappers, for ruma's push rule evaluation, which re-parses whole events, and
+//! for clients that parse a /sync response with serde_json too (matrix-rust-sdk), where an
+//! edit's content sits a dozen levels deep.
 //!
 //! The string bounds follow the spec where it gives one (identifiers, event types and state
 //! keys: 255 bytes; an event: 65 535 bytes of canonical JSON) and Synapse where it does not
