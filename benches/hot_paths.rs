@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the send path's hot spots: storage key codecs, PDU hashing, signing
-//! and verification, the auth checks an event goes through, and state snapshot reads.
+//! Micro-benchmarks of the send path's hot spots: storage key codecs, the request body check,
+//! PDU hashing, signing and verification, the auth checks an event goes through, and state
+//! snapshot reads.
 //!
 //! `cargo bench --bench hot_paths [filter]` prints the median time per operation over
 //! repeated batches. A small timing loop instead of a benchmark framework keeps the build
@@ -199,6 +200,36 @@ fn main() {
     bench(filter, "codec: decode (user, app, pushkey)", || {
         <(String, String, String)>::decode(&encoded_triple).expect("decodes")
     });
+
+    // Request bodies: the depth and repeated-key check every body passes before ruma parses
+    // it, against a plain parse of the same bytes, for a message and a 1 MB body of many
+    // small objects (a large to-device batch or key upload).
+    let message = br#"{"msgtype":"m.text","body":"hello, benchmark","m.mentions":{}}"#.to_vec();
+    let devices: serde_json::Map<String, serde_json::Value> = (0..4_000)
+        .map(|n| {
+            let content = serde_json::json!({
+                "algorithm": "m.olm.v1.curve25519-aes-sha2",
+                "sender_key": "abcdefghijklmnopqrstuvwxyz0123456789ABCDEF",
+                "ciphertext": { format!("key{n}"): { "type": 0, "body": "x".repeat(120) } },
+            });
+            (format!("DEVICE{n}"), content)
+        })
+        .collect();
+    let large =
+        serde_json::to_vec(&serde_json::json!({ "messages": { "@bob:bench.local": devices } }))
+            .expect("serialize");
+    bench(filter, "body: check message", || tuwunel::limits::check_json(&message));
+    bench(filter, "body: parse message (serde_json::Value)", || {
+        serde_json::from_slice::<serde_json::Value>(&message).expect("parses")
+    });
+    bench(filter, &format!("body: check {} KB to-device batch", large.len() / 1000), || {
+        tuwunel::limits::check_json(&large)
+    });
+    bench(
+        filter,
+        &format!("body: parse {} KB to-device batch (serde_json::Value)", large.len() / 1000),
+        || serde_json::from_slice::<serde_json::Value>(&large).expect("parses"),
+    );
 
     // PDUs: build (content hash + signature + reference hash), verify, parse.
     let room = build_room(&key, server, &sender);

@@ -3,8 +3,8 @@
 //! The crate is organised as the design describes: `config` (what the operator asked for),
 //! `storage` (RocksDB, typed tables, the Writer), `actors` (supervision and keyed actors),
 //! `http` (axum routes and listeners), `media` (the content repository), `federation` (this
-//! server's identity towards others), `admin` (operator commands), and `server` (starting
-//! and stopping all of it).
+//! server's identity towards others), `admin` (operator commands), `limits` (what input the
+//! server accepts), and `server` (starting and stopping all of it).
 
 pub mod accounts;
 pub mod actors;
@@ -14,6 +14,7 @@ pub mod error;
 pub mod federation;
 pub mod http;
 pub mod keys;
+pub mod limits;
 pub mod logging;
 pub mod media;
 pub mod memory;

@@ -4,6 +4,7 @@
 //! Actor names carry the server's namespace (`<server_name>#<n>/<kind>/<key>#<seq>`), so
 //! several servers can share one process, as the integration tests do.
 
+pub mod contain;
 pub mod keyed;
 pub mod presence;
 pub mod room;

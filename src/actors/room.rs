@@ -20,11 +20,12 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
-use super::{Behaviour, Context, Reply};
+use super::{Behaviour, Context, Reply, contain::contained};
 use crate::{
     Error, Result,
     accounts::now_ms,
     federation::SigningKey,
+    limits,
     push::{
         counts as push_counts,
         evaluate::{Evaluated, Outcome, RoomContext, evaluate, write_notifications},
@@ -195,6 +196,11 @@ struct Committed {
     notified: Vec<OwnedUserId>,
 }
 
+/// A panic contained while handling a message: the request fails as an internal error.
+fn panicked(panic: &str) -> Error {
+    Error::internal(format!("the room actor contained a panic: {panic}"))
+}
+
 fn unknown_room() -> Error {
     Error::not_found("Unknown room.")
 }
@@ -232,7 +238,9 @@ impl Behaviour for RoomActor {
     ) -> Result<()> {
         match message {
             RoomMessage::Create { create, version, then, reply } => {
-                let result = self.create(&context.key, state, *create, version, then).await;
+                let result = contained(self.create(&context.key, state, *create, version, then))
+                    .await
+                    .unwrap_or_else(|panic| Err(panicked(&panic)));
                 if result.is_err() {
                     // Nothing was committed: forget whatever was built in memory.
                     state.room = self.load(&context.key)?;
@@ -248,13 +256,18 @@ impl Behaviour for RoomActor {
             }
             RoomMessage::Send { request, reply } => {
                 let result = match state.room.as_mut() {
-                    Some(room) => self.send(room, *request).await,
+                    // An event's content reaches ruma (auth rules, push rules): a panic there
+                    // fails this request, not the room.
+                    Some(room) => contained(self.send(room, *request))
+                        .await
+                        .unwrap_or_else(|panic| Err(panicked(&panic))),
                     None => Err(unknown_room()),
                 };
                 if let Err(error) = &result
                     && matches!(error, Error::Internal(_))
                 {
-                    // A failed commit may leave memory ahead of the database; rebuild.
+                    // A failed commit (or a panic) may leave memory ahead of the database;
+                    // rebuild.
                     state.room = self.load(&context.key)?;
                 }
                 let (answer, committed) = match result {
@@ -814,12 +827,12 @@ impl RoomActor {
         let thread_root_previous = match &relation {
             Some((root, rel_type)) if rel_type == "m.thread" => {
                 let mut previous = None;
-                RELATIONS_TABLE.scan(
+                RELATIONS_TABLE.scan_keys(
                     self.storage.engine(),
                     &crate::storage::codec::prefix2(root, &"m.thread"),
                     None,
                     crate::storage::Direction::Reverse,
-                    |(_, _, position), _| {
+                    |(_, _, position)| {
                         previous = Some(position);
                         std::ops::ControlFlow::Break(())
                     },
@@ -1097,9 +1110,12 @@ impl RoomActor {
         if let Some(name) = names().get(user) {
             return Ok(name.clone());
         }
+        // ruma turns a display name with wildcards into a regular expression, and panics
+        // when it grows too large: a name longer than clients may set stands for nobody's.
         let name = self
             .current(room, "m.room.member", user.as_str())?
             .and_then(|member| member.content_str("displayname"))
+            .filter(|name| name.chars().count() <= limits::MAX_DISPLAYNAME_CHARS)
             .unwrap_or_else(|| user.localpart().to_owned());
         names().insert(user.to_owned(), name.clone());
         Ok(name)

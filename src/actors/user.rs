@@ -661,8 +661,10 @@ impl UserActor {
     ) -> Result<u64> {
         require_account(state)?;
         let key = (user.to_string(), room.clone(), kind.clone());
+        // An unreadable previous record is overwritten; its stream entry stays behind, and
+        // readers look up the current record through it.
         let previous = ACCOUNT_DATA_TABLE
-            .get(self.storage.engine(), &key)?
+            .get_readable(self.storage.engine(), &key)?
             .map(|Json(record)| record.position);
         let mut batch = Batch::new();
         if let Some(previous) = previous {
@@ -758,12 +760,12 @@ impl UserActor {
         device: &str,
         batch: &mut Batch,
     ) -> Result<()> {
-        TO_DEVICE_TABLE.scan(
+        TO_DEVICE_TABLE.scan_keys(
             self.storage.engine(),
             &crate::storage::codec::prefix2(&user.as_str(), &device),
             None,
             crate::storage::Direction::Forward,
-            |key, _| {
+            |key| {
                 TO_DEVICE_TABLE.delete(batch, &key);
                 std::ops::ControlFlow::Continue(())
             },
@@ -774,12 +776,12 @@ impl UserActor {
     /// Deletes the messages a device confirmed by syncing past them.
     async fn ack_to_device(&self, user: &OwnedUserId, device: &str, upto: u64) -> Result<()> {
         let mut batch = Batch::new();
-        TO_DEVICE_TABLE.scan(
+        TO_DEVICE_TABLE.scan_keys(
             self.storage.engine(),
             &crate::storage::codec::prefix2(&user.as_str(), &device),
             None,
             crate::storage::Direction::Forward,
-            |key, _| {
+            |key| {
                 if key.2 > upto {
                     return std::ops::ControlFlow::Break(());
                 }

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use axum::{Json, Router, routing::get};
+use axum::{Json, http::Method, routing::get};
 use ruma::api::{
     client::discovery::{
         discover_homeserver::{self, HomeserverInfo},
@@ -15,6 +15,7 @@ use ruma::api::{
 use serde_json::{Value as JsonValue, json};
 
 use super::ruma::{Ruma, route};
+use crate::http::routes::{BodyKind, Routes};
 use crate::{Error, Result, Services};
 
 /// The name servers and monitoring see.
@@ -27,13 +28,13 @@ const SPEC_VERSIONS: &[&str] = &[
     "v1.19",
 ];
 
-pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub fn routes(router: Routes) -> Routes {
     let router = route(router, versions);
     let router = route(router, well_known_client);
     let router = route(router, well_known_support);
     let router = route(router, well_known_server);
     let router = route(router, federation_version);
-    router.route("/_tuwunel/server_version", get(server_version))
+    router.mount(Method::GET, "/_tuwunel/server_version", BodyKind::Ignored, get(server_version))
 }
 
 async fn versions(

@@ -9,15 +9,18 @@ pub mod listener;
 pub mod metrics;
 pub mod middleware;
 pub mod outbound;
+pub mod routes;
 pub mod ruma;
 pub mod server_keys;
 pub mod ssrf;
+pub mod validate;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use axum::{
     Router,
     extract::State,
+    http::Method,
     middleware::{from_fn, from_fn_with_state},
     response::Response,
     routing::get,
@@ -27,18 +30,25 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use self::listener::ConnectionLimits;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use self::routes::{BodyKind, Routes};
 use crate::{Error, Result, Services, server::Shutdown};
+
+/// Every route the application router serves, with how each reads its body.
+pub fn routes(services: &Arc<Services>) -> Routes {
+    let mut routes = Routes::new();
+    routes = discovery::routes(routes);
+    routes = client::routes(routes);
+    routes = server_keys::routes(routes);
+    if services.config.metrics_enabled && services.config.metrics_address.is_none() {
+        routes = routes.mount(Method::GET, "/metrics", BodyKind::Ignored, get(metrics_endpoint));
+    }
+    routes
+}
 
 /// The application router with every route and layer.
 pub fn router(services: &Arc<Services>) -> Router {
-    let mut router = Router::new();
-    router = discovery::routes(router);
-    router = client::routes(router);
-    router = server_keys::routes(router);
-    if services.config.metrics_enabled && services.config.metrics_address.is_none() {
-        router = router.route("/metrics", get(metrics_endpoint));
-    }
-    router
+    routes(services)
+        .into_router()
         .fallback(middleware::unknown_path)
         .method_not_allowed_fallback(middleware::wrong_method)
         .layer(from_fn_with_state(
@@ -55,6 +65,9 @@ pub fn router(services: &Arc<Services>) -> Router {
 async fn metrics_endpoint(State(services): State<Arc<Services>>) -> Response {
     for (table, disk, _memory) in services.storage.engine().table_sizes() {
         ::metrics::gauge!("tuwunel_database_table_bytes", "table" => table).set(disk as f64);
+        // Alerts watch this counter: it exists (at 0) before the first unreadable record.
+        ::metrics::counter!("tuwunel_storage_undecodable_records_total", "table" => table)
+            .increment(0);
     }
     ::metrics::counter!("tuwunel_database_wal_syncs_total")
         .absolute(services.storage.engine().wal_syncs());

@@ -1,14 +1,20 @@
 //! Glue between axum and ruma: every Matrix endpoint is declared by its ruma request type,
 //! which supplies the method, the paths (all versions) and the body shape; [`route`] mounts it.
 //!
-//! The request body is read with `max_request_size` as a hard limit (`413 M_TOO_LARGE`), then
-//! parsed by ruma. A parse failure is `400 M_NOT_JSON` when the body is not JSON at all and
-//! `400 M_BAD_JSON` when it is JSON of the wrong shape.
+//! The request body is read with `max_request_size` as a hard limit (`413 M_TOO_LARGE`) and,
+//! unless the method is `GET` (whose body the spec does not define, and ruma ignores),
+//! checked before ruma sees it: one JSON value (`400 M_NOT_JSON` otherwise), nested at most
+//! [`limits::MAX_JSON_DEPTH`] levels and with no repeated key (`400 M_BAD_JSON`). This is
+//! the one door every Matrix endpoint's body comes through, so nothing deeper is ever
+//! stored. An empty body is what ruma makes of it: `{}`, which endpoints whose body fields
+//! are all optional accept (clients send `POST /join` and `/leave` empty) and others refuse
+//! as `M_NOT_JSON`; endpoints whose body *is* the content (events, account data, tags)
+//! need one. Then ruma parses: JSON of the wrong shape is `400 M_BAD_JSON`, bad path or
+//! query parameters `400 M_INVALID_PARAM`.
 
-use std::{collections::BTreeSet, future::Future, net::IpAddr, sync::Arc};
+use std::{any::TypeId, collections::BTreeSet, future::Future, net::IpAddr, sync::Arc};
 
 use axum::{
-    Router,
     body::Body,
     extract::{FromRequest, RawPathParams, Request, State},
     http::{HeaderMap, Method, header::CONTENT_LENGTH},
@@ -18,12 +24,27 @@ use axum::{
 use bytes::Bytes;
 use ruma::api::{
     IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+    client::{
+        config::{set_global_account_data, set_room_account_data},
+        message::send_message_event,
+        session::login,
+        state::send_state_event,
+        tag::create_tag,
+    },
     error::{DeserializationError, FromHttpRequestError},
     path_builder::PathBuilder,
 };
 
-use super::auth::{self, AuthPolicy};
-use crate::{Error, Result, Services, accounts::Sender};
+use super::{
+    auth::{self, AuthPolicy},
+    routes::{BodyKind, Routes},
+};
+use crate::{
+    Error, Result, Services,
+    accounts::Sender,
+    actors::contain::contained_sync,
+    limits::{self, JsonProblem},
+};
 
 /// A parsed Matrix request of type `T`, with who sent it.
 pub struct Ruma<T> {
@@ -70,7 +91,7 @@ fn too_large(limit: usize) -> Error {
 
 impl<T> FromRequest<Arc<Services>> for Ruma<T>
 where
-    T: IncomingRequest + Send,
+    T: IncomingRequest + Send + 'static,
     T::Authentication: AuthPolicy,
 {
     type Rejection = Error;
@@ -95,29 +116,76 @@ where
         let params: Vec<&str> = params.iter().map(|(_, value)| value).collect();
         let bytes =
             read_body(&parts.headers, body, services.config.max_request_size.as_usize()).await?;
-        let bytes = strip_empty_auth(empty_as_object(&parts, bytes));
+        let sent_empty = bytes.is_empty();
+        let bytes = strip_empty_auth(checked_body::<T>(bytes)?);
+        avoid_known_panics::<T>(&bytes, sent_empty)?;
         let headers = parts.headers.clone();
         let request = axum::http::Request::from_parts(parts, bytes.as_ref());
-        match T::try_from_http_request(request, &params) {
-            Ok(body) => Ok(Self { body, headers, sender, client_ip }),
-            Err(error) => Err(classify(&bytes, error)),
+        // ruma's parsers are a dependency reading client input: a panic in one must be a
+        // refusal of this request, not a 500 (or worse, elsewhere, a failed actor).
+        match contained_sync(|| T::try_from_http_request(request, &params)) {
+            Ok(Ok(body)) => Ok(Self { body, headers, sender, client_ip }),
+            Ok(Err(error)) => Err(classify(sent_empty, error)),
+            Err(panic) => {
+                tracing::warn!(%panic, "parsing a request panicked inside ruma");
+                Err(Error::bad_json("The request could not be parsed."))
+            }
         }
     }
 }
 
-/// Many clients send no body at all to JSON endpoints whose fields are all optional (such
-/// as `POST /join`); treat an empty JSON (or untyped) body as `{}`.
-fn empty_as_object(parts: &axum::http::request::Parts, bytes: Bytes) -> Bytes {
-    let json_or_untyped = parts
-        .headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_none_or(|value| value.starts_with("application/json"));
-    if bytes.is_empty() && json_or_untyped && matches!(parts.method, Method::POST | Method::PUT) {
-        Bytes::from_static(b"{}")
-    } else {
-        bytes
+/// Refuses a body that is not one JSON value, or that nests too deep or repeats a key, and
+/// an empty body where the endpoint needs one. Any other empty body is given to ruma as
+/// `{}` (most of its parsers do that themselves, a few hand-written ones do not). `GET`
+/// requests have no body in the spec: one sent anyway is read (within the size limit) and
+/// ignored, as ruma ignores it.
+fn checked_body<T: IncomingRequest + 'static>(bytes: Bytes) -> Result<Bytes> {
+    if T::METHOD == Method::GET {
+        return Ok(bytes);
     }
+    if bytes.is_empty() {
+        if body_required::<T>() {
+            return Err(needs_body());
+        }
+        return Ok(Bytes::from_static(b"{}"));
+    }
+    limits::check_json(&bytes).map_err(|problem| match problem {
+        JsonProblem::NotJson(message) => Error::not_json(message),
+        JsonProblem::Refused(message) => {
+            Error::bad_json(format!("Request body refused: {message}"))
+        }
+    })?;
+    Ok(bytes)
+}
+
+/// Endpoints whose whole body is event or account data content. ruma reads an empty body as
+/// `{}`, which such a body accepts, but the spec requires a body here: an empty `PUT` must
+/// not send an empty message or erase account data.
+fn body_required<T: 'static>() -> bool {
+    [
+        TypeId::of::<send_message_event::v3::Request>(),
+        TypeId::of::<send_state_event::v3::Request>(),
+        TypeId::of::<set_global_account_data::v3::Request>(),
+        TypeId::of::<set_room_account_data::v3::Request>(),
+        TypeId::of::<create_tag::v3::Request>(),
+    ]
+    .contains(&TypeId::of::<T>())
+}
+
+/// Inputs known to make one of ruma's parsers panic, refused before it sees them: its
+/// `login` parser indexes the body's `type` without checking it is there.
+fn avoid_known_panics<T: 'static>(bytes: &[u8], sent_empty: bool) -> Result<()> {
+    if TypeId::of::<T>() == TypeId::of::<login::v3::Request>() {
+        if sent_empty {
+            return Err(needs_body());
+        }
+        let has_type = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes)
+            .is_ok_and(|body| body.contains_key("type"));
+        if !has_type {
+            return Err(Error::bad_json("A login request needs a `type`."));
+        }
+    }
+    Ok(())
 }
 
 /// An `auth` object with neither `type` nor `session` carries no authentication; some
@@ -146,15 +214,19 @@ fn strip_empty_auth(bytes: Bytes) -> Bytes {
     serde_json::to_vec(&body).map(Bytes::from).unwrap_or(bytes)
 }
 
-/// Turns a ruma parse failure into the spec's error.
-fn classify(body: &[u8], error: FromHttpRequestError) -> Error {
+fn needs_body() -> Error {
+    Error::not_json("This endpoint needs a JSON object as its request body.")
+}
+
+/// Turns a ruma parse failure into the spec's error. The body is known to be JSON by now,
+/// so a body failure is JSON of the wrong shape, or missing fields of a body never sent.
+fn classify(sent_empty: bool, error: FromHttpRequestError) -> Error {
     match error {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(_)) if sent_empty => {
+            needs_body()
+        }
         FromHttpRequestError::Deserialization(DeserializationError::Json(json)) => {
-            if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
-                Error::not_json("Request body is not valid JSON.")
-            } else {
-                Error::bad_json(format!("Request body has the wrong shape: {json}"))
-            }
+            Error::bad_json(format!("Request body has the wrong shape: {json}"))
         }
         FromHttpRequestError::Deserialization(DeserializationError::Query(query)) => {
             Error::invalid_param(format!("Invalid query string: {query}"))
@@ -163,11 +235,7 @@ fn classify(body: &[u8], error: FromHttpRequestError) -> Error {
             Error::invalid_param(format!("Invalid identifier: {ident}"))
         }
         FromHttpRequestError::Deserialization(other) => {
-            if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
-                Error::not_json("Request body is not valid JSON.")
-            } else {
-                Error::bad_json(format!("Invalid request: {other}"))
-            }
+            Error::bad_json(format!("Invalid request: {other}"))
         }
         FromHttpRequestError::MethodMismatch { expected, received } => Error::unrecognized(
             axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -192,7 +260,7 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
 }
 
 /// Mounts `handler` for every path and version of the endpoint `R`.
-pub fn route<R, H, F>(router: Router<Arc<Services>>, handler: H) -> Router<Arc<Services>>
+pub fn route<R, H, F>(routes: Routes, handler: H) -> Routes
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: AuthPolicy,
@@ -200,16 +268,12 @@ where
     H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
 {
-    route_with_paths(router, handler, &[])
+    route_with_paths(routes, handler, &[])
 }
 
 /// Like [`route`], also mounting `extra` paths (forms the path router cannot express, such
 /// as a trailing parameter that may be empty).
-pub fn route_with_paths<R, H, F>(
-    router: Router<Arc<Services>>,
-    handler: H,
-    extra: &[&'static str],
-) -> Router<Arc<Services>>
+pub fn route_with_paths<R, H, F>(routes: Routes, handler: H, extra: &[&'static str]) -> Routes
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: AuthPolicy,
@@ -220,17 +284,19 @@ where
     let filter = method_filter(&R::METHOD);
     let mut paths: BTreeSet<&'static str> = R::PATH_BUILDER.all_paths().collect();
     paths.extend(extra);
-    let mut router = router;
+    let mut routes = routes;
     for path in paths {
         let handler = handler.clone();
-        router = router.route(
+        routes = routes.mount(
+            R::METHOD,
             path,
+            if R::METHOD == Method::GET { BodyKind::Ignored } else { BodyKind::Json },
             on(filter, move |State(services): State<Arc<Services>>, request: Ruma<R>| async move {
                 handler(services, request).await.map(RumaResponse)
             }),
         );
     }
-    router
+    routes
 }
 
 fn method_filter(method: &Method) -> MethodFilter {

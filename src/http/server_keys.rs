@@ -2,7 +2,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::Router;
 use ruma::{
     CanonicalJsonValue, MilliSecondsSinceUnixEpoch, UInt,
     api::federation::discovery::{ServerSigningKeys, VerifyKey, get_server_keys},
@@ -10,12 +9,13 @@ use ruma::{
 };
 
 use super::ruma::{Ruma, route};
+use crate::http::routes::Routes;
 use crate::{Error, Result, Services};
 
 /// How long other servers may cache our key document.
 const VALIDITY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
-pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub fn routes(router: Routes) -> Routes {
     route(router, server_keys)
 }
 

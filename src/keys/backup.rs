@@ -166,12 +166,12 @@ impl Backups<'_> {
 
     async fn create(&self, algorithm: JsonValue, auth_data: JsonValue) -> Result<String> {
         let mut latest = 0;
-        BACKUP_VERSIONS_TABLE.scan(
+        BACKUP_VERSIONS_TABLE.scan_keys(
             self.storage.engine(),
             &prefix(&self.user.as_str()),
             None,
             Direction::Reverse,
-            |(_, version), _| {
+            |(_, version)| {
                 latest = version;
                 ControlFlow::Break(())
             },
@@ -303,12 +303,12 @@ impl Backups<'_> {
             }
         };
         let mut removed = 0;
-        BACKUP_KEYS_TABLE.scan(
+        BACKUP_KEYS_TABLE.scan_keys(
             self.storage.engine(),
             &prefix_key,
             None,
             Direction::Forward,
-            |key, _| {
+            |key| {
                 BACKUP_KEYS_TABLE.delete(batch, &key);
                 removed += 1;
                 ControlFlow::Continue(())

@@ -142,12 +142,12 @@ pub fn one_time_key_counts(
     device: &str,
 ) -> Result<BTreeMap<String, u64>> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    ONE_TIME_KEYS_TABLE.scan(
+    ONE_TIME_KEYS_TABLE.scan_keys(
         reader,
         &prefix2(&user.as_str(), &device),
         None,
         Direction::Forward,
-        |(_, _, algorithm, _, _), _| {
+        |(_, _, algorithm, _, _)| {
             *counts.entry(algorithm).or_default() += 1;
             ControlFlow::Continue(())
         },

@@ -336,12 +336,12 @@ impl KeyStore<'_> {
             ));
         }
         let mut device_ids = Vec::new();
-        DEVICES_TABLE.scan(
+        DEVICES_TABLE.scan_keys(
             engine,
             &prefix(&self.user.as_str()),
             None,
             Direction::Forward,
-            |(_, device), _| {
+            |(_, device)| {
                 device_ids.push(device);
                 ControlFlow::Continue(())
             },
@@ -444,32 +444,32 @@ pub fn remove_device_keys(
     let key = (user.clone(), device.to_owned());
     let had_keys = DEVICE_KEYS_TABLE.contains(engine, &key)?;
     DEVICE_KEYS_TABLE.delete(batch, &key);
-    ONE_TIME_KEYS_TABLE.scan(
+    ONE_TIME_KEYS_TABLE.scan_keys(
         engine,
         &prefix2(&user.as_str(), &device),
         None,
         Direction::Forward,
-        |key, _| {
+        |key| {
             ONE_TIME_KEYS_TABLE.delete(batch, &key);
             ControlFlow::Continue(())
         },
     )?;
-    FALLBACK_KEYS_TABLE.scan(
+    FALLBACK_KEYS_TABLE.scan_keys(
         engine,
         &prefix2(&user.as_str(), &device),
         None,
         Direction::Forward,
-        |key, _| {
+        |key| {
             FALLBACK_KEYS_TABLE.delete(batch, &key);
             ControlFlow::Continue(())
         },
     )?;
-    KEY_SIGNATURES_TABLE.scan(
+    KEY_SIGNATURES_TABLE.scan_keys(
         engine,
         &prefix2(&user.as_str(), &device),
         None,
         Direction::Forward,
-        |key, _| {
+        |key| {
             KEY_SIGNATURES_TABLE.delete(batch, &key);
             ControlFlow::Continue(())
         },

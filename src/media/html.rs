@@ -290,3 +290,50 @@ mod tests {
         assert_eq!(page.get("og:description").map(str::len), Some(MAX_VALUE));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::scan;
+
+    /// Text made of the pieces the scanner looks for, so that odd combinations are common.
+    fn htmlish() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("<".to_owned()),
+            Just(">".to_owned()),
+            Just("<!--".to_owned()),
+            Just("-->".to_owned()),
+            Just("<meta ".to_owned()),
+            Just("<META".to_owned()),
+            Just("<title>".to_owned()),
+            Just("</title".to_owned()),
+            Just("<script>".to_owned()),
+            Just("</script".to_owned()),
+            Just("property=\"og:title\"".to_owned()),
+            Just("content='".to_owned()),
+            Just("=".to_owned()),
+            Just("\"".to_owned()),
+            Just("&amp;".to_owned()),
+            Just("&#x1F600;".to_owned()),
+            Just("&#99999999;".to_owned()),
+            Just("&".to_owned()),
+            Just(";".to_owned()),
+            any::<String>(),
+            "[é€😀 \t\n]{1,4}",
+        ];
+        prop::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn any_page_scans_without_panicking(page in htmlish()) {
+            let _ = scan(&page);
+        }
+
+        #[test]
+        fn arbitrary_text_scans_without_panicking(page in any::<String>()) {
+            let _ = scan(&page);
+        }
+    }
+}

@@ -31,7 +31,7 @@ use self::{
 use crate::{
     Config, Error, Result,
     accounts::now_ms,
-    actors::{ActorSystem, Limits, Registry},
+    actors::{ActorSystem, Limits, Registry, contain::contained_sync},
     http::ssrf::IpDenylist,
     storage::{
         Direction, Storage,
@@ -423,8 +423,17 @@ impl Media {
         }
         let source = self.store.path_of(&MediaStore::content_name(&key.0, &key.1));
         let budget = self.budget;
-        let outcome =
-            store::blocking(move || thumbnail::generate(&source, &request, &budget)).await?;
+        // The image decoders read whatever was uploaded: a panic in one is that file's
+        // problem, answered like any image they cannot read, not a 500.
+        let outcome = store::blocking(move || {
+            contained_sync(|| thumbnail::generate(&source, &request, &budget)).unwrap_or_else(
+                |panic| {
+                    tracing::warn!(%panic, "an image decoder panicked while thumbnailing");
+                    Err(thumbnail::unreadable())
+                },
+            )
+        })
+        .await?;
         let (file, thumbnail) = match outcome {
             Outcome::Original { content_type, width, height } => (
                 None,

@@ -329,12 +329,12 @@ impl OwnerActor {
             .delete(&mut batch, &(owner.to_owned(), server_name.clone(), media_id.clone()));
         PENDING_TABLE.delete(&mut batch, &(owner.to_owned(), media_id.clone()));
         let mut thumbnails = Vec::new();
-        THUMBNAILS_TABLE.scan(
+        THUMBNAILS_TABLE.scan_keys(
             self.storage.engine(),
             &prefix2(&server_name.as_str(), &media_id.as_str()),
             None,
             Direction::Forward,
-            |(server, id, thumbnail), _| {
+            |(server, id, thumbnail)| {
                 thumbnails.push((server, id, thumbnail));
                 ControlFlow::Continue(())
             },

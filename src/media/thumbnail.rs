@@ -225,6 +225,15 @@ fn not_an_image() -> Error {
     Error::not_found("This content has no thumbnail: it is not a PNG, JPEG, GIF or WebP image.")
 }
 
+/// The answer for a file the decoders cannot read.
+pub(super) fn unreadable() -> Error {
+    Error::matrix(
+        StatusCode::BAD_REQUEST,
+        ErrorKind::Unknown,
+        "Cannot make a thumbnail of this file: the image cannot be read.",
+    )
+}
+
 fn undecodable(error: &image::ImageError) -> Error {
     match error {
         image::ImageError::Limits(_) => too_large_to_decode(),

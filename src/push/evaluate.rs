@@ -18,6 +18,8 @@ use super::{counts, rules::RulesCache};
 use crate::{
     Result,
     accounts::now_ms,
+    actors::contain::{contained, contained_sync},
+    limits,
     rooms::Pdu,
     storage::{
         Batch, Storage,
@@ -87,6 +89,25 @@ pub fn write_notifications(
     }
 }
 
+/// The event as push rules see it (its client format, flattened), or `None` when it cannot
+/// be evaluated: ruma re-parses the event with serde_json, which panics on JSON nested
+/// deeper than it parses (with a `panic` it would fail the room's actor). Request bodies are
+/// far shallower ([`limits::MAX_JSON_DEPTH`]); this guards against events that came
+/// another way, and [`contained_sync`] against what else may be lurking in ruma.
+fn flatten(pdu: &Pdu) -> Option<FlattenedJson> {
+    let json = pdu.client_json(serde_json::Map::new());
+    if limits::json_depth(&json) > limits::PARSER_MAX_DEPTH {
+        tracing::warn!(event = %pdu.event_id, "event nested too deep for push rules; skipped");
+        return None;
+    }
+    let raw: Raw<JsonValue> = Raw::from_json(serde_json::value::to_raw_value(&json).ok()?);
+    contained_sync(|| FlattenedJson::from_raw(&raw))
+        .map_err(|panic| {
+            tracing::error!(event = %pdu.event_id, %panic, "flattening an event for push rules panicked");
+        })
+        .ok()
+}
+
 fn is_highlight(actions: &[Action]) -> bool {
     actions.iter().any(Action::is_highlight)
 }
@@ -105,9 +126,7 @@ pub async fn evaluate(
         if event.pdu.kind == TimelineEventType::RoomRedaction {
             continue;
         }
-        let json = event.pdu.client_json(serde_json::Map::new());
-        let raw: Raw<JsonValue> = Raw::from_json(serde_json::value::to_raw_value(&json)?);
-        let flattened = FlattenedJson::from_raw(&raw);
+        let Some(flattened) = flatten(event.pdu) else { continue };
         let thread = event.thread.clone().unwrap_or_default();
         // One context, its user fields changed per recipient.
         let mut context = PushConditionRoomCtx::new(
@@ -127,13 +146,24 @@ pub async fn evaluate(
             let ruleset = rules.get(storage, user)?;
             context.user_id.clone_from(user);
             context.user_display_name.clone_from(display_name);
-            let mut actions: Option<Vec<Action>> = None;
-            for rule in ruleset.iter() {
-                if rule.applies(&flattened, &context).await {
-                    actions = Some(rule.actions().to_vec());
-                    break;
+            let matched = contained(async {
+                for rule in ruleset.iter() {
+                    if rule.applies(&flattened, &context).await {
+                        return Some(rule.actions().to_vec());
+                    }
                 }
-            }
+                None
+            })
+            .await;
+            let actions = matched.unwrap_or_else(|panic| {
+                tracing::error!(
+                    event = %event.pdu.event_id,
+                    %user,
+                    %panic,
+                    "push rule evaluation panicked; the event does not notify this user"
+                );
+                None
+            });
             let Some(actions) = actions.filter(|actions| actions.iter().any(Action::should_notify))
             else {
                 continue;
@@ -178,4 +208,86 @@ pub async fn evaluate(
         metrics::counter!("tuwunel_push_events_evaluated_total").increment(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{
+        owned_room_id, owned_user_id,
+        push::{EventMatchConditionData, PushCondition},
+        uint,
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    /// Whether `condition` applies to a message saying "hello", or the panic it caused.
+    async fn applies(condition: PushCondition, display_name: &str) -> Result<bool, String> {
+        let event = json!({
+            "type": "m.room.message",
+            "content": { "msgtype": "m.text", "body": "hello" },
+            "sender": "@alice:example.org",
+            "room_id": "!room:example.org",
+        });
+        let raw: Raw<JsonValue> =
+            Raw::from_json(serde_json::value::to_raw_value(&event).expect("raw"));
+        let flattened = FlattenedJson::from_raw(&raw);
+        let context = PushConditionRoomCtx::new(
+            owned_room_id!("!room:example.org"),
+            uint!(2),
+            owned_user_id!("@bob:example.org"),
+            display_name.to_owned(),
+        );
+        contained(async { condition.applies(&flattened, &context).await }).await
+    }
+
+    #[allow(deprecated)]
+    #[tokio::test]
+    async fn wildcard_strings_within_our_bounds_cannot_panic_ruma() {
+        // ruma builds a regular expression from a wildcard pattern matched against a body;
+        // `?a` repeated is the largest expression per character.
+        let name = "?a".repeat(limits::MAX_DISPLAYNAME_CHARS / 2);
+        assert_eq!(applies(PushCondition::ContainsDisplayName, &name).await, Ok(false));
+        let pattern = "?a".repeat(limits::MAX_PUSH_PATTERN_CHARS / 2);
+        let condition =
+            PushCondition::EventMatch(EventMatchConditionData::new("content.body".into(), pattern));
+        assert_eq!(applies(condition, "bob").await, Ok(false));
+        // Far beyond them it panics, which is why the bounds exist (and why evaluation is
+        // contained all the same).
+        let name = "?a".repeat(30_000);
+        assert!(applies(PushCondition::ContainsDisplayName, &name).await.is_err());
+    }
+
+    #[test]
+    fn events_deeper_than_serde_json_parses_are_not_evaluated() {
+        // Content as deep as serde_json parses: the event around it is one level deeper.
+        let mut content = json!({ "body": "deep" });
+        for _ in 1..limits::PARSER_MAX_DEPTH {
+            content = json!({ "a": content });
+        }
+        let event = json!({
+            "type": "m.room.message",
+            "content": content,
+            "sender": "@alice:example.org",
+            "room_id": "!room:example.org",
+            "event_id": "$deep",
+            "origin_server_ts": 1,
+            "depth": 1,
+            "prev_events": [],
+            "auth_events": [],
+        });
+        let object = match ruma::CanonicalJsonValue::try_from(event) {
+            Ok(ruma::CanonicalJsonValue::Object(object)) => object,
+            other => panic!("not an object: {other:?}"),
+        };
+        let pdu = Pdu::from_json(object).expect("event");
+        let raw: Raw<JsonValue> = Raw::from_json(
+            serde_json::value::to_raw_value(&pdu.client_json(serde_json::Map::new())).expect("raw"),
+        );
+        assert!(
+            contained_sync(|| FlattenedJson::from_raw(&raw)).is_err(),
+            "ruma no longer panics on this event"
+        );
+        assert!(flatten(&pdu).is_none());
+    }
 }

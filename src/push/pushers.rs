@@ -380,12 +380,12 @@ impl Push {
         let push = Self { rules: super::rules::RulesCache::default(), pushers, with_pushers };
         // Anything left undelivered before a restart goes out now.
         let mut users = Vec::new();
-        PUSHERS_TABLE.scan(
+        PUSHERS_TABLE.scan_keys(
             storage.engine(),
             b"",
             None,
             Direction::Forward,
-            |(user, _, _), _| {
+            |(user, _, _)| {
                 if users.last() != Some(&user) {
                     users.push(user);
                 }

@@ -26,7 +26,7 @@ pub const PUSH_RULES: &str = "m.push_rules";
 pub fn load(storage: &Storage, user: &UserId) -> Result<Ruleset> {
     let key = (user.to_string(), String::new(), PUSH_RULES.to_owned());
     let stored = ACCOUNT_DATA_TABLE
-        .get(storage.engine(), &key)?
+        .get_readable(storage.engine(), &key)?
         .and_then(|Json(record)| record.content.get("global").cloned())
         .and_then(|global| serde_json::from_value::<Ruleset>(global).ok());
     Ok(match stored {

@@ -9,7 +9,7 @@ use ruma::{
 };
 
 use super::pdu::Pdu;
-use crate::{Error, Result, federation::SigningKey};
+use crate::{Error, Result, federation::SigningKey, limits};
 
 /// What a local user (or the server) wants to send.
 #[derive(Debug, Clone)]
@@ -81,6 +81,7 @@ pub fn build(
     key: &SigningKey,
     server_name: &ruma::ServerName,
 ) -> Result<Pdu> {
+    check_limits(&template)?;
     let timestamp = template.timestamp.unwrap_or_else(MilliSecondsSinceUnixEpoch::now);
     let mut object = CanonicalJsonObject::new();
     object.insert("auth_events".to_owned(), ids(&position.auth_events));
@@ -116,13 +117,15 @@ pub fn build(
         &mut object,
         &rules.redaction,
     )
-    .map_err(|error| Error::internal(format!("signing an event: {error}")))?;
-    let hash = ruma::signatures::reference_hash(&object, rules).map_err(|error| match error {
-        ruma::signatures::JsonError::PduTooLarge => {
-            Error::too_large("The event is larger than the 64 KiB limit.")
-        }
-        error => Error::internal(format!("hashing an event: {error}")),
-    })?;
+    .map_err(|error| signing_error("signing", error))?;
+    // The limit applies to the whole event with its hashes and signatures, as other servers
+    // will receive it.
+    let size = serde_json::to_vec(&object).map_or(usize::MAX, |bytes| bytes.len());
+    if size > limits::MAX_PDU_BYTES {
+        return Err(too_large(size));
+    }
+    let hash = ruma::signatures::reference_hash(&object, rules)
+        .map_err(|error| signing_error("hashing", error))?;
     let event_id = EventId::new_v2_or_v3(&hash)
         .map_err(|error| Error::internal(format!("event id: {error}")))?;
     let room_id: OwnedRoomId = match position.room_id {
@@ -135,4 +138,55 @@ pub fn build(
     let pdu = Pdu::from_json(object)?;
     debug_assert_eq!(pdu.room_id, room_id);
     Ok(pdu)
+}
+
+/// The spec's limits on an event's fields, and Synapse's on a member event's profile, so
+/// nothing this server sends is refused by another server or breaks a client.
+fn check_limits(template: &Template) -> Result<()> {
+    let kind = template.kind.to_string();
+    if kind.len() > limits::MAX_ID_BYTES {
+        return Err(Error::too_large(format!(
+            "Event types are limited to {} bytes.",
+            limits::MAX_ID_BYTES
+        )));
+    }
+    if template.state_key.as_ref().is_some_and(|key| key.len() > limits::MAX_ID_BYTES) {
+        return Err(Error::too_large(format!(
+            "State keys are limited to {} bytes.",
+            limits::MAX_ID_BYTES
+        )));
+    }
+    if template.kind == TimelineEventType::RoomMember {
+        let text = |field: &str| match template.content.get(field) {
+            Some(CanonicalJsonValue::String(text)) => text.chars().count(),
+            _ => 0,
+        };
+        if text("displayname") > limits::MAX_DISPLAYNAME_CHARS {
+            return Err(Error::bad_json(format!(
+                "Display names are limited to {} characters.",
+                limits::MAX_DISPLAYNAME_CHARS
+            )));
+        }
+        if text("avatar_url") > limits::MAX_AVATAR_URL_CHARS {
+            return Err(Error::bad_json(format!(
+                "Avatar URLs are limited to {} characters.",
+                limits::MAX_AVATAR_URL_CHARS
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn too_large(size: usize) -> Error {
+    Error::too_large(format!(
+        "The event would be {size} bytes; events are limited to {} bytes.",
+        limits::MAX_PDU_BYTES
+    ))
+}
+
+fn signing_error(step: &str, error: ruma::signatures::JsonError) -> Error {
+    match error {
+        ruma::signatures::JsonError::PduTooLarge => too_large(limits::MAX_PDU_BYTES + 1),
+        error => Error::internal(format!("{step} an event: {error}")),
+    }
 }

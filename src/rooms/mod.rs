@@ -68,16 +68,34 @@ pub fn pdu(reader: &(impl Read + ?Sized), short: u64) -> Result<Option<Pdu>> {
 }
 
 /// An event by short id, shared: through the event cache, which hot readers (/sync) use so
-/// that a message read by every member is parsed once.
+/// that a message read by every member is parsed once. An event that cannot be parsed is
+/// reported and reads as absent, so it cannot fail every /sync of the room.
 pub fn shared_pdu(storage: &Storage, short: u64) -> Result<Option<Arc<Pdu>>> {
-    storage.events().get(short, || match PDUS_TABLE.get(storage.engine(), &short)? {
-        Some(bytes) => {
-            let pdu = Pdu::from_bytes(&bytes)?;
+    storage.events().get(short, || {
+        Ok(readable_pdu(storage.engine(), short)?.map(|pdu| {
             let size = pdu.memory_size();
-            Ok(Some((pdu, size)))
-        }
-        None => Ok(None),
+            (pdu, size)
+        }))
     })
+}
+
+/// Like [`pdu`] for readers that list events for a client: an event that cannot be parsed
+/// is reported and reads as absent.
+pub fn readable_pdu(reader: &(impl Read + ?Sized), short: u64) -> Result<Option<Pdu>> {
+    let Some(bytes) = PDUS_TABLE.get(reader, &short)? else {
+        return Ok(None);
+    };
+    match Pdu::from_bytes(&bytes) {
+        Ok(pdu) => Ok(Some(pdu)),
+        Err(error) => {
+            crate::storage::table::report_undecodable(
+                PDUS_TABLE.id(),
+                &short.to_be_bytes(),
+                &error,
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// An event by id, with its short id.

@@ -453,3 +453,89 @@ mod tests {
         assert_eq!(client["unsigned"]["redacted_because"]["type"], "m.room.redaction");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// JSON values with every kind of number, including ones canonical JSON refuses.
+    fn any_json() -> impl Strategy<Value = JsonValue> {
+        let leaf = prop_oneof![
+            Just(JsonValue::Null),
+            any::<bool>().prop_map(JsonValue::from),
+            any::<i64>().prop_map(JsonValue::from),
+            (-(1i64 << 53) + 1..(1i64 << 53)).prop_map(JsonValue::from),
+            any::<u64>().prop_map(JsonValue::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(JsonValue::from),
+            any::<String>().prop_map(JsonValue::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(JsonValue::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(|map| JsonValue::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Whether every number in `value` is an integer canonical JSON can hold.
+    fn canonical_numbers(value: &JsonValue) -> bool {
+        const MAX: i64 = (1 << 53) - 1;
+        match value {
+            JsonValue::Number(number) => number.as_i64().is_some_and(|n| (-MAX..=MAX).contains(&n)),
+            JsonValue::Array(items) => items.iter().all(canonical_numbers),
+            JsonValue::Object(map) => map.values().all(canonical_numbers),
+            _ => true,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn content_is_canonical_exactly_when_its_numbers_are(
+            fields in prop::collection::btree_map(any::<String>(), any_json(), 0..6),
+        ) {
+            let content = JsonValue::Object(fields.into_iter().collect());
+            match canonical_content(content.clone()) {
+                Ok(object) => {
+                    prop_assert!(canonical_numbers(&content));
+                    // The canonical text means the same JSON, and is its own canonical form.
+                    let text = serde_json::to_string(&object).expect("serialize");
+                    let back: JsonValue = serde_json::from_str(&text).expect("parse");
+                    prop_assert_eq!(&back, &content);
+                    let again = canonical_content(back).expect("still canonical");
+                    prop_assert_eq!(serde_json::to_string(&again).expect("serialize"), text);
+                }
+                Err(error) => {
+                    prop_assert!(!canonical_numbers(&content));
+                    prop_assert_eq!(error.errcode(), "M_BAD_JSON");
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_event_parser(bytes in any::<Vec<u8>>()) {
+            let _ = Pdu::from_bytes(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_objects_never_panic_the_event_parser(
+            fields in prop::collection::btree_map(
+                prop_oneof![
+                    Just("event_id".to_owned()), Just("type".to_owned()),
+                    Just("room_id".to_owned()), Just("sender".to_owned()),
+                    Just("content".to_owned()), Just("prev_events".to_owned()),
+                    Just("auth_events".to_owned()), Just("state_key".to_owned()),
+                    Just("depth".to_owned()), Just("origin_server_ts".to_owned()),
+                    any::<String>(),
+                ],
+                any_json(),
+                0..12,
+            ),
+        ) {
+            let bytes = serde_json::to_vec(&fields).expect("serialize");
+            let _ = Pdu::from_bytes(&bytes);
+        }
+    }
+}

@@ -65,7 +65,7 @@ pub const IGNORED_USER_LIST: &str = "m.ignored_user_list";
 pub fn ignored_users(storage: &Storage, user: &UserId) -> Result<Arc<HashSet<String>>> {
     storage.coherent().ignored_users.get(&user.to_owned(), || {
         Ok(ACCOUNT_DATA_TABLE
-            .get(
+            .get_readable(
                 storage.engine(),
                 &(user.to_string(), String::new(), IGNORED_USER_LIST.to_owned()),
             )?
@@ -277,12 +277,12 @@ fn relation_rows(
 /// Whether any event relates to `parent`, whatever the relation type.
 fn has_children(storage: &Storage, parent: u64) -> Result<bool> {
     let mut found = false;
-    RELATIONS_TABLE.scan(
+    RELATIONS_TABLE.scan_keys(
         storage.engine(),
         &prefix(&parent),
         None,
         Direction::Forward,
-        |_, _| {
+        |_| {
             found = true;
             ControlFlow::Break(())
         },

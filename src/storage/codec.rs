@@ -262,3 +262,82 @@ mod tests {
         assert!(String::decode(&[0xFF, 0xFE]).is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn keys_round_trip(
+            room in any::<String>(),
+            user in any::<String>(),
+            device in any::<String>(),
+            number in any::<u64>(),
+            other in any::<u64>(),
+        ) {
+            let key = (room.clone(), number);
+            prop_assert_eq!(<(String, u64)>::decode(&key.encode()), Ok(key));
+            let key = (number, room.clone(), user.clone());
+            prop_assert_eq!(<(u64, String, String)>::decode(&key.encode()), Ok(key));
+            let key = (user.clone(), device.clone(), room.clone(), number, user.clone());
+            prop_assert_eq!(<(String, String, String, u64, String)>::decode(&key.encode()), Ok(key));
+            let key = (number, other);
+            prop_assert_eq!(<(u64, u64)>::decode(&key.encode()), Ok(key));
+            prop_assert_eq!(String::decode(&room.encode()), Ok(room));
+        }
+
+        #[test]
+        fn encoded_order_is_numeric_order_within_a_prefix(
+            part in any::<String>(),
+            first in any::<u64>(),
+            second in any::<u64>(),
+            high in any::<u64>(),
+        ) {
+            prop_assert_eq!(first.encode().cmp(&second.encode()), first.cmp(&second));
+            prop_assert_eq!(
+                (part.clone(), first).encode().cmp(&(part.clone(), second).encode()),
+                first.cmp(&second)
+            );
+            prop_assert_eq!(
+                (high, first).encode().cmp(&(high, second).encode()),
+                first.cmp(&second)
+            );
+        }
+
+        #[test]
+        fn a_prefix_matches_exactly_its_own_part(
+            part in any::<String>(),
+            other in any::<String>(),
+            number in any::<u64>(),
+        ) {
+            let scan = prefix(&part.as_str());
+            prop_assert!((part.clone(), number).encode().starts_with(&scan));
+            prop_assert_eq!((other.clone(), number).encode().starts_with(&scan), other == part);
+            let scan = prefix2(&part.as_str(), &other.as_str());
+            prop_assert!((part.clone(), other.clone(), number).encode().starts_with(&scan));
+        }
+
+        #[test]
+        fn arbitrary_bytes_decode_to_an_error_or_a_value_never_a_panic(bytes in any::<Vec<u8>>()) {
+            let _ = <(String, u64)>::decode(&bytes);
+            let _ = <(u64, String, String)>::decode(&bytes);
+            let _ = <(String, String, String, u64, String)>::decode(&bytes);
+            let _ = <(u64, u64)>::decode(&bytes);
+            let _ = u64::decode(&bytes);
+            let _ = String::decode(&bytes);
+            let _ = u64::decode_value(&bytes);
+            let _ = String::decode_value(&bytes);
+            let _ = <Json<(String, String)>>::decode_value(&bytes);
+            let _ = <Json<serde_json::Value>>::decode_value(&bytes);
+        }
+
+        #[test]
+        fn json_values_round_trip(room in any::<String>(), kind in any::<String>()) {
+            let value = Json((room, kind));
+            prop_assert_eq!(<Json<(String, String)>>::decode_value(&value.encode_value()), Ok(value));
+        }
+    }
+}

@@ -33,9 +33,27 @@ impl<K: Key, V: Value> Table<K, V> {
         self.id
     }
 
+    /// The record under `key`; an undecodable one is an error.
     pub fn get(&self, reader: &(impl Read + ?Sized), key: &K) -> Result<Option<V>> {
         match reader.get(self.id, &key.encode())? {
             Some(bytes) => Ok(Some(V::decode_value(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Like [`get`](Self::get) for readers that list records for a client: a record that
+    /// cannot be decoded is reported and reads as absent, so one bad row does not fail every
+    /// response that would include it.
+    pub fn get_readable(&self, reader: &(impl Read + ?Sized), key: &K) -> Result<Option<V>> {
+        let key = key.encode();
+        match reader.get(self.id, &key)? {
+            Some(bytes) => match V::decode_value(&bytes) {
+                Ok(value) => Ok(Some(value)),
+                Err(error) => {
+                    report_undecodable(self.id, &key, &error);
+                    Ok(None)
+                }
+            },
             None => Ok(None),
         }
     }
@@ -53,7 +71,8 @@ impl<K: Key, V: Value> Table<K, V> {
     }
 
     /// Visits decoded entries whose encoded key starts with `prefix`, until `visit` breaks.
-    /// An undecodable entry stops the scan with an error.
+    /// An entry that cannot be decoded is reported and skipped: every scan serves a list
+    /// (a /sync section, a page, a count), and one bad row must not fail all of it.
     pub fn scan(
         &self,
         reader: &(impl Read + ?Sized),
@@ -63,21 +82,37 @@ impl<K: Key, V: Value> Table<K, V> {
         mut visit: impl FnMut(K, V) -> ControlFlow<()>,
     ) -> Result<()> {
         let from = from.map(Key::encode);
-        let mut failure = None;
         reader.scan(self.id, prefix, from.as_deref(), direction, &mut |key, value| match (
             K::decode(key),
             V::decode_value(value),
         ) {
-            (Ok(key), Ok(value)) => visit(key, value),
+            (Ok(decoded), Ok(value)) => visit(decoded, value),
             (Err(error), _) | (_, Err(error)) => {
-                failure = Some(error);
-                ControlFlow::Break(())
+                report_undecodable(self.id, key, &error);
+                ControlFlow::Continue(())
             }
-        })?;
-        match failure {
-            Some(error) => Err(error.into()),
-            None => Ok(()),
-        }
+        })
+    }
+
+    /// Visits the keys under `prefix` without decoding their values, until `visit` breaks:
+    /// for deleting rows, which must work on a row whose value is unreadable too.
+    pub fn scan_keys(
+        &self,
+        reader: &(impl Read + ?Sized),
+        prefix: &[u8],
+        from: Option<&K>,
+        direction: Direction,
+        mut visit: impl FnMut(K) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let from = from.map(Key::encode);
+        reader.scan(self.id, prefix, from.as_deref(), direction, &mut |key, _| match K::decode(key)
+        {
+            Ok(decoded) => visit(decoded),
+            Err(error) => {
+                report_undecodable(self.id, key, &error);
+                ControlFlow::Continue(())
+            }
+        })
     }
 
     /// Collects up to `limit` entries under `prefix`.
@@ -98,4 +133,16 @@ impl<K: Key, V: Value> Table<K, V> {
         })?;
         Ok(entries)
     }
+}
+
+/// Logs and counts a stored row that could not be decoded (a bug or a corrupt database);
+/// the caller goes on without it.
+pub fn report_undecodable(table: TableId, key: &[u8], error: &dyn std::fmt::Display) {
+    let shown: String = String::from_utf8_lossy(&key[..key.len().min(96)])
+        .chars()
+        .map(|c| if c.is_control() || c == '\u{FFFD}' { '.' } else { c })
+        .collect();
+    tracing::warn!(table = table.name(), key = %shown, %error, "skipping an undecodable stored record");
+    metrics::counter!("tuwunel_storage_undecodable_records_total", "table" => table.name())
+        .increment(1);
 }

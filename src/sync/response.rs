@@ -171,7 +171,9 @@ fn changed_account_data(
     )?;
     for (room, kind) in entries {
         let key = (user.to_string(), room.clone(), kind.clone());
-        if let Some(Json(record)) = ACCOUNT_DATA_TABLE.get(services.storage.engine(), &key)? {
+        if let Some(Json(record)) =
+            ACCOUNT_DATA_TABLE.get_readable(services.storage.engine(), &key)?
+        {
             changed
                 .entry(room)
                 .or_default()
@@ -558,7 +560,7 @@ fn joined_room(
                 continue;
             }
             let (Some(pdu), Some(meta)) = (
-                rooms::pdu(services.storage.engine(), *short)?,
+                rooms::readable_pdu(services.storage.engine(), *short)?,
                 rooms::event_meta(services.storage.engine(), *short)?,
             ) else {
                 continue;
@@ -744,7 +746,7 @@ fn receipts(
         if kind == "m.read.private" && reader != user.as_str() {
             continue;
         }
-        let Some(Json(receipt)) = RECEIPTS_TABLE.get(
+        let Some(Json(receipt)) = RECEIPTS_TABLE.get_readable(
             services.storage.engine(),
             &(room, kind.clone(), reader.clone(), thread.clone()),
         )?
@@ -895,7 +897,8 @@ fn presence(
         if !allows_kind(&params.filter.presence, "m.presence") {
             break;
         }
-        let Some(Json(record)) = PRESENCE_TABLE.get(services.storage.engine(), &user)? else {
+        let Some(Json(record)) = PRESENCE_TABLE.get_readable(services.storage.engine(), &user)?
+        else {
             continue;
         };
         if record.position > upto {

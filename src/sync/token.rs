@@ -74,3 +74,34 @@ mod tests {
         assert!(SyncToken::parse("").is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::SyncToken;
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in any::<String>()) {
+            let _ = SyncToken::parse(&text);
+        }
+
+        #[test]
+        fn token_shaped_text_never_panics(text in "s[0-9_]{0,60}") {
+            if let Ok(token) = SyncToken::parse(&text) {
+                prop_assert!(token.to_device_position() <= token.position);
+            }
+        }
+
+        #[test]
+        fn tokens_round_trip(
+            position in any::<u64>(),
+            typing in any::<u64>(),
+            delivered in proptest::option::of(any::<u64>()),
+        ) {
+            let token = SyncToken { position, typing, to_device: delivered.map(|d| d.min(position)) };
+            prop_assert_eq!(SyncToken::parse(&token.to_string()).ok(), Some(token));
+        }
+    }
+}

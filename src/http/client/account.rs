@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use ruma::api::client::{
     account::{ThirdPartyIdRemovalStatus, change_password, deactivate, whoami},
     uiaa::AuthType,
 };
 
 use super::register::Checks;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{
@@ -21,7 +21,7 @@ use crate::{
     push::pushers::PusherMessage,
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, whoami);
     let router = route(router, change_password);
     route(router, deactivate)

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::{Router, http::StatusCode};
+use axum::http::StatusCode;
 use ruma::{
     RoomId, UserId,
     api::{
@@ -22,14 +22,19 @@ use ruma::{
 use serde_json::Value as JsonValue;
 
 use super::require_self;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
-    http::ruma::{Ruma, route},
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
+    limits,
     storage::{account_data::ACCOUNT_DATA_TABLE, codec::Json},
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, get_global);
     let router = route(router, set_global);
     let router = route(router, get_room);
@@ -51,7 +56,9 @@ pub(crate) fn read(
 ) -> Result<Option<JsonValue>> {
     let key =
         (user.to_string(), room.map_or_else(String::new, |room| room.to_string()), kind.to_owned());
-    Ok(ACCOUNT_DATA_TABLE.get(services.storage.engine(), &key)?.map(|Json(record)| record.content))
+    Ok(ACCOUNT_DATA_TABLE
+        .get_readable(services.storage.engine(), &key)?
+        .map(|Json(record)| record.content))
 }
 
 /// Writes one account data key through the user's actor.
@@ -70,6 +77,7 @@ pub(crate) async fn write(
 }
 
 fn check_writable(kind: &str, content: &JsonValue) -> Result<()> {
+    validate::max_bytes("An account data type", kind, limits::MAX_ID_BYTES)?;
     if SERVER_MANAGED.contains(&kind) {
         return Err(Error::matrix(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -168,6 +176,7 @@ async fn add_tag(
     let sender = request.sender()?.clone();
     let body = request.body;
     require_self(&sender, &body.user_id, "tag rooms")?;
+    validate::max_bytes("A tag", &body.tag, limits::MAX_TAG_BYTES)?;
     if body.tag_info.order.is_some_and(|order| !(0.0..=1.0).contains(&order)) {
         return Err(Error::invalid_param("Tag order must be between 0 and 1."));
     }

@@ -2,7 +2,6 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use axum::Router;
 #[allow(deprecated)]
 use ruma::{
     RoomVersionId,
@@ -13,6 +12,7 @@ use ruma::{
     },
 };
 
+use crate::http::routes::Routes;
 use crate::{
     Result, Services,
     http::ruma::{Ruma, route},
@@ -22,7 +22,7 @@ use crate::{
 pub(crate) const CREATABLE_ROOM_VERSIONS: [RoomVersionId; 3] =
     [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     route(router, get)
 }
 

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedDeviceId, UInt, UserId,
     api::client::device::{
@@ -11,10 +10,15 @@ use ruma::{
 };
 
 use super::account::password_challenge;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::{Devices, UserMessage},
-    http::ruma::{Ruma, route},
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
+    limits,
     storage::{
         Direction,
         codec::{Json, prefix},
@@ -22,7 +26,7 @@ use crate::{
     },
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, list);
     let router = route(router, get);
     let router = route(router, update);
@@ -82,6 +86,9 @@ async fn update(
 ) -> Result<update_device::v3::Response> {
     let user = request.sender()?.user_id.clone();
     let body = request.body;
+    if let Some(name) = &body.display_name {
+        validate::max_chars("A device name", name, limits::MAX_DEVICE_NAME_CHARS)?;
+    }
     services
         .accounts
         .call(&user, |reply| UserMessage::RenameDevice {

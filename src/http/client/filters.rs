@@ -3,19 +3,19 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use ruma::api::client::filter::{FilterDefinition, create_filter, get_filter};
 use sha2::{Digest, Sha256};
 
 use super::require_self;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
     http::ruma::{Ruma, route},
-    storage::users::FILTERS_TABLE,
+    storage::{codec::Key, users::FILTERS_TABLE},
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, create);
     route(router, get)
 }
@@ -33,7 +33,11 @@ fn validate(filter: &FilterDefinition) -> Result<()> {
     if limits.iter().flatten().any(|limit| *limit == ruma::UInt::MIN) {
         return Err(Error::invalid_param("A filter limit must be at least 1."));
     }
-    Ok(())
+    crate::http::validate::known_value(
+        "event_format",
+        filter.event_format.as_str(),
+        &["client", "federation"],
+    )
 }
 
 async fn create(
@@ -61,9 +65,17 @@ pub(crate) fn load(
     user: &ruma::UserId,
     filter_id: &str,
 ) -> Result<Option<FilterDefinition>> {
-    match FILTERS_TABLE.get(services.storage.engine(), &(user.to_string(), filter_id.to_owned()))? {
-        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-        None => Ok(None),
+    let key = (user.to_string(), filter_id.to_owned());
+    let Some(bytes) = FILTERS_TABLE.get(services.storage.engine(), &key)? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(filter) => Ok(Some(filter)),
+        Err(error) => {
+            // Reported and treated as unknown: the client can create a new one.
+            crate::storage::table::report_undecodable(FILTERS_TABLE.id(), &key.encode(), &error);
+            Ok(None)
+        }
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use axum::Router;
 use ruma::{
     OwnedRoomId, UInt, UserId,
     api::client::backup::{
@@ -17,6 +16,7 @@ use ruma::{
 };
 use serde_json::{Value as JsonValue, json};
 
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
@@ -29,7 +29,7 @@ use crate::{
     },
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, create_version);
     let router = route(router, latest_version);
     let router = route(router, get_version);

@@ -4,7 +4,6 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use axum::Router;
 use ruma::{
     OneTimeKeyAlgorithm, OwnedUserId, UInt, UserId,
     api::client::keys::{
@@ -15,6 +14,7 @@ use ruma::{
 use serde_json::{Value as JsonValue, json};
 
 use super::account::password_challenge;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
@@ -29,7 +29,7 @@ use crate::{
     sync::token::SyncToken,
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, upload);
     let router = route(router, query_keys);
     let router = route(router, claim);

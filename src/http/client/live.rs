@@ -3,7 +3,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::Router;
 use ruma::{
     UserId,
     api::client::{
@@ -19,10 +18,15 @@ use ruma::{
 use serde_json::{Value as JsonValue, json};
 
 use super::require_self;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::{room::RoomMessage, user::UserMessage},
-    http::ruma::{Ruma, route},
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
+    limits,
     storage::{
         Direction,
         codec::{Json, prefix},
@@ -96,7 +100,7 @@ mod create_typing_event {
     }
 }
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, typing);
     let router = route(router, receipt);
     let router = route(router, read_markers);
@@ -242,8 +246,23 @@ async fn send_to_device(
 ) -> Result<send_event_to_device::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
+    validate::max_bytes("An event type", &body.event_type.to_string(), limits::MAX_ID_BYTES)?;
+    validate::max_bytes("A transaction ID", body.txn_id.as_str(), limits::MAX_OPAQUE_ID_BYTES)?;
     let transaction =
         (sender.device_id.to_string(), format!("{}\u{1f}{}", body.event_type, body.txn_id));
+    // Like an event, a message must fit in what servers exchange (Synapse's bound). All are
+    // checked before any is delivered, so a refused request delivers nothing.
+    let oversized = body
+        .messages
+        .values()
+        .flat_map(|devices| devices.values())
+        .any(|content| content.json().get().len() > limits::MAX_PDU_BYTES);
+    if oversized {
+        return Err(Error::too_large(format!(
+            "A to-device message is limited to {} bytes.",
+            limits::MAX_PDU_BYTES
+        )));
+    }
     let kind = body.event_type.to_string();
     let engine = services.storage.engine();
     let mut deliveries = Vec::new();
@@ -303,6 +322,9 @@ async fn set_status(
     let body = request.body;
     require_self(&sender, &body.user_id, "set presence")?;
     let state = presence_name(&body.presence)?;
+    if let Some(message) = &body.status_msg {
+        validate::max_chars("A status message", message, limits::MAX_STATUS_MSG_CHARS)?;
+    }
     services.presence.set(&sender.user_id, state, Some(body.status_msg)).await?;
     Ok(set_presence::v3::Response::new())
 }

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use ruma::{
     OwnedUserId, UserId,
     api::client::{
@@ -18,6 +17,7 @@ use ruma::{
 };
 
 use super::register::{Checks, session_request};
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{passwords, rate_limit::Action, uia::Challenge},
@@ -26,7 +26,7 @@ use crate::{
     storage::{codec::Json, users::REFRESH_TOKENS_TABLE},
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, login_types);
     let router = route(router, login);
     let router = route(router, refresh);
@@ -76,6 +76,10 @@ async fn login(
     accounts.limiter.check(Action::Login, &ip)?;
     let client_ip = request.client_ip;
     let body = request.body;
+    super::register::check_device(
+        body.device_id.as_deref(),
+        body.initial_device_display_name.as_deref(),
+    )?;
 
     let user_id = match &body.login_info {
         LoginInfo::Password(password) => {

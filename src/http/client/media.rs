@@ -12,11 +12,10 @@
 use std::{future::Future, sync::Arc};
 
 use axum::{
-    Router,
     body::Body,
     extract::{FromRequest, FromRequestParts, RawPathParams, Request, State},
     http::{
-        HeaderValue, StatusCode,
+        HeaderValue, Method as HttpMethod, StatusCode,
         header::{
             CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_SECURITY_POLICY,
             CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS,
@@ -45,6 +44,7 @@ use crate::{
     accounts::Sender,
     http::{
         auth::{self, AuthPolicy, Policy},
+        routes::{BodyKind, Routes},
         ruma::{Ruma, RumaResponse, route},
     },
     media::{Served, owner::Described, store::StagedFile, thumbnail::Method},
@@ -92,13 +92,13 @@ const CONTENT_SECURITY_POLICY_VALUE: &str = "sandbox; default-src 'none'; script
 /// Media is immutable: an id always names the same bytes.
 const CACHE_CONTROL_VALUE: &str = "private, max-age=31536000, immutable";
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let mut router = router;
     for path in media::create_content::v3::Request::PATH_BUILDER.all_paths() {
-        router = router.route(path, post(upload));
+        router = router.mount(HttpMethod::POST, path, BodyKind::Raw, post(upload));
     }
     for path in media::create_content_async::v3::Request::PATH_BUILDER.all_paths() {
-        router = router.route(path, put(upload_to));
+        router = router.mount(HttpMethod::PUT, path, BodyKind::Raw, put(upload_to));
     }
     router = route(router, create);
     router = route(router, config);
@@ -115,7 +115,7 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 }
 
 /// Mounts a GET endpoint whose request ruma parses but whose response streams.
-fn mount_get<R, H, F>(router: Router<Arc<Services>>, handler: H) -> Router<Arc<Services>>
+fn mount_get<R, H, F>(router: Routes, handler: H) -> Routes
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: AuthPolicy,
@@ -125,8 +125,10 @@ where
     let mut router = router;
     for path in R::PATH_BUILDER.all_paths() {
         let handler = handler.clone();
-        router = router.route(
+        router = router.mount(
+            HttpMethod::GET,
             path,
+            BodyKind::Ignored,
             get(move |State(services): State<Arc<Services>>, request: Ruma<R>| {
                 handler(services, request)
             }),
@@ -138,7 +140,7 @@ where
 /// Mounts a deprecated unauthenticated endpoint: `404 M_NOT_FOUND` (the spec's answer for
 /// frozen media) unless `allow_legacy_media` is on, checked before anything else so the
 /// answer does not depend on the request.
-fn mount_legacy<R, H, F>(router: Router<Arc<Services>>, handler: H) -> Router<Arc<Services>>
+fn mount_legacy<R, H, F>(router: Routes, handler: H) -> Routes
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: AuthPolicy,
@@ -148,8 +150,10 @@ where
     let mut router = router;
     for path in R::PATH_BUILDER.all_paths() {
         let handler = handler.clone();
-        router = router.route(
+        router = router.mount(
+            HttpMethod::GET,
             path,
+            BodyKind::Ignored,
             get(move |State(services): State<Arc<Services>>, request: Request| async move {
                 if !services.media.allow_legacy {
                     return Err(Error::not_found(

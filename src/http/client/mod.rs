@@ -19,13 +19,9 @@ mod sync;
 mod threepid;
 mod user_directory;
 
-use std::sync::Arc;
+use crate::http::routes::Routes;
 
-use axum::Router;
-
-use crate::Services;
-
-pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub fn routes(router: Routes) -> Routes {
     let router = register::routes(router);
     let router = login::routes(router);
     let router = account::routes(router);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::{Router, http::StatusCode};
+use axum::http::StatusCode;
 use ruma::{
     UserId,
     api::{
@@ -17,17 +17,22 @@ use ruma::{
 use serde_json::Value as JsonValue;
 
 use super::require_self;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
-    http::ruma::{Ruma, route},
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
+    limits,
     storage::{Direction, codec::prefix, users::PROFILES_TABLE},
 };
 
 /// The spec's limit on a field name.
 const KEY_LIMIT: usize = 255;
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, profile);
     let router = route(router, get_field);
     let router = route(router, set_field);
@@ -114,6 +119,18 @@ fn check_field_name(services: &Services, sender_guest: bool, name: &str) -> Resu
     Ok(())
 }
 
+/// The display name and avatar URL go into every member event of the user and are shown to
+/// everyone sharing a room: Synapse's bounds apply.
+fn check_member_field(name: &str, value: &JsonValue) -> Result<()> {
+    let Some(text) = value.as_str() else { return Ok(()) };
+    if name == ProfileFieldName::DisplayName.as_str() {
+        validate::max_chars("A display name", text, limits::MAX_DISPLAYNAME_CHARS)?;
+    } else if name == ProfileFieldName::AvatarUrl.as_str() {
+        validate::max_chars("An avatar URL", text, limits::MAX_AVATAR_URL_CHARS)?;
+    }
+    Ok(())
+}
+
 async fn set_field(
     services: Arc<Services>,
     request: Ruma<set_profile_field::v3::Request>,
@@ -124,6 +141,7 @@ async fn set_field(
     let name = body.value.field_name().as_str().to_owned();
     check_field_name(&services, sender.guest, &name)?;
     let value = body.value.value().into_owned();
+    check_member_field(&name, &value)?;
     if name == ProfileFieldName::AvatarUrl.as_str()
         && !value.as_str().is_some_and(|url| url.is_empty() || url.starts_with("mxc://"))
     {

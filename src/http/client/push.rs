@@ -3,7 +3,6 @@
 
 use std::{collections::HashMap, ops::ControlFlow, sync::Arc, time::Duration};
 
-use axum::Router;
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedRoomId, UInt,
     api::client::push::{
@@ -11,16 +10,21 @@ use ruma::{
         get_pushrule_actions, get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope,
         set_pusher, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
     },
-    push::{InsertPushRuleError, RemovePushRuleError, Ruleset},
+    push::{InsertPushRuleError, NewPushRule, PushCondition, RemovePushRuleError, Ruleset},
     serde::Raw,
 };
 use serde_json::Value as JsonValue;
 
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{Sender, now_ms},
     actors::user::{PushRulesUpdate, UserMessage},
-    http::ruma::{Ruma, route},
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
+    limits,
     push::{pushers::PusherMessage, rules},
     rooms,
     storage::{
@@ -38,7 +42,7 @@ const MAX_NOTIFICATIONS: usize = 100;
 /// The only path a push gateway may have (Push Gateway API).
 const GATEWAY_PATH: &str = "/_matrix/push/v1/notify";
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, all_rules);
     let router = route(router, global_rules);
     let router = route(router, get_rule);
@@ -101,6 +105,7 @@ async fn set_rule(
 ) -> Result<set_pushrule::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
+    check_new_rule(&body.rule)?;
     update_rules(
         &services,
         &sender,
@@ -117,6 +122,40 @@ async fn set_rule(
     )
     .await?;
     Ok(set_pushrule::v3::Response::new())
+}
+
+/// Bounds on a new rule's strings. The room actor evaluates every rule of every member for
+/// each event, and ruma compiles a pattern with wildcards into a regular expression (and
+/// panics when it grows past the regex crate's size limit).
+fn check_new_rule(rule: &NewPushRule) -> Result<()> {
+    let (rule_id, conditions): (&str, &[PushCondition]) = match rule {
+        NewPushRule::Content(rule) => {
+            validate::max_chars(
+                "A push rule pattern",
+                &rule.pattern,
+                limits::MAX_PUSH_PATTERN_CHARS,
+            )?;
+            (&rule.rule_id, &[])
+        }
+        NewPushRule::Override(rule) | NewPushRule::Underride(rule) => {
+            (&rule.rule_id, &rule.conditions)
+        }
+        NewPushRule::Room(rule) => (rule.rule_id.as_str(), &[]),
+        NewPushRule::Sender(rule) => (rule.rule_id.as_str(), &[]),
+        _ => return Err(Error::invalid_param("Unknown push rule kind.")),
+    };
+    validate::max_bytes("A push rule ID", rule_id, limits::MAX_ID_BYTES)?;
+    for condition in conditions {
+        if let PushCondition::EventMatch(data) = condition {
+            validate::max_chars("A push rule key", &data.key, limits::MAX_PUSH_PATTERN_CHARS)?;
+            validate::max_chars(
+                "A push rule pattern",
+                &data.pattern,
+                limits::MAX_PUSH_PATTERN_CHARS,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 async fn delete_rule(
@@ -221,6 +260,9 @@ fn check_pusher(pusher: &JsonValue) -> Result<()> {
         }
         _ => return Err(Error::invalid_param("Unknown pusher kind.")),
     }
+    if let Some(format) = pusher["data"]["format"].as_str() {
+        validate::known_value("data.format", format, &["event_id_only"])?;
+    }
     let url = pusher["data"]["url"]
         .as_str()
         .ok_or_else(|| Error::missing_param("An http pusher needs data.url."))?;
@@ -259,6 +301,8 @@ async fn set_pusher_handler(
     match request.body.action {
         set_pusher::v3::PusherAction::Post(data) => {
             let PusherIds { app_id, pushkey, .. } = data.pusher.ids.clone();
+            validate::max_bytes("A pushkey", &pushkey, limits::MAX_PUSHKEY_BYTES)?;
+            validate::max_chars("An app_id", &app_id, limits::MAX_APP_ID_CHARS)?;
             let pusher = serde_json::to_value(&data.pusher)?;
             check_pusher(&pusher)?;
             if !data.append {

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use ruma::{
     OwnedUserId, UserId,
     api::client::{
@@ -16,6 +15,7 @@ use ruma::{
 };
 use serde_json::json;
 
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{
@@ -24,14 +24,18 @@ use crate::{
         uia::{Challenge, StageChecks},
     },
     actors::user::{SessionRequest, UserMessage},
-    http::ruma::{Ruma, route},
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
+    limits,
     storage::{Batch, users::UserRecord},
 };
 
 /// The UIA endpoint name of registration.
 const REGISTER: &str = "register";
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, register);
     let router = route(router, username_available);
     route(router, token_validity)
@@ -57,6 +61,21 @@ impl StageChecks for Checks<'_> {
     fn password_failed(&self, user: &UserId) {
         let _ = self.0.limiter.check(Action::FailedLogin, user.as_str());
     }
+}
+
+/// The bounds on a device a client names when it logs in or registers: its ID is stored in
+/// keys, its name is shown to others in key lists.
+pub(crate) fn check_device(
+    device_id: Option<&ruma::DeviceId>,
+    display_name: Option<&str>,
+) -> Result<()> {
+    if let Some(device_id) = device_id {
+        validate::max_bytes("A device ID", device_id.as_str(), limits::MAX_OPAQUE_ID_BYTES)?;
+    }
+    if let Some(name) = display_name {
+        validate::max_chars("A device name", name, limits::MAX_DEVICE_NAME_CHARS)?;
+    }
+    Ok(())
 }
 
 /// The session options every login-like endpoint uses.
@@ -93,6 +112,8 @@ async fn register(
     let client_ip = request.client_ip;
     let body = request.body;
     let accounts = &services.accounts;
+    validate::known_param("kind", body.kind.as_str(), &["user", "guest"])?;
+    check_device(body.device_id.as_deref(), body.initial_device_display_name.as_deref())?;
 
     if body.kind == RegistrationKind::Guest {
         if !services.config.allow_guest_registration {

@@ -14,7 +14,6 @@ use std::{
     sync::Arc,
 };
 
-use axum::Router;
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     api::client::search::search_events::v3::{
@@ -26,6 +25,7 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::Sender,
@@ -53,7 +53,7 @@ const MAX_CANDIDATES: usize = 5000;
 /// Most index rows read for one word in one room.
 const MAX_POSTINGS: usize = 100_000;
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     route(router, search)
 }
 

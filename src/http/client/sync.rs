@@ -3,7 +3,6 @@
 
 use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
-use axum::Router;
 use ruma::{
     UserId,
     api::client::{filter::FilterDefinition, sync::sync_events::v3 as sync_v3},
@@ -11,10 +10,14 @@ use ruma::{
 };
 
 use super::filters;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
-    http::ruma::{Ruma, route},
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
     storage::{Direction, Engine, codec::prefix2, ephemeral::TO_DEVICE_TABLE},
     sync::{
         response::{self, SyncParams},
@@ -22,7 +25,7 @@ use crate::{
     },
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     route(router, sync)
 }
 
@@ -30,12 +33,12 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 /// message is the oldest.
 fn first_queued_by(engine: &Engine, user: &UserId, device: &str, upto: u64) -> Result<bool> {
     let mut pending = false;
-    TO_DEVICE_TABLE.scan(
+    TO_DEVICE_TABLE.scan_keys(
         engine,
         &prefix2(&user.as_str(), &device),
         None,
         Direction::Forward,
-        |(_, _, position), _| {
+        |(_, _, position)| {
             pending = position <= upto;
             ControlFlow::Break(())
         },
@@ -100,6 +103,11 @@ async fn sync(
 ) -> Result<sync_v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
+    validate::known_param(
+        "set_presence",
+        body.set_presence.as_str(),
+        &["online", "offline", "unavailable"],
+    )?;
     let since = body.since.as_deref().map(SyncToken::parse).transpose()?;
     let filter = resolve_filter(&services, &sender.user_id, body.filter)?;
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::{Router, http::StatusCode};
+use axum::http::StatusCode;
 use ruma::api::{
     client::account::{
         ThirdPartyIdRemovalStatus, add_3pid, bind_3pid, delete_3pid, get_3pids,
@@ -15,12 +15,13 @@ use ruma::api::{
     error::ErrorKind,
 };
 
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     http::ruma::{Ruma, route},
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, list);
     let router = route(router, add);
     let router = route(router, bind);

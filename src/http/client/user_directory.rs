@@ -5,12 +5,12 @@
 
 use std::{collections::HashSet, ops::ControlFlow, sync::Arc};
 
-use axum::Router;
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomId, UserId,
     api::client::user_directory::search_users::v3 as search_users,
 };
 
+use crate::http::routes::Routes;
 use crate::{
     Result, Services,
     http::ruma::{Ruma, route},
@@ -25,7 +25,7 @@ use crate::{
 /// Results are capped whatever the client asks.
 const MAX_RESULTS: usize = 100;
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     route(router, search)
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::{Router, http::StatusCode};
+use axum::http::StatusCode;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedRoomAliasId, OwnedUserId, RoomAliasId,
     api::{
@@ -15,11 +15,13 @@ use ruma::{
 use serde_json::{Value as JsonValue, json};
 
 use super::member_content;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     http::{
         client::capabilities::CREATABLE_ROOM_VERSIONS,
         ruma::{Ruma, route},
+        validate,
     },
     rooms::{builder::Template, pdu::canonical_content},
     storage::{
@@ -29,7 +31,13 @@ use crate::{
     },
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+/// The spec's room visibilities (createRoom and the room directory).
+const VISIBILITIES: &[&str] = &["public", "private"];
+
+/// The spec's room presets.
+const PRESETS: &[&str] = &["private_chat", "public_chat", "trusted_private_chat"];
+
+pub(super) fn routes(router: Routes) -> Routes {
     route(router, create)
 }
 
@@ -109,6 +117,10 @@ async fn create(
     let sender = request.sender()?.clone();
     let body = request.body;
     let creator = sender.user_id.clone();
+    validate::known_value("visibility", body.visibility.as_str(), VISIBILITIES)?;
+    if let Some(preset) = &body.preset {
+        validate::known_value("preset", preset.as_str(), PRESETS)?;
+    }
     if !services.config.allow_room_creation && !services.accounts.is_admin(&creator) {
         return Err(Error::forbidden("Room creation is disabled on this server."));
     }

@@ -8,7 +8,7 @@
 
 use std::{ops::ControlFlow, sync::Arc};
 
-use axum::{Router, http::StatusCode};
+use axum::http::StatusCode;
 use ruma::{
     EventEncryptionAlgorithm, OwnedMxcUri, OwnedRoomAliasId, OwnedRoomId, OwnedServerName,
     OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UInt, UserId,
@@ -30,6 +30,7 @@ use ruma::{
 use serde_json::Value as JsonValue;
 
 use super::{create::local_alias, require_room, send};
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     http::ruma::{Ruma, route},
@@ -46,7 +47,7 @@ use crate::{
 /// Most rooms one `/publicRooms` page returns (also the page size when none is asked for).
 const MAX_PUBLIC_ROOMS_PAGE: usize = 500;
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, put_alias);
     let router = route(router, get_room_alias);
     let router = route(router, remove_alias);

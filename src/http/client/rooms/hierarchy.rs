@@ -7,7 +7,6 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use axum::Router;
 use ruma::{
     OwnedRoomId, RoomId, UserId,
     api::client::space::{SpaceHierarchyRoomsChunk, get_hierarchy},
@@ -16,6 +15,7 @@ use ruma::{
 use serde_json::{Value as JsonValue, json};
 
 use super::directory::RoomInfo;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     http::ruma::{Ruma, route},
@@ -29,7 +29,7 @@ const MAX_LIMIT: usize = 100;
 /// How deep the walk goes when the client does not say, and at most.
 const MAX_DEPTH: usize = 20;
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     route(router, hierarchy)
 }
 

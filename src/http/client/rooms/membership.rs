@@ -3,7 +3,6 @@
 
 use std::{ops::ControlFlow, sync::Arc};
 
-use axum::Router;
 use ruma::{
     OwnedRoomId, RoomId, UserId,
     api::client::{
@@ -16,6 +15,7 @@ use ruma::{
 };
 
 use super::{require_room, resolve, send_membership};
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{Sender, rate_limit::Action},
@@ -27,7 +27,7 @@ use crate::{
     },
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, join_by_id_or_alias);
     let router = route(router, join_by_id);
     let router = route(router, invite);

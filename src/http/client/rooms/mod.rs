@@ -10,14 +10,12 @@ mod reports;
 mod send;
 mod upgrade;
 
-use std::sync::Arc;
-
-use axum::Router;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedRoomId, RoomAliasId, RoomId, RoomOrAliasId,
     UserId, events::TimelineEventType,
 };
 
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::room::{SendRequest, Sent, Transaction},
@@ -25,7 +23,7 @@ use crate::{
     storage::{codec::Json, rooms::ALIASES_TABLE, users::PROFILES_TABLE},
 };
 
-pub(in crate::http) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(in crate::http) fn routes(router: Routes) -> Routes {
     let router = create::routes(router);
     let router = membership::routes(router);
     let router = send::routes(router);
@@ -100,6 +98,13 @@ pub(crate) async fn send(
 ) -> Result<Sent> {
     require_room(services, room_id)
         .map_err(|_| Error::forbidden("You are not a member of this room."))?;
+    if let Some(transaction) = &transaction {
+        crate::http::validate::max_bytes(
+            "A transaction ID",
+            &transaction.txn_id,
+            crate::limits::MAX_OPAQUE_ID_BYTES,
+        )?;
+    }
     services.rooms.send(room_id, SendRequest { template, transaction }).await
 }
 

@@ -7,7 +7,6 @@ use std::{
     sync::Arc,
 };
 
-use axum::Router;
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedUserId, RoomId, UInt, UserId,
     api::{
@@ -25,10 +24,14 @@ use ruma::{
 use serde_json::Value as JsonValue;
 
 use super::require_room;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::Sender,
-    http::ruma::{Ruma, route},
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
     rooms::{
         self, Pdu, filter, state,
         timeline::{self, Token, Viewer},
@@ -42,7 +45,7 @@ use crate::{
 /// Most events one page returns.
 const MAX_LIMIT: usize = 1000;
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, messages);
     let router = route(router, context);
     let router = route(router, event);
@@ -317,6 +320,11 @@ async fn members(
     };
     let membership = body.membership.as_ref().map(ToString::to_string);
     let not_membership = body.not_membership.as_ref().map(ToString::to_string);
+    for (param, value) in [("membership", &membership), ("not_membership", &not_membership)] {
+        if let Some(value) = value {
+            validate::known_param(param, value, &["join", "invite", "knock", "leave", "ban"])?;
+        }
+    }
     let mut chunk = Vec::new();
     for pdu in timeline::members_at(&services.storage, snapshot)? {
         let value = pdu.content_str("membership").unwrap_or_default();

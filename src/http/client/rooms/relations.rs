@@ -7,7 +7,6 @@
 
 use std::{collections::HashSet, ops::ControlFlow, sync::Arc};
 
-use axum::Router;
 use ruma::{
     OwnedEventId, OwnedRoomId, UInt,
     api::{
@@ -25,6 +24,7 @@ use ruma::{
 use serde_json::Value as JsonValue;
 
 use super::require_room;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::Sender,
@@ -51,7 +51,7 @@ const MAX_DESCENDANTS: usize = 10_000;
 /// Most relation types of one parent that are looked at.
 const MAX_RELATION_TYPES: usize = 64;
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, relating_events);
     let router = route(router, relating_events_with_rel_type);
     let router = route(router, relating_events_with_rel_type_and_event_type);
@@ -314,12 +314,12 @@ fn relation_types(storage: &Storage, parent: u64) -> Result<Vec<String>> {
         // Past every row of the last type found: its key with the largest position.
         let from = types.last().map(|last| (parent, last.clone(), u64::MAX));
         let mut found = None;
-        RELATIONS_TABLE.scan(
+        RELATIONS_TABLE.scan_keys(
             storage.engine(),
             &scan,
             from.as_ref(),
             Direction::Forward,
-            |(_, rel_type, _), _| {
+            |(_, rel_type, _)| {
                 if types.last() == Some(&rel_type) {
                     return ControlFlow::Continue(());
                 }

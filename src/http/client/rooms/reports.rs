@@ -3,18 +3,21 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use ruma::api::client::{
     reporting::report_user,
     room::{report_content, report_room},
 };
 
 use super::require_room;
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{now_ms, tokens},
-    http::ruma::{Ruma, route},
-    rooms,
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
+    limits, rooms,
     storage::{
         Batch,
         codec::Json,
@@ -22,13 +25,16 @@ use crate::{
     },
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, report_event);
     let router = route(router, report_room);
     route(router, report_user)
 }
 
 async fn store(services: &Services, record: ReportRecord) -> Result<()> {
+    if let Some(reason) = &record.reason {
+        validate::max_chars("A report's reason", reason, limits::MAX_REASON_CHARS)?;
+    }
     let mut batch = Batch::new();
     REPORTS_TABLE.put(&mut batch, &(record.received_ms, tokens::generate("rep")), &Json(record));
     services.storage.writer().commit(batch).await

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::{Router, http::StatusCode};
+use axum::http::StatusCode;
 use ruma::{
     CanonicalJsonValue, RoomAliasId, RoomId,
     api::{
@@ -20,6 +20,7 @@ use ruma::{
 use serde_json::Value as JsonValue;
 
 use super::{require_room, send};
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{Sender, rate_limit::Action},
@@ -29,7 +30,7 @@ use crate::{
     storage::{codec::Json, rooms::ALIASES_TABLE},
 };
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, send_message);
     let router = route_with_paths(
         router,

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::{Router, http::StatusCode};
+use axum::http::StatusCode;
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomId,
     api::{client::room::upgrade_room::v3 as upgrade_room, error::ErrorKind},
@@ -17,6 +17,7 @@ use super::{
     directory::{Powers, current_snapshot, json_int, room_aliases},
     member_content, require_room, send,
 };
+use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     http::{
@@ -43,7 +44,7 @@ const COPIED_STATE: [&str; 8] = [
     "m.room.server_acl",
 ];
 
-pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+pub(super) fn routes(router: Routes) -> Routes {
     route(router, upgrade)
 }
 
