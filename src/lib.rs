@@ -2,8 +2,9 @@
 //!
 //! The crate is organised as the design describes: `config` (what the operator asked for),
 //! `storage` (RocksDB, typed tables, the Writer), `actors` (supervision and keyed actors),
-//! `http` (axum routes and listeners), `media` (the content repository), `federation` (this
-//! server's identity towards others), `admin` (operator commands), and `server` (starting
+//! `net` (outbound clients' TLS settings and address checks), `http` (axum routes and
+//! listeners), `media` (the content repository), `federation` (discovery, keys and signed
+//! requests between servers), `admin` (operator commands), and `server` (starting
 //! and stopping all of it).
 
 pub mod accounts;
@@ -17,6 +18,7 @@ pub mod keys;
 pub mod logging;
 pub mod media;
 pub mod memory;
+pub mod net;
 pub mod push;
 pub mod rooms;
 pub mod server;

@@ -5,13 +5,11 @@
 pub mod auth;
 pub mod client;
 pub mod discovery;
+pub mod federation;
 pub mod listener;
 pub mod metrics;
 pub mod middleware;
-pub mod outbound;
 pub mod ruma;
-pub mod server_keys;
-pub mod ssrf;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -34,7 +32,7 @@ pub fn router(services: &Arc<Services>) -> Router {
     let mut router = Router::new();
     router = discovery::routes(router);
     router = client::routes(router);
-    router = server_keys::routes(router);
+    router = federation::routes(router);
     if services.config.metrics_enabled && services.config.metrics_address.is_none() {
         router = router.route("/metrics", get(metrics_endpoint));
     }

@@ -147,7 +147,7 @@ fn strip_empty_auth(bytes: Bytes) -> Bytes {
 }
 
 /// Turns a ruma parse failure into the spec's error.
-fn classify(body: &[u8], error: FromHttpRequestError) -> Error {
+pub(super) fn classify(body: &[u8], error: FromHttpRequestError) -> Error {
     match error {
         FromHttpRequestError::Deserialization(DeserializationError::Json(json)) => {
             if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
@@ -233,7 +233,7 @@ where
     router
 }
 
-fn method_filter(method: &Method) -> MethodFilter {
+pub(super) fn method_filter(method: &Method) -> MethodFilter {
     match *method {
         Method::POST => MethodFilter::POST,
         Method::PUT => MethodFilter::PUT,

@@ -1,0 +1,180 @@
+//! The front door for other servers: `/_matrix/federation/*` and `/_matrix/key/*`.
+//!
+//! Routes are mounted only through [`FederationRouter`]. An endpoint that ruma declares
+//! signed (`ServerSignatures`) can only be mounted with [`FederationRouter::signed`], whose
+//! handler receives a [`Signed`] request: the extractor checks the `X-Matrix` signature
+//! before the handler runs, so a signed endpoint without the check does not compile (and
+//! `http::ruma::route` refuses such endpoints too). The few endpoints the spec leaves
+//! unauthenticated (`/version`, the key endpoints) go through
+//! [`FederationRouter::public`], which only takes endpoints ruma declares unauthenticated.
+//! With `allow_federation = false` every route answers `403 M_FORBIDDEN`.
+
+mod keys;
+mod query;
+mod user;
+mod version;
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    Router,
+    extract::{FromRequest, RawPathParams, Request, State},
+    http::Method,
+    routing::on,
+};
+use ruma::{
+    OwnedServerName,
+    api::{
+        IncomingRequest, IncomingRequestExt, auth_scheme::NoAuthentication,
+        federation::authentication::ServerSignatures, path_builder::PathBuilder,
+    },
+};
+
+use super::ruma::{Ruma, RumaResponse, classify, method_filter, read_body, route};
+use crate::{Error, Result, Services, federation::request_auth};
+
+/// A request from another server whose `X-Matrix` signature was checked.
+pub struct Signed<R> {
+    /// The server that signed it.
+    pub origin: OwnedServerName,
+    pub body: R,
+}
+
+impl<R> FromRequest<Arc<Services>> for Signed<R>
+where
+    R: IncomingRequest<Authentication = ServerSignatures> + Send,
+{
+    type Rejection = Error;
+
+    async fn from_request(request: Request, services: &Arc<Services>) -> Result<Self> {
+        let federation = &services.federation;
+        if !federation.policy.enabled() {
+            return Err(Error::forbidden("Federation is disabled on this server."));
+        }
+        let (mut parts, body) = request.into_parts();
+        // Refuse an unsigned request before reading its body.
+        request_auth::parse_header(&parts.headers)?;
+        let params =
+            <RawPathParams as axum::extract::FromRequestParts<Arc<Services>>>::from_request_parts(
+                &mut parts, services,
+            )
+            .await
+            .map_err(|rejection| {
+                Error::invalid_param(format!("invalid path parameter: {}", rejection.body_text()))
+            })?;
+        let params: Vec<String> = params.iter().map(|(_, value)| value.to_owned()).collect();
+        let params: Vec<&str> = params.iter().map(String::as_str).collect();
+        let bytes =
+            read_body(&parts.headers, body, services.config.max_request_size.as_usize()).await?;
+        let origin = request_auth::authenticate(
+            &federation.keys,
+            &federation.policy,
+            &federation.server_name,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            &bytes,
+        )
+        .await?;
+        let request = axum::http::Request::from_parts(parts, bytes.as_ref());
+        match R::try_from_http_request(request, &params) {
+            Ok(body) => Ok(Self { origin, body }),
+            Err(error) => Err(classify(&bytes, error)),
+        }
+    }
+}
+
+/// A mounted federation route, for listings and for the test that every signed one refuses
+/// unsigned requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountedRoute {
+    pub method: Method,
+    pub path: &'static str,
+    /// Whether the route requires an `X-Matrix` signature.
+    pub signed: bool,
+}
+
+/// The only way federation routes are mounted; see the module documentation.
+pub struct FederationRouter {
+    router: Router<Arc<Services>>,
+    mounted: Vec<MountedRoute>,
+}
+
+impl FederationRouter {
+    fn new() -> Self {
+        Self { router: Router::new(), mounted: Vec::new() }
+    }
+
+    /// Mounts a handler for an endpoint that requires a signature.
+    pub fn signed<R, H, F>(mut self, handler: H) -> Self
+    where
+        R: IncomingRequest<Authentication = ServerSignatures> + Send + 'static,
+        R::OutgoingResponse: Send,
+        H: Fn(Arc<Services>, Signed<R>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+    {
+        let filter = method_filter(&R::METHOD);
+        for path in R::PATH_BUILDER.all_paths() {
+            let handler = handler.clone();
+            self.mounted.push(MountedRoute { method: R::METHOD, path, signed: true });
+            self.router = self.router.route(
+                path,
+                on(
+                    filter,
+                    move |State(services): State<Arc<Services>>, request: Signed<R>| async move {
+                        handler(services, request).await.map(RumaResponse)
+                    },
+                ),
+            );
+        }
+        self
+    }
+
+    /// Mounts a handler for an endpoint the spec leaves unauthenticated.
+    pub fn public<R, H, F>(mut self, handler: H) -> Self
+    where
+        R: IncomingRequest<Authentication = NoAuthentication> + Send + 'static,
+        R::OutgoingResponse: Send,
+        H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+    {
+        for path in R::PATH_BUILDER.all_paths() {
+            self.mounted.push(MountedRoute { method: R::METHOD, path, signed: false });
+        }
+        let guarded = move |services: Arc<Services>, request: Ruma<R>| {
+            let handler = handler.clone();
+            async move {
+                if !services.federation.policy.enabled() {
+                    return Err(Error::forbidden("Federation is disabled on this server."));
+                }
+                handler(services, request).await
+            }
+        };
+        self.router = route(self.router, guarded);
+        self
+    }
+}
+
+/// Every federation and key route.
+fn table() -> FederationRouter {
+    FederationRouter::new()
+        .public(version::version)
+        .public(keys::server_keys)
+        .public(keys::query)
+        .public(keys::query_batch)
+        .signed(query::profile)
+        .signed(query::directory)
+        .signed(user::devices)
+        .signed(user::keys_query)
+        .signed(user::keys_claim)
+}
+
+/// Adds the federation routes to the application router.
+pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router.merge(table().router)
+}
+
+/// The federation routes and whether each requires a signature.
+pub fn mounted_routes() -> Vec<MountedRoute> {
+    table().mounted
+}
