@@ -1,0 +1,425 @@
+//! Federation between two (or three) of our servers in one process, each behind TLS with a
+//! certificate from the test bed's CA: key exchange (direct and through a notary), signed
+//! requests accepted, unsigned, forged, wrong-key, wrong-destination and denied ones refused
+//! with the spec's errors, and the queries (profile, alias, device keys, one-time keys,
+//! devices) in both directions.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{Json, Router, routing::get};
+use reqwest::Method;
+use ruma::{
+    CanonicalJsonObject, OwnedServerName, ServerName,
+    api::federation::authentication::{XMatrix, XMatrixSigningInput},
+    serde::Base64,
+    signatures::Ed25519KeyPair,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    common::{assert_error, client, status_and_json},
+    e2ee::upload_device,
+    testbed::{Ca, FedServer, TlsFront},
+};
+
+/// GETs `path` on `server` as `user` (a client of `server`).
+async fn get_as(server: &FedServer, user: &crate::common::User, path: &str) -> (u16, Value) {
+    server.server.get_as(user, path).await
+}
+
+#[tokio::test]
+async fn profiles_and_keys_cross_in_both_directions() {
+    let ca = Ca::new();
+    let a = FedServer::start(&ca, &[]).await;
+    let b = FedServer::start(&ca, &[]).await;
+    let alice = a.server.register("alice", "pw").await;
+    let bob = b.server.register("bob", "pw").await;
+    let (status, body) = a
+        .server
+        .put_as(
+            &alice,
+            &format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id),
+            json!({"displayname": "Alice of A"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // B asks A (B fetches nothing yet; A must fetch B's keys to check B's signature).
+    let (status, body) =
+        get_as(&b, &bob, &format!("/_matrix/client/v3/profile/{}", alice.user_id)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["displayname"], "Alice of A");
+    let (status, body) =
+        get_as(&b, &bob, &format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id))
+            .await;
+    assert_eq!((status, &body["displayname"]), (200, &json!("Alice of A")), "{body}");
+    // The other way round.
+    let (status, body) =
+        get_as(&a, &alice, &format!("/_matrix/client/v3/profile/{}", bob.user_id)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["displayname"].is_string(), "{body}");
+    // A remote "not found" passes through.
+    let (status, body) =
+        get_as(&b, &bob, &format!("/_matrix/client/v3/profile/{}", a.user_id("nobody"))).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+
+    // Each now holds the other's keys, and vouches for them as a notary.
+    let a_name: OwnedServerName = a.name.as_str().try_into().expect("name");
+    let b_name: OwnedServerName = b.name.as_str().try_into().expect("name");
+    let stored = b.server.server().services().federation.keys.stored(&a_name).expect("read");
+    assert!(stored.is_some_and(|record| !record.keys.is_empty()), "B stored A's keys");
+    let (status, body) = b.server.get(&format!("/_matrix/key/v2/query/{}", a.name)).await;
+    assert_eq!(status, 200, "{body}");
+    let document = &body["server_keys"][0];
+    assert_eq!(document["server_name"], a.name.as_str());
+    assert!(document["signatures"][&a.name].is_object(), "A's own signature kept: {document}");
+    assert!(document["signatures"][&b.name].is_object(), "countersigned by B: {document}");
+    let (status, body) = b
+        .server
+        .request(
+            Method::POST,
+            "/_matrix/key/v2/query",
+            None,
+            Some(json!({"server_keys": {a.name.clone(): {}, "unknown.invalid": {}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body["server_keys"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|document| document["server_name"].as_str())
+        .collect();
+    assert_eq!(names, vec![a.name.as_str()], "servers with no keys are left out: {body}");
+    assert!(a.server.server().services().federation.keys.stored(&b_name).expect("read").is_some());
+}
+
+#[tokio::test]
+async fn aliases_resolve_across_servers() {
+    let ca = Ca::new();
+    let a = FedServer::start(&ca, &[]).await;
+    let b = FedServer::start(&ca, &[]).await;
+    let alice = a.server.register("alice", "pw").await;
+    let bob = b.server.register("bob", "pw").await;
+    let room =
+        crate::rooms::create_room(&a.server, &alice, json!({"room_alias_name": "lobby"})).await;
+    let alias = format!("%23lobby:{}", a.name);
+    let (status, body) =
+        get_as(&b, &bob, &format!("/_matrix/client/v3/directory/room/{alias}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], room.as_str());
+    assert_eq!(body["servers"], json!([a.name]));
+    let (status, body) =
+        get_as(&b, &bob, &format!("/_matrix/client/v3/directory/room/%23nothing:{}", a.name)).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    // A server that cannot be resolved is a gateway error, not a hang.
+    let (status, body) =
+        get_as(&b, &bob, "/_matrix/client/v3/directory/room/%23x:unknown-host.invalid").await;
+    assert_error(status, &body, 502, "M_UNKNOWN");
+}
+
+#[tokio::test]
+async fn device_keys_are_queried_and_claimed_across_servers() {
+    let ca = Ca::new();
+    let a = FedServer::start(&ca, &[]).await;
+    let b = FedServer::start(&ca, &[]).await;
+    let alice = a.server.register("alice", "pw").await;
+    let bob = b.server.register("bob", "pw").await;
+    let signer = upload_device(&a.server, &alice).await;
+    let one_time: serde_json::Map<String, Value> = (0..2)
+        .map(|index| (format!("signed_curve25519:K{index}"), json!({"key": format!("otk{index}")})))
+        .collect();
+    let (status, body) = a
+        .server
+        .post_as(&alice, "/_matrix/client/v3/keys/upload", json!({"one_time_keys": one_time}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = b
+        .server
+        .post_as(
+            &bob,
+            "/_matrix/client/v3/keys/query",
+            json!({"device_keys": {alice.user_id.clone(): [], "@x:unknown-host.invalid": []}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let device = &body["device_keys"][&alice.user_id][&alice.device_id];
+    assert_eq!(device["keys"][format!("ed25519:{}", alice.device_id)], signer.public.as_str());
+    assert!(device["unsigned"]["device_display_name"].is_null(), "names stay home: {device}");
+    assert!(body["failures"]["unknown-host.invalid"].is_object(), "{body}");
+    assert!(body["failures"].get(a.name.as_str()).is_none(), "{body}");
+
+    let claim = json!({"one_time_keys": {alice.user_id.clone(): {alice.device_id.clone(): "signed_curve25519"}}});
+    let mut claimed = Vec::new();
+    for _ in 0..3 {
+        let (status, body) =
+            b.server.post_as(&bob, "/_matrix/client/v3/keys/claim", claim.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(keys) = body["one_time_keys"][&alice.user_id][&alice.device_id].as_object() {
+            claimed.extend(keys.keys().cloned());
+        }
+    }
+    claimed.sort();
+    assert_eq!(claimed, vec!["signed_curve25519:K0", "signed_curve25519:K1"], "each key once");
+}
+
+/// An origin server the test controls: its key document is served over TLS under
+/// `localhost:PORT`, and it signs whatever requests the test makes.
+struct FakeOrigin {
+    name: OwnedServerName,
+    key: Arc<std::sync::Mutex<Ed25519KeyPair>>,
+    _front: TlsFront,
+}
+
+fn new_pair(version: &str) -> Ed25519KeyPair {
+    Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), version.to_owned()).expect("pair")
+}
+
+impl FakeOrigin {
+    async fn start(ca: &Ca) -> Self {
+        let front = TlsFront::bind(SocketAddr::from(([127, 0, 0, 1], 0)), ca, &["localhost"])
+            .await
+            .expect("front");
+        let name: OwnedServerName =
+            format!("localhost:{}", front.address.port()).try_into().expect("name");
+        let key = Arc::new(std::sync::Mutex::new(new_pair("fake1")));
+        let (document_name, document_key) = (name.clone(), Arc::clone(&key));
+        let app = Router::new().route(
+            "/_matrix/key/v2/server",
+            get(move || {
+                let (name, key) = (document_name.clone(), Arc::clone(&document_key));
+                async move {
+                    let pair = key.lock().expect("key");
+                    let value = json!({
+                        "server_name": name,
+                        "verify_keys": {
+                            format!("ed25519:{}", pair.version()): {
+                                "key": Base64::<ruma::serde::base64::Standard, _>::new(pair.public_key().to_vec()).encode()
+                            }
+                        },
+                        "old_verify_keys": {},
+                        "valid_until_ts": 4_000_000_000_000u64,
+                    });
+                    let mut object: CanonicalJsonObject =
+                        serde_json::from_value(value).expect("object");
+                    ruma::signatures::sign_json(name.as_str(), &*pair, &mut object)
+                        .expect("sign");
+                    Json(object)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        front.forward_to(listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { name, key, _front: front }
+    }
+
+    /// The `Authorization` header for a request, signed with `key` (or the current key).
+    fn authorization(
+        &self,
+        method: &str,
+        uri: &str,
+        destination: &str,
+        body: Option<&Value>,
+        key: Option<&Ed25519KeyPair>,
+    ) -> String {
+        let current = self.key.lock().expect("key");
+        let key = key.unwrap_or(&current);
+        let bytes = body.map(|body| serde_json::to_vec(body).expect("json")).unwrap_or_default();
+        let request =
+            axum::http::Request::builder().method(method).uri(uri).body(bytes).expect("request");
+        let destination: OwnedServerName = destination.try_into().expect("destination");
+        let header = XMatrix::sign_http_request(
+            &request,
+            XMatrixSigningInput::new(self.name.clone(), destination, key),
+        )
+        .expect("sign");
+        header.to_string()
+    }
+}
+
+/// Sends a request with an optional `Authorization` header and raw body.
+async fn send(
+    server: &FedServer,
+    method: Method,
+    uri: &str,
+    authorization: Option<String>,
+    body: Option<Vec<u8>>,
+) -> (u16, Value) {
+    let mut request = client().request(method, server.server.url(uri));
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    if let Some(body) = body {
+        request = request.header("content-type", "application/json").body(body);
+    }
+    status_and_json(request.send().await.expect("request")).await
+}
+
+#[tokio::test]
+async fn signed_requests_are_checked() {
+    let ca = Ca::new();
+    let b = FedServer::start(&ca, &[]).await;
+    let origin = FakeOrigin::start(&ca).await;
+    let bob = b.server.register("bob", "pw").await;
+    let _ = upload_device(&b.server, &bob).await;
+    let devices =
+        format!("/_matrix/federation/v1/user/devices/{}", bob.user_id.replace('@', "%40"));
+
+    // Unsigned.
+    let (status, body) = send(&b, Method::GET, &devices, None, None).await;
+    assert_error(status, &body, 401, "M_UNAUTHORIZED");
+    // Not X-Matrix at all.
+    let (status, body) = send(&b, Method::GET, &devices, Some("Bearer abc".to_owned()), None).await;
+    assert_error(status, &body, 401, "M_UNAUTHORIZED");
+    // Correctly signed.
+    let good = origin.authorization("GET", &devices, &b.name, None, None);
+    let (status, body) = send(&b, Method::GET, &devices, Some(good.clone()), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], bob.user_id.as_str());
+    assert_eq!(body["devices"][0]["device_id"], bob.device_id.as_str(), "{body}");
+    // The same header on another URI: the signature covers the URI.
+    let other = format!("{devices}?x=1");
+    let (status, body) = send(&b, Method::GET, &other, Some(good), None).await;
+    assert_error(status, &body, 401, "M_UNAUTHORIZED");
+    // Addressed to another server.
+    let elsewhere = origin.authorization("GET", &devices, "other.example", None, None);
+    let (status, body) = send(&b, Method::GET, &devices, Some(elsewhere), None).await;
+    assert_error(status, &body, 401, "M_UNAUTHORIZED");
+    // Signed by a key that is not the origin's, under the origin's key id.
+    let impostor = new_pair("fake1");
+    let forged = origin.authorization("GET", &devices, &b.name, None, Some(&impostor));
+    let (status, body) = send(&b, Method::GET, &devices, Some(forged), None).await;
+    assert_error(status, &body, 401, "M_UNAUTHORIZED");
+
+    // A body that is not JSON, and one too large.
+    let query = "/_matrix/federation/v1/user/keys/query";
+    let header = origin.authorization("POST", query, &b.name, Some(&json!({})), None);
+    let (status, body) =
+        send(&b, Method::POST, query, Some(header.clone()), Some(b"{not json".to_vec())).await;
+    assert_error(status, &body, 400, "M_NOT_JSON");
+    let huge = vec![b' '; 30 * 1024 * 1024];
+    let (status, body) = send(&b, Method::POST, query, Some(header), Some(huge)).await;
+    assert_error(status, &body, 413, "M_TOO_LARGE");
+    // A signed body of the wrong shape.
+    let wrong = json!({"device_keys": "nope"});
+    let header = origin.authorization("POST", query, &b.name, Some(&wrong), None);
+    let bytes = serde_json::to_vec(&wrong).expect("json");
+    let (status, body) = send(&b, Method::POST, query, Some(header), Some(bytes)).await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    // And a good one.
+    let good = json!({"device_keys": {bob.user_id.clone(): []}});
+    let header = origin.authorization("POST", query, &b.name, Some(&good), None);
+    let bytes = serde_json::to_vec(&good).expect("json");
+    let (status, body) = send(&b, Method::POST, query, Some(header), Some(bytes)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["device_keys"][&bob.user_id][&bob.device_id].is_object(), "{body}");
+
+    // The origin rotates its key: B does not know the new key id and fetches again.
+    *origin.key.lock().expect("key") = new_pair("fake2");
+    let rotated = origin.authorization("GET", &devices, &b.name, None, None);
+    let (status, body) = send(&b, Method::GET, &devices, Some(rotated), None).await;
+    assert_eq!(status, 200, "a new key id is fetched: {body}");
+    let stored = b
+        .server
+        .server()
+        .services()
+        .federation
+        .keys
+        .stored(&origin.name)
+        .expect("read")
+        .expect("stored");
+    assert!(stored.keys["ed25519:fake1"].expired, "the old key is kept as old");
+    assert!(!stored.keys["ed25519:fake2"].expired);
+    // Under a key id the origin never published (B refetches once, finds nothing).
+    let unknown = new_pair("never");
+    let forged = origin.authorization("GET", &devices, &b.name, None, Some(&unknown));
+    let (status, body) = send(&b, Method::GET, &devices, Some(forged), None).await;
+    assert_error(status, &body, 401, "M_UNAUTHORIZED");
+}
+
+#[tokio::test]
+async fn denied_servers_get_forbidden() {
+    let ca = Ca::new();
+    let origin = FakeOrigin::start(&ca).await;
+    for option in [
+        "forbidden_remote_server_names=[\"^localhost$\"]",
+        "allowed_remote_server_names_experimental=[\"^friends\\\\.example$\"]",
+    ] {
+        let server = FedServer::start(&ca, &[option]).await;
+        let path = "/_matrix/federation/v1/query/profile?user_id=%40a%3Ax";
+        let header = origin.authorization("GET", path, &server.name, None, None);
+        let (status, body) = send(&server, Method::GET, path, Some(header), None).await;
+        assert_error(status, &body, 403, "M_FORBIDDEN");
+    }
+    let closed = FedServer::start(&ca, &["allow_federation=false"]).await;
+    let path = "/_matrix/federation/v1/query/profile?user_id=%40a%3Ax";
+    let header = origin.authorization("GET", path, &closed.name, None, None);
+    let (status, body) = send(&closed, Method::GET, path, Some(header), None).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = closed.server.get("/_matrix/key/v2/query/example.org").await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+}
+
+#[tokio::test]
+async fn every_signed_federation_route_refuses_unsigned_requests() {
+    let server = crate::common::TestServer::start().await;
+    let routes = tuwunel::http::federation::mounted_routes();
+    let unsigned: Vec<&str> =
+        routes.iter().filter(|route| !route.signed).map(|route| route.path).collect();
+    // What the spec leaves unauthenticated, and nothing else.
+    for path in &unsigned {
+        assert!(
+            path.starts_with("/_matrix/key/") || *path == "/_matrix/federation/v1/version",
+            "{path} is mounted without a signature check"
+        );
+    }
+    let signed: Vec<_> = routes.iter().filter(|route| route.signed).collect();
+    assert!(signed.len() >= 5, "{routes:?}");
+    for route in signed {
+        assert!(route.path.starts_with("/_matrix/federation/"), "{route:?}");
+        // Path parameters get plausible values; the signature check comes first anyway.
+        let path: String = route
+            .path
+            .split('/')
+            .map(
+                |segment| {
+                    if segment.starts_with('{') { "%40someone%3Aexample.org" } else { segment }
+                },
+            )
+            .collect::<Vec<_>>()
+            .join("/");
+        let body = matches!(route.method, Method::POST | Method::PUT).then(|| json!({}));
+        let (status, body) = server.request(route.method.clone(), &path, None, body).await;
+        assert_error(status, &body, 401, "M_UNAUTHORIZED");
+    }
+}
+
+#[tokio::test]
+async fn keys_come_through_a_notary_when_configured() {
+    let ca = Ca::new();
+    let a = FedServer::start(&ca, &[]).await;
+    let notary = FedServer::start(&ca, &[]).await;
+    let trusted = format!("trusted_servers=[\"{}\"]", notary.name);
+    let c = FedServer::start(&ca, &[&trusted, "only_query_trusted_key_servers=true"]).await;
+    let alice = a.server.register("alice", "pw").await;
+    let _carol = c.server.register("carol", "pw").await;
+    // A asks C; C may only learn A's keys through the notary.
+    let (status, body) =
+        get_as(&a, &alice, &format!("/_matrix/client/v3/profile/{}", c.user_id("carol"))).await;
+    assert_eq!(status, 200, "{body}");
+    let a_name: OwnedServerName = a.name.as_str().try_into().expect("name");
+    let services = |server: &FedServer| Arc::clone(server.server.server().services());
+    assert!(
+        services(&notary).federation.keys.stored(&a_name).expect("read").is_some(),
+        "the notary fetched A's keys for C"
+    );
+    let stored = services(&c).federation.keys.stored(&a_name).expect("read").expect("C has them");
+    assert!(!stored.keys.is_empty());
+    // C kept A's document as A signed it, without the notary's signature.
+    assert!(stored.document["signatures"].get(notary.name.as_str()).is_none());
+    let _ = ServerName::parse(&a.name).expect("valid");
+}
