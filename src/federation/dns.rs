@@ -67,12 +67,19 @@ impl Dns {
     pub fn from_config(config: &Config) -> Result<Self> {
         let nameservers = config.dns_nameservers();
         let (resolver_config, mut options) = if nameservers.is_empty() {
-            hickory_resolver::system_conf::read_system_conf().map_err(|error| {
-                Error::internal(format!(
-                    "cannot read the system's DNS configuration (/etc/resolv.conf): {error}; \
-                     set dns_nameservers"
-                ))
-            })?
+            // Without a usable resolv.conf the server still runs; only federation lookups
+            // fail (with this reason in the log) until the operator sets dns_nameservers.
+            hickory_resolver::system_conf::read_system_conf().unwrap_or_else(|error| {
+                tracing::error!(
+                    %error,
+                    "cannot read the system's DNS configuration (/etc/resolv.conf); other \
+                     servers cannot be found until dns_nameservers is set"
+                );
+                (
+                    ResolverConfig::from_parts(None, Vec::new(), NameServerConfigGroup::new()),
+                    ResolverOpts::default(),
+                )
+            })
         } else {
             let mut group = NameServerConfigGroup::new();
             for address in &nameservers {

@@ -169,6 +169,8 @@ async fn device_keys_are_queried_and_claimed_across_servers() {
 struct FakeOrigin {
     name: OwnedServerName,
     key: Arc<std::sync::Mutex<Ed25519KeyPair>>,
+    /// Requests for the key document so far.
+    key_requests: Arc<std::sync::atomic::AtomicUsize>,
     _front: TlsFront,
 }
 
@@ -184,12 +186,17 @@ impl FakeOrigin {
         let name: OwnedServerName =
             format!("localhost:{}", front.address.port()).try_into().expect("name");
         let key = Arc::new(std::sync::Mutex::new(new_pair("fake1")));
+        let key_requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (document_name, document_key) = (name.clone(), Arc::clone(&key));
+        let counter = Arc::clone(&key_requests);
         let app = Router::new().route(
             "/_matrix/key/v2/server",
             get(move || {
                 let (name, key) = (document_name.clone(), Arc::clone(&document_key));
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 async move {
+                    // Slow enough that concurrent requests overlap.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     let pair = key.lock().expect("key");
                     let value = json!({
                         "server_name": name,
@@ -214,7 +221,7 @@ impl FakeOrigin {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { name, key, _front: front }
+        Self { name, key, key_requests, _front: front }
     }
 
     /// The `Authorization` header for a request, signed with `key` (or the current key).
@@ -304,6 +311,12 @@ async fn signed_requests_are_checked() {
     let huge = vec![b' '; 30 * 1024 * 1024];
     let (status, body) = send(&b, Method::POST, query, Some(header), Some(huge)).await;
     assert_error(status, &body, 413, "M_TOO_LARGE");
+    // JSON nested past any sensible depth: refused, not a crash.
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let header = origin.authorization("POST", query, &b.name, Some(&json!({})), None);
+    let (status, body) =
+        send(&b, Method::POST, query, Some(header), Some(nested.into_bytes())).await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
     // A signed body of the wrong shape.
     let wrong = json!({"device_keys": "nope"});
     let header = origin.authorization("POST", query, &b.name, Some(&wrong), None);
@@ -422,4 +435,33 @@ async fn keys_come_through_a_notary_when_configured() {
     // C kept A's document as A signed it, without the notary's signature.
     assert!(stored.document["signatures"].get(notary.name.as_str()).is_none());
     let _ = ServerName::parse(&a.name).expect("valid");
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_one_key_fetch() {
+    let ca = Ca::new();
+    let b = FedServer::start(&ca, &[]).await;
+    let origin = Arc::new(FakeOrigin::start(&ca).await);
+    let path = "/_matrix/federation/v1/query/directory?room_alias=%23none%3Ax";
+    let requests: Vec<_> = (0..12)
+        .map(|_| {
+            let header = origin.authorization("GET", path, &b.name, None, None);
+            let url = b.server.url(path);
+            tokio::spawn(async move {
+                let response =
+                    client().get(url).header("authorization", header).send().await.expect("send");
+                status_and_json(response).await
+            })
+        })
+        .collect();
+    for request in requests {
+        let (status, body) = request.await.expect("task");
+        // Authenticated; the alias is simply not one of B's.
+        assert_error(status, &body, 400, "M_INVALID_PARAM");
+    }
+    assert_eq!(
+        origin.key_requests.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "twelve requests, one key fetch"
+    );
 }
