@@ -465,3 +465,82 @@ async fn concurrent_requests_share_one_key_fetch() {
         "twelve requests, one key fetch"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_checked_against_ssl_cert_file_and_never_skipped() {
+    let ca = Ca::new();
+    let a = FedServer::start(&ca, &[]).await;
+    let alice = a.server.register("alice", "pw").await;
+
+    // The tuwunel binary, trusting the test CA only through SSL_CERT_FILE, as other Linux
+    // tools would.
+    let front = TlsFront::bind(SocketAddr::from(([127, 0, 0, 1], 0)), &ca, &["localhost"])
+        .await
+        .expect("front");
+    let name = format!("localhost:{}", front.address.port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tuwunel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\nserver_name = \"{name}\"\ndatabase_path = \"{}\"\naddress = \"127.0.0.1\"\n\
+             port = 0\nallow_registration = true\n\
+             yes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse = true\n\
+             trusted_servers = []\ndns_nameservers = [\"{}\"]\nlog = \"info\"\n{}\n",
+            dir.path().join("db").display(),
+            crate::testbed::dns_address(),
+            crate::testbed::denylist_without_loopback(),
+        ),
+    )
+    .expect("config");
+    let ca_file = ca.pem_path.to_str().expect("utf8").to_owned();
+    let config = config.to_str().expect("utf8").to_owned();
+    let cwd = dir.path().to_owned();
+    let mut binary = tokio::task::spawn_blocking(move || {
+        let mut binary = crate::binary::Running::start_with_env(
+            &["-c", &config],
+            &cwd,
+            &[("SSL_CERT_FILE", &ca_file)],
+        );
+        let _ = binary.address();
+        binary
+    })
+    .await
+    .expect("start");
+    let address = binary.address();
+    front.forward_to(address.parse().expect("address"));
+    let base = format!("http://{address}");
+    let response = client()
+        .post(format!("{base}/_matrix/client/v3/register"))
+        .json(&json!({"username": "bob", "password": "pw", "auth": {"type": "m.login.dummy"}}))
+        .send()
+        .await
+        .expect("register");
+    let (status, body) = status_and_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().expect("token").to_owned();
+    let response = client()
+        .get(format!("{base}/_matrix/client/v3/profile/{}", alice.user_id))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("profile");
+    let (status, body) = status_and_json(response).await;
+    assert_eq!(status, 200, "the binary verified A's certificate: {body} {:?}", binary.seen);
+
+    // A server that trusts neither tls.ca_file nor SSL_CERT_FILE refuses the same certificate.
+    let front = TlsFront::bind(SocketAddr::from(([127, 0, 0, 1], 0)), &ca, &["localhost"])
+        .await
+        .expect("front");
+    let name = format!("localhost:{}", front.address.port());
+    let server_name = format!("server_name=\"{name}\"");
+    let denylist = crate::testbed::denylist_without_loopback();
+    let untrusting =
+        crate::common::TestServer::with_options(&[server_name.as_str(), denylist.as_str()]).await;
+    front.forward_to(untrusting.server().addresses()[0]);
+    let carol = untrusting.register("carol", "pw").await;
+    let (status, body) =
+        untrusting.get_as(&carol, &format!("/_matrix/client/v3/profile/{}", alice.user_id)).await;
+    assert_error(status, &body, 502, "M_UNKNOWN");
+    assert!(body["error"].as_str().is_some_and(|error| error.contains("certificate")), "{body}");
+}
