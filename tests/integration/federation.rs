@@ -394,21 +394,90 @@ async fn every_signed_federation_route_refuses_unsigned_requests() {
     assert!(signed.len() >= 5, "{routes:?}");
     for route in signed {
         assert!(route.path.starts_with("/_matrix/federation/"), "{route:?}");
-        // Path parameters get plausible values; the signature check comes first anyway.
-        let path: String = route
-            .path
-            .split('/')
-            .map(
-                |segment| {
-                    if segment.starts_with('{') { "%40someone%3Aexample.org" } else { segment }
-                },
-            )
-            .collect::<Vec<_>>()
-            .join("/");
-        let body = matches!(route.method, Method::POST | Method::PUT).then(|| json!({}));
-        let (status, body) = server.request(route.method.clone(), &path, None, body).await;
+        let (status, body) = unsigned_request(&server, &route.method, route.path).await;
         assert_error(status, &body, 401, "M_UNAUTHORIZED");
     }
+    // Every endpoint the spec (as ruma knows it) requires a signature for, mounted or not:
+    // mounted ones refuse, the rest do not exist yet; none answers unsigned.
+    for (method, paths) in every_signed_endpoint() {
+        for path in paths {
+            let (status, body) = unsigned_request(&server, &method, path).await;
+            let mounted = routes.iter().any(|route| route.path == path && route.method == method);
+            if mounted {
+                assert_error(status, &body, 401, "M_UNAUTHORIZED");
+            } else {
+                assert!(
+                    (status == 401 || status == 404 || status == 405)
+                        && body["errcode"] != "M_FORBIDDEN",
+                    "{method} {path} answered {status} {body} without a signature"
+                );
+            }
+        }
+    }
+}
+
+/// Sends `method path` without authorization, path parameters filled with plausible values.
+async fn unsigned_request(
+    server: &crate::common::TestServer,
+    method: &Method,
+    path: &str,
+) -> (u16, Value) {
+    let path: String = path
+        .split('/')
+        .map(|segment| if segment.starts_with('{') { "%40someone%3Aexample.org" } else { segment })
+        .collect::<Vec<_>>()
+        .join("/");
+    let body = matches!(*method, Method::POST | Method::PUT).then(|| json!({}));
+    server.request(method.clone(), &path, None, body).await
+}
+
+/// Method and paths of a signed endpoint; does not compile for an unsigned one.
+fn signed<T>() -> (Method, Vec<&'static str>)
+where
+    T: ruma::api::Metadata<
+            Authentication = ruma::api::federation::authentication::ServerSignatures,
+        >,
+{
+    use ruma::api::path_builder::PathBuilder;
+    (T::METHOD, T::PATH_BUILDER.all_paths().collect())
+}
+
+fn every_signed_endpoint() -> Vec<(Method, Vec<&'static str>)> {
+    use ruma::api::federation::{
+        authenticated_media, authorization, backfill, device, directory, event, keys, membership,
+        policy, query, space, thirdparty, transactions,
+    };
+    vec![
+        signed::<authenticated_media::get_content::v1::Request>(),
+        signed::<authenticated_media::get_content_thumbnail::v1::Request>(),
+        signed::<authorization::get_event_authorization::v1::Request>(),
+        signed::<backfill::get_backfill::v1::Request>(),
+        signed::<device::get_devices::v1::Request>(),
+        signed::<directory::get_public_rooms::v1::Request>(),
+        signed::<directory::get_public_rooms_filtered::v1::Request>(),
+        signed::<event::get_event::v1::Request>(),
+        signed::<event::get_event_by_timestamp::v1::Request>(),
+        signed::<event::get_missing_events::v1::Request>(),
+        signed::<event::get_room_state::v1::Request>(),
+        signed::<event::get_room_state_ids::v1::Request>(),
+        signed::<keys::claim_keys::v1::Request>(),
+        signed::<keys::get_keys::v1::Request>(),
+        signed::<membership::create_invite::v1::Request>(),
+        signed::<membership::create_invite::v2::Request>(),
+        signed::<membership::create_join_event::v2::Request>(),
+        signed::<membership::create_knock_event::v1::Request>(),
+        signed::<membership::create_leave_event::v2::Request>(),
+        signed::<membership::prepare_join_event::v1::Request>(),
+        signed::<membership::prepare_knock_event::v1::Request>(),
+        signed::<membership::prepare_leave_event::v1::Request>(),
+        signed::<policy::sign_event::v1::Request>(),
+        signed::<query::get_custom_information::v1::Request>(),
+        signed::<query::get_profile_information::v1::Request>(),
+        signed::<query::get_room_information::v1::Request>(),
+        signed::<space::get_hierarchy::v1::Request>(),
+        signed::<thirdparty::exchange_invite::v1::Request>(),
+        signed::<transactions::send_transaction_message::v1::Request>(),
+    ]
 }
 
 #[tokio::test]
