@@ -252,6 +252,14 @@ config_section! {
         /// (or first, see below). `[]` trusts no notary.
         trusted_servers: Vec<OwnedServerName> = vec![ruma::server_name!("matrix.org").to_owned()],
 
+        /// Answer other servers' profile lookups (`/_matrix/federation/v1/query/profile`);
+        /// when false they get `403 M_FORBIDDEN`.
+        allow_inbound_profile_lookup_federation_requests: bool = true,
+
+        /// Share the display names of this server's users' devices with other servers (in
+        /// device key and device list answers).
+        allow_device_name_federation: bool = false,
+
         /// Ask `trusted_servers` for a server's signing keys before asking the server itself.
         query_trusted_key_servers_first: bool = false,
 

@@ -288,6 +288,7 @@ async fn signed_requests_are_checked() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user_id"], bob.user_id.as_str());
     assert_eq!(body["devices"][0]["device_id"], bob.device_id.as_str(), "{body}");
+    assert!(body["devices"][0].get("device_display_name").is_none(), "names stay home: {body}");
     // The same header on another URI: the signature covers the URI.
     let other = format!("{devices}?x=1");
     let (status, body) = send(&b, Method::GET, &other, Some(good), None).await;
@@ -361,6 +362,7 @@ async fn denied_servers_get_forbidden() {
     for option in [
         "forbidden_remote_server_names=[\"^localhost$\"]",
         "allowed_remote_server_names_experimental=[\"^friends\\\\.example$\"]",
+        "allow_inbound_profile_lookup_federation_requests=false",
     ] {
         let server = FedServer::start(&ca, &[option]).await;
         let path = "/_matrix/federation/v1/query/profile?user_id=%40a%3Ax";
@@ -612,4 +614,27 @@ async fn certificates_are_checked_against_ssl_cert_file_and_never_skipped() {
         untrusting.get_as(&carol, &format!("/_matrix/client/v3/profile/{}", alice.user_id)).await;
     assert_error(status, &body, 502, "M_UNKNOWN");
     assert!(body["error"].as_str().is_some_and(|error| error.contains("certificate")), "{body}");
+}
+
+#[tokio::test]
+async fn device_names_are_shared_only_when_allowed() {
+    let ca = Ca::new();
+    let origin = FakeOrigin::start(&ca).await;
+    let server = FedServer::start(&ca, &["allow_device_name_federation=true"]).await;
+    let bob = server.server.register("bob", "pw").await;
+    let _ = upload_device(&server.server, &bob).await;
+    let (status, body) = server
+        .server
+        .put_as(
+            &bob,
+            &format!("/_matrix/client/v3/devices/{}", bob.device_id),
+            json!({"display_name": "Bob's phone"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let path = format!("/_matrix/federation/v1/user/devices/{}", bob.user_id.replace('@', "%40"));
+    let header = origin.authorization("GET", &path, &server.name, None, None);
+    let (status, body) = send(&server, Method::GET, &path, Some(header), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["devices"][0]["device_display_name"], "Bob's phone", "{body}");
 }

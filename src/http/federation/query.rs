@@ -12,6 +12,9 @@ pub(super) async fn profile(
     services: Arc<Services>,
     request: Signed<get_profile_information::v1::Request>,
 ) -> Result<get_profile_information::v1::Response> {
+    if !services.config.allow_inbound_profile_lookup_federation_requests {
+        return Err(Error::forbidden("This server does not answer profile lookups."));
+    }
     let user = &request.body.user_id;
     if user.server_name() != services.config.server_name {
         return Err(Error::invalid_param(format!("{user} is not a user of this server.")));

@@ -1,7 +1,7 @@
 //! Other servers asking about our users' devices and end-to-end encryption keys:
 //! `GET /user/devices/{userId}`, `POST /user/keys/query` and `POST /user/keys/claim`.
-//! Device display names are not shared with other servers (Tuwunel's default,
-//! `allow_device_name_federation = false`).
+//! Device display names are shared with other servers only with
+//! `allow_device_name_federation` (off by default, as in Tuwunel).
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -36,9 +36,13 @@ fn is_local_account(services: &Services, user: &UserId) -> Result<bool> {
         && services.accounts.record(user)?.is_some())
 }
 
-/// `user`'s device keys as other servers see them: without device display names.
+/// `user`'s device keys as other servers see them: without device display names unless
+/// `allow_device_name_federation`.
 fn device_keys(services: &Services, user: &UserId) -> Result<BTreeMap<String, JsonValue>> {
     let mut keys = query::device_keys(services.storage.engine(), user, &[])?;
+    if services.config.allow_device_name_federation {
+        return Ok(keys);
+    }
     for object in keys.values_mut() {
         if let Some(unsigned) = object.get_mut("unsigned").and_then(JsonValue::as_object_mut) {
             unsigned.remove("device_display_name");
@@ -65,8 +69,13 @@ pub(super) async fn devices(
     let mut response =
         get_devices::v1::Response::new(user.clone(), UInt::new_saturating(stream_id));
     for (device, keys) in device_keys(&services, user)? {
-        let device: OwnedDeviceId = device.into();
-        response.devices.push(get_devices::v1::UserDevice::new(device, to_raw(&keys)?));
+        let name = keys
+            .pointer("/unsigned/device_display_name")
+            .and_then(JsonValue::as_str)
+            .map(str::to_owned);
+        let mut entry = get_devices::v1::UserDevice::new(device.into(), to_raw(&keys)?);
+        entry.device_display_name = name;
+        response.devices.push(entry);
     }
     if let Some(master) = query::cross_signing_key(engine, user, MASTER, user)? {
         response.master_key = Some(to_raw(&master)?);
