@@ -68,6 +68,9 @@ fn counts_response(counts: BTreeMap<String, u64>) -> BTreeMap<OneTimeKeyAlgorith
 /// not say, and at most.
 const REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Servers asked at the same time for one request: a client naming thousands of servers
+/// waits longer rather than making this server open thousands of connections at once.
+const MAX_CONCURRENT_SERVERS: usize = 32;
 
 /// A server that could not answer, as the spec's `failures` entry.
 fn remote_failure(error: &OutboundError) -> JsonValue {
@@ -79,7 +82,8 @@ fn remote_failure(error: &OutboundError) -> JsonValue {
     json!({ "status": status, "message": error.to_string() })
 }
 
-/// Sends one request per server at once, each with `timeout`, and collects the answers.
+/// Sends one request per server ([`MAX_CONCURRENT_SERVERS`] at a time), each with
+/// `timeout`, and collects the answers.
 async fn ask_servers<R>(
     services: &Arc<Services>,
     requests: BTreeMap<OwnedServerName, R>,
@@ -92,9 +96,13 @@ where
     R::IncomingResponse: Send + 'static,
 {
     let mut tasks = tokio::task::JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SERVERS));
     for (server, request) in requests {
         let services = Arc::clone(services);
+        let permits = Arc::clone(&permits);
         tasks.spawn(async move {
+            // The semaphore is never closed; without a permit the request just goes ahead.
+            let _permit = permits.acquire_owned().await.ok();
             let answer =
                 services.federation.client.send_with_timeout(&server, request, timeout).await;
             (server, answer)
