@@ -638,3 +638,21 @@ async fn device_names_are_shared_only_when_allowed() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["devices"][0]["device_display_name"], "Bob's phone", "{body}");
 }
+
+#[tokio::test]
+async fn requests_to_a_server_share_one_http2_connection() {
+    let ca = Ca::new();
+    let a = FedServer::start(&ca, &[]).await;
+    let b = FedServer::start(&ca, &[]).await;
+    let alice = a.server.register("alice", "pw").await;
+    let bob = b.server.register("bob", "pw").await;
+    for _ in 0..5 {
+        let (status, body) =
+            get_as(&a, &alice, &format!("/_matrix/client/v3/profile/{}", bob.user_id)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let front = b.front();
+    let connections = front.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(connections, 1, "five requests from A, one connection to B");
+    assert_eq!(front.http2_connections.load(std::sync::atomic::Ordering::SeqCst), 1, "over HTTP/2");
+}

@@ -9,7 +9,10 @@ use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     path::PathBuf,
-    sync::{Arc, LazyLock, Mutex, OnceLock},
+    sync::{
+        Arc, LazyLock, Mutex, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use hickory_proto::{
@@ -167,6 +170,9 @@ impl Ca {
 pub struct TlsFront {
     pub address: SocketAddr,
     backend: Arc<OnceLock<SocketAddr>>,
+    /// TLS connections accepted, and how many of them negotiated HTTP/2.
+    pub connections: Arc<AtomicUsize>,
+    pub http2_connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -178,19 +184,27 @@ impl TlsFront {
         let acceptor = TlsAcceptor::from(ca.server_config(names));
         let backend: Arc<OnceLock<SocketAddr>> = Arc::default();
         let target = Arc::clone(&backend);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let http2_connections = Arc::new(AtomicUsize::new(0));
+        let (counted, counted_h2) = (Arc::clone(&connections), Arc::clone(&http2_connections));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let (acceptor, target) = (acceptor.clone(), Arc::clone(&target));
+                let (counted, counted_h2) = (Arc::clone(&counted), Arc::clone(&counted_h2));
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+                        counted_h2.fetch_add(1, Ordering::SeqCst);
+                    }
                     let Some(backend) = target.get().copied() else { return };
                     let Ok(mut plain) = TcpStream::connect(backend).await else { return };
                     let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
                 });
             }
         });
-        Ok(Self { address, backend, task })
+        Ok(Self { address, backend, connections, http2_connections, task })
     }
 
     /// Binds `port` on a random address of 127.0.0.0/8 (a well-known port such as 443 needs
@@ -275,6 +289,10 @@ impl FedServer {
         let server = TestServer::with_options(&options).await;
         front.forward_to(server.server().addresses()[0]);
         Self { server, _front: front, name }
+    }
+
+    pub fn front(&self) -> &TlsFront {
+        &self._front
     }
 
     pub fn user_id(&self, localpart: &str) -> String {
