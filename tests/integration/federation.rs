@@ -506,6 +506,30 @@ async fn keys_come_through_a_notary_when_configured() {
     // C kept A's document as A signed it, without the notary's signature.
     assert!(stored.document["signatures"].get(notary.name.as_str()).is_none());
     let _ = ServerName::parse(&a.name).expect("valid");
+
+    // The order: by default a server asks the origin first (the notary learns nothing);
+    // with query_trusted_key_servers_first, the notary first.
+    for (first, notary_asked) in [
+        ("query_trusted_key_servers_first=false", false),
+        ("query_trusted_key_servers_first=true", true),
+    ] {
+        let origin = FedServer::start(&ca, &[]).await;
+        let notary = FedServer::start(&ca, &[]).await;
+        let trusted = format!("trusted_servers=[\"{}\"]", notary.name);
+        let checker = FedServer::start(&ca, &[&trusted, first]).await;
+        let asker = origin.server.register("asker", "pw").await;
+        let _target = checker.server.register("target", "pw").await;
+        let (status, body) = get_as(
+            &origin,
+            &asker,
+            &format!("/_matrix/client/v3/profile/{}", checker.user_id("target")),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let origin_name: OwnedServerName = origin.name.as_str().try_into().expect("name");
+        let vouched = services(&notary).federation.keys.stored(&origin_name).expect("read");
+        assert_eq!(vouched.is_some(), notary_asked, "{first}");
+    }
 }
 
 #[tokio::test]
