@@ -147,11 +147,15 @@ impl Dns {
                 Ok(SrvAnswer { records, valid_until: lookup.as_lookup().valid_until() })
             }
             Err(error) => match no_records(&error) {
-                Some(ttl) => Ok(SrvAnswer {
-                    records: Vec::new(),
-                    valid_until: Instant::now()
-                        + ttl.unwrap_or(DEFAULT_NEGATIVE_TTL).max(self.negative_min_ttl),
-                }),
+                Some(ttl) => {
+                    let ttl = ttl.unwrap_or(DEFAULT_NEGATIVE_TTL).max(self.negative_min_ttl);
+                    let now = Instant::now();
+                    // A configured minimum can be absurdly large; a year is forever here.
+                    let valid_until = now
+                        .checked_add(ttl)
+                        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 60 * 60));
+                    Ok(SrvAnswer { records: Vec::new(), valid_until })
+                }
                 None => Err(error.to_string()),
             },
         }
