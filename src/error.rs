@@ -72,6 +72,11 @@ impl Error {
         Self::matrix(status, ErrorKind::Unrecognized, message)
     }
 
+    /// `401 M_UNAUTHORIZED`: a server-server request without a valid `X-Matrix` signature.
+    pub fn unauthorized(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::matrix(StatusCode::UNAUTHORIZED, ErrorKind::Unauthorized, message)
+    }
+
     pub fn missing_token() -> Self {
         Self::matrix(
             StatusCode::UNAUTHORIZED,

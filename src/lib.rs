@@ -2,9 +2,10 @@
 //!
 //! The crate is organised as the design describes: `config` (what the operator asked for),
 //! `storage` (RocksDB, typed tables, the Writer), `actors` (supervision and keyed actors),
-//! `http` (axum routes and listeners), `media` (the content repository), `federation` (this
-//! server's identity towards others), `admin` (operator commands), `limits` (what input the
-//! server accepts), and `server` (starting and stopping all of it).
+//! `net` (outbound clients' TLS settings and address checks), `http` (axum routes and
+//! listeners), `media` (the content repository), `federation` (discovery, keys and signed
+//! requests between servers), `admin` (operator commands), `limits` (what input the server
+//! accepts), and `server` (starting and stopping all of it).
 
 pub mod accounts;
 pub mod actors;
@@ -18,6 +19,7 @@ pub mod limits;
 pub mod logging;
 pub mod media;
 pub mod memory;
+pub mod net;
 pub mod push;
 pub mod rooms;
 pub mod server;

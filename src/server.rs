@@ -21,7 +21,7 @@ use crate::{
     accounts::Accounts,
     actors::{ActorSystem, presence::Presence},
     admin,
-    federation::SigningKey,
+    federation::{Federation, SigningKey},
     http::{self, Listeners},
     media::Media,
     push::pushers::Push,
@@ -263,6 +263,8 @@ impl Server {
         )
         .await?;
         let media = Media::start(&config, Arc::clone(&storage), &actors).await?;
+        let federation =
+            Arc::new(Federation::start(&config, Arc::clone(&storage), Arc::clone(&signing_key))?);
         let metrics = if config.metrics_enabled { http::metrics::install() } else { None };
         let shutdown = Shutdown::new();
         let services = Arc::new(Services {
@@ -277,6 +279,7 @@ impl Server {
             media,
             hub,
             signing_key,
+            federation,
             metrics,
             started: Instant::now(),
             shutdown: shutdown.clone(),

@@ -1,5 +1,5 @@
 //! Everything a request handler or an actor may need, shared behind one `Arc`: the
-//! configuration, the database, the actor registries, the signing key, metrics.
+//! configuration, the database, the actor registries, the signing key, federation, metrics.
 
 use std::{sync::Arc, time::Instant};
 
@@ -7,8 +7,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 use crate::{
-    Config, accounts::Accounts, actors::ActorSystem, federation::SigningKey, media::Media,
-    rooms::Rooms, server::Shutdown, storage::Storage, sync::hub::SyncHub,
+    Config,
+    accounts::Accounts,
+    actors::ActorSystem,
+    federation::{Federation, SigningKey},
+    media::Media,
+    rooms::Rooms,
+    server::Shutdown,
+    storage::Storage,
+    sync::hub::SyncHub,
 };
 
 pub struct Services {
@@ -25,6 +32,8 @@ pub struct Services {
     /// Wakes waiting /sync requests.
     pub hub: Arc<SyncHub>,
     pub signing_key: Arc<SigningKey>,
+    /// Discovery, keys, the outbound client and the policy towards other servers.
+    pub federation: Arc<Federation>,
     pub metrics: Option<PrometheusHandle>,
     /// Permits for requests in flight (`max_in_flight_requests`).
     pub in_flight: Arc<Semaphore>,

@@ -147,6 +147,26 @@ impl Accounts {
         Ok(USERS_TABLE.get(self.storage.engine(), &user.to_string())?.map(|Json(record)| record))
     }
 
+    /// Every stored profile field of a local, active user; `None` for anyone else (unknown,
+    /// deactivated, or another server's user).
+    pub fn profile(&self, user: &UserId) -> Result<Option<Vec<(String, serde_json::Value)>>> {
+        let exists = self.record(user)?.is_some_and(|record| !record.deactivated);
+        if user.server_name() != self.server_name || !exists {
+            return Ok(None);
+        }
+        crate::storage::users::PROFILES_TABLE
+            .collect(
+                self.storage.engine(),
+                &crate::storage::codec::prefix(&user.as_str()),
+                crate::storage::Direction::Forward,
+                usize::MAX,
+            )?
+            .into_iter()
+            .map(|((_, field), bytes)| Ok((field, serde_json::from_slice(&bytes)?)))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// Whether `user` is a server admin.
     pub fn is_admin(&self, user: &UserId) -> bool {
         self.record(user).ok().flatten().is_some_and(|record| record.admin && !record.deactivated)

@@ -11,12 +11,17 @@ pub mod section;
 pub mod sources;
 pub mod types;
 
-use std::{fmt, net::IpAddr, ops::Deref, path::PathBuf};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    ops::Deref,
+    path::PathBuf,
+};
 
 use ruma::OwnedServerName;
 
 pub use self::{
-    options::{GlobalConfig, WellKnownConfig},
+    options::{GlobalConfig, TlsConfig, WellKnownConfig},
     sources::{Inputs, Origin},
 };
 use self::{
@@ -233,7 +238,29 @@ impl Config {
                 ));
             }
         }
-        if let Err(error) = crate::http::ssrf::IpDenylist::parse(&global.ip_range_denylist) {
+        for (key, patterns) in [
+            ("forbidden_remote_server_names", &global.forbidden_remote_server_names),
+            (
+                "allowed_remote_server_names_experimental",
+                &global.allowed_remote_server_names_experimental,
+            ),
+        ] {
+            for pattern in patterns {
+                if let Err(error) = regex::Regex::new(pattern) {
+                    return Err(invalid(
+                        key,
+                        &format!("`{pattern}` is not a regular expression: {error}"),
+                    ));
+                }
+            }
+        }
+        if let Err(error) = parse_nameservers(&global.dns_nameservers) {
+            return Err(invalid("dns_nameservers", &error));
+        }
+        if !(1..=5).contains(&global.ip_lookup_strategy) {
+            return Err(invalid("ip_lookup_strategy", &"must be 1, 2, 3, 4 or 5"));
+        }
+        if let Err(error) = crate::net::ssrf::IpDenylist::parse(&global.ip_range_denylist) {
             return Err(invalid("ip_range_denylist", &error));
         }
         for (key, seconds) in [
@@ -293,6 +320,13 @@ impl Config {
         megabytes_or_per_core(self.global.db_write_buffer_capacity_mb, 48.0, 4.0)
     }
 
+    /// The nameservers of `dns_nameservers` (port 53 unless given); empty means the
+    /// system's.
+    pub fn dns_nameservers(&self) -> Vec<SocketAddr> {
+        // Validated when the configuration was loaded.
+        parse_nameservers(&self.global.dns_nameservers).unwrap_or_default()
+    }
+
     /// Mutable access for tests and tools that adjust a loaded configuration.
     pub fn global_mut(&mut self) -> &mut GlobalConfig {
         &mut self.global
@@ -309,6 +343,22 @@ fn megabytes_or_per_core(configured: Option<f64>, base: f64, per_core: f64) -> u
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let bytes = (mb.max(1.0) * 1024.0 * 1024.0) as usize;
     bytes
+}
+
+/// Parses `"ip"` or `"ip:port"` entries (IPv6 with a port in brackets: `"[::1]:53"`).
+fn parse_nameservers(entries: &[String]) -> Result<Vec<SocketAddr>, String> {
+    entries
+        .iter()
+        .map(|entry| {
+            let entry = entry.trim();
+            entry
+                .parse::<SocketAddr>()
+                .or_else(|_| entry.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| {
+                    format!("`{entry}` is not an address such as \"10.0.0.53\" or \"10.0.0.53:53\"")
+                })
+        })
+        .collect()
 }
 
 fn octal_digits(value: u32) -> bool {

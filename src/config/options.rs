@@ -244,11 +244,94 @@ config_section! {
         presence_offline_timeout_s: u64 = 1800,
 
         /// Federate with other Matrix servers. When false, federation endpoints answer
-        /// `403 M_FORBIDDEN`.
+        /// `403 M_FORBIDDEN` and this server contacts no other server.
         allow_federation: bool = true,
 
-        /// Servers trusted to vouch for other servers' signing keys (notaries).
+        /// Servers trusted to vouch for other servers' signing keys (notaries), asked through
+        /// `/_matrix/key/v2/query` when a server's keys cannot be fetched from it directly
+        /// (or first, see below). `[]` trusts no notary.
         trusted_servers: Vec<OwnedServerName> = vec![ruma::server_name!("matrix.org").to_owned()],
+
+        /// Answer other servers' profile lookups (`/_matrix/federation/v1/query/profile`);
+        /// when false they get `403 M_FORBIDDEN`.
+        allow_inbound_profile_lookup_federation_requests: bool = true,
+
+        /// Share the display names of this server's users' devices with other servers (in
+        /// device key and device list answers).
+        allow_device_name_federation: bool = false,
+
+        /// Ask `trusted_servers` for a server's signing keys before asking the server itself.
+        query_trusted_key_servers_first: bool = false,
+
+        /// Fetch other servers' signing keys only through `trusted_servers`, never directly.
+        only_query_trusted_key_servers: bool = false,
+
+        /// Regular expressions matched against a remote server's host name: matching servers
+        /// are refused in both directions (their requests get `403 M_FORBIDDEN`; nothing is
+        /// sent to them).
+        ///
+        /// example: ["badserver\\.tld$", "badphrase"]
+        forbidden_remote_server_names: Vec<String> = Vec::new(),
+
+        /// Regular expressions matched against a remote server's host name: when the list is
+        /// not empty, only matching servers are federated with (and
+        /// `forbidden_remote_server_names` still applies to them). Experimental in Tuwunel;
+        /// same meaning here.
+        ///
+        /// example: ["^matrix\\.example\\.org$"]
+        allowed_remote_server_names_experimental: Vec<String> = Vec::new(),
+
+        /// Seconds one request to another server may take in all (connecting, sending,
+        /// waiting for and reading the answer).
+        federation_timeout: u64 = 300,
+
+        /// Seconds an idle connection to another server is kept open for reuse.
+        federation_idle_timeout: u64 = 25,
+
+        /// Idle connections kept open per remote server.
+        federation_idle_per_host: u16 = 1,
+
+        /// Seconds connecting to a server's `/.well-known/matrix/server` may take.
+        well_known_conn_timeout: u64 = 6,
+
+        /// Seconds fetching a server's `/.well-known/matrix/server` may take in all.
+        well_known_timeout: u64 = 10,
+
+        /// DNS answers (server discovery's SRV, A and AAAA records) kept in memory.
+        dns_cache_entries: u32 = 32_768,
+
+        /// Shortest time in seconds a DNS answer is cached, whatever its TTL says.
+        dns_min_ttl: u64 = 10_800,
+
+        /// Shortest time in seconds a "no such name" DNS answer is cached.
+        dns_min_ttl_nxdomain: u64 = 259_200,
+
+        /// Attempts per DNS query before giving up.
+        dns_attempts: u16 = 10,
+
+        /// Seconds to wait for one DNS answer.
+        dns_timeout: u64 = 10,
+
+        /// Retry over TCP when a DNS answer over UDP was truncated.
+        dns_tcp_fallback: bool = true,
+
+        /// Ask every nameserver at once and take the first answer, rather than one after
+        /// the other.
+        query_all_nameservers: bool = true,
+
+        /// Query DNS over TCP only.
+        query_over_tcp_only: bool = false,
+
+        /// Which addresses a name is resolved to: 1 IPv4 only, 2 IPv6 only, 3 both,
+        /// 4 IPv6 then IPv4, 5 IPv4 then IPv6.
+        ip_lookup_strategy: u8 = 5,
+
+        /// Nameservers (`"ip"` or `"ip:port"`) for server discovery instead of those in
+        /// /etc/resolv.conf. Our addition to Tuwunel's keys: for split-horizon setups,
+        /// private federations and test beds.
+        ///
+        /// example: ["127.0.0.53:53"]
+        dns_nameservers: Vec<String> = Vec::new(),
 
         /// Serve the deprecated unauthenticated media endpoints (`/_matrix/media/*/download`,
         /// `thumbnail`, `config` and `preview_url`) as well as the authenticated ones under
@@ -456,6 +539,9 @@ config_section! {
 
         /// Discovery documents served under `/.well-known/matrix/`.
         [section] well_known: WellKnownConfig = WellKnownConfig::default(),
+
+        /// TLS settings.
+        [section] tls: TlsConfig = TlsConfig::default(),
     }
 }
 
@@ -531,5 +617,19 @@ config_section! {
         ///
         /// example: "@admin:example.com"
         support_mxid: Option<OwnedUserId> = None,
+    }
+}
+
+config_section! {
+    /// The `[global.tls]` table.
+    pub struct TlsConfig {
+        /// A PEM file of certificate authorities trusted for connections to other servers
+        /// (federation, `.well-known` lookups) in addition to the system's roots, which
+        /// `SSL_CERT_FILE` and `SSL_CERT_DIR` replace as for other Linux tools. Our addition
+        /// to Tuwunel's keys: for private federations and test beds with their own CA.
+        /// Certificates are always verified.
+        ///
+        /// example: "/etc/tuwunel/private-ca.pem"
+        ca_file: Option<PathBuf> = None,
     }
 }

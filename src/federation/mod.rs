@@ -1,6 +1,112 @@
-//! Federation: this server's identity towards other servers (its signing key) and, as the
-//! federation work lands, server discovery, destination actors and PDU intake.
+//! Federation: this server's identity towards other servers and the transport to them.
+//!
+//! - [`signing_key`]: the ed25519 key that signs events, key documents and requests;
+//! - [`policy`]: which servers may be talked to (`allow_federation`, the server name lists);
+//! - [`dns`] and [`discovery`]: from a server name to an address, port and TLS name, as the
+//!   spec orders it, cached;
+//! - [`client`]: the one outbound client, signing requests with `X-Matrix`;
+//! - [`keys`]: other servers' signing keys (fetched directly or through notaries, stored)
+//!   and the notary service;
+//! - [`request_auth`]: checking the `X-Matrix` signature of incoming requests;
+//! - [`flight`]: sharing one fetch or lookup between concurrent callers.
+//!
+//! The HTTP front door for other servers (`/_matrix/federation/*`, `/_matrix/key/*`) is
+//! `crate::http::federation`.
 
+pub mod client;
+pub mod discovery;
+pub mod dns;
+pub mod flight;
+pub mod keys;
+pub mod policy;
+pub mod request_auth;
 pub mod signing_key;
 
+use std::{sync::Arc, time::Duration};
+
+use ruma::{OwnedServerName, ServerName};
+
 pub use self::signing_key::SigningKey;
+use self::{
+    client::{ClientSettings, FederationClient},
+    discovery::Discovery,
+    dns::Dns,
+    keys::{KeySettings, ServerKeys},
+    policy::ServerPolicy,
+};
+use crate::{Config, Error, Result, net::ssrf::IpDenylist, storage::Storage};
+
+/// Everything federation needs, built once at startup.
+pub struct Federation {
+    pub server_name: OwnedServerName,
+    pub policy: Arc<ServerPolicy>,
+    pub client: Arc<FederationClient>,
+    pub keys: ServerKeys,
+}
+
+impl Federation {
+    pub fn start(
+        config: &Config,
+        storage: Arc<Storage>,
+        signing_key: Arc<SigningKey>,
+    ) -> Result<Self> {
+        let policy = Arc::new(ServerPolicy::from_config(config)?);
+        let denylist =
+            Arc::new(IpDenylist::parse(&config.ip_range_denylist).map_err(Error::internal)?);
+        let dns = Arc::new(Dns::from_config(config)?);
+        let extra_roots = dns::extra_roots(config)?;
+        let well_known_client = crate::net::outbound::client_builder()
+            .connect_timeout(Duration::from_secs(config.well_known_conn_timeout))
+            .timeout(Duration::from_secs(config.well_known_timeout))
+            .tls_certs_merge(extra_roots.clone())
+            .dns_resolver(dns::ConnectResolver::new(Arc::clone(&dns), Arc::clone(&denylist), None))
+            .redirect(Discovery::redirect_policy(Arc::clone(&denylist)))
+            .build()
+            .map_err(|error| {
+                Error::internal(format!("cannot build the .well-known client: {error}"))
+            })?;
+        let discovery =
+            Arc::new(Discovery::new(Arc::clone(&dns), well_known_client, Arc::clone(&denylist)));
+        let http = crate::net::outbound::client_builder()
+            .tls_certs_merge(extra_roots)
+            .dns_resolver(dns::ConnectResolver::new(
+                Arc::clone(&dns),
+                Arc::clone(&denylist),
+                Some(discovery.connect_targets()),
+            ))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(config.federation_idle_timeout))
+            .pool_max_idle_per_host(usize::from(config.federation_idle_per_host))
+            .build()
+            .map_err(|error| {
+                Error::internal(format!("cannot build the federation client: {error}"))
+            })?;
+        let timeout = Duration::from_secs(config.federation_timeout.max(1));
+        let client = Arc::new(FederationClient::new(
+            config.server_name.clone(),
+            Arc::clone(&signing_key),
+            Arc::clone(&policy),
+            discovery,
+            denylist,
+            http,
+            ClientSettings { timeout, max_response: config.max_request_size.as_usize() },
+        ));
+        let keys = ServerKeys::new(
+            storage,
+            signing_key,
+            Arc::clone(&client),
+            KeySettings {
+                trusted_servers: config.trusted_servers.clone(),
+                query_trusted_first: config.query_trusted_key_servers_first,
+                only_trusted: config.only_query_trusted_key_servers,
+                timeout,
+            },
+        );
+        Ok(Self { server_name: config.server_name.clone(), policy, client, keys })
+    }
+
+    /// Whether `server` is this server.
+    pub fn is_local(&self, server: &ServerName) -> bool {
+        server == self.server_name
+    }
+}

@@ -26,8 +26,6 @@ pub enum Policy {
     Lenient,
     /// An access token is required.
     Required,
-    /// Server-to-server: X-Matrix signatures (checked by the federation layer).
-    Server,
 }
 
 /// Maps ruma's authentication schemes to our policy.
@@ -53,9 +51,9 @@ impl AuthPolicy for AppserviceToken {
 impl AuthPolicy for AppserviceTokenOptional {
     const POLICY: Policy = Policy::Optional;
 }
-impl AuthPolicy for ruma::api::federation::authentication::ServerSignatures {
-    const POLICY: Policy = Policy::Server;
-}
+// Endpoints signed with X-Matrix (`ServerSignatures`) have no policy here on purpose: they
+// cannot be mounted with `ruma::route`, only through `http::federation`, whose extractor
+// checks the signature.
 
 /// The access token of a request: `Authorization: Bearer` first, then `?access_token=`.
 pub fn access_token(parts: &Parts) -> Result<Option<String>> {
@@ -131,7 +129,7 @@ pub fn client_ip(parts: &Parts) -> Option<IpAddr> {
 /// Identifies the caller according to `policy`.
 pub fn authenticate(services: &Services, parts: &Parts, policy: Policy) -> Result<Option<Sender>> {
     match policy {
-        Policy::Anonymous | Policy::Server => Ok(None),
+        Policy::Anonymous => Ok(None),
         Policy::Optional => match access_token(parts)? {
             Some(token) => services.accounts.resolve(&token).map(Some),
             None => Ok(None),

@@ -1,5 +1,6 @@
 //! Discovery: the spec versions we speak, `.well-known` delegation and support documents,
-//! and the server's name and version for clients, servers and monitoring.
+//! and the server's name and version for clients and monitoring (other servers ask
+//! `http::federation`).
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -10,7 +11,7 @@ use ruma::api::{
         discover_support::{self, Contact, ContactRole},
         get_supported_versions,
     },
-    federation::discovery::{discover_homeserver as discover_server, get_server_version},
+    federation::discovery::discover_homeserver as discover_server,
 };
 use serde_json::{Value as JsonValue, json};
 
@@ -33,7 +34,6 @@ pub fn routes(router: Routes) -> Routes {
     let router = route(router, well_known_client);
     let router = route(router, well_known_support);
     let router = route(router, well_known_server);
-    let router = route(router, federation_version);
     router.mount(Method::GET, "/_tuwunel/server_version", BodyKind::Ignored, get(server_version))
 }
 
@@ -96,21 +96,6 @@ async fn well_known_support(
     }
     let mut response = discover_support::Response::with_contacts(contacts);
     response.support_page = well_known.support_page.clone();
-    Ok(response)
-}
-
-async fn federation_version(
-    services: Arc<Services>,
-    _request: Ruma<get_server_version::v1::Request>,
-) -> Result<get_server_version::v1::Response> {
-    if !services.config.allow_federation {
-        return Err(Error::forbidden("Federation is disabled."));
-    }
-    let mut server = get_server_version::v1::Server::new();
-    server.name = Some(SERVER_SOFTWARE.to_owned());
-    server.version = Some(env!("CARGO_PKG_VERSION").to_owned());
-    let mut response = get_server_version::v1::Response::new();
-    response.server = Some(server);
     Ok(response)
 }
 

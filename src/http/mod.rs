@@ -5,14 +5,12 @@
 pub mod auth;
 pub mod client;
 pub mod discovery;
+pub mod federation;
 pub mod listener;
 pub mod metrics;
 pub mod middleware;
-pub mod outbound;
 pub mod routes;
 pub mod ruma;
-pub mod server_keys;
-pub mod ssrf;
 pub mod validate;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
@@ -38,7 +36,7 @@ pub fn routes(services: &Arc<Services>) -> Routes {
     let mut routes = Routes::new();
     routes = discovery::routes(routes);
     routes = client::routes(routes);
-    routes = server_keys::routes(routes);
+    routes = federation::routes(routes);
     if services.config.metrics_enabled && services.config.metrics_address.is_none() {
         routes = routes.mount(Method::GET, "/metrics", BodyKind::Ignored, get(metrics_endpoint));
     }

@@ -139,7 +139,7 @@ where
 /// `{}` (most of its parsers do that themselves, a few hand-written ones do not). `GET`
 /// requests have no body in the spec: one sent anyway is read (within the size limit) and
 /// ignored, as ruma ignores it.
-fn checked_body<T: IncomingRequest + 'static>(bytes: Bytes) -> Result<Bytes> {
+pub(super) fn checked_body<T: IncomingRequest + 'static>(bytes: Bytes) -> Result<Bytes> {
     if T::METHOD == Method::GET {
         return Ok(bytes);
     }
@@ -220,7 +220,7 @@ fn needs_body() -> Error {
 
 /// Turns a ruma parse failure into the spec's error. The body is known to be JSON by now,
 /// so a body failure is JSON of the wrong shape, or missing fields of a body never sent.
-fn classify(sent_empty: bool, error: FromHttpRequestError) -> Error {
+pub(super) fn classify(sent_empty: bool, error: FromHttpRequestError) -> Error {
     match error {
         FromHttpRequestError::Deserialization(DeserializationError::Json(_)) if sent_empty => {
             needs_body()
@@ -299,7 +299,7 @@ where
     routes
 }
 
-fn method_filter(method: &Method) -> MethodFilter {
+pub(super) fn method_filter(method: &Method) -> MethodFilter {
     match *method {
         Method::POST => MethodFilter::POST,
         Method::PUT => MethodFilter::PUT,

@@ -3,7 +3,7 @@
 //! Bytes live on the filesystem ([`store`]), descriptions in RocksDB (`storage::media`),
 //! written only by each owner's actor ([`owner`]). Reads go straight to the database and the
 //! files. Thumbnails ([`thumbnail`]) are made once on the blocking pool and cached; previews
-//! ([`preview`]) fetch pages through the address checks of [`crate::http::ssrf`].
+//! ([`preview`]) fetch pages through the address checks of [`crate::net::ssrf`].
 //!
 //! Media of other servers comes through a [`RemoteMedia`] source. Until federation provides
 //! one, [`NotFederating`] answers `404 M_NOT_FOUND` at once, so clients never hang on it.
@@ -32,7 +32,7 @@ use crate::{
     Config, Error, Result,
     accounts::now_ms,
     actors::{ActorSystem, Limits, Registry, contain::contained_sync},
-    http::ssrf::IpDenylist,
+    net::ssrf::IpDenylist,
     storage::{
         Direction, Storage,
         codec::{Json, prefix},

@@ -5,7 +5,7 @@
 //! off, the endpoint answers `404 M_UNRECOGNIZED`, as for an endpoint this server does not
 //! offer, so clients stop asking. A URL outside the allowlists gets `403 M_FORBIDDEN`, and so
 //! does one whose address, or any redirect's address, is in `ip_range_denylist` (see
-//! [`crate::http::ssrf`]). The allowlists decide which links users may have previewed; redirects
+//! [`crate::net::ssrf`]). The allowlists decide which links users may have previewed; redirects
 //! and the page's image are not held to them (an image usually lives on a CDN), only to the
 //! explicit denylist and the address checks, which are the security boundary.
 //!
@@ -25,7 +25,7 @@ use super::{Media, html};
 use crate::{
     Config, Error, Result,
     accounts::now_ms,
-    http::ssrf::{self, GuardedResolver, IpDenylist, Refused},
+    net::ssrf::{self, GuardedResolver, IpDenylist, Refused},
     storage::{
         Batch,
         codec::Json,
@@ -129,7 +129,7 @@ impl Previewer {
     pub fn new(config: &Config, denylist: Arc<IpDenylist>) -> Result<Self> {
         let policy = Arc::new(PreviewPolicy::from_config(config));
         let redirect_policy = Arc::clone(&policy);
-        let client = crate::http::outbound::client_builder()
+        let client = crate::net::outbound::client_builder()
             .timeout(FETCH_TIMEOUT)
             .dns_resolver(GuardedResolver::new(Arc::clone(&denylist)))
             .redirect(ssrf::redirect_policy(Arc::clone(&denylist), MAX_REDIRECTS, move |url| {

@@ -11,7 +11,7 @@ use serde_json::Value as JsonValue;
 
 use crate::{
     Config, Error, Result,
-    http::{
+    net::{
         outbound,
         ssrf::{self, GuardedResolver, IpDenylist},
     },

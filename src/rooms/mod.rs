@@ -160,6 +160,41 @@ pub fn joined_rooms(reader: &(impl Read + ?Sized), user: &UserId) -> Result<Vec<
         .collect())
 }
 
+/// The room a local alias points to, with the servers of its joined members (ours first):
+/// what a client's or another server's alias lookup answers. `None` for an unknown alias.
+pub fn resolve_local_alias(
+    storage: &Storage,
+    alias: &ruma::RoomAliasId,
+) -> Result<Option<(OwnedRoomId, Vec<OwnedServerName>)>> {
+    let Some(Json(record)) =
+        crate::storage::rooms::ALIASES_TABLE.get(storage.engine(), &alias.to_string())?
+    else {
+        return Ok(None);
+    };
+    let own = alias.server_name().to_owned();
+    let mut servers = vec![own.clone()];
+    if let Some(room) = room(storage, &record.room_id)? {
+        let mut others = std::collections::BTreeSet::new();
+        crate::storage::rooms::ROOM_MEMBERS_TABLE.scan(
+            storage.engine(),
+            &crate::storage::codec::prefix(&room.short),
+            None,
+            crate::storage::Direction::Forward,
+            |(_, user), Json(member)| {
+                if member.membership == "join"
+                    && let Ok(user) = UserId::parse(&user)
+                    && user.server_name() != own
+                {
+                    others.insert(user.server_name().to_owned());
+                }
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
+        servers.extend(others);
+    }
+    Ok(Some((record.room_id, servers)))
+}
+
 /// Whether `user` is currently joined to `room_id`.
 pub fn is_joined(reader: &(impl Read + ?Sized), room_id: &RoomId, user: &UserId) -> Result<bool> {
     Ok(membership(reader, room_id, user)?.is_some_and(|record| record.membership == "join"))

@@ -173,4 +173,6 @@ catalogue! {
         "owner -> bytes and files of the media they uploaded, kept with every upload and deletion";
     URL_PREVIEWS = "url_previews", Point, 1,
         "url -> cached OpenGraph preview and when it was fetched";
+    SERVER_SIGNING_KEYS = "server_signing_keys", Point, 1,
+        "server name -> its verify keys (current and old, with validity) and its latest key document";
 }

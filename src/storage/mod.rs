@@ -13,6 +13,7 @@ pub mod coherent_cache;
 pub mod engine;
 pub mod ephemeral;
 pub mod event_cache;
+pub mod federation;
 pub mod immutable_cache;
 pub mod keys;
 pub mod media;

@@ -82,22 +82,26 @@ fn generate_config_prints_the_example() {
 }
 
 /// A running `tuwunel` process whose log lines are collected.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    pub(crate) seen: Vec<String>,
 }
 
 impl Running {
     fn start(args: &[&str], cwd: &Path) -> Self {
-        let mut child = Command::new(BINARY)
-            .args(args)
-            .current_dir(cwd)
-            .env_remove("TUWUNEL_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tuwunel");
+        Self::start_with_env(args, cwd, &[])
+    }
+
+    /// Starts the binary with extra environment variables.
+    pub(crate) fn start_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(BINARY);
+        command.args(args).current_dir(cwd).env_remove("TUWUNEL_CONFIG");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child =
+            command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn tuwunel");
         let (sender, lines) = mpsc::channel();
         for stream in [
             Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
@@ -132,7 +136,7 @@ impl Running {
         None
     }
 
-    fn address(&mut self) -> String {
+    pub(crate) fn address(&mut self) -> String {
         let line = self
             .wait_for("listening", Duration::from_secs(60))
             .unwrap_or_else(|| panic!("never listened: {:?}", self.seen));

@@ -85,14 +85,19 @@ const GENEROUS_LIMITS: &str = "rc_registration_per_second = 1000.0\nrc_registrat
     rc_joins_per_second = 1000.0\nrc_joins_burst_count = 1000\nrc_invites_per_second = 1000.0\n\
     rc_invites_burst_count = 1000\n";
 
-/// The configuration file every test server starts from.
+/// The configuration file every test server starts from. It trusts no notary and asks only
+/// the test bed's DNS server, which knows nothing but the names tests register: a test
+/// server never reaches the network.
 pub fn write_config(dir: &Path) -> PathBuf {
     let path = dir.join("tuwunel.toml");
     let text = format!(
         "[global]\nserver_name = \"test.local\"\ndatabase_path = \"{}\"\naddress = \"127.0.0.1\"\nport = 0\n\
          allow_registration = true\nyes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse = true\n\
-         db_cache_capacity_mb = 16\nlog = \"error\"\n{GENEROUS_LIMITS}",
-        dir.join("db").display()
+         db_cache_capacity_mb = 16\nlog = \"error\"\n{GENEROUS_LIMITS}\
+         trusted_servers = []\ndns_nameservers = [\"{}\"]\ndns_min_ttl = 0\ndns_min_ttl_nxdomain = 0\n\
+         dns_timeout = 2\ndns_attempts = 2\n",
+        dir.join("db").display(),
+        crate::testbed::dns_address(),
     );
     std::fs::write(&path, text).expect("write config");
     path
@@ -108,7 +113,7 @@ pub async fn start_in(dir: &Path, options: &[String]) -> Server {
 
 pub fn client() -> reqwest::Client {
     // reqwest is built without a bundled TLS provider; the server installs one.
-    tuwunel::http::outbound::install_tls_provider();
+    tuwunel::net::outbound::install_tls_provider();
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client")
 }
 

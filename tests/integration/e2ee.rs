@@ -17,9 +17,9 @@ use crate::{
 };
 
 /// An ed25519 key pair standing in for a device's or a cross-signing key.
-struct Signer {
+pub struct Signer {
     pair: Ed25519KeyPair,
-    public: String,
+    pub public: String,
 }
 
 impl Signer {
@@ -71,7 +71,7 @@ fn device_keys(user: &User, device_signer: &Signer) -> Value {
     keys
 }
 
-async fn upload_device(server: &TestServer, user: &User) -> Signer {
+pub async fn upload_device(server: &TestServer, user: &User) -> Signer {
     let signer = Signer::new(&user.device_id);
     let (status, body) = server
         .post_as(

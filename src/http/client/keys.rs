@@ -1,13 +1,20 @@
 //! End-to-end encryption key endpoints: `/keys/upload`, `/keys/query`, `/keys/claim`,
 //! `/keys/changes`, `/keys/device_signing/upload` and `/keys/signatures/upload`.
-//! Local users only until federation lands: remote users are reported under `failures`.
+//! Queries and claims for other servers' users are sent to those servers (all at once); a
+//! server that does not answer is listed under `failures`.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use ruma::{
-    OneTimeKeyAlgorithm, OwnedUserId, UInt, UserId,
-    api::client::keys::{
-        claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys,
+    OneTimeKeyAlgorithm, OwnedDeviceId, OwnedServerName, OwnedUserId, UInt, UserId,
+    api::{
+        OutgoingRequest,
+        client::keys::{
+            claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures,
+            upload_signing_keys,
+        },
+        federation::{authentication::ServerSignatures, keys as federation_keys},
+        path_builder::SinglePath,
     },
     serde::Raw,
 };
@@ -18,6 +25,7 @@ use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
+    federation::client::OutboundError,
     http::ruma::{Ruma, route},
     keys::{
         device_lists,
@@ -56,10 +64,58 @@ fn counts_response(counts: BTreeMap<String, u64>) -> BTreeMap<OneTimeKeyAlgorith
         .collect()
 }
 
-/// Remote servers cannot be asked yet: each is listed as a failure, as the spec allows for
-/// servers that could not be reached.
-fn remote_failure() -> JsonValue {
-    json!({ "status": 503, "message": "Federation is not available on this server yet." })
+/// How long other servers are given to answer a key query or claim when the client does
+/// not say, and at most.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Servers asked at the same time for one request: a client naming thousands of servers
+/// waits longer rather than making this server open thousands of connections at once.
+const MAX_CONCURRENT_SERVERS: usize = 32;
+
+/// A server that could not answer, as the spec's `failures` entry.
+fn remote_failure(error: &OutboundError) -> JsonValue {
+    let status = match error {
+        OutboundError::Remote { status, .. } => *status,
+        OutboundError::Refused(_) => 403,
+        _ => 503,
+    };
+    json!({ "status": status, "message": error.to_string() })
+}
+
+/// Sends one request per server ([`MAX_CONCURRENT_SERVERS`] at a time), each with
+/// `timeout`, and collects the answers.
+async fn ask_servers<R>(
+    services: &Arc<Services>,
+    requests: BTreeMap<OwnedServerName, R>,
+    timeout: Duration,
+) -> Vec<(OwnedServerName, Result<R::IncomingResponse, OutboundError>)>
+where
+    R: OutgoingRequest<PathBuilder = SinglePath, Authentication = ServerSignatures>
+        + Send
+        + 'static,
+    R::IncomingResponse: Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SERVERS));
+    for (server, request) in requests {
+        let services = Arc::clone(services);
+        let permits = Arc::clone(&permits);
+        tasks.spawn(async move {
+            // The semaphore is never closed; without a permit the request just goes ahead.
+            let _permit = permits.acquire_owned().await.ok();
+            let answer =
+                services.federation.client.send_with_timeout(&server, request, timeout).await;
+            (server, answer)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(answer) => answers.push(answer),
+            Err(error) => tracing::error!(%error, "a federation key request task failed"),
+        }
+    }
+    answers
 }
 
 fn is_local_account(services: &Services, user: &UserId) -> Result<bool> {
@@ -107,9 +163,12 @@ async fn query_keys(
     let sender = request.sender()?.clone();
     let engine = services.storage.engine();
     let mut response = get_keys::v3::Response::new();
+    let timeout = request.body.timeout.unwrap_or(REMOTE_TIMEOUT).min(MAX_REMOTE_TIMEOUT);
+    let mut remote: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>> =
+        BTreeMap::new();
     for (user, devices) in request.body.device_keys {
         if user.server_name() != services.config.server_name {
-            response.failures.insert(user.server_name().to_string(), remote_failure());
+            remote.entry(user.server_name().to_owned()).or_default().insert(user, devices);
             continue;
         }
         let devices: Vec<String> = devices.iter().map(ToString::to_string).collect();
@@ -133,6 +192,30 @@ async fn query_keys(
             response.user_signing_keys.insert(user.clone(), to_raw(&user_signing)?);
         }
     }
+    let requests = remote
+        .into_iter()
+        .map(|(server, users)| (server, federation_keys::get_keys::v1::Request::new(users)))
+        .collect();
+    for (server, answer) in ask_servers(&services, requests, timeout).await {
+        match answer {
+            Ok(answer) => {
+                // Only what the server may speak for: its own users.
+                let own = |user: &OwnedUserId| user.server_name() == server;
+                response
+                    .device_keys
+                    .extend(answer.device_keys.into_iter().filter(|(user, _)| own(user)));
+                response
+                    .master_keys
+                    .extend(answer.master_keys.into_iter().filter(|(user, _)| own(user)));
+                response
+                    .self_signing_keys
+                    .extend(answer.self_signing_keys.into_iter().filter(|(user, _)| own(user)));
+            }
+            Err(error) => {
+                response.failures.insert(server.to_string(), remote_failure(&error));
+            }
+        }
+    }
     Ok(response)
 }
 
@@ -141,9 +224,12 @@ async fn claim(
     request: Ruma<claim_keys::v3::Request>,
 ) -> Result<claim_keys::v3::Response> {
     let mut response = claim_keys::v3::Response::new(BTreeMap::new());
+    let timeout = request.body.timeout.unwrap_or(REMOTE_TIMEOUT).min(MAX_REMOTE_TIMEOUT);
+    let mut remote: BTreeMap<OwnedServerName, federation_keys::claim_keys::v1::OneTimeKeyClaims> =
+        BTreeMap::new();
     for (user, wanted) in request.body.one_time_keys {
         if user.server_name() != services.config.server_name {
-            response.failures.insert(user.server_name().to_string(), remote_failure());
+            remote.entry(user.server_name().to_owned()).or_default().insert(user, wanted);
             continue;
         }
         if !is_local_account(&services, &user)? || wanted.is_empty() {
@@ -164,6 +250,20 @@ async fn claim(
                 Error::internal(format!("stored one-time key id '{key_id}' is invalid"))
             })?;
             by_device.entry(device.into()).or_default().insert(key_id, to_raw(&key)?);
+        }
+    }
+    let requests = remote
+        .into_iter()
+        .map(|(server, claims)| (server, federation_keys::claim_keys::v1::Request::new(claims)))
+        .collect();
+    for (server, answer) in ask_servers(&services, requests, timeout).await {
+        match answer {
+            Ok(answer) => response.one_time_keys.extend(
+                answer.one_time_keys.into_iter().filter(|(user, _)| user.server_name() == server),
+            ),
+            Err(error) => {
+                response.failures.insert(server.to_string(), remote_failure(&error));
+            }
         }
     }
     Ok(response)

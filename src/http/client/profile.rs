@@ -1,5 +1,6 @@
 //! Profiles: the whole profile, and each field (`displayname`, `avatar_url` and the custom
-//! fields of Matrix 1.16), with the spec's size limits.
+//! fields of Matrix 1.16), with the spec's size limits. Profiles of other servers' users are
+//! asked of their server.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use ruma::{
             delete_profile_field, get_profile, get_profile_field, set_profile_field,
         },
         error::ErrorKind,
+        federation::query::get_profile_information,
     },
     profile::{ProfileFieldName, ProfileFieldValue},
 };
@@ -26,7 +28,6 @@ use crate::{
         validate,
     },
     limits,
-    storage::{Direction, codec::prefix, users::PROFILES_TABLE},
 };
 
 /// The spec's limit on a field name.
@@ -39,22 +40,30 @@ pub(super) fn routes(router: Routes) -> Routes {
     route(router, delete_field)
 }
 
-/// Every stored field of `user`, or `M_NOT_FOUND` for unknown users.
+/// Every stored field of local `user`, or `M_NOT_FOUND` for unknown users.
 fn load(services: &Services, user: &UserId) -> Result<Vec<(String, JsonValue)>> {
-    let exists = services.accounts.record(user)?.is_some_and(|record| !record.deactivated);
-    if user.server_name() != services.config.server_name || !exists {
-        return Err(Error::not_found("Profile not found."));
+    services.accounts.profile(user)?.ok_or_else(|| Error::not_found("Profile not found."))
+}
+
+/// The profile of `user`: stored for our users, asked of their server for others (only
+/// `field` when given).
+async fn fetch(
+    services: &Services,
+    user: &UserId,
+    field: Option<ProfileFieldName>,
+) -> Result<Vec<(String, JsonValue)>> {
+    if user.server_name() == services.config.server_name {
+        return load(services, user);
     }
-    PROFILES_TABLE
-        .collect(
-            services.storage.engine(),
-            &prefix(&user.as_str()),
-            Direction::Forward,
-            usize::MAX,
-        )?
-        .into_iter()
-        .map(|((_, field), bytes)| Ok((field, serde_json::from_slice(&bytes)?)))
-        .collect()
+    let mut request = get_profile_information::v1::Request::new(user.to_owned());
+    request.field = field;
+    let response = services
+        .federation
+        .client
+        .send(user.server_name(), request)
+        .await
+        .map_err(|error| error.into_client_error("Profile not available"))?;
+    Ok(response.iter().map(|(field, value)| (field.clone(), value.clone())).collect())
 }
 
 fn require_token_if_configured<T>(services: &Services, request: &Ruma<T>) -> Result<()> {
@@ -69,7 +78,7 @@ async fn profile(
     request: Ruma<get_profile::v3::Request>,
 ) -> Result<get_profile::v3::Response> {
     require_token_if_configured(&services, &request)?;
-    let fields = load(&services, &request.body.user_id)?;
+    let fields = fetch(&services, &request.body.user_id, None).await?;
     let mut response = get_profile::v3::Response::new();
     response.data = fields.into_iter().collect();
     Ok(response)
@@ -80,7 +89,7 @@ async fn get_field(
     request: Ruma<get_profile_field::v3::Request>,
 ) -> Result<get_profile_field::v3::Response> {
     require_token_if_configured(&services, &request)?;
-    let fields = load(&services, &request.body.user_id)?;
+    let fields = fetch(&services, &request.body.user_id, Some(request.body.field.clone())).await?;
     let name = request.body.field.as_str().to_owned();
     let value = fields
         .into_iter()

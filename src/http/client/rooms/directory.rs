@@ -22,6 +22,7 @@ use ruma::{
             room::{Visibility, aliases},
         },
         error::ErrorKind,
+        federation::query::get_room_information,
     },
     directory::{Filter, PublicRoomsChunk, PublicRoomsChunkInit, RoomNetwork},
     events::TimelineEventType,
@@ -414,16 +415,17 @@ async fn get_room_alias(
 ) -> Result<get_alias::v3::Response> {
     let alias = request.body.room_alias;
     if alias.server_name() != services.config.server_name {
-        return Err(Error::not_found(format!(
-            "Room alias {alias} belongs to another server, which cannot be asked without \
-             federation."
-        )));
+        let response = services
+            .federation
+            .client
+            .send(alias.server_name(), get_room_information::v1::Request::new(alias.clone()))
+            .await
+            .map_err(|error| error.into_client_error(&format!("Room alias {alias}")))?;
+        return Ok(get_alias::v3::Response::new(response.room_id, response.servers));
     }
-    let Some(Json(record)) = ALIASES_TABLE.get(services.storage.engine(), &alias.to_string())?
-    else {
-        return Err(unknown_alias(&alias));
-    };
-    Ok(get_alias::v3::Response::new(record.room_id, vec![services.config.server_name.clone()]))
+    let (room_id, servers) = rooms::resolve_local_alias(&services.storage, &alias)?
+        .ok_or_else(|| unknown_alias(&alias))?;
+    Ok(get_alias::v3::Response::new(room_id, servers))
 }
 
 /// Drops `alias` from the room's `m.room.canonical_alias`, as the user removing the alias.

@@ -1,5 +1,5 @@
-//! Keeps requests the server makes on a user's behalf (URL previews, push gateways; later
-//! federation) away from the operator's own network.
+//! Keeps requests the server makes on a user's or another server's behalf (URL previews, push
+//! gateways, federation) away from the operator's own network.
 //!
 //! A URL is checked three times: its literal host before the request ([`check_url`]), the
 //! addresses its name resolves to at connection time ([`GuardedResolver`], so a DNS answer

@@ -1,5 +1,5 @@
 //! Outbound HTTP: the process-wide TLS crypto provider and the settings every client this
-//! server builds starts from (URL previews now, federation and push later).
+//! server builds starts from (URL previews, push gateways, federation).
 //!
 //! reqwest is built with `rustls-no-provider`, so a provider must be installed before any
 //! client is built; [`client_builder`] does it once per process.

@@ -1,0 +1,301 @@
+//! The federation test bed: a DNS server on loopback that every test server asks, a
+//! throw-away certificate authority, TLS fronts for test servers and test endpoints, and
+//! servers named `localhost:PORT` that federate with each other over TLS.
+//!
+//! Test servers never reach the network: their only nameserver is [`dns_address`], which
+//! knows the names tests registered and answers NXDOMAIN for everything else.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    path::PathBuf,
+    sync::{
+        Arc, LazyLock, Mutex, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use hickory_proto::{
+    op::{Message, MessageType, ResponseCode},
+    rr::{
+        Name, RData, Record, RecordType,
+        rdata::{A, SRV},
+    },
+    serialize::binary::{BinDecodable, BinEncodable},
+};
+use rand::Rng;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        ServerConfig,
+        pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+    },
+};
+
+use crate::common::TestServer;
+
+/// A DNS record the test DNS server answers with.
+#[derive(Debug, Clone)]
+pub enum TestRecord {
+    A(Ipv4Addr),
+    Srv {
+        priority: u16,
+        weight: u16,
+        port: u16,
+        target: String,
+    },
+    /// Answer SERVFAIL for the name.
+    Fail,
+}
+
+/// A name's records and their TTL in seconds.
+type Entry = (Vec<TestRecord>, u32);
+
+/// name (lower case, no trailing dot) -> its records.
+static ZONE: LazyLock<Mutex<HashMap<String, Entry>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Adds records for `name` with `ttl`.
+pub fn dns_add(name: &str, ttl: u32, records: Vec<TestRecord>) {
+    let key = name.trim_end_matches('.').to_ascii_lowercase();
+    ZONE.lock().expect("zone").insert(key, (records, ttl));
+}
+
+/// The address of the test DNS server (started on first use).
+pub fn dns_address() -> SocketAddr {
+    static ADDRESS: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDRESS.get_or_init(|| {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind test DNS");
+        let address = socket.local_addr().expect("DNS address");
+        std::thread::spawn(move || serve_dns(&socket));
+        address
+    })
+}
+
+fn serve_dns(socket: &UdpSocket) {
+    let mut buffer = [0u8; 4096];
+    loop {
+        let Ok((length, peer)) = socket.recv_from(&mut buffer) else { continue };
+        let Ok(request) = Message::from_bytes(&buffer[..length]) else { continue };
+        let mut response = Message::new();
+        response
+            .set_id(request.id())
+            .set_message_type(MessageType::Response)
+            .set_op_code(request.op_code())
+            .set_recursion_desired(request.recursion_desired())
+            .set_recursion_available(true)
+            .set_authoritative(true);
+        response.add_queries(request.queries().to_vec());
+        let mut code = ResponseCode::NoError;
+        for query in request.queries() {
+            let name = query.name().to_utf8();
+            let key = name.trim_end_matches('.').to_ascii_lowercase();
+            let zone = ZONE.lock().expect("zone");
+            let Some((records, ttl)) = zone.get(&key) else {
+                code = ResponseCode::NXDomain;
+                continue;
+            };
+            for record in records {
+                let rdata = match (record, query.query_type()) {
+                    (TestRecord::Fail, _) => {
+                        code = ResponseCode::ServFail;
+                        continue;
+                    }
+                    (TestRecord::A(ip), RecordType::A) => RData::A(A(*ip)),
+                    (TestRecord::Srv { priority, weight, port, target }, RecordType::SRV) => {
+                        let target = Name::from_ascii(format!("{target}.")).expect("SRV target");
+                        RData::SRV(SRV::new(*priority, *weight, *port, target))
+                    }
+                    _ => continue,
+                };
+                response.add_answer(Record::from_rdata(query.name().clone(), *ttl, rdata));
+            }
+        }
+        response.set_response_code(code);
+        if let Ok(bytes) = response.to_bytes() {
+            let _ = socket.send_to(&bytes, peer);
+        }
+    }
+}
+
+/// A unique DNS label for one test's names.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}.test", rand::thread_rng().r#gen::<u32>())
+}
+
+/// A throw-away certificate authority, its certificate written to a PEM file servers trust
+/// through `tls.ca_file`.
+pub struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub pem_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Ca {
+    pub fn new() -> Self {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "tuwunel test CA");
+        let certificate = params.self_signed(&key).expect("CA certificate");
+        let dir = tempfile::tempdir().expect("CA directory");
+        let pem_path = dir.path().join("ca.pem");
+        std::fs::write(&pem_path, certificate.pem()).expect("write CA");
+        Self { issuer: rcgen::Issuer::new(params, key), pem_path, _dir: dir }
+    }
+
+    /// A server TLS configuration with a certificate for `names` (host names or IP
+    /// addresses), offering HTTP/2 and HTTP/1.1.
+    pub fn server_config(&self, names: &[&str]) -> Arc<ServerConfig> {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("leaf params");
+        let certificate = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let chain = vec![CertificateDer::from(certificate.der().to_vec())];
+        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, private)
+            .expect("server certificate");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+/// A TLS listener that forwards each connection's plaintext to a backend address (set once
+/// the backend runs).
+pub struct TlsFront {
+    pub address: SocketAddr,
+    backend: Arc<OnceLock<SocketAddr>>,
+    /// TLS connections accepted, and how many of them negotiated HTTP/2.
+    pub connections: Arc<AtomicUsize>,
+    pub http2_connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsFront {
+    /// Listens on `address` (port 0 for any) with a certificate for `names`.
+    pub async fn bind(address: SocketAddr, ca: &Ca, names: &[&str]) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(address).await?;
+        let address = listener.local_addr()?;
+        let acceptor = TlsAcceptor::from(ca.server_config(names));
+        let backend: Arc<OnceLock<SocketAddr>> = Arc::default();
+        let target = Arc::clone(&backend);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let http2_connections = Arc::new(AtomicUsize::new(0));
+        let (counted, counted_h2) = (Arc::clone(&connections), Arc::clone(&http2_connections));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (acceptor, target) = (acceptor.clone(), Arc::clone(&target));
+                let (counted, counted_h2) = (Arc::clone(&counted), Arc::clone(&counted_h2));
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+                        counted_h2.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let Some(backend) = target.get().copied() else { return };
+                    let Ok(mut plain) = TcpStream::connect(backend).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        Ok(Self { address, backend, connections, http2_connections, task })
+    }
+
+    /// Binds `port` on a random address of 127.0.0.0/8 (a well-known port such as 443 needs
+    /// root, as CI has), retrying on collisions with other tests.
+    pub async fn bind_random_loopback(port: u16, ca: &Ca, names: &[&str]) -> Self {
+        for _ in 0..50 {
+            let mut rng = rand::thread_rng();
+            let ip = Ipv4Addr::new(
+                127,
+                rng.gen_range(1..=254),
+                rng.gen_range(0..=255),
+                rng.gen_range(1..=254),
+            );
+            match Self::bind(SocketAddr::new(IpAddr::V4(ip), port), ca, names).await {
+                Ok(front) => return front,
+                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(error) => panic!(
+                    "cannot listen on {ip}:{port} ({error}); the discovery tests bind the \
+                     federation ports on loopback and must run as root"
+                ),
+            }
+        }
+        panic!("no free loopback address for port {port}");
+    }
+
+    pub fn forward_to(&self, backend: SocketAddr) {
+        let _ = self.backend.set(backend);
+    }
+
+    pub fn ip(&self) -> Ipv4Addr {
+        match self.address.ip() {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
+        }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `ip_range_denylist` with loopback taken out: the explicit exemption that lets test
+/// servers reach each other.
+pub fn denylist_without_loopback() -> String {
+    let ranges: Vec<String> = tuwunel::config::GlobalConfig::default()
+        .ip_range_denylist
+        .into_iter()
+        .filter(|range| range != "127.0.0.0/8" && range != "::1/128")
+        .map(|range| format!("\"{range}\""))
+        .collect();
+    format!("ip_range_denylist=[{}]", ranges.join(","))
+}
+
+/// A test server reachable over TLS under `server_name`, through its front.
+pub struct FedServer {
+    pub server: TestServer,
+    /// Kept alive for as long as the server runs.
+    _front: TlsFront,
+    pub name: String,
+}
+
+impl FedServer {
+    /// A server named `localhost:PORT`, PORT being its TLS front's.
+    pub async fn start(ca: &Ca, extra: &[&str]) -> Self {
+        let front =
+            TlsFront::bind(SocketAddr::from(([127, 0, 0, 1], 0)), ca, &["localhost", "127.0.0.1"])
+                .await
+                .expect("bind TLS front");
+        let name = format!("localhost:{}", front.address.port());
+        Self::start_named(ca, front, name, extra).await
+    }
+
+    /// A server named `name` behind `front`.
+    pub async fn start_named(ca: &Ca, front: TlsFront, name: String, extra: &[&str]) -> Self {
+        let server_name = format!("server_name=\"{name}\"");
+        let ca_file = format!("tls.ca_file=\"{}\"", ca.pem_path.display());
+        let denylist = denylist_without_loopback();
+        let mut options = vec![server_name.as_str(), ca_file.as_str(), denylist.as_str()];
+        options.extend_from_slice(extra);
+        let server = TestServer::with_options(&options).await;
+        front.forward_to(server.server().addresses()[0]);
+        Self { server, _front: front, name }
+    }
+
+    pub fn front(&self) -> &TlsFront {
+        &self._front
+    }
+
+    pub fn user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.name)
+    }
+}
