@@ -245,6 +245,7 @@ pub async fn serve_connection<S>(
         activity: Arc::clone(&activity),
         response_timeout: limits.response,
         write_stall: None,
+        lingering: None,
     });
     let service = ConnectionService { app, peer, activity: Arc::clone(&activity) };
     // No hyper timer is set: hyper's own header timeout would also end keep-alive
@@ -439,7 +440,13 @@ struct Watched<S> {
     response_timeout: Duration,
     /// Running while a write waits for the client.
     write_stall: Option<Pin<Box<Sleep>>>,
+    /// Set once the write side is shut: how long what the client still sends is read and
+    /// thrown away before the socket closes (see [`Watched::linger`]).
+    lingering: Option<Pin<Box<Sleep>>>,
 }
+
+/// How long a closing connection keeps reading what the client still sends.
+const LINGER: Duration = Duration::from_secs(2);
 
 impl<S> Watched<S> {
     /// Whether a write that has not progressed has waited too long (arming the timer on
@@ -452,6 +459,31 @@ impl<S> Watched<S> {
             return true;
         }
         false
+    }
+}
+
+impl<S: AsyncRead + Unpin> Watched<S> {
+    /// A lingering close, as web servers do it: the response is out and the write side shut
+    /// (the client sees the end of the response), and what the client is still sending (a
+    /// request body the handler refused without reading, such as an upload with an expired
+    /// token) is read and dropped until the client closes too, for at most [`LINGER`].
+    /// Closing a socket with unread bytes makes the kernel answer with a reset, which
+    /// discards the response the client has not read yet.
+    fn linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let timer = self.lingering.get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
+        let mut scratch = [0u8; 8192];
+        loop {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -475,7 +507,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -517,7 +549,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.lingering.is_none() {
+            match Pin::new(&mut this.inner).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+        }
+        this.linger(cx)
     }
 }
 
