@@ -32,6 +32,8 @@ pub struct Ruma<T> {
     /// The authenticated caller (always present on endpoints that require a token).
     pub sender: Option<Sender>,
     pub client_ip: Option<IpAddr>,
+    /// The body as sent, for the few endpoints that keep what ruma's types would normalise.
+    pub raw_body: Bytes,
 }
 
 impl<T> Ruma<T> {
@@ -92,14 +94,17 @@ where
             .map_err(|rejection| {
                 Error::invalid_param(format!("invalid path parameter: {}", rejection.body_text()))
             })?;
-        let params: Vec<&str> = params.iter().map(|(_, value)| value).collect();
+        let mut params: Vec<&str> = params.iter().map(|(_, value)| value).collect();
+        if parts.extensions.get::<EmptyLastParameter>().is_some() {
+            params.push("");
+        }
         let bytes =
             read_body(&parts.headers, body, services.config.max_request_size.as_usize()).await?;
         let bytes = strip_empty_auth(empty_as_object(&parts, bytes));
         let headers = parts.headers.clone();
         let request = axum::http::Request::from_parts(parts, bytes.as_ref());
         match T::try_from_http_request(request, &params) {
-            Ok(body) => Ok(Self { body, headers, sender, client_ip }),
+            Ok(body) => Ok(Self { body, headers, sender, client_ip, raw_body: bytes }),
             Err(error) => Err(classify(&bytes, error)),
         }
     }
@@ -217,20 +222,85 @@ where
     H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
 {
+    mount::<R, _, _, _>(router, extra, move |services: Arc<Services>, request: Ruma<R>| {
+        let answer = handler(services, request);
+        async move { answer.await.map(RumaResponse) }
+    })
+}
+
+/// Like [`route`], for a handler that answers with a response of its own making: JSON the
+/// ruma response type cannot express (fields the spec requires that ruma leaves out when
+/// empty, actions kept byte for byte), or a response that must outlive its handler.
+pub fn route_raw<R, H, F, O>(router: Router<Arc<Services>>, handler: H) -> Router<Arc<Services>>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthPolicy,
+    H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<O>> + Send + 'static,
+    O: IntoResponse + 'static,
+{
+    mount(router, &[], handler)
+}
+
+/// Mounts `handler` on every path of `R` and on `extra`. A path whose last segment is a
+/// parameter is also mounted with that segment empty and a trailing slash (`.../state/m.room.name/`
+/// is the spec's empty state key): the path router cannot match an empty segment, and
+/// clients do send it. The handler then sees the parameter as the empty string and judges
+/// it as it judges any other value.
+fn mount<R, H, F, O>(
+    router: Router<Arc<Services>>,
+    extra: &[&'static str],
+    handler: H,
+) -> Router<Arc<Services>>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthPolicy,
+    H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<O>> + Send + 'static,
+    O: IntoResponse + 'static,
+{
     let filter = method_filter(&R::METHOD);
     let mut paths: BTreeSet<&'static str> = R::PATH_BUILDER.all_paths().collect();
     paths.extend(extra);
     let mut router = router;
     for path in paths {
-        let handler = handler.clone();
+        let direct = handler.clone();
         router = router.route(
             path,
             on(filter, move |State(services): State<Arc<Services>>, request: Ruma<R>| async move {
-                handler(services, request).await.map(RumaResponse)
+                direct(services, request).await
             }),
         );
+        if let Some(emptied) = with_empty_last_parameter(path) {
+            let handler = handler.clone();
+            router = router.route(
+                &emptied,
+                on(filter, move |State(services): State<Arc<Services>>, request: Request| {
+                    let handler = handler.clone();
+                    async move {
+                        let (mut parts, body) = request.into_parts();
+                        parts.extensions.insert(EmptyLastParameter);
+                        let request =
+                            Ruma::<R>::from_request(Request::from_parts(parts, body), &services)
+                                .await?;
+                        handler(services, request).await
+                    }
+                }),
+            );
+        }
     }
     router
+}
+
+/// Marks a request routed through [`with_empty_last_parameter`]'s path.
+#[derive(Clone, Copy)]
+struct EmptyLastParameter;
+
+/// `/a/{b}/{c}` as `/a/{b}/` (the form whose last parameter is empty); `None` when the path
+/// does not end in a parameter.
+fn with_empty_last_parameter(path: &str) -> Option<String> {
+    let (head, last) = path.rsplit_once('/')?;
+    (last.starts_with('{') && last.ends_with('}')).then(|| format!("{head}/"))
 }
 
 fn method_filter(method: &Method) -> MethodFilter {

@@ -15,6 +15,7 @@ mod config;
 mod directory;
 mod discovery;
 mod e2ee;
+mod empty_path_parameters;
 mod errors;
 mod live_streams;
 mod loadtest;
