@@ -279,7 +279,7 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
         // Push rules exist from the start: the defaults until the user changes one.
         if !global.iter().any(|event| event["type"] == push_rules::PUSH_RULES) {
             let ruleset = push_rules::load(&services.storage, user)?;
-            global.push(json!({ "type": push_rules::PUSH_RULES, "content": push_rules::content(&ruleset)? }));
+            global.push(json!({ "type": push_rules::PUSH_RULES, "content": push_rules::content(&ruleset, None)? }));
         }
         global
     } else {
