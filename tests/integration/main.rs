@@ -21,6 +21,7 @@ mod live_streams;
 mod loadtest;
 mod media;
 mod metrics;
+mod peeking;
 mod profile;
 mod push;
 mod rate_limits;

@@ -16,8 +16,10 @@ mod register;
 pub(crate) mod rooms;
 mod search;
 mod sync;
+mod thirdparty;
 mod threepid;
 mod user_directory;
+mod voip;
 
 use std::sync::Arc;
 
@@ -43,6 +45,8 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = key_backup::routes(router);
     let router = push::routes(router);
     let router = media::routes(router);
+    let router = thirdparty::routes(router);
+    let router = voip::routes(router);
     user_directory::routes(router)
 }
 
