@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod client;
 pub mod discovery;
+pub mod held;
 pub mod metrics;
 pub mod middleware;
 pub mod outbound;
@@ -37,6 +38,7 @@ pub fn router(services: &Arc<Services>) -> Router {
     router
         .fallback(middleware::unknown_path)
         .method_not_allowed_fallback(middleware::wrong_method)
+        .layer(from_fn(held::keep_until_flushed))
         .layer(from_fn_with_state(Arc::clone(services), middleware::admission))
         .layer(from_fn(middleware::cors))
         .layer(from_fn(middleware::observe))
@@ -163,9 +165,11 @@ fn bind_tcp(address: SocketAddr) -> std::io::Result<TcpListener> {
 fn serve_tcp(listener: TcpListener, app: Router, shutdown: &Shutdown) -> JoinHandle<()> {
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(error) =
-            axum::serve(listener, service).with_graceful_shutdown(shutdown.wait()).await
+        // Connections that report their flushes, for responses held until written.
+        let listener = held::Flushing(listener);
+        if let Err(error) = axum::serve(listener, held::ConnectionService(app))
+            .with_graceful_shutdown(shutdown.wait())
+            .await
         {
             tracing::error!(%error, "listener failed");
         }

@@ -200,11 +200,13 @@ fn invited_by_ignored(
 
 /// Computes the response for `params`.
 pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed> {
-    let upto = services.storage.writer().committed_position();
-    let typing_now = services.rooms.typing.counter();
     let user = &params.sender.user_id;
     let initial = params.since.is_none();
     let since = params.since.map_or(0, |token| token.position);
+    // Not past the user's own unanswered sends (see `SyncHub::hold`).
+    let upto =
+        services.hub.visible_to(user, services.storage.writer().committed_position()).max(since);
+    let typing_now = services.rooms.typing.counter();
     let mut next = SyncToken { position: upto, typing: typing_now, to_device: None };
     let mut response = Response::new(String::new());
     let mut has_news = false;

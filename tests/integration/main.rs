@@ -29,6 +29,7 @@ mod registration;
 mod relations;
 mod rooms;
 mod search;
+mod send_order;
 mod sessions;
 mod shutdown;
 mod spaces;
