@@ -29,6 +29,35 @@ install_test_dependencies() {
     if [ -f tests/requirements.txt ]; then
         python3 -m pip install -q -r tests/requirements.txt
     fi
+    install_synapse
+    install_js_sdk
+}
+
+# Synapse, the reference the matrix-js-sdk test compares us with (pinned in
+# tests/synapse-requirements.txt), in a virtual environment of its own where
+# tests/integration/synapse.rs looks for it.
+install_synapse() {
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/tuwunel-tests/synapse-venv"
+    if [ ! -x "$venv/bin/python" ]; then
+        if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+            rm -rf "$venv"
+            as_root apt-get update -q
+            DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q python3-venv
+            python3 -m venv "$venv"
+        fi
+    fi
+    # Prebuilt wheels (Synapse has a Rust extension) unless none fits this platform.
+    "$venv/bin/python" -m pip install -q --only-binary=:all: -r tests/synapse-requirements.txt \
+        || "$venv/bin/python" -m pip install -q -r tests/synapse-requirements.txt
+}
+
+# matrix-js-sdk, pinned by tests/clients/js/package-lock.json (Node.js 20 or later).
+install_js_sdk() {
+    if ! command -v npm >/dev/null 2>&1; then
+        as_root apt-get update -q
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q nodejs npm
+    fi
+    (cd tests/clients/js && npm ci --no-audit --no-fund --loglevel=error)
 }
 
 command="${1:-}"

@@ -164,8 +164,18 @@ pub enum UserMessage {
     /// changes never lose each other).
     UpdatePushRules {
         update: PushRulesUpdate,
+        /// The actions as the client wrote them, for the rule the update sets them on.
+        written: Option<WrittenActions>,
         reply: Reply<Result<()>>,
     },
+}
+
+/// A rule's actions exactly as a client sent them (ruma's types would drop a highlight
+/// tweak's `"value": true`), so they are served back unchanged.
+pub struct WrittenActions {
+    pub kind: ruma::push::RuleKind,
+    pub rule_id: String,
+    pub actions: JsonValue,
 }
 
 /// A change to a ruleset; fails without writing anything.
@@ -265,8 +275,8 @@ impl Behaviour for UserActor {
             UserMessage::Backup(command) => {
                 Backups { storage: &self.storage, user }.handle(command).await;
             }
-            UserMessage::UpdatePushRules { update, reply } => {
-                let _ = reply.send(self.update_push_rules(user, state, update).await);
+            UserMessage::UpdatePushRules { update, written, reply } => {
+                let _ = reply.send(self.update_push_rules(user, state, update, written).await);
             }
         }
         Ok(())
@@ -738,10 +748,16 @@ impl UserActor {
         user: &OwnedUserId,
         state: &UserState,
         update: PushRulesUpdate,
+        written: Option<WrittenActions>,
     ) -> Result<()> {
-        let mut ruleset = push_rules::load(&self.storage, user)?;
+        let stored = push_rules::stored(&self.storage, user)?;
+        let mut ruleset = push_rules::parse(stored.clone(), user);
         update(&mut ruleset)?;
-        let content = push_rules::content(&ruleset)?;
+        let mut as_written = stored.unwrap_or_default();
+        if let Some(WrittenActions { kind, rule_id, actions }) = written {
+            push_rules::remember_actions(&mut as_written, &kind, &rule_id, actions);
+        }
+        let content = push_rules::content(&ruleset, Some(&as_written))?;
         self.set_account_data(
             user,
             state,

@@ -57,6 +57,7 @@ use tokio::{
 };
 use tower::ServiceExt;
 
+use super::held::ConnectionFlushes;
 use crate::{Config, server::Shutdown};
 
 /// What every connection of a listener is held to (see the module documentation).
@@ -240,14 +241,16 @@ pub async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
+    let flushes = ConnectionFlushes::default();
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),
         response_timeout: limits.response,
         write_stall: None,
+        flushes: flushes.clone(),
         lingering: None,
     });
-    let service = ConnectionService { app, peer, activity: Arc::clone(&activity) };
+    let service = ConnectionService { app, peer, activity: Arc::clone(&activity), flushes };
     // No hyper timer is set: hyper's own header timeout would also end keep-alive
     // connections after that time, and `watch` keeps the two apart.
     let builder = Builder::new(TokioExecutor::new());
@@ -406,6 +409,7 @@ struct ConnectionService {
     app: Router,
     peer: Option<SocketAddr>,
     activity: Arc<Activity>,
+    flushes: ConnectionFlushes,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
@@ -417,6 +421,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         if let Some(peer) = self.peer {
             request.extensions_mut().insert(ConnectInfo(peer));
         }
+        request.extensions_mut().insert(self.flushes.clone());
         let guard = RequestGuard::begin(Arc::clone(&self.activity));
         let answering = self.app.clone().oneshot(request.map(Body::new));
         Box::pin(async move {
@@ -440,6 +445,8 @@ struct Watched<S> {
     response_timeout: Duration,
     /// Running while a write waits for the client.
     write_stall: Option<Pin<Box<Sleep>>>,
+    /// Guards of responses held until written (`http::held`): let go at each completed flush.
+    flushes: ConnectionFlushes,
     /// Set once the write side is shut: how long what the client still sends is read and
     /// thrown away before the socket closes (see [`Watched::linger`]).
     lingering: Option<Pin<Box<Sleep>>>,
@@ -484,6 +491,13 @@ impl<S: AsyncRead + Unpin> Watched<S> {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+impl<S> Drop for Watched<S> {
+    fn drop(&mut self) {
+        // A connection that ends releases everything it kept, written or not.
+        self.flushes.flushed();
     }
 }
 
@@ -545,7 +559,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.inner).poll_flush(cx);
+        if flushed.is_ready() {
+            this.flushes.flushed();
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

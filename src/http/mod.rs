@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod discovery;
 pub mod federation;
+pub mod held;
 pub mod listener;
 pub mod metrics;
 pub mod middleware;
@@ -49,6 +50,7 @@ pub fn router(services: &Arc<Services>) -> Router {
         .into_router()
         .fallback(middleware::unknown_path)
         .method_not_allowed_fallback(middleware::wrong_method)
+        .layer(from_fn(held::keep_until_flushed))
         .layer(from_fn_with_state(
             middleware::Deadlines::from_config(&services.config),
             middleware::deadlines,

@@ -3,7 +3,7 @@
 //! the tests walk every route the server answers from this list, and a route added later
 //! cannot be left out of that walk.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use axum::{Router, http::Method, routing::MethodRouter};
 
@@ -25,7 +25,7 @@ pub enum BodyKind {
 pub struct Mounted {
     pub method: Method,
     /// The axum path template, with `{name}` parameters.
-    pub path: &'static str,
+    pub path: Cow<'static, str>,
     pub body: BodyKind,
 }
 
@@ -50,11 +50,12 @@ impl Routes {
     pub fn mount(
         mut self,
         method: Method,
-        path: &'static str,
+        path: impl Into<Cow<'static, str>>,
         body: BodyKind,
         handler: MethodRouter<Arc<Services>>,
     ) -> Self {
-        self.router = self.router.route(path, handler);
+        let path = path.into();
+        self.router = self.router.route(&path, handler);
         self.mounted.push(Mounted { method, path, body });
         self
     }

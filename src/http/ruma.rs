@@ -53,6 +53,8 @@ pub struct Ruma<T> {
     /// The authenticated caller (always present on endpoints that require a token).
     pub sender: Option<Sender>,
     pub client_ip: Option<IpAddr>,
+    /// The body as sent, for the few endpoints that keep what ruma's types would normalise.
+    pub raw_body: Bytes,
 }
 
 impl<T> Ruma<T> {
@@ -113,7 +115,10 @@ where
             .map_err(|rejection| {
                 Error::invalid_param(format!("invalid path parameter: {}", rejection.body_text()))
             })?;
-        let params: Vec<&str> = params.iter().map(|(_, value)| value).collect();
+        let mut params: Vec<&str> = params.iter().map(|(_, value)| value).collect();
+        if parts.extensions.get::<EmptyLastParameter>().is_some() {
+            params.push("");
+        }
         let bytes =
             read_body(&parts.headers, body, services.config.max_request_size.as_usize()).await?;
         let sent_empty = bytes.is_empty();
@@ -124,7 +129,7 @@ where
         // ruma's parsers are a dependency reading client input: a panic in one must be a
         // refusal of this request, not a 500 (or worse, elsewhere, a failed actor).
         match contained_sync(|| T::try_from_http_request(request, &params)) {
-            Ok(Ok(body)) => Ok(Self { body, headers, sender, client_ip }),
+            Ok(Ok(body)) => Ok(Self { body, headers, sender, client_ip, raw_body: bytes }),
             Ok(Err(error)) => Err(classify(sent_empty, error)),
             Err(panic) => {
                 tracing::warn!(%panic, "parsing a request panicked inside ruma");
@@ -281,22 +286,86 @@ where
     H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
 {
+    mount::<R, _, _, _>(routes, extra, move |services: Arc<Services>, request: Ruma<R>| {
+        let answer = handler(services, request);
+        async move { answer.await.map(RumaResponse) }
+    })
+}
+
+/// Like [`route`], for a handler that answers with a response of its own making: JSON the
+/// ruma response type cannot express (fields the spec requires that ruma leaves out when
+/// empty, actions kept byte for byte), or a response that must outlive its handler.
+pub fn route_raw<R, H, F, O>(routes: Routes, handler: H) -> Routes
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthPolicy,
+    H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<O>> + Send + 'static,
+    O: IntoResponse + 'static,
+{
+    mount(routes, &[], handler)
+}
+
+/// Mounts `handler` on every path of `R` and on `extra`. A path whose last segment is a
+/// parameter is also mounted with that segment empty and a trailing slash (`.../state/m.room.name/`
+/// is the spec's empty state key): the path router cannot match an empty segment, and
+/// clients do send it. The handler then sees the parameter as the empty string and judges
+/// it as it judges any other value.
+fn mount<R, H, F, O>(routes: Routes, extra: &[&'static str], handler: H) -> Routes
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthPolicy,
+    H: Fn(Arc<Services>, Ruma<R>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<O>> + Send + 'static,
+    O: IntoResponse + 'static,
+{
     let filter = method_filter(&R::METHOD);
+    let body = if R::METHOD == Method::GET { BodyKind::Ignored } else { BodyKind::Json };
     let mut paths: BTreeSet<&'static str> = R::PATH_BUILDER.all_paths().collect();
     paths.extend(extra);
     let mut routes = routes;
     for path in paths {
-        let handler = handler.clone();
+        let direct = handler.clone();
         routes = routes.mount(
             R::METHOD,
             path,
-            if R::METHOD == Method::GET { BodyKind::Ignored } else { BodyKind::Json },
+            body,
             on(filter, move |State(services): State<Arc<Services>>, request: Ruma<R>| async move {
-                handler(services, request).await.map(RumaResponse)
+                direct(services, request).await
             }),
         );
+        if let Some(emptied) = with_empty_last_parameter(path) {
+            let handler = handler.clone();
+            routes = routes.mount(
+                R::METHOD,
+                emptied,
+                body,
+                on(filter, move |State(services): State<Arc<Services>>, request: Request| {
+                    let handler = handler.clone();
+                    async move {
+                        let (mut parts, body) = request.into_parts();
+                        parts.extensions.insert(EmptyLastParameter);
+                        let request =
+                            Ruma::<R>::from_request(Request::from_parts(parts, body), &services)
+                                .await?;
+                        handler(services, request).await
+                    }
+                }),
+            );
+        }
     }
     routes
+}
+
+/// Marks a request routed through [`with_empty_last_parameter`]'s path.
+#[derive(Clone, Copy)]
+struct EmptyLastParameter;
+
+/// `/a/{b}/{c}` as `/a/{b}/` (the form whose last parameter is empty); `None` when the path
+/// does not end in a parameter.
+fn with_empty_last_parameter(path: &str) -> Option<String> {
+    let (head, last) = path.rsplit_once('/')?;
+    (last.starts_with('{') && last.ends_with('}')).then(|| format!("{head}/"))
 }
 
 pub(super) fn method_filter(method: &Method) -> MethodFilter {

@@ -153,7 +153,8 @@ impl<'a> Viewer<'a> {
 }
 
 /// The state snapshot `user` may read for a room: the current state while joined (or when
-/// the room is world-readable), the state when they left otherwise.
+/// the room is world-readable), the state when they left otherwise. A user who forgot the
+/// room reads it as someone who was never in it.
 pub fn readable_snapshot(
     storage: &Storage,
     record: &RoomRecord,
@@ -163,7 +164,11 @@ pub fn readable_snapshot(
     let heads = super::heads(storage.engine(), record.short)?
         .ok_or_else(|| Error::not_found("Unknown room."))?;
     let membership = super::membership(storage.engine(), room_id, user)?;
-    match membership.as_ref().map(|record| record.membership.as_str()) {
+    match membership
+        .as_ref()
+        .filter(|record| !record.forgotten)
+        .map(|record| record.membership.as_str())
+    {
         Some("join") => return Ok(heads.snapshot),
         Some("leave" | "ban") => {
             let record =

@@ -202,11 +202,13 @@ fn invited_by_ignored(
 
 /// Computes the response for `params`.
 pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed> {
-    let upto = services.storage.writer().committed_position();
-    let typing_now = services.rooms.typing.counter();
     let user = &params.sender.user_id;
     let initial = params.since.is_none();
     let since = params.since.map_or(0, |token| token.position);
+    // Not past the user's own unanswered sends (see `SyncHub::hold`).
+    let upto =
+        services.hub.visible_to(user, services.storage.writer().committed_position()).max(since);
+    let typing_now = services.rooms.typing.counter();
     let mut next = SyncToken { position: upto, typing: typing_now, to_device: None };
     let mut response = Response::new(String::new());
     let mut has_news = false;
@@ -281,7 +283,7 @@ pub fn compute(services: &Services, params: &SyncParams<'_>) -> Result<Computed>
         // Push rules exist from the start: the defaults until the user changes one.
         if !global.iter().any(|event| event["type"] == push_rules::PUSH_RULES) {
             let ruleset = push_rules::load(&services.storage, user)?;
-            global.push(json!({ "type": push_rules::PUSH_RULES, "content": push_rules::content(&ruleset)? }));
+            global.push(json!({ "type": push_rules::PUSH_RULES, "content": push_rules::content(&ruleset, None)? }));
         }
         global
     } else {

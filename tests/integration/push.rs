@@ -589,3 +589,158 @@ async fn notifications_past_the_retention_are_pruned_and_counts_stay() {
     assert_eq!(tuwunel::push::retention::purge_notifications(storage, 2).await.expect("purge"), 0);
     server.stop().await;
 }
+
+/// Rule ids of one kind, in the order served.
+fn rule_ids(rules: &Value, kind: &str) -> Vec<String> {
+    rules[kind]
+        .as_array()
+        .unwrap_or_else(|| panic!("{kind} is not a list: {rules}"))
+        .iter()
+        .filter_map(|rule| rule["rule_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn legacy_mention_rules_are_served_where_synapse_serves_them_and_work() {
+    let mut server = TestServer::start().await;
+    let (alice, bob, room) = alice_and_bob_in_a_public_room(&server).await;
+    let (status, rules) = server.get_as(&bob, "/_matrix/client/v3/pushrules/global/").await;
+    assert_eq!(status, 200, "{rules}");
+    // Synapse's order: the legacy rules right after their m.mentions successors.
+    assert_eq!(
+        rule_ids(&rules, "override"),
+        [
+            ".m.rule.master",
+            ".m.rule.suppress_notices",
+            ".m.rule.invite_for_me",
+            ".m.rule.member_event",
+            ".m.rule.is_user_mention",
+            ".m.rule.contains_display_name",
+            ".m.rule.is_room_mention",
+            ".m.rule.roomnotif",
+            ".m.rule.tombstone",
+            ".m.rule.reaction",
+            ".m.rule.room.server_acl",
+            ".m.rule.suppress_edits",
+        ]
+    );
+    assert_eq!(rule_ids(&rules, "content"), [".m.rule.contains_user_name"]);
+    assert_eq!(rules["content"][0]["pattern"], "bob");
+    // Every kind is listed, empty or not.
+    for kind in ["override", "content", "room", "sender", "underride"] {
+        assert!(rules[kind].is_array(), "{kind} missing: {rules}");
+    }
+    assert_eq!(rules["room"], json!([]));
+
+    // A plain display-name mention (no m.mentions) highlights, as does the user name and @room
+    // from someone allowed to notify the room.
+    let (status, body) = server
+        .put_as(
+            &bob,
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{}", bob.user_id),
+            json!({"membership": "join", "displayname": "Roberto"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let by_name = send_text(&server, &alice, &room, "l1", "Roberto, look at this").await;
+    let by_user_name = send_text(&server, &alice, &room, "l2", "ping bob please").await;
+    let by_room = send_text(&server, &alice, &room, "l3", "@room meeting now").await;
+    // With m.mentions present the legacy rules stand aside.
+    let with_mentions = send(
+        &server,
+        &alice,
+        &room,
+        "l4",
+        json!({"msgtype": "m.text", "body": "Roberto again", "m.mentions": {}}),
+    )
+    .await;
+    let highlights = notified_event_ids(&server, &bob, "?only=highlight").await;
+    for (what, event) in [("name", &by_name), ("user name", &by_user_name), ("@room", &by_room)] {
+        assert!(highlights.contains(event), "{what} did not highlight: {highlights:?}");
+    }
+    assert!(!highlights.contains(&with_mentions), "{highlights:?}");
+
+    // They can be disabled, and their actions changed, like Element's settings do.
+    let rule = "/_matrix/client/v3/pushrules/global/override/.m.rule.contains_display_name";
+    let (status, body) =
+        server.put_as(&bob, &format!("{rule}/enabled"), json!({"enabled": false})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.get_as(&bob, &format!("{rule}/enabled")).await;
+    assert_eq!((status, &body["enabled"]), (200, &json!(false)));
+    let quiet = send_text(&server, &alice, &room, "l5", "Roberto, quietly").await;
+    assert!(!notified_event_ids(&server, &bob, "?only=highlight").await.contains(&quiet));
+    let (status, body) =
+        server.put_as(&bob, &format!("{rule}/enabled"), json!({"enabled": true})).await;
+    assert_eq!(status, 200, "{body}");
+    let user_name_rule = "/_matrix/client/v3/pushrules/global/content/.m.rule.contains_user_name";
+    let (status, body) =
+        server.put_as(&bob, &format!("{user_name_rule}/actions"), json!({"actions": []})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.get_as(&bob, &format!("{user_name_rule}/actions")).await;
+    assert_eq!((status, body), (200, json!({"actions": []})));
+    let (_, body) =
+        server.get_as(&bob, "/_matrix/client/v3/pushrules/global/override/.m.rule.roomnotif").await;
+    assert_eq!(body["rule_id"], ".m.rule.roomnotif", "{body}");
+    assert_eq!(body["default"], true, "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn push_rules_come_back_as_written() {
+    let mut server = TestServer::start().await;
+    let bob = server.register("bob", "pw").await;
+    let actions = json!(["notify", {"set_tweak": "highlight", "value": true}, {"set_tweak": "sound", "value": "default"}]);
+    let (status, body) = server
+        .put_as(
+            &bob,
+            "/_matrix/client/v3/pushrules/global/room/!someroom:test.local",
+            json!({ "actions": actions }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, rule) =
+        server.get_as(&bob, "/_matrix/client/v3/pushrules/global/room/!someroom:test.local").await;
+    assert_eq!(rule["actions"], actions, "{rule}");
+    let (_, all) = server.get_as(&bob, "/_matrix/client/v3/pushrules/").await;
+    assert_eq!(all["global"]["room"][0]["actions"], actions, "{all}");
+    // Toggling another rule keeps it; so does a restart.
+    let (status, _) = server
+        .put_as(
+            &bob,
+            "/_matrix/client/v3/pushrules/global/override/.m.rule.master/enabled",
+            json!({"enabled": false}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    server.restart().await;
+    let bob = server.login("bob", "pw").await;
+    let (_, actions_only) = server
+        .get_as(&bob, "/_matrix/client/v3/pushrules/global/room/!someroom:test.local/actions")
+        .await;
+    assert_eq!(actions_only, json!({ "actions": actions }));
+    // Actions changed to mean something else are served as newly written.
+    let quieter = json!(["notify", {"set_tweak": "highlight", "value": false}]);
+    let (status, _) = server
+        .put_as(
+            &bob,
+            "/_matrix/client/v3/pushrules/global/room/!someroom:test.local/actions",
+            json!({ "actions": quieter }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, rule) =
+        server.get_as(&bob, "/_matrix/client/v3/pushrules/global/room/!someroom:test.local").await;
+    assert_eq!(rule["actions"], quieter, "{rule}");
+    // Sync's account data carries the same.
+    let view = sync(&server, &bob, None, "").await;
+    let stored = view["account_data"]["events"]
+        .as_array()
+        .expect("account data")
+        .iter()
+        .find(|event| event["type"] == "m.push_rules")
+        .cloned()
+        .expect("m.push_rules");
+    assert_eq!(stored["content"]["global"]["room"][0]["actions"], quieter, "{stored}");
+    assert!(stored["content"]["global"]["sender"].is_array(), "{stored}");
+    server.stop().await;
+}

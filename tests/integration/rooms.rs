@@ -841,3 +841,48 @@ async fn originals_of_redactions_expire_after_the_retention_period() {
     drop(services);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_forgotten_room_cannot_be_read_any_more() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let (status, _) =
+        server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    assert_eq!(status, 200);
+    let message = send_text(&server, &alice, &room, "f1", "before bob left").await;
+    let (status, _) =
+        server.post_as(&bob, &format!("/_matrix/client/v3/rooms/{room}/leave"), json!({})).await;
+    assert_eq!(status, 200);
+    let reads = [
+        format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"),
+        format!("/_matrix/client/v3/rooms/{room}/context/{message}"),
+        format!("/_matrix/client/v3/rooms/{room}/event/{message}"),
+        format!("/_matrix/client/v3/rooms/{room}/state"),
+        format!("/_matrix/client/v3/rooms/{room}/state/m.room.create/"),
+        format!("/_matrix/client/v3/rooms/{room}/members"),
+        format!("/_matrix/client/v3/rooms/{room}/initialSync"),
+    ];
+    // Having left, Bob still reads what he saw.
+    let history = room_messages(&server, &bob, &room, "dir=b").await;
+    assert!(event_ids(&history["chunk"]).contains(&message), "{history}");
+    for path in &reads {
+        let (status, body) = server.get_as(&bob, path).await;
+        assert_eq!(status, 200, "{path} before forgetting: {body}");
+    }
+    let (status, _) =
+        server.post_as(&bob, &format!("/_matrix/client/v3/rooms/{room}/forget"), json!({})).await;
+    assert_eq!(status, 200);
+    for path in &reads {
+        let (status, body) = server.get_as(&bob, path).await;
+        assert_error(status, &body, 403, "M_FORBIDDEN");
+    }
+    // Joining again makes it readable again.
+    let (status, _) =
+        server.post_as(&bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    assert_eq!(status, 200);
+    let history = room_messages(&server, &bob, &room, "dir=b").await;
+    assert!(event_ids(&history["chunk"]).contains(&message), "{history}");
+    server.stop().await;
+}

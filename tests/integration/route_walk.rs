@@ -247,7 +247,7 @@ async fn every_route_answers_bad_input_with_a_matrix_error() {
 
     let mut probes = Vec::new();
     for route in &routes {
-        let path = fill(route.path, "x");
+        let path = fill(&route.path, "x");
         let json = route.body == BodyKind::Json;
         for (what, body, may_succeed) in [
             ("malformed", &malformed, !json),
@@ -265,7 +265,7 @@ async fn every_route_answers_bad_input_with_a_matrix_error() {
         }
         // JSON of every shape but the right one, where the path is right: ruma's parsers
         // (and the handlers behind them) get to see it.
-        let plausible = plausible(route.path, &user.user_id);
+        let plausible = plausible(&route.path, &user.user_id);
         for body in ["{}", "[]", "null", "\"text\"", "-1", "{\"auth\":{},\"type\":7}"] {
             probes.push(Probe {
                 what: "wrong shape",
@@ -282,7 +282,7 @@ async fn every_route_answers_bad_input_with_a_matrix_error() {
                 probes.push(Probe {
                     what: "bad parameter",
                     method: route.method.clone(),
-                    path: fill(route.path, value),
+                    path: fill(&route.path, value),
                     body: body.clone(),
                     may_succeed: true,
                 });
@@ -292,7 +292,7 @@ async fn every_route_answers_bad_input_with_a_matrix_error() {
     // Wrong methods on every path.
     let mut methods: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for route in &routes {
-        methods.entry(route.path).or_default().insert(route.method.to_string());
+        methods.entry(route.path.as_ref()).or_default().insert(route.method.to_string());
     }
     for (path, mounted) in &methods {
         for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
@@ -321,7 +321,7 @@ async fn every_route_answers_bad_input_with_a_matrix_error() {
     for route in &routes {
         for token in [Some(token.as_str()), None] {
             requests += 1;
-            let path = fill(route.path, "x");
+            let path = fill(&route.path, "x");
             let who = if token.is_some() { "user" } else { "anonymous" };
             match declared_oversized(address, &route.method, &path, token).await {
                 Ok((status, text)) => {

@@ -420,3 +420,18 @@ async fn redacted_and_invisible_events_are_not_found() {
     assert_eq!(result_ids(&found).len(), 2);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn no_results_is_an_empty_list() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    // No rooms at all, then a room without a match.
+    let found = search(&server, &alice, json!({"search_term": "nothing"})).await;
+    assert_eq!(found["results"], json!([]), "{found}");
+    assert!(found["highlights"].is_array(), "{found}");
+    let room = create_room(&server, &alice, json!({})).await;
+    send_text(&server, &alice, &room, "s1", "something else").await;
+    let found = search(&server, &alice, json!({"search_term": "absent"})).await;
+    assert_eq!(found["results"], json!([]), "{found}");
+    server.stop().await;
+}

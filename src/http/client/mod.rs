@@ -16,8 +16,10 @@ mod register;
 pub(crate) mod rooms;
 mod search;
 mod sync;
+mod thirdparty;
 mod threepid;
 mod user_directory;
+mod voip;
 
 use crate::http::routes::Routes;
 
@@ -39,6 +41,8 @@ pub fn routes(router: Routes) -> Routes {
     let router = key_backup::routes(router);
     let router = push::routes(router);
     let router = media::routes(router);
+    let router = thirdparty::routes(router);
+    let router = voip::routes(router);
     user_directory::routes(router)
 }
 

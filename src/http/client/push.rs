@@ -10,7 +10,9 @@ use ruma::{
         get_pushrule_actions, get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope,
         set_pusher, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
     },
-    push::{InsertPushRuleError, NewPushRule, PushCondition, RemovePushRuleError, Ruleset},
+    push::{
+        InsertPushRuleError, NewPushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
+    },
     serde::Raw,
 };
 use serde_json::Value as JsonValue;
@@ -19,9 +21,9 @@ use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{Sender, now_ms},
-    actors::user::{PushRulesUpdate, UserMessage},
+    actors::user::{PushRulesUpdate, UserMessage, WrittenActions},
     http::{
-        ruma::{Ruma, route},
+        ruma::{Ruma, route, route_raw},
         validate,
     },
     limits,
@@ -43,14 +45,14 @@ const MAX_NOTIFICATIONS: usize = 100;
 const GATEWAY_PATH: &str = "/_matrix/push/v1/notify";
 
 pub(super) fn routes(router: Routes) -> Routes {
-    let router = route(router, all_rules);
-    let router = route(router, global_rules);
-    let router = route(router, get_rule);
+    let router = route_raw(router, all_rules);
+    let router = route_raw(router, global_rules);
+    let router = route_raw(router, get_rule);
     let router = route(router, set_rule);
     let router = route(router, delete_rule);
     let router = route(router, get_enabled);
     let router = route(router, set_enabled);
-    let router = route(router, get_actions);
+    let router = route_raw(router, get_actions);
     let router = route(router, set_actions);
     let router = route(router, list_pushers);
     let router = route(router, set_pusher_handler);
@@ -65,11 +67,50 @@ fn ruleset(services: &Services, sender: &Sender) -> Result<Ruleset> {
     rules::load(&services.storage, &sender.user_id)
 }
 
+/// The caller's ruleset as served: every kind listed, actions as the client wrote them.
+fn rendered_ruleset(services: &Services, sender: &Sender) -> Result<JsonValue> {
+    let stored = rules::stored(&services.storage, &sender.user_id)?;
+    let ruleset = rules::parse(stored.clone(), &sender.user_id);
+    rules::render(&ruleset, stored.as_ref())
+}
+
+/// One rule of the rendered ruleset.
+fn rendered_rule(
+    services: &Services,
+    sender: &Sender,
+    kind: &RuleKind,
+    id: &str,
+) -> Result<JsonValue> {
+    let mut ruleset = rendered_ruleset(services, sender)?;
+    ruleset
+        .get_mut(kind.as_str())
+        .and_then(JsonValue::as_array_mut)
+        .and_then(|rules| {
+            rules
+                .iter_mut()
+                .find(|rule| rule.get("rule_id").and_then(JsonValue::as_str) == Some(id))
+        })
+        .map(JsonValue::take)
+        .ok_or_else(rule_not_found)
+}
+
+/// The `actions` of a request body as the client wrote them.
+fn written_actions(raw_body: &[u8], kind: RuleKind, rule_id: &str) -> Option<WrittenActions> {
+    let body: JsonValue = serde_json::from_slice(raw_body).ok()?;
+    let actions = body.get("actions")?.clone();
+    Some(WrittenActions { kind, rule_id: rule_id.to_owned(), actions })
+}
+
 /// Applies `update` to the caller's rules through their actor, then drops the cached copy.
-async fn update_rules(services: &Services, sender: &Sender, update: PushRulesUpdate) -> Result<()> {
+async fn update_rules(
+    services: &Services,
+    sender: &Sender,
+    update: PushRulesUpdate,
+    written: Option<WrittenActions>,
+) -> Result<()> {
     services
         .accounts
-        .call(&sender.user_id, |reply| UserMessage::UpdatePushRules { update, reply })
+        .call(&sender.user_id, |reply| UserMessage::UpdatePushRules { update, written, reply })
         .await?;
     services.push.rules.invalidate(&sender.user_id);
     Ok(())
@@ -78,25 +119,25 @@ async fn update_rules(services: &Services, sender: &Sender, update: PushRulesUpd
 async fn all_rules(
     services: Arc<Services>,
     request: Ruma<get_pushrules_all::v3::Request>,
-) -> Result<get_pushrules_all::v3::Response> {
-    Ok(get_pushrules_all::v3::Response::new(ruleset(&services, request.sender()?)?))
+) -> Result<axum::Json<JsonValue>> {
+    let global = rendered_ruleset(&services, request.sender()?)?;
+    Ok(axum::Json(serde_json::json!({ "global": global })))
 }
 
 async fn global_rules(
     services: Arc<Services>,
     request: Ruma<get_pushrules_global_scope::v3::Request>,
-) -> Result<get_pushrules_global_scope::v3::Response> {
-    Ok(get_pushrules_global_scope::v3::Response::new(ruleset(&services, request.sender()?)?))
+) -> Result<axum::Json<JsonValue>> {
+    Ok(axum::Json(rendered_ruleset(&services, request.sender()?)?))
 }
 
 async fn get_rule(
     services: Arc<Services>,
     request: Ruma<get_pushrule::v3::Request>,
-) -> Result<get_pushrule::v3::Response> {
-    let rules = ruleset(&services, request.sender()?)?;
+) -> Result<axum::Json<JsonValue>> {
     let rule =
-        rules.get(request.body.kind.clone(), &request.body.rule_id).ok_or_else(rule_not_found)?;
-    Ok(get_pushrule::v3::Response::new(rule.to_owned().into()))
+        rendered_rule(&services, request.sender()?, &request.body.kind, &request.body.rule_id)?;
+    Ok(axum::Json(rule))
 }
 
 async fn set_rule(
@@ -106,6 +147,7 @@ async fn set_rule(
     let sender = request.sender()?.clone();
     let body = request.body;
     check_new_rule(&body.rule)?;
+    let written = written_actions(&request.raw_body, body.rule.kind(), body.rule.rule_id());
     update_rules(
         &services,
         &sender,
@@ -119,6 +161,7 @@ async fn set_rule(
                 },
             )
         }),
+        written,
     )
     .await?;
     Ok(set_pushrule::v3::Response::new())
@@ -173,6 +216,7 @@ async fn delete_rule(
                 other => Error::invalid_param(format!("Cannot remove this rule: {other}")),
             })
         }),
+        None,
     )
     .await?;
     Ok(delete_pushrule::v3::Response::new())
@@ -200,6 +244,7 @@ async fn set_enabled(
         Box::new(move |rules: &mut Ruleset| {
             rules.set_enabled(body.kind, &body.rule_id, body.enabled).map_err(|_| rule_not_found())
         }),
+        None,
     )
     .await?;
     Ok(set_pushrule_enabled::v3::Response::new())
@@ -208,11 +253,10 @@ async fn set_enabled(
 async fn get_actions(
     services: Arc<Services>,
     request: Ruma<get_pushrule_actions::v3::Request>,
-) -> Result<get_pushrule_actions::v3::Response> {
-    let rules = ruleset(&services, request.sender()?)?;
+) -> Result<axum::Json<JsonValue>> {
     let rule =
-        rules.get(request.body.kind.clone(), &request.body.rule_id).ok_or_else(rule_not_found)?;
-    Ok(get_pushrule_actions::v3::Response::new(rule.actions().to_vec()))
+        rendered_rule(&services, request.sender()?, &request.body.kind, &request.body.rule_id)?;
+    Ok(axum::Json(serde_json::json!({ "actions": rule["actions"] })))
 }
 
 async fn set_actions(
@@ -221,12 +265,14 @@ async fn set_actions(
 ) -> Result<set_pushrule_actions::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
+    let written = written_actions(&request.raw_body, body.kind.clone(), &body.rule_id);
     update_rules(
         &services,
         &sender,
         Box::new(move |rules: &mut Ruleset| {
             rules.set_actions(body.kind, &body.rule_id, body.actions).map_err(|_| rule_not_found())
         }),
+        written,
     )
     .await?;
     Ok(set_pushrule_actions::v3::Response::new())

@@ -30,7 +30,7 @@ use crate::{
     Error, Result, Services,
     accounts::Sender,
     actors::room::tokenize,
-    http::ruma::{Ruma, route},
+    http::ruma::{Ruma, route_raw},
     rooms::{
         self, Pdu, filter, state,
         timeline::{self, Token, Viewer},
@@ -54,20 +54,24 @@ const MAX_CANDIDATES: usize = 5000;
 const MAX_POSTINGS: usize = 100_000;
 
 pub(super) fn routes(router: Routes) -> Routes {
-    route(router, search)
+    route_raw(router, search)
 }
 
 fn raw<T>(value: &JsonValue) -> Result<Raw<T>> {
     Ok(Raw::from_json(serde_json::value::to_raw_value(value)?))
 }
 
+/// `POST /search`. The body is ruma's, except that a searched category always lists
+/// `results` and `highlights`, empty or not: ruma leaves empty lists out and clients index
+/// them directly.
 async fn search(
     services: Arc<Services>,
     request: Ruma<search_events::Request>,
-) -> Result<search_events::Response> {
+) -> Result<axum::Json<JsonValue>> {
     let sender = request.sender()?.clone();
     let body = request.body;
     let mut categories = ResultCategories::new();
+    let room_events_asked = body.search_categories.room_events.is_some();
     if let Some(criteria) = body.search_categories.room_events {
         let next_batch = body.next_batch;
         // Many index and event reads: off the async runtime.
@@ -77,7 +81,17 @@ async fn search(
         .await
         .map_err(|error| Error::internal(format!("search task failed: {error}")))??;
     }
-    Ok(search_events::Response::new(categories))
+    let mut categories = serde_json::to_value(categories)?;
+    if room_events_asked
+        && let Some(categories) = categories.as_object_mut()
+        && let Some(room_events) =
+            categories.entry("room_events").or_insert_with(|| serde_json::json!({})).as_object_mut()
+    {
+        for list in ["results", "highlights"] {
+            room_events.entry(list).or_insert_with(|| JsonValue::Array(Vec::new()));
+        }
+    }
+    Ok(axum::Json(serde_json::json!({ "search_categories": categories })))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,7 @@ mod create;
 mod directory;
 mod hierarchy;
 pub(crate) mod membership;
+mod peek;
 mod read;
 mod relations;
 mod reports;
@@ -32,6 +33,7 @@ pub(in crate::http) fn routes(router: Routes) -> Routes {
     let router = upgrade::routes(router);
     let router = reports::routes(router);
     let router = relations::routes(router);
+    let router = peek::routes(router);
     read::routes(router)
 }
 

@@ -25,13 +25,17 @@ use crate::{
     Error, Result, Services,
     accounts::{Sender, rate_limit::Action},
     actors::room::Transaction,
-    http::ruma::{Ruma, route, route_with_paths},
+    http::{
+        held::Held,
+        ruma::{Ruma, RumaResponse, route, route_raw, route_with_paths},
+    },
     rooms::{self, builder::Template, pdu::canonical_content, state, timeline},
     storage::{codec::Json, rooms::ALIASES_TABLE},
+    sync::hub::Hold,
 };
 
 pub(super) fn routes(router: Routes) -> Routes {
-    let router = route(router, send_message);
+    let router = route_raw(router, send_message);
     let router = route_with_paths(
         router,
         send_state,
@@ -40,7 +44,7 @@ pub(super) fn routes(router: Routes) -> Routes {
             "/_matrix/client/r0/rooms/{room_id}/state/{event_type}",
         ],
     );
-    let router = route(router, redact);
+    let router = route_raw(router, redact);
     let router = route_with_paths(
         router,
         get_state_event,
@@ -64,13 +68,22 @@ fn content_of<T>(raw: &Raw<T>) -> Result<JsonValue> {
         .map_err(|error| Error::bad_json(format!("Invalid event content: {error}")))
 }
 
+/// The answer to a send with a transaction id: the sender's own syncs do not see the event
+/// before this answer has been sent (see `SyncHub::hold`).
+type HeldAnswer<T> = Held<RumaResponse<T>, Hold>;
+
+fn hold_sender(services: &Services, sender: &Sender) -> Hold {
+    services.hub.hold(&sender.user_id, services.storage.writer().committed_position())
+}
+
 async fn send_message(
     services: Arc<Services>,
     request: Ruma<send_message_event::v3::Request>,
-) -> Result<send_message_event::v3::Response> {
+) -> Result<HeldAnswer<send_message_event::v3::Response>> {
     let sender = request.sender()?.clone();
     let body = request.body;
     limit_messages(&services, &sender)?;
+    let guard = hold_sender(&services, &sender);
     let content = canonical_content(content_of(&body.body)?)?;
     let kind = TimelineEventType::from(body.event_type.to_string());
     let command = (kind == TimelineEventType::RoomMessage)
@@ -95,7 +108,8 @@ async fn send_message(
     if let Some(text) = command {
         crate::admin::room::maybe_run(&services, &body.room_id, &sender.user_id, &text);
     }
-    Ok(send_message_event::v3::Response::new(sent.event_id))
+    let response = RumaResponse(send_message_event::v3::Response::new(sent.event_id));
+    Ok(Held { response, guard })
 }
 
 /// Aliases in a canonical alias event must exist and point to the room.
@@ -159,10 +173,11 @@ async fn send_state(
 async fn redact(
     services: Arc<Services>,
     request: Ruma<redact_event::v3::Request>,
-) -> Result<redact_event::v3::Response> {
+) -> Result<HeldAnswer<redact_event::v3::Response>> {
     let sender = request.sender()?.clone();
     let body = request.body;
     limit_messages(&services, &sender)?;
+    let guard = hold_sender(&services, &sender);
     let record = require_room(&services, &body.room_id)
         .map_err(|_| Error::forbidden("You are not a member of this room."))?;
     let rules = record.version.rules().ok_or_else(|| Error::internal("room version rules"))?;
@@ -179,7 +194,8 @@ async fn redact(
     let transaction =
         Some(Transaction { device: sender.device_id.to_string(), txn_id: body.txn_id.to_string() });
     let sent = send(&services, &body.room_id, template, transaction).await?;
-    Ok(redact_event::v3::Response::new(sent.event_id))
+    let response = RumaResponse(redact_event::v3::Response::new(sent.event_id));
+    Ok(Held { response, guard })
 }
 
 async fn get_state_event(
