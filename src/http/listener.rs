@@ -11,7 +11,10 @@
 //!   is cut off (it would otherwise hold the connection and the response's buffers);
 //! - **connections per address**: at most `client_max_connections_per_ip` at once from one
 //!   IPv4 address or IPv6 /64; loopback peers are a reverse proxy on this host and are not
-//!   counted (the proxy limits its own clients).
+//!   counted (the proxy limits its own clients);
+//! - **requests per connection**: HTTP/1.1 carries one request at a time; an HTTP/2
+//!   connection at most [`MAX_STREAMS_PER_CONNECTION`] (hyper's default is 200), so the
+//!   per-address cap also bounds how many in-flight permits one address can hold.
 //!
 //! While a request is being handled no connection deadline runs: the request body and the
 //! handler have their own limits (`middleware::deadlines`), and a `/sync` long poll must be
@@ -169,6 +172,14 @@ impl Acceptor for UnixListener {
     }
 }
 
+/// Requests one HTTP/2 connection may have in progress at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+/// A client that wants more opens another connection, which the per-address cap counts;
+/// so one address holds at most this many times `client_max_connections_per_ip` permits.
+/// HTTP/2 reaches tuwunel only with prior knowledge (there is no TLS listener to negotiate
+/// it), which in practice means a reverse proxy speaking h2c: it opens more connections
+/// when one is full.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+
 /// How long the loop pauses after a failed accept (such as running out of file
 /// descriptors), so it does not spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -249,7 +260,8 @@ pub async fn serve_connection<S>(
     let service = ConnectionService { app, peer, activity: Arc::clone(&activity) };
     // No hyper timer is set: hyper's own header timeout would also end keep-alive
     // connections after that time, and `watch` keeps the two apart.
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let watchdog = watch(Arc::clone(&activity), limits.header, limits.idle);
@@ -737,6 +749,86 @@ mod tests {
         assert!(closed, "the whole response was still delivered");
         shutdown.trigger();
         task.await.expect("listener");
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_carries_a_bounded_number_of_requests_at_once() {
+        use std::{
+            collections::HashMap,
+            sync::atomic::{AtomicUsize, Ordering},
+        };
+
+        /// Requests in progress per connection (by peer address), and the most seen at once.
+        #[derive(Default)]
+        struct Load {
+            active: Mutex<HashMap<SocketAddr, usize>>,
+            most: AtomicUsize,
+        }
+        let load = Arc::new(Load::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let handler_load = Arc::clone(&load);
+        let app = Router::new().route(
+            "/hold",
+            axum::routing::get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+                let load = Arc::clone(&handler_load);
+                async move {
+                    let now = {
+                        let mut active = load.active.lock().expect("lock");
+                        let count = active.entry(peer).or_insert(0);
+                        *count += 1;
+                        *count
+                    };
+                    load.most.fetch_max(now, Ordering::SeqCst);
+                    // Long enough that requests sent together overlap in the handler.
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    *load.active.lock().expect("lock").entry(peer).or_insert(1) -= 1;
+                    "held"
+                }
+            }),
+        );
+        let limits = ConnectionLimits::new(
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            0,
+        );
+        let shutdown = Shutdown::new();
+        let task = spawn(listener, app, limits, shutdown.clone());
+
+        crate::http::outbound::install_tls_provider();
+        let client = reqwest::Client::builder().http2_prior_knowledge().build().expect("client");
+        let url = format!("http://{address}/hold");
+        let requests = 3 * MAX_STREAMS_PER_CONNECTION as usize;
+        let mut sent = JoinSet::new();
+        for _ in 0..requests {
+            let (client, url) = (client.clone(), url.clone());
+            sent.spawn(async move {
+                let response = client.get(&url).send().await.expect("request");
+                assert_eq!(response.version(), reqwest::Version::HTTP_2);
+                response.status()
+            });
+        }
+        let answered = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut answered = 0;
+            while let Some(status) = sent.join_next().await {
+                assert_eq!(status.expect("task"), reqwest::StatusCode::OK);
+                answered += 1;
+            }
+            answered
+        })
+        .await
+        .expect("every request is answered");
+        assert_eq!(answered, requests);
+        // The client had more requests ready than the server allows on one connection: it
+        // had to wait for streams, never running more than the bound at once.
+        assert_eq!(load.most.load(Ordering::SeqCst), MAX_STREAMS_PER_CONNECTION as usize);
+        shutdown.trigger();
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the listener ends")
+            .expect("listener");
     }
 
     #[tokio::test]
