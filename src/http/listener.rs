@@ -60,7 +60,11 @@ use tokio::{
 };
 use tower::ServiceExt;
 
-use crate::{Config, server::Shutdown};
+use crate::{
+    Config,
+    actors::{contain::contained, tasks},
+    server::Shutdown,
+};
 
 /// What every connection of a listener is held to (see the module documentation).
 #[derive(Debug, Clone)]
@@ -144,7 +148,7 @@ impl Drop for Admitted {
 }
 
 /// A listening socket the accept loop can take connections from.
-pub trait Acceptor: Send + 'static {
+pub trait Acceptor: Send + Sync + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
     /// The next connection and its peer address (`None` for a UNIX socket).
@@ -186,7 +190,9 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Serves `app` on every connection `acceptor` takes until `shutdown` fires, then finishes
 /// the connections' requests. The task ends when the last connection has closed; aborting
-/// it closes them all.
+/// it closes them all. A panic in the accept loop (a bug) is reported and the loop starts
+/// again on the same socket, the open connections untouched: the address never stops
+/// accepting unnoticed. A connection whose task panics is reported too.
 pub fn spawn<A: Acceptor>(
     acceptor: A,
     app: Router,
@@ -195,49 +201,74 @@ pub fn spawn<A: Acceptor>(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut connections = JoinSet::new();
-        let stopping = shutdown.clone().wait();
-        tokio::pin!(stopping);
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut stopping => break,
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                accepted = acceptor.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let admitted = match peer.map(|peer| limits.admit(peer.ip())) {
-                            Some(Err(())) => {
-                                metrics::counter!("tuwunel_http_connections_refused_total")
-                                    .increment(1);
-                                tracing::debug!(?peer, "too many connections from this address");
-                                continue;
-                            }
-                            Some(Ok(admitted)) => admitted,
-                            None => None,
-                        };
-                        let connection = serve_connection(
-                            stream,
-                            peer,
-                            app.clone(),
-                            limits.clone(),
-                            shutdown.clone(),
-                        );
-                        connections.spawn(async move {
-                            connection.await;
-                            drop(admitted);
-                        });
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "accepting a connection failed");
-                        tokio::time::sleep(ACCEPT_RETRY).await;
-                    }
-                },
-            }
+        while let Err(panic) =
+            contained(accept_until_shutdown(&acceptor, &app, &limits, &shutdown, &mut connections))
+                .await
+        {
+            tasks::report_panic("listener", &panic);
+            tokio::time::sleep(ACCEPT_RETRY).await;
         }
         // No new connections (the socket closes with the acceptor); the open ones finish
         // their requests.
         drop(acceptor);
-        while connections.join_next().await.is_some() {}
+        while let Some(joined) = connections.join_next().await {
+            if let Err(error) = joined {
+                tasks::report_join_error("connection", error);
+            }
+        }
     })
+}
+
+/// Accepts connections into `connections` until `shutdown` fires.
+async fn accept_until_shutdown<A: Acceptor>(
+    acceptor: &A,
+    app: &Router,
+    limits: &ConnectionLimits,
+    shutdown: &Shutdown,
+    connections: &mut JoinSet<()>,
+) {
+    let stopping = shutdown.clone().wait();
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stopping => return,
+            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(error) = joined {
+                    tasks::report_join_error("connection", error);
+                }
+            }
+            accepted = acceptor.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let admitted = match peer.map(|peer| limits.admit(peer.ip())) {
+                        Some(Err(())) => {
+                            metrics::counter!("tuwunel_http_connections_refused_total")
+                                .increment(1);
+                            tracing::debug!(?peer, "too many connections from this address");
+                            continue;
+                        }
+                        Some(Ok(admitted)) => admitted,
+                        None => None,
+                    };
+                    let connection = serve_connection(
+                        stream,
+                        peer,
+                        app.clone(),
+                        limits.clone(),
+                        shutdown.clone(),
+                    );
+                    connections.spawn(async move {
+                        connection.await;
+                        drop(admitted);
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            },
+        }
+    }
 }
 
 /// Serves HTTP on one connection, under `limits`, until the client or the server ends it.
@@ -825,6 +856,55 @@ mod tests {
         assert_eq!(load.most.load(Ordering::SeqCst), MAX_STREAMS_PER_CONNECTION as usize);
         shutdown.trigger();
         drop(client);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the listener ends")
+            .expect("listener");
+    }
+
+    /// A listening socket whose first accepted connection makes the accept loop panic.
+    struct PanicsOnce {
+        inner: TcpListener,
+        panicked: std::sync::atomic::AtomicBool,
+    }
+
+    impl Acceptor for PanicsOnce {
+        type Stream = tokio::net::TcpStream;
+
+        async fn accept(&self) -> io::Result<(Self::Stream, Option<SocketAddr>)> {
+            let accepted = Acceptor::accept(&self.inner).await;
+            if !self.panicked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                panic!("a bug in the accept loop");
+            }
+            accepted
+        }
+    }
+
+    #[tokio::test]
+    async fn the_accept_loop_survives_a_panic_and_keeps_serving() {
+        let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = inner.local_addr().expect("address");
+        let acceptor = PanicsOnce { inner, panicked: std::sync::atomic::AtomicBool::new(false) };
+        let app = Router::new().route("/echo", post(|body: String| async move { body }));
+        let limits = ConnectionLimits::new(
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            0,
+        );
+        let shutdown = Shutdown::new();
+        let task = spawn(acceptor, app, limits, shutdown.clone());
+        let (first, second) = blocking(move || {
+            // The connection the loop panicked on is dropped with it.
+            let mut first = connect(address, "127.0.0.1");
+            let dropped = closed_by_server(&mut first);
+            (dropped, echo(address, "127.0.0.1"))
+        })
+        .await;
+        assert!(first, "the connection accepted when the loop panicked is closed");
+        assert!(second.starts_with("HTTP/1.1 200") && second.ends_with("hi"), "{second}");
+        assert!(!task.is_finished(), "the listener still runs");
+        shutdown.trigger();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("the listener ends")

@@ -358,7 +358,9 @@ pub(crate) async fn propagate_profile(services: &Arc<Services>, user: &UserId) -
         }));
     }
     for task in tasks {
-        let _ = task.await;
+        if let Err(error) = task.await {
+            crate::actors::tasks::report_join_error("profile_propagation", error);
+        }
     }
     Ok(())
 }
