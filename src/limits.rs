@@ -71,6 +71,84 @@ pub const MAX_PUSHKEY_BYTES: usize = 512;
 /// A pusher's `app_id`, in characters (the spec's limit).
 pub const MAX_APP_ID_CHARS: usize = 64;
 
+// ---------------------------------------------------------------------------------------------
+// How much one account may keep. Neither the spec nor Synapse bounds these; each bound is far
+// above what a heavy user of Element or a bot reaches, and keeps what one account can make the
+// server store, send in every /sync, or evaluate for every event, in proportion. Beyond a count
+// the answer is `400 M_USER_LIMIT_EXCEEDED` (the spec's code, since v1.18, for "a maximum
+// number of devices or other account-scoped resources"); a single value too large is
+// `413 M_TOO_LARGE` like a request body (`400` when it is a field of the body).
+
+/// Push rules a user may define besides the server's defaults. The room actor evaluates every
+/// member's rules for every event; muting a room in Element adds one rule.
+pub const MAX_PUSH_RULES: usize = 2000;
+
+/// Conditions of one push rule (the spec's default rules have at most three).
+pub const MAX_PUSH_RULE_CONDITIONS: usize = 20;
+
+/// Patterns with wildcards (`*`, `?`) in a user's push rules, and their characters together.
+/// ruma compiles each such pattern into a regular expression for every event it checks (about
+/// 5 ms for a 1000-character one), so they get a budget of their own; keywords without
+/// wildcards (Element's) are cheap and not counted.
+pub const MAX_PUSH_WILDCARD_PATTERNS: usize = 100;
+pub const MAX_PUSH_WILDCARD_CHARS: usize = 2000;
+
+/// One account data value, as JSON. `m.direct` or `m.ignored_user_list` of a heavy user are a
+/// few hundred kilobytes.
+pub const MAX_ACCOUNT_DATA_BYTES: usize = 1 << 20;
+
+/// All of a user's account data (global and every room's, keys included): an initial /sync
+/// sends it all.
+pub const MAX_ACCOUNT_DATA_TOTAL_BYTES: u64 = 16 << 20;
+
+/// Global account data types of one user, and room account data types per room.
+pub const MAX_GLOBAL_ACCOUNT_DATA_KEYS: usize = 1000;
+pub const MAX_ROOM_ACCOUNT_DATA_KEYS: usize = 100;
+
+/// Tags on one room.
+pub const MAX_TAGS_PER_ROOM: usize = 100;
+
+/// Filters one user may store (ids come from the content, so re-uploading one costs nothing),
+/// and the size of one as JSON.
+pub const MAX_FILTERS: usize = 1000;
+pub const MAX_FILTER_BYTES: usize = 64 * 1024;
+
+/// Devices of one user (every login without a device id adds one).
+pub const MAX_DEVICES: usize = 1000;
+
+/// Unclaimed one-time keys of one device (clients keep about 50 on the server; Synapse
+/// refuses uploads past 500 too).
+pub const MAX_ONE_TIME_KEYS: usize = 500;
+
+/// Fallback key algorithms of one device (clients use one).
+pub const MAX_FALLBACK_KEYS: usize = 16;
+
+/// One one-time or fallback key as JSON (a signed curve25519 key is about 200 bytes).
+pub const MAX_ONE_TIME_KEY_BYTES: usize = 4096;
+
+/// A device's identity keys, or one cross-signing key, as JSON (about 700 bytes); everyone
+/// who shares a room with the user downloads them.
+pub const MAX_DEVICE_KEYS_BYTES: usize = 16 * 1024;
+
+/// Pushers of one user (one per device that gets push notifications), and one pusher's
+/// definition as JSON (its `data` goes with every push).
+pub const MAX_PUSHERS: usize = 100;
+pub const MAX_PUSHER_BYTES: usize = 16 * 1024;
+
+/// Local aliases of one room.
+pub const MAX_ROOM_ALIASES: usize = 100;
+
+/// Key backup versions of one user that are not deleted, one version's `algorithm` and
+/// `auth_data` as JSON, the sessions in one version, and one session's key data as JSON
+/// (typically under 1 KiB).
+pub const MAX_BACKUP_VERSIONS: usize = 100;
+pub const MAX_BACKUP_VERSION_BYTES: usize = 64 * 1024;
+pub const MAX_BACKUP_SESSIONS: u64 = 1_000_000;
+pub const MAX_BACKUP_SESSION_BYTES: usize = 16 * 1024;
+
+/// To-device messages one request may queue once `*` is expanded to every device.
+pub const MAX_TO_DEVICE_DELIVERIES: usize = 20_000;
+
 /// What is wrong with a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JsonProblem {

@@ -40,7 +40,7 @@ use super::{
     routes::{BodyKind, Routes},
 };
 use crate::{
-    Error, Result, Services,
+    Config, Error, Result, Services,
     accounts::Sender,
     actors::contain::contained_sync,
     limits::{self, JsonProblem},
@@ -292,11 +292,26 @@ where
             path,
             if R::METHOD == Method::GET { BodyKind::Ignored } else { BodyKind::Json },
             on(filter, move |State(services): State<Arc<Services>>, request: Ruma<R>| async move {
-                handler(services, request).await.map(RumaResponse)
+                let answering = Arc::clone(&services);
+                handler(services, request)
+                    .await
+                    .map(RumaResponse)
+                    .map_err(|error| error.with_info_uri(|| limits_info_uri(&answering.config)))
             }),
         );
     }
     routes
+}
+
+/// Where a user who reached one of the account bounds can learn more (the spec's `info_uri`
+/// of `M_USER_LIMIT_EXCEEDED`): the operator's support page, else the support document that
+/// `/.well-known/matrix/support` serves.
+fn limits_info_uri(config: &Config) -> String {
+    config
+        .well_known
+        .support_page
+        .clone()
+        .unwrap_or_else(|| format!("https://{}/.well-known/matrix/support", config.server_name))
 }
 
 fn method_filter(method: &Method) -> MethodFilter {
