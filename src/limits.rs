@@ -14,11 +14,18 @@
 //! keys: 255 bytes; an event: 65 535 bytes of canonical JSON) and Synapse where it does not
 //! (display names, avatar URLs, device names), so clients that work against Synapse keep
 //! working here. `docs/deployment.md` lists them.
+//!
+//! The checks are functions of bytes and values, not of the client API, so every front door
+//! applies the same rules: [`check_body`] on a request body, [`check_pdu`] on an event another
+//! server sends. Below them are the bounds on what one account may keep, which the actors
+//! owning that data enforce.
 
 use std::{collections::HashSet, fmt};
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as JsonValue;
+
+use crate::Error;
 
 /// The deepest nesting of arrays and objects a request body may have (the body's own object
 /// is level 1). serde_json's parser stops at 128.
@@ -179,6 +186,54 @@ pub fn check_json(bytes: &[u8]) -> Result<(), JsonProblem> {
     })
 }
 
+/// The checks every front door (the client API, the federation API, an appservice's) makes
+/// on a request body before anything parses it, as the spec's errors: over `max_bytes` is
+/// `413 M_TOO_LARGE`, then [`check_json`]: not one JSON value is `400 M_NOT_JSON`, nested
+/// deeper than [`MAX_JSON_DEPTH`] or with a repeated key `400 M_BAD_JSON`. The client API runs
+/// it on every body (`http::ruma`, with `max_request_size`); a federation handler runs it on
+/// the bytes of a transaction or a request, with the bound it chooses.
+pub fn check_body(bytes: &[u8], max_bytes: usize) -> Result<(), Error> {
+    if bytes.len() > max_bytes {
+        return Err(Error::too_large(format!(
+            "Request body is larger than the server's limit of {max_bytes} bytes."
+        )));
+    }
+    check_json(bytes).map_err(|problem| match problem {
+        JsonProblem::NotJson(message) => Error::not_json(message),
+        JsonProblem::Refused(message) => {
+            Error::bad_json(format!("Request body refused: {message}"))
+        }
+    })
+}
+
+/// The spec's size limits of one event as received from another server (one PDU of a
+/// transaction, a backfilled or fetched event), before anything stores it or hands it to
+/// ruma: the whole event [`MAX_PDU_BYTES`] as compact JSON (its canonical form has the same
+/// length), `type` and `state_key` [`MAX_ID_BYTES`], `sender`, `room_id` and `event_id` the
+/// identifiers' 255 bytes. A string field of the wrong type is left to the event's parser.
+/// Run [`check_body`] (or [`check_json`]) on the bytes first: `event` is assumed to be
+/// within the depth limit.
+pub fn check_pdu(event: &JsonValue) -> Result<(), Error> {
+    let size = serde_json::to_vec(event).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_PDU_BYTES {
+        return Err(Error::too_large(format!(
+            "The event is {size} bytes; events are limited to {MAX_PDU_BYTES} bytes."
+        )));
+    }
+    for field in ["type", "state_key", "sender", "room_id", "event_id"] {
+        if event
+            .get(field)
+            .and_then(JsonValue::as_str)
+            .is_some_and(|text| text.len() > MAX_ID_BYTES)
+        {
+            return Err(Error::too_large(format!(
+                "An event's {field} is limited to {MAX_ID_BYTES} bytes."
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// How deeply `value` nests arrays and objects (a scalar is 0, `{}` is 1). Iterative, so it
 /// is safe on values of any depth.
 pub fn json_depth(value: &JsonValue) -> usize {
@@ -318,6 +373,38 @@ mod tests {
         for body in [&b"not json"[..], b"{\"a\":", b"{} {}", b"{\"a\":1}x", b"\"\\ud800\""] {
             assert!(matches!(check_json(body), Err(JsonProblem::NotJson(_))), "{body:?}");
         }
+    }
+
+    #[test]
+    fn a_body_is_checked_for_size_first_and_answered_with_the_spec_errors() {
+        assert!(check_body(b"{}", 2).is_ok());
+        let refused = |bytes: &[u8], max: usize| check_body(bytes, max).expect_err("refused");
+        let too_large = refused(b"{ }", 2);
+        assert_eq!((too_large.status().as_u16(), too_large.errcode()), (413, "M_TOO_LARGE".into()));
+        assert_eq!(refused(b"{", 100).errcode(), "M_NOT_JSON");
+        assert_eq!(refused(br#"{"a":1,"a":2}"#, 100).errcode(), "M_BAD_JSON");
+        let deep = nested(MAX_JSON_DEPTH + 1);
+        assert_eq!(refused(deep.as_bytes(), 1 << 20).errcode(), "M_BAD_JSON");
+    }
+
+    #[test]
+    fn an_event_from_another_server_is_held_to_the_spec_sizes() {
+        let event = |field: &str, length: usize| {
+            let mut event = serde_json::json!({
+                "type": "m.room.message", "sender": "@a:example.org",
+                "room_id": "!r:example.org", "content": {"body": "hi"},
+            });
+            event[field] = JsonValue::String("x".repeat(length));
+            event
+        };
+        assert!(check_pdu(&event("state_key", MAX_ID_BYTES)).is_ok());
+        for field in ["type", "state_key", "sender", "room_id", "event_id"] {
+            let refused = check_pdu(&event(field, MAX_ID_BYTES + 1)).expect_err(field);
+            assert_eq!(refused.errcode(), "M_TOO_LARGE");
+        }
+        let mut big = event("state_key", 1);
+        big["content"]["body"] = JsonValue::String("b".repeat(MAX_PDU_BYTES));
+        assert_eq!(check_pdu(&big).expect_err("too large").errcode(), "M_TOO_LARGE");
     }
 
     #[test]
