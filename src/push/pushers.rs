@@ -134,7 +134,7 @@ impl PusherActor {
         notification: &NotificationRecord,
     ) -> Result<Option<JsonValue>> {
         let engine = self.storage.engine();
-        let Some(pdu) = rooms::pdu(engine, notification.event)? else { return Ok(None) };
+        let Some(pdu) = rooms::readable_pdu(engine, notification.event)? else { return Ok(None) };
         let format = record.pusher["data"]["format"].as_str().unwrap_or_default();
         let mut data = record.pusher["data"].clone();
         if let Some(data) = data.as_object_mut() {

@@ -400,7 +400,7 @@ async fn notifications(
     let mut room_shorts: HashMap<String, u64> = HashMap::new();
     let mut result = Vec::with_capacity(found.len());
     for (position, record) in found {
-        let Some(pdu) = rooms::pdu(engine, record.event)? else { continue };
+        let Some(pdu) = rooms::readable_pdu(engine, record.event)? else { continue };
         let room_short = match room_shorts.get(&record.room_id) {
             Some(short) => *short,
             None => {
