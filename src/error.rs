@@ -12,7 +12,7 @@ use ruma::api::{
     OutgoingResponseExt,
     error::{
         Error as RumaError, ErrorBody, ErrorKind, LimitExceededErrorData, RetryAfter,
-        StandardErrorBody, UnknownTokenErrorData,
+        StandardErrorBody, UnknownTokenErrorData, UserLimitExceededErrorData,
     },
 };
 
@@ -68,6 +68,12 @@ impl Error {
         Self::matrix(StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge, message)
     }
 
+    /// `400 M_TOO_LARGE`: one value of the request is over its bound (the whole request
+    /// over `max_request_size` is [`Error::too_large`], 413).
+    pub fn field_too_large(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::matrix(StatusCode::BAD_REQUEST, ErrorKind::TooLarge, message)
+    }
+
     pub fn unrecognized(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
         Self::matrix(status, ErrorKind::Unrecognized, message)
     }
@@ -110,6 +116,28 @@ impl Error {
             }),
             "Too many requests; slow down and retry later.",
         )
+    }
+
+    /// `400 M_USER_LIMIT_EXCEEDED`: the request would take the caller's account past one of
+    /// the bounds in [`crate::limits`]. The spec requires an `info_uri`, which depends on the
+    /// server's configuration: the front door that answers fills it in
+    /// ([`Error::with_info_uri`]).
+    pub fn user_limit(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::matrix(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::UserLimitExceeded(UserLimitExceededErrorData::new(String::new())),
+            message,
+        )
+    }
+
+    /// Gives an `M_USER_LIMIT_EXCEEDED` without an `info_uri` this one.
+    pub fn with_info_uri(mut self, uri: impl FnOnce() -> String) -> Self {
+        if let Self::Matrix { kind: ErrorKind::UserLimitExceeded(data), .. } = &mut self
+            && data.info_uri.is_empty()
+        {
+            data.info_uri = uri();
+        }
+        self
     }
 
     /// An error whose errcode ruma has no kind for (such as `M_INVALID_SIGNATURE`).

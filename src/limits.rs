@@ -14,11 +14,18 @@
 //! keys: 255 bytes; an event: 65 535 bytes of canonical JSON) and Synapse where it does not
 //! (display names, avatar URLs, device names), so clients that work against Synapse keep
 //! working here. `docs/deployment.md` lists them.
+//!
+//! The checks are functions of bytes and values, not of the client API, so every front door
+//! applies the same rules: [`check_body`] on a request body, [`check_pdu`] on an event another
+//! server sends. Below them are the bounds on what one account may keep, which the actors
+//! owning that data enforce.
 
 use std::{collections::HashSet, fmt};
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as JsonValue;
+
+use crate::Error;
 
 /// The deepest nesting of arrays and objects a request body may have (the body's own object
 /// is level 1). serde_json's parser stops at 128.
@@ -71,6 +78,84 @@ pub const MAX_PUSHKEY_BYTES: usize = 512;
 /// A pusher's `app_id`, in characters (the spec's limit).
 pub const MAX_APP_ID_CHARS: usize = 64;
 
+// ---------------------------------------------------------------------------------------------
+// How much one account may keep. Neither the spec nor Synapse bounds these; each bound is far
+// above what a heavy user of Element or a bot reaches, and keeps what one account can make the
+// server store, send in every /sync, or evaluate for every event, in proportion. Beyond a count
+// the answer is `400 M_USER_LIMIT_EXCEEDED` (the spec's code, since v1.18, for "a maximum
+// number of devices or other account-scoped resources"); a single value too large is
+// `413 M_TOO_LARGE` like a request body (`400` when it is a field of the body).
+
+/// Push rules a user may define besides the server's defaults. The room actor evaluates every
+/// member's rules for every event; muting a room in Element adds one rule.
+pub const MAX_PUSH_RULES: usize = 2000;
+
+/// Conditions of one push rule (the spec's default rules have at most three).
+pub const MAX_PUSH_RULE_CONDITIONS: usize = 20;
+
+/// Patterns with wildcards (`*`, `?`) in a user's push rules, and their characters together.
+/// ruma compiles each such pattern into a regular expression for every event it checks (about
+/// 5 ms for a 1000-character one), so they get a budget of their own; keywords without
+/// wildcards (Element's) are cheap and not counted.
+pub const MAX_PUSH_WILDCARD_PATTERNS: usize = 100;
+pub const MAX_PUSH_WILDCARD_CHARS: usize = 2000;
+
+/// One account data value, as JSON. `m.direct` or `m.ignored_user_list` of a heavy user are a
+/// few hundred kilobytes.
+pub const MAX_ACCOUNT_DATA_BYTES: usize = 1 << 20;
+
+/// All of a user's account data (global and every room's, keys included): an initial /sync
+/// sends it all.
+pub const MAX_ACCOUNT_DATA_TOTAL_BYTES: u64 = 16 << 20;
+
+/// Global account data types of one user, and room account data types per room.
+pub const MAX_GLOBAL_ACCOUNT_DATA_KEYS: usize = 1000;
+pub const MAX_ROOM_ACCOUNT_DATA_KEYS: usize = 100;
+
+/// Tags on one room.
+pub const MAX_TAGS_PER_ROOM: usize = 100;
+
+/// Filters one user may store (ids come from the content, so re-uploading one costs nothing),
+/// and the size of one as JSON.
+pub const MAX_FILTERS: usize = 1000;
+pub const MAX_FILTER_BYTES: usize = 64 * 1024;
+
+/// Devices of one user (every login without a device id adds one).
+pub const MAX_DEVICES: usize = 1000;
+
+/// Unclaimed one-time keys of one device (clients keep about 50 on the server; Synapse
+/// refuses uploads past 500 too).
+pub const MAX_ONE_TIME_KEYS: usize = 500;
+
+/// Fallback key algorithms of one device (clients use one).
+pub const MAX_FALLBACK_KEYS: usize = 16;
+
+/// One one-time or fallback key as JSON (a signed curve25519 key is about 200 bytes).
+pub const MAX_ONE_TIME_KEY_BYTES: usize = 4096;
+
+/// A device's identity keys, or one cross-signing key, as JSON (about 700 bytes); everyone
+/// who shares a room with the user downloads them.
+pub const MAX_DEVICE_KEYS_BYTES: usize = 16 * 1024;
+
+/// Pushers of one user (one per device that gets push notifications), and one pusher's
+/// definition as JSON (its `data` goes with every push).
+pub const MAX_PUSHERS: usize = 100;
+pub const MAX_PUSHER_BYTES: usize = 16 * 1024;
+
+/// Local aliases of one room.
+pub const MAX_ROOM_ALIASES: usize = 100;
+
+/// Key backup versions of one user that are not deleted, one version's `algorithm` and
+/// `auth_data` as JSON, the sessions in one version, and one session's key data as JSON
+/// (typically under 1 KiB).
+pub const MAX_BACKUP_VERSIONS: usize = 100;
+pub const MAX_BACKUP_VERSION_BYTES: usize = 64 * 1024;
+pub const MAX_BACKUP_SESSIONS: u64 = 1_000_000;
+pub const MAX_BACKUP_SESSION_BYTES: usize = 16 * 1024;
+
+/// To-device messages one request may queue once `*` is expanded to every device.
+pub const MAX_TO_DEVICE_DELIVERIES: usize = 20_000;
+
 /// What is wrong with a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JsonProblem {
@@ -99,6 +184,54 @@ pub fn check_json(bytes: &[u8]) -> Result<(), JsonProblem> {
         serde_json::error::Category::Data => JsonProblem::Refused(error.to_string()),
         _ => JsonProblem::NotJson(format!("Request body is not valid JSON: {error}")),
     })
+}
+
+/// The checks every front door (the client API, the federation API, an appservice's) makes
+/// on a request body before anything parses it, as the spec's errors: over `max_bytes` is
+/// `413 M_TOO_LARGE`, then [`check_json`]: not one JSON value is `400 M_NOT_JSON`, nested
+/// deeper than [`MAX_JSON_DEPTH`] or with a repeated key `400 M_BAD_JSON`. The client API runs
+/// it on every body (`http::ruma`, with `max_request_size`); a federation handler runs it on
+/// the bytes of a transaction or a request, with the bound it chooses.
+pub fn check_body(bytes: &[u8], max_bytes: usize) -> Result<(), Error> {
+    if bytes.len() > max_bytes {
+        return Err(Error::too_large(format!(
+            "Request body is larger than the server's limit of {max_bytes} bytes."
+        )));
+    }
+    check_json(bytes).map_err(|problem| match problem {
+        JsonProblem::NotJson(message) => Error::not_json(message),
+        JsonProblem::Refused(message) => {
+            Error::bad_json(format!("Request body refused: {message}"))
+        }
+    })
+}
+
+/// The spec's size limits of one event as received from another server (one PDU of a
+/// transaction, a backfilled or fetched event), before anything stores it or hands it to
+/// ruma: the whole event [`MAX_PDU_BYTES`] as compact JSON (its canonical form has the same
+/// length), `type` and `state_key` [`MAX_ID_BYTES`], `sender`, `room_id` and `event_id` the
+/// identifiers' 255 bytes. A string field of the wrong type is left to the event's parser.
+/// Run [`check_body`] (or [`check_json`]) on the bytes first: `event` is assumed to be
+/// within the depth limit.
+pub fn check_pdu(event: &JsonValue) -> Result<(), Error> {
+    let size = serde_json::to_vec(event).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_PDU_BYTES {
+        return Err(Error::too_large(format!(
+            "The event is {size} bytes; events are limited to {MAX_PDU_BYTES} bytes."
+        )));
+    }
+    for field in ["type", "state_key", "sender", "room_id", "event_id"] {
+        if event
+            .get(field)
+            .and_then(JsonValue::as_str)
+            .is_some_and(|text| text.len() > MAX_ID_BYTES)
+        {
+            return Err(Error::too_large(format!(
+                "An event's {field} is limited to {MAX_ID_BYTES} bytes."
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// How deeply `value` nests arrays and objects (a scalar is 0, `{}` is 1). Iterative, so it
@@ -240,6 +373,38 @@ mod tests {
         for body in [&b"not json"[..], b"{\"a\":", b"{} {}", b"{\"a\":1}x", b"\"\\ud800\""] {
             assert!(matches!(check_json(body), Err(JsonProblem::NotJson(_))), "{body:?}");
         }
+    }
+
+    #[test]
+    fn a_body_is_checked_for_size_first_and_answered_with_the_spec_errors() {
+        assert!(check_body(b"{}", 2).is_ok());
+        let refused = |bytes: &[u8], max: usize| check_body(bytes, max).expect_err("refused");
+        let too_large = refused(b"{ }", 2);
+        assert_eq!((too_large.status().as_u16(), too_large.errcode()), (413, "M_TOO_LARGE".into()));
+        assert_eq!(refused(b"{", 100).errcode(), "M_NOT_JSON");
+        assert_eq!(refused(br#"{"a":1,"a":2}"#, 100).errcode(), "M_BAD_JSON");
+        let deep = nested(MAX_JSON_DEPTH + 1);
+        assert_eq!(refused(deep.as_bytes(), 1 << 20).errcode(), "M_BAD_JSON");
+    }
+
+    #[test]
+    fn an_event_from_another_server_is_held_to_the_spec_sizes() {
+        let event = |field: &str, length: usize| {
+            let mut event = serde_json::json!({
+                "type": "m.room.message", "sender": "@a:example.org",
+                "room_id": "!r:example.org", "content": {"body": "hi"},
+            });
+            event[field] = JsonValue::String("x".repeat(length));
+            event
+        };
+        assert!(check_pdu(&event("state_key", MAX_ID_BYTES)).is_ok());
+        for field in ["type", "state_key", "sender", "room_id", "event_id"] {
+            let refused = check_pdu(&event(field, MAX_ID_BYTES + 1)).expect_err(field);
+            assert_eq!(refused.errcode(), "M_TOO_LARGE");
+        }
+        let mut big = event("state_key", 1);
+        big["content"]["body"] = JsonValue::String("b".repeat(MAX_PDU_BYTES));
+        assert_eq!(check_pdu(&big).expect_err("too large").errcode(), "M_TOO_LARGE");
     }
 
     #[test]

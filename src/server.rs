@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::{
     Config, Error, Result, Services,
     accounts::Accounts,
-    actors::{ActorSystem, presence::Presence},
+    actors::{ActorSystem, contain::contained, presence::Presence, tasks},
     admin,
     federation::{Federation, SigningKey},
     http::{self, Listeners},
@@ -312,11 +312,14 @@ impl Server {
             return;
         }
         let services = Arc::clone(services);
-        tokio::spawn(async move {
+        tasks::spawn("admin_signal_command", async move {
             for command in commands {
-                match admin::execute(&services, &command).await {
-                    Ok(output) => tracing::info!(%command, "{output}"),
-                    Err(error) => tracing::error!(%command, %error, "signal admin command failed"),
+                match contained(admin::execute(&services, &command)).await {
+                    Ok(Ok(output)) => tracing::info!(%command, "{output}"),
+                    Ok(Err(error)) => {
+                        tracing::error!(%command, %error, "signal admin command failed");
+                    }
+                    Err(panic) => tasks::report_panic("admin_signal_command", &panic),
                 }
             }
         });
@@ -354,9 +357,15 @@ impl Server {
         }
         let services = Arc::clone(&self.services);
         let failure = Arc::clone(&self.failure);
-        tokio::spawn(async move {
+        tasks::spawn("admin_startup_command", async move {
             for command in commands {
-                match admin::execute(&services, &command).await {
+                // A command that panics failed, like one that returned an error.
+                let outcome =
+                    contained(admin::execute(&services, &command)).await.unwrap_or_else(|panic| {
+                        tasks::report_panic("admin_startup_command", &panic);
+                        Err(Error::internal(format!("it panicked: {panic}")))
+                    });
+                match outcome {
                     Ok(output) => tracing::info!(%command, "{output}"),
                     Err(error) if services.config.admin_execute_errors_ignore => {
                         tracing::warn!(%command, %error, "startup admin command failed; continuing");
@@ -378,35 +387,50 @@ impl Server {
     /// passivated meanwhile (see `memory::trim_after_passivations`), and once per quiet
     /// spell of [`IDLE_FLUSH_AFTER`] flushes the memtables (see [`IdleFlush`]).
     fn trim_memory_periodically(&self) {
-        let services = Arc::clone(&self.services);
+        let services = Arc::downgrade(&self.services);
         let shutdown = self.services.shutdown.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(MEMORY_TRIM);
-            ticker.tick().await;
-            let mut idle_flush = IdleFlush::new(services.storage.writer().stats().groups);
-            loop {
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    () = shutdown.clone().wait() => return,
-                }
-                let groups = services.storage.writer().stats().groups;
-                let memtables = services.storage.engine().memory().memtables;
-                if idle_flush.due(groups, memtables, Instant::now()) {
-                    let storage = Arc::clone(&services.storage);
-                    let flushed =
-                        tokio::task::spawn_blocking(move || storage.engine().flush()).await;
-                    match flushed {
-                        Ok(Ok(())) => {
-                            metrics::counter!("tuwunel_database_idle_flushes_total").increment(1);
-                            crate::memory::note_memory_freed();
-                        }
-                        Ok(Err(error)) => tracing::warn!(%error, "idle memtable flush failed"),
-                        Err(error) => tracing::warn!(%error, "idle memtable flush panicked"),
-                    }
-                }
-                let _ = tokio::task::spawn_blocking(crate::memory::trim_after_passivations).await;
-            }
+        tasks::supervise("memory_trim", move || {
+            Self::trim_memory(services.clone(), shutdown.clone())
         });
+    }
+
+    /// The loop of [`Server::trim_memory_periodically`], until shutdown.
+    async fn trim_memory(services: Weak<Services>, shutdown: Shutdown) {
+        let Some(groups) =
+            services.upgrade().map(|services| services.storage.writer().stats().groups)
+        else {
+            return;
+        };
+        let mut ticker = tokio::time::interval(MEMORY_TRIM);
+        ticker.tick().await;
+        let mut idle_flush = IdleFlush::new(groups);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = shutdown.clone().wait() => return,
+            }
+            let Some(services) = services.upgrade() else { return };
+            let groups = services.storage.writer().stats().groups;
+            let memtables = services.storage.engine().memory().memtables;
+            if idle_flush.due(groups, memtables, Instant::now()) {
+                let storage = Arc::clone(&services.storage);
+                let flushed = tokio::task::spawn_blocking(move || storage.engine().flush()).await;
+                match flushed {
+                    Ok(Ok(())) => {
+                        metrics::counter!("tuwunel_database_idle_flushes_total").increment(1);
+                        crate::memory::note_memory_freed();
+                    }
+                    Ok(Err(error)) => tracing::warn!(%error, "idle memtable flush failed"),
+                    Err(error) => tasks::report_join_error("memory_trim", error),
+                }
+            }
+            drop(services);
+            if let Err(error) =
+                tokio::task::spawn_blocking(crate::memory::trim_after_passivations).await
+            {
+                tasks::report_join_error("memory_trim", error);
+            }
+        }
     }
 
     /// Persists device activity (last seen IP and time) every minute instead of on every
@@ -429,9 +453,7 @@ impl Server {
                 ticks += 1;
                 // In a task of its own: a panic in one round is reported and the next round
                 // still runs, where a panic in this loop would end it for good, silently.
-                if let Err(error) = tokio::spawn(housekeeping(services, ticks)).await {
-                    tracing::error!(%error, "housekeeping failed; it runs again next minute");
-                }
+                let _ = tasks::spawn("housekeeping", housekeeping(services, ticks)).await;
             }
         });
     }

@@ -22,7 +22,14 @@ pub enum Action {
     Message,
     Join,
     Invite,
+    /// Reports of events, rooms and users to the server's admins (a fixed rule: see
+    /// [`REPORT_RULE`]).
+    Report,
 }
+
+/// Reports: ten at once, then one a minute. Admins read every report, and one user must not
+/// be able to bury the others' under thousands.
+pub const REPORT_RULE: Rule = Rule { per_second: 1.0 / 60.0, burst: 10.0 };
 
 /// Rate and burst of one action.
 #[derive(Debug, Clone, Copy)]
@@ -40,19 +47,20 @@ struct Bucket {
 const BUCKET_LIMIT: usize = 200_000;
 
 pub struct RateLimiter {
-    rules: [(Action, Rule); 6],
+    rules: [(Action, Rule); 7],
     buckets: DashMap<(Action, String), Mutex<Bucket>>,
 }
 
 impl Action {
     /// Every action, for metrics that must exist before their first increment.
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::Registration,
         Action::Login,
         Action::FailedLogin,
         Action::Message,
         Action::Join,
         Action::Invite,
+        Action::Report,
     ];
 
     /// The `action` label of `tuwunel_rate_limited_total`.
@@ -64,6 +72,7 @@ impl Action {
             Action::Message => "Message",
             Action::Join => "Join",
             Action::Invite => "Invite",
+            Action::Report => "Report",
         }
     }
 }
@@ -96,6 +105,7 @@ impl RateLimiter {
                 ),
                 (Action::Join, rule(config.rc_joins_per_second, config.rc_joins_burst_count)),
                 (Action::Invite, rule(config.rc_invites_per_second, config.rc_invites_burst_count)),
+                (Action::Report, REPORT_RULE),
             ],
             buckets: DashMap::new(),
         }
@@ -152,10 +162,15 @@ impl RateLimiter {
             }
             return None;
         }
+        // A rate of (nearly) nothing is an hour's wait, not a duration too long to represent.
+        let hour = Duration::from_secs(3600);
         if rule.per_second <= 0.0 {
-            return Some(Duration::from_secs(3600));
+            return Some(hour);
         }
-        Some(Duration::from_secs_f64((1.0 - bucket.tokens) / rule.per_second))
+        Some(
+            Duration::try_from_secs_f64((1.0 - bucket.tokens) / rule.per_second)
+                .map_or(hour, |wait| wait.min(hour)),
+        )
     }
 
     fn prune(&self) {

@@ -625,6 +625,9 @@ impl RoomActor {
         let current = self
             .current(room, "m.room.member", user.as_str())?
             .map(|member| member.content_str("membership").unwrap_or_default());
+        if template.only_while_joined && current.as_deref() != Some("join") {
+            return Err(Error::forbidden("The sender is no longer joined to this room."));
+        }
         if matches!(current.as_deref(), Some("join" | "invite")) {
             return Ok(template);
         }

@@ -22,13 +22,14 @@ use crate::{
         device_lists,
         store::{KeyCommand, KeyStore, remove_device_keys},
     },
+    limits,
     push::rules as push_rules,
     rooms::timeline::IGNORED_USER_LIST,
     storage::ephemeral::{TO_DEVICE_TABLE, TO_DEVICE_TRANSACTIONS_TABLE, ToDeviceRecord},
     storage::{
         Batch, Storage,
         account_data::{ACCOUNT_DATA_STREAM_TABLE, ACCOUNT_DATA_TABLE, AccountDataRecord},
-        codec::Json,
+        codec::{Json, Key, prefix, prefix2},
         users::{
             ACCESS_TOKENS_TABLE, AccessTokenRecord, DEVICES_TABLE, DeviceRecord, FILTERS_TABLE,
             LAST_SEEN_TABLE, LastSeen, PROFILES_TABLE, REFRESH_TOKENS_TABLE, RefreshTokenRecord,
@@ -40,6 +41,9 @@ use crate::{
 
 /// The spec's limit on a whole profile, as JSON.
 pub const PROFILE_LIMIT: usize = 64 * 1024;
+
+/// What an account data record stores besides its content: `{"position":N,"content":}`.
+const ACCOUNT_DATA_RECORD_OVERHEAD: usize = 36;
 
 /// Tokens handed to a client after login, registration or refresh.
 #[derive(Debug, Clone)]
@@ -132,6 +136,14 @@ pub enum UserMessage {
         content: JsonValue,
         reply: Reply<Result<u64>>,
     },
+    /// Changes one account data value from what is stored (`None`: nothing yet) here, so
+    /// concurrent changes (two tags added at once) never lose each other.
+    UpdateAccountData {
+        room: String,
+        kind: String,
+        update: AccountDataUpdate,
+        reply: Reply<Result<u64>>,
+    },
     /// Persists the latest activity of devices; removed devices are skipped.
     SaveLastSeen {
         seen: Vec<(OwnedDeviceId, LastSeen)>,
@@ -181,9 +193,16 @@ pub struct WrittenActions {
 /// A change to a ruleset; fails without writing anything.
 pub type PushRulesUpdate = Box<dyn FnOnce(&mut ruma::push::Ruleset) -> Result<()> + Send>;
 
-/// In-memory state: the account record (None before registration).
+/// The new content of an account data value, from the stored one; fails without writing.
+pub type AccountDataUpdate = Box<dyn FnOnce(Option<JsonValue>) -> Result<JsonValue> + Send>;
+
+/// In-memory state.
 pub struct UserState {
+    /// The account record (None before registration).
     record: Option<UserRecord>,
+    /// The bytes the user's account data takes as stored, measured at the first write after
+    /// the actor started and kept up to date by each write (this actor is the only writer).
+    account_data_bytes: Option<u64>,
 }
 
 pub struct UserActor {
@@ -208,7 +227,7 @@ impl Behaviour for UserActor {
     async fn start(&self, key: &OwnedUserId) -> Result<UserState> {
         let record =
             USERS_TABLE.get(self.storage.engine(), &key.to_string())?.map(|Json(record)| record);
-        Ok(UserState { record })
+        Ok(UserState { record, account_data_bytes: None })
     }
 
     async fn handle(
@@ -255,13 +274,14 @@ impl Behaviour for UserActor {
             UserMessage::SetAccountData { room, kind, content, reply } => {
                 let _ = reply.send(self.set_account_data(user, state, room, kind, content).await);
             }
+            UserMessage::UpdateAccountData { room, kind, update, reply } => {
+                let _ = reply.send(self.update_account_data(user, state, room, kind, update).await);
+            }
             UserMessage::SaveLastSeen { seen, reply } => {
                 let _ = reply.send(self.save_last_seen(user, seen).await);
             }
             UserMessage::PutFilter { filter_id, definition, reply } => {
-                let mut batch = Batch::new();
-                FILTERS_TABLE.put(&mut batch, &(user.to_string(), filter_id), &definition);
-                let _ = reply.send(self.storage.writer().commit(batch).await);
+                let _ = reply.send(self.put_filter(user, filter_id, definition).await);
             }
             UserMessage::SendToDevice { transaction, deliveries, reply } => {
                 let _ = reply.send(self.send_to_device(user, transaction, deliveries).await);
@@ -419,6 +439,18 @@ impl UserActor {
         let key = (user.to_string(), device_id.to_string());
         let existing = DEVICES_TABLE.get(self.storage.engine(), &key)?.map(|Json(device)| device);
         let new_device = existing.is_none();
+        if new_device
+            && DEVICES_TABLE.count(
+                self.storage.engine(),
+                &prefix(&user.as_str()),
+                limits::MAX_DEVICES,
+            )? >= limits::MAX_DEVICES
+        {
+            return Err(Error::user_limit(format!(
+                "You can have at most {} devices; log out of (or delete) some you no longer use.",
+                limits::MAX_DEVICES
+            )));
+        }
         let mut device = existing
             .unwrap_or_else(|| DeviceRecord { created_ms: now_ms(), ..DeviceRecord::default() });
         if request.display_name.is_some() {
@@ -504,7 +536,7 @@ impl UserActor {
             Ok(DEVICES_TABLE
                 .collect(
                     self.storage.engine(),
-                    &crate::storage::codec::prefix(&user.as_str()),
+                    &prefix(&user.as_str()),
                     crate::storage::Direction::Forward,
                     usize::MAX,
                 )?
@@ -634,7 +666,7 @@ impl UserActor {
             let mut fields = serde_json::Map::new();
             for ((_, name), bytes) in PROFILES_TABLE.collect(
                 self.storage.engine(),
-                &crate::storage::codec::prefix(&user.as_str()),
+                &prefix(&user.as_str()),
                 crate::storage::Direction::Forward,
                 usize::MAX,
             )? {
@@ -661,21 +693,58 @@ impl UserActor {
         self.storage.writer().commit(batch).await
     }
 
+    /// Writes one account data value, within the bounds of [`limits`]: its size, the number
+    /// of types in its scope (global, or its room) and the user's total. A write that does not
+    /// grow the total is always allowed, so a user at a bound can still shrink or tidy up.
     async fn set_account_data(
         &self,
         user: &OwnedUserId,
-        state: &UserState,
+        state: &mut UserState,
         room: String,
         kind: String,
         content: JsonValue,
     ) -> Result<u64> {
         require_account(state)?;
+        let engine = self.storage.engine();
+        let content_bytes = serde_json::to_vec(&content)?.len();
+        if content_bytes > limits::MAX_ACCOUNT_DATA_BYTES {
+            return Err(Error::too_large(format!(
+                "An account data value is limited to {} bytes.",
+                limits::MAX_ACCOUNT_DATA_BYTES
+            )));
+        }
         let key = (user.to_string(), room.clone(), kind.clone());
+        let stored = ACCOUNT_DATA_TABLE.stored_size(engine, &key)?;
+        if stored.is_none() {
+            let (most, scope) = if room.is_empty() {
+                (limits::MAX_GLOBAL_ACCOUNT_DATA_KEYS, "global account data types")
+            } else {
+                (limits::MAX_ROOM_ACCOUNT_DATA_KEYS, "account data types per room")
+            };
+            let present =
+                ACCOUNT_DATA_TABLE.count(engine, &prefix2(&user.as_str(), &room.as_str()), most)?;
+            if present >= most {
+                return Err(Error::user_limit(format!("You can have at most {most} {scope}.")));
+            }
+        }
+        let total = match state.account_data_bytes {
+            Some(total) => total,
+            None => ACCOUNT_DATA_TABLE.stored_bytes(engine, &prefix(&user.as_str()))?,
+        };
+        let previous = stored.unwrap_or(0);
+        // The record as stored: the key, the content and the position around it.
+        let size = (key.encode().len() + content_bytes + ACCOUNT_DATA_RECORD_OVERHEAD) as u64;
+        let after = total.saturating_sub(previous).saturating_add(size);
+        if size > previous && after > limits::MAX_ACCOUNT_DATA_TOTAL_BYTES {
+            return Err(Error::user_limit(format!(
+                "Your account data is limited to {} bytes in all.",
+                limits::MAX_ACCOUNT_DATA_TOTAL_BYTES
+            )));
+        }
         // An unreadable previous record is overwritten; its stream entry stays behind, and
         // readers look up the current record through it.
-        let previous = ACCOUNT_DATA_TABLE
-            .get_readable(self.storage.engine(), &key)?
-            .map(|Json(record)| record.position);
+        let previous =
+            ACCOUNT_DATA_TABLE.get_readable(engine, &key)?.map(|Json(record)| record.position);
         let mut batch = Batch::new();
         if let Some(previous) = previous {
             ACCOUNT_DATA_STREAM_TABLE.delete(&mut batch, &(user.to_string(), previous));
@@ -692,8 +761,50 @@ impl UserActor {
                 ACCOUNT_DATA_STREAM_TABLE.put(batch, &(user_key, position), &Json((room, kind)));
             })
             .await?;
+        state.account_data_bytes = Some(after);
         self.hub.user_changed(user);
         Ok(positions.start)
+    }
+
+    /// Stores a filter, unless it is a new one and the user has [`limits::MAX_FILTERS`].
+    async fn put_filter(
+        &self,
+        user: &OwnedUserId,
+        filter_id: String,
+        definition: Vec<u8>,
+    ) -> Result<()> {
+        let engine = self.storage.engine();
+        let key = (user.to_string(), filter_id);
+        if !FILTERS_TABLE.contains(engine, &key)?
+            && FILTERS_TABLE.count(engine, &prefix(&user.as_str()), limits::MAX_FILTERS)?
+                >= limits::MAX_FILTERS
+        {
+            return Err(Error::user_limit(format!(
+                "You can have at most {} filters; reuse one, or give /sync its filter inline.",
+                limits::MAX_FILTERS
+            )));
+        }
+        let mut batch = Batch::new();
+        FILTERS_TABLE.put(&mut batch, &key, &definition);
+        self.storage.writer().commit(batch).await
+    }
+
+    /// Reads one account data value, changes it with `update` and writes it back.
+    async fn update_account_data(
+        &self,
+        user: &OwnedUserId,
+        state: &mut UserState,
+        room: String,
+        kind: String,
+        update: AccountDataUpdate,
+    ) -> Result<u64> {
+        require_account(state)?;
+        let key = (user.to_string(), room.clone(), kind.clone());
+        let current = ACCOUNT_DATA_TABLE
+            .get_readable(self.storage.engine(), &key)?
+            .map(|Json(record)| record.content);
+        let content = update(current)?;
+        self.set_account_data(user, state, room, kind, content).await
     }
 
     /// Queues `deliveries` and records `transaction` in one batch, unless the transaction
@@ -746,13 +857,14 @@ impl UserActor {
     async fn update_push_rules(
         &self,
         user: &OwnedUserId,
-        state: &UserState,
+        state: &mut UserState,
         update: PushRulesUpdate,
         written: Option<WrittenActions>,
     ) -> Result<()> {
         let stored = push_rules::stored(&self.storage, user)?;
         let mut ruleset = push_rules::parse(stored.clone(), user);
         update(&mut ruleset)?;
+        crate::push::bounds::check(&ruleset)?;
         let mut as_written = stored.unwrap_or_default();
         if let Some(WrittenActions { kind, rule_id, actions }) = written {
             push_rules::remember_actions(&mut as_written, &kind, &rule_id, actions);
@@ -778,7 +890,7 @@ impl UserActor {
     ) -> Result<()> {
         TO_DEVICE_TABLE.scan_keys(
             self.storage.engine(),
-            &crate::storage::codec::prefix2(&user.as_str(), &device),
+            &prefix2(&user.as_str(), &device),
             None,
             crate::storage::Direction::Forward,
             |key| {
@@ -794,7 +906,7 @@ impl UserActor {
         let mut batch = Batch::new();
         TO_DEVICE_TABLE.scan_keys(
             self.storage.engine(),
-            &crate::storage::codec::prefix2(&user.as_str(), &device),
+            &prefix2(&user.as_str(), &device),
             None,
             crate::storage::Direction::Forward,
             |key| {

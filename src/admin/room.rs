@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::{
     Error, Result, Services,
     accounts::now_ms,
-    actors::user::UserMessage,
+    actors::{contain::contained, tasks, user::UserMessage},
     http::client::rooms::{self as room_api, send_membership},
     rooms::{builder::Template, pdu::canonical_content},
     storage::{
@@ -205,14 +205,18 @@ pub fn maybe_run(services: &Arc<Services>, room_id: &RoomId, sender: &UserId, bo
     let command = command.trim().to_owned();
     let services = Arc::clone(services);
     let room_id = room_id.to_owned();
-    tokio::spawn(async move {
-        let output =
-            match super::execute(&services, if command.is_empty() { "--help" } else { &command })
-                .await
-            {
-                Ok(output) => output,
-                Err(error) => format!("Command failed: {error}"),
-            };
+    tasks::spawn("admin_room_command", async move {
+        let line = if command.is_empty() { "--help" } else { &command };
+        // A command that panics is reported (logged and counted) and answered, so the admin
+        // is not left waiting for output that never comes.
+        let output = match contained(super::execute(&services, line)).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(error)) => format!("Command failed: {error}"),
+            Err(panic) => {
+                tasks::report_panic("admin_room_command", &panic);
+                "Command failed: it panicked; the server log has the details.".to_owned()
+            }
+        };
         let Ok(server_user) = server_user(&services) else { return };
         let mut content = ruma::CanonicalJsonObject::new();
         content.insert("msgtype".to_owned(), CanonicalJsonValue::String("m.notice".to_owned()));

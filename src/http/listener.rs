@@ -11,7 +11,10 @@
 //!   is cut off (it would otherwise hold the connection and the response's buffers);
 //! - **connections per address**: at most `client_max_connections_per_ip` at once from one
 //!   IPv4 address or IPv6 /64; loopback peers are a reverse proxy on this host and are not
-//!   counted (the proxy limits its own clients).
+//!   counted (the proxy limits its own clients);
+//! - **requests per connection**: HTTP/1.1 carries one request at a time; an HTTP/2
+//!   connection at most [`MAX_STREAMS_PER_CONNECTION`] (hyper's default is 200), so the
+//!   per-address cap also bounds how many in-flight permits one address can hold.
 //!
 //! While a request is being handled no connection deadline runs: the request body and the
 //! handler have their own limits (`middleware::deadlines`), and a `/sync` long poll must be
@@ -58,7 +61,11 @@ use tokio::{
 use tower::ServiceExt;
 
 use super::held::ConnectionFlushes;
-use crate::{Config, server::Shutdown};
+use crate::{
+    Config,
+    actors::{contain::contained, tasks},
+    server::Shutdown,
+};
 
 /// What every connection of a listener is held to (see the module documentation).
 #[derive(Debug, Clone)]
@@ -142,7 +149,7 @@ impl Drop for Admitted {
 }
 
 /// A listening socket the accept loop can take connections from.
-pub trait Acceptor: Send + 'static {
+pub trait Acceptor: Send + Sync + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
     /// The next connection and its peer address (`None` for a UNIX socket).
@@ -170,13 +177,23 @@ impl Acceptor for UnixListener {
     }
 }
 
+/// Requests one HTTP/2 connection may have in progress at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+/// A client that wants more opens another connection, which the per-address cap counts;
+/// so one address holds at most this many times `client_max_connections_per_ip` permits.
+/// HTTP/2 reaches tuwunel only with prior knowledge (there is no TLS listener to negotiate
+/// it), which in practice means a reverse proxy speaking h2c: it opens more connections
+/// when one is full.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+
 /// How long the loop pauses after a failed accept (such as running out of file
 /// descriptors), so it does not spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Serves `app` on every connection `acceptor` takes until `shutdown` fires, then finishes
 /// the connections' requests. The task ends when the last connection has closed; aborting
-/// it closes them all.
+/// it closes them all. A panic in the accept loop (a bug) is reported and the loop starts
+/// again on the same socket, the open connections untouched: the address never stops
+/// accepting unnoticed. A connection whose task panics is reported too.
 pub fn spawn<A: Acceptor>(
     acceptor: A,
     app: Router,
@@ -185,49 +202,74 @@ pub fn spawn<A: Acceptor>(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut connections = JoinSet::new();
-        let stopping = shutdown.clone().wait();
-        tokio::pin!(stopping);
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut stopping => break,
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                accepted = acceptor.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let admitted = match peer.map(|peer| limits.admit(peer.ip())) {
-                            Some(Err(())) => {
-                                metrics::counter!("tuwunel_http_connections_refused_total")
-                                    .increment(1);
-                                tracing::debug!(?peer, "too many connections from this address");
-                                continue;
-                            }
-                            Some(Ok(admitted)) => admitted,
-                            None => None,
-                        };
-                        let connection = serve_connection(
-                            stream,
-                            peer,
-                            app.clone(),
-                            limits.clone(),
-                            shutdown.clone(),
-                        );
-                        connections.spawn(async move {
-                            connection.await;
-                            drop(admitted);
-                        });
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "accepting a connection failed");
-                        tokio::time::sleep(ACCEPT_RETRY).await;
-                    }
-                },
-            }
+        while let Err(panic) =
+            contained(accept_until_shutdown(&acceptor, &app, &limits, &shutdown, &mut connections))
+                .await
+        {
+            tasks::report_panic("listener", &panic);
+            tokio::time::sleep(ACCEPT_RETRY).await;
         }
         // No new connections (the socket closes with the acceptor); the open ones finish
         // their requests.
         drop(acceptor);
-        while connections.join_next().await.is_some() {}
+        while let Some(joined) = connections.join_next().await {
+            if let Err(error) = joined {
+                tasks::report_join_error("connection", error);
+            }
+        }
     })
+}
+
+/// Accepts connections into `connections` until `shutdown` fires.
+async fn accept_until_shutdown<A: Acceptor>(
+    acceptor: &A,
+    app: &Router,
+    limits: &ConnectionLimits,
+    shutdown: &Shutdown,
+    connections: &mut JoinSet<()>,
+) {
+    let stopping = shutdown.clone().wait();
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stopping => return,
+            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(error) = joined {
+                    tasks::report_join_error("connection", error);
+                }
+            }
+            accepted = acceptor.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let admitted = match peer.map(|peer| limits.admit(peer.ip())) {
+                        Some(Err(())) => {
+                            metrics::counter!("tuwunel_http_connections_refused_total")
+                                .increment(1);
+                            tracing::debug!(?peer, "too many connections from this address");
+                            continue;
+                        }
+                        Some(Ok(admitted)) => admitted,
+                        None => None,
+                    };
+                    let connection = serve_connection(
+                        stream,
+                        peer,
+                        app.clone(),
+                        limits.clone(),
+                        shutdown.clone(),
+                    );
+                    connections.spawn(async move {
+                        connection.await;
+                        drop(admitted);
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            },
+        }
+    }
 }
 
 /// Serves HTTP on one connection, under `limits`, until the client or the server ends it.
@@ -253,7 +295,8 @@ pub async fn serve_connection<S>(
     let service = ConnectionService { app, peer, activity: Arc::clone(&activity), flushes };
     // No hyper timer is set: hyper's own header timeout would also end keep-alive
     // connections after that time, and `watch` keeps the two apart.
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let watchdog = watch(Arc::clone(&activity), limits.header, limits.idle);
@@ -795,6 +838,135 @@ mod tests {
         assert!(closed, "the whole response was still delivered");
         shutdown.trigger();
         task.await.expect("listener");
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_carries_a_bounded_number_of_requests_at_once() {
+        use std::{
+            collections::HashMap,
+            sync::atomic::{AtomicUsize, Ordering},
+        };
+
+        /// Requests in progress per connection (by peer address), and the most seen at once.
+        #[derive(Default)]
+        struct Load {
+            active: Mutex<HashMap<SocketAddr, usize>>,
+            most: AtomicUsize,
+        }
+        let load = Arc::new(Load::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let handler_load = Arc::clone(&load);
+        let app = Router::new().route(
+            "/hold",
+            axum::routing::get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+                let load = Arc::clone(&handler_load);
+                async move {
+                    let now = {
+                        let mut active = load.active.lock().expect("lock");
+                        let count = active.entry(peer).or_insert(0);
+                        *count += 1;
+                        *count
+                    };
+                    load.most.fetch_max(now, Ordering::SeqCst);
+                    // Long enough that requests sent together overlap in the handler.
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    *load.active.lock().expect("lock").entry(peer).or_insert(1) -= 1;
+                    "held"
+                }
+            }),
+        );
+        let limits = ConnectionLimits::new(
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            0,
+        );
+        let shutdown = Shutdown::new();
+        let task = spawn(listener, app, limits, shutdown.clone());
+
+        crate::net::outbound::install_tls_provider();
+        let client = reqwest::Client::builder().http2_prior_knowledge().build().expect("client");
+        let url = format!("http://{address}/hold");
+        let requests = 3 * MAX_STREAMS_PER_CONNECTION as usize;
+        let mut sent = JoinSet::new();
+        for _ in 0..requests {
+            let (client, url) = (client.clone(), url.clone());
+            sent.spawn(async move {
+                let response = client.get(&url).send().await.expect("request");
+                assert_eq!(response.version(), reqwest::Version::HTTP_2);
+                response.status()
+            });
+        }
+        let answered = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut answered = 0;
+            while let Some(status) = sent.join_next().await {
+                assert_eq!(status.expect("task"), reqwest::StatusCode::OK);
+                answered += 1;
+            }
+            answered
+        })
+        .await
+        .expect("every request is answered");
+        assert_eq!(answered, requests);
+        // The client had more requests ready than the server allows on one connection: it
+        // had to wait for streams, never running more than the bound at once.
+        assert_eq!(load.most.load(Ordering::SeqCst), MAX_STREAMS_PER_CONNECTION as usize);
+        shutdown.trigger();
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the listener ends")
+            .expect("listener");
+    }
+
+    /// A listening socket whose first accepted connection makes the accept loop panic.
+    struct PanicsOnce {
+        inner: TcpListener,
+        panicked: std::sync::atomic::AtomicBool,
+    }
+
+    impl Acceptor for PanicsOnce {
+        type Stream = tokio::net::TcpStream;
+
+        async fn accept(&self) -> io::Result<(Self::Stream, Option<SocketAddr>)> {
+            let accepted = Acceptor::accept(&self.inner).await;
+            if !self.panicked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                panic!("a bug in the accept loop");
+            }
+            accepted
+        }
+    }
+
+    #[tokio::test]
+    async fn the_accept_loop_survives_a_panic_and_keeps_serving() {
+        let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = inner.local_addr().expect("address");
+        let acceptor = PanicsOnce { inner, panicked: std::sync::atomic::AtomicBool::new(false) };
+        let app = Router::new().route("/echo", post(|body: String| async move { body }));
+        let limits = ConnectionLimits::new(
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            0,
+        );
+        let shutdown = Shutdown::new();
+        let task = spawn(acceptor, app, limits, shutdown.clone());
+        let (first, second) = blocking(move || {
+            // The connection the loop panicked on is dropped with it.
+            let mut first = connect(address, "127.0.0.1");
+            let dropped = closed_by_server(&mut first);
+            (dropped, echo(address, "127.0.0.1"))
+        })
+        .await;
+        assert!(first, "the connection accepted when the loop panicked is closed");
+        assert!(second.starts_with("HTTP/1.1 200") && second.ends_with("hi"), "{second}");
+        assert!(!task.is_finished(), "the listener still runs");
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the listener ends")
+            .expect("listener");
     }
 
     #[tokio::test]

@@ -135,6 +135,10 @@ fn describe() {
     metrics::describe_counter!("tuwunel_writer_groups_total", "Write groups committed");
     metrics::describe_counter!("tuwunel_writer_batches_total", "Batches committed");
     metrics::describe_counter!("tuwunel_writer_failures_total", "Write groups that failed");
+    metrics::describe_counter!(
+        "tuwunel_task_panics_total",
+        "Panics of background tasks (accept loops, connections, admin commands, periodic work)"
+    );
     metrics::describe_gauge!(
         "tuwunel_database_table_bytes",
         "Approximate on-disk size of each table"
@@ -157,6 +161,9 @@ fn register_alerting_counters() {
     }
     for kind in ["header", "receive", "request", "response"] {
         metrics::counter!("tuwunel_http_timeouts_total", "kind" => kind).increment(0);
+    }
+    for task in crate::actors::tasks::NAMES {
+        metrics::counter!("tuwunel_task_panics_total", "task" => task).increment(0);
     }
 }
 

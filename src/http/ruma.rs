@@ -40,10 +40,7 @@ use super::{
     routes::{BodyKind, Routes},
 };
 use crate::{
-    Error, Result, Services,
-    accounts::Sender,
-    actors::contain::contained_sync,
-    limits::{self, JsonProblem},
+    Config, Error, Result, Services, accounts::Sender, actors::contain::contained_sync, limits,
 };
 
 /// A parsed Matrix request of type `T`, with who sent it.
@@ -154,12 +151,8 @@ pub(super) fn checked_body<T: IncomingRequest + 'static>(bytes: Bytes) -> Result
         }
         return Ok(Bytes::from_static(b"{}"));
     }
-    limits::check_json(&bytes).map_err(|problem| match problem {
-        JsonProblem::NotJson(message) => Error::not_json(message),
-        JsonProblem::Refused(message) => {
-            Error::bad_json(format!("Request body refused: {message}"))
-        }
-    })?;
+    // The size was bounded while reading.
+    limits::check_body(&bytes, usize::MAX)?;
     Ok(bytes)
 }
 
@@ -331,7 +324,10 @@ where
             path,
             body,
             on(filter, move |State(services): State<Arc<Services>>, request: Ruma<R>| async move {
-                direct(services, request).await
+                let answering = Arc::clone(&services);
+                direct(services, request)
+                    .await
+                    .map_err(|error| error.with_info_uri(|| limits_info_uri(&answering.config)))
             }),
         );
         if let Some(emptied) = with_empty_last_parameter(path) {
@@ -348,7 +344,10 @@ where
                         let request =
                             Ruma::<R>::from_request(Request::from_parts(parts, body), &services)
                                 .await?;
-                        handler(services, request).await
+                        let answering = Arc::clone(&services);
+                        handler(services, request).await.map_err(|error| {
+                            error.with_info_uri(|| limits_info_uri(&answering.config))
+                        })
                     }
                 }),
             );
@@ -366,6 +365,17 @@ struct EmptyLastParameter;
 fn with_empty_last_parameter(path: &str) -> Option<String> {
     let (head, last) = path.rsplit_once('/')?;
     (last.starts_with('{') && last.ends_with('}')).then(|| format!("{head}/"))
+}
+
+/// Where a user who reached one of the account bounds can learn more (the spec's `info_uri`
+/// of `M_USER_LIMIT_EXCEEDED`): the operator's support page, else the support document that
+/// `/.well-known/matrix/support` serves.
+fn limits_info_uri(config: &Config) -> String {
+    config
+        .well_known
+        .support_page
+        .clone()
+        .unwrap_or_else(|| format!("https://{}/.well-known/matrix/support", config.server_name))
 }
 
 pub(super) fn method_filter(method: &Method) -> MethodFilter {

@@ -4,9 +4,6 @@
 //! as event types, wrong for `visibility` or `preset`), so handlers name the allowed values
 //! here.
 
-use axum::http::StatusCode;
-use ruma::api::error::ErrorKind;
-
 use crate::{Error, Result};
 
 /// Refuses `value` when it has more than `max` characters: `400 M_TOO_LARGE`, as Synapse
@@ -27,7 +24,7 @@ pub fn max_bytes(what: &str, value: &str, max: usize) -> Result<()> {
 }
 
 fn too_long(message: String) -> Error {
-    Error::matrix(StatusCode::BAD_REQUEST, ErrorKind::TooLarge, message)
+    Error::field_too_large(message)
 }
 
 /// Refuses a body field whose value is not one of the spec's `allowed` values:

@@ -14,6 +14,7 @@ use serde_json::Value as JsonValue;
 use crate::{
     Error, Result,
     actors::Reply,
+    limits,
     storage::{
         Batch, Direction, Read, Storage,
         codec::{Json, prefix, prefix2, prefix3},
@@ -138,6 +139,19 @@ pub fn check_key_data(key: &JsonValue) -> Result<()> {
     }
 }
 
+/// Refuses a version whose `algorithm` and `auth_data` are larger than
+/// [`limits::MAX_BACKUP_VERSION_BYTES`] together.
+fn check_version_size(algorithm: &JsonValue, auth_data: &JsonValue) -> Result<()> {
+    let size = serde_json::to_vec(algorithm)?.len() + serde_json::to_vec(auth_data)?.len();
+    if size > limits::MAX_BACKUP_VERSION_BYTES {
+        return Err(Error::too_large(format!(
+            "A backup version's algorithm and auth_data are limited to {} bytes.",
+            limits::MAX_BACKUP_VERSION_BYTES
+        )));
+    }
+    Ok(())
+}
+
 pub struct Backups<'a> {
     pub storage: &'a Storage,
     pub user: &'a UserId,
@@ -165,9 +179,11 @@ impl Backups<'_> {
     }
 
     async fn create(&self, algorithm: JsonValue, auth_data: JsonValue) -> Result<String> {
+        check_version_size(&algorithm, &auth_data)?;
+        let engine = self.storage.engine();
         let mut latest = 0;
         BACKUP_VERSIONS_TABLE.scan_keys(
-            self.storage.engine(),
+            engine,
             &prefix(&self.user.as_str()),
             None,
             Direction::Reverse,
@@ -176,8 +192,35 @@ impl Backups<'_> {
                 ControlFlow::Break(())
             },
         )?;
+        let mut live = 0;
+        let mut deleted = Vec::new();
+        BACKUP_VERSIONS_TABLE.scan(
+            engine,
+            &prefix(&self.user.as_str()),
+            None,
+            Direction::Forward,
+            |key, Json(record)| {
+                if record.deleted {
+                    deleted.push(key);
+                } else {
+                    live += 1;
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        if live >= limits::MAX_BACKUP_VERSIONS {
+            return Err(Error::user_limit(format!(
+                "You can have at most {} key backup versions; delete old ones first.",
+                limits::MAX_BACKUP_VERSIONS
+            )));
+        }
         let version = latest + 1;
         let mut batch = Batch::new();
+        // A deleted version's record only kept its number from being used again; the new
+        // version's number is higher than all of them.
+        for key in &deleted {
+            BACKUP_VERSIONS_TABLE.delete(&mut batch, key);
+        }
         let record =
             BackupVersionRecord { algorithm, auth_data, count: 0, etag: 0, deleted: false };
         BACKUP_VERSIONS_TABLE.put(&mut batch, &(self.user.to_string(), version), &Json(record));
@@ -191,6 +234,7 @@ impl Backups<'_> {
         algorithm: JsonValue,
         auth_data: JsonValue,
     ) -> Result<()> {
+        check_version_size(&algorithm, &auth_data)?;
         let mut record = live_version(self.storage.engine(), self.user, version)?;
         if record.algorithm != algorithm {
             return Err(Error::invalid_param("The algorithm of a backup version cannot change."));
@@ -245,10 +289,22 @@ impl Backups<'_> {
         let mut changed = false;
         for (room, session, key) in keys {
             check_key_data(&key)?;
+            if serde_json::to_vec(&key)?.len() > limits::MAX_BACKUP_SESSION_BYTES {
+                return Err(Error::field_too_large(format!(
+                    "The key data of one session is limited to {} bytes.",
+                    limits::MAX_BACKUP_SESSION_BYTES
+                )));
+            }
             let table_key = (self.user.to_string(), number, room, session);
             match BACKUP_KEYS_TABLE.get(engine, &table_key)? {
                 Some(Json(stored)) if !replaces(&key, &stored) => continue,
                 Some(_) => {}
+                None if record.count >= limits::MAX_BACKUP_SESSIONS => {
+                    return Err(Error::user_limit(format!(
+                        "A key backup version can hold at most {} sessions.",
+                        limits::MAX_BACKUP_SESSIONS
+                    )));
+                }
                 None => record.count += 1,
             }
             BACKUP_KEYS_TABLE.put(&mut batch, &table_key, &Json(key));

@@ -210,11 +210,11 @@ fn membership_changes(
         return Ok(changes);
     }
     for event in events {
-        let Some(meta) = rooms::event_meta(engine, event)? else { continue };
+        let Some(meta) = rooms::readable_event_meta(engine, event)? else { continue };
         if meta.state_after == meta.state_before {
             continue;
         }
-        let Some(pdu) = rooms::pdu(engine, event)? else { continue };
+        let Some(pdu) = rooms::readable_pdu(engine, event)? else { continue };
         if pdu.kind != TimelineEventType::RoomMember {
             continue;
         }

@@ -15,6 +15,7 @@ use super::{
 use crate::{
     Error, Result,
     actors::Reply,
+    limits,
     storage::{
         Batch, Direction, Storage,
         codec::{Json, prefix, prefix2, prefix3},
@@ -89,6 +90,14 @@ fn split_key_id(full: &str) -> Result<(&str, &str)> {
         })
 }
 
+/// Refuses `value` when it takes more than `most` bytes as JSON: `400 M_TOO_LARGE`.
+fn check_size(what: &str, value: &JsonValue, most: usize) -> Result<()> {
+    if serde_json::to_vec(value)?.len() > most {
+        return Err(Error::field_too_large(format!("{what} is limited to {most} bytes.")));
+    }
+    Ok(())
+}
+
 fn invalid_signature(message: impl Into<String>) -> Error {
     Error::custom(axum::http::StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE", message.into())
 }
@@ -161,7 +170,11 @@ impl KeyStore<'_> {
         let user = self.user.to_string();
         let mut batch = Batch::new();
         let mut keys_changed = false;
+        for (_, key) in one_time_keys.iter().chain(&fallback_keys) {
+            check_size("A one-time or fallback key", key, limits::MAX_ONE_TIME_KEY_BYTES)?;
+        }
         if let Some(keys) = device_keys {
+            check_size("device_keys", &keys, limits::MAX_DEVICE_KEYS_BYTES)?;
             self.check_device_keys(device, &keys)?;
             let key = (user.clone(), device.to_owned());
             if DEVICE_KEYS_TABLE.get(engine, &key)?.is_none_or(|Json(stored)| stored != keys) {
@@ -201,8 +214,30 @@ impl KeyStore<'_> {
                 None => new_one_time.push((algorithm.to_owned(), id.to_owned(), key)),
             }
         }
+        if !new_one_time.is_empty()
+            && existing.len() + new_one_time.len() > limits::MAX_ONE_TIME_KEYS
+        {
+            return Err(Error::user_limit(format!(
+                "A device can have at most {} unclaimed one-time keys on the server; it has {}.",
+                limits::MAX_ONE_TIME_KEYS,
+                existing.len()
+            )));
+        }
 
         let mut fallback_algorithms = std::collections::BTreeSet::new();
+        let mut stored_algorithms = std::collections::BTreeSet::new();
+        if !fallback_keys.is_empty() {
+            FALLBACK_KEYS_TABLE.scan_keys(
+                engine,
+                &prefix2(&user.as_str(), &device),
+                None,
+                Direction::Forward,
+                |(_, _, algorithm)| {
+                    stored_algorithms.insert(algorithm);
+                    ControlFlow::Continue(())
+                },
+            )?;
+        }
         for (full_id, key) in fallback_keys {
             let (algorithm, id) = split_key_id(&full_id)?;
             if !fallback_algorithms.insert(algorithm.to_owned()) {
@@ -213,6 +248,13 @@ impl KeyStore<'_> {
             if !key.is_object() {
                 return Err(Error::invalid_param(format!(
                     "Fallback key '{full_id}' must be an object."
+                )));
+            }
+            stored_algorithms.insert(algorithm.to_owned());
+            if stored_algorithms.len() > limits::MAX_FALLBACK_KEYS {
+                return Err(Error::user_limit(format!(
+                    "A device can have fallback keys of at most {} algorithms.",
+                    limits::MAX_FALLBACK_KEYS
                 )));
             }
             let table_key = (user.clone(), device.to_owned(), algorithm.to_owned());
@@ -348,6 +390,7 @@ impl KeyStore<'_> {
         )?;
         for (usage, key) in uploads {
             let Some(key) = key else { continue };
+            check_size("A cross-signing key", key, limits::MAX_DEVICE_KEYS_BYTES)?;
             if key.get("user_id").and_then(JsonValue::as_str) != Some(self.user.as_str()) {
                 return Err(Error::invalid_param(format!(
                     "The {usage} key must belong to the uploading user."

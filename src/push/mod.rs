@@ -2,6 +2,7 @@
 //! unread notification counts, the notification list, and pushers that deliver to HTTP
 //! push gateways.
 
+pub mod bounds;
 pub mod counts;
 pub mod evaluate;
 pub mod gateway;

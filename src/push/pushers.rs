@@ -16,10 +16,10 @@ use super::{
     gateway::{GatewayAnswer, GatewayClient},
 };
 use crate::{
-    Config, Result,
+    Config, Error, Result,
     accounts::now_ms,
     actors::{ActorSystem, Behaviour, Context, Limits, Registry, Reply},
-    rooms,
+    limits, rooms,
     storage::{
         Batch, Direction, Storage,
         codec::{Json, prefix},
@@ -106,6 +106,16 @@ impl PusherActor {
         record: PusherRecord,
     ) -> Result<()> {
         let key = (user.to_string(), app_id.clone(), pushkey.clone());
+        let engine = self.storage.engine();
+        if !PUSHERS_TABLE.contains(engine, &key)?
+            && PUSHERS_TABLE.count(engine, &prefix(&user.as_str()), limits::MAX_PUSHERS)?
+                >= limits::MAX_PUSHERS
+        {
+            return Err(Error::user_limit(format!(
+                "You can have at most {} pushers; remove those of devices you no longer use.",
+                limits::MAX_PUSHERS
+            )));
+        }
         // Known before the commit, so no notification can slip between the two unwoken.
         self.with_pushers.insert(user.to_owned());
         let mut batch = Batch::new();
@@ -124,7 +134,7 @@ impl PusherActor {
         notification: &NotificationRecord,
     ) -> Result<Option<JsonValue>> {
         let engine = self.storage.engine();
-        let Some(pdu) = rooms::pdu(engine, notification.event)? else { return Ok(None) };
+        let Some(pdu) = rooms::readable_pdu(engine, notification.event)? else { return Ok(None) };
         let format = record.pusher["data"]["format"].as_str().unwrap_or_default();
         let mut data = record.pusher["data"].clone();
         if let Some(data) = data.as_object_mut() {

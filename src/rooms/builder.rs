@@ -22,6 +22,10 @@ pub struct Template {
     pub redacts: Option<OwnedEventId>,
     /// Client-chosen timestamp (application services); now when absent.
     pub timestamp: Option<MilliSecondsSinceUnixEpoch>,
+    /// A member event that restates a join (a profile change carried to the room): sent only
+    /// if the sender is still joined when the room's actor builds it, so one computed before
+    /// a leave or a kick cannot join the sender again.
+    pub only_while_joined: bool,
 }
 
 impl Template {
@@ -38,6 +42,7 @@ impl Template {
             sender: sender.clone(),
             redacts: None,
             timestamp: None,
+            only_while_joined: false,
         }
     }
 
@@ -53,6 +58,7 @@ impl Template {
             sender: sender.clone(),
             redacts: None,
             timestamp: None,
+            only_while_joined: false,
         }
     }
 }

@@ -111,6 +111,12 @@ pub fn event_meta(reader: &(impl Read + ?Sized), short: u64) -> Result<Option<Ev
     Ok(EVENT_META_TABLE.get(reader, &short)?.map(|Json(meta)| meta))
 }
 
+/// Like [`event_meta`] for readers that list events for a client: a record that cannot be
+/// decoded is reported and reads as absent, so one bad row does not fail the whole list.
+pub fn readable_event_meta(reader: &(impl Read + ?Sized), short: u64) -> Result<Option<EventMeta>> {
+    Ok(EVENT_META_TABLE.get_readable(reader, &short)?.map(|Json(meta)| meta))
+}
+
 /// `user`'s membership in `room_id`, as recorded for the user.
 pub fn membership(
     reader: &(impl Read + ?Sized),

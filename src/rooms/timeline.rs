@@ -512,8 +512,8 @@ pub fn paginate(
     let mut events = Vec::new();
     let mut finished_at = None;
     for (position, short) in &candidates {
-        let Some(pdu) = super::pdu(storage.engine(), *short)? else { continue };
-        let Some(meta) = super::event_meta(storage.engine(), *short)? else { continue };
+        let Some(pdu) = super::readable_pdu(storage.engine(), *short)? else { continue };
+        let Some(meta) = super::readable_event_meta(storage.engine(), *short)? else { continue };
         if !keep(&pdu) || !viewer.can_see(&pdu, &meta)? {
             continue;
         }
@@ -544,7 +544,7 @@ pub fn members_at(storage: &Storage, snapshot: u64) -> Result<Vec<Pdu>> {
         if kind != "m.room.member" {
             continue;
         }
-        if let Some(pdu) = super::pdu(storage.engine(), short)? {
+        if let Some(pdu) = super::readable_pdu(storage.engine(), short)? {
             members.push(pdu);
         }
     }

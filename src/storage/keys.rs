@@ -33,7 +33,8 @@ pub struct BackupVersionRecord {
     pub count: u64,
     /// Changes whenever the stored keys change.
     pub etag: u64,
-    /// Deleted versions are kept as tombstones so a version id is never reused.
+    /// Deleted versions are kept as tombstones until the next version is created (whose id
+    /// is above theirs), so a version id is never reused.
     pub deleted: bool,
 }
 

@@ -115,6 +115,47 @@ impl<K: Key, V: Value> Table<K, V> {
         })
     }
 
+    /// How many entries are under `prefix`, counting no further than `up_to` (values are not
+    /// read): for bounds on how many rows one owner may have.
+    pub fn count(
+        &self,
+        reader: &(impl Read + ?Sized),
+        prefix: &[u8],
+        up_to: usize,
+    ) -> Result<usize> {
+        let mut count = 0;
+        if up_to == 0 {
+            return Ok(0);
+        }
+        reader.scan(self.id, prefix, None, Direction::Forward, &mut |_, _| {
+            count += 1;
+            if count >= up_to { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })?;
+        Ok(count)
+    }
+
+    /// The bytes the entries under `prefix` take, keys and values as stored (nothing is
+    /// decoded, so unreadable rows count too).
+    pub fn stored_bytes(&self, reader: &(impl Read + ?Sized), prefix: &[u8]) -> Result<u64> {
+        let mut bytes = 0_u64;
+        reader.scan(self.id, prefix, None, Direction::Forward, &mut |key, value| {
+            bytes += (key.len() + value.len()) as u64;
+            ControlFlow::Continue(())
+        })?;
+        Ok(bytes)
+    }
+
+    /// The bytes the entry under `key` takes as stored (key and value), if there is one.
+    pub fn stored_size(&self, reader: &(impl Read + ?Sized), key: &K) -> Result<Option<u64>> {
+        let key = key.encode();
+        Ok(reader.get(self.id, &key)?.map(|value| (key.len() + value.len()) as u64))
+    }
+
+    /// The bytes `key` and `value` would take as stored.
+    pub fn encoded_size(&self, key: &K, value: &V) -> u64 {
+        (key.encode().len() + value.encode_value().len()) as u64
+    }
+
     /// Collects up to `limit` entries under `prefix`.
     pub fn collect(
         &self,

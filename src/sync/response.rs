@@ -458,7 +458,7 @@ fn timeline_part(
     for short in candidates {
         let (Some(pdu), Some(meta)) = (
             rooms::shared_pdu(&services.storage, short)?,
-            rooms::event_meta(services.storage.engine(), short)?,
+            rooms::readable_event_meta(services.storage.engine(), short)?,
         ) else {
             continue;
         };
@@ -563,7 +563,7 @@ fn joined_room(
             }
             let (Some(pdu), Some(meta)) = (
                 rooms::readable_pdu(services.storage.engine(), *short)?,
-                rooms::event_meta(services.storage.engine(), *short)?,
+                rooms::readable_event_meta(services.storage.engine(), *short)?,
             ) else {
                 continue;
             };
@@ -607,7 +607,7 @@ fn joined_room(
             let Some((short, _)) = rooms::pdu_by_id(&services.storage, &member.event_id)? else {
                 continue;
             };
-            if let Some(meta) = rooms::event_meta(services.storage.engine(), short)? {
+            if let Some(meta) = rooms::readable_event_meta(services.storage.engine(), short)? {
                 state_events.push(raw(&sync_event(services, &member, &meta, params.sender)?)?);
             }
         }

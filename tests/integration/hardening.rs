@@ -618,3 +618,154 @@ fn arbitrary_request_bodies_never_get_a_5xx() {
         server.stop().await;
     });
 }
+
+/// Pagination tokens and counts at the edges of their types (the largest integers, zero,
+/// negative and absurd numbers) on every endpoint that takes them: a Matrix error or an
+/// answer, never a 5xx (an overflow in the server's arithmetic would be a panic).
+#[tokio::test]
+async fn extreme_tokens_and_limits_never_get_a_5xx() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "p").await;
+    let room = create_room(&server, &alice, json!({"name": "r", "preset": "public_chat"})).await;
+    let (_, sent) = server
+        .put_as(
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"),
+            json!({"msgtype": "m.text", "body": "hello"}),
+        )
+        .await;
+    let event = sent["event_id"].as_str().expect("event_id").to_owned();
+    let max = u64::MAX.to_string();
+    let big = "9".repeat(40);
+    let mut paths = Vec::new();
+    for number in ["0", "1", max.as_str(), big.as_str(), "-1"] {
+        for token in [
+            format!("t{number}"),
+            format!("s{number}"),
+            format!("s{number}_{number}"),
+            format!("s{number}_{number}_{number}"),
+            number.to_owned(),
+        ] {
+            paths.push(format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&from={token}"));
+            paths.push(format!(
+                "/_matrix/client/v3/rooms/{room}/messages?dir=b&from={token}&to={token}"
+            ));
+            paths.push(format!("/_matrix/client/v3/sync?timeout=0&since={token}"));
+            paths.push(format!("/_matrix/client/v3/keys/changes?from={token}&to={token}"));
+            paths.push(format!("/_matrix/client/v3/notifications?from={number}"));
+            paths.push(format!("/_matrix/client/v3/publicRooms?since=n{number}"));
+            paths.push(format!("/_matrix/client/v3/publicRooms?since=p{number}"));
+            paths.push(format!(
+                "/_matrix/client/v1/rooms/{room}/hierarchy?from=h{number}_{number}_a"
+            ));
+            paths.push(format!("/_matrix/client/v1/rooms/{room}/relations/{event}?from={token}"));
+            paths.push(format!("/_matrix/client/v1/rooms/{room}/threads?from={token}"));
+        }
+        paths.push(format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit={number}"));
+        paths.push(format!("/_matrix/client/v3/rooms/{room}/context/{event}?limit={number}"));
+        paths.push(format!("/_matrix/client/v3/notifications?limit={number}"));
+        paths.push(format!("/_matrix/client/v3/publicRooms?limit={number}"));
+        paths.push(format!(
+            "/_matrix/client/v1/rooms/{room}/hierarchy?limit={number}&max_depth={number}"
+        ));
+        paths.push(format!("/_matrix/client/v1/rooms/{room}/relations/{event}?limit={number}"));
+        paths.push(format!("/_matrix/client/v1/rooms/{room}/threads?limit={number}"));
+        paths.push(format!("/_matrix/client/v1/rooms/{room}/timestamp_to_event?dir=f&ts={number}"));
+        paths.push(format!("/_matrix/client/v3/sync?timeout={number}&since=s1_0"));
+    }
+    for path in &paths {
+        let (status, body) = server.get_as(&alice, path).await;
+        assert!(status < 500, "{path}: {status} {body}");
+        if status >= 400 {
+            assert!(body["errcode"].is_string(), "{path}: {status} {body}");
+        }
+    }
+    for next_batch in [format!("k_{max}_{max}"), format!("r_{big}_0"), "r_1_1_room_zz".to_owned()] {
+        let (status, body) = server
+            .post_as(
+                &alice,
+                &format!("/_matrix/client/v3/search?next_batch={next_batch}"),
+                json!({"search_categories": {"room_events": {"search_term": "hello"}}}),
+            )
+            .await;
+        assert!(status < 500, "search {next_batch}: {status} {body}");
+    }
+}
+
+/// An event whose stored record or metadata cannot be read (a bug, a damaged disk) is left
+/// out of every list that would include it, instead of failing the list: `/messages`, the
+/// room's state and members, `/context`, `/search`, relations and threads.
+#[tokio::test]
+async fn an_unreadable_event_is_left_out_of_lists_instead_of_failing_them() {
+    use tuwunel::storage::{
+        codec::Key,
+        rooms::{EVENT_META_TABLE, PDUS_TABLE},
+    };
+
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "p").await;
+    let room = create_room(&server, &alice, json!({"name": "r"})).await;
+    let mut events = Vec::new();
+    for (n, body) in ["first hello", "second hello", "third hello"].iter().enumerate() {
+        let (status, sent) = server
+            .put_as(
+                &alice,
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/u{n}"),
+                json!({"msgtype": "m.text", "body": body}),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
+        events.push(sent["event_id"].as_str().expect("event_id").to_owned());
+    }
+    let (status, topic) = server
+        .put_as(
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic"),
+            json!({"topic": "t"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{topic}");
+    let storage = std::sync::Arc::clone(&server.server().services().storage);
+    let short = |event: &str| {
+        let event = ruma::OwnedEventId::try_from(event).expect("event id");
+        tuwunel::rooms::event_short(&storage, &event).expect("lookup").expect("short id")
+    };
+    let (broken_pdu, broken_meta, broken_state) =
+        (short(&events[0]), short(&events[1]), short(topic["event_id"].as_str().expect("id")));
+    let mut batch = Batch::new();
+    PDUS_TABLE.put(&mut batch, &broken_pdu, &b"{\"broken".to_vec());
+    batch.put_raw(EVENT_META_TABLE.id(), broken_meta.encode(), b"not json".to_vec());
+    PDUS_TABLE.put(&mut batch, &broken_state, &b"[".to_vec());
+    storage.writer().commit(batch).await.expect("commit");
+
+    let third = &events[2];
+    for path in [
+        format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"),
+        format!("/_matrix/client/v3/rooms/{room}/state"),
+        format!("/_matrix/client/v3/rooms/{room}/members"),
+        format!("/_matrix/client/v3/rooms/{room}/context/{third}?limit=10"),
+        format!("/_matrix/client/v1/rooms/{room}/relations/{third}"),
+        format!("/_matrix/client/v1/rooms/{room}/threads"),
+    ] {
+        let (status, body) = server.get_as(&alice, &path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let text = body.to_string();
+        assert!(!text.contains(&events[0]) && !text.contains(&events[1]), "{path}: {body}");
+    }
+    let (_, page) = server
+        .get_as(&alice, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"))
+        .await;
+    assert!(page.to_string().contains(third.as_str()), "the readable events are there: {page}");
+    let (status, found) = server
+        .post_as(
+            &alice,
+            "/_matrix/client/v3/search",
+            json!({"search_categories": {"room_events": {"search_term": "hello"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(
+        found["search_categories"]["room_events"]["results"].as_array().map(Vec::len),
+        Some(1)
+    );
+}

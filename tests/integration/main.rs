@@ -9,6 +9,7 @@ mod account_data;
 mod actors;
 mod admin_room;
 mod binary;
+mod bounds;
 mod clients;
 mod common;
 mod config;

@@ -90,6 +90,8 @@ async fn alert_counters_exist_from_the_start_and_refused_logins_are_counted() {
         "tuwunel_http_refused_total",
         "tuwunel_http_connections_refused_total",
         "tuwunel_writer_failures_total",
+        "tuwunel_task_panics_total{task=\"listener\"}",
+        "tuwunel_task_panics_total{task=\"admin_room_command\"}",
     ] {
         assert!(series_value(&text, series).is_some(), "{series} missing from:\n{text}");
     }

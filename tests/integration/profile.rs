@@ -148,3 +148,53 @@ async fn concurrent_updates_cannot_take_a_profile_past_its_limit_together() {
     assert_eq!(accepted, 3);
     server.stop().await;
 }
+
+/// A profile change is carried to each joined room by a member event computed from the join
+/// the room had when the change was made. If the user leaves (or is kicked) meanwhile, that
+/// event must not join them again: the room's actor sends it only while they are joined.
+#[tokio::test]
+async fn a_profile_update_computed_before_a_leave_does_not_join_again() {
+    use tuwunel::{actors::room::SendRequest, rooms::builder::Template};
+
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let (status, body) = server
+        .post_as(&alice, "/_matrix/client/v3/createRoom", json!({"preset": "public_chat"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room = body["room_id"].as_str().expect("room_id").to_owned();
+    let (status, body) =
+        server.post_as(&bob, &format!("/_matrix/client/v3/rooms/{room}/join"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    // The update as it was prepared while bob was joined...
+    let bob_id = ruma::OwnedUserId::try_from(bob.user_id.as_str()).expect("user id");
+    let mut content = ruma::CanonicalJsonObject::new();
+    content.insert("membership".to_owned(), ruma::CanonicalJsonValue::String("join".to_owned()));
+    content.insert("displayname".to_owned(), ruma::CanonicalJsonValue::String("Bobby".to_owned()));
+    let update = |only_while_joined: bool| {
+        let mut template = Template::state(
+            ruma::events::TimelineEventType::RoomMember,
+            bob_id.as_str(),
+            &bob_id,
+            content.clone(),
+        );
+        template.only_while_joined = only_while_joined;
+        SendRequest { template, transaction: None }
+    };
+    // ...arrives after he left.
+    let (status, body) =
+        server.post_as(&bob, &format!("/_matrix/client/v3/rooms/{room}/leave"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let room_id = ruma::OwnedRoomId::try_from(room.as_str()).expect("room id");
+    let services = server.server().services();
+    let refused = services.rooms.send(&room_id, update(true)).await;
+    assert!(refused.is_err(), "the update must not be sent after the leave");
+    let (status, body) = server.get_as(&bob, "/_matrix/client/v3/joined_rooms").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["joined_rooms"], json!([]), "bob is not joined again");
+    // Sent as any member event, the same update would have joined him again.
+    services.rooms.send(&room_id, update(false)).await.expect("a plain join is allowed here");
+    let (_, body) = server.get_as(&bob, "/_matrix/client/v3/joined_rooms").await;
+    assert_eq!(body["joined_rooms"], json!([room]));
+}

@@ -16,7 +16,7 @@ use ruma::{
         },
         error::ErrorKind,
     },
-    events::tag::{TagEventContent, Tags},
+    events::tag::{TagEventContent, TagName, Tags},
     serde::Raw,
 };
 use serde_json::Value as JsonValue;
@@ -25,7 +25,7 @@ use super::require_self;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
-    actors::user::UserMessage,
+    actors::user::{AccountDataUpdate, UserMessage},
     http::{
         ruma::{Ruma, route},
         validate,
@@ -148,12 +148,41 @@ async fn set_room(
 }
 
 fn current_tags(services: &Services, user: &UserId, room: &RoomId) -> Result<Tags> {
-    let Some(content) = read(services, user, Some(room), "m.tag")? else {
-        return Ok(Tags::new());
-    };
-    let content: TagEventContent =
-        serde_json::from_value(content).unwrap_or_else(|_| TagEventContent::new(Tags::new()));
-    Ok(content.tags)
+    Ok(tags_of(read(services, user, Some(room), "m.tag")?))
+}
+
+/// The tags in stored `m.tag` content (none when there is none, or it is not tags).
+fn tags_of(content: Option<JsonValue>) -> Tags {
+    content
+        .and_then(|content| serde_json::from_value::<TagEventContent>(content).ok())
+        .map(|content| content.tags)
+        .unwrap_or_default()
+}
+
+/// Changes the room's tags in the user's actor, from the stored ones, so that two tags added
+/// at once are both kept.
+async fn update_tags(
+    services: &Services,
+    user: &UserId,
+    room: &RoomId,
+    change: impl FnOnce(&mut Tags) -> Result<()> + Send + 'static,
+) -> Result<()> {
+    let update: AccountDataUpdate = Box::new(move |stored| {
+        let mut tags = tags_of(stored);
+        change(&mut tags)?;
+        Ok(serde_json::to_value(TagEventContent::new(tags))?)
+    });
+    let room = room.to_string();
+    services
+        .accounts
+        .call(user, |reply| UserMessage::UpdateAccountData {
+            room,
+            kind: "m.tag".to_owned(),
+            update,
+            reply,
+        })
+        .await?;
+    Ok(())
 }
 
 async fn tags(
@@ -180,10 +209,18 @@ async fn add_tag(
     if body.tag_info.order.is_some_and(|order| !(0.0..=1.0).contains(&order)) {
         return Err(Error::invalid_param("Tag order must be between 0 and 1."));
     }
-    let mut tags = current_tags(&services, &sender.user_id, &body.room_id)?;
-    tags.insert(body.tag.into(), body.tag_info);
-    let content = serde_json::to_value(TagEventContent::new(tags))?;
-    write(&services, &sender.user_id, Some(&body.room_id), "m.tag".to_owned(), content).await?;
+    let (tag, info) = (TagName::from(body.tag), body.tag_info);
+    update_tags(&services, &sender.user_id, &body.room_id, move |tags| {
+        if !tags.contains_key(&tag) && tags.len() >= limits::MAX_TAGS_PER_ROOM {
+            return Err(Error::user_limit(format!(
+                "A room can have at most {} tags.",
+                limits::MAX_TAGS_PER_ROOM
+            )));
+        }
+        tags.insert(tag, info);
+        Ok(())
+    })
+    .await?;
     Ok(create_tag::v3::Response::new())
 }
 
@@ -194,9 +231,11 @@ async fn remove_tag(
     let sender = request.sender()?.clone();
     let body = request.body;
     require_self(&sender, &body.user_id, "tag rooms")?;
-    let mut tags = current_tags(&services, &sender.user_id, &body.room_id)?;
-    tags.remove(&ruma::events::tag::TagName::from(body.tag));
-    let content = serde_json::to_value(TagEventContent::new(tags))?;
-    write(&services, &sender.user_id, Some(&body.room_id), "m.tag".to_owned(), content).await?;
+    let tag = TagName::from(body.tag);
+    update_tags(&services, &sender.user_id, &body.room_id, move |tags| {
+        tags.remove(&tag);
+        Ok(())
+    })
+    .await?;
     Ok(delete_tag::v3::Response::new())
 }

@@ -12,6 +12,7 @@ use crate::{
     Error, Result, Services,
     actors::user::UserMessage,
     http::ruma::{Ruma, route},
+    limits,
     storage::{codec::Key, users::FILTERS_TABLE},
 };
 
@@ -49,6 +50,12 @@ async fn create(
     require_self(&sender, &body.user_id, "create filters")?;
     validate(&body.filter)?;
     let definition = serde_json::to_vec(&body.filter)?;
+    if definition.len() > limits::MAX_FILTER_BYTES {
+        return Err(Error::too_large(format!(
+            "A filter is limited to {} bytes.",
+            limits::MAX_FILTER_BYTES
+        )));
+    }
     let digest = Sha256::digest(&definition);
     let filter_id: String = digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect();
     let id = filter_id.clone();

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use ruma::{
-    UserId,
+    OwnedUserId, UserId,
     api::client::{
         presence::{get_presence, set_presence},
         read_marker::set_read_marker,
@@ -266,6 +266,24 @@ async fn send_to_device(
     let kind = body.event_type.to_string();
     let engine = services.storage.engine();
     let mut deliveries = Vec::new();
+    // `*` multiplies a message by the recipient's devices: what one request queues is bounded
+    // in messages and in bytes (by what the request itself may carry), or one small request
+    // could store gigabytes.
+    let most_bytes = services.config.max_request_size.as_usize();
+    let mut queued_bytes = 0_usize;
+    let mut queue =
+        |deliveries: &mut Vec<_>, delivery: (OwnedUserId, String, ToDeviceRecord), size: usize| {
+            queued_bytes = queued_bytes.saturating_add(size);
+            if deliveries.len() >= limits::MAX_TO_DEVICE_DELIVERIES || queued_bytes > most_bytes {
+                return Err(Error::too_large(format!(
+                    "One request may queue at most {} to-device messages and {most_bytes} bytes \
+                 (with `*` counted once per device); send them in several requests.",
+                    limits::MAX_TO_DEVICE_DELIVERIES
+                )));
+            }
+            deliveries.push(delivery);
+            Ok(())
+        };
     for (user, devices) in body.messages {
         if user.server_name() != services.config.server_name {
             // Remote devices need federation; the message is dropped as undeliverable.
@@ -273,6 +291,7 @@ async fn send_to_device(
             continue;
         }
         for (target, content) in devices {
+            let size = content.json().get().len();
             let content: JsonValue = serde_json::from_str(content.json().get())
                 .map_err(|error| Error::bad_json(format!("Invalid message content: {error}")))?;
             let record =
@@ -282,7 +301,7 @@ async fn send_to_device(
                 // forever (and reach a later device that takes its ID).
                 DeviceIdOrAllDevices::DeviceId(device) => {
                     if DEVICES_TABLE.contains(engine, &(user.to_string(), device.to_string()))? {
-                        deliveries.push((user.clone(), device.to_string(), record));
+                        queue(&mut deliveries, (user.clone(), device.to_string(), record), size)?;
                     }
                 }
                 DeviceIdOrAllDevices::AllDevices => {
@@ -292,7 +311,7 @@ async fn send_to_device(
                         Direction::Forward,
                         usize::MAX,
                     )? {
-                        deliveries.push((user.clone(), device, record.clone()));
+                        queue(&mut deliveries, (user.clone(), device, record.clone()), size)?;
                     }
                 }
             }

@@ -350,6 +350,12 @@ async fn set_pusher_handler(
             validate::max_bytes("A pushkey", &pushkey, limits::MAX_PUSHKEY_BYTES)?;
             validate::max_chars("An app_id", &app_id, limits::MAX_APP_ID_CHARS)?;
             let pusher = serde_json::to_value(&data.pusher)?;
+            if serde_json::to_vec(&pusher)?.len() > limits::MAX_PUSHER_BYTES {
+                return Err(Error::field_too_large(format!(
+                    "A pusher is limited to {} bytes.",
+                    limits::MAX_PUSHER_BYTES
+                )));
+            }
             check_pusher(&pusher)?;
             if !data.append {
                 // The same app and pushkey for other users means the device changed hands.
@@ -440,7 +446,7 @@ async fn notifications(
     let mut room_shorts: HashMap<String, u64> = HashMap::new();
     let mut result = Vec::with_capacity(found.len());
     for (position, record) in found {
-        let Some(pdu) = rooms::pdu(engine, record.event)? else { continue };
+        let Some(pdu) = rooms::readable_pdu(engine, record.event)? else { continue };
         let room_short = match room_shorts.get(&record.room_id) {
             Some(short) => *short,
             None => {

@@ -404,11 +404,11 @@ fn room_events(
     let mut viewers: HashMap<usize, Viewer<'_>> = HashMap::new();
     let mut hits = Vec::new();
     for (position, short, room) in candidates {
-        let Some(meta) = rooms::event_meta(storage.engine(), short)? else { continue };
+        let Some(meta) = rooms::readable_event_meta(storage.engine(), short)? else { continue };
         if meta.redacted {
             continue;
         }
-        let Some(pdu) = rooms::pdu(storage.engine(), short)? else { continue };
+        let Some(pdu) = rooms::readable_pdu(storage.engine(), short)? else { continue };
         if !filter::allows(&criteria.filter, &pdu)
             || scope.as_ref().is_some_and(|(group, value)| group.value(&pdu) != *value)
         {
@@ -516,8 +516,8 @@ fn room_events(
             let mut events = Vec::new();
             for short in state::load(storage, snapshot)?.into_values() {
                 if let (Some(pdu), Some(meta)) = (
-                    rooms::pdu(storage.engine(), short)?,
-                    rooms::event_meta(storage.engine(), short)?,
+                    rooms::readable_pdu(storage.engine(), short)?,
+                    rooms::readable_event_meta(storage.engine(), short)?,
                 ) {
                     events.push(raw(&timeline::render(storage, &pdu, &meta, None)?)?);
                 }

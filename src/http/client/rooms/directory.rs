@@ -35,6 +35,7 @@ use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     http::ruma::{Ruma, route},
+    limits,
     rooms::{self, builder::Template, pdu::canonical_content, timeline},
     storage::{
         Batch, Direction,
@@ -394,8 +395,19 @@ async fn put_alias(
     }
     let key = alias.to_string();
     let _aliases = services.rooms.aliases.lock().await;
-    if ALIASES_TABLE.contains(services.storage.engine(), &key)? {
+    let engine = services.storage.engine();
+    if ALIASES_TABLE.contains(engine, &key)? {
         return Err(alias_taken(&alias));
+    }
+    // Under the alias lock, so two new aliases cannot both take the last place.
+    let room_aliases = prefix(&body.room_id.as_str());
+    if ROOM_ALIASES_TABLE.count(engine, &room_aliases, limits::MAX_ROOM_ALIASES)?
+        >= limits::MAX_ROOM_ALIASES
+    {
+        return Err(Error::field_too_large(format!(
+            "A room can have at most {} aliases on this server; remove one first.",
+            limits::MAX_ROOM_ALIASES
+        )));
     }
     let mut batch = Batch::new();
     ALIASES_TABLE.put(

@@ -100,7 +100,7 @@ fn children(services: &Services, snapshot: u64, suggested_only: bool) -> Result<
             continue;
         }
         let Ok(room_id) = RoomId::parse(state_key.as_str()) else { continue };
-        let Some(pdu) = rooms::pdu(storage.engine(), short)? else { continue };
+        let Some(pdu) = rooms::readable_pdu(storage.engine(), short)? else { continue };
         let content = pdu.content_value();
         let has_via =
             content.get("via").and_then(JsonValue::as_array).is_some_and(|via| !via.is_empty());

@@ -346,19 +346,23 @@ pub(crate) async fn propagate_profile(services: &Arc<Services>, user: &UserId) -
         let services = Arc::clone(services);
         let user = user.to_owned();
         tasks.push(tokio::spawn(async move {
-            let template = crate::rooms::builder::Template::state(
+            let mut template = crate::rooms::builder::Template::state(
                 ruma::events::TimelineEventType::RoomMember,
                 user.as_str(),
                 &user,
                 content,
             );
+            // The join was read above, outside the room's actor: it may have ended since.
+            template.only_while_joined = true;
             if let Err(error) = super::send(&services, &room_id, template, None).await {
                 tracing::warn!(%user, room = %room_id, %error, "could not update the member event");
             }
         }));
     }
     for task in tasks {
-        let _ = task.await;
+        if let Err(error) = task.await {
+            crate::actors::tasks::report_join_error("profile_propagation", error);
+        }
     }
     Ok(())
 }

@@ -245,8 +245,8 @@ async fn context(
         let mut state_events = Vec::new();
         for short in state::load(&services.storage, state_snapshot)?.into_values() {
             if let (Some(pdu), Some(meta)) = (
-                rooms::pdu(services.storage.engine(), short)?,
-                rooms::event_meta(services.storage.engine(), short)?,
+                rooms::readable_pdu(services.storage.engine(), short)?,
+                rooms::readable_event_meta(services.storage.engine(), short)?,
             ) {
                 state_events.push(raw(&timeline::render(&services.storage, &pdu, &meta, None)?)?);
             }
@@ -334,7 +334,9 @@ async fn members(
             continue;
         }
         let Some(short) = rooms::event_short(&services.storage, &pdu.event_id)? else { continue };
-        let Some(meta) = rooms::event_meta(services.storage.engine(), short)? else { continue };
+        let Some(meta) = rooms::readable_event_meta(services.storage.engine(), short)? else {
+            continue;
+        };
         chunk.push(raw(&timeline::render(&services.storage, &pdu, &meta, None)?)?);
     }
     Ok(get_member_events::v3::Response::new(chunk))
@@ -395,8 +397,8 @@ async fn by_timestamp(
     )?;
     for short in candidates {
         let (Some(pdu), Some(meta)) = (
-            rooms::pdu(services.storage.engine(), short)?,
-            rooms::event_meta(services.storage.engine(), short)?,
+            rooms::readable_pdu(services.storage.engine(), short)?,
+            rooms::readable_event_meta(services.storage.engine(), short)?,
         ) else {
             continue;
         };

@@ -268,12 +268,12 @@ fn children(services: &Services, sender: &Sender, query: Query) -> Result<Childr
     let mut chunk = Vec::new();
     let mut next_batch = None;
     for (index, (position, short)) in candidates.iter().enumerate() {
-        let Some(meta) = rooms::event_meta(storage.engine(), *short)? else { continue };
+        let Some(meta) = rooms::readable_event_meta(storage.engine(), *short)? else { continue };
         // A redacted child no longer relates to anything.
         if meta.redacted || meta.room != record.short {
             continue;
         }
-        let Some(pdu) = rooms::pdu(storage.engine(), *short)? else { continue };
+        let Some(pdu) = rooms::readable_pdu(storage.engine(), *short)? else { continue };
         if event_type.is_some_and(|kind| pdu.kind.to_string() != kind)
             || !viewer.can_see(&pdu, &meta)?
         {
@@ -441,12 +441,14 @@ fn descendants(
                 if !seen.insert(child) {
                     continue;
                 }
-                let Some(meta) = rooms::event_meta(storage.engine(), child)? else { continue };
+                let Some(meta) = rooms::readable_event_meta(storage.engine(), child)? else {
+                    continue;
+                };
                 if meta.redacted {
                     continue;
                 }
                 if let Some(event_type) = event_type {
-                    let Some(pdu) = rooms::pdu(storage.engine(), child)? else { continue };
+                    let Some(pdu) = rooms::readable_pdu(storage.engine(), child)? else { continue };
                     if pdu.kind.to_string() != event_type {
                         continue;
                     }
@@ -520,8 +522,8 @@ async fn threads(
     let mut chunk = Vec::new();
     let mut next_batch = None;
     for (index, (position, root)) in rows.iter().enumerate() {
-        let Some(meta) = rooms::event_meta(storage.engine(), *root)? else { continue };
-        let Some(pdu) = rooms::pdu(storage.engine(), *root)? else { continue };
+        let Some(meta) = rooms::readable_event_meta(storage.engine(), *root)? else { continue };
+        let Some(pdu) = rooms::readable_pdu(storage.engine(), *root)? else { continue };
         if meta.room != record.short || !viewer.can_see(&pdu, &meta)? {
             continue;
         }

@@ -12,7 +12,7 @@ use super::require_room;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
-    accounts::{now_ms, tokens},
+    accounts::{now_ms, rate_limit::Action, tokens},
     http::{
         ruma::{Ruma, route},
         validate,
@@ -34,6 +34,9 @@ pub(super) fn routes(router: Routes) -> Routes {
 async fn store(services: &Services, record: ReportRecord) -> Result<()> {
     if let Some(reason) = &record.reason {
         validate::max_chars("A report's reason", reason, limits::MAX_REASON_CHARS)?;
+    }
+    if !services.accounts.is_admin(&record.reporter) {
+        services.accounts.limiter.check(Action::Report, record.reporter.as_str())?;
     }
     let mut batch = Batch::new();
     REPORTS_TABLE.put(&mut batch, &(record.received_ms, tokens::generate("rep")), &Json(record));

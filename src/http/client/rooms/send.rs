@@ -246,8 +246,8 @@ async fn get_state(
     let mut events = Vec::new();
     for short in state::load(&services.storage, snapshot)?.into_values() {
         let (Some(pdu), Some(meta)) = (
-            rooms::pdu(services.storage.engine(), short)?,
-            rooms::event_meta(services.storage.engine(), short)?,
+            rooms::readable_pdu(services.storage.engine(), short)?,
+            rooms::readable_event_meta(services.storage.engine(), short)?,
         ) else {
             continue;
         };
