@@ -7,6 +7,7 @@ pub mod client;
 pub mod discovery;
 pub mod federation;
 pub mod listener;
+pub mod media;
 pub mod metrics;
 pub mod middleware;
 pub mod routes;
