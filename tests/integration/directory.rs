@@ -431,6 +431,9 @@ async fn public_rooms_are_listed_filtered_and_paginated() {
     let (status, body) = server
         .request(Method::GET, "/_matrix/client/v3/publicRooms?server=elsewhere.example", None, None)
         .await;
+    assert_error(status, &body, 401, "M_MISSING_TOKEN");
+    let (status, body) =
+        server.get_as(&alice, "/_matrix/client/v3/publicRooms?server=elsewhere.example").await;
     assert_error(status, &body, 502, "M_UNKNOWN");
     let (status, body) = server
         .post_as(&alice, "/_matrix/client/v3/publicRooms?server=elsewhere.example", json!({}))

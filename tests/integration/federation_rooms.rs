@@ -90,6 +90,10 @@ async fn the_published_directory_of_another_server_is_listed_when_it_shares_it()
         .get_as(&bob, &format!("/_matrix/client/v3/publicRooms?server={}&since=zzz", a.name))
         .await;
     assert_eq!(status, 502, "{body}");
+    // Anyone may read B's directory, but only B's users make B ask another server.
+    let (status, body) =
+        b.server.get(&format!("/_matrix/client/v3/publicRooms?server={}", a.name)).await;
+    assert_error(status, &body, 401, "M_MISSING_TOKEN");
     // B's own directory is still B's.
     let (status, body) = b.server.get_as(&bob, "/_matrix/client/v3/publicRooms").await;
     assert_eq!(status, 200, "{body}");

@@ -42,7 +42,11 @@ use crate::{
         routes::{BodyKind, Routes},
         ruma::{Ruma, RumaResponse, route},
     },
-    media::{owner::Described, store::StagedFile, thumbnail::Method},
+    media::{
+        owner::Described,
+        store::StagedFile,
+        thumbnail::{self, Method},
+    },
 };
 
 /// Longest content type and file name stored with an upload.
@@ -280,9 +284,9 @@ async fn thumbnail(
         .thumbnail(
             &body.server_name,
             &body.media_id,
-            dimension(body.width),
-            dimension(body.height),
-            method(body.method.as_ref())?,
+            thumbnail::dimension(body.width),
+            thumbnail::dimension(body.height),
+            Method::requested(body.method.as_ref())?,
             body.animated.unwrap_or(false),
             body.timeout_ms,
         )
@@ -337,9 +341,9 @@ async fn legacy_thumbnail(
         .thumbnail(
             &body.server_name,
             &body.media_id,
-            dimension(body.width),
-            dimension(body.height),
-            method(body.method.as_ref())?,
+            thumbnail::dimension(body.width),
+            thumbnail::dimension(body.height),
+            Method::requested(body.method.as_ref())?,
             body.animated.unwrap_or(false),
             body.timeout_ms,
         )
@@ -368,20 +372,4 @@ async fn legacy_preview(
 
 fn upload_size(services: &Services) -> UInt {
     UInt::try_from(services.media.max_upload_size()).unwrap_or(UInt::MAX)
-}
-
-/// A requested thumbnail dimension; absurd values saturate (and then fit no size).
-fn dimension(value: UInt) -> u32 {
-    u32::try_from(u64::from(value)).unwrap_or(u32::MAX)
-}
-
-fn method(method: Option<&ruma::media::Method>) -> Result<Method> {
-    match method {
-        None | Some(ruma::media::Method::Scale) => Ok(Method::Scale),
-        Some(ruma::media::Method::Crop) => Ok(Method::Crop),
-        Some(other) => Err(Error::invalid_param(format!(
-            "Unknown thumbnail method `{}`: use crop or scale.",
-            other.as_str()
-        ))),
-    }
 }

@@ -6,13 +6,14 @@
 use std::sync::Arc;
 
 use axum::response::Response;
-use ruma::{
-    UInt,
-    api::federation::authenticated_media::{get_content, get_content_thumbnail},
-};
+use ruma::api::federation::authenticated_media::{get_content, get_content_thumbnail};
 
 use super::Signed;
-use crate::{Error, Result, Services, http::media::multipart, media::thumbnail::Method};
+use crate::{
+    Result, Services,
+    http::media::multipart,
+    media::thumbnail::{self, Method},
+};
 
 pub(super) async fn download(
     services: Arc<Services>,
@@ -31,25 +32,14 @@ pub(super) async fn thumbnail(
     request: Signed<get_content_thumbnail::v1::Request>,
 ) -> Result<Response> {
     let body = request.body;
-    let method = match body.method.as_ref() {
-        None | Some(ruma::media::Method::Scale) => Method::Scale,
-        Some(ruma::media::Method::Crop) => Method::Crop,
-        Some(other) => {
-            return Err(Error::invalid_param(format!(
-                "Unknown thumbnail method `{}`: use crop or scale.",
-                other.as_str()
-            )));
-        }
-    };
-    let dimension = |value: UInt| u32::try_from(u64::from(value)).unwrap_or(u32::MAX);
     let served = services
         .media
         .thumbnail(
             &services.config.server_name,
             &body.media_id,
-            dimension(body.width),
-            dimension(body.height),
-            method,
+            thumbnail::dimension(body.width),
+            thumbnail::dimension(body.height),
+            Method::requested(body.method.as_ref())?,
             body.animated.unwrap_or(false),
             body.timeout_ms,
         )

@@ -435,6 +435,7 @@ async fn set_visibility(
 /// server's asked of it (unless `forbidden_remote_room_directory_server_names` names it).
 async fn directory_page(
     services: &Services,
+    authenticated: bool,
     server: Option<&OwnedServerName>,
     request: PageRequest<'_>,
     filtered: bool,
@@ -449,6 +450,10 @@ async fn directory_page(
         response.total_room_count_estimate = UInt::try_from(page.total).ok();
         return Ok(response);
     };
+    // Anyone may read our directory, but only our users make this server ask another.
+    if !authenticated {
+        return Err(Error::missing_token());
+    }
     if !services.federation.policy.allows_directory(server) {
         return Err(Error::forbidden(format!(
             "This server does not browse the room directory of {server}."
@@ -494,7 +499,8 @@ async fn public_rooms(
         filter: Filter::new(),
         network: RoomNetwork::Matrix,
     };
-    let page = directory_page(&services, body.server.as_ref(), page, false).await?;
+    let authenticated = request.sender.is_some();
+    let page = directory_page(&services, authenticated, body.server.as_ref(), page, false).await?;
     let mut response = get_public_rooms::v3::Response::new(page.chunk);
     response.next_batch = page.next_batch;
     response.prev_batch = page.prev_batch;
@@ -513,7 +519,8 @@ async fn public_rooms_filtered(
         filter: body.filter,
         network: body.room_network,
     };
-    directory_page(&services, body.server.as_ref(), page, true).await
+    let authenticated = request.sender.is_some();
+    directory_page(&services, authenticated, body.server.as_ref(), page, true).await
 }
 
 #[cfg(test)]
