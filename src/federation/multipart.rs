@@ -274,6 +274,44 @@ mod tests {
     }
 
     #[test]
+    fn answers_of_servers_built_on_ruma_are_read() {
+        use ruma::{
+            api::{
+                OutgoingResponseExt,
+                federation::authenticated_media::{
+                    Content, ContentMetadata, FileOrLocation, get_content,
+                },
+            },
+            http_headers::ContentDispositionType,
+        };
+        // What Tuwunel and conduwuit send: ruma's own multipart writer.
+        let file: Vec<u8> = (0..70_000u32).map(|index| (index % 249) as u8).collect();
+        let disposition = ContentDisposition::new(ContentDispositionType::Attachment)
+            .with_filename(Some("report 2.pdf".to_owned()));
+        let content = Content::new(file.clone(), "application/pdf".to_owned(), disposition);
+        let response =
+            get_content::v1::Response::new(ContentMetadata::new(), FileOrLocation::File(content))
+                .try_into_http_response::<Vec<u8>>()
+                .expect("ruma writes it");
+        let content_type = response.headers()["content-type"].to_str().expect("ascii").to_owned();
+        let mut reader = MultipartReader::new(&content_type).expect("multipart");
+        let (mut part, mut read) = (None, Vec::new());
+        for chunk in response.body().chunks(1000) {
+            let fed = reader.feed(chunk).expect("readable");
+            part = part.or(fed.part);
+            read.extend_from_slice(&fed.content);
+        }
+        reader.finish().expect("complete");
+        assert!(read == file);
+        let part = part.expect("part");
+        assert_eq!(part.content_type.as_deref(), Some("application/pdf"));
+        assert_eq!(
+            part.content_disposition.and_then(|value| value.filename).as_deref(),
+            Some("report 2.pdf")
+        );
+    }
+
+    #[test]
     fn a_location_part_and_a_preamble() {
         let body = b"preamble\r\n--b0und\r\n\r\n{}\r\n--b0und\r\nLocation: https://cdn.example/x\r\n\r\n\r\n--b0und--";
         let (part, content) = read(body, 5).expect("readable");

@@ -144,6 +144,39 @@ pub fn multipart(served: Served, thumbnail: bool) -> Response {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn ruma_reads_our_multipart_answers() {
+        use ruma::api::{
+            IncomingResponse,
+            federation::authenticated_media::{FileOrLocation, get_content},
+        };
+        // What Tuwunel and conduwuit read with: ruma's own multipart parser.
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("file");
+        let bytes: Vec<u8> = (0..200_000u32).map(|index| (index % 241) as u8).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let served = Served {
+            content_type: Some("image/png".to_owned()),
+            filename: Some("cat picture.png".to_owned()),
+            file: tokio::fs::File::open(&path).await.expect("open"),
+            length: bytes.len() as u64,
+        };
+        let response = multipart(served, false);
+        let (parts, body) = response.into_parts();
+        let length: usize =
+            parts.headers[CONTENT_LENGTH].to_str().expect("ascii").parse().expect("number");
+        let body = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+        assert_eq!(body.len(), length, "Content-Length is exact");
+        let response = axum::http::Response::from_parts(parts, body.as_ref());
+        let parsed = get_content::v1::Response::try_from_http_response_inner(response)
+            .expect("ruma reads it");
+        let FileOrLocation::File(content) = parsed.content else { panic!("a file") };
+        assert!(content.file == bytes);
+        assert_eq!(content.content_type.as_deref(), Some("image/png"));
+        let filename = content.content_disposition.and_then(|value| value.filename);
+        assert_eq!(filename.as_deref(), Some("cat picture.png"));
+    }
+
     #[test]
     fn only_listed_types_are_inline() {
         assert!(inline_safe("image/png"));
