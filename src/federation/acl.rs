@@ -1,6 +1,6 @@
 //! Server access control lists (`m.room.server_acl`): which servers may take part in a room.
 //!
-//! One check, [`check`] (or [`check_room`] for a room's current state), for every request
+//! One check, [`check`] (against a room's current state snapshot), for every request
 //! another server makes about a room, answering `403 M_FORBIDDEN` as the spec asks; the
 //! PDUs and room EDUs of incoming transactions go through [`room_allows`] the same way. The
 //! rules are ruma's (`*` and `?` wildcards against the host without its port, deny before
@@ -8,7 +8,7 @@
 //! as Synapse does: a list that is not a list counts as empty, entries that are not strings
 //! are skipped, an `allow_ip_literals` that is not a boolean counts as `true`.
 
-use ruma::{RoomId, ServerName, events::room::server_acl::RoomServerAclEventContent};
+use ruma::{ServerName, events::room::server_acl::RoomServerAclEventContent};
 use serde_json::Value as JsonValue;
 
 use crate::{Error, Result, rooms, storage::Storage};
@@ -46,14 +46,6 @@ pub fn check(storage: &Storage, snapshot: u64, server: &ServerName) -> Result<()
     } else {
         Err(Error::forbidden(format!("Server {server} is denied by the room's server ACL.")))
     }
-}
-
-/// [`check`] against the current state of `room_id`; a room this server does not know has
-/// no ACL to apply (the endpoint's own answer about the unknown room follows).
-pub fn check_room(storage: &Storage, room_id: &RoomId, server: &ServerName) -> Result<()> {
-    let Some(record) = rooms::room(storage, room_id)? else { return Ok(()) };
-    let Some(heads) = rooms::heads(storage.engine(), record.short)? else { return Ok(()) };
-    check(storage, heads.snapshot, server)
 }
 
 #[cfg(test)]
