@@ -47,6 +47,9 @@ const REMOTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Requests to other servers one walk may make: a hostile space with a child on every
 /// server of the federation costs a page this many requests, not thousands.
 const MAX_REMOTE_PER_WALK: usize = 20;
+/// How long one walk may wait for other servers in all; after that, rooms it has no
+/// answer for are left out (or shown from their parent's answer).
+const REMOTE_BUDGET: Duration = Duration::from_secs(30);
 
 /// A child named by a space's `m.space.child` event.
 #[derive(Debug, Clone)]
@@ -316,14 +319,16 @@ impl RemoteSpaces {
         cache.insert(key, (Instant::now(), space));
     }
 
-    /// What the first of `via` that answers says about `room_id`; `None` when none could
-    /// describe it (unknown there, unreachable, refused, or an answer about another room).
+    /// What the first of `via` that answers within `timeout` (in all) says about
+    /// `room_id`; `None` when none could describe it (unknown there, unreachable, refused,
+    /// or an answer about another room).
     pub async fn fetch(
         &self,
         client: &FederationClient,
         room_id: &RoomId,
         via: &[OwnedServerName],
         suggested_only: bool,
+        timeout: Duration,
     ) -> Option<Arc<RemoteSpace>> {
         let key = (room_id.to_owned(), suggested_only);
         if let Some(cached) = self.cached(&key) {
@@ -332,17 +337,20 @@ impl RemoteSpaces {
         let space = self
             .flight
             .run(&key, || async {
+                let deadline = Instant::now() + timeout;
                 let mut tried = HashSet::new();
                 for server in via {
                     if server == client.origin() || !tried.insert(server.clone()) {
                         continue;
                     }
-                    if tried.len() > MAX_VIA {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if tried.len() > MAX_VIA || left.is_zero() {
                         break;
                     }
                     let mut request = get_hierarchy::v1::Request::new(room_id.to_owned());
                     request.suggested_only = suggested_only;
-                    match client.send_with_timeout(server, request, REMOTE_TIMEOUT).await {
+                    match client.send_with_timeout(server, request, left.min(REMOTE_TIMEOUT)).await
+                    {
                         Ok(response) if response.room.summary.room_id == room_id => {
                             return Some(Arc::new(RemoteSpace {
                                 room: response.room.summary,
@@ -405,13 +413,25 @@ enum Node {
 }
 
 /// What one walk learnt from other servers' answers.
-#[derive(Default)]
 struct Learnt {
     /// Summaries of rooms some answer listed as a child.
     summaries: HashMap<OwnedRoomId, RoomSummary>,
     /// Rooms some answer said we may not see.
     inaccessible: HashSet<OwnedRoomId>,
     requests: usize,
+    /// When the walk stops asking other servers.
+    deadline: Instant,
+}
+
+impl Learnt {
+    fn new() -> Self {
+        Self {
+            summaries: HashMap::new(),
+            inaccessible: HashSet::new(),
+            requests: 0,
+            deadline: Instant::now() + REMOTE_BUDGET,
+        }
+    }
 }
 
 impl Walker<'_> {
@@ -419,7 +439,7 @@ impl Walker<'_> {
     /// when the root is unknown or not visible to the user.
     pub async fn walk(&self, user: &UserId, request: &WalkRequest) -> Result<WalkPage> {
         let forbidden = || Error::forbidden("You are not allowed to view this room.");
-        let mut learnt = Learnt::default();
+        let mut learnt = Learnt::new();
         let root_via: Vec<OwnedServerName> =
             request.room_id.server_name().map(ToOwned::to_owned).into_iter().collect();
         let root = self
@@ -515,11 +535,20 @@ impl Walker<'_> {
         {
             return Ok(listed.map(|summary| Node::Remote { summary, children: Vec::new() }));
         }
-        if learnt.requests >= MAX_REMOTE_PER_WALK {
-            return Ok(listed.map(|summary| Node::Remote { summary, children: Vec::new() }));
-        }
-        learnt.requests += 1;
-        let Some(space) = self.remote.fetch(self.client, room_id, via, suggested_only).await else {
+        let key = (room_id.to_owned(), suggested_only);
+        let fetched = match self.remote.cached(&key) {
+            // Answers (and failures) kept from earlier walks cost no request.
+            Some(cached) => cached,
+            None => {
+                let left = learnt.deadline.saturating_duration_since(Instant::now());
+                if learnt.requests >= MAX_REMOTE_PER_WALK || left.is_zero() {
+                    return Ok(listed.map(|summary| Node::Remote { summary, children: Vec::new() }));
+                }
+                learnt.requests += 1;
+                self.remote.fetch(self.client, room_id, via, suggested_only, left).await
+            }
+        };
+        let Some(space) = fetched else {
             // A space its parent's server described, whose own servers do not answer:
             // shown without children.
             return Ok(listed.map(|summary| Node::Remote { summary, children: Vec::new() }));

@@ -382,3 +382,43 @@ async fn a_denied_server_cannot_walk_a_space_for_its_users() {
     let (status, body) = hierarchy(&b, &bob, &tree.space, "").await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn one_walk_asks_other_servers_a_bounded_number_of_times() {
+    let ca = Ca::new();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&requests);
+    // A server that knows none of the rooms it is asked about.
+    let routes = axum::Router::new().route(
+        "/_matrix/federation/v1/hierarchy/{room}",
+        axum::routing::get(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                (
+                    axum::http::StatusCode::NOT_FOUND,
+                    axum::Json(json!({"errcode": "M_NOT_FOUND", "error": "Unknown room"})),
+                )
+            }
+        }),
+    );
+    let remote = FakeOrigin::serving(&ca, routes).await;
+    let b = FedServer::start(&ca, &[]).await;
+    let bob = b.server.register("bob", "pw").await;
+    let local = create_room(&b.server, &bob, space("Many remote children", "12")).await;
+    for index in 0..30 {
+        let child = format!("!child{index}:{}", remote.name);
+        add_child(&b, &bob, &local, &child, json!({"via": [remote.name]})).await;
+    }
+    let (status, body) = hierarchy(&b, &bob, &local, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(hierarchy_ids(&body), vec![local.clone()], "rooms nobody describes are left out");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 20, "at most 20 per walk");
+    // The next page walk reuses the failures it learnt instead of asking again.
+    let (status, _) = hierarchy(&b, &bob, &local, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        30,
+        "only the ten not asked yet"
+    );
+}
