@@ -313,7 +313,8 @@ mod tests {
 
     #[test]
     fn a_location_part_and_a_preamble() {
-        let body = b"preamble\r\n--b0und\r\n\r\n{}\r\n--b0und\r\nLocation: https://cdn.example/x\r\n\r\n\r\n--b0und--";
+        let body = b"preamble\r\n--b0und\r\n\r\n{}\r\n--b0und\r\n\
+            Location: https://cdn.example/x\r\n\r\n\r\n--b0und--";
         let (part, content) = read(body, 5).expect("readable");
         assert_eq!(part.location.as_deref(), Some("https://cdn.example/x"));
         assert!(content.is_empty());

@@ -363,50 +363,57 @@ impl Media {
         wait: Duration,
     ) -> Result<()> {
         let key = (server_name.to_string(), media_id.to_owned());
-        self.fetching
-            .run(&key, || async {
-                // A flight that ended just before this one started may have kept it already.
-                if self.stored(&key.0, &key.1)?.is_some_and(|record| !record.is_pending()) {
-                    return Ok(());
-                }
-                let mut staging = self.store.stage(self.max_upload).await?;
-                let fetched = self.remote.fetch(server_name, media_id, wait, &mut staging).await;
-                let described = match fetched {
-                    Ok(described) => sanitised(described),
-                    Err(error) if error.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                        metrics::counter!("tuwunel_media_remote_fetches_total", "outcome" => "too_large").increment(1);
-                        return Err(Error::matrix(
-                            axum::http::StatusCode::BAD_GATEWAY,
-                            ErrorKind::TooLarge,
-                            format!(
-                                "The remote content is larger than this server's limit of {} \
-                                 bytes.",
-                                self.max_upload
-                            ),
-                        ));
-                    }
-                    Err(error) => {
-                        metrics::counter!("tuwunel_media_remote_fetches_total", "outcome" => "failed").increment(1);
-                        return Err(error);
-                    }
-                };
-                let file = staging.finish().await?;
-                let size = file.size;
-                let (server, id) = key.clone();
-                self.call_owner(&key.0, |reply| OwnerMessage::Cache {
-                    server_name: server,
-                    media_id: id,
-                    file,
-                    described,
-                    reply,
-                })
-                .await?;
-                metrics::counter!("tuwunel_media_remote_fetches_total", "outcome" => "fetched").increment(1);
-                metrics::counter!("tuwunel_media_remote_fetch_bytes_total").increment(size);
-                tracing::debug!(%server_name, %media_id, size, "fetched remote media");
-                Ok(())
-            })
-            .await
+        self.fetching.run(&key, || self.fetch_into_store(server_name, media_id, wait)).await
+    }
+
+    async fn fetch_into_store(
+        &self,
+        server_name: &ServerName,
+        media_id: &str,
+        wait: Duration,
+    ) -> Result<()> {
+        let outcome = |outcome: &'static str| {
+            metrics::counter!("tuwunel_media_remote_fetches_total", "outcome" => outcome)
+                .increment(1);
+        };
+        // A flight that ended just before this one started may have kept it already.
+        if self.stored(server_name.as_str(), media_id)?.is_some_and(|record| !record.is_pending()) {
+            return Ok(());
+        }
+        let mut staging = self.store.stage(self.max_upload).await?;
+        let described = match self.remote.fetch(server_name, media_id, wait, &mut staging).await {
+            Ok(described) => sanitised(described),
+            Err(error) if error.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                outcome("too_large");
+                return Err(Error::matrix(
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    ErrorKind::TooLarge,
+                    format!(
+                        "The remote content is larger than this server's limit of {} bytes.",
+                        self.max_upload
+                    ),
+                ));
+            }
+            Err(error) => {
+                outcome("failed");
+                return Err(error);
+            }
+        };
+        let file = staging.finish().await?;
+        let size = file.size;
+        let (server, id) = (server_name.to_string(), media_id.to_owned());
+        self.call_owner(server_name.as_str(), |reply| OwnerMessage::Cache {
+            server_name: server,
+            media_id: id,
+            file,
+            described,
+            reply,
+        })
+        .await?;
+        outcome("fetched");
+        metrics::counter!("tuwunel_media_remote_fetch_bytes_total").increment(size);
+        tracing::debug!(%server_name, %media_id, size, "fetched remote media");
+        Ok(())
     }
 
     async fn wait_for_upload(

@@ -393,39 +393,39 @@ async fn remote_media_over_the_size_limit_is_refused_and_not_kept() {
     assert_eq!(leftovers, 0, "the partial file is gone");
 }
 
+/// The fake server's authenticated download: a `Location` for `elsewhere`, an answer cut
+/// short for `truncated`, and `404 M_UNRECOGNIZED` (an old server) for anything else.
+async fn fake_download(
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    let host = header_text(&headers, "host").to_owned();
+    let boundary = "fakeBoundary";
+    let metadata = format!("--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n");
+    let body = match id.as_str() {
+        "elsewhere" => format!(
+            "{metadata}--{boundary}\r\nLocation: https://{host}/cdn/file\r\n\r\n\r\n\
+             --{boundary}--\r\n"
+        ),
+        "truncated" => {
+            format!("{metadata}--{boundary}\r\nContent-Type: text/plain\r\n\r\nthe first half")
+        }
+        _ => {
+            let error = r#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}"#;
+            return (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "application/json")], error)
+                .into_response();
+        }
+    };
+    let content_type = format!("multipart/mixed; boundary={boundary}");
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
 /// A remote server (faked) whose media answers are chosen by the test: a `Location`
 /// answer, a `404 M_UNRECOGNIZED` for the authenticated endpoint with a legacy endpoint
 /// that works, and a multipart answer cut short.
 async fn fake_media_server(ca: &Ca, legacy_requests: Arc<AtomicUsize>) -> FakeOrigin {
     let routes = Router::new()
-        .route(
-            "/_matrix/federation/v1/media/download/{id}",
-            get(|axum::extract::Path(id): axum::extract::Path<String>, headers: HeaderMap| async move {
-                let host = header_text(&headers, "host").to_owned();
-                let boundary = "fakeBoundary";
-                let content_type = format!("multipart/mixed; boundary={boundary}");
-                let body = match id.as_str() {
-                    "elsewhere" => format!(
-                        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n\
-                         --{boundary}\r\nLocation: https://{host}/cdn/file\r\n\r\n\r\n--{boundary}--\r\n"
-                    ),
-                    "truncated" => format!(
-                        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n\
-                         --{boundary}\r\nContent-Type: text/plain\r\n\r\nthe first half"
-                    ),
-                    _ => {
-                        return (
-                            StatusCode::NOT_FOUND,
-                            [(header::CONTENT_TYPE, "application/json".to_owned())],
-                            r#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}"#
-                                .to_owned(),
-                        )
-                            .into_response();
-                    }
-                };
-                ([(header::CONTENT_TYPE, content_type)], body).into_response()
-            }),
-        )
+        .route("/_matrix/federation/v1/media/download/{id}", get(fake_download))
         .route(
             "/cdn/file",
             get(|| async {
