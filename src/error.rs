@@ -19,8 +19,9 @@ use ruma::api::{
 /// Convenience alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// An error that can be answered to a Matrix client or server.
-#[derive(Debug)]
+/// An error that can be answered to a Matrix client or server. `Clone`, so that callers
+/// sharing one piece of work (see `federation::flight`) each get its error.
+#[derive(Debug, Clone)]
 pub enum Error {
     /// A request the spec has an answer for: status, errcode and a human message.
     Matrix { status: StatusCode, kind: ErrorKind, message: Cow<'static, str> },

@@ -21,7 +21,7 @@ use crate::{
     accounts::Accounts,
     actors::{ActorSystem, contain::contained, presence::Presence, tasks},
     admin,
-    federation::{Federation, SigningKey},
+    federation::{Federation, SigningKey, media::FederatedMedia},
     http::{self, Listeners},
     media::Media,
     push::pushers::Push,
@@ -262,9 +262,13 @@ impl Server {
             Arc::clone(&push),
         )
         .await?;
-        let media = Media::start(&config, Arc::clone(&storage), &actors).await?;
+        let mut media = Media::start(&config, Arc::clone(&storage), &actors).await?;
         let federation =
             Arc::new(Federation::start(&config, Arc::clone(&storage), Arc::clone(&signing_key))?);
+        media.set_remote(Arc::new(FederatedMedia::new(
+            Arc::clone(&federation.client),
+            config.request_legacy_media,
+        )));
         let metrics = if config.metrics_enabled { http::metrics::install() } else { None };
         let shutdown = Shutdown::new();
         let services = Arc::new(Services {

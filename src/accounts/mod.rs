@@ -2,6 +2,7 @@
 //! rate limits and the bookkeeping around users that is not a write to one user's account
 //! (those go to the user's actor, `actors::user`).
 
+pub mod openid;
 pub mod passwords;
 pub mod rate_limit;
 pub mod tokens;

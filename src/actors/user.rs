@@ -1,6 +1,7 @@
 //! The user actor: one per local user, the only writer of that user's account, devices,
-//! tokens, profile, account data and filters, and of the to-device messages the user sends
-//! (queued for their recipients in the same batch as the transaction that sent them).
+//! tokens (OpenID tokens too), profile, account data and filters, and of the to-device
+//! messages the user sends (queued for their recipients in the same batch as the transaction
+//! that sent them).
 //! Serialising a user's changes here is what makes "exactly one of two concurrent
 //! registrations wins", "a deleted device's token is dead at once" and "a retried to-device
 //! transaction is delivered once" true without locks.
@@ -14,7 +15,7 @@ use super::{Behaviour, Context, Reply};
 use crate::{
     Error, Result,
     accounts::{
-        now_ms,
+        now_ms, openid,
         tokens::{self, TokenCache},
     },
     keys::{
@@ -180,6 +181,11 @@ pub enum UserMessage {
         written: Option<WrittenActions>,
         reply: Reply<Result<()>>,
     },
+    /// Mints an OpenID token valid for `ttl`; replies with the token.
+    IssueOpenIdToken {
+        ttl: Duration,
+        reply: Reply<Result<String>>,
+    },
 }
 
 /// A rule's actions exactly as a client sent them (ruma's types would drop a highlight
@@ -297,6 +303,13 @@ impl Behaviour for UserActor {
             }
             UserMessage::UpdatePushRules { update, written, reply } => {
                 let _ = reply.send(self.update_push_rules(user, state, update, written).await);
+            }
+            UserMessage::IssueOpenIdToken { ttl, reply } => {
+                let result = match require_account(state) {
+                    Ok(_) => openid::issue(&self.storage, user, ttl).await,
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(result);
             }
         }
         Ok(())
@@ -642,6 +655,7 @@ impl UserActor {
         for field in ["displayname", "avatar_url"] {
             PROFILES_TABLE.delete(&mut batch, &(user.to_string(), field.to_owned()));
         }
+        openid::revoke_all(&self.storage, user, &mut batch)?;
         self.storage.writer().commit(batch).await?;
         self.update_record(user, state, |record| {
             record.deactivated = true;

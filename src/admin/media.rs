@@ -10,7 +10,8 @@ use crate::{Error, Result, Services};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum MediaCommand {
-    /// Bytes and files stored, in total and for the users storing the most.
+    /// Bytes and files stored, in total and for the owners storing the most (users, and
+    /// the servers whose media is cached here).
     Usage {
         /// How many users to list.
         #[arg(long, default_value_t = 20)]
@@ -45,7 +46,8 @@ pub(super) async fn run(services: &Arc<Services>, command: MediaCommand) -> Resu
             let bytes: u64 = owners.iter().map(|(_, usage)| usage.bytes).sum();
             let files: u64 = owners.iter().map(|(_, usage)| usage.files).sum();
             let mut out = format!(
-                "Media stored: {files} files, {bytes} bytes, uploaded by {} users.\n",
+                "Media stored: {files} files, {bytes} bytes, of {} owners (users, and the \
+                 servers whose media is cached here).\n",
                 owners.len()
             );
             for (owner, usage) in owners.iter().take(limit) {

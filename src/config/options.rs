@@ -281,6 +281,26 @@ config_section! {
         /// example: ["^matrix\\.example\\.org$"]
         allowed_remote_server_names_experimental: Vec<String> = Vec::new(),
 
+        /// Regular expressions matched against a remote server's host name: the published
+        /// room directories of matching servers are not fetched for this server's users
+        /// (`/publicRooms?server=...` answers `403 M_FORBIDDEN`), and matching servers get
+        /// `403 M_FORBIDDEN` when they ask for this server's directory. Federation with them
+        /// otherwise goes on.
+        ///
+        /// example: ["spam\\.example$"]
+        forbidden_remote_room_directory_server_names: Vec<String> = Vec::new(),
+
+        /// Let other servers read this server's published room directory
+        /// (`/_matrix/federation/v1/publicRooms`). Off by default, as in Tuwunel: other
+        /// servers' users then cannot browse your public rooms, though they can still join
+        /// them by alias or id.
+        allow_public_room_directory_over_federation: bool = false,
+
+        /// Seconds an OpenID token (`POST /user/{userId}/openid/request_token`) stays valid:
+        /// how long a third-party service (an integration manager, a widget) may use it to
+        /// learn who the user is.
+        openid_token_ttl: u64 = 3_600,
+
         /// Seconds one request to another server may take in all (connecting, sending,
         /// waiting for and reading the answer).
         federation_timeout: u64 = 300,
@@ -341,6 +361,13 @@ config_section! {
         /// always require an access token and are always served.
         allow_legacy_media: bool = false,
 
+        /// When another server does not know the authenticated federation media endpoints
+        /// (it answers `404 M_UNRECOGNIZED`), ask its deprecated unauthenticated
+        /// `/_matrix/media/v3/download` instead, as the spec allows. Off by default, as in
+        /// Tuwunel: servers without authenticated media have mostly frozen the old endpoints
+        /// too, so the extra request rarely helps.
+        request_legacy_media: bool = false,
+
         /// How many media IDs one user may hold from `POST /_matrix/media/v1/create` without
         /// having uploaded to them yet; more are refused with `429 M_LIMIT_EXCEEDED`.
         max_pending_media_uploads: usize = 5,
@@ -360,8 +387,9 @@ config_section! {
         /// `media_thumbnail_max_pixels` budget.
         media_thumbnail_max_frames: usize = 50,
 
-        /// Regular expressions of server names whose media this server never fetches or
-        /// serves from its cache; requests for such media answer `404 M_NOT_FOUND`.
+        /// Regular expressions matched against a remote server's host name (without its
+        /// port): media of matching servers is never fetched, nor served from the cache of
+        /// media fetched before; requests for it answer `404 M_NOT_FOUND`.
         ///
         /// example: ["badserver\\.tld$", "badphrase"]
         prevent_media_downloads_from: Vec<String> = Vec::new(),

@@ -22,11 +22,20 @@ use ruma::{
     signatures::Ed25519KeyPair,
 };
 
-use super::{SigningKey, discovery::Discovery, policy::ServerPolicy};
+use super::{
+    SigningKey,
+    discovery::{Destination, Discovery},
+    policy::ServerPolicy,
+};
 use crate::{
     Error,
     net::ssrf::{self, IpDenylist},
 };
+
+/// Redirects followed from a `Location` another server gave.
+const MAX_REDIRECTS: usize = 5;
+/// Bytes of an error answer read for its `errcode` and `error`.
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// Why a request to another server did not produce an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +156,11 @@ impl FederationClient {
         &self.policy
     }
 
+    /// How long one request may take (`federation_timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
     /// Sends `request` to `destination` and parses its answer.
     pub async fn send<R>(
         &self,
@@ -171,6 +185,99 @@ impl FederationClient {
         R: OutgoingRequest<PathBuilder = SinglePath> + Send,
         R::Authentication: FederationAuth,
     {
+        let response = self.open(destination, request, timeout).await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = read_limited(response, self.settings.max_response).await?;
+        let mut response = axum::http::Response::builder().status(status);
+        if let Some(response_headers) = response.headers_mut() {
+            *response_headers = headers;
+        }
+        let response = response
+            .body(body.as_slice())
+            .map_err(|error| OutboundError::BadResponse(error.to_string()))?;
+        R::IncomingResponse::try_from_http_response_inner(response)
+            .map_err(|error| OutboundError::BadResponse(error.to_string()))
+    }
+
+    /// Sends `request` to `destination` and hands back the answer with its body still to
+    /// read, for answers that are streamed rather than parsed (media). An error status is
+    /// [`OutboundError::Remote`].
+    pub async fn open<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, OutboundError>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath> + Send,
+        R::Authentication: FederationAuth,
+    {
+        let target = self.resolve(destination).await?;
+        let auth = R::Authentication::input(&self.origin, destination, self.signing_key.pair());
+        let http_request =
+            request.try_into_http_request::<Vec<u8>>(&target.base_url(), auth, ()).map_err(
+                |error| OutboundError::Refused(format!("cannot build the request: {error}")),
+            )?;
+        let outgoing = reqwest::Request::try_from(http_request).map_err(|error| {
+            OutboundError::Refused(format!("cannot build the request: {error}"))
+        })?;
+        self.dispatch(destination, &target, outgoing, timeout).await
+    }
+
+    /// An unsigned `GET` of `path_and_query` on `destination`: the deprecated endpoints that
+    /// servers once shared with clients (`/_matrix/media/v3/download`), which ruma declares
+    /// for clients only.
+    pub async fn open_unsigned(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, OutboundError> {
+        let target = self.resolve(destination).await?;
+        let url = format!("{}{path_and_query}", target.base_url())
+            .parse()
+            .map_err(|error| OutboundError::Refused(format!("cannot build the URL: {error}")))?;
+        let outgoing = reqwest::Request::new(reqwest::Method::GET, url);
+        self.dispatch(destination, &target, outgoing, timeout).await
+    }
+
+    /// A `GET` of `url`, where another server said its media is (a `Location`): no
+    /// signature, at most [`MAX_REDIRECTS`] redirects, every address checked against
+    /// `ip_range_denylist`, the whole exchange within `timeout`.
+    pub async fn open_url(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, OutboundError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut url: reqwest::Url = url.parse().map_err(|error| {
+            OutboundError::BadResponse(format!("invalid location {url}: {error}"))
+        })?;
+        for _ in 0..=MAX_REDIRECTS {
+            ssrf::check_url(&url, &self.denylist)
+                .map_err(|refused| OutboundError::Refused(refused.0))?;
+            let mut outgoing = reqwest::Request::new(reqwest::Method::GET, url.clone());
+            *outgoing.timeout_mut() =
+                Some(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let response = self.execute(outgoing).await?;
+            if !response.status().is_redirection() {
+                return Ok(response);
+            }
+            let location = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .ok_or_else(|| OutboundError::BadResponse("a redirect without Location".into()))?;
+            url = url.join(location).map_err(|error| {
+                OutboundError::BadResponse(format!("invalid redirect {location}: {error}"))
+            })?;
+        }
+        Err(OutboundError::BadResponse(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    /// Where requests for `destination` go, once the operator's rules allow it.
+    async fn resolve(&self, destination: &ServerName) -> Result<Destination, OutboundError> {
         if destination == self.origin {
             return Err(OutboundError::Refused(
                 "this server does not send federation requests to itself".to_owned(),
@@ -181,20 +288,20 @@ impl FederationClient {
                 "federation with {destination} is not allowed by this server's configuration"
             )));
         }
-        let target = self
-            .discovery
+        self.discovery
             .resolve(destination)
             .await
-            .map_err(|error| OutboundError::Unreachable(error.0))?;
-        let base_url = target.base_url();
-        let auth = R::Authentication::input(&self.origin, destination, self.signing_key.pair());
-        let http_request =
-            request.try_into_http_request::<Vec<u8>>(&base_url, auth, ()).map_err(|error| {
-                OutboundError::Refused(format!("cannot build the request: {error}"))
-            })?;
-        let mut outgoing = reqwest::Request::try_from(http_request).map_err(|error| {
-            OutboundError::Refused(format!("cannot build the request: {error}"))
-        })?;
+            .map_err(|error| OutboundError::Unreachable(error.0))
+    }
+
+    /// Sends a built request to a resolved destination and counts the outcome.
+    async fn dispatch(
+        &self,
+        destination: &ServerName,
+        target: &Destination,
+        mut outgoing: reqwest::Request,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, OutboundError> {
         ssrf::check_url(outgoing.url(), &self.denylist)
             .map_err(|refused| OutboundError::Refused(refused.0))?;
         if let Ok(host) = HeaderValue::from_str(&target.host_header) {
@@ -216,45 +323,20 @@ impl FederationClient {
         metrics::histogram!("tuwunel_federation_request_seconds")
             .record(started.elapsed().as_secs_f64());
         tracing::debug!(%destination, %method, %path, route = %target.route, outcome, "federation request");
-        let (status, headers, body) = result?;
-        let mut response = axum::http::Response::builder().status(status);
-        if let Some(response_headers) = response.headers_mut() {
-            *response_headers = headers;
-        }
-        let response = response
-            .body(body.as_slice())
-            .map_err(|error| OutboundError::BadResponse(error.to_string()))?;
-        R::IncomingResponse::try_from_http_response_inner(response)
-            .map_err(|error| OutboundError::BadResponse(error.to_string()))
+        result
     }
 
     /// Sends a built request; an error status becomes [`OutboundError::Remote`].
-    async fn execute(
-        &self,
-        request: reqwest::Request,
-    ) -> Result<(u16, header::HeaderMap, Vec<u8>), OutboundError> {
-        let mut response =
+    async fn execute(&self, request: reqwest::Request) -> Result<reqwest::Response, OutboundError> {
+        let response =
             self.http.execute(request).await.map_err(|error| match ssrf::refusal(&error) {
                 Some(refused) => OutboundError::Refused(refused.0.clone()),
                 None => OutboundError::Unreachable(error_chain(&error)),
             })?;
         let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|error| OutboundError::Unreachable(error_chain(&error)))?
-        {
-            if body.len() + chunk.len() > self.settings.max_response {
-                return Err(OutboundError::BadResponse(format!(
-                    "the answer is larger than {} bytes",
-                    self.settings.max_response
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
         if status >= 400 {
+            // Only the error object is wanted; a huge error body is cut short.
+            let body = read_limited(response, MAX_ERROR_BODY).await.unwrap_or_default();
             let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let text =
                 |field: &str| json.get(field).and_then(|value| value.as_str()).map(str::to_owned);
@@ -264,8 +346,27 @@ impl FederationClient {
                 message: text("error").unwrap_or_else(|| format!("HTTP {status}")),
             });
         }
-        Ok((status, headers, body))
+        Ok(response)
     }
+}
+
+/// Reads a whole answer body of at most `limit` bytes.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, OutboundError> {
+    let mut body = Vec::new();
+    while let Some(chunk) =
+        response.chunk().await.map_err(|error| OutboundError::Unreachable(error_chain(&error)))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(OutboundError::BadResponse(format!(
+                "the answer is larger than {limit} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// An error with its sources, which is where reqwest keeps the useful part.

@@ -2,22 +2,27 @@
 //!
 //! - [`signing_key`]: the ed25519 key that signs events, key documents and requests;
 //! - [`policy`]: which servers may be talked to (`allow_federation`, the server name lists);
+//! - [`acl`]: which servers a room lets in (`m.room.server_acl`);
 //! - [`dns`] and [`discovery`]: from a server name to an address, port and TLS name, as the
 //!   spec orders it, cached;
 //! - [`client`]: the one outbound client, signing requests with `X-Matrix`;
 //! - [`keys`]: other servers' signing keys (fetched directly or through notaries, stored)
 //!   and the notary service;
 //! - [`request_auth`]: checking the `X-Matrix` signature of incoming requests;
-//! - [`flight`]: sharing one fetch or lookup between concurrent callers.
+//! - [`flight`]: sharing one fetch or lookup between concurrent callers;
+//! - [`media`] and [`multipart`]: other servers' media, fetched for our clients.
 //!
 //! The HTTP front door for other servers (`/_matrix/federation/*`, `/_matrix/key/*`) is
 //! `crate::http::federation`.
 
+pub mod acl;
 pub mod client;
 pub mod discovery;
 pub mod dns;
 pub mod flight;
 pub mod keys;
+pub mod media;
+pub mod multipart;
 pub mod policy;
 pub mod request_auth;
 pub mod signing_key;

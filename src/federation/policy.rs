@@ -1,6 +1,8 @@
 //! Which servers this server federates with: `allow_federation`,
 //! `forbidden_remote_server_names` and `allowed_remote_server_names_experimental`, checked on
-//! every request another server makes and every request sent to one.
+//! every request another server makes and every request sent to one; and
+//! `forbidden_remote_room_directory_server_names`, the servers whose room directory is not
+//! browsed from here nor ours from there.
 
 use regex::RegexSet;
 use ruma::{OwnedServerName, ServerName};
@@ -14,6 +16,7 @@ pub struct ServerPolicy {
     enabled: bool,
     forbidden: RegexSet,
     allowed: RegexSet,
+    directory_forbidden: RegexSet,
 }
 
 impl ServerPolicy {
@@ -28,6 +31,10 @@ impl ServerPolicy {
             allowed: set(
                 "allowed_remote_server_names_experimental",
                 &config.allowed_remote_server_names_experimental,
+            )?,
+            directory_forbidden: set(
+                "forbidden_remote_room_directory_server_names",
+                &config.forbidden_remote_room_directory_server_names,
             )?,
         })
     }
@@ -53,6 +60,14 @@ impl ServerPolicy {
         self.allowed.is_empty() || self.allowed.is_match(host)
     }
 
+    /// Whether the published room directory may be exchanged with `server`: federation
+    /// with it is allowed and `forbidden_remote_room_directory_server_names` does not name
+    /// it (matched against the host, like the other lists).
+    pub fn allows_directory(&self, server: &ServerName) -> bool {
+        self.allows(server)
+            && (server == self.own || !self.directory_forbidden.is_match(server.host()))
+    }
+
     /// [`Self::allows`] as the spec's error: `403 M_FORBIDDEN`.
     pub fn check(&self, server: &ServerName) -> Result<()> {
         if !self.enabled {
@@ -73,11 +88,20 @@ mod tests {
     use super::*;
 
     fn policy(forbidden: &[&str], allowed: &[&str]) -> ServerPolicy {
+        policy_with_directory(forbidden, allowed, &[])
+    }
+
+    fn policy_with_directory(
+        forbidden: &[&str],
+        allowed: &[&str],
+        directory: &[&str],
+    ) -> ServerPolicy {
         let owned = |list: &[&str]| list.iter().map(|entry| (*entry).to_owned()).collect();
         let global = crate::config::GlobalConfig {
             server_name: Some(name("here.example")),
             forbidden_remote_server_names: owned(forbidden),
             allowed_remote_server_names_experimental: owned(allowed),
+            forbidden_remote_room_directory_server_names: owned(directory),
             ..Default::default()
         };
         let config = Config::from_global(global).expect("valid configuration");
@@ -103,5 +127,15 @@ mod tests {
         assert!(policy.allows(&name("friend.example")));
         assert!(!policy.allows(&name("bad.example")));
         assert!(!policy.allows(&name("stranger.org")));
+    }
+
+    #[test]
+    fn the_directory_list_only_closes_the_directory() {
+        let policy = policy_with_directory(&["^bad\\."], &[], &["spam\\.example$"]);
+        assert!(policy.allows(&name("spam.example")), "federation itself stays open");
+        assert!(!policy.allows_directory(&name("spam.example:8448")));
+        assert!(!policy.allows_directory(&name("bad.example")), "the global list applies");
+        assert!(policy.allows_directory(&name("good.example")));
+        assert!(policy.allows_directory(&name("here.example")));
     }
 }

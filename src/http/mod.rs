@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod federation;
 pub mod held;
 pub mod listener;
+pub mod media;
 pub mod metrics;
 pub mod middleware;
 pub mod routes;

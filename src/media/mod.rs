@@ -5,8 +5,11 @@
 //! files. Thumbnails ([`thumbnail`]) are made once on the blocking pool and cached; previews
 //! ([`preview`]) fetch pages through the address checks of [`crate::net::ssrf`].
 //!
-//! Media of other servers comes through a [`RemoteMedia`] source. Until federation provides
-//! one, [`NotFederating`] answers `404 M_NOT_FOUND` at once, so clients never hang on it.
+//! Media of other servers comes through a [`RemoteMedia`] source (federation's, see
+//! `federation::media`): fetched on a client's first request, kept in the store like an
+//! upload (owned by its server, with the content type and file name its server gave), and
+//! served from there afterwards. Until a source is set, [`NotFederating`] answers
+//! `404 M_NOT_FOUND` at once, so clients never hang on it.
 
 pub mod html;
 pub mod owner;
@@ -41,6 +44,7 @@ use crate::{
     Config, Error, Result,
     accounts::now_ms,
     actors::{ActorSystem, Limits, Registry, contain::contained_sync},
+    federation::flight::SingleFlight,
     net::ssrf::IpDenylist,
     storage::{
         Direction, Storage,
@@ -55,6 +59,9 @@ use crate::{
 /// Longest a download waits for a pending upload, whatever `timeout_ms` asks (the spec
 /// wants a maximum; its default wait is 20 s).
 pub const MAX_DOWNLOAD_WAIT: Duration = Duration::from_secs(60);
+/// Longest content type and file name kept with media (uploads are refused beyond it,
+/// other servers' descriptions dropped).
+pub const MAX_DESCRIPTION: usize = 255;
 /// How long an owner's actor may take to answer (it renames a file and commits a batch).
 const OWNER_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -63,14 +70,16 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where media of other servers comes from.
 pub trait RemoteMedia: Send + Sync {
-    /// Fetches `mxc://server_name/media_id` from its origin into the local cache (a file in
-    /// the store and a media row owned by the server), giving up after `timeout`.
+    /// Streams the bytes of `mxc://server_name/media_id` from its origin into `into`
+    /// (whose size limit is this server's), letting the origin wait up to `wait` for an
+    /// upload it has not received yet; returns what the origin says the media is.
     fn fetch<'a>(
         &'a self,
         server_name: &'a ServerName,
         media_id: &'a str,
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<()>>;
+        wait: Duration,
+        into: &'a mut Staging,
+    ) -> BoxFuture<'a, Result<Described>>;
 }
 
 /// The remote source while this server does not federate: nothing is available.
@@ -81,11 +90,12 @@ impl RemoteMedia for NotFederating {
         &'a self,
         _server_name: &'a ServerName,
         _media_id: &'a str,
-        _timeout: Duration,
-    ) -> BoxFuture<'a, Result<()>> {
+        _wait: Duration,
+        _into: &'a mut Staging,
+    ) -> BoxFuture<'a, Result<Described>> {
         Box::pin(async {
             Err(Error::not_found(
-                "Media of other servers is not available: this server does not federate yet.",
+                "Media of other servers is not available: this server does not federate.",
             ))
         })
     }
@@ -146,6 +156,8 @@ pub struct Media {
     waiters: Arc<UploadWaiters>,
     previews: Previewer,
     remote: Arc<dyn RemoteMedia>,
+    /// Remote media being fetched, so concurrent downloads share one fetch.
+    fetching: SingleFlight<(String, String), Result<()>>,
     blocked_servers: Vec<Regex>,
     budget: Budget,
     /// Thumbnails decoded at once: each may hold `media_thumbnail_max_pixels` in memory.
@@ -200,6 +212,7 @@ impl Media {
             waiters,
             previews: Previewer::new(config, Arc::new(denylist))?,
             remote: Arc::new(NotFederating),
+            fetching: SingleFlight::default(),
             blocked_servers,
             budget: Budget {
                 max_pixels: config.media_thumbnail_max_pixels,
@@ -212,7 +225,7 @@ impl Media {
         })
     }
 
-    /// Replaces the source of remote media (federation, once it exists).
+    /// Replaces the source of remote media (federation's, at startup).
     pub fn set_remote(&mut self, remote: Arc<dyn RemoteMedia>) {
         self.remote = remote;
     }
@@ -323,8 +336,10 @@ impl Media {
             .map(|Json(record)| record))
     }
 
+    /// Whether `prevent_media_downloads_from` names the server; the patterns see its host
+    /// without the port, like the other server name lists.
     fn is_blocked(&self, server_name: &ServerName) -> bool {
-        self.blocked_servers.iter().any(|pattern| pattern.is_match(server_name.as_str()))
+        self.blocked_servers.iter().any(|pattern| pattern.is_match(server_name.host()))
     }
 
     /// The record of uploaded media, waiting up to `timeout` for a pending upload; remote
@@ -347,7 +362,7 @@ impl Media {
             {
                 return Ok(record);
             }
-            self.remote.fetch(server_name, media_id, timeout.min(MAX_DOWNLOAD_WAIT)).await?;
+            self.fetch_remote(server_name, media_id, timeout.min(MAX_DOWNLOAD_WAIT)).await?;
             return self
                 .stored(server_name.as_str(), media_id)?
                 .filter(|record| !record.is_pending())
@@ -358,6 +373,67 @@ impl Media {
             Some(record) if !record.is_pending() => Ok(record),
             Some(record) => self.wait_for_upload(media_id, &record, timeout).await,
         }
+    }
+
+    /// Fetches remote media into the store, once however many clients ask at the same time.
+    async fn fetch_remote(
+        &self,
+        server_name: &ServerName,
+        media_id: &str,
+        wait: Duration,
+    ) -> Result<()> {
+        let key = (server_name.to_string(), media_id.to_owned());
+        self.fetching.run(&key, || self.fetch_into_store(server_name, media_id, wait)).await
+    }
+
+    async fn fetch_into_store(
+        &self,
+        server_name: &ServerName,
+        media_id: &str,
+        wait: Duration,
+    ) -> Result<()> {
+        let outcome = |outcome: &'static str| {
+            metrics::counter!("tuwunel_media_remote_fetches_total", "outcome" => outcome)
+                .increment(1);
+        };
+        // A flight that ended just before this one started may have kept it already.
+        if self.stored(server_name.as_str(), media_id)?.is_some_and(|record| !record.is_pending()) {
+            return Ok(());
+        }
+        let mut staging = self.store.stage(self.max_upload).await?;
+        let described = match self.remote.fetch(server_name, media_id, wait, &mut staging).await {
+            Ok(described) => sanitised(described),
+            Err(error) if error.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                outcome("too_large");
+                return Err(Error::matrix(
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    ErrorKind::TooLarge,
+                    format!(
+                        "The remote content is larger than this server's limit of {} bytes.",
+                        self.max_upload
+                    ),
+                ));
+            }
+            Err(error) => {
+                outcome("failed");
+                return Err(error);
+            }
+        };
+        let file = staging.finish().await?;
+        let size = file.size;
+        let (server, id) = (server_name.to_string(), media_id.to_owned());
+        self.call_owner(server_name.as_str(), |reply| OwnerMessage::Cache {
+            server_name: server,
+            media_id: id,
+            file,
+            described,
+            reply,
+        })
+        .await?;
+        outcome("fetched");
+        metrics::counter!("tuwunel_media_remote_fetch_bytes_total").increment(size);
+        tracing::debug!(%server_name, %media_id, size, "fetched remote media");
+        Ok(())
     }
 
     async fn wait_for_upload(
@@ -578,6 +654,18 @@ pub fn valid_media_id(media_id: &str) -> bool {
     !media_id.is_empty()
         && media_id.len() <= 255
         && media_id.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-'))
+}
+
+/// What another server said about its media, within the bounds uploads have: a content
+/// type that is a valid header value and short, a short file name.
+fn sanitised(described: Described) -> Described {
+    let content_type = described.content_type.filter(|value| {
+        value.len() <= MAX_DESCRIPTION && axum::http::HeaderValue::from_str(value).is_ok()
+    });
+    let filename = described
+        .filename
+        .filter(|name| name.chars().count() <= MAX_DESCRIPTION && !name.is_empty());
+    Described { content_type, filename }
 }
 
 fn no_such_media() -> Error {

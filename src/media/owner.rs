@@ -1,5 +1,6 @@
 //! The media owner actor: one per user who stores media (and the server user, who owns
-//! preview images), the only writer of that owner's media rows, pending uploads and usage.
+//! preview images, and each remote server whose media is cached here, keyed by its name),
+//! the only writer of that owner's media rows, pending uploads and usage.
 //!
 //! Serialising an owner's changes here is what makes the usage counter exact without a lock
 //! (every change reads and writes it in order), what makes "exactly one of two concurrent
@@ -48,6 +49,15 @@ pub enum OwnerMessage {
     Create { file: StagedFile, described: Described, reply: Reply<Result<String>> },
     /// Keeps a staged file as the content of a reserved id.
     Fill { media_id: String, file: StagedFile, described: Described, reply: Reply<Result<()>> },
+    /// Keeps a staged file fetched from another server as its media `server_name/media_id`
+    /// (the owner is that server); media already kept is left as it is.
+    Cache {
+        server_name: String,
+        media_id: String,
+        file: StagedFile,
+        described: Described,
+        reply: Reply<Result<()>>,
+    },
     /// Caches a thumbnail of one of the owner's media (`file` is `None` when the record
     /// points at the original).
     Thumbnail {
@@ -117,6 +127,10 @@ impl Behaviour for OwnerActor {
             }
             OwnerMessage::Fill { media_id, file, described, reply } => {
                 let _ = reply.send(self.fill(owner, state, media_id, file, described).await);
+            }
+            OwnerMessage::Cache { server_name, media_id, file, described, reply } => {
+                let result = self.cache(owner, state, server_name, media_id, file, described).await;
+                let _ = reply.send(result);
             }
             OwnerMessage::Thumbnail { server_name, media_id, key, file, record, reply } => {
                 let result = self.thumbnail(owner, server_name, media_id, key, file, record).await;
@@ -198,7 +212,8 @@ impl OwnerActor {
         described: Described,
     ) -> Result<String> {
         let media_id = self.fresh_id()?;
-        self.keep(owner, state, &media_id, file, described, Batch::new()).await?;
+        self.keep(owner, state, &self.server_name, &media_id, file, described, Batch::new())
+            .await?;
         Ok(media_id)
     }
 
@@ -228,18 +243,40 @@ impl OwnerActor {
             return Err(unknown_reservation());
         }
         PENDING_TABLE.delete(&mut batch, &(owner.to_owned(), media_id.clone()));
-        self.keep(owner, state, &media_id, file, described, batch).await?;
+        self.keep(owner, state, &self.server_name, &media_id, file, described, batch).await?;
         state.pending.remove(&media_id);
         self.waiters.uploaded(&key);
         Ok(())
     }
 
+    async fn cache(
+        &self,
+        owner: &str,
+        state: &mut OwnerState,
+        server_name: String,
+        media_id: String,
+        file: StagedFile,
+        described: Described,
+    ) -> Result<()> {
+        if server_name == self.server_name || owner != server_name {
+            return Err(Error::internal("remote media cached under the wrong owner"));
+        }
+        let key = (server_name.clone(), media_id.clone());
+        if MEDIA_TABLE.contains(self.storage.engine(), &key)? {
+            // Fetched again while an earlier fetch was being kept: the first copy stays.
+            return Ok(());
+        }
+        self.keep(owner, state, &server_name, &media_id, file, described, Batch::new()).await
+    }
+
     /// Puts the file in place, then commits its record, index entry and the new usage
     /// together with `batch`.
+    #[allow(clippy::too_many_arguments)]
     async fn keep(
         &self,
         owner: &str,
         state: &mut OwnerState,
+        server_name: &str,
         media_id: &str,
         file: StagedFile,
         described: Described,
@@ -255,20 +292,16 @@ impl OwnerActor {
             sha256: Some(file.sha256.clone()),
             pending_until_ms: None,
         };
-        let name = MediaStore::content_name(&self.server_name, media_id);
+        let name = MediaStore::content_name(server_name, media_id);
         self.store.persist(file, &name).await?;
         let usage = UsageRecord {
             bytes: state.usage.bytes.saturating_add(size),
             files: state.usage.files.saturating_add(1),
         };
-        MEDIA_TABLE.put(
-            &mut batch,
-            &(self.server_name.clone(), media_id.to_owned()),
-            &Json(record),
-        );
+        MEDIA_TABLE.put(&mut batch, &(server_name.to_owned(), media_id.to_owned()), &Json(record));
         BY_OWNER_TABLE.put(
             &mut batch,
-            &(owner.to_owned(), self.server_name.clone(), media_id.to_owned()),
+            &(owner.to_owned(), server_name.to_owned(), media_id.to_owned()),
             &(),
         );
         USAGE_TABLE.put(&mut batch, &owner.to_owned(), &Json(usage));
@@ -278,8 +311,10 @@ impl OwnerActor {
             return Err(error);
         }
         state.usage = usage;
-        metrics::counter!("tuwunel_media_uploads_total").increment(1);
-        metrics::counter!("tuwunel_media_upload_bytes_total").increment(size);
+        if server_name == self.server_name {
+            metrics::counter!("tuwunel_media_uploads_total").increment(1);
+            metrics::counter!("tuwunel_media_upload_bytes_total").increment(size);
+        }
         Ok(())
     }
 

@@ -44,12 +44,30 @@ pub enum Method {
 }
 
 impl Method {
+    /// The method a request asked for (`scale` when it did not say); `400 M_INVALID_PARAM`
+    /// for a method the spec does not define.
+    pub fn requested(method: Option<&ruma::media::Method>) -> Result<Self> {
+        match method {
+            None | Some(ruma::media::Method::Scale) => Ok(Self::Scale),
+            Some(ruma::media::Method::Crop) => Ok(Self::Crop),
+            Some(other) => Err(Error::invalid_param(format!(
+                "Unknown thumbnail method `{}`: use crop or scale.",
+                other.as_str()
+            ))),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Crop => "crop",
             Self::Scale => "scale",
         }
     }
+}
+
+/// A requested thumbnail dimension; absurd values saturate (and then fit no size).
+pub fn dimension(value: ruma::UInt) -> u32 {
+    u32::try_from(u64::from(value)).unwrap_or(u32::MAX)
 }
 
 /// One of the sizes thumbnails are made at.

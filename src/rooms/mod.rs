@@ -1,10 +1,14 @@
 //! Rooms: events, state, membership and the read paths over them. Writes happen in the
-//! room's actor (`actors::room`); everything here reads.
+//! room's actor (`actors::room`); everything here reads (and, for the space hierarchy, asks
+//! other servers about rooms this server is not in).
 
 pub mod builder;
+pub mod directory;
 pub mod filter;
 pub mod pdu;
+pub mod spaces;
 pub mod state;
+pub mod summary;
 pub mod timeline;
 pub mod typing;
 
@@ -323,6 +327,8 @@ pub struct Rooms {
     /// Who is typing where (written by room actors).
     pub typing: Arc<typing::Typing>,
     pub hub: Arc<SyncHub>,
+    /// Other servers' answers about their spaces, for the hierarchy walk.
+    pub remote_spaces: spaces::RemoteSpaces,
 }
 
 impl Rooms {
@@ -363,6 +369,7 @@ impl Rooms {
             aliases: tokio::sync::Mutex::new(()),
             typing,
             hub,
+            remote_spaces: spaces::RemoteSpaces::default(),
         })
     }
 

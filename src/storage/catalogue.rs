@@ -175,4 +175,8 @@ catalogue! {
         "url -> cached OpenGraph preview and when it was fetched";
     SERVER_SIGNING_KEYS = "server_signing_keys", Point, 1,
         "server name -> its verify keys (current and old, with validity) and its latest key document";
+    OPENID_TOKENS = "openid_tokens", Point, 1,
+        "sha-256 of an OpenID token -> the user it identifies and its expiry";
+    OPENID_TOKENS_BY_USER = "openid_tokens_by_user", Scan, 1,
+        "(user id, sha-256 of an OpenID token) -> its expiry; the user's tokens, for cleanup";
 }

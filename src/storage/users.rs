@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     catalogue::{
-        ACCESS_TOKENS, DEVICE_LAST_SEEN, DEVICES, FILTERS, PROFILES, REFRESH_TOKENS,
-        REGISTRATION_TOKENS, USERS,
+        ACCESS_TOKENS, DEVICE_LAST_SEEN, DEVICES, FILTERS, OPENID_TOKENS, OPENID_TOKENS_BY_USER,
+        PROFILES, REFRESH_TOKENS, REGISTRATION_TOKENS, USERS,
     },
     codec::Json,
     table::Table,
@@ -64,6 +64,14 @@ pub struct RefreshTokenRecord {
     pub expires_ms: Option<u64>,
 }
 
+/// What an OpenID token stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenIdTokenRecord {
+    pub user_id: OwnedUserId,
+    /// Milliseconds since the epoch after which the token is refused.
+    pub expires_ms: u64,
+}
+
 /// An admin-issued registration token.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistrationTokenRecord {
@@ -94,3 +102,7 @@ pub const REGISTRATION_TOKENS_TABLE: Table<String, Json<RegistrationTokenRecord>
 /// `(user, field) -> JSON value`; displayname and avatar_url are fields like any other.
 pub const PROFILES_TABLE: Table<(String, String), Vec<u8>> = Table::new(PROFILES);
 pub const FILTERS_TABLE: Table<(String, String), Vec<u8>> = Table::new(FILTERS);
+pub const OPENID_TOKENS_TABLE: Table<String, Json<OpenIdTokenRecord>> = Table::new(OPENID_TOKENS);
+/// `(user id, token hash) -> expiry in ms`.
+pub const OPENID_TOKENS_BY_USER_TABLE: Table<(String, String), u64> =
+    Table::new(OPENID_TOKENS_BY_USER);

@@ -12,7 +12,7 @@ fn password_auth(user: &str, password: &str, session: &str) -> Value {
 
 /// Runs a UIA-protected request: first without auth (expecting the password flow), then
 /// with the password.
-async fn with_password(
+pub(crate) async fn with_password(
     server: &TestServer,
     user: &User,
     method: Method,

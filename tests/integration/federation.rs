@@ -165,26 +165,47 @@ async fn device_keys_are_queried_and_claimed_across_servers() {
 }
 
 /// An origin server the test controls: its key document is served over TLS under
-/// `localhost:PORT`, and it signs whatever requests the test makes.
-struct FakeOrigin {
-    name: OwnedServerName,
+/// `localhost:PORT` (or another host name), and it signs whatever requests the test makes.
+pub(crate) struct FakeOrigin {
+    pub(crate) name: OwnedServerName,
     key: Arc<std::sync::Mutex<Ed25519KeyPair>>,
     /// Requests for the key document so far.
     key_requests: Arc<std::sync::atomic::AtomicUsize>,
     _front: TlsFront,
 }
 
-fn new_pair(version: &str) -> Ed25519KeyPair {
+pub(crate) fn new_pair(version: &str) -> Ed25519KeyPair {
     Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), version.to_owned()).expect("pair")
 }
 
 impl FakeOrigin {
-    async fn start(ca: &Ca) -> Self {
-        let front = TlsFront::bind(SocketAddr::from(([127, 0, 0, 1], 0)), ca, &["localhost"])
+    pub(crate) async fn start(ca: &Ca) -> Self {
+        Self::start_on(ca, "localhost", Router::new()).await
+    }
+
+    /// An origin that also answers `routes` (fake endpoints of a remote server).
+    pub(crate) async fn serving(ca: &Ca, routes: Router) -> Self {
+        Self::start_on(ca, "localhost", routes).await
+    }
+
+    /// An origin named `HOST:PORT`, HOST a fresh name of the test DNS (from `prefix`): for
+    /// rules that match host names, which cannot tell `localhost` servers apart.
+    pub(crate) async fn start_as(ca: &Ca, prefix: &str) -> Self {
+        let host = crate::testbed::unique(prefix);
+        crate::testbed::dns_add(
+            &host,
+            300,
+            vec![crate::testbed::TestRecord::A(std::net::Ipv4Addr::LOCALHOST)],
+        );
+        Self::start_on(ca, &host, Router::new()).await
+    }
+
+    async fn start_on(ca: &Ca, host: &str, routes: Router) -> Self {
+        let front = TlsFront::bind(SocketAddr::from(([127, 0, 0, 1], 0)), ca, &[host])
             .await
             .expect("front");
         let name: OwnedServerName =
-            format!("localhost:{}", front.address.port()).try_into().expect("name");
+            format!("{host}:{}", front.address.port()).try_into().expect("name");
         let key = Arc::new(std::sync::Mutex::new(new_pair("fake1")));
         let key_requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (document_name, document_key) = (name.clone(), Arc::clone(&key));
@@ -215,7 +236,8 @@ impl FakeOrigin {
                     Json(object)
                 }
             }),
-        );
+        )
+        .merge(routes);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         front.forward_to(listener.local_addr().expect("address"));
         tokio::spawn(async move {
@@ -225,7 +247,7 @@ impl FakeOrigin {
     }
 
     /// The `Authorization` header for a request, signed with `key` (or the current key).
-    fn authorization(
+    pub(crate) fn authorization(
         &self,
         method: &str,
         uri: &str,
@@ -249,7 +271,7 @@ impl FakeOrigin {
 }
 
 /// Sends a request with an optional `Authorization` header and raw body.
-async fn send(
+pub(crate) async fn send(
     server: &FedServer,
     method: Method,
     uri: &str,
@@ -388,7 +410,9 @@ async fn every_signed_federation_route_refuses_unsigned_requests() {
     // What the spec leaves unauthenticated, and nothing else.
     for path in &unsigned {
         assert!(
-            path.starts_with("/_matrix/key/") || *path == "/_matrix/federation/v1/version",
+            path.starts_with("/_matrix/key/")
+                || *path == "/_matrix/federation/v1/version"
+                || *path == "/_matrix/federation/v1/openid/userinfo",
             "{path} is mounted without a signature check"
         );
     }

@@ -3,7 +3,8 @@
 //! oversized, deeply nested and repeated-key bodies, wrong methods and bad path parameters,
 //! with an access token and without: the answer is a Matrix error (a 4xx with an `errcode`)
 //! or, where the input is acceptable (including any body sent with `GET`, which is
-//! ignored), a success; never a 5xx, and nothing panics.
+//! ignored), a success; never a 5xx (but the gateway error for media of a server that
+//! cannot be reached), and nothing panics.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -179,7 +180,11 @@ impl Walk<'_> {
             }
         };
         let (status, body) = status_and_json(response).await;
-        let is_error = (400..500).contains(&status);
+        // Media of another server is asked of that server; the walk's made-up server names
+        // cannot be reached, which the spec answers with a gateway error.
+        let remote_media =
+            probe.path.contains("/media/download/x/") || probe.path.contains("/media/thumbnail/x/");
+        let is_error = (400..500).contains(&status) || (remote_media && status == 502);
         let acceptable = if is_error {
             // A User-Interactive Authentication challenge is the spec's answer too.
             body["errcode"].as_str().is_some_and(|code| code.starts_with("M_"))

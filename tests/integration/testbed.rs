@@ -291,6 +291,23 @@ impl FedServer {
         Self { server, _front: front, name }
     }
 
+    /// A server named `HOST:PORT`, HOST a fresh name of the test DNS (from `prefix`): for
+    /// rules that match host names, which cannot tell `localhost` servers apart.
+    pub async fn start_as(ca: &Ca, prefix: &str, extra: &[&str]) -> Self {
+        let host = unique(prefix);
+        dns_add(&host, 300, vec![TestRecord::A(Ipv4Addr::LOCALHOST)]);
+        let front = TlsFront::bind(SocketAddr::from(([127, 0, 0, 1], 0)), ca, &[host.as_str()])
+            .await
+            .expect("bind TLS front");
+        let name = format!("{host}:{}", front.address.port());
+        Self::start_named(ca, front, name, extra).await
+    }
+
+    /// The host name of the server (without the port).
+    pub fn host(&self) -> &str {
+        self.name.rsplit_once(':').map_or(self.name.as_str(), |(host, _)| host)
+    }
+
     pub fn front(&self) -> &TlsFront {
         &self._front
     }

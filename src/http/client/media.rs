@@ -5,9 +5,8 @@
 //!
 //! Upload bodies are raw bytes of any size up to `max_request_size`, so the upload handlers
 //! authenticate with the shared auth code and stream the body to a staging file instead of
-//! going through [`Ruma`] (which buffers). Downloads stream from the file with headers that
-//! keep hostile content inert in a browser: a sandboxing CSP, `nosniff`, and `inline` only
-//! for the spec's list of safe types.
+//! going through [`Ruma`] (which buffers). Downloads stream from the file with the safe
+//! headers of `http::media`.
 
 use std::{future::Future, sync::Arc};
 
@@ -15,11 +14,8 @@ use axum::{
     body::Body,
     extract::{FromRequest, FromRequestParts, RawPathParams, Request, State},
     http::{
-        HeaderValue, Method as HttpMethod, StatusCode,
-        header::{
-            CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_SECURITY_POLICY,
-            CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS,
-        },
+        Method as HttpMethod, StatusCode,
+        header::{CONTENT_LENGTH, CONTENT_TYPE},
         request::Parts,
     },
     response::{IntoResponse, Response},
@@ -34,63 +30,27 @@ use ruma::{
         error::ErrorKind,
         path_builder::PathBuilder,
     },
-    http_headers::{ContentDisposition, ContentDispositionType},
 };
 use serde::Deserialize;
-use tokio_util::io::ReaderStream;
 
 use crate::{
     Error, Result, Services,
     accounts::Sender,
     http::{
         auth::{self, AuthPolicy, Policy},
+        media::serve,
         routes::{BodyKind, Routes},
         ruma::{Ruma, RumaResponse, route},
     },
-    media::{Served, owner::Described, store::StagedFile, thumbnail::Method},
+    media::{
+        owner::Described,
+        store::StagedFile,
+        thumbnail::{self, Method},
+    },
 };
 
-/// Chunk size of streamed downloads.
-const DOWNLOAD_CHUNK: usize = 64 * 1024;
 /// Longest content type and file name stored with an upload.
-const MAX_DESCRIPTION: usize = 255;
-
-/// Types served `inline`: the spec's list of types a browser will not run as a document.
-const INLINE_TYPES: &[&str] = &[
-    "text/css",
-    "text/plain",
-    "text/csv",
-    "application/json",
-    "application/ld+json",
-    "image/jpeg",
-    "image/gif",
-    "image/png",
-    "image/apng",
-    "image/webp",
-    "image/avif",
-    "video/mp4",
-    "video/webm",
-    "video/ogg",
-    "video/quicktime",
-    "audio/mp4",
-    "audio/webm",
-    "audio/aac",
-    "audio/mpeg",
-    "audio/ogg",
-    "audio/wave",
-    "audio/wav",
-    "audio/x-wav",
-    "audio/x-pn-wav",
-    "audio/flac",
-    "audio/x-flac",
-];
-
-/// The policy the spec recommends for served media: nothing in it can run.
-const CONTENT_SECURITY_POLICY_VALUE: &str = "sandbox; default-src 'none'; script-src 'none'; \
-     plugin-types application/pdf; style-src 'unsafe-inline'; object-src 'self';";
-
-/// Media is immutable: an id always names the same bytes.
-const CACHE_CONTROL_VALUE: &str = "private, max-age=31536000, immutable";
+const MAX_DESCRIPTION: usize = crate::media::MAX_DESCRIPTION;
 
 pub(super) fn routes(router: Routes) -> Routes {
     let mut router = router;
@@ -324,9 +284,9 @@ async fn thumbnail(
         .thumbnail(
             &body.server_name,
             &body.media_id,
-            dimension(body.width),
-            dimension(body.height),
-            method(body.method.as_ref())?,
+            thumbnail::dimension(body.width),
+            thumbnail::dimension(body.height),
+            Method::requested(body.method.as_ref())?,
             body.animated.unwrap_or(false),
             body.timeout_ms,
         )
@@ -381,9 +341,9 @@ async fn legacy_thumbnail(
         .thumbnail(
             &body.server_name,
             &body.media_id,
-            dimension(body.width),
-            dimension(body.height),
-            method(body.method.as_ref())?,
+            thumbnail::dimension(body.width),
+            thumbnail::dimension(body.height),
+            Method::requested(body.method.as_ref())?,
             body.animated.unwrap_or(false),
             body.timeout_ms,
         )
@@ -412,78 +372,4 @@ async fn legacy_preview(
 
 fn upload_size(services: &Services) -> UInt {
     UInt::try_from(services.media.max_upload_size()).unwrap_or(UInt::MAX)
-}
-
-/// A requested thumbnail dimension; absurd values saturate (and then fit no size).
-fn dimension(value: UInt) -> u32 {
-    u32::try_from(u64::from(value)).unwrap_or(u32::MAX)
-}
-
-fn method(method: Option<&ruma::media::Method>) -> Result<Method> {
-    match method {
-        None | Some(ruma::media::Method::Scale) => Ok(Method::Scale),
-        Some(ruma::media::Method::Crop) => Ok(Method::Crop),
-        Some(other) => Err(Error::invalid_param(format!(
-            "Unknown thumbnail method `{}`: use crop or scale.",
-            other.as_str()
-        ))),
-    }
-}
-
-/// Whether `content_type` may be shown by a browser in place.
-fn inline_safe(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    INLINE_TYPES.contains(&essence.as_str())
-}
-
-/// The response for a stored file: safe headers, body streamed from disk.
-fn serve(served: Served, filename: Option<String>, thumbnail: bool) -> Response {
-    let content_type = served
-        .content_type
-        .as_deref()
-        .and_then(|value| HeaderValue::from_str(value).ok())
-        .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
-    // Thumbnails are always images this server produced (or checked); the spec wants them
-    // inline.
-    let inline = thumbnail || content_type.to_str().is_ok_and(inline_safe);
-    let disposition = ContentDisposition::new(if inline {
-        ContentDispositionType::Inline
-    } else {
-        ContentDispositionType::Attachment
-    })
-    .with_filename(filename.or(served.filename));
-    let disposition = HeaderValue::from_str(&disposition.to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
-
-    let body = Body::from_stream(ReaderStream::with_capacity(served.file, DOWNLOAD_CHUNK));
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, content_type);
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(served.length));
-    headers.insert(CONTENT_DISPOSITION, disposition);
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL_VALUE));
-    headers
-        .insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY_VALUE));
-    headers.insert(
-        axum::http::HeaderName::from_static("cross-origin-resource-policy"),
-        HeaderValue::from_static("cross-origin"),
-    );
-    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_listed_types_are_inline() {
-        assert!(inline_safe("image/png"));
-        assert!(inline_safe("text/plain; charset=utf-8"));
-        assert!(inline_safe("IMAGE/JPEG"));
-        assert!(!inline_safe("text/html"));
-        assert!(!inline_safe("image/svg+xml"));
-        assert!(!inline_safe("application/octet-stream"));
-        assert!(!inline_safe(""));
-    }
 }

@@ -10,6 +10,7 @@ mod keys;
 mod live;
 mod login;
 mod media;
+mod openid;
 mod profile;
 mod push;
 mod register;
@@ -30,6 +31,7 @@ pub fn routes(router: Routes) -> Routes {
     let router = threepid::routes(router);
     let router = devices::routes(router);
     let router = profile::routes(router);
+    let router = openid::routes(router);
     let router = account_data::routes(router);
     let router = filters::routes(router);
     let router = capabilities::routes(router);

@@ -5,12 +5,16 @@
 //! handler receives a [`Signed`] request: the extractor checks the `X-Matrix` signature
 //! before the handler runs, so a signed endpoint without the check does not compile (and
 //! `http::ruma::route` refuses such endpoints too). The few endpoints the spec leaves
-//! unauthenticated (`/version`, the key endpoints) go through
+//! unauthenticated (`/version`, the key endpoints, OpenID's `userinfo`) go through
 //! [`FederationRouter::public`], which only takes endpoints ruma declares unauthenticated.
 //! With `allow_federation = false` every route answers `403 M_FORBIDDEN`.
 
+mod directory;
 mod keys;
+mod media;
+mod openid;
 mod query;
+mod space;
 mod user;
 mod version;
 
@@ -19,6 +23,7 @@ use std::{future::Future, sync::Arc};
 use axum::{
     extract::{FromRequest, RawPathParams, Request, State},
     http::Method,
+    response::{IntoResponse, Response},
     routing::on,
 };
 use ruma::{
@@ -115,12 +120,26 @@ impl FederationRouter {
     }
 
     /// Mounts a handler for an endpoint that requires a signature.
-    pub fn signed<R, H, F>(mut self, handler: H) -> Self
+    pub fn signed<R, H, F>(self, handler: H) -> Self
     where
         R: IncomingRequest<Authentication = ServerSignatures> + Send + 'static,
         R::OutgoingResponse: Send,
         H: Fn(Arc<Services>, Signed<R>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+    {
+        self.signed_streamed(move |services: Arc<Services>, request: Signed<R>| {
+            let answer = handler(services, request);
+            async move { answer.await.map(|response| RumaResponse(response).into_response()) }
+        })
+    }
+
+    /// Mounts a handler for an endpoint that requires a signature and answers with a
+    /// response of its own making (media, streamed from a file).
+    pub fn signed_streamed<R, H, F>(mut self, handler: H) -> Self
+    where
+        R: IncomingRequest<Authentication = ServerSignatures> + Send + 'static,
+        H: Fn(Arc<Services>, Signed<R>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Result<Response>> + Send + 'static,
     {
         let filter = method_filter(&R::METHOD);
         for path in R::PATH_BUILDER.all_paths() {
@@ -130,12 +149,9 @@ impl FederationRouter {
                 R::METHOD,
                 path,
                 BodyKind::Json,
-                on(
-                    filter,
-                    move |State(services): State<Arc<Services>>, request: Signed<R>| async move {
-                        handler(services, request).await.map(RumaResponse)
-                    },
-                ),
+                on(filter, move |State(services): State<Arc<Services>>, request: Signed<R>| {
+                    handler(services, request)
+                }),
             );
         }
         self
@@ -173,11 +189,17 @@ fn table(routes: Routes) -> FederationRouter {
         .public(keys::server_keys)
         .public(keys::query)
         .public(keys::query_batch)
+        .public(openid::userinfo)
         .signed(query::profile)
         .signed(query::directory)
         .signed(user::devices)
         .signed(user::keys_query)
         .signed(user::keys_claim)
+        .signed(directory::public_rooms)
+        .signed(directory::public_rooms_filtered)
+        .signed(space::hierarchy)
+        .signed_streamed(media::download)
+        .signed_streamed(media::thumbnail)
 }
 
 /// Adds the federation routes to the application router.

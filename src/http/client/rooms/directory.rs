@@ -1,7 +1,7 @@
 //! The room directory: local aliases (`/directory/room/{alias}`, `/rooms/{id}/aliases`),
 //! a room's visibility in the published room directory, and that directory itself
-//! (`/publicRooms`). Also the room summaries and power-level checks the space hierarchy and
-//! room upgrades share.
+//! (`/publicRooms`, ours from `rooms::directory`, another server's asked of it). Also the
+//! power-level checks room upgrades share.
 //!
 //! Alias and publication rows are global (not one room's data), so they are written here, in
 //! one batch, while holding the server's alias lock.
@@ -10,8 +10,7 @@ use std::{ops::ControlFlow, sync::Arc};
 
 use axum::http::StatusCode;
 use ruma::{
-    EventEncryptionAlgorithm, OwnedMxcUri, OwnedRoomAliasId, OwnedRoomId, OwnedServerName,
-    OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UInt, UserId,
+    OwnedRoomAliasId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId, UInt, UserId,
     api::{
         client::{
             alias::{create_alias, delete_alias, get_alias},
@@ -22,11 +21,10 @@ use ruma::{
             room::{Visibility, aliases},
         },
         error::ErrorKind,
-        federation::query::get_room_information,
+        federation::{directory as federation_directory, query::get_room_information},
     },
-    directory::{Filter, PublicRoomsChunk, PublicRoomsChunkInit, RoomNetwork},
+    directory::{Filter, RoomNetwork},
     events::TimelineEventType,
-    room::{JoinRuleKind, JoinRuleSummary, RestrictedSummary, RoomSummary, RoomType},
 };
 use serde_json::Value as JsonValue;
 
@@ -36,7 +34,7 @@ use crate::{
     Error, Result, Services,
     http::ruma::{Ruma, route},
     limits,
-    rooms::{self, builder::Template, pdu::canonical_content, timeline},
+    rooms::{self, builder::Template, directory::PageRequest, pdu::canonical_content},
     storage::{
         Batch, Direction,
         codec::{Json, prefix},
@@ -45,9 +43,6 @@ use crate::{
         },
     },
 };
-
-/// Most rooms one `/publicRooms` page returns (also the page size when none is asked for).
-const MAX_PUBLIC_ROOMS_PAGE: usize = 500;
 
 pub(super) fn routes(router: Routes) -> Routes {
     let router = route(router, put_alias);
@@ -187,177 +182,6 @@ fn may_manage_listing(
 ) -> Result<bool> {
     Ok(rooms::is_joined(services.storage.engine(), room_id, user)?
         && Powers::current(services, record)?.may_send_state(user, "m.room.canonical_alias"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Room summaries
-
-/// What the directory and the space hierarchy show of a room, from its current state.
-pub(super) struct RoomInfo {
-    pub(super) room_id: OwnedRoomId,
-    pub(super) version: RoomVersionId,
-    pub(super) snapshot: u64,
-    pub(super) name: Option<String>,
-    pub(super) topic: Option<String>,
-    pub(super) canonical_alias: Option<OwnedRoomAliasId>,
-    pub(super) avatar_url: Option<OwnedMxcUri>,
-    pub(super) room_type: Option<String>,
-    pub(super) num_joined_members: u64,
-    pub(super) world_readable: bool,
-    pub(super) guest_can_join: bool,
-    /// The join rule as the room states it (`invite` when it has none).
-    pub(super) join_rule: String,
-    /// Rooms whose members may join a restricted room.
-    pub(super) allowed_room_ids: Vec<OwnedRoomId>,
-    pub(super) encryption: Option<String>,
-}
-
-fn non_empty(text: Option<&str>) -> Option<String> {
-    text.filter(|text| !text.is_empty()).map(str::to_owned)
-}
-
-/// The plain-text topic: the `text/plain` representation in `m.topic`, else `topic`.
-fn plain_topic(content: &JsonValue) -> Option<String> {
-    let plain = content
-        .get("m.topic")
-        .and_then(|topic| topic.get("m.text"))
-        .and_then(JsonValue::as_array)
-        .into_iter()
-        .flatten()
-        .find(|text| {
-            text.get("mimetype")
-                .and_then(JsonValue::as_str)
-                .is_none_or(|mimetype| mimetype == "text/plain")
-        })
-        .and_then(|text| text.get("body"))
-        .and_then(JsonValue::as_str);
-    non_empty(plain).or_else(|| non_empty(content.get("topic").and_then(JsonValue::as_str)))
-}
-
-impl RoomInfo {
-    /// The summary of a room this server knows, `None` otherwise.
-    pub(super) fn load(services: &Services, room_id: &RoomId) -> Result<Option<Self>> {
-        let storage = &services.storage;
-        let Some(record) = rooms::room(storage, room_id)? else {
-            return Ok(None);
-        };
-        let Some(heads) = rooms::heads(storage.engine(), record.short)? else {
-            return Ok(None);
-        };
-        let snapshot = heads.snapshot;
-        let content = |kind: &str| -> Result<Option<JsonValue>> {
-            Ok(rooms::state_event(storage, snapshot, kind, "")?.map(|pdu| pdu.content_value()))
-        };
-        let field = |content: &Option<JsonValue>, name: &str| {
-            non_empty(content.as_ref().and_then(|content| content.get(name)?.as_str()))
-        };
-        let create = content("m.room.create")?;
-        let join_rules = content("m.room.join_rules")?;
-        let join_rule = field(&join_rules, "join_rule").unwrap_or_else(|| "invite".to_owned());
-        let allowed_room_ids = if matches!(join_rule.as_str(), "restricted" | "knock_restricted") {
-            join_rules
-                .as_ref()
-                .and_then(|content| content.get("allow"))
-                .and_then(JsonValue::as_array)
-                .into_iter()
-                .flatten()
-                .filter(|rule| {
-                    rule.get("type").and_then(JsonValue::as_str) == Some("m.room_membership")
-                })
-                .filter_map(|rule| rule.get("room_id").and_then(JsonValue::as_str))
-                .filter_map(|room| RoomId::parse(room).ok())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let topic = content("m.room.topic")?.as_ref().and_then(plain_topic);
-        let num_joined_members =
-            u64::try_from(timeline::joined_members(storage, record.short)?.len()).unwrap_or(0);
-        Ok(Some(Self {
-            room_id: room_id.to_owned(),
-            version: record.version.clone(),
-            snapshot,
-            name: field(&content("m.room.name")?, "name"),
-            topic,
-            canonical_alias: field(&content("m.room.canonical_alias")?, "alias")
-                .and_then(|alias| RoomAliasId::parse(alias).ok()),
-            avatar_url: field(&content("m.room.avatar")?, "url").map(OwnedMxcUri::from),
-            room_type: field(&create, "type"),
-            num_joined_members,
-            world_readable: field(&content("m.room.history_visibility")?, "history_visibility")
-                .is_some_and(|visibility| visibility == "world_readable"),
-            guest_can_join: field(&content("m.room.guest_access")?, "guest_access")
-                .is_some_and(|access| access == "can_join"),
-            join_rule,
-            allowed_room_ids,
-            encryption: field(&content("m.room.encryption")?, "algorithm"),
-        }))
-    }
-
-    fn joined(&self) -> UInt {
-        UInt::try_from(self.num_joined_members).unwrap_or(UInt::MAX)
-    }
-
-    /// The room as the published room directory lists it.
-    pub(super) fn chunk(&self) -> PublicRoomsChunk {
-        let mut chunk = PublicRoomsChunk::from(PublicRoomsChunkInit {
-            num_joined_members: self.joined(),
-            room_id: self.room_id.clone(),
-            world_readable: self.world_readable,
-            guest_can_join: self.guest_can_join,
-        });
-        chunk.name = self.name.clone();
-        chunk.topic = self.topic.clone();
-        chunk.canonical_alias = self.canonical_alias.clone();
-        chunk.avatar_url = self.avatar_url.clone();
-        chunk.join_rule = JoinRuleKind::from(self.join_rule.as_str());
-        chunk.room_type = self.room_type.as_deref().map(RoomType::from);
-        chunk
-    }
-
-    /// The room as the space hierarchy summarises it.
-    pub(super) fn summary(&self) -> RoomSummary {
-        let restricted = || RestrictedSummary::new(self.allowed_room_ids.clone());
-        let join_rule = match self.join_rule.as_str() {
-            "public" => JoinRuleSummary::Public,
-            "knock" => JoinRuleSummary::Knock,
-            "restricted" => JoinRuleSummary::Restricted(restricted()),
-            "knock_restricted" => JoinRuleSummary::KnockRestricted(restricted()),
-            "invite" => JoinRuleSummary::Invite,
-            // `private` and join rules this server does not know let nobody in unasked.
-            _ => JoinRuleSummary::Private,
-        };
-        let mut summary = RoomSummary::new(
-            self.room_id.clone(),
-            join_rule,
-            self.guest_can_join,
-            self.joined(),
-            self.world_readable,
-        );
-        summary.name = self.name.clone();
-        summary.topic = self.topic.clone();
-        summary.canonical_alias = self.canonical_alias.clone();
-        summary.avatar_url = self.avatar_url.clone();
-        summary.room_type = self.room_type.as_deref().map(RoomType::from);
-        summary.encryption = self.encryption.as_deref().map(EventEncryptionAlgorithm::from);
-        summary.room_version = Some(self.version.clone());
-        summary
-    }
-
-    /// Whether the room matches a directory search term (case-insensitive substring of its
-    /// name, topic, canonical alias or id).
-    fn matches(&self, term: &str) -> bool {
-        let term = term.to_lowercase();
-        [
-            self.name.as_deref(),
-            self.topic.as_deref(),
-            self.canonical_alias.as_ref().map(|alias| alias.as_str()),
-            Some(self.room_id.as_str()),
-        ]
-        .into_iter()
-        .flatten()
-        .any(|text| text.to_lowercase().contains(&term))
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -619,111 +443,61 @@ async fn set_visibility(
 // ---------------------------------------------------------------------------------------------
 // The published room directory
 
-/// Where a directory page starts: `n<index>` is the page from `index` on, `p<index>` the page
-/// that ends before `index`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Since {
-    Next(usize),
-    Previous(usize),
-}
-
-impl Since {
-    fn parse(token: &str) -> Result<Self> {
-        let invalid = || Error::invalid_param(format!("Invalid pagination token '{token}'."));
-        let number = |digits: &str| digits.parse::<usize>().map_err(|_| invalid());
-        if let Some(digits) = token.strip_prefix('n') {
-            Ok(Self::Next(number(digits)?))
-        } else if let Some(digits) = token.strip_prefix('p') {
-            Ok(Self::Previous(number(digits)?))
-        } else {
-            Err(invalid())
-        }
-    }
-}
-
-/// One page of the directory.
-struct DirectoryPage {
-    chunk: Vec<PublicRoomsChunk>,
-    next_batch: Option<String>,
-    prev_batch: Option<String>,
-    total: usize,
-}
-
-/// The published rooms this server knows that pass `filter`, largest first.
-fn published_rooms(services: &Services, filter: &Filter) -> Result<Vec<RoomInfo>> {
-    let mut ids = Vec::new();
-    PUBLISHED_ROOMS_TABLE.scan(
-        services.storage.engine(),
-        &[],
-        None,
-        Direction::Forward,
-        |room_id, ()| {
-            ids.push(room_id);
-            ControlFlow::Continue(())
-        },
-    )?;
-    let term = filter.generic_search_term.as_deref().map(str::trim).filter(|term| !term.is_empty());
-    let mut rooms = Vec::new();
-    for room_id in ids {
-        let Ok(room_id) = RoomId::parse(room_id) else { continue };
-        let Some(info) = RoomInfo::load(services, &room_id)? else { continue };
-        if !filter.room_types.is_empty()
-            && !filter.room_types.iter().any(|wanted| wanted.as_str() == info.room_type.as_deref())
-        {
-            continue;
-        }
-        if term.is_some_and(|term| !info.matches(term)) {
-            continue;
-        }
-        rooms.push(info);
-    }
-    rooms.sort_by(|a, b| {
-        b.num_joined_members.cmp(&a.num_joined_members).then_with(|| a.room_id.cmp(&b.room_id))
-    });
-    Ok(rooms)
-}
-
-fn directory_page(
+/// A page of the directory `server` publishes: ours from `rooms::directory`, another
+/// server's asked of it (unless `forbidden_remote_room_directory_server_names` names it).
+async fn directory_page(
     services: &Services,
+    authenticated: bool,
     server: Option<&OwnedServerName>,
-    limit: Option<UInt>,
-    since: Option<&str>,
-    filter: &Filter,
-    network: &RoomNetwork,
-) -> Result<DirectoryPage> {
-    if let Some(server) = server
-        && *server != services.config.server_name
-    {
-        return Err(Error::not_found(format!(
-            "The room directory of {server} cannot be fetched: this server does not federate yet."
+    request: PageRequest<'_>,
+    filtered: bool,
+) -> Result<get_public_rooms_filtered::v3::Response> {
+    let mut response = get_public_rooms_filtered::v3::Response::new();
+    let remote = server.filter(|server| **server != services.config.server_name);
+    let Some(server) = remote else {
+        let page = rooms::directory::page(&services.storage, &request)?;
+        response.chunk = page.chunk;
+        response.next_batch = page.next_batch;
+        response.prev_batch = page.prev_batch;
+        response.total_room_count_estimate = UInt::try_from(page.total).ok();
+        return Ok(response);
+    };
+    // Anyone may read our directory, but only our users make this server ask another.
+    if !authenticated {
+        return Err(Error::missing_token());
+    }
+    if !services.federation.policy.allows_directory(server) {
+        return Err(Error::forbidden(format!(
+            "This server does not browse the room directory of {server}."
         )));
     }
-    let limit = match limit.map(u64::from) {
-        None | Some(0) => MAX_PUBLIC_ROOMS_PAGE,
-        Some(limit) => usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_PUBLIC_ROOMS_PAGE),
+    let what = format!("The room directory of {server}");
+    let client = &services.federation.client;
+    let remote = if filtered {
+        let mut asked = federation_directory::get_public_rooms_filtered::v1::Request::new();
+        asked.limit = request.limit;
+        asked.since = request.since.map(str::to_owned);
+        asked.filter = request.filter;
+        asked.room_network = request.network;
+        let answer =
+            client.send(server, asked).await.map_err(|error| error.into_client_error(&what))?;
+        (answer.chunk, answer.next_batch, answer.prev_batch, answer.total_room_count_estimate)
+    } else {
+        let mut asked = federation_directory::get_public_rooms::v1::Request::new();
+        asked.limit = request.limit;
+        asked.since = request.since.map(str::to_owned);
+        asked.room_network = request.network;
+        let answer =
+            client.send(server, asked).await.map_err(|error| error.into_client_error(&what))?;
+        (answer.chunk, answer.next_batch, answer.prev_batch, answer.total_room_count_estimate)
     };
-    let since = since.map(Since::parse).transpose()?;
-    let rooms = match network {
-        RoomNetwork::Matrix | RoomNetwork::All => published_rooms(services, filter)?,
-        // No application service offers third-party networks here.
-        _ => Vec::new(),
-    };
-    let total = rooms.len();
-    let (start, end) = match since {
-        None => (0, limit.min(total)),
-        Some(Since::Next(start)) => (start.min(total), start.saturating_add(limit).min(total)),
-        Some(Since::Previous(end)) => {
-            let end = end.min(total);
-            (end.saturating_sub(limit), end)
-        }
-    };
-    let chunk = rooms.get(start..end).unwrap_or_default().iter().map(RoomInfo::chunk).collect();
-    Ok(DirectoryPage {
-        chunk,
-        next_batch: (end < total).then(|| format!("n{end}")),
-        prev_batch: (start > 0).then(|| format!("p{start}")),
-        total,
-    })
+    (
+        response.chunk,
+        response.next_batch,
+        response.prev_batch,
+        response.total_room_count_estimate,
+    ) = remote;
+    Ok(response)
 }
 
 async fn public_rooms(
@@ -731,18 +505,18 @@ async fn public_rooms(
     request: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<get_public_rooms::v3::Response> {
     let body = request.body;
-    let page = directory_page(
-        &services,
-        body.server.as_ref(),
-        body.limit,
-        body.since.as_deref(),
-        &Filter::new(),
-        &RoomNetwork::Matrix,
-    )?;
+    let page = PageRequest {
+        limit: body.limit,
+        since: body.since.as_deref(),
+        filter: Filter::new(),
+        network: RoomNetwork::Matrix,
+    };
+    let authenticated = request.sender.is_some();
+    let page = directory_page(&services, authenticated, body.server.as_ref(), page, false).await?;
     let mut response = get_public_rooms::v3::Response::new(page.chunk);
     response.next_batch = page.next_batch;
     response.prev_batch = page.prev_batch;
-    response.total_room_count_estimate = UInt::try_from(page.total).ok();
+    response.total_room_count_estimate = page.total_room_count_estimate;
     Ok(response)
 }
 
@@ -751,20 +525,14 @@ async fn public_rooms_filtered(
     request: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<get_public_rooms_filtered::v3::Response> {
     let body = request.body;
-    let page = directory_page(
-        &services,
-        body.server.as_ref(),
-        body.limit,
-        body.since.as_deref(),
-        &body.filter,
-        &body.room_network,
-    )?;
-    let mut response = get_public_rooms_filtered::v3::Response::new();
-    response.chunk = page.chunk;
-    response.next_batch = page.next_batch;
-    response.prev_batch = page.prev_batch;
-    response.total_room_count_estimate = UInt::try_from(page.total).ok();
-    Ok(response)
+    let page = PageRequest {
+        limit: body.limit,
+        since: body.since.as_deref(),
+        filter: body.filter,
+        network: body.room_network,
+    };
+    let authenticated = request.sender.is_some();
+    directory_page(&services, authenticated, body.server.as_ref(), page, true).await
 }
 
 #[cfg(test)]
@@ -772,29 +540,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    #[test]
-    fn since_tokens_round_trip_and_reject_garbage() {
-        assert_eq!(Since::parse("n20").ok(), Some(Since::Next(20)));
-        assert_eq!(Since::parse("p3").ok(), Some(Since::Previous(3)));
-        assert!(Since::parse("x1").is_err());
-        assert!(Since::parse("n").is_err());
-        assert!(Since::parse("n-1").is_err());
-    }
-
-    #[test]
-    fn plain_topic_prefers_the_text_plain_block() {
-        let content = json!({
-            "topic": "fallback",
-            "m.topic": {"m.text": [
-                {"mimetype": "text/html", "body": "<b>rich</b>"},
-                {"body": "plain"},
-            ]},
-        });
-        assert_eq!(plain_topic(&content).as_deref(), Some("plain"));
-        assert_eq!(plain_topic(&json!({"topic": "only"})).as_deref(), Some("only"));
-        assert_eq!(plain_topic(&json!({"topic": ""})), None);
-    }
 
     #[test]
     fn power_level_fields_accept_numeric_strings() {
