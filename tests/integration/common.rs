@@ -111,6 +111,20 @@ pub async fn start_in(dir: &Path, options: &[String]) -> Server {
     Server::start(config).await.expect("server starts")
 }
 
+/// A server in `dir` listening on the UNIX socket `socket` only (no TCP port).
+pub async fn start_on_unix_socket(dir: &Path, socket: &Path) -> Server {
+    init_logging();
+    let file = write_config(dir);
+    let tcp = "address = \"127.0.0.1\"\nport = 0\n";
+    let text = std::fs::read_to_string(&file).expect("read config");
+    assert!(text.contains(tcp), "the test configuration names its TCP listener as expected");
+    let unix = format!("unix_socket_path = \"{}\"\n", socket.display());
+    std::fs::write(&file, text.replace(tcp, &unix)).expect("write config");
+    let inputs = Inputs { files: vec![file], env: Vec::new(), options: Vec::new() };
+    let config = Config::load(&inputs).expect("test configuration is valid");
+    Server::start(config).await.expect("server starts")
+}
+
 pub fn client() -> reqwest::Client {
     // reqwest is built without a bundled TLS provider; the server installs one.
     tuwunel::net::outbound::install_tls_provider();
