@@ -40,6 +40,7 @@ pub mod push;
 pub mod rooms;
 pub mod server;
 pub mod services;
+pub mod shutdown;
 pub mod storage;
 pub mod sync;
 

@@ -13,7 +13,7 @@ use crate::{
     federation::{Federation, SigningKey},
     media::Media,
     rooms::Rooms,
-    server::Shutdown,
+    shutdown::Shutdown,
     storage::Storage,
     sync::hub::SyncHub,
 };
