@@ -36,6 +36,7 @@ pub mod logging;
 pub mod media;
 pub mod memory;
 pub mod net;
+pub mod presence;
 pub mod push;
 pub mod rooms;
 pub mod server;

@@ -19,11 +19,12 @@ use tokio::sync::Semaphore;
 use crate::{
     Config, Error, Result, Services,
     accounts::Accounts,
-    actors::{ActorSystem, contain::contained, presence::Presence, tasks},
+    actors::{ActorSystem, contain::contained, tasks},
     admin,
     federation::{Federation, SigningKey, media::FederatedMedia},
     http::{self, Listeners},
     media::Media,
+    presence::Presence,
     push::pushers::Push,
     rooms::Rooms,
     shutdown::Shutdown,

@@ -20,10 +20,10 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
-use super::{Behaviour, Context, Reply, contain::contained};
 use crate::{
     Error, Result,
     accounts::now_ms,
+    actors::{Behaviour, Context, Reply, contain::contained},
     federation::SigningKey,
     limits,
     push::{
@@ -35,6 +35,8 @@ use crate::{
         self, Pdu,
         builder::{self, Position, Template},
         pdu::state_key_bytes,
+        relations::relation_of,
+        search::search_words,
         state::{self, StateMap},
         timeline,
         typing::Typing,
@@ -1326,36 +1328,4 @@ fn write_positioned(
 
 fn json_int(value: &JsonValue) -> Option<i64> {
     value.as_i64().or_else(|| value.as_str().and_then(|text| text.parse().ok()))
-}
-
-/// The `m.relates_to` target and relation type of an event.
-pub fn relation_of(pdu: &Pdu) -> Option<(OwnedEventId, String)> {
-    let content = pdu.content_value();
-    let relates_to = content.get("m.relates_to")?;
-    let rel_type = relates_to.get("rel_type")?.as_str()?.to_owned();
-    let event_id = EventId::parse(relates_to.get("event_id")?.as_str()?).ok()?;
-    Some((event_id, rel_type))
-}
-
-/// The words of a message body, as the search index stores them.
-pub fn search_words(pdu: &Pdu) -> Vec<String> {
-    if pdu.kind != TimelineEventType::RoomMessage {
-        return Vec::new();
-    }
-    let Some(body) = pdu.content_str("body") else {
-        return Vec::new();
-    };
-    let mut words: Vec<String> = tokenize(&body);
-    words.sort_unstable();
-    words.dedup();
-    words.truncate(256);
-    words
-}
-
-/// Lower-cased alphanumeric words of at most 64 bytes.
-pub fn tokenize(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|word| !word.is_empty() && word.len() <= 64)
-        .map(str::to_lowercase)
-        .collect()
 }
