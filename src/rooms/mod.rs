@@ -24,7 +24,7 @@ use ruma::{
 
 pub use self::pdu::Pdu;
 use self::{
-    actor::{RoomActor, RoomDeps, RoomMessage, SendRequest, Sent},
+    actor::{RoomActor, RoomMessage, SendRequest, Sent},
     builder::{Position, Template},
 };
 use crate::{
@@ -348,7 +348,7 @@ impl Rooms {
             mailbox_limit: config.actor_mailbox_limit.max(1),
         };
         let typing = Arc::new(typing::Typing::default());
-        let behaviour = RoomActor::new(RoomDeps {
+        let behaviour = RoomActor {
             storage: Arc::clone(&storage),
             key: Arc::clone(&key),
             server_name: config.server_name.clone(),
@@ -362,7 +362,7 @@ impl Rooms {
                 ),
             ),
             push,
-        });
+        };
         let actors = actors.registry(behaviour, limits).await?;
         Ok(Self {
             actors,
