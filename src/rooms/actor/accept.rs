@@ -116,12 +116,12 @@ impl RoomActor {
         let mut prepared = Vec::with_capacity(then.len() + 1);
         let mut pending: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
         let create = Arc::new(create);
-        self.check(&room, &create, &pending)?;
+        self.authorize(&room, &create, &pending)?;
         prepared.push(self.accept(&mut room, Arc::clone(&create), None, &mut batch).await?);
         pending.insert(create.event_id.clone(), create);
         for template in then {
             let pdu = Arc::new(self.build(&room, template)?);
-            self.check(&room, &pdu, &pending)?;
+            self.authorize(&room, &pdu, &pending)?;
             prepared.push(self.accept(&mut room, Arc::clone(&pdu), None, &mut batch).await?);
             pending.insert(pdu.event_id.clone(), pdu);
         }
@@ -146,11 +146,11 @@ impl RoomActor {
             if let Some(event_id) = TRANSACTIONS_TABLE.get(self.storage.engine(), &key)? {
                 let event_id = EventId::parse(event_id)
                     .map_err(|_| Error::internal("stored transaction event id"))?;
-                let position = rooms::event_short(&self.storage, &event_id)?
-                    .and_then(|short| {
-                        rooms::event_meta(self.storage.engine(), short).ok().flatten()
-                    })
-                    .map_or(0, |meta| meta.position);
+                let position = match rooms::event_short(&self.storage, &event_id)? {
+                    Some(short) => rooms::event_meta(self.storage.engine(), short)?
+                        .map_or(0, |meta| meta.position),
+                    None => 0,
+                };
                 return Ok((Sent { event_id, position }, None));
             }
         }
@@ -162,7 +162,7 @@ impl RoomActor {
             _ => None,
         };
         let pdu = Arc::new(self.build(room, template)?);
-        self.check(room, &pdu, &HashMap::new())?;
+        self.authorize(room, &pdu, &HashMap::new())?;
         let mut batch = Batch::new();
         let transaction = transaction
             .map(|transaction| (pdu.sender.to_string(), transaction.device, transaction.txn_id));
@@ -288,12 +288,12 @@ impl RoomActor {
         room.extremities = vec![pdu.event_id.clone()];
         room.depth = room.depth.max(pdu.depth);
 
-        let relation = relation_of(&pdu).and_then(|(parent, rel_type)| {
-            rooms::event_short(&self.storage, &parent)
-                .ok()
-                .flatten()
-                .map(|parent| (parent, rel_type))
-        });
+        let relation = match relation_of(&pdu) {
+            Some((parent, rel_type)) => {
+                rooms::event_short(&self.storage, &parent)?.map(|parent| (parent, rel_type))
+            }
+            None => None,
+        };
         // The parent now has a child. (A parent in this same commit has no meta stored yet;
         // `commit` marks it.)
         if let Some((parent, _)) = &relation
@@ -317,12 +317,11 @@ impl RoomActor {
                     },
                 )?;
                 // The root's own position stands for a thread without replies yet.
-                Some(previous.unwrap_or_else(|| {
-                    rooms::event_meta(self.storage.engine(), *root)
-                        .ok()
-                        .flatten()
-                        .map_or(0, |m| m.position)
-                }))
+                Some(match previous {
+                    Some(previous) => previous,
+                    None => rooms::event_meta(self.storage.engine(), *root)?
+                        .map_or(0, |meta| meta.position),
+                })
             }
             _ => None,
         };

@@ -1,9 +1,11 @@
 //! Building an event on a room's current state and authorising it: the auth rules, the
 //! power levels the room actor checks itself, and redactions.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{cell::RefCell, collections::HashMap, sync::Arc};
 
-use ruma::{EventId, OwnedEventId, UserId, events::StateEventType};
+use ruma::{
+    EventId, OwnedEventId, UserId, events::StateEventType, room_version_rules::AuthorizationRules,
+};
 use serde_json::Value as JsonValue;
 
 use super::{Loaded, RoomActor, json_int};
@@ -51,45 +53,37 @@ impl RoomActor {
         builder::build(template, position, &room.rules, &self.key, &self.server_name)
     }
 
-    /// Checks `pdu` against the auth rules with the room's current state.
-    pub(super) fn check(
+    /// Checks `pdu` against the auth rules with the room's current state (and `pending`,
+    /// the events of the same commit).
+    pub(super) fn authorize(
         &self,
         room: &Loaded,
         pdu: &Pdu,
         pending: &HashMap<OwnedEventId, Arc<Pdu>>,
     ) -> Result<()> {
-        let fetch_event = |event_id: &EventId| -> Option<Arc<Pdu>> {
+        let fetch_event = |event_id: &EventId| -> Result<Option<Arc<Pdu>>> {
             if let Some(pdu) = pending.get(event_id) {
-                return Some(Arc::clone(pdu));
+                return Ok(Some(Arc::clone(pdu)));
             }
-            rooms::pdu_by_id(&self.storage, event_id).ok().flatten().map(|(_, pdu)| Arc::new(pdu))
+            Ok(rooms::pdu_by_id(&self.storage, event_id)?.map(|(_, pdu)| Arc::new(pdu)))
         };
-        let fetch_state = |kind: &StateEventType, state_key: &str| -> Option<Arc<Pdu>> {
-            let key = room.keys.get(&(kind.to_string(), state_key.to_owned()))?;
-            let short = room.state.get(key)?;
+        let fetch_state = |kind: &StateEventType, state_key: &str| -> Result<Option<Arc<Pdu>>> {
+            let Some(short) = room
+                .keys
+                .get(&(kind.to_string(), state_key.to_owned()))
+                .and_then(|key| room.state.get(key))
+            else {
+                return Ok(None);
+            };
             if let Some(pdu) = room.cache.get(short) {
-                return Some(Arc::clone(pdu));
+                return Ok(Some(Arc::clone(pdu)));
             }
             if let Some(pdu) = room.event_ids.get(short).and_then(|id| pending.get(id)) {
-                return Some(Arc::clone(pdu));
+                return Ok(Some(Arc::clone(pdu)));
             }
-            rooms::pdu(self.storage.engine(), *short).ok().flatten().map(Arc::new)
+            Ok(rooms::pdu(self.storage.engine(), *short)?.map(Arc::new))
         };
-        ruma::state_res::check_state_independent_auth_rules(
-            &room.rules.authorization,
-            pdu,
-            fetch_event,
-        )
-        .and_then(|()| {
-            ruma::state_res::check_state_dependent_auth_rules(
-                &room.rules.authorization,
-                pdu,
-                fetch_state,
-            )
-        })
-        .map_err(|reason| {
-            Error::forbidden(format!("This event is not allowed in the room: {reason}."))
-        })
+        authorize(&room.rules.authorization, pdu, fetch_event, fetch_state)
     }
 
     pub(super) fn power_level(&self, room: &Loaded, user: &UserId) -> Result<i64> {
@@ -149,5 +143,119 @@ impl RoomActor {
         let already =
             rooms::event_meta(self.storage.engine(), short)?.is_some_and(|meta| meta.redacted);
         Ok((!already).then_some((short, pdu)))
+    }
+}
+
+/// Checks `pdu` against the auth rules, reading the events they need through the fetches.
+/// A fetch that fails is an error of this server, not a verdict on the event: the first
+/// such error is returned (500) instead of the "not allowed" the missing event would cause.
+fn authorize(
+    rules: &AuthorizationRules,
+    pdu: &Pdu,
+    fetch_event: impl Fn(&EventId) -> Result<Option<Arc<Pdu>>>,
+    fetch_state: impl Fn(&StateEventType, &str) -> Result<Option<Arc<Pdu>>>,
+) -> Result<()> {
+    let failure: RefCell<Option<Error>> = RefCell::new(None);
+    let record = |fetched: Result<Option<Arc<Pdu>>>| match fetched {
+        Ok(pdu) => pdu,
+        Err(error) => {
+            failure.borrow_mut().get_or_insert(error);
+            None
+        }
+    };
+    let verdict = ruma::state_res::check_state_independent_auth_rules(rules, pdu, |event_id| {
+        record(fetch_event(event_id))
+    })
+    .and_then(|()| {
+        ruma::state_res::check_state_dependent_auth_rules(rules, pdu, |kind, state_key| {
+            record(fetch_state(kind, state_key))
+        })
+    });
+    if let Some(error) = failure.into_inner() {
+        return Err(error);
+    }
+    verdict.map_err(|reason| {
+        Error::forbidden(format!("This event is not allowed in the room: {reason}."))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use ruma::{CanonicalJsonValue, RoomVersionId};
+
+    use super::*;
+
+    fn event(json: serde_json::Value) -> Arc<Pdu> {
+        let Ok(CanonicalJsonValue::Object(object)) = CanonicalJsonValue::try_from(json) else {
+            panic!("test event is canonical");
+        };
+        Arc::new(Pdu::from_json(object).expect("test event parses"))
+    }
+
+    fn create() -> Arc<Pdu> {
+        event(serde_json::json!({
+            "event_id": "$create:example.org", "room_id": "!r:example.org",
+            "sender": "@a:example.org", "type": "m.room.create", "state_key": "",
+            "origin_server_ts": 1, "depth": 1, "content": { "room_version": "11" },
+            "prev_events": [], "auth_events": [],
+        }))
+    }
+
+    /// A message from a user who never joined: the rules refuse it.
+    fn message() -> Arc<Pdu> {
+        event(serde_json::json!({
+            "event_id": "$m:example.org", "room_id": "!r:example.org",
+            "sender": "@a:example.org", "type": "m.room.message",
+            "origin_server_ts": 2, "depth": 2, "content": { "body": "hi" },
+            "prev_events": ["$create:example.org"], "auth_events": ["$create:example.org"],
+        }))
+    }
+
+    fn rules() -> AuthorizationRules {
+        RoomVersionId::V11.rules().expect("known version").authorization
+    }
+
+    fn storage_failure() -> Error {
+        Error::internal("the disk is on fire")
+    }
+
+    #[test]
+    fn with_every_event_readable_the_verdict_is_the_rules() {
+        let error = authorize(
+            &rules(),
+            &message(),
+            |_| Ok(Some(create())),
+            |kind, _| Ok((*kind == StateEventType::RoomCreate).then(create)),
+        )
+        .expect_err("a message from a non-member is refused");
+        assert_eq!(error.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn an_auth_event_that_cannot_be_read_is_a_server_error_not_a_refusal() {
+        let error =
+            authorize(&rules(), &message(), |_| Err(storage_failure()), |_, _| Ok(Some(create())))
+                .expect_err("the fetch failed");
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(error.to_string().contains("the disk is on fire"), "{error}");
+    }
+
+    #[test]
+    fn state_that_cannot_be_read_is_a_server_error_not_a_refusal() {
+        let error = authorize(
+            &rules(),
+            &message(),
+            |_| Ok(Some(create())),
+            |kind, _| {
+                if *kind == StateEventType::RoomCreate {
+                    Ok(Some(create()))
+                } else {
+                    Err(storage_failure())
+                }
+            },
+        )
+        .expect_err("the fetch failed");
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

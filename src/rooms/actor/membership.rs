@@ -69,7 +69,7 @@ impl RoomActor {
         if !matches!(rule, "restricted" | "knock_restricted") {
             return Ok(template);
         }
-        let allowed = content
+        let allow_list = content
             .get("allow")
             .and_then(JsonValue::as_array)
             .into_iter()
@@ -78,32 +78,38 @@ impl RoomActor {
                 entry.get("type").and_then(JsonValue::as_str) == Some("m.room_membership")
             })
             .filter_map(|entry| entry.get("room_id").and_then(JsonValue::as_str))
-            .filter_map(|room_id| RoomId::parse(room_id).ok())
-            .any(|room_id| {
-                rooms::is_joined(self.storage.engine(), &room_id, user).unwrap_or(false)
-            });
+            .filter_map(|room_id| RoomId::parse(room_id).ok());
+        let mut allowed = false;
+        for room_id in allow_list {
+            if rooms::is_joined(self.storage.engine(), &room_id, user)? {
+                allowed = true;
+                break;
+            }
+        }
         if !allowed {
             return Err(Error::forbidden(
                 "You need to be a member of one of the rooms this room's join rules allow, or be invited.",
             ));
         }
         let invite_level = self.required_level(room, "invite", 0)?;
-        let authoriser = room
+        let local_members = room
             .keys
             .iter()
             .filter(|((kind, _), _)| kind == "m.room.member")
             .filter_map(|((_, member), key)| {
                 Some((UserId::parse(member.as_str()).ok()?, room.state.get(key)?))
             })
-            .filter(|(member, _)| member.server_name() == self.server_name)
-            .find(|(member, short)| {
-                rooms::pdu(self.storage.engine(), **short)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|pdu| pdu.content_str("membership").as_deref() == Some("join"))
-                    && self.power_level(room, member).unwrap_or(0) >= invite_level
-            })
-            .map(|(member, _)| member)
+            .filter(|(member, _)| member.server_name() == self.server_name);
+        let mut authoriser = None;
+        for (member, short) in local_members {
+            let joined = rooms::pdu(self.storage.engine(), *short)?
+                .is_some_and(|pdu| pdu.content_str("membership").as_deref() == Some("join"));
+            if joined && self.power_level(room, &member)? >= invite_level {
+                authoriser = Some(member);
+                break;
+            }
+        }
+        let authoriser = authoriser
             .ok_or_else(|| Error::forbidden("No member of this server can authorise your join."))?;
         template.content.insert(
             "join_authorised_via_users_server".to_owned(),
