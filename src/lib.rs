@@ -6,6 +6,20 @@
 //! listeners), `media` (the content repository), `federation` (discovery, keys and signed
 //! requests between servers), `admin` (operator commands), `limits` (what input the server
 //! accepts), and `server` (starting and stopping all of it).
+//!
+//! The modules form layers; a module imports only from layers below its own, or from its own
+//! layer unless that is the front doors (`http` and `admin` never import each other). The
+//! test in `src/layering.rs` holds the code to this table:
+//!
+//! | layer | modules |
+//! |---|---|
+//! | 0 leaves | `error`, `config`, `time`, `memory`, `net`, `logging`, `shutdown`, `limits` |
+//! | 1 storage | `storage` (no domain types) |
+//! | 2 actor runtime | `actors` |
+//! | 3 domain | `accounts`, `rooms`, `presence`, `keys`, `push`, `media`, `federation`, `sync`, `appservices` |
+//! | 4 services | `services` |
+//! | 5 front doors | `http`, `admin` |
+//! | 6 root | `server`, this crate root, `main` |
 
 pub mod accounts;
 pub mod actors;
@@ -15,15 +29,19 @@ pub mod error;
 pub mod federation;
 pub mod http;
 pub mod keys;
+#[cfg(test)]
+mod layering;
 pub mod limits;
 pub mod logging;
 pub mod media;
 pub mod memory;
 pub mod net;
+pub mod presence;
 pub mod push;
 pub mod rooms;
 pub mod server;
 pub mod services;
+pub mod shutdown;
 pub mod storage;
 pub mod sync;
 

@@ -14,18 +14,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use crate::{
     Config, Error, Result, Services,
     accounts::Accounts,
-    actors::{ActorSystem, contain::contained, presence::Presence, tasks},
+    actors::{ActorSystem, contain::contained, tasks},
     admin,
     federation::{Federation, SigningKey, media::FederatedMedia},
     http::{self, Listeners},
     media::Media,
+    presence::Presence,
     push::pushers::Push,
     rooms::Rooms,
+    shutdown::Shutdown,
     storage::{self, Storage, schema::Outcome},
     sync::hub::SyncHub,
 };
@@ -151,38 +153,6 @@ async fn housekeeping(services: Arc<Services>, ticks: u64) {
         Ok(0) => {}
         Ok(purged) => tracing::info!(purged, "discarded old notifications"),
         Err(error) => tracing::warn!(%error, "purging old notifications failed"),
-    }
-}
-
-/// Tells everything that the server is stopping.
-#[derive(Clone, Debug)]
-pub struct Shutdown {
-    signal: Arc<watch::Sender<bool>>,
-}
-
-impl Default for Shutdown {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Shutdown {
-    pub fn new() -> Self {
-        Self { signal: Arc::new(watch::channel(false).0) }
-    }
-
-    pub fn trigger(&self) {
-        self.signal.send_replace(true);
-    }
-
-    pub fn is_triggered(&self) -> bool {
-        *self.signal.borrow()
-    }
-
-    /// Resolves once shutdown has been triggered.
-    pub async fn wait(self) {
-        let mut receiver = self.signal.subscribe();
-        let _ = receiver.wait_for(|stopping| *stopping).await;
     }
 }
 

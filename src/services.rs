@@ -13,7 +13,7 @@ use crate::{
     federation::{Federation, SigningKey},
     media::Media,
     rooms::Rooms,
-    server::Shutdown,
+    shutdown::Shutdown,
     storage::Storage,
     sync::hub::SyncHub,
 };
@@ -24,7 +24,7 @@ pub struct Services {
     pub actors: ActorSystem,
     pub accounts: Accounts,
     pub rooms: Rooms,
-    pub presence: crate::actors::presence::Presence,
+    pub presence: crate::presence::Presence,
     /// Push rules cache and pusher actors.
     pub push: Arc<crate::push::pushers::Push>,
     /// The media repository.

@@ -1,7 +1,8 @@
 //! Accounts: who may register, who a token belongs to, User-Interactive Authentication,
 //! rate limits and the bookkeeping around users that is not a write to one user's account
-//! (those go to the user's actor, `actors::user`).
+//! (those go to the user's actor, [`actor`]).
 
+pub mod actor;
 pub mod openid;
 pub mod passwords;
 pub mod rate_limit;
@@ -18,13 +19,14 @@ use dashmap::DashMap;
 use regex::Regex;
 use ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId, UserId, api::client::uiaa::AuthType};
 
+pub use self::actor::{
+    AccountDataUpdate, Devices, PushRulesUpdate, SessionRequest, UserActor, UserMessage,
+    WrittenActions,
+};
 use self::{rate_limit::RateLimiter, tokens::TokenCache, uia::Uia};
 use crate::{
     Config, Error, Result,
-    actors::{
-        ActorSystem, Limits, Registry, Reply,
-        user::{UserActor, UserMessage},
-    },
+    actors::{ActorSystem, Limits, Registry, Reply},
     storage::{
         Batch, Storage,
         codec::Json,

@@ -6,10 +6,7 @@
 
 pub mod contain;
 pub mod keyed;
-pub mod presence;
-pub mod room;
 pub mod tasks;
-pub mod user;
 
 use std::time::Duration;
 

@@ -12,8 +12,9 @@ use serde_json::json;
 
 use crate::{
     Error, Result, Services,
+    accounts::UserMessage,
     accounts::now_ms,
-    actors::{contain::contained, tasks, user::UserMessage},
+    actors::{contain::contained, tasks},
     http::client::rooms::{self as room_api, send_membership},
     rooms::{builder::Template, pdu::canonical_content},
     storage::{

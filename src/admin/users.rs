@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::{
     Error, Result, Services,
     accounts::{Accounts, now_ms, passwords},
-    actors::user::{Devices, UserMessage},
+    accounts::{Devices, UserMessage},
     storage::{
         Batch, Direction,
         codec::Json,

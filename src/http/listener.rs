@@ -64,7 +64,7 @@ use super::held::ConnectionFlushes;
 use crate::{
     Config,
     actors::{contain::contained, tasks},
-    server::Shutdown,
+    shutdown::Shutdown,
 };
 
 /// What every connection of a listener is held to (see the module documentation).

@@ -31,7 +31,7 @@ use self::listener::ConnectionLimits;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use self::routes::{BodyKind, Routes};
-use crate::{Error, Result, Services, server::Shutdown};
+use crate::{Error, Result, Services, shutdown::Shutdown};
 
 /// Every route the application router serves, with how each reads its body.
 pub fn routes(services: &Arc<Services>) -> Routes {

@@ -1,11 +1,14 @@
 //! Rooms: events, state, membership and the read paths over them. Writes happen in the
-//! room's actor (`actors::room`); everything here reads (and, for the space hierarchy, asks
+//! room's actor ([`actor`]); everything here reads (and, for the space hierarchy, asks
 //! other servers about rooms this server is not in).
 
+pub mod actor;
 pub mod builder;
 pub mod directory;
 pub mod filter;
 pub mod pdu;
+pub mod relations;
+pub mod search;
 pub mod spaces;
 pub mod state;
 pub mod summary;
@@ -19,14 +22,14 @@ use ruma::{
     api::error::ErrorKind,
 };
 
-use self::builder::{Position, Template};
 pub use self::pdu::Pdu;
+use self::{
+    actor::{RoomActor, RoomMessage, SendRequest, Sent},
+    builder::{Position, Template},
+};
 use crate::{
     Config, Error, Result,
-    actors::{
-        ActorSystem, Limits, Registry,
-        room::{RoomActor, RoomDeps, RoomMessage, SendRequest, Sent},
-    },
+    actors::{ActorSystem, Limits, Registry},
     federation::SigningKey,
     storage::{
         Namespace, Read, Storage,
@@ -345,7 +348,7 @@ impl Rooms {
             mailbox_limit: config.actor_mailbox_limit.max(1),
         };
         let typing = Arc::new(typing::Typing::default());
-        let behaviour = RoomActor::new(RoomDeps {
+        let behaviour = RoomActor {
             storage: Arc::clone(&storage),
             key: Arc::clone(&key),
             server_name: config.server_name.clone(),
@@ -359,7 +362,7 @@ impl Rooms {
                 ),
             ),
             push,
-        });
+        };
         let actors = actors.registry(behaviour, limits).await?;
         Ok(Self {
             actors,

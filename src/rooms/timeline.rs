@@ -375,8 +375,7 @@ fn aggregate(
     let redacted = is_redacted(pdu);
     // An edit of an edit is not valid, so an edit's own edits need no scan.
     let editable = !redacted
-        && crate::actors::room::relation_of(pdu)
-            .is_none_or(|(_, rel_type)| rel_type != "m.replace");
+        && super::relations::relation_of(pdu).is_none_or(|(_, rel_type)| rel_type != "m.replace");
     let edits = if editable { relation_rows(storage, short, "m.replace")?.0 } else { Vec::new() };
     let (thread, thread_total) = relation_rows(storage, short, "m.thread")?;
     let (references, _) = relation_rows(storage, short, "m.reference")?;

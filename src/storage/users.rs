@@ -1,5 +1,5 @@
 //! Accounts at rest: users, their devices and tokens, registration tokens, profiles and
-//! filters. Only the user's actor writes these (see `actors::user`); anyone may read them.
+//! filters. Only the user's actor writes these (see `accounts::actor`); anyone may read them.
 
 use ruma::{OwnedDeviceId, OwnedUserId};
 use serde::{Deserialize, Serialize};

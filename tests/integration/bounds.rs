@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tuwunel::{
     Services,
-    actors::user::UserMessage,
+    accounts::UserMessage,
     limits,
     storage::{
         Batch,
@@ -70,7 +70,7 @@ async fn push_rules_are_bounded_in_number_and_in_wildcard_patterns() {
 
     // As many rules of one's own as the bound allows (muted rooms, say)...
     let services = services(&server);
-    let update: tuwunel::actors::user::PushRulesUpdate = Box::new(|rules| {
+    let update: tuwunel::accounts::PushRulesUpdate = Box::new(|rules| {
         for n in 0..limits::MAX_PUSH_RULES - 3 {
             let sender = format!("@muted{n}:example.org").try_into().expect("user id");
             let rule = ruma::push::NewSimplePushRule::new(sender, vec![]);

@@ -154,7 +154,7 @@ async fn concurrent_updates_cannot_take_a_profile_past_its_limit_together() {
 /// event must not join them again: the room's actor sends it only while they are joined.
 #[tokio::test]
 async fn a_profile_update_computed_before_a_leave_does_not_join_again() {
-    use tuwunel::{actors::room::SendRequest, rooms::builder::Template};
+    use tuwunel::rooms::{actor::SendRequest, builder::Template};
 
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;

@@ -11,12 +11,12 @@ use super::register::Checks;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
+    accounts::{Devices, UserMessage},
     accounts::{
         passwords,
         rate_limit::Action,
         uia::{Challenge, Claim},
     },
-    actors::user::{Devices, UserMessage},
     http::ruma::{Ruma, route},
     push::pushers::PusherMessage,
 };

@@ -25,7 +25,7 @@ use super::require_self;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
-    actors::user::{AccountDataUpdate, UserMessage},
+    accounts::{AccountDataUpdate, UserMessage},
     http::{
         ruma::{Ruma, route},
         validate,

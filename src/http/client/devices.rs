@@ -13,7 +13,7 @@ use super::account::password_challenge;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
-    actors::user::{Devices, UserMessage},
+    accounts::{Devices, UserMessage},
     http::{
         ruma::{Ruma, route},
         validate,

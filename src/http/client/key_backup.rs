@@ -19,7 +19,7 @@ use serde_json::{Value as JsonValue, json};
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
-    actors::user::UserMessage,
+    accounts::UserMessage,
     http::ruma::{Ruma, route},
     keys::backup::{self, BackupCommand, KeySelection, SessionKey},
     storage::{

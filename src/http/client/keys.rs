@@ -24,7 +24,7 @@ use super::account::password_challenge;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
-    actors::user::UserMessage,
+    accounts::UserMessage,
     federation::client::OutboundError,
     http::ruma::{Ruma, route},
     keys::{

@@ -21,12 +21,13 @@ use super::require_self;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
-    actors::{room::RoomMessage, user::UserMessage},
+    accounts::UserMessage,
     http::{
         ruma::{Ruma, route},
         validate,
     },
     limits,
+    rooms::actor::RoomMessage,
     storage::{
         Direction,
         codec::{Json, prefix},

@@ -20,8 +20,8 @@ use super::register::{Checks, session_request};
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
+    accounts::{Devices, UserMessage},
     accounts::{passwords, rate_limit::Action, uia::Challenge},
-    actors::user::{Devices, UserMessage},
     http::ruma::{Ruma, route},
     storage::{codec::Json, users::REFRESH_TOKENS_TABLE},
 };

@@ -9,7 +9,7 @@ use super::require_self;
 use crate::http::routes::Routes;
 use crate::{
     Result, Services,
-    actors::user::UserMessage,
+    accounts::UserMessage,
     http::ruma::{Ruma, route},
 };
 

@@ -22,7 +22,7 @@ use super::require_self;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
-    actors::user::UserMessage,
+    accounts::UserMessage,
     http::{
         ruma::{Ruma, route},
         validate,

@@ -20,8 +20,8 @@ use serde_json::Value as JsonValue;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
+    accounts::{PushRulesUpdate, UserMessage, WrittenActions},
     accounts::{Sender, now_ms},
-    actors::user::{PushRulesUpdate, UserMessage, WrittenActions},
     http::{
         ruma::{Ruma, route, route_raw},
         validate,

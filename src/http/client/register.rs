@@ -23,7 +23,7 @@ use crate::{
         rate_limit::Action,
         uia::{Challenge, StageChecks},
     },
-    actors::user::{SessionRequest, UserMessage},
+    accounts::{SessionRequest, UserMessage},
     http::{
         ruma::{Ruma, route},
         validate,

@@ -29,8 +29,8 @@ use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::Sender,
-    actors::room::tokenize,
     http::ruma::{Ruma, route_raw},
+    rooms::search::tokenize,
     rooms::{
         self, Pdu, filter, state,
         timeline::{self, Token, Viewer},

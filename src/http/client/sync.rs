@@ -13,7 +13,7 @@ use super::filters;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
-    actors::user::UserMessage,
+    accounts::UserMessage,
     http::{
         ruma::{Ruma, route},
         validate,

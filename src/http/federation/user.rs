@@ -18,7 +18,7 @@ use serde_json::Value as JsonValue;
 use super::Signed;
 use crate::{
     Error, Result, Services,
-    actors::user::UserMessage,
+    accounts::UserMessage,
     keys::{
         query::{self, MASTER, SELF_SIGNING},
         store::KeyCommand,

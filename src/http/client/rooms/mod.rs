@@ -19,7 +19,7 @@ use ruma::{
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
-    actors::room::{SendRequest, Sent, Transaction},
+    rooms::actor::{SendRequest, Sent, Transaction},
     rooms::builder::Template,
     storage::{codec::Json, rooms::ALIASES_TABLE, users::PROFILES_TABLE},
 };

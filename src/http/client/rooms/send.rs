@@ -24,11 +24,11 @@ use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{Sender, rate_limit::Action},
-    actors::room::Transaction,
     http::{
         held::Held,
         ruma::{Ruma, RumaResponse, route, route_raw, route_with_paths},
     },
+    rooms::actor::Transaction,
     rooms::{self, builder::Template, pdu::canonical_content, state, timeline},
     storage::{codec::Json, rooms::ALIASES_TABLE},
     sync::hub::Hold,

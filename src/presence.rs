@@ -9,10 +9,10 @@ use std::{sync::Arc, time::Duration};
 use dashmap::{DashMap, DashSet};
 use ruma::{OwnedUserId, UserId};
 
-use super::{ActorSystem, Behaviour, Context, Limits, Registry, Reply};
 use crate::{
     Config, Result,
     accounts::now_ms,
+    actors::{ActorSystem, Behaviour, Context, Limits, Registry, Reply},
     storage::{
         Batch, Storage,
         codec::Json,

@@ -11,13 +11,13 @@ use std::{sync::Arc, time::Duration};
 use ruma::{OwnedDeviceId, OwnedUserId};
 use serde_json::Value as JsonValue;
 
-use super::{Behaviour, Context, Reply};
 use crate::{
     Error, Result,
     accounts::{
         now_ms, openid,
         tokens::{self, TokenCache},
     },
+    actors::{Behaviour, Context, Reply},
     keys::{
         backup::{BackupCommand, Backups},
         device_lists,

@@ -1,0 +1,522 @@
+//! Accepting and committing events: creating a room, sending an event, applying a
+//! redaction, the rows each event writes, and what follows a commit.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
+
+use ruma::{
+    EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, UserId,
+    events::TimelineEventType,
+};
+
+use super::{Loaded, RoomActor, RoomState, SendRequest, Sent};
+use crate::{
+    Error, Result,
+    accounts::now_ms,
+    push::{
+        counts as push_counts,
+        evaluate::{Outcome, write_notifications},
+    },
+    rooms::{
+        self, Pdu,
+        builder::Template,
+        pdu::state_key_bytes,
+        relations::relation_of,
+        search::search_words,
+        state::{self, StateMap},
+    },
+    storage::{
+        Batch, Namespace,
+        codec::Json,
+        push::UnreadCounts,
+        rooms::{
+            EVENT_META_TABLE, EVENT_TIMES_TABLE, EventMeta, MembershipRecord, PDUS_TABLE,
+            RELATIONS_TABLE, ROOM_HEADS_TABLE, ROOM_MEMBERS_TABLE, ROOMS_TABLE, RoomHeads,
+            RoomRecord, SEARCH_TABLE, THREADS_TABLE, TIMELINE_TABLE, TRANSACTIONS_TABLE,
+            UNREDACTED_TABLE, USER_ROOMS_TABLE, UnredactedRecord,
+        },
+        shortid::Interner,
+    },
+};
+
+/// State events kept parsed in memory per room.
+const STATE_CACHE: usize = 64;
+
+/// An event accepted but not yet committed, with the rows that need its stream position.
+pub(super) struct Prepared {
+    pdu: Arc<Pdu>,
+    short: u64,
+    meta_before: u64,
+    meta_after: u64,
+    membership: Option<(OwnedUserId, MembershipRecord)>,
+    relation: Option<(u64, String)>,
+    thread_root_previous: Option<u64>,
+    words: Vec<String>,
+    transaction: Option<(String, String, String)>,
+}
+
+/// What a commit leaves for after the reply: waking syncs and pushers.
+pub(super) struct Committed {
+    /// Users whose membership changed.
+    members: Vec<OwnedUserId>,
+    /// Local users the events notified (their pushers have work).
+    notified: Vec<OwnedUserId>,
+}
+
+impl RoomActor {
+    pub(super) async fn create(
+        &self,
+        room_id: &OwnedRoomId,
+        state: &mut RoomState,
+        create: Pdu,
+        version: RoomVersionId,
+        then: Vec<Template>,
+    ) -> Result<(Vec<Sent>, Committed)> {
+        if state.room.is_some() || rooms::room(&self.storage, room_id)?.is_some() {
+            return Err(Error::matrix(
+                axum::http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::RoomInUse,
+                "A room with this id already exists.",
+            ));
+        }
+        let rules = version.rules().ok_or_else(|| Error::internal("unsupported room version"))?;
+        let short = self
+            .storage
+            .interner()
+            .intern(&self.storage, Namespace::RoomId, room_id.as_bytes())
+            .await?;
+        let mut batch = Batch::new();
+        ROOMS_TABLE.put(
+            &mut batch,
+            &room_id.to_string(),
+            &Json(RoomRecord {
+                short,
+                version: version.clone(),
+                creator: create.sender.clone(),
+                created_ms: now_ms(),
+            }),
+        );
+        let mut room = Loaded {
+            room_id: room_id.clone(),
+            short,
+            rules,
+            state: StateMap::new(),
+            keys: HashMap::new(),
+            event_ids: HashMap::new(),
+            snapshot: state::EMPTY,
+            chain: 0,
+            extremities: Vec::new(),
+            depth: 0,
+            cache: HashMap::new(),
+            display_names: std::sync::Mutex::default(),
+            joined: std::sync::Mutex::default(),
+        };
+        let mut prepared = Vec::with_capacity(then.len() + 1);
+        let mut pending: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+        let create = Arc::new(create);
+        self.authorize(&room, &create, &pending)?;
+        prepared.push(self.accept(&mut room, Arc::clone(&create), None, &mut batch).await?);
+        pending.insert(create.event_id.clone(), create);
+        for template in then {
+            let pdu = Arc::new(self.build(&room, template)?);
+            self.authorize(&room, &pdu, &pending)?;
+            prepared.push(self.accept(&mut room, Arc::clone(&pdu), None, &mut batch).await?);
+            pending.insert(pdu.event_id.clone(), pdu);
+        }
+        let committed = self.commit(&room, prepared, batch).await?;
+        state.room = Some(room);
+        Ok(committed)
+    }
+
+    pub(super) async fn send(
+        &self,
+        room: &mut Loaded,
+        request: SendRequest,
+    ) -> Result<(Sent, Option<Committed>)> {
+        let SendRequest { template, transaction } = request;
+        if let Some(transaction) = &transaction {
+            let key = (
+                template.sender.to_string(),
+                transaction.device.clone(),
+                room.room_id.to_string(),
+                transaction.txn_id.clone(),
+            );
+            if let Some(event_id) = TRANSACTIONS_TABLE.get(self.storage.engine(), &key)? {
+                let event_id = EventId::parse(event_id)
+                    .map_err(|_| Error::internal("stored transaction event id"))?;
+                let position = match rooms::event_short(&self.storage, &event_id)? {
+                    Some(short) => rooms::event_meta(self.storage.engine(), short)?
+                        .map_or(0, |meta| meta.position),
+                    None => 0,
+                };
+                return Ok((Sent { event_id, position }, None));
+            }
+        }
+        let template = self.complete_membership(room, template)?;
+        let redaction_target = match (&template.kind, &template.redacts) {
+            (TimelineEventType::RoomRedaction, Some(target)) => {
+                self.check_redaction(room, &template.sender, target)?
+            }
+            _ => None,
+        };
+        let pdu = Arc::new(self.build(room, template)?);
+        self.authorize(room, &pdu, &HashMap::new())?;
+        let mut batch = Batch::new();
+        let transaction = transaction
+            .map(|transaction| (pdu.sender.to_string(), transaction.device, transaction.txn_id));
+        let prepared = self.accept(room, Arc::clone(&pdu), transaction, &mut batch).await?;
+        let mut rewritten = Vec::new();
+        if let Some((target_short, target)) = redaction_target {
+            self.apply_redaction(room, target_short, &target, &pdu, &mut batch)?;
+            // A redacted current state event is read from storage from now on: auth checks
+            // and push rules must see what the redaction left of it.
+            room.cache.remove(&target_short);
+            rewritten.push(target_short);
+        }
+        // Readers of the redacted event go to storage until the commit is done.
+        let _rewriting = self.storage.events().rewriting(rewritten);
+        let (mut sent, committed) = self.commit(room, vec![prepared], batch).await?;
+        let sent = sent.pop().ok_or_else(|| Error::internal("commit returned no event"))?;
+        Ok((sent, Some(committed)))
+    }
+
+    /// Replaces the stored target with its redacted form (keeping the original if configured).
+    pub(super) fn apply_redaction(
+        &self,
+        room: &Loaded,
+        short: u64,
+        target: &Pdu,
+        redaction: &Pdu,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        let redacted = target.redacted(&room.rules, redaction)?;
+        if target.kind == TimelineEventType::RoomMember
+            && let Some(user) = target.state_key.as_deref().and_then(|key| UserId::parse(key).ok())
+        {
+            room.display_names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&user);
+        }
+        if self.save_unredacted {
+            let original = target.stored_text().to_owned();
+            UNREDACTED_TABLE.put(
+                batch,
+                &short,
+                &Json(UnredactedRecord { original, redacted_ms: now_ms() }),
+            );
+        }
+        PDUS_TABLE.put(batch, &short, &redacted.to_bytes());
+        if let Some(mut meta) = rooms::event_meta(self.storage.engine(), short)? {
+            meta.redacted = true;
+            // `accept` already marked the target in this batch if the redaction relates to
+            // it; this later write of the same row must keep that mark.
+            if relation_of(redaction).is_some_and(|(parent, _)| parent == target.event_id) {
+                meta.has_children = Some(true);
+            }
+            let position = meta.position;
+            EVENT_META_TABLE.put(batch, &short, &Json(meta));
+            for word in search_words(target) {
+                SEARCH_TABLE.delete(batch, &(room.short, word, position));
+            }
+        }
+        Ok(())
+    }
+
+    /// Accepts a checked event: allocates its ids, advances the in-memory state and adds
+    /// the rows that do not need its stream position to `batch`.
+    pub(super) async fn accept(
+        &self,
+        room: &mut Loaded,
+        pdu: Arc<Pdu>,
+        transaction: Option<(String, String, String)>,
+        batch: &mut Batch,
+    ) -> Result<Prepared> {
+        let interner = self.storage.interner();
+        let short = interner.allocate();
+        Interner::record(batch, Namespace::EventId, pdu.event_id.as_bytes(), short);
+        PDUS_TABLE.put(batch, &short, &pdu.to_bytes());
+
+        let before = room.snapshot;
+        let mut membership = None;
+        if let Some(state_key) = &pdu.state_key {
+            let kind = pdu.kind.to_string();
+            let key = interner
+                .intern(&self.storage, Namespace::StateKey, &state_key_bytes(&kind, state_key))
+                .await?;
+            if let Some(replaced) = room.state.insert(key, short) {
+                room.event_ids.remove(&replaced);
+            }
+            room.event_ids.insert(short, pdu.event_id.clone());
+            room.keys.insert((kind, state_key.clone()), key);
+            let parent = (room.snapshot != state::EMPTY).then_some((room.snapshot, room.chain));
+            let (snapshot, chain) =
+                state::write(&self.storage, batch, parent, &room.state, &[(key, short)]);
+            room.snapshot = snapshot;
+            room.chain = chain;
+            if room.cache.len() >= STATE_CACHE {
+                room.cache.clear();
+            }
+            room.cache.insert(short, Arc::clone(&pdu));
+            if pdu.kind == TimelineEventType::RoomMember
+                && let Ok(user) = UserId::parse(state_key.as_str())
+            {
+                room.display_names
+                    .get_mut()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&user);
+                let value = pdu.content_str("membership").unwrap_or_default();
+                let stripped_state = if matches!(value.as_str(), "invite" | "knock") {
+                    self.stripped_state(room)?
+                } else {
+                    Vec::new()
+                };
+                membership = Some((
+                    user,
+                    MembershipRecord {
+                        membership: value,
+                        position: 0,
+                        event_id: pdu.event_id.clone(),
+                        stripped_state,
+                        forgotten: false,
+                    },
+                ));
+            }
+        }
+        room.extremities = vec![pdu.event_id.clone()];
+        room.depth = room.depth.max(pdu.depth);
+
+        let relation = match relation_of(&pdu) {
+            Some((parent, rel_type)) => {
+                rooms::event_short(&self.storage, &parent)?.map(|parent| (parent, rel_type))
+            }
+            None => None,
+        };
+        // The parent now has a child. (A parent in this same commit has no meta stored yet;
+        // `commit` marks it.)
+        if let Some((parent, _)) = &relation
+            && let Some(mut meta) = rooms::event_meta(self.storage.engine(), *parent)?
+            && meta.has_children != Some(true)
+        {
+            meta.has_children = Some(true);
+            EVENT_META_TABLE.put(batch, parent, &Json(meta));
+        }
+        let thread_root_previous = match &relation {
+            Some((root, rel_type)) if rel_type == "m.thread" => {
+                let mut previous = None;
+                RELATIONS_TABLE.scan_keys(
+                    self.storage.engine(),
+                    &crate::storage::codec::prefix2(root, &"m.thread"),
+                    None,
+                    crate::storage::Direction::Reverse,
+                    |(_, _, position)| {
+                        previous = Some(position);
+                        std::ops::ControlFlow::Break(())
+                    },
+                )?;
+                // The root's own position stands for a thread without replies yet.
+                Some(match previous {
+                    Some(previous) => previous,
+                    None => rooms::event_meta(self.storage.engine(), *root)?
+                        .map_or(0, |meta| meta.position),
+                })
+            }
+            _ => None,
+        };
+        Ok(Prepared {
+            words: search_words(&pdu),
+            pdu,
+            short,
+            meta_before: before,
+            meta_after: room.snapshot,
+            membership,
+            relation,
+            thread_root_previous,
+            transaction,
+        })
+    }
+
+    /// Commits prepared events in order with consecutive stream positions, with what their
+    /// push rules record (notifications and unread counts) in the same commit.
+    pub(super) async fn commit(
+        &self,
+        room: &Loaded,
+        prepared: Vec<Prepared>,
+        mut batch: Batch,
+    ) -> Result<(Vec<Sent>, Committed)> {
+        ROOM_HEADS_TABLE.put(
+            &mut batch,
+            &room.short,
+            &Json(RoomHeads {
+                snapshot: room.snapshot,
+                snapshot_chain: room.chain,
+                extremities: room.extremities.clone(),
+                depth: room.depth,
+            }),
+        );
+        let room_short = room.short;
+        let room_id = room.room_id.to_string();
+        let count = prepared.len() as u64;
+        let members: Vec<OwnedUserId> = prepared
+            .iter()
+            .filter_map(|prepared| prepared.membership.as_ref().map(|(user, _)| user.clone()))
+            .collect();
+        let membership_changes: Vec<(OwnedUserId, String)> = prepared
+            .iter()
+            .filter_map(|prepared| prepared.membership.as_ref())
+            .map(|(user, record)| (user.clone(), record.membership.clone()))
+            .collect();
+        let ids: Vec<OwnedEventId> =
+            prepared.iter().map(|prepared| prepared.pdu.event_id.clone()).collect();
+        let events: Vec<(Arc<Pdu>, u64, Option<String>)> = prepared
+            .iter()
+            .map(|prepared| {
+                let thread = relation_of(&prepared.pdu)
+                    .filter(|(_, rel_type)| rel_type == "m.thread")
+                    .map(|(root, _)| root.to_string());
+                (Arc::clone(&prepared.pdu), prepared.short, thread)
+            })
+            .collect();
+        // A failed evaluation costs the events their notifications, never their commit.
+        let push = match self.evaluate_push(room, &events, &membership_changes).await {
+            Ok(push) => push,
+            Err(error) => {
+                tracing::warn!(room = %room.room_id, %error, "push rule evaluation failed");
+                Outcome::default()
+            }
+        };
+        let Outcome { batch: push_batch, notifications, counts, notified } = push;
+        batch.append(push_batch);
+        // Every member's counts change with each message: the cache takes the new values
+        // rather than having each member's next /sync read them back.
+        let mut changed_by_user: HashMap<OwnedUserId, BTreeMap<String, UnreadCounts>> =
+            HashMap::new();
+        for ((user, thread), counts) in &counts {
+            changed_by_user.entry(user.clone()).or_default().insert(thread.clone(), counts.clone());
+        }
+        let counts_writing = self
+            .storage
+            .coherent()
+            .unread_counts
+            .begin(changed_by_user.keys().map(|user| (user.clone(), room_short)).collect());
+        let _memberships_writing = self.storage.coherent().memberships.begin(members.clone());
+        // Dropped before the commit, so even a commit whose outcome is unknown (the Writer
+        // stopping) cannot leave a stale list behind.
+        if !membership_changes.is_empty() {
+            *room.joined.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
+        let parents: HashSet<u64> = prepared
+            .iter()
+            .filter_map(|prepared| prepared.relation.as_ref())
+            .map(|(parent, _)| *parent)
+            .collect();
+        let positions = self
+            .storage
+            .writer()
+            .commit_with_positions(count, batch, move |batch, positions| {
+                let assigned: Vec<u64> = positions.clone().collect();
+                for (prepared, position) in prepared.into_iter().zip(positions.clone()) {
+                    let has_children = parents.contains(&prepared.short);
+                    write_positioned(batch, room_short, &room_id, prepared, position, has_children);
+                }
+                write_notifications(batch, room_short, notifications, &assigned);
+                // Counts are stamped with the last event's position: a sync that sees the
+                // events sees their counts.
+                let stamp = positions.end.saturating_sub(1);
+                for ((user, thread), counts) in counts {
+                    let changed = std::iter::once((thread, counts)).collect();
+                    push_counts::write_counts(batch, &user, room_short, changed, stamp);
+                }
+            })
+            .await?;
+        let stamp = positions.end.saturating_sub(1);
+        counts_writing.committed(|(user, _), before| match changed_by_user.get(user) {
+            Some(changed) => push_counts::with_written(before, changed, stamp),
+            None => before.clone(),
+        });
+        let committed = Committed { members, notified };
+        let sent = ids
+            .into_iter()
+            .zip(positions)
+            .map(|(event_id, position)| Sent { event_id, position })
+            .collect();
+        Ok((sent, committed))
+    }
+
+    /// After a commit (and the reply to the sender): wakes the syncs that can see the events
+    /// and the pushers of those notified.
+    pub(super) async fn after_commit(&self, room: &Loaded, committed: Committed) {
+        self.hub.room_changed(&room.room_id);
+        for member in &committed.members {
+            // Invites and joins reach users who are not yet waiting on the room.
+            self.hub.user_changed(member);
+        }
+        for user in &committed.notified {
+            self.push.wake(user).await;
+        }
+    }
+}
+
+/// The rows of an event that carry its stream position.
+fn write_positioned(
+    batch: &mut Batch,
+    room: u64,
+    room_id: &str,
+    prepared: Prepared,
+    position: u64,
+    has_children: bool,
+) {
+    let Prepared {
+        pdu,
+        short,
+        meta_before,
+        meta_after,
+        membership,
+        relation,
+        thread_root_previous,
+        words,
+        transaction,
+    } = prepared;
+    let sent_by = transaction.as_ref().map(|(_, device, txn)| (device.clone(), txn.clone()));
+    EVENT_META_TABLE.put(
+        batch,
+        &short,
+        &Json(EventMeta {
+            room,
+            position,
+            state_before: meta_before,
+            state_after: meta_after,
+            redacted: false,
+            transaction: sent_by,
+            has_children: Some(has_children),
+        }),
+    );
+    TIMELINE_TABLE.put(batch, &(room, position), &short);
+    EVENT_TIMES_TABLE.put(batch, &(room, u64::from(pdu.origin_server_ts.get()), position), &short);
+    if let Some((user, mut record)) = membership {
+        record.position = position;
+        ROOM_MEMBERS_TABLE.put(batch, &(room, user.to_string()), &Json(record.clone()));
+        USER_ROOMS_TABLE.put(batch, &(user.to_string(), room_id.to_owned()), &Json(record));
+    }
+    if let Some((parent, rel_type)) = relation {
+        if rel_type == "m.thread" {
+            if let Some(previous) = thread_root_previous {
+                THREADS_TABLE.delete(batch, &(room, previous));
+            }
+            THREADS_TABLE.put(batch, &(room, position), &parent);
+        }
+        RELATIONS_TABLE.put(batch, &(parent, rel_type, position), &short);
+    }
+    for word in words {
+        SEARCH_TABLE.put(batch, &(room, word, position), &short);
+    }
+    if let Some((user, device, txn)) = transaction {
+        TRANSACTIONS_TABLE.put(
+            batch,
+            &(user, device, room_id.to_owned(), txn),
+            &pdu.event_id.to_string(),
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! Building an event on a room's current state and authorising it: the auth rules, the
+//! power levels the room actor checks itself, and redactions.
+
+use std::{cell::RefCell, collections::HashMap, sync::Arc};
+
+use ruma::{
+    EventId, OwnedEventId, UserId, events::StateEventType, room_version_rules::AuthorizationRules,
+};
+use serde_json::Value as JsonValue;
+
+use super::{Loaded, RoomActor, json_int};
+use crate::{
+    Error, Result,
+    rooms::{
+        self, Pdu,
+        builder::{self, Position, Template},
+    },
+};
+
+/// Most forward extremities a new event references.
+const MAX_PREV_EVENTS: usize = 20;
+
+impl RoomActor {
+    /// Builds an event on the current state of `room`.
+    pub(super) fn build(&self, room: &Loaded, template: Template) -> Result<Pdu> {
+        let content = serde_json::value::to_raw_value(&template.content)?;
+        let auth_types = ruma::state_res::auth_types_for_event(
+            &template.kind,
+            &template.sender,
+            template.state_key.as_deref(),
+            &content,
+            &room.rules.authorization,
+        )
+        .map_err(|error| Error::bad_json(format!("Invalid event content: {error}")))?;
+        let mut auth_events = Vec::new();
+        for (kind, state_key) in auth_types {
+            if let Some(short) =
+                room.keys.get(&(kind.to_string(), state_key)).and_then(|key| room.state.get(key))
+                && let Some(event_id) = room.event_ids.get(short)
+                && !auth_events.contains(event_id)
+            {
+                auth_events.push(event_id.clone());
+            }
+        }
+        let prev: Vec<OwnedEventId> =
+            room.extremities.iter().rev().take(MAX_PREV_EVENTS).cloned().collect();
+        let position = Position {
+            room_id: Some(&room.room_id),
+            prev_events: &prev,
+            auth_events,
+            depth: room.depth + 1,
+        };
+        builder::build(template, position, &room.rules, &self.key, &self.server_name)
+    }
+
+    /// Checks `pdu` against the auth rules with the room's current state (and `pending`,
+    /// the events of the same commit).
+    pub(super) fn authorize(
+        &self,
+        room: &Loaded,
+        pdu: &Pdu,
+        pending: &HashMap<OwnedEventId, Arc<Pdu>>,
+    ) -> Result<()> {
+        let fetch_event = |event_id: &EventId| -> Result<Option<Arc<Pdu>>> {
+            if let Some(pdu) = pending.get(event_id) {
+                return Ok(Some(Arc::clone(pdu)));
+            }
+            Ok(rooms::pdu_by_id(&self.storage, event_id)?.map(|(_, pdu)| Arc::new(pdu)))
+        };
+        let fetch_state = |kind: &StateEventType, state_key: &str| -> Result<Option<Arc<Pdu>>> {
+            let Some(short) = room
+                .keys
+                .get(&(kind.to_string(), state_key.to_owned()))
+                .and_then(|key| room.state.get(key))
+            else {
+                return Ok(None);
+            };
+            if let Some(pdu) = room.cache.get(short) {
+                return Ok(Some(Arc::clone(pdu)));
+            }
+            if let Some(pdu) = room.event_ids.get(short).and_then(|id| pending.get(id)) {
+                return Ok(Some(Arc::clone(pdu)));
+            }
+            Ok(rooms::pdu(self.storage.engine(), *short)?.map(Arc::new))
+        };
+        authorize(&room.rules.authorization, pdu, fetch_event, fetch_state)
+    }
+
+    pub(super) fn power_level(&self, room: &Loaded, user: &UserId) -> Result<i64> {
+        let create = self.current(room, "m.room.create", "")?;
+        if room.rules.authorization.explicitly_privilege_room_creators
+            && let Some(create) = &create
+        {
+            let mut creators = vec![create.sender.to_string()];
+            if let Some(JsonValue::Array(additional)) =
+                create.content_value().get("additional_creators")
+            {
+                creators.extend(additional.iter().filter_map(JsonValue::as_str).map(str::to_owned));
+            }
+            if creators.iter().any(|creator| creator == user.as_str()) {
+                return Ok(i64::MAX);
+            }
+        }
+        let Some(levels) = self.current(room, "m.room.power_levels", "")? else {
+            // Without power levels the creator has 100 and everyone else 0.
+            return Ok(if create.is_some_and(|create| create.sender == user) { 100 } else { 0 });
+        };
+        let content = levels.content_value();
+        Ok(content
+            .get("users")
+            .and_then(|users| users.get(user.as_str()))
+            .and_then(json_int)
+            .or_else(|| content.get("users_default").and_then(json_int))
+            .unwrap_or(0))
+    }
+
+    pub(super) fn required_level(&self, room: &Loaded, field: &str, default: i64) -> Result<i64> {
+        Ok(self
+            .current(room, "m.room.power_levels", "")?
+            .and_then(|levels| levels.content_value().get(field).and_then(json_int))
+            .unwrap_or(default))
+    }
+
+    /// Checks that `sender` may redact `target` and returns the target.
+    pub(super) fn check_redaction(
+        &self,
+        room: &Loaded,
+        sender: &UserId,
+        target: &EventId,
+    ) -> Result<Option<(u64, Pdu)>> {
+        let (short, pdu) = rooms::pdu_by_id(&self.storage, target)?
+            .filter(|(_, pdu)| pdu.room_id == room.room_id)
+            .ok_or_else(|| Error::not_found("The event to redact is not in this room."))?;
+        if pdu.sender != sender
+            && self.power_level(room, sender)? < self.required_level(room, "redact", 50)?
+        {
+            return Err(Error::forbidden(
+                "You may only redact your own events unless you have the power to redact.",
+            ));
+        }
+        // A second redaction is recorded but changes nothing: the event stays as the first
+        // redaction left it.
+        let already =
+            rooms::event_meta(self.storage.engine(), short)?.is_some_and(|meta| meta.redacted);
+        Ok((!already).then_some((short, pdu)))
+    }
+}
+
+/// Checks `pdu` against the auth rules, reading the events they need through the fetches.
+/// A fetch that fails is an error of this server, not a verdict on the event: the first
+/// such error is returned (500) instead of the "not allowed" the missing event would cause.
+fn authorize(
+    rules: &AuthorizationRules,
+    pdu: &Pdu,
+    fetch_event: impl Fn(&EventId) -> Result<Option<Arc<Pdu>>>,
+    fetch_state: impl Fn(&StateEventType, &str) -> Result<Option<Arc<Pdu>>>,
+) -> Result<()> {
+    let failure: RefCell<Option<Error>> = RefCell::new(None);
+    let record = |fetched: Result<Option<Arc<Pdu>>>| match fetched {
+        Ok(pdu) => pdu,
+        Err(error) => {
+            failure.borrow_mut().get_or_insert(error);
+            None
+        }
+    };
+    let verdict = ruma::state_res::check_state_independent_auth_rules(rules, pdu, |event_id| {
+        record(fetch_event(event_id))
+    })
+    .and_then(|()| {
+        ruma::state_res::check_state_dependent_auth_rules(rules, pdu, |kind, state_key| {
+            record(fetch_state(kind, state_key))
+        })
+    });
+    if let Some(error) = failure.into_inner() {
+        return Err(error);
+    }
+    verdict.map_err(|reason| {
+        Error::forbidden(format!("This event is not allowed in the room: {reason}."))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use ruma::{CanonicalJsonValue, RoomVersionId};
+
+    use super::*;
+
+    fn event(json: serde_json::Value) -> Arc<Pdu> {
+        let Ok(CanonicalJsonValue::Object(object)) = CanonicalJsonValue::try_from(json) else {
+            panic!("test event is canonical");
+        };
+        Arc::new(Pdu::from_json(object).expect("test event parses"))
+    }
+
+    fn create() -> Arc<Pdu> {
+        event(serde_json::json!({
+            "event_id": "$create:example.org", "room_id": "!r:example.org",
+            "sender": "@a:example.org", "type": "m.room.create", "state_key": "",
+            "origin_server_ts": 1, "depth": 1, "content": { "room_version": "11" },
+            "prev_events": [], "auth_events": [],
+        }))
+    }
+
+    /// A message from a user who never joined: the rules refuse it.
+    fn message() -> Arc<Pdu> {
+        event(serde_json::json!({
+            "event_id": "$m:example.org", "room_id": "!r:example.org",
+            "sender": "@a:example.org", "type": "m.room.message",
+            "origin_server_ts": 2, "depth": 2, "content": { "body": "hi" },
+            "prev_events": ["$create:example.org"], "auth_events": ["$create:example.org"],
+        }))
+    }
+
+    fn rules() -> AuthorizationRules {
+        RoomVersionId::V11.rules().expect("known version").authorization
+    }
+
+    fn storage_failure() -> Error {
+        Error::internal("the disk is on fire")
+    }
+
+    #[test]
+    fn with_every_event_readable_the_verdict_is_the_rules() {
+        let error = authorize(
+            &rules(),
+            &message(),
+            |_| Ok(Some(create())),
+            |kind, _| Ok((*kind == StateEventType::RoomCreate).then(create)),
+        )
+        .expect_err("a message from a non-member is refused");
+        assert_eq!(error.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn an_auth_event_that_cannot_be_read_is_a_server_error_not_a_refusal() {
+        let error =
+            authorize(&rules(), &message(), |_| Err(storage_failure()), |_, _| Ok(Some(create())))
+                .expect_err("the fetch failed");
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(error.to_string().contains("the disk is on fire"), "{error}");
+    }
+
+    #[test]
+    fn state_that_cannot_be_read_is_a_server_error_not_a_refusal() {
+        let error = authorize(
+            &rules(),
+            &message(),
+            |_| Ok(Some(create())),
+            |kind, _| {
+                if *kind == StateEventType::RoomCreate {
+                    Ok(Some(create()))
+                } else {
+                    Err(storage_failure())
+                }
+            },
+        )
+        .expect_err("the fetch failed");
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

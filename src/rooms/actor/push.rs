@@ -1,0 +1,185 @@
+//! Push rules at commit: what the room's members are notified of, with the room context
+//! (members, display names, power levels) the rules read.
+
+use std::sync::Arc;
+
+use ruma::{
+    Int, OwnedUserId, UserId, events::TimelineEventType, power_levels::NotificationPowerLevels,
+    push::PushConditionPowerLevelsCtx, room_version_rules::RoomPowerLevelsRules,
+};
+
+use super::{Loaded, RoomActor, json_int};
+use crate::{
+    Result, limits,
+    push::{
+        counts as push_counts,
+        evaluate::{Evaluated, Outcome, RoomContext, evaluate},
+    },
+    rooms::{Pdu, timeline},
+};
+
+impl RoomActor {
+    /// Evaluates push rules for events about to commit (`(event, short id, thread root)` in
+    /// order, changing the memberships `membership_changes`), for their commit to record.
+    pub(super) async fn evaluate_push(
+        &self,
+        room: &Loaded,
+        events: &[(Arc<Pdu>, u64, Option<String>)],
+        membership_changes: &[(OwnedUserId, String)],
+    ) -> Result<Outcome> {
+        // The members as they will be once the events commit.
+        let mut joined: Vec<OwnedUserId> = self.joined_members(room)?.as_ref().clone();
+        for (user, membership) in membership_changes {
+            joined.retain(|member| member != user);
+            if membership == "join" {
+                joined.push(user.clone());
+            }
+        }
+        let member_count = joined.len() as u64;
+        let mut local: Vec<OwnedUserId> =
+            joined.into_iter().filter(|user| user.server_name() == self.server_name).collect();
+        // An invited local user hears of the invite through their push rules too.
+        for (pdu, ..) in events {
+            if pdu.kind == TimelineEventType::RoomMember
+                && pdu.content_str("membership").as_deref() == Some("invite")
+                && let Some(target) =
+                    pdu.state_key.as_deref().and_then(|key| UserId::parse(key).ok())
+                && target.server_name() == self.server_name
+                && !local.contains(&target)
+            {
+                local.push(target);
+            }
+        }
+        // Sending an event reads everything before it (in its thread, or the main timeline):
+        // every unread row there is, since the event is newer than all of them.
+        let mut outcome = Outcome::default();
+        for (pdu, _, thread) in events {
+            if pdu.sender.server_name() != self.server_name {
+                continue;
+            }
+            let scope = thread.as_deref().unwrap_or("main");
+            let changed = push_counts::read_up_to(
+                self.storage.engine(),
+                &pdu.sender,
+                room.short,
+                u64::MAX,
+                Some(scope),
+                &mut outcome.batch,
+            )?;
+            for (thread, counts) in changed {
+                outcome.counts.insert((pdu.sender.clone(), thread), counts);
+            }
+        }
+        let senders: Vec<&UserId> = events.iter().map(|(pdu, ..)| pdu.sender.as_ref()).collect();
+        let has_recipients = local.iter().any(|user| !senders.contains(&user.as_ref()));
+        if !has_recipients {
+            return Ok(outcome);
+        }
+        // Display names only match a `content.body`; events without one (joins, state) skip
+        // reading every member's event.
+        let any_body = events.iter().any(|(pdu, ..)| pdu.content_str("body").is_some());
+        let mut recipients = Vec::with_capacity(local.len());
+        for user in local {
+            let name = if any_body {
+                self.display_name(room, &user)?
+            } else {
+                user.localpart().to_owned()
+            };
+            recipients.push((user, name));
+        }
+        let context = RoomContext {
+            room_id: room.room_id.clone(),
+            room_short: room.short,
+            member_count,
+            power_levels: self.push_power_levels(room)?,
+            recipients,
+        };
+        let evaluated: Vec<Evaluated<'_>> = events
+            .iter()
+            .enumerate()
+            .map(|(index, (pdu, short, thread))| Evaluated {
+                pdu,
+                short: *short,
+                index,
+                thread: thread.clone(),
+            })
+            .collect();
+        evaluate(&self.storage, &self.push.rules, &context, &evaluated, &mut outcome).await?;
+        Ok(outcome)
+    }
+
+    /// The room's joined members as of the last commit.
+    pub(super) fn joined_members(&self, room: &Loaded) -> Result<Arc<Vec<OwnedUserId>>> {
+        let cached = || room.joined.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(joined) = cached().as_ref() {
+            return Ok(Arc::clone(joined));
+        }
+        let joined: Arc<Vec<OwnedUserId>> = Arc::new(
+            timeline::joined_members(&self.storage, room.short)?
+                .into_iter()
+                .filter_map(|user| UserId::parse(user).ok())
+                .collect(),
+        );
+        *cached() = Some(Arc::clone(&joined));
+        Ok(joined)
+    }
+
+    /// `user`'s display name in the room (their localpart without one), as push rules see it.
+    pub(super) fn display_name(&self, room: &Loaded, user: &UserId) -> Result<String> {
+        let names = || room.display_names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(name) = names().get(user) {
+            return Ok(name.clone());
+        }
+        // ruma turns a display name with wildcards into a regular expression, and panics
+        // when it grows too large: a name longer than clients may set stands for nobody's.
+        let name = self
+            .current(room, "m.room.member", user.as_str())?
+            .and_then(|member| member.content_str("displayname"))
+            .filter(|name| name.chars().count() <= limits::MAX_DISPLAYNAME_CHARS)
+            .unwrap_or_else(|| user.localpart().to_owned());
+        names().insert(user.to_owned(), name.clone());
+        Ok(name)
+    }
+
+    /// The room's power levels as push conditions need them.
+    pub(super) fn push_power_levels(
+        &self,
+        room: &Loaded,
+    ) -> Result<Option<PushConditionPowerLevelsCtx>> {
+        let content = self
+            .current(room, "m.room.power_levels", "")?
+            .map(|event| event.content_value())
+            .unwrap_or_default();
+        let users = content["users"]
+            .as_object()
+            .map(|users| {
+                users
+                    .iter()
+                    .filter_map(|(user, level)| {
+                        Some((UserId::parse(user).ok()?, Int::new(json_int(level)?)?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let users_default =
+            Int::new(json_int(&content["users_default"]).unwrap_or(0)).unwrap_or_default();
+        let mut notifications = NotificationPowerLevels::new();
+        if let Some(level) = json_int(&content["notifications"]["room"]).and_then(Int::new) {
+            notifications.room = level;
+        }
+        let creators = self
+            .current(room, "m.room.create", "")?
+            .map(|create| {
+                let mut creators = vec![create.sender.clone()];
+                if let Some(extra) = create.content_value()["additional_creators"].as_array() {
+                    creators.extend(extra.iter().filter_map(|user| {
+                        user.as_str().and_then(|user| UserId::parse(user).ok())
+                    }));
+                }
+                creators
+            })
+            .unwrap_or_default();
+        let rules = RoomPowerLevelsRules::new(&room.rules.authorization, creators);
+        Ok(Some(PushConditionPowerLevelsCtx::new(users, users_default, notifications, rules)))
+    }
+}
