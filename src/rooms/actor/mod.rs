@@ -195,7 +195,7 @@ impl Behaviour for RoomActor {
                     None => Err(unknown_room()),
                 };
                 if let Err(error) = &result
-                    && matches!(error, Error::Internal(_))
+                    && error.is_internal()
                 {
                     // A failed commit (or a panic) may leave memory ahead of the database;
                     // rebuild.
