@@ -30,6 +30,7 @@ use crate::{
     shutdown::Shutdown,
     storage::{self, Storage, schema::Outcome},
     sync::hub::SyncHub,
+    time::Time,
 };
 
 /// How long actors get to drain their mailboxes.
@@ -167,8 +168,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the database and starts serving.
+    /// Opens the database and starts serving, on the system clock.
     pub async fn start(config: Config) -> Result<Self> {
+        Self::start_with(config, Time::system()).await
+    }
+
+    /// Like [`Server::start`], with the clock the server's domain time runs on (tests pass a
+    /// `time::ManualClock`).
+    pub async fn start_with(config: Config, time: Time) -> Result<Self> {
         let server_name = config.server_name.clone();
         if config.development {
             tracing::warn!(
@@ -196,7 +203,7 @@ impl Server {
             Outcome::Migrated { from } => tracing::warn!(from, "migrated the database"),
         }
 
-        let started = Self::assemble(config, Arc::clone(&storage), server_name).await;
+        let started = Self::assemble(config, Arc::clone(&storage), server_name, time).await;
         match started {
             Ok(server) => Ok(server),
             Err(error) => {
@@ -210,12 +217,13 @@ impl Server {
         config: Config,
         storage: Arc<Storage>,
         server_name: ruma::OwnedServerName,
+        time: Time,
     ) -> Result<Self> {
         claim_server_name(&storage, &server_name).await?;
         let signing_key =
             Arc::new(SigningKey::load_or_generate(&storage, server_name.clone()).await?);
         let namespace = format!("{server_name}#{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
-        let actors = ActorSystem::start(namespace).await?;
+        let actors = ActorSystem::start(namespace, time.clone()).await?;
         let hub = Arc::new(SyncHub::default());
         let accounts =
             Accounts::start(&config, Arc::clone(&storage), &actors, Arc::clone(&hub)).await?;
@@ -256,6 +264,7 @@ impl Server {
             federation,
             metrics,
             started: Instant::now(),
+            time,
             shutdown: shutdown.clone(),
         });
         if let Err(error) = admin::room::ensure(&services).await {
