@@ -138,6 +138,7 @@ async fn housekeeping(services: Arc<Services>, ticks: u64) {
     match crate::rooms::purge_unredacted(
         &services.storage,
         services.config.redaction_retention_seconds,
+        services.time.now_ms(),
     )
     .await
     {
@@ -148,6 +149,7 @@ async fn housekeeping(services: Arc<Services>, ticks: u64) {
     match crate::push::retention::purge_notifications(
         &services.storage,
         services.config.notification_retention_seconds,
+        services.time.now_ms(),
     )
     .await
     {
@@ -226,11 +228,14 @@ impl Server {
         let actors = ActorSystem::start(namespace, time.clone()).await?;
         let hub = Arc::new(SyncHub::default());
         let accounts =
-            Accounts::start(&config, Arc::clone(&storage), &actors, Arc::clone(&hub)).await?;
+            Accounts::start(&config, Arc::clone(&storage), &actors, Arc::clone(&hub), time.clone())
+                .await?;
         accounts.bootstrap_registration(&config).await?;
         let presence =
-            Presence::start(&config, Arc::clone(&storage), Arc::clone(&hub), &actors).await?;
-        let push = Arc::new(Push::start(&config, Arc::clone(&storage), &actors).await?);
+            Presence::start(&config, Arc::clone(&storage), Arc::clone(&hub), &actors, time.clone())
+                .await?;
+        let push =
+            Arc::new(Push::start(&config, Arc::clone(&storage), &actors, time.clone()).await?);
         let rooms = Rooms::start(
             &config,
             Arc::clone(&storage),
@@ -238,11 +243,16 @@ impl Server {
             &actors,
             Arc::clone(&hub),
             Arc::clone(&push),
+            time.clone(),
         )
         .await?;
-        let mut media = Media::start(&config, Arc::clone(&storage), &actors).await?;
-        let federation =
-            Arc::new(Federation::start(&config, Arc::clone(&storage), Arc::clone(&signing_key))?);
+        let mut media = Media::start(&config, Arc::clone(&storage), &actors, time.clone()).await?;
+        let federation = Arc::new(Federation::start(
+            &config,
+            Arc::clone(&storage),
+            Arc::clone(&signing_key),
+            time.clone(),
+        )?);
         media.set_remote(Arc::new(FederatedMedia::new(
             Arc::clone(&federation.client),
             config.request_legacy_media,

@@ -894,7 +894,7 @@ fn presence(
         }
         sharing.into_iter().collect()
     };
-    let now = crate::accounts::now_ms();
+    let now = services.time.now_ms();
     for user in candidates {
         if !allows_kind(&params.filter.presence, "m.presence") {
             break;
