@@ -71,7 +71,6 @@ const KNOWN_VIOLATIONS: &[(&str, &str)] = &[
     ("src/admin/users.rs", "http"),
     ("src/http/client/register.rs", "admin"),
     ("src/http/client/rooms/send.rs", "admin"),
-    ("src/sync/response.rs", "services"),
 ];
 
 #[test]
