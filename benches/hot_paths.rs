@@ -15,7 +15,8 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedUserId, RoomVersionId,
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId,
+    RoomVersionId,
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
 };
@@ -100,7 +101,15 @@ fn build_room(key: &SigningKey, server: &ruma::ServerName, sender: &OwnedUserId)
     let mut add = |template: Template, auth: Vec<OwnedEventId>, room: &mut Option<_>| {
         let position =
             Position { room_id: room.as_deref(), prev_events: &prev, auth_events: auth, depth };
-        let pdu = builder::build(template, position, &rules, key, server).expect("event builds");
+        let pdu = builder::build(
+            template,
+            position,
+            &rules,
+            key,
+            server,
+            MilliSecondsSinceUnixEpoch::now(),
+        )
+        .expect("event builds");
         *room = Some(pdu.room_id.clone());
         prev = vec![pdu.event_id.clone()];
         depth += 1;
@@ -167,6 +176,7 @@ fn build_room(key: &SigningKey, server: &ruma::ServerName, sender: &OwnedUserId)
         &rules,
         key,
         server,
+        MilliSecondsSinceUnixEpoch::now(),
     )
     .expect("message builds");
     Room { rules, by_id, by_state, message }
@@ -251,6 +261,7 @@ fn main() {
             &room.rules,
             &key,
             server,
+            MilliSecondsSinceUnixEpoch::now(),
         )
         .expect("builds")
     });

@@ -2,9 +2,11 @@
 //!
 //! Every fallible path that can reach a client ends in [`Error`]. Client mistakes carry the
 //! spec's error kind and a message a person can act on; internal failures (storage, I/O, a
-//! bug) are logged with their detail and answered as `500 M_UNKNOWN` without leaking it.
+//! bug) are logged with their detail and answered as `500 M_UNKNOWN` without leaking it. An
+//! internal error keeps the error that caused it, so the log shows the whole chain and callers
+//! can inspect it through [`std::error::Error::source`].
 
-use std::{borrow::Cow, fmt, time::Duration};
+use std::{borrow::Cow, error::Error as StdError, fmt, time::Duration};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +17,9 @@ use ruma::api::{
         StandardErrorBody, UnknownTokenErrorData, UserLimitExceededErrorData,
     },
 };
+
+/// The cause kept by an internal error (shared, so that the error stays `Clone`).
+pub type Source = std::sync::Arc<dyn StdError + Send + Sync + 'static>;
 
 /// Convenience alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -28,7 +33,7 @@ pub enum Error {
     /// A response with a non-standard JSON body (User-Interactive Authentication's 401).
     Json { status: StatusCode, body: serde_json::Value },
     /// Something went wrong inside the server; details are logged, not sent.
-    Internal(Cow<'static, str>),
+    Internal { message: Cow<'static, str>, source: Option<Source> },
 }
 
 impl Error {
@@ -152,14 +157,27 @@ impl Error {
     }
 
     pub fn internal(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::Internal(message.into())
+        Self::Internal { message: message.into(), source: None }
+    }
+
+    /// An internal error caused by `source`: `message` says what the server was doing.
+    pub fn internal_from(
+        message: impl Into<Cow<'static, str>>,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Self {
+        Self::Internal { message: message.into(), source: Some(std::sync::Arc::new(source)) }
+    }
+
+    /// Whether this is a failure of the server rather than an answer to the caller.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, Self::Internal { .. })
     }
 
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Matrix { status, .. } | Self::Json { status, .. } => *status,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -170,7 +188,7 @@ impl Error {
             Self::Json { body, .. } => {
                 body.get("errcode").and_then(|code| code.as_str()).unwrap_or("M_UNKNOWN").to_owned()
             }
-            Self::Internal(_) => "M_UNKNOWN".to_owned(),
+            Self::Internal { .. } => "M_UNKNOWN".to_owned(),
         }
     }
 
@@ -189,8 +207,9 @@ impl Error {
                 ErrorBody::Standard(StandardErrorBody::new(kind, message.into_owned())),
             ),
             Self::Json { status, body } => RumaError::new(status, ErrorBody::Json(body)),
-            Self::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
+            Self::Internal { .. } => {
+                // Display walks the whole source chain.
+                tracing::error!(detail = %self, "internal error");
                 RumaError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     ErrorBody::Standard(StandardErrorBody::new(
@@ -210,12 +229,29 @@ impl fmt::Display for Error {
                 write!(f, "[{} {}] {message}", status.as_u16(), kind.errcode())
             }
             Self::Json { status, body } => write!(f, "[{}] {body}", status.as_u16()),
-            Self::Internal(detail) => write!(f, "internal error: {detail}"),
+            Self::Internal { message, source } => {
+                write!(f, "internal error: {message}")?;
+                // Most log sites print an error with `%error` and nothing more, so the causes
+                // are part of its text.
+                let mut cause = source.as_deref().map(|source| source as &dyn StdError);
+                while let Some(error) = cause {
+                    write!(f, ": {error}")?;
+                    cause = error.source();
+                }
+                Ok(())
+            }
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Self::Internal { source: Some(source), .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -229,20 +265,78 @@ impl IntoResponse for Error {
     }
 }
 
-impl From<rust_rocksdb::Error> for Error {
-    fn from(error: rust_rocksdb::Error) -> Self {
-        Self::internal(format!("database: {error}"))
-    }
-}
-
 impl From<std::io::Error> for Error {
     fn from(error: std::io::Error) -> Self {
-        Self::internal(format!("i/o: {error}"))
+        Self::internal_from("i/o", error)
     }
 }
 
 impl From<serde_json::Error> for Error {
     fn from(error: serde_json::Error) -> Self {
-        Self::internal(format!("json: {error}"))
+        Self::internal_from("json", error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(error: Error) -> (StatusCode, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        (status, serde_json::from_slice(&bytes).expect("a JSON body"))
+    }
+
+    #[tokio::test]
+    async fn internal_errors_keep_their_source_and_answer_the_same() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "disk says no");
+        let error = Error::from(io);
+        assert!(error.is_internal());
+        let source = error.source().expect("the i/o error is kept");
+        let io = source.downcast_ref::<std::io::Error>().expect("the source is the i/o error");
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+        assert_eq!(error.to_string(), "internal error: i/o: disk says no");
+
+        let (status, body) = body_of(error).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "errcode": "M_UNKNOWN",
+                "error": "Internal server error; the server log has the details.",
+            })
+        );
+    }
+
+    #[test]
+    fn the_display_walks_the_whole_chain() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("reading the catalogue")
+            }
+        }
+        impl StdError for Outer {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let error = Error::internal_from(
+            "opening the database",
+            Outer(std::io::Error::other("no such file")),
+        );
+        assert_eq!(
+            error.to_string(),
+            "internal error: opening the database: reading the catalogue: no such file"
+        );
+    }
+
+    #[test]
+    fn client_errors_are_not_internal() {
+        assert!(!Error::forbidden("no").is_internal());
+        assert!(Error::forbidden("no").source().is_none());
+        assert!(Error::internal("bug").source().is_none());
     }
 }

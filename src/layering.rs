@@ -71,8 +71,6 @@ const KNOWN_VIOLATIONS: &[(&str, &str)] = &[
     ("src/admin/users.rs", "http"),
     ("src/http/client/register.rs", "admin"),
     ("src/http/client/rooms/send.rs", "admin"),
-    ("src/storage/event_cache.rs", "rooms"),
-    ("src/sync/response.rs", "services"),
 ];
 
 #[test]

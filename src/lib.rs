@@ -44,6 +44,7 @@ pub mod services;
 pub mod shutdown;
 pub mod storage;
 pub mod sync;
+pub mod time;
 
 pub use crate::{
     config::Config,

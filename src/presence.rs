@@ -11,7 +11,6 @@ use ruma::{OwnedUserId, UserId};
 
 use crate::{
     Config, Result,
-    accounts::now_ms,
     actors::{ActorSystem, Behaviour, Context, Limits, Registry, Reply},
     storage::{
         Batch, Storage,
@@ -19,6 +18,7 @@ use crate::{
         ephemeral::{PRESENCE_STREAM_TABLE, PRESENCE_TABLE, PresenceRecord},
     },
     sync::hub::SyncHub,
+    time::Time,
 };
 
 pub enum PresenceMessage {
@@ -48,6 +48,7 @@ pub struct PresenceActor {
     settled: Arc<DashSet<OwnedUserId>>,
     idle: Duration,
     offline: Duration,
+    time: Time,
 }
 
 impl PresenceActor {
@@ -128,7 +129,7 @@ impl Behaviour for PresenceActor {
         state: &mut PresenceState,
     ) -> Result<()> {
         let user = &context.key;
-        let now = now_ms();
+        let now = self.time.now_ms();
         match message {
             PresenceMessage::Set { state: wanted, status_msg, reply } => {
                 let mut changed = wanted != state.record.state;
@@ -216,6 +217,7 @@ pub struct Presence {
     activity: Arc<DashMap<OwnedUserId, u64>>,
     settled: Arc<DashSet<OwnedUserId>>,
     enabled: bool,
+    time: Time,
 }
 
 impl Presence {
@@ -224,6 +226,7 @@ impl Presence {
         storage: Arc<Storage>,
         hub: Arc<SyncHub>,
         system: &ActorSystem,
+        time: Time,
     ) -> Result<Self> {
         let activity = Arc::new(DashMap::new());
         let settled = Arc::new(DashSet::new());
@@ -236,6 +239,7 @@ impl Presence {
             offline: Duration::from_secs(
                 config.presence_offline_timeout_s.max(config.presence_idle_timeout_s).max(1),
             ),
+            time: time.clone(),
         };
         let limits = Limits {
             idle_timeout: Duration::from_secs(config.actor_idle_timeout_s.max(1)),
@@ -246,6 +250,7 @@ impl Presence {
             activity,
             settled,
             enabled: config.allow_local_presence,
+            time,
         };
         // Users left online or idle by the last run get their timers back (and go offline
         // at once if they were away longer than the offline timeout).
@@ -282,7 +287,7 @@ impl Presence {
         // Recorded before looking, so a check that unsettles the user meanwhile either sees
         // this activity or leaves the user unsettled for the message below.
         if self.settled.contains(user) {
-            self.activity.insert(user.to_owned(), now_ms());
+            self.activity.insert(user.to_owned(), self.time.now_ms());
             if self.settled.contains(user) {
                 return Ok(());
             }

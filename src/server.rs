@@ -30,6 +30,7 @@ use crate::{
     shutdown::Shutdown,
     storage::{self, Storage, schema::Outcome},
     sync::hub::SyncHub,
+    time::Time,
 };
 
 /// How long actors get to drain their mailboxes.
@@ -137,6 +138,7 @@ async fn housekeeping(services: Arc<Services>, ticks: u64) {
     match crate::rooms::purge_unredacted(
         &services.storage,
         services.config.redaction_retention_seconds,
+        services.time.now_ms(),
     )
     .await
     {
@@ -147,6 +149,7 @@ async fn housekeeping(services: Arc<Services>, ticks: u64) {
     match crate::push::retention::purge_notifications(
         &services.storage,
         services.config.notification_retention_seconds,
+        services.time.now_ms(),
     )
     .await
     {
@@ -167,8 +170,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the database and starts serving.
+    /// Opens the database and starts serving, on the system clock.
     pub async fn start(config: Config) -> Result<Self> {
+        Self::start_with(config, Time::system()).await
+    }
+
+    /// Like [`Server::start`], with the clock the server's domain time runs on (tests pass a
+    /// `time::ManualClock`).
+    pub async fn start_with(config: Config, time: Time) -> Result<Self> {
         let server_name = config.server_name.clone();
         if config.development {
             tracing::warn!(
@@ -196,7 +205,7 @@ impl Server {
             Outcome::Migrated { from } => tracing::warn!(from, "migrated the database"),
         }
 
-        let started = Self::assemble(config, Arc::clone(&storage), server_name).await;
+        let started = Self::assemble(config, Arc::clone(&storage), server_name, time).await;
         match started {
             Ok(server) => Ok(server),
             Err(error) => {
@@ -210,19 +219,23 @@ impl Server {
         config: Config,
         storage: Arc<Storage>,
         server_name: ruma::OwnedServerName,
+        time: Time,
     ) -> Result<Self> {
         claim_server_name(&storage, &server_name).await?;
         let signing_key =
             Arc::new(SigningKey::load_or_generate(&storage, server_name.clone()).await?);
         let namespace = format!("{server_name}#{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
-        let actors = ActorSystem::start(namespace).await?;
+        let actors = ActorSystem::start(namespace, time.clone()).await?;
         let hub = Arc::new(SyncHub::default());
         let accounts =
-            Accounts::start(&config, Arc::clone(&storage), &actors, Arc::clone(&hub)).await?;
+            Accounts::start(&config, Arc::clone(&storage), &actors, Arc::clone(&hub), time.clone())
+                .await?;
         accounts.bootstrap_registration(&config).await?;
         let presence =
-            Presence::start(&config, Arc::clone(&storage), Arc::clone(&hub), &actors).await?;
-        let push = Arc::new(Push::start(&config, Arc::clone(&storage), &actors).await?);
+            Presence::start(&config, Arc::clone(&storage), Arc::clone(&hub), &actors, time.clone())
+                .await?;
+        let push =
+            Arc::new(Push::start(&config, Arc::clone(&storage), &actors, time.clone()).await?);
         let rooms = Rooms::start(
             &config,
             Arc::clone(&storage),
@@ -230,11 +243,16 @@ impl Server {
             &actors,
             Arc::clone(&hub),
             Arc::clone(&push),
+            time.clone(),
         )
         .await?;
-        let mut media = Media::start(&config, Arc::clone(&storage), &actors).await?;
-        let federation =
-            Arc::new(Federation::start(&config, Arc::clone(&storage), Arc::clone(&signing_key))?);
+        let mut media = Media::start(&config, Arc::clone(&storage), &actors, time.clone()).await?;
+        let federation = Arc::new(Federation::start(
+            &config,
+            Arc::clone(&storage),
+            Arc::clone(&signing_key),
+            time.clone(),
+        )?);
         media.set_remote(Arc::new(FederatedMedia::new(
             Arc::clone(&federation.client),
             config.request_legacy_media,
@@ -256,6 +274,7 @@ impl Server {
             federation,
             metrics,
             started: Instant::now(),
+            time,
             shutdown: shutdown.clone(),
         });
         if let Err(error) = admin::room::ensure(&services).await {

@@ -16,6 +16,7 @@ use crate::{
     shutdown::Shutdown,
     storage::Storage,
     sync::hub::SyncHub,
+    time::Time,
 };
 
 pub struct Services {
@@ -38,5 +39,7 @@ pub struct Services {
     /// Permits for requests in flight (`max_in_flight_requests`).
     pub in_flight: Arc<Semaphore>,
     pub started: Instant,
+    /// The clock of everything the server dates or times out (not its own housekeeping).
+    pub time: Time,
     pub shutdown: Shutdown,
 }

@@ -14,7 +14,7 @@ use serde_json::Value as JsonValue;
 use crate::{
     Error, Result,
     accounts::{
-        now_ms, openid,
+        openid,
         tokens::{self, TokenCache},
     },
     actors::{Behaviour, Context, Reply},
@@ -38,6 +38,7 @@ use crate::{
         },
     },
     sync::hub::SyncHub,
+    time::Time,
 };
 
 /// The spec's limit on a whole profile, as JSON.
@@ -215,11 +216,17 @@ pub struct UserActor {
     storage: Arc<Storage>,
     tokens: Arc<TokenCache>,
     hub: Arc<SyncHub>,
+    time: Time,
 }
 
 impl UserActor {
-    pub fn new(storage: Arc<Storage>, tokens: Arc<TokenCache>, hub: Arc<SyncHub>) -> Self {
-        Self { storage, tokens, hub }
+    pub fn new(
+        storage: Arc<Storage>,
+        tokens: Arc<TokenCache>,
+        hub: Arc<SyncHub>,
+        time: Time,
+    ) -> Self {
+        Self { storage, tokens, hub, time }
     }
 }
 
@@ -306,7 +313,7 @@ impl Behaviour for UserActor {
             }
             UserMessage::IssueOpenIdToken { ttl, reply } => {
                 let result = match require_account(state) {
-                    Ok(_) => openid::issue(&self.storage, user, ttl).await,
+                    Ok(_) => openid::issue(&self.storage, user, ttl, self.time.now_ms()).await,
                     Err(error) => Err(error),
                 };
                 let _ = reply.send(result);
@@ -386,7 +393,7 @@ impl UserActor {
     ) -> (IssuedSession, Vec<String>) {
         let access_token = tokens::generate("at");
         let access_hash = tokens::hash(&access_token);
-        let now = now_ms();
+        let now = self.time.now_ms();
         let (refresh_token, expires_in) = if request.refresh {
             let refresh = tokens::generate("rt");
             let expires_ms =
@@ -464,8 +471,10 @@ impl UserActor {
                 limits::MAX_DEVICES
             )));
         }
-        let mut device = existing
-            .unwrap_or_else(|| DeviceRecord { created_ms: now_ms(), ..DeviceRecord::default() });
+        let mut device = existing.unwrap_or_else(|| DeviceRecord {
+            created_ms: self.time.now_ms(),
+            ..DeviceRecord::default()
+        });
         if request.display_name.is_some() {
             device.display_name.clone_from(&request.display_name);
         }
@@ -495,7 +504,7 @@ impl UserActor {
         if &record.user_id != user {
             return Err(unknown());
         }
-        if record.expires_ms.is_some_and(|expiry| expiry <= now_ms()) {
+        if record.expires_ms.is_some_and(|expiry| expiry <= self.time.now_ms()) {
             return Err(Error::unknown_token(true, "The refresh token has expired; log in again."));
         }
         let key = (user.to_string(), record.device_id.to_string());

@@ -36,6 +36,7 @@ use crate::{
             RegistrationTokenRecord, USERS_TABLE, UserRecord,
         },
     },
+    time::Time,
 };
 
 /// Set once the first registered user has been made an admin.
@@ -76,6 +77,7 @@ pub struct Accounts {
     registration_token_file: Option<std::path::PathBuf>,
     open_registration: bool,
     server_user: String,
+    time: Time,
 }
 
 impl Accounts {
@@ -84,6 +86,7 @@ impl Accounts {
         storage: Arc<Storage>,
         actors: &ActorSystem,
         hub: Arc<crate::sync::hub::SyncHub>,
+        time: Time,
     ) -> Result<Self> {
         let tokens = Arc::new(TokenCache::default());
         let limits = Limits {
@@ -91,7 +94,10 @@ impl Accounts {
             mailbox_limit: config.actor_mailbox_limit.max(1),
         };
         let users = actors
-            .registry(UserActor::new(Arc::clone(&storage), Arc::clone(&tokens), hub), limits)
+            .registry(
+                UserActor::new(Arc::clone(&storage), Arc::clone(&tokens), hub, time.clone()),
+                limits,
+            )
             .await?;
         if let Some(path) = &config.registration_token_file {
             // Read again at each use (so it can be edited live), but a file that cannot be
@@ -117,8 +123,8 @@ impl Accounts {
             storage,
             users,
             tokens,
-            uia: Uia::new(Duration::from_secs(config.uia_session_timeout_s.max(1))),
-            limiter: RateLimiter::new(config),
+            uia: Uia::new(Duration::from_secs(config.uia_session_timeout_s.max(1)), time.clone()),
+            limiter: RateLimiter::new(config, time.clone()),
             last_seen: DashMap::new(),
             login_tokens: DashMap::new(),
             login_token_ttl: Duration::from_millis(config.login_token_ttl.max(1)),
@@ -129,6 +135,7 @@ impl Accounts {
             open_registration: config
                 .yes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse,
             server_user: config.server_user_localpart.clone(),
+            time,
         })
     }
 
@@ -189,7 +196,7 @@ impl Accounts {
                 record
             }
         };
-        if record.expires_ms.is_some_and(|expiry| expiry <= now_ms()) {
+        if record.expires_ms.is_some_and(|expiry| expiry <= self.time.now_ms()) {
             return Err(Error::unknown_token(true, "The access token has expired; refresh it."));
         }
         if let Some(refresh_hash) = record.minted_from.clone() {
@@ -220,7 +227,7 @@ impl Accounts {
     pub fn note_device_seen(&self, user: &UserId, device: &ruma::DeviceId, ip: Option<IpAddr>) {
         self.last_seen.insert(
             (user.to_owned(), device.to_owned()),
-            LastSeen { ip: ip.map(|ip| ip.to_string()), ts_ms: now_ms() },
+            LastSeen { ip: ip.map(|ip| ip.to_string()), ts_ms: self.time.now_ms() },
         );
     }
 
@@ -338,7 +345,7 @@ impl Accounts {
             .get(self.storage.engine(), &token.to_owned())
             .ok()
             .flatten()
-            .is_some_and(|Json(record)| record.usable(now_ms()))
+            .is_some_and(|Json(record)| record.usable(self.time.now_ms()))
     }
 
     /// Counts one completed use of an admin-issued token (configured tokens are unlimited).
@@ -352,7 +359,7 @@ impl Accounts {
         let Json(mut record) = REGISTRATION_TOKENS_TABLE
             .get(self.storage.engine(), &token.to_owned())?
             .ok_or_else(|| Error::forbidden("Invalid registration token."))?;
-        if !record.usable(now_ms()) {
+        if !record.usable(self.time.now_ms()) {
             return Err(Error::forbidden(
                 "The registration token has been used up or has expired.",
             ));
@@ -393,7 +400,7 @@ impl Accounts {
         let existing = REGISTRATION_TOKENS_TABLE
             .collect(self.storage.engine(), b"", crate::storage::Direction::Forward, usize::MAX)?
             .into_iter()
-            .find(|(_, Json(record))| record.bootstrap && record.usable(now_ms()))
+            .find(|(_, Json(record))| record.bootstrap && record.usable(self.time.now_ms()))
             .map(|(token, _)| token);
         let token = match existing {
             Some(token) => token,
@@ -458,23 +465,22 @@ impl Accounts {
     /// Issues a short-lived `m.login.token` for `user`.
     pub fn issue_login_token(&self, user: &UserId) -> Result<(String, Duration)> {
         if self.login_tokens.len() >= LOGIN_TOKEN_LIMIT {
-            self.login_tokens.retain(|_, (_, issued)| issued.elapsed() < self.login_token_ttl);
+            let now = self.time.now();
+            self.login_tokens.retain(|_, (_, issued)| {
+                now.saturating_duration_since(*issued) < self.login_token_ttl
+            });
             if self.login_tokens.len() >= LOGIN_TOKEN_LIMIT {
                 return Err(Error::limit_exceeded(Duration::from_secs(10)));
             }
         }
         let token = tokens::generate("lt");
-        self.login_tokens.insert(token.clone(), (user.to_owned(), Instant::now()));
+        self.login_tokens.insert(token.clone(), (user.to_owned(), self.time.now()));
         Ok((token, self.login_token_ttl))
     }
 
     /// Consumes a login token, returning its user if it is valid.
     pub fn take_login_token(&self, token: &str) -> Option<OwnedUserId> {
         let (_, (user, issued)) = self.login_tokens.remove(token)?;
-        (issued.elapsed() < self.login_token_ttl).then_some(user)
+        (self.time.now().saturating_duration_since(issued) < self.login_token_ttl).then_some(user)
     }
-}
-
-pub fn now_ms() -> u64 {
-    u64::from(ruma::MilliSecondsSinceUnixEpoch::now().get())
 }

@@ -11,7 +11,7 @@ use std::{ops::ControlFlow, time::Duration};
 
 use ruma::{OwnedUserId, UserId};
 
-use super::{now_ms, tokens};
+use super::tokens;
 use crate::{
     Error, Result,
     storage::{
@@ -40,9 +40,9 @@ fn tokens_of(storage: &Storage, user: &UserId) -> Result<Vec<(String, u64)>> {
     Ok(found)
 }
 
-/// Mints a token for `user` valid for `ttl`. Only the user's actor calls this.
-pub async fn issue(storage: &Storage, user: &UserId, ttl: Duration) -> Result<String> {
-    let now = now_ms();
+/// Mints a token for `user` valid for `ttl` from `now` (ms since the epoch). Only the user's
+/// actor calls this.
+pub async fn issue(storage: &Storage, user: &UserId, ttl: Duration, now: u64) -> Result<String> {
     let mut batch = Batch::new();
     let mut live = Vec::new();
     for (hash, expires) in tokens_of(storage, user)? {
@@ -81,14 +81,14 @@ pub fn revoke_all(storage: &Storage, user: &UserId, batch: &mut Batch) -> Result
     Ok(())
 }
 
-/// The user a token identifies: `None` for a token that is unknown, expired, or whose
-/// account is gone or deactivated.
-pub fn user_of(storage: &Storage, token: &str) -> Result<Option<OwnedUserId>> {
+/// The user a token identifies at `now_ms`: `None` for a token that is unknown, expired, or
+/// whose account is gone or deactivated.
+pub fn user_of(storage: &Storage, token: &str, now_ms: u64) -> Result<Option<OwnedUserId>> {
     let engine = storage.engine();
     let Some(Json(record)) = OPENID_TOKENS_TABLE.get(engine, &tokens::hash(token))? else {
         return Ok(None);
     };
-    if record.expires_ms <= now_ms() {
+    if record.expires_ms <= now_ms {
         return Ok(None);
     }
     let active = USERS_TABLE

@@ -11,7 +11,7 @@ use std::{
 
 use dashmap::DashMap;
 
-use crate::{Config, Error, Result};
+use crate::{Config, Error, Result, time::Time};
 
 /// What is being limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,6 +49,8 @@ const BUCKET_LIMIT: usize = 200_000;
 pub struct RateLimiter {
     rules: [(Action, Rule); 7],
     buckets: DashMap<(Action, String), Mutex<Bucket>>,
+    /// Buckets refill on the server's clock.
+    time: Time,
 }
 
 impl Action {
@@ -83,7 +85,7 @@ fn count_refusal(action: Action) {
 }
 
 impl RateLimiter {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, time: Time) -> Self {
         let rule = |per_second: f64, burst: u32| Rule {
             per_second: per_second.max(0.0),
             burst: f64::from(burst.max(1)),
@@ -108,6 +110,7 @@ impl RateLimiter {
                 (Action::Report, REPORT_RULE),
             ],
             buckets: DashMap::new(),
+            time,
         }
     }
 
@@ -147,13 +150,13 @@ impl RateLimiter {
         if self.buckets.len() >= BUCKET_LIMIT {
             self.prune();
         }
-        let now = Instant::now();
+        let now = self.time.now();
         let entry = self
             .buckets
             .entry((action, key.to_owned()))
             .or_insert_with(|| Mutex::new(Bucket { tokens: rule.burst, updated: now }));
         let mut bucket = entry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let refill = now.duration_since(bucket.updated).as_secs_f64() * rule.per_second;
+        let refill = now.saturating_duration_since(bucket.updated).as_secs_f64() * rule.per_second;
         bucket.tokens = (bucket.tokens + refill).min(rule.burst);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
@@ -174,7 +177,7 @@ impl RateLimiter {
     }
 
     fn prune(&self) {
-        let now = Instant::now();
+        let now = self.time.now();
         let rules = self.rules;
         self.buckets.retain(|(action, _), bucket| {
             let rule = rules
@@ -183,7 +186,8 @@ impl RateLimiter {
                 .map_or(Rule { per_second: 1.0, burst: 1.0 }, |(_, rule)| *rule);
             let bucket = bucket.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
             // A bucket that would be full again carries no information.
-            bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rule.per_second
+            bucket.tokens
+                + now.saturating_duration_since(bucket.updated).as_secs_f64() * rule.per_second
                 < rule.burst
         });
     }

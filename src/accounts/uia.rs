@@ -20,7 +20,7 @@ use ruma::{
 };
 use serde_json::{Value as JsonValue, json};
 
-use crate::{Error, Result};
+use crate::{Error, Result, time::Time};
 
 const SESSION_LIMIT: usize = 10_000;
 
@@ -101,11 +101,17 @@ enum Unusable {
 pub struct Uia {
     sessions: DashMap<String, Session>,
     lifetime: Duration,
+    time: Time,
 }
 
 impl Uia {
-    pub fn new(lifetime: Duration) -> Self {
-        Self { sessions: DashMap::new(), lifetime }
+    pub fn new(lifetime: Duration, time: Time) -> Self {
+        Self { sessions: DashMap::new(), lifetime, time }
+    }
+
+    /// How long ago a session opened at `created` was, on the server's clock.
+    fn age(&self, created: Instant) -> Duration {
+        self.time.now().saturating_duration_since(created)
     }
 
     /// Runs one round of UIA: a [`Claim`] when a flow is complete, otherwise the 401 to send.
@@ -268,13 +274,13 @@ impl Uia {
     pub fn bound_operation(&self, session: &str, endpoint: &str) -> Option<String> {
         self.sessions
             .get(session)
-            .filter(|entry| entry.endpoint == endpoint && entry.created.elapsed() < self.lifetime)
+            .filter(|entry| entry.endpoint == endpoint && self.age(entry.created) < self.lifetime)
             .and_then(|entry| entry.operation.clone())
     }
 
     fn open(&self, challenge: &Challenge<'_>) -> Result<String> {
         if self.sessions.len() >= SESSION_LIMIT {
-            self.sessions.retain(|_, session| session.created.elapsed() < self.lifetime);
+            self.sessions.retain(|_, session| self.age(session.created) < self.lifetime);
             if self.sessions.len() >= SESSION_LIMIT {
                 return Err(Error::limit_exceeded(Duration::from_secs(10)));
             }
@@ -283,7 +289,7 @@ impl Uia {
         self.sessions.insert(
             id.clone(),
             Session {
-                created: Instant::now(),
+                created: self.time.now(),
                 endpoint: challenge.endpoint,
                 user: challenge.user.map(ToOwned::to_owned),
                 operation: challenge.operation.clone(),
@@ -300,7 +306,7 @@ impl Uia {
         let Some(mut session) = self.sessions.get_mut(id) else {
             return Err(Unusable::Gone);
         };
-        if session.created.elapsed() >= self.lifetime {
+        if self.age(session.created) >= self.lifetime {
             drop(session);
             self.sessions.remove(id);
             return Err(Unusable::Gone);
@@ -418,7 +424,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_completed_session_serves_one_request_at_a_time_and_once() {
-        let uia = Uia::new(Duration::from_secs(60));
+        let uia = Uia::new(Duration::from_secs(60), Time::system());
         let session = open(&uia, None).await;
         let claim = uia.authenticate(&challenge(None), Some(&dummy(&session)), &NoChecks).await;
         let claim = claim.expect("the dummy stage completes the flow");
@@ -436,7 +442,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_operation_binds_at_the_first_request_that_names_it() {
-        let uia = Uia::new(Duration::from_secs(60));
+        let uia = Uia::new(Duration::from_secs(60), Time::system());
         // Opened without an operation (a client asking for the flows first).
         let session = open(&uia, None).await;
         let Err(Error::Json { body, .. }) = uia

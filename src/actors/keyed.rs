@@ -11,6 +11,10 @@
 //! registry's read guard on the actor's slot, and a passivating actor removes its slot under
 //! the write guard only when its count is zero. Once removed, the next message spawns a fresh
 //! actor that rebuilds its state from the database.
+//!
+//! An actor's own timers ([`Context::send_after`]) run on the server's [`Time`], so tests can
+//! move them forward; idle checks and restart backoff are the runtime's housekeeping and run
+//! on the system clock.
 
 use std::{
     fmt::Display,
@@ -30,6 +34,7 @@ use tokio::sync::{OnceCell, oneshot};
 use crate::{
     Error, Result,
     memory::{Arena, InArena},
+    time::Time,
 };
 
 /// A reply channel carried inside a message.
@@ -106,14 +111,17 @@ pub enum Envelope<M> {
 pub struct Context<B: Behaviour> {
     pub key: B::Key,
     myself: ActorRef<Envelope<B::Message>>,
+    time: Time,
 }
 
 impl<B: Behaviour> Context<B> {
-    /// Delivers `message` to this actor after `delay` (dropped if it has stopped by then).
+    /// Delivers `message` to this actor after `delay` on the server's clock (dropped if it has
+    /// stopped by then).
     pub fn send_after(&self, delay: Duration, message: B::Message) {
         let myself = self.myself.clone();
+        let sleep = self.time.sleep(delay);
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            sleep.await;
             let _ = myself.send_message(Envelope::Timer(message));
         });
     }
@@ -152,6 +160,7 @@ struct Shared<B: Behaviour> {
     behaviour: Arc<B>,
     namespace: String,
     limits: Limits,
+    time: Time,
     slots: DashMap<B::Key, Arc<Slot<B::Message>>>,
     keys_by_actor: DashMap<ActorId, Registration<B>>,
     failures: DashMap<B::Key, Failures>,
@@ -171,17 +180,20 @@ impl<B: Behaviour> Clone for Registry<B> {
 }
 
 impl<B: Behaviour> Registry<B> {
-    /// Creates the registry and its supervisor, linked under `root`.
+    /// Creates the registry and its supervisor, linked under `root`; its actors' timers run
+    /// on `time`.
     pub async fn start(
         behaviour: B,
         namespace: &str,
         limits: Limits,
+        time: Time,
         root: ActorCell,
     ) -> Result<Self> {
         let shared = Arc::new(Shared {
             behaviour: Arc::new(behaviour),
             namespace: namespace.to_owned(),
             limits,
+            time,
             slots: DashMap::new(),
             keys_by_actor: DashMap::new(),
             failures: DashMap::new(),
@@ -421,7 +433,7 @@ impl<B: Behaviour> Actor for KeyedActor<B> {
             .await
             .map_err(|error| Box::new(error) as ActorProcessingErr)?;
         let mut state = KeyedState {
-            context: Context { key, myself: myself.clone() },
+            context: Context { key, myself: myself.clone(), time: shared.time.clone() },
             slot,
             inner,
             last_activity: Instant::now(),

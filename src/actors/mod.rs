@@ -13,21 +13,23 @@ use std::time::Duration;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 pub use self::keyed::{Behaviour, Context, Limits, Registry, Reply};
-use crate::{Error, Result};
+use crate::{Error, Result, time::Time};
 
 /// The root of one server's supervision tree.
 pub struct ActorSystem {
     namespace: String,
     root: ActorRef<()>,
+    time: Time,
 }
 
 impl ActorSystem {
-    pub async fn start(namespace: String) -> Result<Self> {
+    /// Starts the root supervisor; actors' timers run on `time`.
+    pub async fn start(namespace: String, time: Time) -> Result<Self> {
         let (root, _) =
             Actor::spawn(Some(format!("{namespace}/root")), RootSupervisor, ()).await.map_err(
                 |error| Error::internal(format!("cannot start the root supervisor: {error}")),
             )?;
-        Ok(Self { namespace, root })
+        Ok(Self { namespace, root, time })
     }
 
     pub fn namespace(&self) -> &str {
@@ -44,7 +46,7 @@ impl ActorSystem {
         behaviour: B,
         limits: Limits,
     ) -> Result<Registry<B>> {
-        Registry::start(behaviour, &self.namespace, limits, self.root()).await
+        Registry::start(behaviour, &self.namespace, limits, self.time.clone(), self.root()).await
     }
 
     /// Stops whatever is still running under the root, then the root itself.

@@ -13,7 +13,6 @@ use serde_json::json;
 use crate::{
     Error, Result, Services,
     accounts::UserMessage,
-    accounts::now_ms,
     actors::{contain::contained, tasks},
     http::client::rooms::{self as room_api, send_membership},
     rooms::{builder::Template, pdu::canonical_content},
@@ -54,7 +53,7 @@ pub async fn ensure(services: &Arc<Services>) -> Result<OwnedRoomId> {
     if services.accounts.record(&server_user)?.is_none() {
         let record = UserRecord {
             password_hash: None,
-            created_ms: now_ms(),
+            created_ms: services.time.now_ms(),
             guest: false,
             admin: true,
             deactivated: false,

@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 use crate::{
     Error, Result, Services,
-    accounts::{now_ms, tokens},
+    accounts::tokens,
     storage::{
         Batch, Direction,
         codec::Json,
@@ -60,9 +60,9 @@ pub(super) async fn run(services: &Arc<Services>, command: TokenCommand) -> Resu
         TokenCommand::Issue { max_uses, max_age, once } => {
             let uses_allowed = if once { Some(1) } else { max_uses };
             let expiry_ms = match max_age {
-                Some(age) => {
-                    Some(now_ms().saturating_add(parse_duration(&age)?.as_millis() as u64))
-                }
+                Some(age) => Some(
+                    services.time.now_ms().saturating_add(parse_duration(&age)?.as_millis() as u64),
+                ),
                 None => None,
             };
             let token = tokens::generate("reg");
@@ -106,7 +106,8 @@ pub(super) async fn run(services: &Arc<Services>, command: TokenCommand) -> Resu
                         || "no expiry".to_owned(),
                         |expiry| format!("expires at {expiry} ms"),
                     );
-                    let state = if record.usable(now_ms()) { "valid" } else { "spent" };
+                    let state =
+                        if record.usable(services.time.now_ms()) { "valid" } else { "spent" };
                     let _ = writeln!(out, "- `{token}`: {uses}, {expiry}, {state}");
                     ControlFlow::Continue(())
                 },

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::{
     Error, Result, Services,
-    accounts::{Accounts, now_ms, passwords},
+    accounts::{Accounts, passwords},
     accounts::{Devices, UserMessage},
     storage::{
         Batch, Direction,
@@ -77,7 +77,7 @@ pub(super) async fn run(services: &Arc<Services>, command: UsersCommand) -> Resu
                 }
                 let record = UserRecord {
                     password_hash: Some(hash),
-                    created_ms: now_ms(),
+                    created_ms: services.time.now_ms(),
                     guest: false,
                     admin,
                     deactivated: false,

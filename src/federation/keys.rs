@@ -32,12 +32,12 @@ use super::{
 };
 use crate::{
     Error, Result,
-    accounts::now_ms,
     storage::{
         Batch, Storage,
         codec::Json,
         federation::{SERVER_KEYS_TABLE, ServerKeysRecord, StoredVerifyKey},
     },
+    time::Time,
 };
 
 /// How long other servers may cache our key document.
@@ -87,6 +87,9 @@ pub struct ServerKeys {
     flights: SingleFlight<OwnedServerName, Result<Arc<ServerKeysRecord>, KeyError>>,
     failures: Mutex<HashMap<OwnedServerName, (KeyError, Instant)>>,
     misses: Mutex<HashMap<OwnedServerName, Instant>>,
+    /// What key validity is judged by (the fetch cool-downs above are the network's own
+    /// timing and run on the system clock).
+    time: Time,
 }
 
 impl ServerKeys {
@@ -95,6 +98,7 @@ impl ServerKeys {
         signing_key: Arc<SigningKey>,
         client: Arc<FederationClient>,
         settings: KeySettings,
+        time: Time,
     ) -> Self {
         Self {
             storage,
@@ -105,12 +109,15 @@ impl ServerKeys {
             flights: SingleFlight::default(),
             failures: Mutex::new(HashMap::new()),
             misses: Mutex::new(HashMap::new()),
+            time,
         }
     }
 
     /// This server's key document, self-signed, valid for [`OWN_KEYS_VALIDITY`].
     pub fn own_document(&self) -> Result<CanonicalJsonObject> {
-        let valid_until = MilliSecondsSinceUnixEpoch::now()
+        let valid_until = self
+            .time
+            .timestamp()
             .get()
             .saturating_add(UInt::try_from(OWN_KEYS_VALIDITY.as_millis()).unwrap_or(UInt::MAX));
         let mut keys =
@@ -152,7 +159,7 @@ impl ServerKeys {
                 Err(KeyError(format!("{key_id} is not a key of this server")))
             };
         }
-        let now = now_ms();
+        let now = self.time.now_ms();
         let stored = self.stored(server).map_err(|error| KeyError(error.to_string()))?;
         if let Some(key) = stored.as_ref().and_then(|record| usable_now(record, key_id, now)) {
             return Ok(key);
@@ -162,7 +169,7 @@ impl ServerKeys {
             return Err(KeyError(format!("{server} has no current key {key_id}")));
         }
         let record = self.fetch(server).await?;
-        match usable_now(&record, key_id, now_ms()) {
+        match usable_now(&record, key_id, self.time.now_ms()) {
             Some(key) => Ok(key),
             None => {
                 self.misses
@@ -189,7 +196,7 @@ impl ServerKeys {
         }
         let stored = self.stored(server).map_err(|error| KeyError(error.to_string()))?;
         let record = match stored {
-            Some(record) if record.valid_until_ts > now_ms() => record,
+            Some(record) if record.valid_until_ts > self.time.now_ms() => record,
             _ => (*self.fetch(server).await?).clone(),
         };
         Ok(record
@@ -342,7 +349,7 @@ impl ServerKeys {
 
     /// A notary's current keys, fetched from it directly when not known.
     async fn notary_keys(&self, notary: &ServerName) -> Result<BTreeMap<String, Base64>, KeyError> {
-        let now = now_ms();
+        let now = self.time.now_ms();
         if let Ok(Some(record)) = self.stored(notary)
             && record.valid_until_ts > now
         {
@@ -350,7 +357,7 @@ impl ServerKeys {
         }
         let document = self.fetch_direct(notary).await?;
         let record = self.store(notary, document).await?;
-        Ok(current_keys(&record, now_ms()))
+        Ok(current_keys(&record, self.time.now_ms()))
     }
 
     /// Merges a checked key document into the stored record and commits it.
@@ -359,7 +366,7 @@ impl ServerKeys {
         server: &ServerName,
         document: CanonicalJsonObject,
     ) -> Result<Arc<ServerKeysRecord>, KeyError> {
-        let now = now_ms();
+        let now = self.time.now_ms();
         let previous = self.stored(server).map_err(|error| KeyError(error.to_string()))?;
         let record = merge(previous, &document, now)?;
         let mut batch = Batch::new();

@@ -39,7 +39,7 @@ use self::{
     keys::{KeySettings, ServerKeys},
     policy::ServerPolicy,
 };
-use crate::{Config, Error, Result, net::ssrf::IpDenylist, storage::Storage};
+use crate::{Config, Error, Result, net::ssrf::IpDenylist, storage::Storage, time::Time};
 
 /// Everything federation needs, built once at startup.
 pub struct Federation {
@@ -54,6 +54,7 @@ impl Federation {
         config: &Config,
         storage: Arc<Storage>,
         signing_key: Arc<SigningKey>,
+        time: Time,
     ) -> Result<Self> {
         let policy = Arc::new(ServerPolicy::from_config(config)?);
         let denylist =
@@ -106,6 +107,7 @@ impl Federation {
                 only_trusted: config.only_query_trusted_key_servers,
                 timeout,
             },
+            time,
         );
         Ok(Self { server_name: config.server_name.clone(), policy, client, keys })
     }

@@ -42,7 +42,6 @@ use self::{
 };
 use crate::{
     Config, Error, Result,
-    accounts::now_ms,
     actors::{ActorSystem, Limits, Registry, contain::contained_sync},
     federation::flight::SingleFlight,
     net::ssrf::IpDenylist,
@@ -54,6 +53,7 @@ use crate::{
             USAGE_TABLE, UsageRecord,
         },
     },
+    time::Time,
 };
 
 /// Longest a download waits for a pending upload, whatever `timeout_ms` asks (the spec
@@ -166,6 +166,8 @@ pub struct Media {
     pub allow_legacy: bool,
     /// Makes the next thumbnail's decoding panic ([`Media::inject_decoder_panic`]).
     decoder_panic: Arc<AtomicBool>,
+    /// What pending uploads and cached previews expire by.
+    time: Time,
 }
 
 impl Media {
@@ -173,6 +175,7 @@ impl Media {
         config: &Config,
         storage: Arc<Storage>,
         actors: &ActorSystem,
+        time: Time,
     ) -> Result<Self> {
         let database = config.database_path.clone();
         let store = store::blocking(move || MediaStore::open(&database)).await?;
@@ -191,6 +194,7 @@ impl Media {
                     server_name: server_name.clone(),
                     max_pending: config.max_pending_media_uploads,
                     pending_lifetime: Duration::from_secs(config.pending_media_upload_expiration_s),
+                    time: time.clone(),
                 },
                 limits,
             )
@@ -222,6 +226,7 @@ impl Media {
             max_upload: config.max_request_size.0,
             allow_legacy: config.allow_legacy_media,
             decoder_panic: Arc::default(),
+            time,
         })
     }
 
@@ -306,7 +311,9 @@ impl Media {
             None => Err(owner::unknown_reservation()),
             Some(record) if record.owner != owner.as_str() => Err(owner::not_the_uploader()),
             Some(record) if !record.is_pending() => Err(owner::already_uploaded()),
-            Some(record) if !record.pending_alive(now_ms()) => Err(owner::unknown_reservation()),
+            Some(record) if !record.pending_alive(self.time.now_ms()) => {
+                Err(owner::unknown_reservation())
+            }
             Some(_) => Ok(()),
         }
     }
@@ -442,7 +449,7 @@ impl Media {
         pending: &MediaRecord,
         timeout: Duration,
     ) -> Result<MediaRecord> {
-        let now = now_ms();
+        let now = self.time.now_ms();
         let Some(until) = pending.pending_until_ms.filter(|until| now < *until) else {
             return Err(no_such_media());
         };
@@ -458,7 +465,7 @@ impl Media {
         }
         match self.stored(&key.0, &key.1)? {
             Some(record) if !record.is_pending() => Ok(record),
-            Some(record) if record.pending_alive(now_ms()) => Err(Error::matrix(
+            Some(record) if record.pending_alive(self.time.now_ms()) => Err(Error::matrix(
                 axum::http::StatusCode::GATEWAY_TIMEOUT,
                 ErrorKind::NotYetUploaded,
                 "The content has not been uploaded yet; try again later.",

@@ -20,7 +20,6 @@ use super::{
 };
 use crate::{
     Error, Result,
-    accounts::now_ms,
     actors::{Behaviour, Context, Reply},
     storage::{
         Batch, Direction, Storage,
@@ -30,6 +29,7 @@ use crate::{
             ThumbnailRecord, USAGE_TABLE, UsageRecord,
         },
     },
+    time::Time,
 };
 
 /// Length of the media ids this server mints.
@@ -86,6 +86,7 @@ pub struct OwnerActor {
     pub(super) server_name: String,
     pub(super) max_pending: usize,
     pub(super) pending_lifetime: Duration,
+    pub(super) time: Time,
 }
 
 impl Behaviour for OwnerActor {
@@ -179,7 +180,7 @@ impl OwnerActor {
     }
 
     async fn reserve(&self, owner: &str, state: &mut OwnerState) -> Result<(String, u64)> {
-        let now = now_ms();
+        let now = self.time.now_ms();
         let mut batch = Batch::new();
         self.expire(owner, state, &mut batch, now);
         if state.pending.len() >= self.max_pending {
@@ -235,7 +236,7 @@ impl OwnerActor {
         if !record.is_pending() {
             return Err(already_uploaded());
         }
-        let now = now_ms();
+        let now = self.time.now_ms();
         let mut batch = Batch::new();
         self.expire(owner, state, &mut batch, now);
         if !record.pending_alive(now) {
@@ -288,7 +289,7 @@ impl OwnerActor {
             content_type: described.content_type,
             filename: described.filename,
             size,
-            created_ms: now_ms(),
+            created_ms: self.time.now_ms(),
             sha256: Some(file.sha256.clone()),
             pending_until_ms: None,
         };

@@ -24,7 +24,6 @@ use tokio::sync::Semaphore;
 use super::{Media, html};
 use crate::{
     Config, Error, Result,
-    accounts::now_ms,
     net::ssrf::{self, GuardedResolver, IpDenylist, Refused},
     storage::{
         Batch,
@@ -163,7 +162,7 @@ impl Previewer {
         self.policy.check_allowed(&url).map_err(forbidden)?;
         ssrf::check_url(&url, &self.denylist).map_err(forbidden)?;
 
-        let now = now_ms();
+        let now = media.time.now_ms();
         if let Some(Json(cached)) = PREVIEWS_TABLE.get(media.storage.engine(), &url.to_string())?
             && now < cached.fetched_ms.saturating_add(self.ttl_ms)
         {

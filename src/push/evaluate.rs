@@ -17,7 +17,6 @@ use serde_json::Value as JsonValue;
 use super::{counts, rules::RulesCache};
 use crate::{
     Result,
-    accounts::now_ms,
     actors::contain::{contained, contained_sync},
     limits,
     rooms::Pdu,
@@ -39,6 +38,8 @@ pub struct RoomContext {
     pub power_levels: Option<PushConditionPowerLevelsCtx>,
     /// Local users who may be notified, with their display names in the room.
     pub recipients: Vec<(OwnedUserId, String)>,
+    /// When the events are evaluated (the notifications' `ts`), in ms since the epoch.
+    pub now_ms: u64,
 }
 
 /// One event to evaluate, the `index`th of its commit.
@@ -178,7 +179,7 @@ pub async fn evaluate(
                     event: event.short,
                     actions: serde_json::to_value(&actions)?,
                     highlight,
-                    ts: now_ms(),
+                    ts: room.now_ms,
                 },
             });
             let counts_key = (user.clone(), thread.clone());

@@ -17,7 +17,6 @@ use super::{
 };
 use crate::{
     Config, Error, Result,
-    accounts::now_ms,
     actors::{ActorSystem, Behaviour, Context, Limits, Registry, Reply},
     limits, rooms,
     storage::{
@@ -28,6 +27,7 @@ use crate::{
             PUSHKEYS_TABLE, PusherRecord,
         },
     },
+    time::Time,
 };
 
 /// Notifications pushed per round before the actor yields to its mailbox.
@@ -65,6 +65,8 @@ pub struct PusherActor {
     storage: Arc<Storage>,
     client: GatewayClient,
     with_pushers: Arc<DashSet<OwnedUserId>>,
+    /// What the age of a notification is measured by.
+    time: Time,
 }
 
 /// What delivering one notification came to.
@@ -203,7 +205,7 @@ impl PusherActor {
     async fn deliver(&self, user: &UserId) -> Result<(bool, bool)> {
         let mut failed = false;
         let mut more = false;
-        let now = now_ms();
+        let now = self.time.now_ms();
         for (key, record) in self.pushers(user)? {
             let (_, app_id, pushkey) = &key;
             let Some(url) = record.pusher["data"]["url"].as_str().map(str::to_owned) else {
@@ -374,6 +376,7 @@ impl Push {
         config: &Config,
         storage: Arc<Storage>,
         system: &ActorSystem,
+        time: Time,
     ) -> Result<Self> {
         let client = GatewayClient::new(config)?;
         let limits = Limits {
@@ -385,6 +388,7 @@ impl Push {
             storage: Arc::clone(&storage),
             client,
             with_pushers: Arc::clone(&with_pushers),
+            time,
         };
         let pushers = system.registry(actor, limits).await?;
         let push = Self { rules: super::rules::RulesCache::default(), pushers, with_pushers };

@@ -6,31 +6,35 @@ use std::ops::ControlFlow;
 
 use crate::{
     Result,
-    accounts::now_ms,
     storage::{Batch, Direction, Storage, codec::Json, push::NOTIFICATIONS_TABLE},
 };
 
 /// Rows deleted per commit, to keep each batch small.
 const ROWS_PER_COMMIT: usize = 4096;
 
-/// Deletes notifications older than `retention_seconds` (0 keeps them all); returns how
-/// many were deleted. A user's entries are in stream order, which follows time, so each
-/// user's scan stops at the first entry young enough to keep.
-pub async fn purge_notifications(storage: &Storage, retention_seconds: u64) -> Result<usize> {
-    purge_notifications_in_chunks(storage, retention_seconds, ROWS_PER_COMMIT).await
+/// Deletes notifications older than `retention_seconds` before `now_ms` (0 keeps them all);
+/// returns how many were deleted. A user's entries are in stream order, which follows time,
+/// so each user's scan stops at the first entry young enough to keep.
+pub async fn purge_notifications(
+    storage: &Storage,
+    retention_seconds: u64,
+    now_ms: u64,
+) -> Result<usize> {
+    purge_notifications_in_chunks(storage, retention_seconds, now_ms, ROWS_PER_COMMIT).await
 }
 
 /// [`purge_notifications`], committing every `rows_per_commit` deletions.
 pub async fn purge_notifications_in_chunks(
     storage: &Storage,
     retention_seconds: u64,
+    now_ms: u64,
     rows_per_commit: usize,
 ) -> Result<usize> {
     let rows_per_commit = rows_per_commit.max(1);
     if retention_seconds == 0 {
         return Ok(0);
     }
-    let cutoff = now_ms().saturating_sub(retention_seconds.saturating_mul(1000));
+    let cutoff = now_ms.saturating_sub(retention_seconds.saturating_mul(1000));
     let mut purged = 0;
     let mut batch = Batch::new();
     let mut pending = 0;

@@ -20,7 +20,7 @@ pub struct Template {
     pub sender: OwnedUserId,
     /// For redactions: the event to redact.
     pub redacts: Option<OwnedEventId>,
-    /// Client-chosen timestamp (application services); now when absent.
+    /// Client-chosen timestamp (application services); the builder's `now` when absent.
     pub timestamp: Option<MilliSecondsSinceUnixEpoch>,
     /// A member event that restates a join (a profile change carried to the room): sent only
     /// if the sender is still joined when the room's actor builds it, so one computed before
@@ -79,16 +79,18 @@ fn ids(ids: &[OwnedEventId]) -> CanonicalJsonValue {
 }
 
 /// Builds, hashes and signs an event; returns it with its event id (and, for a version-12
-/// create event, the room id it defines).
+/// create event, the room id it defines). It is dated `now` (the server's clock) unless the
+/// template carries its own timestamp.
 pub fn build(
     template: Template,
     position: Position<'_>,
     rules: &RoomVersionRules,
     key: &SigningKey,
     server_name: &ruma::ServerName,
+    now: MilliSecondsSinceUnixEpoch,
 ) -> Result<Pdu> {
     check_limits(&template)?;
-    let timestamp = template.timestamp.unwrap_or_else(MilliSecondsSinceUnixEpoch::now);
+    let timestamp = template.timestamp.unwrap_or(now);
     let mut object = CanonicalJsonObject::new();
     object.insert("auth_events".to_owned(), ids(&position.auth_events));
     object.insert("prev_events".to_owned(), ids(position.prev_events));

@@ -40,6 +40,7 @@ use crate::{
         },
     },
     sync::hub::SyncHub,
+    time::Time,
 };
 
 /// The record of a room this server knows.
@@ -262,9 +263,9 @@ static LAST_CREATE_TIMESTAMP: std::sync::atomic::AtomicU64 = std::sync::atomic::
 /// not older. A version-12 room's id is the hash of its create event, so one user creating
 /// rooms with the same content in the same millisecond got the same id, and all but the
 /// first failed with `M_ROOM_IN_USE` (123 of 1,000 creations, 16 at a time, by the load test).
-fn create_timestamp() -> ruma::MilliSecondsSinceUnixEpoch {
+fn create_timestamp(time: &Time) -> ruma::MilliSecondsSinceUnixEpoch {
     use std::sync::atomic::Ordering;
-    let now = u64::from(ruma::MilliSecondsSinceUnixEpoch::now().get());
+    let now = time.now_ms();
     let previous = LAST_CREATE_TIMESTAMP
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| Some(now.max(last + 1)))
         .unwrap_or_else(|last| last);
@@ -288,10 +289,14 @@ pub fn current_state_event(
     state_event(storage, heads.snapshot, kind, state_key)
 }
 
-/// Deletes originals of redacted events kept longer than `retention_seconds`; returns how
-/// many were deleted.
-pub async fn purge_unredacted(storage: &Storage, retention_seconds: u64) -> Result<usize> {
-    let cutoff = crate::accounts::now_ms().saturating_sub(retention_seconds.saturating_mul(1000));
+/// Deletes originals of redacted events kept longer than `retention_seconds` before `now_ms`;
+/// returns how many were deleted.
+pub async fn purge_unredacted(
+    storage: &Storage,
+    retention_seconds: u64,
+    now_ms: u64,
+) -> Result<usize> {
+    let cutoff = now_ms.saturating_sub(retention_seconds.saturating_mul(1000));
     let mut expired = Vec::new();
     crate::storage::rooms::UNREDACTED_TABLE.scan(
         storage.engine(),
@@ -332,6 +337,7 @@ pub struct Rooms {
     pub hub: Arc<SyncHub>,
     /// Other servers' answers about their spaces, for the hierarchy walk.
     pub remote_spaces: spaces::RemoteSpaces,
+    time: Time,
 }
 
 impl Rooms {
@@ -342,6 +348,7 @@ impl Rooms {
         actors: &ActorSystem,
         hub: Arc<SyncHub>,
         push: Arc<crate::push::pushers::Push>,
+        time: Time,
     ) -> Result<Self> {
         let limits = Limits {
             idle_timeout: std::time::Duration::from_secs(config.actor_idle_timeout_s.max(1)),
@@ -362,6 +369,7 @@ impl Rooms {
                 ),
             ),
             push,
+            time: time.clone(),
         };
         let actors = actors.registry(behaviour, limits).await?;
         Ok(Self {
@@ -373,6 +381,7 @@ impl Rooms {
             typing,
             hub,
             remote_spaces: spaces::RemoteSpaces::default(),
+            time,
         })
     }
 
@@ -393,7 +402,7 @@ impl Rooms {
         then: Vec<Template>,
     ) -> Result<(OwnedRoomId, Vec<Sent>)> {
         if create.timestamp.is_none() {
-            create.timestamp = Some(create_timestamp());
+            create.timestamp = Some(create_timestamp(&self.time));
         }
         let rules = version.rules().ok_or_else(|| {
             Error::matrix(
@@ -410,7 +419,14 @@ impl Rooms {
             auth_events: Vec::new(),
             depth: 1,
         };
-        let create = builder::build(create, position, &rules, &self.key, &self.server_name)?;
+        let create = builder::build(
+            create,
+            position,
+            &rules,
+            &self.key,
+            &self.server_name,
+            self.time.timestamp(),
+        )?;
         let room_id = create.room_id.clone();
         let create = Box::new(create);
         let sent = self
@@ -441,8 +457,10 @@ impl Rooms {
 mod tests {
     #[test]
     fn create_timestamps_never_repeat() {
+        // A clock that stands still: only the counter keeps them apart.
+        let time = crate::time::ManualClock::new().time();
         let stamps: Vec<u64> =
-            (0..1000).map(|_| u64::from(super::create_timestamp().get())).collect();
+            (0..1000).map(|_| u64::from(super::create_timestamp(&time).get())).collect();
         assert!(stamps.windows(2).all(|pair| pair[0] < pair[1]), "{stamps:?}");
     }
 }

@@ -266,6 +266,8 @@ impl Pdu {
             event.insert("redacts".to_owned(), JsonValue::String(redacts.to_string()));
         }
         let mut unsigned = unsigned;
+        // The system clock: rendering has no server at hand, and `age` is only a hint to the
+        // client (which compares it with its own clock).
         let age =
             MilliSecondsSinceUnixEpoch::now().get().saturating_sub(self.origin_server_ts.get());
         unsigned.insert("age".to_owned(), JsonValue::from(u64::from(age)));

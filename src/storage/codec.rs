@@ -25,7 +25,7 @@ impl std::error::Error for CodecError {}
 
 impl From<CodecError> for crate::Error {
     fn from(error: CodecError) -> Self {
-        Self::internal(error.to_string())
+        Self::internal_from("storage", error)
     }
 }
 

@@ -20,6 +20,12 @@ use super::{
 };
 use crate::{Error, Result};
 
+impl From<rust_rocksdb::Error> for Error {
+    fn from(error: rust_rocksdb::Error) -> Self {
+        Self::internal_from("database", error)
+    }
+}
+
 /// Scan direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -130,10 +136,10 @@ impl Engine {
     /// Opens (creating if missing) the database with every catalogued table.
     pub fn open(options: &EngineOptions) -> Result<Self> {
         std::fs::create_dir_all(&options.path).map_err(|error| {
-            Error::internal(format!(
-                "cannot create database directory {}: {error}",
-                options.path.display()
-            ))
+            Error::internal_from(
+                format!("cannot create database directory {}", options.path.display()),
+                error,
+            )
         })?;
         let cache = Cache::new_lru_cache(options.cache_capacity_bytes);
         let db_options = db_options(options);
@@ -187,10 +193,10 @@ impl Engine {
 
         let db =
             DB::open_cf_descriptors(&db_options, &options.path, descriptors).map_err(|error| {
-                Error::internal(format!(
-                    "cannot open database at {}: {error}",
-                    options.path.display()
-                ))
+                Error::internal_from(
+                    format!("cannot open database at {}", options.path.display()),
+                    error,
+                )
             })?;
         let mut sync_write = WriteOptions::default();
         sync_write.set_sync(true);

@@ -1,5 +1,9 @@
 //! Parsed events by short id, shared by every reader.
 //!
+//! Storage knows nothing of what an event is: the cache holds whatever parsed form the
+//! domain gives it (type-erased), weighed by the size in memory the loader reports, and a
+//! reader asks for the type it expects.
+//!
 //! An event row changes only when a redaction rewrites it. The room actor brackets that
 //! commit with [`EventCache::rewriting`]: while the guard lives, readers of those events go
 //! to storage and keep nothing, and when it drops the old entries are gone. A reader that
@@ -7,22 +11,28 @@
 //! generation counter catches that: a loader whose generation moved while it loaded takes
 //! its insertion out again.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    any::Any,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use dashmap::DashSet;
 
 use super::immutable_cache::ImmutableCache;
-use crate::{Result, rooms::Pdu};
+use crate::Result;
 
-/// Bytes of memory (as [`Pdu::memory_size`] estimates them) the cache holds before it starts
-/// over: about 9,000 events (a message of a few hundred bytes of JSON takes about 1.35 KB).
+/// Bytes of memory (as the loaders estimate them) the cache holds before it starts over:
+/// about 9,000 events (a message of a few hundred bytes of JSON takes about 1.35 KB).
 const EVENT_BYTES_LIMIT: usize = 12 * 1024 * 1024;
 
+/// A parsed event, of whatever type its loader produced.
+type Entry = Arc<dyn Any + Send + Sync>;
+
 pub struct EventCache {
-    events: ImmutableCache<u64, Arc<Pdu>>,
+    events: ImmutableCache<u64, Entry>,
     generation: AtomicU64,
     /// Events whose rewrite is being committed.
     rewriting: DashSet<u64>,
@@ -53,36 +63,37 @@ impl EventCache {
         self.events.is_empty()
     }
 
-    /// The memory the held events take, as [`Pdu::memory_size`] estimates it.
+    /// The memory the held events take, as their loaders estimated it.
     pub fn bytes(&self) -> usize {
         self.events.weight()
     }
 
-    /// The event `short`, from the cache or loaded (with its size in memory) by `load`.
-    pub fn get(
+    /// The event `short` as a `T`, from the cache or loaded (with its size in memory) by
+    /// `load`. An entry of another type counts as a miss and is replaced.
+    pub fn get<T: Any + Send + Sync>(
         &self,
         short: u64,
-        load: impl FnOnce() -> Result<Option<(Pdu, usize)>>,
-    ) -> Result<Option<Arc<Pdu>>> {
+        load: impl FnOnce() -> Result<Option<(T, usize)>>,
+    ) -> Result<Option<Arc<T>>> {
         if !self.rewriting.is_empty() && self.rewriting.contains(&short) {
-            return Ok(load()?.map(|(pdu, _)| Arc::new(pdu)));
+            return Ok(load()?.map(|(event, _)| Arc::new(event)));
         }
-        if let Some(pdu) = self.events.get(&short) {
-            return Ok(Some(pdu));
+        if let Some(event) = self.events.get(&short).and_then(|entry| entry.downcast::<T>().ok()) {
+            return Ok(Some(event));
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let Some((pdu, size)) = crate::memory::long_lived(load)? else {
+        let Some((event, size)) = crate::memory::long_lived(load)? else {
             return Ok(None);
         };
-        let pdu = crate::memory::long_lived(|| {
-            let pdu = Arc::new(pdu);
-            self.events.insert(short, Arc::clone(&pdu), size);
-            pdu
+        let event = crate::memory::long_lived(|| {
+            let event = Arc::new(event);
+            self.events.insert(short, Arc::clone(&event) as Entry, size);
+            event
         });
         if self.generation.load(Ordering::SeqCst) != generation {
             self.events.remove(&short);
         }
-        Ok(Some(pdu))
+        Ok(Some(event))
     }
 
     /// Announces a commit that rewrites the stored events `shorts`; hold the guard until
@@ -125,44 +136,35 @@ impl Drop for Rewriting<'_> {
 mod tests {
     use super::*;
 
-    fn event(body: &str) -> Pdu {
-        let json = serde_json::json!({
-            "event_id": "$e:example.org",
-            "room_id": "!r:example.org",
-            "sender": "@a:example.org",
-            "type": "m.room.message",
-            "origin_server_ts": 1,
-            "content": { "body": body },
-            "prev_events": [],
-            "auth_events": [],
-            "depth": 1,
-        });
-        Pdu::from_bytes(json.to_string().as_bytes()).expect("event")
-    }
+    /// Stands in for a parsed event: storage tests cannot name the domain's type.
+    #[derive(Debug, PartialEq)]
+    struct Event(&'static str);
 
-    fn body(pdu: &Pdu) -> Option<String> {
-        pdu.content_str("body")
+    fn body(event: &Event) -> &'static str {
+        event.0
     }
 
     #[test]
     fn a_rewrite_replaces_the_cached_event() {
         let cache = EventCache::default();
-        let first = cache.get(1, || Ok(Some((event("one"), 10)))).expect("load").expect("found");
-        assert_eq!(body(&first).as_deref(), Some("one"));
-        let again = cache.get(1, || panic!("loaded twice")).expect("cached").expect("found");
-        assert_eq!(body(&again).as_deref(), Some("one"));
+        let first = cache.get(1, || Ok(Some((Event("one"), 10)))).expect("load").expect("found");
+        assert_eq!(body(&first), "one");
+        let again =
+            cache.get::<Event>(1, || panic!("loaded twice")).expect("cached").expect("found");
+        assert_eq!(body(&again), "one");
         let rewriting = cache.rewriting(vec![1]);
         // During the commit every read goes to storage, and nothing it loads is kept.
-        let during = cache.get(1, || Ok(Some((event("two"), 10)))).expect("load").expect("found");
-        assert_eq!(body(&during).as_deref(), Some("two"));
-        let during = cache.get(1, || Ok(Some((event("three"), 10)))).expect("load").expect("found");
-        assert_eq!(body(&during).as_deref(), Some("three"));
+        let during = cache.get(1, || Ok(Some((Event("two"), 10)))).expect("load").expect("found");
+        assert_eq!(body(&during), "two");
+        let during = cache.get(1, || Ok(Some((Event("three"), 10)))).expect("load").expect("found");
+        assert_eq!(body(&during), "three");
         drop(rewriting);
-        let after = cache.get(1, || Ok(Some((event("four"), 10)))).expect("load").expect("found");
-        assert_eq!(body(&after).as_deref(), Some("four"));
-        let again = cache.get(1, || panic!("loaded twice")).expect("cached").expect("found");
-        assert_eq!(body(&again).as_deref(), Some("four"));
-        assert!(cache.get(2, || Ok(None)).expect("load").is_none());
+        let after = cache.get(1, || Ok(Some((Event("four"), 10)))).expect("load").expect("found");
+        assert_eq!(body(&after), "four");
+        let again =
+            cache.get::<Event>(1, || panic!("loaded twice")).expect("cached").expect("found");
+        assert_eq!(body(&again), "four");
+        assert!(cache.get::<Event>(2, || Ok(None)).expect("load").is_none());
     }
 
     #[test]
@@ -172,12 +174,24 @@ mod tests {
         let stale = cache
             .get(1, || {
                 drop(cache.rewriting(vec![1]));
-                Ok(Some((event("old"), 10)))
+                Ok(Some((Event("old"), 10)))
             })
             .expect("load")
             .expect("found");
-        assert_eq!(body(&stale).as_deref(), Some("old"));
-        let fresh = cache.get(1, || Ok(Some((event("new"), 10)))).expect("load").expect("found");
-        assert_eq!(body(&fresh).as_deref(), Some("new"));
+        assert_eq!(body(&stale), "old");
+        let fresh = cache.get(1, || Ok(Some((Event("new"), 10)))).expect("load").expect("found");
+        assert_eq!(body(&fresh), "new");
+    }
+
+    #[test]
+    fn an_entry_of_another_type_is_a_miss() {
+        let cache = EventCache::default();
+        cache.get(1, || Ok(Some((Event("event"), 10)))).expect("load").expect("found");
+        let other = cache.get(1, || Ok(Some((7_u32, 4)))).expect("load").expect("found");
+        assert_eq!(*other, 7);
+        // The other type replaced the entry, and is now what a hit returns.
+        let again = cache.get::<u32>(1, || panic!("loaded twice")).expect("cached").expect("found");
+        assert_eq!(*again, 7);
+        assert_eq!(cache.len(), 1);
     }
 }

@@ -2,8 +2,9 @@
 //! always right, so the only policy is a bound on size (crude: past it the cache starts over,
 //! and whatever was dropped reloads from storage).
 //!
-//! - State snapshots: reading a room's state walks up to [`crate::rooms::state::FULL_EVERY`]
-//!   delta rows, and every /sync response that checks history visibility walks the same ones.
+//! - State snapshots: reading a room's state walks a chain of delta rows (the rooms domain
+//!   bounds its length), and every /sync response that checks history visibility walks the
+//!   same ones.
 //! - State lookups: the event for one state key at one snapshot, the walk's result.
 //! - State keys: the short id of an interned `(kind, state_key)` (only ids that exist: one
 //!   not interned yet may be later).

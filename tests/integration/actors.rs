@@ -13,6 +13,7 @@ use tuwunel::{
     Result,
     actors::{ActorSystem, Behaviour, Context, Limits, Registry, Reply},
     storage::{Batch, EngineOptions, Storage, Table, catalogue::META},
+    time::{ManualClock, Time},
 };
 
 use crate::common::wait_until;
@@ -30,6 +31,8 @@ enum CounterMessage {
     Add(u64, Reply<u64>),
     Get(Reply<u64>),
     Sleep(Duration, Reply<()>),
+    /// Adds `amount` after `delay`, through the actor's own timer.
+    AddLater(Duration, u64),
     Panic,
 }
 
@@ -72,6 +75,10 @@ impl Behaviour for Counter {
                 tokio::time::sleep(duration).await;
                 let _ = reply.send(());
             }
+            CounterMessage::AddLater(delay, amount) => {
+                let (reply, _) = tokio::sync::oneshot::channel();
+                context.send_after(delay, CounterMessage::Add(amount, reply));
+            }
             CounterMessage::Panic => panic!("counter asked to panic"),
         }
         Ok(())
@@ -91,11 +98,15 @@ struct Fixture {
 }
 
 async fn fixture(name: &str, limits: Limits, eager: bool) -> Fixture {
+    fixture_on(name, limits, eager, Time::system()).await
+}
+
+async fn fixture_on(name: &str, limits: Limits, eager: bool, time: Time) -> Fixture {
     crate::common::init_logging();
     let _ = tuwunel::http::metrics::install();
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = Arc::new(Storage::open(&EngineOptions::for_path(dir.path())).expect("open").0);
-    let system = ActorSystem::start(format!("actors-test-{name}")).await.expect("system");
+    let system = ActorSystem::start(format!("actors-test-{name}"), time).await.expect("system");
     let fail_next_start = Arc::new(AtomicBool::new(false));
     let counter = Counter {
         storage: Arc::clone(&storage),
@@ -148,6 +159,33 @@ async fn actors_spawn_on_demand_passivate_and_come_back_with_their_state() {
     assert_eq!(fixture.get("a").await.expect("get"), 5);
     assert_eq!(fixture.add("a", 2).await.expect("add"), 7);
     assert!(fixture.registry.is_live(&"a".to_owned()));
+    fixture.finish().await;
+}
+
+#[tokio::test]
+async fn an_actors_timers_run_on_the_servers_clock() {
+    let limits = Limits { idle_timeout: Duration::from_secs(60), mailbox_limit: 64 };
+    let clock = ManualClock::new();
+    let fixture = fixture_on("timers", limits, false, clock.time()).await;
+    let key = "timed".to_owned();
+    fixture
+        .registry
+        .send(&key, CounterMessage::AddLater(Duration::from_secs(3600), 5))
+        .await
+        .expect("send");
+    assert_eq!(fixture.get("timed").await.expect("get"), 0);
+
+    clock.advance(Duration::from_secs(3599));
+    // Real time passing does not fire it either.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(fixture.get("timed").await.expect("get"), 0, "the timer fired early");
+
+    clock.advance(Duration::from_secs(1));
+    assert!(
+        wait_until(Duration::from_secs(5), || async { fixture.get("timed").await.ok() == Some(5) })
+            .await,
+        "the timer did not fire when the clock reached it"
+    );
     fixture.finish().await;
 }
 

@@ -3,12 +3,17 @@
 use std::{
     future::Future,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use tempfile::TempDir;
-use tuwunel::{Config, Server, config::Inputs};
+use tuwunel::{
+    Config, Server,
+    config::Inputs,
+    time::{ManualClock, Time},
+};
 
 /// Installs logging once for the whole test binary (quiet unless TUWUNEL_TEST_LOG is set).
 pub fn init_logging() {
@@ -23,6 +28,8 @@ pub struct TestServer {
     pub client: reqwest::Client,
     pub dir: TempDir,
     options: Vec<String>,
+    /// The server's clock, kept across restarts.
+    time: Time,
 }
 
 impl TestServer {
@@ -33,11 +40,23 @@ impl TestServer {
 
     /// A server with extra `-O key=value` options.
     pub async fn with_options(options: &[&str]) -> Self {
+        Self::with_time(options, Time::system()).await
+    }
+
+    /// A server whose clock stands still until the test advances it: what it dates, expires
+    /// or times out follows the clock (its own housekeeping, such as passivating idle actors,
+    /// still runs in real time).
+    pub async fn with_clock(options: &[&str]) -> (Self, Arc<ManualClock>) {
+        let clock = ManualClock::new();
+        (Self::with_time(options, clock.time()).await, clock)
+    }
+
+    async fn with_time(options: &[&str], time: Time) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let options: Vec<String> = options.iter().map(|option| (*option).to_owned()).collect();
-        let server = start_in(dir.path(), &options).await;
+        let server = start_in(dir.path(), &options, time.clone()).await;
         let base = format!("http://{}", server.addresses()[0]);
-        Self { server: Some(server), base, client: client(), dir, options }
+        Self { server: Some(server), base, client: client(), dir, options, time }
     }
 
     pub fn server(&self) -> &Server {
@@ -63,7 +82,7 @@ impl TestServer {
     /// Stops and starts again on the same database (the port changes).
     pub async fn restart(&mut self) {
         self.stop().await;
-        let server = start_in(self.dir.path(), &self.options).await;
+        let server = start_in(self.dir.path(), &self.options, self.time.clone()).await;
         self.base = format!("http://{}", server.addresses()[0]);
         self.server = Some(server);
     }
@@ -103,12 +122,12 @@ pub fn write_config(dir: &Path) -> PathBuf {
     path
 }
 
-pub async fn start_in(dir: &Path, options: &[String]) -> Server {
+pub async fn start_in(dir: &Path, options: &[String], time: Time) -> Server {
     init_logging();
     let file = write_config(dir);
     let inputs = Inputs { files: vec![file], env: Vec::new(), options: options.to_vec() };
     let config = Config::load(&inputs).expect("test configuration is valid");
-    Server::start(config).await.expect("server starts")
+    Server::start_with(config, time).await.expect("server starts")
 }
 
 /// A server in `dir` listening on the UNIX socket `socket` only (no TCP port).

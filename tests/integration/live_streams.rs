@@ -22,8 +22,8 @@ fn ephemeral_of<'a>(body: &'a Value, room: &str, kind: &str) -> Option<&'a Value
 
 #[tokio::test]
 async fn typing_notices_expire_and_wake_waiting_syncs() {
-    let mut server =
-        TestServer::with_options(&["typing_client_timeout_min_s=1", "client_sync_timeout_min=0"])
+    let (mut server, clock) =
+        TestServer::with_clock(&["typing_client_timeout_min_s=1", "client_sync_timeout_min=0"])
             .await;
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
@@ -39,13 +39,23 @@ async fn typing_notices_expire_and_wake_waiting_syncs() {
     let notice = ephemeral_of(&first, &room, "m.typing").expect("typing");
     assert_eq!(notice["content"]["user_ids"], json!([alice.user_id]));
 
-    // The expiry itself wakes the long poll, about a second later.
-    let started = Instant::now();
+    // While the clock stands still the notice stays; the expiry itself then wakes the long
+    // poll, once the clock reaches it.
     let token = first["next_batch"].as_str().expect("next");
-    let (status, body) =
-        server.get_as(&bob, &format!("/_matrix/client/v3/sync?timeout=10000&since={token}")).await;
+    let path = format!("/_matrix/client/v3/sync?timeout=10000&since={token}");
+    let (status, body, elapsed) = {
+        let mut poll = std::pin::pin!(server.get_as(&bob, &path));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut poll).await.is_err(),
+            "the long poll answered while the clock stood still"
+        );
+        let started = Instant::now();
+        clock.advance(Duration::from_secs(1));
+        let (status, body) =
+            tokio::time::timeout(Duration::from_secs(10), poll).await.expect("the poll answers");
+        (status, body, started.elapsed())
+    };
     assert_eq!(status, 200);
-    let elapsed = started.elapsed();
     let notice = ephemeral_of(&body, &room, "m.typing").expect("typing stopped");
     assert_eq!(notice["content"]["user_ids"], json!([]), "{body}");
     assert!(elapsed < Duration::from_secs(5), "woken by the expiry, not the timeout: {elapsed:?}");
@@ -54,7 +64,7 @@ async fn typing_notices_expire_and_wake_waiting_syncs() {
 
 #[tokio::test]
 async fn presence_goes_idle_then_offline_and_the_actor_passivates() {
-    let mut server = TestServer::with_options(&[
+    let (mut server, clock) = TestServer::with_clock(&[
         "presence_idle_timeout_s=1",
         "presence_offline_timeout_s=2",
         "actor_idle_timeout_s=1",
@@ -85,24 +95,30 @@ async fn presence_goes_idle_then_offline_and_the_actor_passivates() {
     let (status, body) = server.put_as(&bob, &status_path, json!({"presence": "online"})).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
 
-    // Idle after a second, offline after two, and then no actor is left running.
+    // Idle after a second, offline after two (on the server's clock), and then no actor is
+    // left running (passivation runs in real time).
     let alice_id: OwnedUserId = alice.user_id.parse().expect("user id");
     let services = std::sync::Arc::clone(server.server().services());
     assert!(services.presence.actors.is_live(&alice_id));
-    let mut seen: Vec<String> = Vec::new();
-    for _ in 0..100 {
-        let (_, body) = server.get_as(&bob, &status_path).await;
-        let state = body["presence"].as_str().unwrap_or_default().to_owned();
-        if seen.last() != Some(&state) {
-            seen.push(state.clone());
-        }
-        if state == "offline" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(seen.last().map(String::as_str), Some("offline"), "{seen:?}");
-    assert!(seen.contains(&"unavailable".to_owned()), "idle before offline: {seen:?}");
+    let presence_of = || async { server.get_as(&bob, &status_path).await.1["presence"].clone() };
+    clock.advance(Duration::from_millis(900));
+    assert_eq!(presence_of().await, "online", "idle too early");
+    clock.advance(Duration::from_millis(100));
+    assert!(
+        wait_until(Duration::from_secs(10), || async { presence_of().await == "unavailable" })
+            .await,
+        "idle once the idle timeout has passed"
+    );
+    // The next check is scheduled after the state is saved, so the clock moves on in steps
+    // until the check that it set has run.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            clock.advance(Duration::from_millis(100));
+            presence_of().await == "offline"
+        })
+        .await,
+        "offline after the offline timeout"
+    );
     let (_, body) = server.get_as(&bob, &status_path).await;
     assert_eq!(body["status_msg"], "around", "the status message survives going offline");
     assert!(
@@ -117,20 +133,21 @@ async fn presence_goes_idle_then_offline_and_the_actor_passivates() {
 
 #[tokio::test]
 async fn steady_syncing_keeps_presence_online_past_the_idle_timeout() {
-    let mut server =
-        TestServer::with_options(&["presence_idle_timeout_s=1", "presence_offline_timeout_s=30"])
+    let (mut server, clock) =
+        TestServer::with_clock(&["presence_idle_timeout_s=1", "presence_offline_timeout_s=30"])
             .await;
     let alice = server.register("alice", "pw").await;
     let status_path = format!("/_matrix/client/v3/presence/{}/status", alice.user_id);
     // Once online, syncs only record activity; the idleness check must still see it.
     for _ in 0..12 {
         sync(&server, &alice, None, "").await;
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        clock.advance(Duration::from_millis(250));
         let (_, presence) = server.get_as(&alice, &status_path).await;
         assert_eq!(presence["presence"], "online", "{presence}");
     }
     assert!(
         wait_until(Duration::from_secs(10), || async {
+            clock.advance(Duration::from_millis(250));
             server.get_as(&alice, &status_path).await.1["presence"] == "unavailable"
         })
         .await,

@@ -549,7 +549,7 @@ async fn a_redacted_display_name_no_longer_highlights() {
 
 #[tokio::test]
 async fn notifications_past_the_retention_are_pruned_and_counts_stay() {
-    let mut server = TestServer::start().await;
+    let (mut server, clock) = TestServer::with_clock(&[]).await;
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let carol = server.register("carol", "pw").await;
@@ -561,16 +561,20 @@ async fn notifications_past_the_retention_are_pruned_and_counts_stay() {
     for index in 0..3 {
         old.push(send_text(&server, &alice, &room, &format!("o{index}"), "old news").await);
     }
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(Duration::from_millis(2100));
     let recent = send_text(&server, &alice, &room, "r", "recent news").await;
     let storage = &server.server().services().storage;
+    let now = clock.time().now_ms();
 
     // Zero keeps everything.
-    assert_eq!(tuwunel::push::retention::purge_notifications(storage, 0).await.expect("purge"), 0);
+    assert_eq!(
+        tuwunel::push::retention::purge_notifications(storage, 0, now).await.expect("purge"),
+        0
+    );
     // Two seconds: the three older entries of each of Bob and Carol go, and Alice's invite
     // to the admin room (the first user becomes an admin). Two rows per commit, so the purge
     // also resumes after full batches.
-    let purged = tuwunel::push::retention::purge_notifications_in_chunks(storage, 2, 2)
+    let purged = tuwunel::push::retention::purge_notifications_in_chunks(storage, 2, now, 2)
         .await
         .expect("purge");
     assert_eq!(purged, 7);
@@ -586,7 +590,10 @@ async fn notifications_past_the_retention_are_pruned_and_counts_stay() {
     // Unread counts are kept apart and still count every unread message.
     let body = sync(&server, &bob, None, "").await;
     assert_eq!(counts(&body, &room).0, 4, "{body}");
-    assert_eq!(tuwunel::push::retention::purge_notifications(storage, 2).await.expect("purge"), 0);
+    assert_eq!(
+        tuwunel::push::retention::purge_notifications(storage, 2, now).await.expect("purge"),
+        0
+    );
     server.stop().await;
 }
 

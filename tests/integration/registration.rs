@@ -118,10 +118,10 @@ async fn registration_token_flow_with_uia_sessions() {
 
 #[tokio::test]
 async fn uia_sessions_expire() {
-    let mut server = TestServer::with_options(&["uia_session_timeout_s=1"]).await;
+    let (mut server, clock) = TestServer::with_clock(&["uia_session_timeout_s=1"]).await;
     let (_, challenge) = post_register(&server, json!({"username": "late"})).await;
     let session = challenge["session"].as_str().expect("session").to_owned();
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    clock.advance(std::time::Duration::from_millis(1200));
     let (status, body) = post_register(
         &server,
         json!({"username": "late", "auth": {"type": "m.login.dummy", "session": session}}),

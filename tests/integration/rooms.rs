@@ -830,7 +830,9 @@ async fn originals_of_redactions_expire_after_the_retention_period() {
         .expect("scan")
         .len();
     assert_eq!(before, 1);
-    let purged = tuwunel::rooms::purge_unredacted(&services.storage, 0).await.expect("purge");
+    let purged = tuwunel::rooms::purge_unredacted(&services.storage, 0, services.time.now_ms())
+        .await
+        .expect("purge");
     assert_eq!(purged, 1);
     assert!(
         table

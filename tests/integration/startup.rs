@@ -1,5 +1,6 @@
 //! What a server refuses at startup, and what stops it once running: a database of another
-//! `server_name`, an unreadable `registration_token_file`, and a Writer thread that died.
+//! `server_name`, an unreadable `registration_token_file`, and a Writer thread that died; and
+//! the clock a server is started with.
 
 use std::time::Duration;
 
@@ -86,4 +87,19 @@ async fn a_database_from_before_the_name_record_is_judged_by_its_accounts() {
     let stamped = RECORDS.get(storage.engine(), &"server_name".to_owned()).expect("read");
     assert_eq!(stamped.as_deref(), Some(&b"test.local"[..]));
     storage.close().await;
+}
+
+#[tokio::test]
+async fn a_server_runs_on_the_clock_it_was_started_with_across_restarts() {
+    let (mut server, clock) = TestServer::with_clock(&[]).await;
+    let time = &server.server().services().time;
+    assert_eq!(time.now_ms(), clock.time().now_ms());
+    clock.advance(Duration::from_secs(3600));
+    let time = &server.server().services().time;
+    assert_eq!(time.now_ms(), clock.time().now_ms());
+
+    server.restart().await;
+    let time = &server.server().services().time;
+    assert_eq!(time.now_ms(), clock.time().now_ms(), "the restarted server has another clock");
+    server.stop().await;
 }

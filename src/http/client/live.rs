@@ -376,7 +376,7 @@ async fn get_status(
     response.status_msg = record.status_msg;
     let last_active = services.presence.last_active_ms(&target, record.last_active_ms);
     response.last_active_ago =
-        Some(Duration::from_millis(crate::accounts::now_ms().saturating_sub(last_active)));
+        Some(Duration::from_millis(services.time.now_ms().saturating_sub(last_active)));
     response.currently_active = Some(record.state == "online");
     Ok(response)
 }

@@ -20,8 +20,8 @@ use serde_json::Value as JsonValue;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
+    accounts::Sender,
     accounts::{PushRulesUpdate, UserMessage, WrittenActions},
-    accounts::{Sender, now_ms},
     http::{
         ruma::{Ruma, route, route_raw},
         validate,
@@ -380,7 +380,7 @@ async fn set_pusher_handler(
             }
             let record = PusherRecord {
                 pusher,
-                created_ms: now_ms(),
+                created_ms: services.time.now_ms(),
                 since_position: services.storage.writer().committed_position(),
             };
             services

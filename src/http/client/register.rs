@@ -19,7 +19,7 @@ use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{
-        Accounts, now_ms, passwords,
+        Accounts, passwords,
         rate_limit::Action,
         uia::{Challenge, StageChecks},
     },
@@ -178,7 +178,7 @@ async fn register(
         }
         let record = UserRecord {
             password_hash,
-            created_ms: now_ms(),
+            created_ms: services.time.now_ms(),
             guest: false,
             admin,
             deactivated: false,
@@ -232,7 +232,7 @@ async fn register_guest(
     };
     let record = UserRecord {
         password_hash: None,
-        created_ms: now_ms(),
+        created_ms: services.time.now_ms(),
         guest: true,
         admin: false,
         deactivated: false,

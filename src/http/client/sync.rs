@@ -20,7 +20,7 @@ use crate::{
     },
     storage::{Direction, Engine, codec::prefix2, ephemeral::TO_DEVICE_TABLE},
     sync::{
-        response::{self, SyncParams},
+        response::{self, SyncParams, SyncReader},
         token::SyncToken,
     },
 };
@@ -233,6 +233,17 @@ fn is_small_size(since: Option<u64>, committed: u64, rooms: usize, full_state: b
     })
 }
 
+/// What a response reads, from the server's services.
+fn reader(services: &Services) -> SyncReader<'_> {
+    SyncReader {
+        storage: &services.storage,
+        hub: &services.hub,
+        typing: &services.rooms.typing,
+        time: &services.time,
+        presence_enabled: services.config.allow_local_presence,
+    }
+}
+
 /// Computes a response: a small one right here, any other on the blocking pool.
 async fn compute(
     services: &Arc<Services>,
@@ -243,7 +254,10 @@ async fn compute(
 ) -> Result<response::Computed> {
     if is_small(services, sender, since, full_state)? {
         metrics::counter!("tuwunel_sync_computations_total", "pool" => "inline").increment(1);
-        return response::compute(services, &SyncParams { sender, since, full_state, filter });
+        return response::compute(
+            &reader(services),
+            &SyncParams { sender, since, full_state, filter },
+        );
     }
     metrics::counter!("tuwunel_sync_computations_total", "pool" => "blocking").increment(1);
     let services = Arc::clone(services);
@@ -251,7 +265,7 @@ async fn compute(
     let filter = filter.clone();
     tokio::task::spawn_blocking(move || {
         response::compute(
-            &services,
+            &reader(&services),
             &SyncParams { sender: &sender, since, full_state, filter: &filter },
         )
     })

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
-    MilliSecondsSinceUnixEpoch, OwnedServerName,
+    OwnedServerName,
     api::federation::discovery::{
         ServerSigningKeys, get_remote_server_keys, get_remote_server_keys_batch, get_server_keys,
     },
@@ -38,7 +38,7 @@ pub(super) async fn query_batch(
     services: Arc<Services>,
     request: Ruma<get_remote_server_keys_batch::v2::Request>,
 ) -> Result<get_remote_server_keys_batch::v2::Response> {
-    let now = u64::from(MilliSecondsSinceUnixEpoch::now().get());
+    let now = services.time.now_ms();
     let wanted = request
         .body
         .server_keys

@@ -11,7 +11,8 @@ pub(super) async fn userinfo(
     services: Arc<Services>,
     request: Ruma<get_openid_userinfo::v1::Request>,
 ) -> Result<get_openid_userinfo::v1::Response> {
-    let user = openid::user_of(&services.storage, &request.body.access_token)?
-        .ok_or_else(|| Error::unknown_token(false, "Access token unknown or expired."))?;
+    let user =
+        openid::user_of(&services.storage, &request.body.access_token, services.time.now_ms())?
+            .ok_or_else(|| Error::unknown_token(false, "Access token unknown or expired."))?;
     Ok(get_openid_userinfo::v1::Response::new(user))
 }

@@ -14,7 +14,6 @@ use ruma::{
 use super::{Loaded, RoomActor, RoomState, SendRequest, Sent};
 use crate::{
     Error, Result,
-    accounts::now_ms,
     push::{
         counts as push_counts,
         evaluate::{Outcome, write_notifications},
@@ -95,7 +94,7 @@ impl RoomActor {
                 short,
                 version: version.clone(),
                 creator: create.sender.clone(),
-                created_ms: now_ms(),
+                created_ms: self.time.now_ms(),
             }),
         );
         let mut room = Loaded {
@@ -205,7 +204,7 @@ impl RoomActor {
             UNREDACTED_TABLE.put(
                 batch,
                 &short,
-                &Json(UnredactedRecord { original, redacted_ms: now_ms() }),
+                &Json(UnredactedRecord { original, redacted_ms: self.time.now_ms() }),
             );
         }
         PDUS_TABLE.put(batch, &short, &redacted.to_bytes());

@@ -50,7 +50,14 @@ impl RoomActor {
             auth_events,
             depth: room.depth + 1,
         };
-        builder::build(template, position, &room.rules, &self.key, &self.server_name)
+        builder::build(
+            template,
+            position,
+            &room.rules,
+            &self.key,
+            &self.server_name,
+            self.time.timestamp(),
+        )
     }
 
     /// Checks `pdu` against the auth rules with the room's current state (and `pending`,

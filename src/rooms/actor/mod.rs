@@ -37,6 +37,7 @@ use crate::{
     },
     storage::Storage,
     sync::hub::SyncHub,
+    time::Time,
 };
 
 /// A client's transaction, for idempotent sends.
@@ -97,6 +98,8 @@ pub struct RoomActor {
     /// Shortest and longest typing notification a client may ask for.
     pub(in crate::rooms) typing_timeouts: (Duration, Duration),
     pub(in crate::rooms) push: Arc<Push>,
+    /// What the room dates its events, receipts and typing expiries by.
+    pub(in crate::rooms) time: Time,
 }
 
 /// A room's in-memory state.
@@ -195,7 +198,7 @@ impl Behaviour for RoomActor {
                     None => Err(unknown_room()),
                 };
                 if let Err(error) = &result
-                    && matches!(error, Error::Internal(_))
+                    && error.is_internal()
                 {
                     // A failed commit (or a panic) may leave memory ahead of the database;
                     // rebuild.

@@ -93,6 +93,7 @@ impl RoomActor {
             member_count,
             power_levels: self.push_power_levels(room)?,
             recipients,
+            now_ms: self.time.now_ms(),
         };
         let evaluated: Vec<Evaluated<'_>> = events
             .iter()

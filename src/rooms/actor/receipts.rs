@@ -5,7 +5,6 @@ use ruma::{EventId, UserId};
 use super::{Loaded, RoomActor};
 use crate::{
     Error, Result,
-    accounts::now_ms,
     push::counts as push_counts,
     rooms,
     storage::{
@@ -60,6 +59,7 @@ impl RoomActor {
         let event_id = event_id.to_owned();
         let room_short = room.short;
         let reader = user.to_owned();
+        let ts = self.time.now_ms();
         let stream_entry = (user.to_string(), kind.clone(), thread_key);
         let _writing =
             self.storage.coherent().unread_counts.begin(vec![(user.to_owned(), room_short)]);
@@ -68,11 +68,7 @@ impl RoomActor {
             .commit_with_positions(1, batch, move |batch, positions| {
                 let position = positions.start;
                 push_counts::write_counts(batch, &reader, room_short, counts, position);
-                RECEIPTS_TABLE.put(
-                    batch,
-                    &key,
-                    &Json(ReceiptRecord { event_id, ts: now_ms(), position }),
-                );
+                RECEIPTS_TABLE.put(batch, &key, &Json(ReceiptRecord { event_id, ts, position }));
                 RECEIPT_STREAM_TABLE.put(batch, &(room_short, position), &Json(stream_entry));
             })
             .await?;

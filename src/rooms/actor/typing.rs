@@ -1,6 +1,6 @@
 //! Typing notifications: the room actor sets them and expires them on its own timers.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ruma::{RoomId, UserId};
 
@@ -25,7 +25,7 @@ impl RoomActor {
                 let (shortest, longest) = self.typing_timeouts;
                 let timeout = timeout.clamp(shortest, longest);
                 context.send_after(timeout, RoomMessage::TypingExpired { user: user.to_owned() });
-                self.typing.set(&room.room_id, user, Some(Instant::now() + timeout))
+                self.typing.set(&room.room_id, user, Some(self.time.now() + timeout))
             }
             None => self.typing.set(&room.room_id, user, None),
         };
@@ -37,7 +37,7 @@ impl RoomActor {
 
     /// A typing notification may have run out: clears it if its time has come.
     pub(super) fn typing_expired(&self, room_id: &RoomId, user: &UserId) {
-        if self.typing.expire(room_id, user, Instant::now()) {
+        if self.typing.expire(room_id, user, self.time.now()) {
             self.hub.room_changed(room_id);
         }
     }

@@ -12,7 +12,7 @@ use super::require_room;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
-    accounts::{now_ms, rate_limit::Action, tokens},
+    accounts::{rate_limit::Action, tokens},
     http::{
         ruma::{Ruma, route},
         validate,
@@ -69,7 +69,7 @@ async fn report_event(
             event_id: Some(body.event_id),
             user_id: None,
             reason: body.reason,
-            received_ms: now_ms(),
+            received_ms: services.time.now_ms(),
         },
     )
     .await?;
@@ -92,7 +92,7 @@ async fn report_room(
             event_id: None,
             user_id: None,
             reason: Some(body.reason),
-            received_ms: now_ms(),
+            received_ms: services.time.now_ms(),
         },
     )
     .await?;
@@ -117,7 +117,7 @@ async fn report_user(
             event_id: None,
             user_id: Some(body.user_id),
             reason: Some(body.reason),
-            received_ms: now_ms(),
+            received_ms: services.time.now_ms(),
         },
     )
     .await?;

@@ -1,0 +1,83 @@
+//! A joined room's ephemeral events: typing and receipts.
+
+use std::{collections::BTreeMap, ops::ControlFlow};
+
+use ruma::RoomId;
+use serde_json::{Value as JsonValue, json};
+
+use super::SyncContext;
+use crate::{
+    Result,
+    storage::{
+        Direction,
+        codec::Json,
+        rooms::{RECEIPT_STREAM_TABLE, RECEIPTS_TABLE},
+    },
+};
+
+/// `m.typing` when it changed (or `full`), and `m.receipt` when receipts changed.
+pub(super) fn events(
+    ctx: &SyncContext<'_>,
+    room_id: &RoomId,
+    room: u64,
+    full: bool,
+) -> Result<Vec<JsonValue>> {
+    let mut ephemeral = Vec::new();
+    let since_typing = ctx.params.since.map_or(0, |token| token.typing);
+    if let Some((typing_users, version)) = ctx.reader.typing.get(room_id) {
+        let restarted = since_typing > ctx.typing_now;
+        if full || restarted || version > since_typing {
+            ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": typing_users } }));
+        }
+    }
+    if let Some(receipts) = receipts(ctx, room)? {
+        ephemeral.push(receipts);
+    }
+    Ok(ephemeral)
+}
+
+/// `m.receipt` with the receipts that changed in `(since, upto]`; private receipts only for
+/// their owner.
+fn receipts(ctx: &SyncContext<'_>, room: u64) -> Result<Option<JsonValue>> {
+    let (engine, lower, upto) = (ctx.storage().engine(), ctx.since, ctx.upto);
+    if !ctx.storage().writer().written_since(RECEIPT_STREAM_TABLE.id(), lower) {
+        return Ok(None);
+    }
+    let mut entries = Vec::new();
+    RECEIPT_STREAM_TABLE.scan(
+        engine,
+        &room.to_be_bytes(),
+        Some(&(room, lower.saturating_add(1))),
+        Direction::Forward,
+        |(_, position), Json(entry)| {
+            if position > upto {
+                return ControlFlow::Break(());
+            }
+            entries.push(entry);
+            ControlFlow::Continue(())
+        },
+    )?;
+    let mut content: BTreeMap<String, BTreeMap<String, BTreeMap<String, JsonValue>>> =
+        BTreeMap::new();
+    for (reader, kind, thread) in entries {
+        if kind == "m.read.private" && reader != ctx.user.as_str() {
+            continue;
+        }
+        let Some(Json(receipt)) = RECEIPTS_TABLE
+            .get_readable(engine, &(room, kind.clone(), reader.clone(), thread.clone()))?
+        else {
+            continue;
+        };
+        let mut data = json!({ "ts": receipt.ts });
+        if !thread.is_empty() {
+            data["thread_id"] = json!(thread);
+        }
+        content
+            .entry(receipt.event_id.to_string())
+            .or_default()
+            .entry(kind)
+            .or_default()
+            .insert(reader, data);
+    }
+    Ok((!content.is_empty()).then(|| json!({ "type": "m.receipt", "content": content })))
+}
