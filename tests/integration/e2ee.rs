@@ -24,7 +24,7 @@ pub struct Signer {
 
 impl Signer {
     /// `name` becomes the key id's part after `ed25519:` unless the public key is the id.
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let document = Ed25519KeyPair::generate();
         let pair = Ed25519KeyPair::from_der(&document, name.to_owned()).expect("key pair");
         let public =
@@ -42,7 +42,7 @@ impl Signer {
         Self { pair, public }
     }
 
-    fn sign(&self, entity: &str, value: &mut Value) {
+    pub(crate) fn sign(&self, entity: &str, value: &mut Value) {
         let CanonicalJsonValue::Object(mut object) =
             CanonicalJsonValue::try_from(value.clone()).expect("canonical")
         else {
@@ -57,7 +57,7 @@ impl Signer {
     }
 }
 
-fn device_keys(user: &User, device_signer: &Signer) -> Value {
+pub(crate) fn device_keys(user: &User, device_signer: &Signer) -> Value {
     let mut keys = json!({
         "user_id": user.user_id,
         "device_id": user.device_id,

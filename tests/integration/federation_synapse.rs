@@ -1,0 +1,745 @@
+//! Federation with a real Synapse (the reference homeserver, from PyPI) on loopback: each
+//! side fetches and checks the other's keys (Synapse directly and through our notary), and
+//! the queries a client of one side makes about the other (profiles, aliases, device keys and
+//! one-time keys, public rooms, media) go over federation both ways, as the servers
+//! themselves make them.
+//!
+//! One Synapse serves every test of this module (it takes seconds to start). It is named
+//! `localhost:PORT` and serves TLS with a certificate of the shared [`Ca`]; our servers are
+//! named `localhost:PORT` behind TLS fronts. Synapse asks our notary (one more of our servers) for keys first
+//! (`trusted_key_servers`), then the server itself. Two more CAs tell the paths apart: a
+//! server whose certificate only Synapse trusts can be reached by Synapse but not by the
+//! notary (its keys must come directly), one whose certificate only the notary trusts can be
+//! reached only by the notary (its keys must come through it).
+
+use std::{
+    ffi::{OsStr, OsString},
+    net::SocketAddr,
+    path::Path,
+    process::Child,
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use reqwest::Method;
+use ruma::OwnedServerName;
+use serde_json::{Value, json};
+
+use crate::{
+    common::{User, assert_error, status_and_json, user_from, wait_until, write_config},
+    e2ee::{Signer, device_keys, upload_device},
+    federation::{FakeOrigin, new_pair},
+    synapse::{Synapse, SynapseConfig, free_port, watched},
+    testbed::{Ca, FedServer, TlsFront, denylist_without_loopback},
+};
+
+/// The Synapse every test of the module shares, its notary and the CAs.
+struct Shared {
+    /// Signs Synapse's certificate, the notary's, and those of servers everyone reaches.
+    ca: Ca,
+    /// Signs certificates only Synapse trusts.
+    synapse_only: Ca,
+    /// Signs certificates only the notary trusts.
+    notary_only: Ca,
+    synapse: Synapse,
+    _notary: Notary,
+}
+
+/// Longest the shared Synapse and notary may take to start.
+const SHARED_START: Duration = Duration::from_secs(120);
+
+/// Starts the shared Synapse and notary on first use. The notary's TLS front runs on a
+/// runtime of its own (a test's runtime ends with the test); both processes stop when the
+/// test process exits, through their watchdogs, which also remove their directories.
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("shared runtime");
+            runtime.block_on(async move {
+                let _ = sender.send(start_shared().await);
+                // The notary's front forwards for as long as the process runs.
+                std::future::pending::<()>().await;
+            });
+        });
+        receiver
+            .recv_timeout(SHARED_START)
+            .expect("the shared Synapse and notary start (see the panic above)")
+    })
+}
+
+/// Our notary: the `tuwunel` binary in a process of its own behind a TLS front. A server
+/// kept for the whole test process cannot run inside it: at its exit, RocksDB's threads
+/// would outlive RocksDB's statics.
+struct Notary {
+    name: String,
+    _front: TlsFront,
+    _process: Child,
+}
+
+impl Notary {
+    /// Starts it with a certificate of `ca`, trusting the CAs of the PEM file `roots`.
+    async fn start(ca: &Ca, roots: &Path) -> Self {
+        let front =
+            TlsFront::bind(SocketAddr::from(([127, 0, 0, 1], 0)), ca, &["localhost", "127.0.0.1"])
+                .await
+                .expect("bind TLS front");
+        let name = format!("localhost:{}", front.address.port());
+        // Removed by the watchdog.
+        let dir = tempfile::tempdir().expect("notary directory").keep();
+        let config = write_config(&dir);
+        let port = free_port();
+        let options = [
+            format!("server_name=\"{name}\""),
+            format!("port={port}"),
+            format!("tls.ca_file=\"{}\"", roots.display()),
+            denylist_without_loopback(),
+        ];
+        let mut args: Vec<OsString> = vec!["-c".into(), config.into()];
+        for option in options {
+            args.extend(["-O".into(), option.into()]);
+        }
+        let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+        let log_path = dir.join("notary.log");
+        let log = std::fs::File::create(&log_path).expect("notary log");
+        let mut process = watched(&dir, env!("CARGO_BIN_EXE_tuwunel"), &args)
+            .env_remove("TUWUNEL_CONFIG")
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("the notary starts");
+        let backend = SocketAddr::from(([127, 0, 0, 1], port));
+        front.forward_to(backend);
+        let client = crate::common::client();
+        let keys = format!("http://{backend}/_matrix/key/v2/server");
+        let ready = wait_until(SHARED_START, || {
+            let request = client.get(&keys).timeout(Duration::from_secs(2)).send();
+            async move { request.await.is_ok_and(|response| response.status().is_success()) }
+        })
+        .await;
+        let exited = process.try_wait().ok().flatten();
+        assert!(
+            ready && exited.is_none(),
+            "the notary did not answer ({exited:?}):\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        Self { name, _front: front, _process: process }
+    }
+}
+
+async fn start_shared() -> Shared {
+    let (ca, synapse_only, notary_only) = (Ca::new(), Ca::new(), Ca::new());
+    // The notary trusts the shared CA and its own.
+    let roots = notary_only.pem_path.with_file_name("notary-roots.pem");
+    let pems = [&ca.pem_path, &notary_only.pem_path]
+        .map(|path| std::fs::read_to_string(path).expect("read CA"))
+        .concat();
+    std::fs::write(&roots, pems).expect("write notary roots");
+    let notary = Notary::start(&ca, &roots).await;
+    let (status, document) = status_and_json(
+        shared_client(&ca)
+            .get(format!("https://{}/_matrix/key/v2/server", notary.name))
+            .send()
+            .await
+            .expect("the notary's keys"),
+    )
+    .await;
+    assert_eq!(status, 200, "{document}");
+    let verify_keys: serde_json::Map<String, Value> = document["verify_keys"]
+        .as_object()
+        .expect("verify_keys")
+        .iter()
+        .map(|(id, key)| (id.clone(), key["key"].clone()))
+        .collect();
+
+    let port = free_port();
+    let (certificate, key) = ca.write_certificate(&["localhost", "127.0.0.1"]);
+    let trusted = json!([{"server_name": notary.name, "verify_keys": verify_keys}]);
+    let ca_list = json!([ca.pem_path, synapse_only.pem_path]);
+    let synapse = Synapse::start(SynapseConfig {
+        server_name: format!("localhost:{port}"),
+        federation: true,
+        tls: Some((certificate, key)),
+        port: Some(port),
+        // JSON is YAML: the lists are written as JSON.
+        extra_yaml: format!(
+            "federation_verify_certificates: true\n\
+             federation_custom_ca_list: {ca_list}\n\
+             ip_range_whitelist: ['127.0.0.0/8', '::1/128']\n\
+             trusted_key_servers: {trusted}\n\
+             allow_public_rooms_over_federation: true\n"
+        ),
+    })
+    .await;
+    for ca in [&ca, &synapse_only, &notary_only] {
+        synapse.remove_on_exit(ca.pem_path.parent().expect("CA directory"));
+    }
+    Shared { ca, synapse_only, notary_only, synapse, _notary: notary }
+}
+
+/// An HTTP client trusting `ca` (connections die with the runtime that made them: one a test).
+fn shared_client(ca: &Ca) -> reqwest::Client {
+    tuwunel::net::outbound::install_tls_provider();
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca.pem_path).expect("read CA"))
+        .expect("CA certificate");
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .tls_certs_merge([root])
+        .build()
+        .expect("http client")
+}
+
+impl Shared {
+    fn synapse_name(&self) -> &str {
+        &self.synapse.server_name
+    }
+
+    /// A client of Synapse for one test.
+    fn client(&self) -> SynapseClient {
+        SynapseClient { http: shared_client(&self.ca), base: self.synapse.url("") }
+    }
+
+    /// One of our servers with a certificate `issuer` signed, trusting the shared CA.
+    async fn server(&self, issuer: &Ca, extra: &[&str]) -> FedServer {
+        let front = TlsFront::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            issuer,
+            &["localhost", "127.0.0.1"],
+        )
+        .await
+        .expect("bind TLS front");
+        let name = format!("localhost:{}", front.address.port());
+        FedServer::start_named(&self.ca, front, name, extra).await
+    }
+}
+
+/// A localpart no other test of the shared Synapse uses.
+fn unique_localpart(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{prefix}{}", NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Talks to the shared Synapse like a client.
+struct SynapseClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl SynapseClient {
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        status_and_json(request.send().await.expect("request to Synapse")).await
+    }
+
+    async fn get_as(&self, user: &User, path: &str) -> (u16, Value) {
+        self.request(Method::GET, path, Some(&user.token), None).await
+    }
+
+    async fn post_as(&self, user: &User, path: &str, body: Value) -> (u16, Value) {
+        self.request(Method::POST, path, Some(&user.token), Some(body)).await
+    }
+
+    async fn put_as(&self, user: &User, path: &str, body: Value) -> (u16, Value) {
+        self.request(Method::PUT, path, Some(&user.token), Some(body)).await
+    }
+
+    /// Registers a fresh user (named from `prefix`) through the dummy stage.
+    async fn register(&self, prefix: &str) -> User {
+        let username = unique_localpart(prefix);
+        let body = json!({
+            "username": username,
+            "password": "synapse-password",
+            "auth": {"type": "m.login.dummy"},
+            "initial_device_display_name": "a Synapse device",
+        });
+        let (status, body) =
+            self.request(Method::POST, "/_matrix/client/v3/register", None, Some(body)).await;
+        assert_eq!(status, 200, "registering {username} on Synapse: {body}");
+        user_from(&body)
+    }
+}
+
+/// `value` with `@`, `#` and `:` escaped for a path segment.
+fn escaped(value: &str) -> String {
+    value.replace('@', "%40").replace('#', "%23").replace(':', "%3A")
+}
+
+/// The server's own key document (`/_matrix/key/v2/server`).
+async fn own_keys(server: &FedServer) -> Value {
+    let (status, document) = server.server.get("/_matrix/key/v2/server").await;
+    assert_eq!(status, 200, "{document}");
+    document
+}
+
+#[tokio::test]
+async fn keys_cross_directly_and_through_our_notary() {
+    let shared = shared();
+    let synapse = shared.client();
+    let synapse_name = shared.synapse_name();
+    let host = synapse.register("keyhost").await;
+    let (status, body) = synapse
+        .put_as(
+            &host,
+            &format!("/_matrix/client/v3/profile/{}/displayname", escaped(&host.user_id)),
+            json!({"displayname": "Host on Synapse"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Synapse checks each server's signed profile query with keys it fetched: from `direct`
+    // itself (the notary cannot reach it), `hidden`'s through the notary (Synapse cannot
+    // reach it).
+    let direct = shared.server(&shared.synapse_only, &[]).await;
+    let hidden = shared.server(&shared.notary_only, &[]).await;
+    for server in [&direct, &hidden] {
+        let asker = server.server.register("asker", "pw").await;
+        let path = format!("/_matrix/client/v3/profile/{}", escaped(&host.user_id));
+        let (status, body) = server.server.get_as(&asker, &path).await;
+        assert_eq!(
+            status,
+            200,
+            "{} asking Synapse: {body}\n{}",
+            server.name,
+            shared.synapse.log_tail()
+        );
+        assert_eq!(body["displayname"], "Host on Synapse", "{body}");
+    }
+    assert!(direct.front().connections.load(Ordering::SeqCst) > 0, "Synapse reached `direct`");
+
+    // Synapse's notary endpoint hands out the same keys, signed by each server itself.
+    for server in [&direct, &hidden] {
+        let own = own_keys(server).await;
+        let (status, body) = synapse
+            .request(Method::GET, &format!("/_matrix/key/v2/query/{}", server.name), None, None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let document = &body["server_keys"][0];
+        assert_eq!(document["server_name"], server.name.as_str(), "{body}");
+        assert_eq!(document["verify_keys"], own["verify_keys"], "{body}");
+        // Signed by the server (over the document Synapse fetched, valid for other times).
+        assert!(document["signatures"][&server.name].is_object(), "{body}");
+        assert!(document["signatures"][shared.synapse_name()].is_object(), "{body}");
+    }
+
+    // Synapse's client asks about a user of `direct`: `direct` fetches Synapse's keys to check
+    // the request, and, as a notary, vouches for them: Synapse's own signature kept, ours added.
+    let asker = direct.server.login("asker", "pw").await;
+    let path = format!("/_matrix/client/v3/profile/{}", escaped(&asker.user_id));
+    let (status, body) = synapse.get_as(&host, &path).await;
+    assert_eq!(status, 200, "{body}\n{}", shared.synapse.log_tail());
+    let synapse_server: OwnedServerName = synapse_name.try_into().expect("server name");
+    let stored =
+        direct.server.server().services().federation.keys.stored(&synapse_server).expect("read");
+    assert!(stored.is_some_and(|record| !record.keys.is_empty()), "Synapse's keys stored");
+    let (status, body) = direct.server.get(&format!("/_matrix/key/v2/query/{synapse_name}")).await;
+    assert_eq!(status, 200, "{body}");
+    let document = &body["server_keys"][0];
+    assert_eq!(document["server_name"], synapse_name, "{body}");
+    assert!(document["signatures"][synapse_name].is_object(), "{body}");
+    assert!(document["signatures"][&direct.name].is_object(), "{body}");
+    let (status, synapse_own) =
+        synapse.request(Method::GET, "/_matrix/key/v2/server", None, None).await;
+    assert_eq!(status, 200, "{synapse_own}");
+    assert_eq!(document["verify_keys"], synapse_own["verify_keys"], "{body}");
+}
+
+#[tokio::test]
+async fn profiles_cross_both_ways() {
+    let shared = shared();
+    let synapse = shared.client();
+    let ours = shared.server(&shared.ca, &[]).await;
+    let alice = ours.server.register("alice", "pw").await;
+    for (field, value) in [("displayname", "Alice of ours"), ("avatar_url", "mxc://example/alice")]
+    {
+        let path = format!("/_matrix/client/v3/profile/{}/{field}", escaped(&alice.user_id));
+        let (status, body) = ours.server.put_as(&alice, &path, json!({field: value})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let sam = synapse.register("sam").await;
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", escaped(&sam.user_id));
+    let (status, body) =
+        synapse.put_as(&sam, &path, json!({"displayname": "Sam of Synapse"})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A Synapse client asks about our user: Synapse asks us over federation.
+    let (status, body) = synapse
+        .get_as(&sam, &format!("/_matrix/client/v3/profile/{}", escaped(&alice.user_id)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["displayname"], "Alice of ours", "{body}");
+    assert_eq!(body["avatar_url"], "mxc://example/alice", "{body}");
+    let (status, body) = synapse
+        .get_as(
+            &sam,
+            &format!("/_matrix/client/v3/profile/{}/displayname", escaped(&alice.user_id)),
+        )
+        .await;
+    assert_eq!((status, &body["displayname"]), (200, &json!("Alice of ours")), "{body}");
+    let nobody = ours.user_id("nobody");
+    let (status, body) =
+        synapse.get_as(&sam, &format!("/_matrix/client/v3/profile/{}", escaped(&nobody))).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+
+    // Our client asks about Synapse's user.
+    let (status, body) = ours
+        .server
+        .get_as(&alice, &format!("/_matrix/client/v3/profile/{}", escaped(&sam.user_id)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["displayname"], "Sam of Synapse", "{body}");
+    let (status, body) = ours
+        .server
+        .get_as(
+            &alice,
+            &format!("/_matrix/client/v3/profile/{}/displayname", escaped(&sam.user_id)),
+        )
+        .await;
+    assert_eq!((status, &body["displayname"]), (200, &json!("Sam of Synapse")), "{body}");
+    let missing = format!("@nobody-here:{}", shared.synapse_name());
+    let (status, body) = ours
+        .server
+        .get_as(&alice, &format!("/_matrix/client/v3/profile/{}", escaped(&missing)))
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn aliases_resolve_both_ways() {
+    let shared = shared();
+    let synapse = shared.client();
+    let ours = shared.server(&shared.ca, &[]).await;
+    let alice = ours.server.register("alice", "pw").await;
+    let sam = synapse.register("sam").await;
+
+    let our_room =
+        crate::rooms::create_room(&ours.server, &alice, json!({"room_alias_name": "lobby"})).await;
+    let alias_name = unique_localpart("synapse-lobby");
+    let (status, body) = synapse
+        .post_as(&sam, "/_matrix/client/v3/createRoom", json!({"room_alias_name": alias_name}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let synapse_room = body["room_id"].as_str().expect("room_id").to_owned();
+
+    let our_alias = format!("#lobby:{}", ours.name);
+    let (status, body) = synapse
+        .get_as(&sam, &format!("/_matrix/client/v3/directory/room/{}", escaped(&our_alias)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], our_room.as_str(), "{body}");
+    assert_eq!(body["servers"], json!([ours.name]), "{body}");
+    let (status, body) = synapse
+        .get_as(
+            &sam,
+            &format!(
+                "/_matrix/client/v3/directory/room/{}",
+                escaped(&format!("#none:{}", ours.name))
+            ),
+        )
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+
+    let synapse_alias = format!("#{alias_name}:{}", shared.synapse_name());
+    let (status, body) = ours
+        .server
+        .get_as(&alice, &format!("/_matrix/client/v3/directory/room/{}", escaped(&synapse_alias)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], synapse_room.as_str(), "{body}");
+    assert!(
+        body["servers"]
+            .as_array()
+            .is_some_and(|servers| servers.contains(&json!(shared.synapse_name()))),
+        "{body}"
+    );
+    let missing = format!("#none-here:{}", shared.synapse_name());
+    let (status, body) = ours
+        .server
+        .get_as(&alice, &format!("/_matrix/client/v3/directory/room/{}", escaped(&missing)))
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+}
+
+/// `count` one-time keys of `user` named `prefix0`, `prefix1`..., signed by the device.
+fn one_time_keys(user: &User, signer: &Signer, prefix: &str, count: usize) -> Value {
+    let keys: serde_json::Map<String, Value> = (0..count)
+        .map(|index| {
+            let mut key = json!({"key": format!("{prefix}-otk{index}")});
+            signer.sign(&user.user_id, &mut key);
+            (format!("signed_curve25519:{prefix}{index}"), key)
+        })
+        .collect();
+    Value::Object(keys)
+}
+
+#[tokio::test]
+async fn device_keys_are_queried_and_claimed_both_ways() {
+    let shared = shared();
+    let synapse = shared.client();
+    let ours = shared.server(&shared.ca, &[]).await;
+    let alice = ours.server.register("alice", "pw").await;
+    let sam = synapse.register("sam").await;
+
+    let alice_signer = upload_device(&ours.server, &alice).await;
+    let alice_one_time_keys = one_time_keys(&alice, &alice_signer, "A", 1);
+    let (status, body) = ours
+        .server
+        .post_as(
+            &alice,
+            "/_matrix/client/v3/keys/upload",
+            json!({"one_time_keys": alice_one_time_keys}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let sam_signer = Signer::new(&sam.device_id);
+    let sam_one_time_keys = one_time_keys(&sam, &sam_signer, "S", 1);
+    let (status, body) = synapse
+        .post_as(
+            &sam,
+            "/_matrix/client/v3/keys/upload",
+            json!({"device_keys": device_keys(&sam, &sam_signer), "one_time_keys": sam_one_time_keys}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Synapse's client asks for our user's keys, then claims the one-time key.
+    let (status, body) = synapse
+        .post_as(
+            &sam,
+            "/_matrix/client/v3/keys/query",
+            json!({"device_keys": {alice.user_id.clone(): []}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let device = &body["device_keys"][&alice.user_id][&alice.device_id];
+    assert_eq!(
+        device["keys"][format!("ed25519:{}", alice.device_id)],
+        alice_signer.public.as_str(),
+        "{body}"
+    );
+    assert!(device["signatures"][&alice.user_id].is_object(), "{body}");
+    assert!(body["failures"].as_object().is_none_or(serde_json::Map::is_empty), "{body}");
+    let claim = json!({"one_time_keys": {alice.user_id.clone(): {alice.device_id.clone(): "signed_curve25519"}}});
+    let (status, body) =
+        synapse.post_as(&sam, "/_matrix/client/v3/keys/claim", claim.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["one_time_keys"][&alice.user_id][&alice.device_id], alice_one_time_keys,
+        "{body}"
+    );
+    // Claimed once: none left.
+    let (status, body) = synapse.post_as(&sam, "/_matrix/client/v3/keys/claim", claim).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["one_time_keys"][&alice.user_id][&alice.device_id]
+            .as_object()
+            .is_none_or(serde_json::Map::is_empty),
+        "{body}"
+    );
+
+    // Our client asks for Synapse's user's keys and claims its one-time key.
+    let (status, body) = ours
+        .server
+        .post_as(
+            &alice,
+            "/_matrix/client/v3/keys/query",
+            json!({"device_keys": {sam.user_id.clone(): []}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let device = &body["device_keys"][&sam.user_id][&sam.device_id];
+    assert_eq!(
+        device["keys"][format!("ed25519:{}", sam.device_id)],
+        sam_signer.public.as_str(),
+        "{body}"
+    );
+    assert!(body["failures"].as_object().is_none_or(serde_json::Map::is_empty), "{body}");
+    let claim = json!({"one_time_keys": {sam.user_id.clone(): {sam.device_id.clone(): "signed_curve25519"}}});
+    let (status, body) = ours.server.post_as(&alice, "/_matrix/client/v3/keys/claim", claim).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["one_time_keys"][&sam.user_id][&sam.device_id], sam_one_time_keys, "{body}");
+}
+
+#[tokio::test]
+async fn public_rooms_cross_both_ways() {
+    let shared = shared();
+    let synapse = shared.client();
+    let ours =
+        shared.server(&shared.ca, &["allow_public_room_directory_over_federation=true"]).await;
+    let alice = ours.server.register("alice", "pw").await;
+    let sam = synapse.register("sam").await;
+    let our_name = unique_localpart("OurPublicRoom");
+    let our_room = crate::rooms::create_room(
+        &ours.server,
+        &alice,
+        json!({"visibility": "public", "name": our_name}),
+    )
+    .await;
+    let synapse_name = unique_localpart("SynapsePublicRoom");
+    let (status, body) = synapse
+        .post_as(
+            &sam,
+            "/_matrix/client/v3/createRoom",
+            json!({"visibility": "public", "name": synapse_name}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let synapse_room = body["room_id"].as_str().expect("room_id").to_owned();
+
+    let rooms_of = |body: &Value| -> Vec<String> {
+        body["chunk"]
+            .as_array()
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .filter_map(|room| room["room_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Synapse's client browses our directory: GET without a filter, POST with one.
+    let (status, body) =
+        synapse.get_as(&sam, &format!("/_matrix/client/v3/publicRooms?server={}", ours.name)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(rooms_of(&body), vec![our_room.clone()], "{body}");
+    let (status, body) = synapse
+        .post_as(
+            &sam,
+            &format!("/_matrix/client/v3/publicRooms?server={}", ours.name),
+            json!({"limit": 5, "filter": {"generic_search_term": our_name}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(rooms_of(&body), vec![our_room.clone()], "{body}");
+    assert_eq!(body["chunk"][0]["name"], our_name.as_str(), "{body}");
+
+    // Our client browses Synapse's (other tests publish rooms there too: filter by name).
+    let (status, body) = ours
+        .server
+        .post_as(
+            &alice,
+            &format!("/_matrix/client/v3/publicRooms?server={}", shared.synapse_name()),
+            json!({"limit": 5, "filter": {"generic_search_term": synapse_name}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(rooms_of(&body), vec![synapse_room.clone()], "{body}");
+    let (status, body) = ours
+        .server
+        .get_as(
+            &alice,
+            &format!("/_matrix/client/v3/publicRooms?server={}&limit=100", shared.synapse_name()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(rooms_of(&body).contains(&synapse_room), "{body}");
+}
+
+/// Uploads `bytes` through the client API at `base` with `http`; returns the `mxc://` URI.
+async fn upload_media(http: &reqwest::Client, base: &str, user: &User, bytes: &[u8]) -> String {
+    let response = http
+        .post(format!("{base}/_matrix/media/v3/upload"))
+        .query(&[("filename", "hello.txt")])
+        .bearer_auth(&user.token)
+        .header("content-type", "text/plain")
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("upload");
+    let (status, body) = status_and_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    body["content_uri"].as_str().expect("content_uri").to_owned()
+}
+
+/// Downloads `mxc` through the authenticated client API at `base`: status, content type, bytes.
+async fn download_media(
+    http: &reqwest::Client,
+    base: &str,
+    user: &User,
+    mxc: &str,
+) -> (u16, String, Vec<u8>) {
+    let path = mxc.strip_prefix("mxc://").expect("mxc");
+    let response = http
+        .get(format!("{base}/_matrix/client/v1/media/download/{path}"))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .expect("download");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, content_type, response.bytes().await.expect("body").to_vec())
+}
+
+#[tokio::test]
+async fn media_is_fetched_both_ways() {
+    let shared = shared();
+    let synapse = shared.client();
+    let ours = shared.server(&shared.ca, &[]).await;
+    let alice = ours.server.register("alice", "pw").await;
+    let sam = synapse.register("sam").await;
+
+    let ours_bytes = b"uploaded to our server".to_vec();
+    let our_mxc = upload_media(&ours.server.client, &ours.server.base, &alice, &ours_bytes).await;
+    let synapse_bytes = b"uploaded to Synapse".to_vec();
+    let synapse_mxc = upload_media(&synapse.http, &synapse.base, &sam, &synapse_bytes).await;
+
+    let (status, content_type, bytes) =
+        download_media(&synapse.http, &synapse.base, &sam, &our_mxc).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(bytes, ours_bytes);
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+
+    let (status, content_type, bytes) =
+        download_media(&ours.server.client, &ours.server.base, &alice, &synapse_mxc).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(bytes, synapse_bytes);
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+}
+
+#[tokio::test]
+async fn synapse_refuses_forged_requests_and_accepts_signed_ones() {
+    let shared = shared();
+    let synapse = shared.client();
+    let sam = synapse.register("sam").await;
+    let origin = FakeOrigin::start(&shared.ca).await;
+    let path = format!("/_matrix/federation/v1/query/profile?user_id={}", escaped(&sam.user_id));
+    let send = |authorization: Option<String>| {
+        let mut request = synapse.http.get(format!("{}{path}", synapse.base));
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        async move { status_and_json(request.send().await.expect("request")).await }
+    };
+    let good = origin.authorization("GET", &path, shared.synapse_name(), None, None);
+    let (status, body) = send(Some(good)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(None).await;
+    assert_error(status, &body, 401, "M_UNAUTHORIZED");
+    let impostor = new_pair("fake1");
+    let forged = origin.authorization("GET", &path, shared.synapse_name(), None, Some(&impostor));
+    let (status, body) = send(Some(forged)).await;
+    assert_error(status, &body, 401, "M_UNAUTHORIZED");
+}
