@@ -33,7 +33,7 @@ impl Signer {
     }
 
     /// A cross-signing key, whose key id is its public key.
-    fn cross_signing() -> Self {
+    pub(crate) fn cross_signing() -> Self {
         let document = Ed25519KeyPair::generate();
         let probe = Ed25519KeyPair::from_der(&document, "probe".to_owned()).expect("key pair");
         let public =
@@ -84,7 +84,7 @@ pub async fn upload_device(server: &TestServer, user: &User) -> Signer {
     signer
 }
 
-fn cross_signing_key(user: &User, usage: &str, key: &Signer) -> Value {
+pub(crate) fn cross_signing_key(user: &User, usage: &str, key: &Signer) -> Value {
     json!({"user_id": user.user_id, "usage": [usage], "keys": {format!("ed25519:{}", key.public): key.public}})
 }
 

@@ -14,6 +14,7 @@
 
 use std::{
     ffi::{OsStr, OsString},
+    future::Future,
     net::SocketAddr,
     path::Path,
     process::Child,
@@ -30,8 +31,9 @@ use serde_json::{Value, json};
 
 use crate::{
     common::{User, assert_error, status_and_json, user_from, wait_until, write_config},
-    e2ee::{Signer, device_keys, upload_device},
+    e2ee::{Signer, cross_signing_key, device_keys, upload_device},
     federation::{FakeOrigin, new_pair},
+    federation_media::png,
     synapse::{Synapse, SynapseConfig, free_port, watched},
     testbed::{Ca, FedServer, TlsFront, denylist_without_loopback},
 };
@@ -490,6 +492,62 @@ fn one_time_keys(user: &User, signer: &Signer, prefix: &str, count: usize) -> Va
     Value::Object(keys)
 }
 
+/// A user's cross-signing keys as uploaded.
+struct CrossSigning {
+    master: Value,
+    self_signing_key: Value,
+    self_signing: Signer,
+}
+
+/// Uploads master and self-signing keys for `user` (the first upload needs no
+/// authentication) and signs the device with the self-signing key, through `post`.
+async fn upload_cross_signing<F, Fut>(user: &User, device: &Signer, post: F) -> CrossSigning
+where
+    F: Fn(&'static str, Value) -> Fut,
+    Fut: Future<Output = (u16, Value)>,
+{
+    let master = Signer::cross_signing();
+    let self_signing = Signer::cross_signing();
+    let master_key = cross_signing_key(user, "master", &master);
+    let mut self_signing_key = cross_signing_key(user, "self_signing", &self_signing);
+    master.sign(&user.user_id, &mut self_signing_key);
+    let (status, body) = post(
+        "/_matrix/client/v3/keys/device_signing/upload",
+        json!({"master_key": master_key, "self_signing_key": self_signing_key}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut signed_device = device_keys(user, device);
+    self_signing.sign(&user.user_id, &mut signed_device);
+    let (status, body) = post(
+        "/_matrix/client/v3/keys/signatures/upload",
+        json!({user.user_id.clone(): {user.device_id.clone(): signed_device}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["failures"].as_object().is_none_or(serde_json::Map::is_empty), "{body}");
+    CrossSigning { master: master_key, self_signing_key, self_signing }
+}
+
+/// The `keys/query` answer carries `user`'s master and self-signing keys as uploaded.
+fn assert_cross_signing(body: &Value, user: &User, uploaded: &CrossSigning) {
+    for (field, key) in
+        [("master_keys", &uploaded.master), ("self_signing_keys", &uploaded.self_signing_key)]
+    {
+        let got = &body[field][&user.user_id];
+        for part in ["user_id", "usage", "keys"] {
+            assert_eq!(got[part], key[part], "{field}: {body}");
+        }
+        let signatures = key["signatures"].as_object().into_iter().flatten();
+        for (signer, signed) in signatures {
+            for (key_id, signature) in signed.as_object().into_iter().flatten() {
+                assert_eq!(&got["signatures"][signer][key_id], signature, "{field}: {body}");
+            }
+        }
+    }
+    assert!(body["user_signing_keys"].get(&user.user_id).is_none(), "stays home: {body}");
+}
+
 #[tokio::test]
 async fn device_keys_are_queried_and_claimed_both_ways() {
     let shared = shared();
@@ -511,14 +569,22 @@ async fn device_keys_are_queried_and_claimed_both_ways() {
     assert_eq!(status, 200, "{body}");
     let sam_signer = Signer::new(&sam.device_id);
     let sam_one_time_keys = one_time_keys(&sam, &sam_signer, "S", 1);
+    let sam_fallback = fallback_key(&sam, &sam_signer, "SF");
     let (status, body) = synapse
         .post_as(
             &sam,
             "/_matrix/client/v3/keys/upload",
-            json!({"device_keys": device_keys(&sam, &sam_signer), "one_time_keys": sam_one_time_keys}),
+            json!({"device_keys": device_keys(&sam, &sam_signer), "one_time_keys": sam_one_time_keys, "fallback_keys": sam_fallback}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    let alice_cross_signing = upload_cross_signing(&alice, &alice_signer, |path, body| {
+        ours.server.post_as(&alice, path, body)
+    })
+    .await;
+    let sam_cross_signing =
+        upload_cross_signing(&sam, &sam_signer, |path, body| synapse.post_as(&sam, path, body))
+            .await;
 
     // Synapse's client asks for our user's keys, then claims the one-time key.
     let (status, body) = synapse
@@ -535,7 +601,9 @@ async fn device_keys_are_queried_and_claimed_both_ways() {
         alice_signer.public.as_str(),
         "{body}"
     );
-    assert!(device["signatures"][&alice.user_id].is_object(), "{body}");
+    let self_signed = format!("ed25519:{}", alice_cross_signing.self_signing.public);
+    assert!(device["signatures"][&alice.user_id][&self_signed].is_string(), "{body}");
+    assert_cross_signing(&body, &alice, &alice_cross_signing);
     assert!(body["failures"].as_object().is_none_or(serde_json::Map::is_empty), "{body}");
     let claim = json!({"one_time_keys": {alice.user_id.clone(): {alice.device_id.clone(): "signed_curve25519"}}});
     let (status, body) =
@@ -546,7 +614,8 @@ async fn device_keys_are_queried_and_claimed_both_ways() {
         "{body}"
     );
     // Claimed once: none left.
-    let (status, body) = synapse.post_as(&sam, "/_matrix/client/v3/keys/claim", claim).await;
+    let (status, body) =
+        synapse.post_as(&sam, "/_matrix/client/v3/keys/claim", claim.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert!(
         body["one_time_keys"][&alice.user_id][&alice.device_id]
@@ -554,6 +623,22 @@ async fn device_keys_are_queried_and_claimed_both_ways() {
             .is_none_or(serde_json::Map::is_empty),
         "{body}"
     );
+    // Then the fallback key, again and again.
+    let alice_fallback = fallback_key(&alice, &alice_signer, "AF");
+    let (status, body) = ours
+        .server
+        .post_as(&alice, "/_matrix/client/v3/keys/upload", json!({"fallback_keys": alice_fallback}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..2 {
+        let (status, body) =
+            synapse.post_as(&sam, "/_matrix/client/v3/keys/claim", claim.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["one_time_keys"][&alice.user_id][&alice.device_id], alice_fallback,
+            "{body}"
+        );
+    }
 
     // Our client asks for Synapse's user's keys and claims its one-time key.
     let (status, body) = ours
@@ -571,11 +656,25 @@ async fn device_keys_are_queried_and_claimed_both_ways() {
         sam_signer.public.as_str(),
         "{body}"
     );
+    let self_signed = format!("ed25519:{}", sam_cross_signing.self_signing.public);
+    assert!(device["signatures"][&sam.user_id][&self_signed].is_string(), "{body}");
+    assert_cross_signing(&body, &sam, &sam_cross_signing);
     assert!(body["failures"].as_object().is_none_or(serde_json::Map::is_empty), "{body}");
     let claim = json!({"one_time_keys": {sam.user_id.clone(): {sam.device_id.clone(): "signed_curve25519"}}});
-    let (status, body) = ours.server.post_as(&alice, "/_matrix/client/v3/keys/claim", claim).await;
+    let (status, body) =
+        ours.server.post_as(&alice, "/_matrix/client/v3/keys/claim", claim.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["one_time_keys"][&sam.user_id][&sam.device_id], sam_one_time_keys, "{body}");
+    let (status, body) = ours.server.post_as(&alice, "/_matrix/client/v3/keys/claim", claim).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["one_time_keys"][&sam.user_id][&sam.device_id], sam_fallback, "{body}");
+}
+
+/// A fallback key of `user` named `name`, signed by the device.
+fn fallback_key(user: &User, signer: &Signer, name: &str) -> Value {
+    let mut key = json!({"key": format!("{name}-fallback"), "fallback": true});
+    signer.sign(&user.user_id, &mut key);
+    json!({format!("signed_curve25519:{name}"): key})
 }
 
 #[tokio::test]
@@ -654,12 +753,18 @@ async fn public_rooms_cross_both_ways() {
 }
 
 /// Uploads `bytes` through the client API at `base` with `http`; returns the `mxc://` URI.
-async fn upload_media(http: &reqwest::Client, base: &str, user: &User, bytes: &[u8]) -> String {
+async fn upload(
+    http: &reqwest::Client,
+    base: &str,
+    user: &User,
+    bytes: &[u8],
+    content_type: &str,
+) -> String {
     let response = http
         .post(format!("{base}/_matrix/media/v3/upload"))
-        .query(&[("filename", "hello.txt")])
+        .query(&[("filename", "hello")])
         .bearer_auth(&user.token)
-        .header("content-type", "text/plain")
+        .header("content-type", content_type)
         .body(bytes.to_vec())
         .send()
         .await
@@ -702,9 +807,11 @@ async fn media_is_fetched_both_ways() {
     let sam = synapse.register("sam").await;
 
     let ours_bytes = b"uploaded to our server".to_vec();
-    let our_mxc = upload_media(&ours.server.client, &ours.server.base, &alice, &ours_bytes).await;
+    let our_mxc =
+        upload(&ours.server.client, &ours.server.base, &alice, &ours_bytes, "text/plain").await;
     let synapse_bytes = b"uploaded to Synapse".to_vec();
-    let synapse_mxc = upload_media(&synapse.http, &synapse.base, &sam, &synapse_bytes).await;
+    let synapse_mxc =
+        upload(&synapse.http, &synapse.base, &sam, &synapse_bytes, "text/plain").await;
 
     let (status, content_type, bytes) =
         download_media(&synapse.http, &synapse.base, &sam, &our_mxc).await;
@@ -717,6 +824,30 @@ async fn media_is_fetched_both_ways() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
     assert_eq!(bytes, synapse_bytes);
     assert!(content_type.starts_with("text/plain"), "{content_type}");
+
+    // Thumbnails of each other's pictures.
+    let picture = png(64, 48);
+    let our_picture =
+        upload(&ours.server.client, &ours.server.base, &alice, &picture, "image/png").await;
+    let synapse_picture = upload(&synapse.http, &synapse.base, &sam, &picture, "image/png").await;
+    for (http, base, user, mxc) in [
+        (&synapse.http, &synapse.base, &sam, &our_picture),
+        (&ours.server.client, &ours.server.base, &alice, &synapse_picture),
+    ] {
+        let path = mxc.strip_prefix("mxc://").expect("mxc");
+        let response = http
+            .get(format!("{base}/_matrix/client/v1/media/thumbnail/{path}"))
+            .query(&[("width", "32"), ("height", "32"), ("method", "scale")])
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .expect("thumbnail");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("body");
+        assert_eq!(status, 200, "{mxc}: {}", String::from_utf8_lossy(&bytes));
+        let thumbnail = image::load_from_memory(&bytes).expect("a picture");
+        assert!(thumbnail.width() <= 64 && thumbnail.height() <= 48, "{mxc}");
+    }
 }
 
 #[tokio::test]
@@ -742,4 +873,107 @@ async fn synapse_refuses_forged_requests_and_accepts_signed_ones() {
     let forged = origin.authorization("GET", &path, shared.synapse_name(), None, Some(&impostor));
     let (status, body) = send(Some(forged)).await;
     assert_error(status, &body, 401, "M_UNAUTHORIZED");
+}
+
+/// The room ids of a `/hierarchy` answer.
+fn hierarchy_ids(body: &Value) -> Vec<String> {
+    body["rooms"]
+        .as_array()
+        .map(|rooms| {
+            rooms.iter().filter_map(|room| room["room_id"].as_str().map(str::to_owned)).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The hierarchy entry of `room` in a `/hierarchy` answer.
+fn hierarchy_entry<'a>(body: &'a Value, room: &str) -> &'a Value {
+    body["rooms"]
+        .as_array()
+        .and_then(|rooms| rooms.iter().find(|entry| entry["room_id"] == room))
+        .unwrap_or_else(|| panic!("{room} is in the hierarchy: {body}"))
+}
+
+/// `createRoom` for a public space named `name` whose children are `children` (room id and
+/// the server to ask about it).
+fn space_with(name: &str, children: &[(&str, &str)]) -> Value {
+    let initial_state: Vec<Value> = children
+        .iter()
+        .map(|(room, via)| {
+            json!({"type": "m.space.child", "state_key": room, "content": {"via": [via]}})
+        })
+        .collect();
+    json!({
+        "preset": "public_chat",
+        "name": name,
+        "creation_content": {"type": "m.space"},
+        "initial_state": initial_state,
+    })
+}
+
+#[tokio::test]
+async fn space_hierarchies_cross_both_ways() {
+    let shared = shared();
+    let synapse = shared.client();
+    let ours = shared.server(&shared.ca, &[]).await;
+    let alice = ours.server.register("alice", "pw").await;
+    let sam = synapse.register("sam").await;
+    let our_child = crate::rooms::create_room(
+        &ours.server,
+        &alice,
+        json!({"preset": "public_chat", "name": "Our child", "topic": "ours"}),
+    )
+    .await;
+    let (status, body) = synapse
+        .post_as(
+            &sam,
+            "/_matrix/client/v3/createRoom",
+            json!({"preset": "public_chat", "name": "Synapse child", "topic": "theirs"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let synapse_child = body["room_id"].as_str().expect("room_id").to_owned();
+
+    // A space on each side, each with a child on the other side. Synapse's is of room version
+    // 10, whose room ids name their server: our server can ask Synapse about it (a room id of
+    // version 12 names no server to ask).
+    let mut space = space_with("Synapse space", &[(&our_child, &ours.name)]);
+    space["room_version"] = json!("10");
+    let (status, body) = synapse.post_as(&sam, "/_matrix/client/v3/createRoom", space).await;
+    assert_eq!(status, 200, "{body}");
+    let synapse_space = body["room_id"].as_str().expect("room_id").to_owned();
+    let our_space = crate::rooms::create_room(
+        &ours.server,
+        &alice,
+        space_with("Our space", &[(&synapse_child, shared.synapse_name())]),
+    )
+    .await;
+
+    // Synapse asks us about our child room.
+    let (status, body) =
+        synapse.get_as(&sam, &format!("/_matrix/client/v1/rooms/{synapse_space}/hierarchy")).await;
+    assert_eq!(status, 200, "{body}\n{}", shared.synapse.log_tail());
+    assert_eq!(hierarchy_ids(&body), vec![synapse_space.clone(), our_child.clone()], "{body}");
+    let entry = hierarchy_entry(&body, &our_child);
+    assert_eq!((&entry["name"], &entry["topic"]), (&json!("Our child"), &json!("ours")), "{body}");
+    // Our answer leaves out the join rule of a public room, as the spec allows (Synapse's names
+    // it), and Synapse passes it on as it is.
+    assert!(entry.get("join_rule").is_none_or(|rule| rule == "public"), "{body}");
+    assert_eq!(entry["num_joined_members"], 1, "{body}");
+
+    // We ask Synapse about its child room, and about its space.
+    let (status, body) = ours
+        .server
+        .get_as(&alice, &format!("/_matrix/client/v1/rooms/{our_space}/hierarchy"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(hierarchy_ids(&body), vec![our_space.clone(), synapse_child.clone()], "{body}");
+    let entry = hierarchy_entry(&body, &synapse_child);
+    assert_eq!((&entry["name"], &entry["topic"]), (&json!("Synapse child"), &json!("theirs")));
+    let (status, body) = ours
+        .server
+        .get_as(&alice, &format!("/_matrix/client/v1/rooms/{synapse_space}/hierarchy"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(hierarchy_ids(&body), vec![synapse_space.clone(), our_child.clone()], "{body}");
+    assert_eq!(hierarchy_entry(&body, &synapse_space)["room_type"], "m.space", "{body}");
 }
