@@ -310,8 +310,8 @@ async fn keys_cross_directly_and_through_our_notary() {
     // Synapse checks each server's signed profile query with keys it fetched: from `direct`
     // itself (the notary cannot reach it), `hidden`'s through the notary (Synapse cannot
     // reach it).
-    let direct = shared.server(&shared.synapse_only, &[]).await;
-    let hidden = shared.server(&shared.notary_only, &[]).await;
+    let mut direct = shared.server(&shared.synapse_only, &[]).await;
+    let mut hidden = shared.server(&shared.notary_only, &[]).await;
     for server in [&direct, &hidden] {
         let asker = server.server.register("asker", "pw").await;
         let path = format!("/_matrix/client/v3/profile/{}", escaped(&host.user_id));
@@ -362,13 +362,16 @@ async fn keys_cross_directly_and_through_our_notary() {
         synapse.request(Method::GET, "/_matrix/key/v2/server", None, None).await;
     assert_eq!(status, 200, "{synapse_own}");
     assert_eq!(document["verify_keys"], synapse_own["verify_keys"], "{body}");
+    // Closed before the test ends: a database still closing when the process exits aborts it.
+    direct.server.stop().await;
+    hidden.server.stop().await;
 }
 
 #[tokio::test]
 async fn profiles_cross_both_ways() {
     let shared = shared();
     let synapse = shared.client();
-    let ours = shared.server(&shared.ca, &[]).await;
+    let mut ours = shared.server(&shared.ca, &[]).await;
     let alice = ours.server.register("alice", "pw").await;
     for (field, value) in [("displayname", "Alice of ours"), ("avatar_url", "mxc://example/alice")]
     {
@@ -422,13 +425,15 @@ async fn profiles_cross_both_ways() {
         .get_as(&alice, &format!("/_matrix/client/v3/profile/{}", escaped(&missing)))
         .await;
     assert_error(status, &body, 404, "M_NOT_FOUND");
+    // Closed before the test ends: a database still closing when the process exits aborts it.
+    ours.server.stop().await;
 }
 
 #[tokio::test]
 async fn aliases_resolve_both_ways() {
     let shared = shared();
     let synapse = shared.client();
-    let ours = shared.server(&shared.ca, &[]).await;
+    let mut ours = shared.server(&shared.ca, &[]).await;
     let alice = ours.server.register("alice", "pw").await;
     let sam = synapse.register("sam").await;
 
@@ -478,6 +483,8 @@ async fn aliases_resolve_both_ways() {
         .get_as(&alice, &format!("/_matrix/client/v3/directory/room/{}", escaped(&missing)))
         .await;
     assert_error(status, &body, 404, "M_NOT_FOUND");
+    // Closed before the test ends: a database still closing when the process exits aborts it.
+    ours.server.stop().await;
 }
 
 /// `count` one-time keys of `user` named `prefix0`, `prefix1`..., signed by the device.
@@ -552,11 +559,20 @@ fn assert_cross_signing(body: &Value, user: &User, uploaded: &CrossSigning) {
 async fn device_keys_are_queried_and_claimed_both_ways() {
     let shared = shared();
     let synapse = shared.client();
-    let ours = shared.server(&shared.ca, &[]).await;
+    let mut ours = shared.server(&shared.ca, &[]).await;
     let alice = ours.server.register("alice", "pw").await;
     let sam = synapse.register("sam").await;
 
     let alice_signer = upload_device(&ours.server, &alice).await;
+    let (status, body) = ours
+        .server
+        .put_as(
+            &alice,
+            &format!("/_matrix/client/v3/devices/{}", alice.device_id),
+            json!({"display_name": "Alice's phone"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let alice_one_time_keys = one_time_keys(&alice, &alice_signer, "A", 1);
     let (status, body) = ours
         .server
@@ -601,6 +617,7 @@ async fn device_keys_are_queried_and_claimed_both_ways() {
         alice_signer.public.as_str(),
         "{body}"
     );
+    assert!(device["unsigned"]["device_display_name"].is_null(), "names stay home: {body}");
     let self_signed = format!("ed25519:{}", alice_cross_signing.self_signing.public);
     assert!(device["signatures"][&alice.user_id][&self_signed].is_string(), "{body}");
     assert_cross_signing(&body, &alice, &alice_cross_signing);
@@ -656,6 +673,8 @@ async fn device_keys_are_queried_and_claimed_both_ways() {
         sam_signer.public.as_str(),
         "{body}"
     );
+    // Synapse shares no device names over federation by default, nor do we (above).
+    assert!(device["unsigned"]["device_display_name"].is_null(), "{body}");
     let self_signed = format!("ed25519:{}", sam_cross_signing.self_signing.public);
     assert!(device["signatures"][&sam.user_id][&self_signed].is_string(), "{body}");
     assert_cross_signing(&body, &sam, &sam_cross_signing);
@@ -668,6 +687,8 @@ async fn device_keys_are_queried_and_claimed_both_ways() {
     let (status, body) = ours.server.post_as(&alice, "/_matrix/client/v3/keys/claim", claim).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["one_time_keys"][&sam.user_id][&sam.device_id], sam_fallback, "{body}");
+    // Closed before the test ends: a database still closing when the process exits aborts it.
+    ours.server.stop().await;
 }
 
 /// A fallback key of `user` named `name`, signed by the device.
@@ -681,7 +702,7 @@ fn fallback_key(user: &User, signer: &Signer, name: &str) -> Value {
 async fn public_rooms_cross_both_ways() {
     let shared = shared();
     let synapse = shared.client();
-    let ours =
+    let mut ours =
         shared.server(&shared.ca, &["allow_public_room_directory_over_federation=true"]).await;
     let alice = ours.server.register("alice", "pw").await;
     let sam = synapse.register("sam").await;
@@ -750,6 +771,8 @@ async fn public_rooms_cross_both_ways() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(rooms_of(&body).contains(&synapse_room), "{body}");
+    // Closed before the test ends: a database still closing when the process exits aborts it.
+    ours.server.stop().await;
 }
 
 /// Uploads `bytes` through the client API at `base` with `http`; returns the `mxc://` URI.
@@ -802,7 +825,7 @@ async fn download_media(
 async fn media_is_fetched_both_ways() {
     let shared = shared();
     let synapse = shared.client();
-    let ours = shared.server(&shared.ca, &[]).await;
+    let mut ours = shared.server(&shared.ca, &[]).await;
     let alice = ours.server.register("alice", "pw").await;
     let sam = synapse.register("sam").await;
 
@@ -848,6 +871,8 @@ async fn media_is_fetched_both_ways() {
         let thumbnail = image::load_from_memory(&bytes).expect("a picture");
         assert!(thumbnail.width() <= 64 && thumbnail.height() <= 48, "{mxc}");
     }
+    // Closed before the test ends: a database still closing when the process exits aborts it.
+    ours.server.stop().await;
 }
 
 #[tokio::test]
@@ -914,7 +939,7 @@ fn space_with(name: &str, children: &[(&str, &str)]) -> Value {
 async fn space_hierarchies_cross_both_ways() {
     let shared = shared();
     let synapse = shared.client();
-    let ours = shared.server(&shared.ca, &[]).await;
+    let mut ours = shared.server(&shared.ca, &[]).await;
     let alice = ours.server.register("alice", "pw").await;
     let sam = synapse.register("sam").await;
     let our_child = crate::rooms::create_room(
@@ -976,4 +1001,6 @@ async fn space_hierarchies_cross_both_ways() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(hierarchy_ids(&body), vec![synapse_space.clone(), our_child.clone()], "{body}");
     assert_eq!(hierarchy_entry(&body, &synapse_space)["room_type"], "m.space", "{body}");
+    // Closed before the test ends: a database still closing when the process exits aborts it.
+    ours.server.stop().await;
 }
