@@ -836,6 +836,11 @@ async fn media_is_fetched_both_ways() {
     let synapse_mxc =
         upload(&synapse.http, &synapse.base, &sam, &synapse_bytes, "text/plain").await;
 
+    // Our legacy unauthenticated media routes are off (the default): Synapse can only fetch
+    // ours through `/_matrix/federation/v1/media/download`, not by falling back to them.
+    let legacy = format!("/_matrix/media/v3/download/{}", our_mxc.trim_start_matches("mxc://"));
+    let (status, body) = ours.server.get(&legacy).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
     let (status, content_type, bytes) =
         download_media(&synapse.http, &synapse.base, &sam, &our_mxc).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
