@@ -1,16 +1,16 @@
 //! Federation with a real Synapse (the reference homeserver, from PyPI) on loopback: each
 //! side fetches and checks the other's keys (Synapse directly and through our notary), and
-//! the queries a client of one side makes about the other (profiles, aliases, device keys and
-//! one-time keys, public rooms, media) go over federation both ways, as the servers
-//! themselves make them.
+//! what a client of one side asks about the other (profiles, aliases, device, cross-signing,
+//! one-time and fallback keys, public rooms, space hierarchies, media) goes over federation
+//! both ways, as the servers themselves ask it. Synapse refuses forged requests.
 //!
 //! One Synapse serves every test of this module (it takes seconds to start). It is named
 //! `localhost:PORT` and serves TLS with a certificate of the shared [`Ca`]; our servers are
-//! named `localhost:PORT` behind TLS fronts. Synapse asks our notary (one more of our servers) for keys first
-//! (`trusted_key_servers`), then the server itself. Two more CAs tell the paths apart: a
-//! server whose certificate only Synapse trusts can be reached by Synapse but not by the
-//! notary (its keys must come directly), one whose certificate only the notary trusts can be
-//! reached only by the notary (its keys must come through it).
+//! named `localhost:PORT` behind TLS fronts. Synapse asks our notary (the `tuwunel` binary)
+//! for keys first (`trusted_key_servers`), then the server itself. Two more CAs tell the
+//! paths apart: a server whose certificate only Synapse trusts can be reached by Synapse but
+//! not by the notary (its keys must come directly), one whose certificate only the notary
+//! trusts can be reached only by the notary (its keys must come through it).
 
 use std::{
     ffi::{OsStr, OsString},
@@ -1008,4 +1008,36 @@ async fn space_hierarchies_cross_both_ways() {
     assert_eq!(hierarchy_entry(&body, &synapse_space)["room_type"], "m.space", "{body}");
     // Closed before the test ends: a database still closing when the process exits aborts it.
     ours.server.stop().await;
+}
+
+#[tokio::test]
+async fn we_fetch_keys_through_synapse_as_our_notary() {
+    let shared = shared();
+    // `trusting` gets other servers' keys only from Synapse, `closed` from no one.
+    let notary = format!("trusted_servers=[\"{}\"]", shared.synapse_name());
+    let only_notaries = "only_query_trusted_key_servers=true";
+    let mut trusting = shared.server(&shared.ca, &[notary.as_str(), only_notaries]).await;
+    let mut closed = shared.server(&shared.ca, &["trusted_servers=[]", only_notaries]).await;
+    let mut asking = shared.server(&shared.ca, &[]).await;
+    let target = trusting.server.register("target", "pw").await;
+    let unreachable = closed.server.register("target", "pw").await;
+    let asker = asking.server.register("asker", "pw").await;
+
+    // `trusting` checks `asking`'s signature with keys Synapse vouched for (Synapse's own
+    // keys it fetched from Synapse).
+    let path = format!("/_matrix/client/v3/profile/{}", escaped(&target.user_id));
+    let (status, body) = asking.server.get_as(&asker, &path).await;
+    assert_eq!(status, 200, "{body}\n{}", shared.synapse.log_tail());
+    let asking_name: OwnedServerName = asking.name.as_str().try_into().expect("server name");
+    let stored =
+        trusting.server.server().services().federation.keys.stored(&asking_name).expect("read");
+    assert!(stored.is_some_and(|record| !record.keys.is_empty()), "`asking`'s keys stored");
+    // Without a notary, the same request cannot be checked.
+    let path = format!("/_matrix/client/v3/profile/{}", escaped(&unreachable.user_id));
+    let (status, body) = asking.server.get_as(&asker, &path).await;
+    assert_ne!(status, 200, "{body}");
+    // Closed before the test ends: a database still closing when the process exits aborts it.
+    trusting.server.stop().await;
+    closed.server.stop().await;
+    asking.server.stop().await;
 }
