@@ -168,7 +168,7 @@ impl ServerKeys {
         if known_document && self.missed_recently(server) {
             return Err(KeyError(format!("{server} has no current key {key_id}")));
         }
-        let record = self.fetch(server).await?;
+        let record = self.fetch_wanting(server, Some(key_id)).await?;
         match usable_now(&record, key_id, self.time.now_ms()) {
             Some(key) => Ok(key),
             None => {
@@ -209,11 +209,20 @@ impl ServerKeys {
 
     /// Fetches `server`'s keys now (sharing a fetch already under way) and stores them.
     pub async fn fetch(&self, server: &ServerName) -> Result<Arc<ServerKeysRecord>, KeyError> {
+        self.fetch_wanting(server, None).await
+    }
+
+    /// [`Self::fetch`], naming to notaries the key id that is wanted, when one is.
+    async fn fetch_wanting(
+        &self,
+        server: &ServerName,
+        wanted: Option<&ServerSigningKeyId>,
+    ) -> Result<Arc<ServerKeysRecord>, KeyError> {
         if let Some(error) = self.recent_failure(server) {
             return Err(error);
         }
         let key = server.to_owned();
-        let result = self.flights.run(&key, || self.fetch_and_store(server)).await;
+        let result = self.flights.run(&key, || self.fetch_and_store(server, wanted)).await;
         if let Err(error) = &result {
             self.failures
                 .lock()
@@ -252,6 +261,7 @@ impl ServerKeys {
     async fn fetch_and_store(
         &self,
         server: &ServerName,
+        wanted: Option<&ServerSigningKeyId>,
     ) -> Result<Arc<ServerKeysRecord>, KeyError> {
         let order: &[Source] = if self.settings.only_trusted {
             &[Source::Notaries]
@@ -264,7 +274,7 @@ impl ServerKeys {
         for source in order {
             let fetched = match source {
                 Source::Direct => self.fetch_direct(server).await,
-                Source::Notaries => self.fetch_from_notaries(server).await,
+                Source::Notaries => self.fetch_from_notaries(server, wanted).await,
             };
             match fetched {
                 Ok(document) => return self.store(server, document).await,
@@ -290,6 +300,7 @@ impl ServerKeys {
     async fn fetch_from_notaries(
         &self,
         server: &ServerName,
+        wanted: Option<&ServerSigningKeyId>,
     ) -> Result<CanonicalJsonObject, KeyError> {
         if self.settings.trusted_servers.is_empty() {
             return Err(KeyError("no trusted_servers to ask".to_owned()));
@@ -299,7 +310,7 @@ impl ServerKeys {
             if notary == server || *notary == self.own {
                 continue;
             }
-            match self.fetch_from_notary(notary, server).await {
+            match self.fetch_from_notary(notary, server, wanted).await {
                 Ok(document) => return Ok(document),
                 Err(error) => errors.push(format!("{notary}: {}", error.0)),
             }
@@ -307,14 +318,27 @@ impl ServerKeys {
         Err(KeyError(format!("no notary vouched ({})", errors.join("; "))))
     }
 
+    /// Asks `notary` for `server`'s keys. A wanted key id is named, valid from now on:
+    /// Synapse, asked for "all keys" of a server, answers only what it has already and
+    /// fetches nothing, though the spec says a notary should.
     async fn fetch_from_notary(
         &self,
         notary: &ServerName,
         server: &ServerName,
+        wanted: Option<&ServerSigningKeyId>,
     ) -> Result<CanonicalJsonObject, KeyError> {
+        let now = self.time.timestamp();
+        let criteria = wanted
+            .map(|key_id| {
+                let mut criteria = get_remote_server_keys_batch::v2::QueryCriteria::new();
+                criteria.minimum_valid_until_ts = Some(now);
+                (key_id.to_owned(), criteria)
+            })
+            .into_iter()
+            .collect();
         let request = get_remote_server_keys_batch::v2::Request::new(BTreeMap::from([(
             server.to_owned(),
-            BTreeMap::new(),
+            criteria,
         )]));
         let response = self
             .client

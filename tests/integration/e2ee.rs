@@ -24,7 +24,7 @@ pub struct Signer {
 
 impl Signer {
     /// `name` becomes the key id's part after `ed25519:` unless the public key is the id.
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let document = Ed25519KeyPair::generate();
         let pair = Ed25519KeyPair::from_der(&document, name.to_owned()).expect("key pair");
         let public =
@@ -33,7 +33,7 @@ impl Signer {
     }
 
     /// A cross-signing key, whose key id is its public key.
-    fn cross_signing() -> Self {
+    pub(crate) fn cross_signing() -> Self {
         let document = Ed25519KeyPair::generate();
         let probe = Ed25519KeyPair::from_der(&document, "probe".to_owned()).expect("key pair");
         let public =
@@ -42,7 +42,7 @@ impl Signer {
         Self { pair, public }
     }
 
-    fn sign(&self, entity: &str, value: &mut Value) {
+    pub(crate) fn sign(&self, entity: &str, value: &mut Value) {
         let CanonicalJsonValue::Object(mut object) =
             CanonicalJsonValue::try_from(value.clone()).expect("canonical")
         else {
@@ -57,7 +57,7 @@ impl Signer {
     }
 }
 
-fn device_keys(user: &User, device_signer: &Signer) -> Value {
+pub(crate) fn device_keys(user: &User, device_signer: &Signer) -> Value {
     let mut keys = json!({
         "user_id": user.user_id,
         "device_id": user.device_id,
@@ -84,7 +84,7 @@ pub async fn upload_device(server: &TestServer, user: &User) -> Signer {
     signer
 }
 
-fn cross_signing_key(user: &User, usage: &str, key: &Signer) -> Value {
+pub(crate) fn cross_signing_key(user: &User, usage: &str, key: &Signer) -> Value {
     json!({"user_id": user.user_id, "usage": [usage], "keys": {format!("ed25519:{}", key.public): key.public}})
 }
 

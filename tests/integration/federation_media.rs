@@ -32,7 +32,7 @@ use crate::{
 const DOWNLOAD: &str = "/_matrix/client/v1/media/download";
 const THUMBNAIL: &str = "/_matrix/client/v1/media/thumbnail";
 
-fn png(width: u32, height: u32) -> Vec<u8> {
+pub(crate) fn png(width: u32, height: u32) -> Vec<u8> {
     let image = RgbImage::from_fn(width, height, |x, y| {
         Rgb([(x * 255 / width.max(1)) as u8, (y * 255 / height.max(1)) as u8, 128])
     });

@@ -21,6 +21,7 @@ mod errors;
 mod federation;
 mod federation_media;
 mod federation_rooms;
+mod federation_synapse;
 mod hardening;
 mod js_sdk;
 mod listeners;

@@ -9,6 +9,7 @@
 
 use std::{
     fmt::Write as _,
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -30,6 +31,8 @@ pub struct SynapseConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// More `homeserver.yaml`, appended last (a key given here replaces the default's).
     pub extra_yaml: String,
+    /// The port to listen on (a free one when `None`): for a server name that holds it.
+    pub port: Option<u16>,
 }
 
 impl Default for SynapseConfig {
@@ -39,6 +42,7 @@ impl Default for SynapseConfig {
             federation: false,
             tls: None,
             extra_yaml: String::new(),
+            port: None,
         }
     }
 }
@@ -118,6 +122,43 @@ impl SynapseConfig {
     }
 }
 
+/// Runs a command (`argv[2:]`) and stops it, removing the directory `argv[1]` and those listed
+/// in its file `remove-on-exit`, when the watchdog's standard input closes: when the owner
+/// drops the [`Child`] (or closes its input), and also when the test process exits without
+/// dropping it (what a module's tests share lives in a static, which is never dropped). Exits
+/// with the command's status if the command stops first.
+const WATCHDOG: &str = "\
+import os, shutil, subprocess, sys, threading
+child = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL)
+closing = threading.Event()
+def exit_with_child():
+    code = child.wait()
+    if not closing.is_set():
+        os._exit(code if code >= 0 else 128 - code)
+threading.Thread(target=exit_with_child, daemon=True).start()
+sys.stdin.read()
+closing.set()
+child.kill()
+child.wait()
+listed = os.path.join(sys.argv[1], 'remove-on-exit')
+paths = open(listed).read().splitlines() if os.path.exists(listed) else []
+for path in paths + [sys.argv[1]]:
+    shutil.rmtree(path, ignore_errors=True)
+";
+
+/// `program` with `args` under the [`WATCHDOG`], which removes `dir` when it stops; its
+/// standard input is the watchdog's (keep the [`Child`], or its `stdin`, for as long as the
+/// program should run).
+pub fn watched(
+    dir: &Path,
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&std::ffi::OsStr],
+) -> Command {
+    let mut command = Command::new(python());
+    command.args(["-c", WATCHDOG]).arg(dir).arg(program).args(args).stdin(Stdio::piped());
+    command
+}
+
 /// A running Synapse; stopped (and its directory removed) when dropped.
 pub struct Synapse {
     child: Option<Child>,
@@ -140,7 +181,7 @@ pub fn python() -> PathBuf {
     cache.join("tuwunel-tests/synapse-venv/bin/python")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     // Bound and released: another process could take it in between, which a failed start
     // reports.
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -166,7 +207,7 @@ impl Synapse {
             python.display()
         );
         let dir = tempfile::tempdir().expect("synapse directory");
-        let port = free_port();
+        let port = config.port.unwrap_or_else(free_port);
         let config_path = dir.path().join("homeserver.yaml");
         std::fs::write(&config_path, config.yaml(dir.path(), port)).expect("homeserver.yaml");
         std::fs::write(
@@ -194,14 +235,20 @@ impl Synapse {
         );
         let output = dir.path().join("stdout.log");
         let log = std::fs::File::create(&output).expect("synapse output file");
-        let child = Command::new(&python)
-            .args(["-m", "synapse.app.homeserver", "-c"])
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("synapse starts");
+        let child = watched(
+            dir.path(),
+            &python,
+            &[
+                "-m".as_ref(),
+                "synapse.app.homeserver".as_ref(),
+                "-c".as_ref(),
+                config_path.as_os_str(),
+            ],
+        )
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("synapse starts");
         let mut synapse = Self {
             child: Some(child),
             dir,
@@ -247,6 +294,23 @@ impl Synapse {
         synapse
     }
 
+    /// Has the directory `path` removed when Synapse stops: for what lives as long as a
+    /// shared Synapse, in a static that is never dropped.
+    pub fn remove_on_exit(&self, path: &Path) {
+        let listed = self.dir.path().join("remove-on-exit");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(listed)
+            .expect("open remove-on-exit");
+        writeln!(file, "{}", path.display()).expect("write remove-on-exit");
+    }
+
+    /// The last lines of Synapse's log (WARNING and above), for failure messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.dir.path().join("homeserver.log"))
+    }
+
     /// `path` on this server (`https` when it speaks TLS).
     pub fn url(&self, path: &str) -> String {
         let scheme = if self.tls { "https" } else { "http" };
@@ -257,7 +321,8 @@ impl Synapse {
 impl Drop for Synapse {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            // Closing the watchdog's input stops Synapse; the watchdog then exits.
+            drop(child.stdin.take());
             let _ = child.wait();
         }
     }

@@ -136,7 +136,9 @@ impl Ca {
         let key = rcgen::KeyPair::generate().expect("CA key");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "tuwunel test CA");
+        // A name of its own: verifiers pick a CA by its name, and a test may use several.
+        let name = format!("tuwunel test CA {:08x}", rand::thread_rng().r#gen::<u32>());
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
         let certificate = params.self_signed(&key).expect("CA certificate");
         let dir = tempfile::tempdir().expect("CA directory");
         let pem_path = dir.path().join("ca.pem");
@@ -147,10 +149,7 @@ impl Ca {
     /// A server TLS configuration with a certificate for `names` (host names or IP
     /// addresses), offering HTTP/2 and HTTP/1.1.
     pub fn server_config(&self, names: &[&str]) -> Arc<ServerConfig> {
-        let key = rcgen::KeyPair::generate().expect("leaf key");
-        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        let params = rcgen::CertificateParams::new(names).expect("leaf params");
-        let certificate = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let (certificate, key) = self.leaf(names);
         let chain = vec![CertificateDer::from(certificate.der().to_vec())];
         let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -162,6 +161,27 @@ impl Ca {
             .expect("server certificate");
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(config)
+    }
+
+    /// A certificate for `names` and its key as PEM files next to the CA's, for servers that
+    /// read their own (Synapse).
+    pub fn write_certificate(&self, names: &[&str]) -> (PathBuf, PathBuf) {
+        static FILES: AtomicUsize = AtomicUsize::new(0);
+        let (certificate, key) = self.leaf(names);
+        let number = FILES.fetch_add(1, Ordering::SeqCst);
+        let certificate_path = self._dir.path().join(format!("leaf{number}.crt"));
+        let key_path = self._dir.path().join(format!("leaf{number}.key"));
+        std::fs::write(&certificate_path, certificate.pem()).expect("write certificate");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (certificate_path, key_path)
+    }
+
+    fn leaf(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("leaf params");
+        let certificate = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        (certificate, key)
     }
 }
 
