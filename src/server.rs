@@ -460,6 +460,11 @@ impl Server {
         &self.listeners.addresses
     }
 
+    /// Those of [`Self::addresses`] that speak TLS.
+    pub fn tls_addresses(&self) -> &[SocketAddr] {
+        &self.listeners.tls_addresses
+    }
+
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.listeners.metrics_address
     }

@@ -659,5 +659,28 @@ config_section! {
         ///
         /// example: "/etc/tuwunel/private-ca.pem"
         ca_file: Option<PathBuf> = None,
+
+        /// A PEM file with this server's certificate chain: with `key`, the listeners speak
+        /// TLS (HTTPS) themselves, for example on 8448 for federation without a reverse
+        /// proxy. The file is read at startup; restart to use a renewed certificate.
+        ///
+        /// example: "/etc/tuwunel/fullchain.pem"
+        certs: Option<PathBuf> = None,
+
+        /// The PEM file with the private key of `certs` (PKCS#8, PKCS#1 or SEC1).
+        ///
+        /// example: "/etc/tuwunel/privkey.pem"
+        key: Option<PathBuf> = None,
+
+        /// The ports (of `port`) that speak TLS; the others stay plain HTTP, for a reverse
+        /// proxy or local clients. Empty: with `certs` and `key`, every port speaks TLS, as
+        /// in Tuwunel. Our addition to Tuwunel's keys.
+        ///
+        /// example: [8448]
+        port: Vec<u16> = Vec::new(),
+
+        /// Accept plain HTTP as well as TLS on the TLS ports, told apart by the first byte
+        /// a client sends. Insecure: plain requests travel unencrypted.
+        dual_protocol: bool = false,
     }
 }

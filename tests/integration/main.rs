@@ -49,3 +49,4 @@ mod storage;
 mod synapse;
 mod sync;
 mod testbed;
+mod tls;

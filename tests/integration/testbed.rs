@@ -118,6 +118,13 @@ fn serve_dns(socket: &UdpSocket) {
     }
 }
 
+/// A port free on 127.0.0.1 now (for a configuration that must name its port before the
+/// server binds it; another process could take it meanwhile, which is unlikely in a test).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
 /// A unique DNS label for one test's names.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}.test", rand::thread_rng().r#gen::<u32>())
@@ -144,6 +151,31 @@ impl Ca {
         let pem_path = dir.path().join("ca.pem");
         std::fs::write(&pem_path, certificate.pem()).expect("write CA");
         Self { issuer: rcgen::Issuer::new(params, key), pem_path, _dir: dir }
+    }
+
+    /// A certificate for `names` and its key, as PEM files in `dir` (for `tls.certs` and
+    /// `tls.key`).
+    pub fn leaf_pem_files(&self, names: &[&str], dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("leaf params");
+        let certificate = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let (certs, private) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&certs, certificate.pem()).expect("write certificate");
+        std::fs::write(&private, key.serialize_pem()).expect("write key");
+        (certs, private)
+    }
+
+    /// A client that trusts only this CA.
+    pub fn client(&self) -> reqwest::Client {
+        tuwunel::net::outbound::install_tls_provider();
+        let pem = std::fs::read(&self.pem_path).expect("CA");
+        let ca = reqwest::Certificate::from_pem(&pem).expect("CA certificate");
+        reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .expect("client")
     }
 
     /// A server TLS configuration with a certificate for `names` (host names or IP
