@@ -553,3 +553,75 @@ async fn device_lists_and_cross_signing_keys_reach_a_server_sharing_a_room() {
     .await;
     assert!(crossed, "B keeps Alice's master key");
 }
+
+#[tokio::test]
+async fn the_admin_federation_commands() {
+    let ca = Ca::new();
+    let a = FedServer::start(&ca, &["sender_retry_backoff_min_ms=60000"]).await;
+    let b = FedServer::start(&ca, &["well_known.support_email=\"help@example.org\""]).await;
+    let fake = FakeServer::start(&ca).await;
+    let alice = a.server.register("alice", "pw").await;
+    let services = a.services();
+    let admin = |line: String| {
+        let services = std::sync::Arc::clone(&services);
+        async move { tuwunel::admin::execute(&services, &line).await }
+    };
+
+    // A server that fails is listed with its backoff and queue, and comes back on a reset.
+    fake.fail_with(Some(503));
+    let friend = fake.user_id("friend");
+    send_to_device(&a, &alice, "t1", &friend, "DEVICE", "queued").await;
+    wait_failures(&a, fake.name.as_str(), 1).await;
+    let listed = admin("federation destinations".to_owned()).await.expect("destinations");
+    assert!(listed.contains(&format!("{}: backing off", fake.name)), "{listed}");
+    assert!(listed.contains("1 queued") && listed.contains("503"), "{listed}");
+    fake.fail_with(None);
+    let reset = admin(format!("federation reset-backoff {}", fake.name)).await.expect("reset");
+    assert!(reset.contains("sending what is queued"), "{reset}");
+    assert!(wait_until(CROSSING, || async { !fake.received().is_empty() }).await, "sent at once");
+    wait_sent(&a, fake.name.as_str()).await;
+    let listed = admin("federation destinations".to_owned()).await.expect("destinations");
+    assert!(
+        listed.contains(&format!("{}: idle; 0 queued, 1 transactions sent, 1 failed", fake.name)),
+        "{listed}"
+    );
+
+    // A room taken out of federation neither sends nor takes anything.
+    let room = create_room(&a.server, &alice, json!({"preset": "public_chat"})).await;
+    inject_member(&a.server, &room, &friend, "join").await;
+    let shared = admin(format!("federation remote-user-in-rooms {friend}")).await.expect("rooms");
+    assert!(shared.contains(&room), "{shared}");
+    let disabled = admin(format!("federation disable-room {room}")).await.expect("disable");
+    assert!(disabled.contains("disabled"), "{disabled}");
+    let before = fake.received().len();
+    send_text(&a.server, &alice, &room, "t1", "kept home").await;
+    let typing = json!({"edu_type": "m.typing", "content": {"room_id": room, "user_id": friend, "typing": true}});
+    let (status, _) =
+        fake.send_transaction(&a, "t1", &fake.transaction(vec![], vec![typing.clone()])).await;
+    assert_eq!(status, 200);
+    wait_sent(&a, fake.name.as_str()).await;
+    assert_eq!(fake.received().len(), before, "nothing sent for a disabled room");
+    assert!(
+        crate::transactions::typing_in(&sync(&a.server, &alice, None, "").await, &room).is_empty()
+    );
+    let enabled = admin(format!("federation enable-room {room}")).await.expect("enable");
+    assert!(enabled.contains("enabled"), "{enabled}");
+    let (status, _) =
+        fake.send_transaction(&a, "t2", &fake.transaction(vec![], vec![typing])).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        crate::transactions::typing_in(&sync(&a.server, &alice, None, "").await, &room),
+        vec![friend.clone()]
+    );
+    send_text(&a.server, &alice, &room, "t2", "goes out").await;
+    assert!(wait_until(CROSSING, || async { fake.received().len() > before }).await);
+
+    let idle = admin("federation incoming-federation".to_owned()).await.expect("incoming");
+    assert!(idle.contains("No transactions"), "{idle}");
+    let support =
+        admin(format!("federation fetch-support-well-known {}", b.name)).await.expect("support");
+    assert!(support.contains("help@example.org"), "{support}");
+    let unknown =
+        admin("federation fetch-support-well-known unknown-host.invalid".to_owned()).await;
+    assert!(unknown.is_err());
+}
