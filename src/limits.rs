@@ -156,6 +156,21 @@ pub const MAX_BACKUP_SESSION_BYTES: usize = 16 * 1024;
 /// To-device messages one request may queue once `*` is expanded to every device.
 pub const MAX_TO_DEVICE_DELIVERIES: usize = 20_000;
 
+/// PDUs in one federation transaction (the spec's bound); more is `400 M_BAD_JSON`.
+pub const MAX_TRANSACTION_PDUS: usize = 50;
+
+/// EDUs in one federation transaction (the spec's bound); more is `400 M_BAD_JSON`.
+pub const MAX_TRANSACTION_EDUS: usize = 100;
+
+/// Messages (recipient devices) one `m.direct_to_device` EDU may deliver: a wildcard to every
+/// device of many users counts each device. An EDU over it is dropped whole, since half of
+/// an encrypted key exchange is worse than none.
+pub const MAX_EDU_TO_DEVICE_MESSAGES: usize = 10_000;
+
+/// Entries (presence updates, users' receipts) read from one presence or receipt EDU; the
+/// rest are ignored.
+pub const MAX_EDU_ENTRIES: usize = 1000;
+
 /// What is wrong with a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JsonProblem {

@@ -12,6 +12,7 @@ use ruma::{OwnedUserId, UserId};
 use crate::{
     Config, Result,
     actors::{ActorSystem, Behaviour, Context, Limits, Registry, Reply},
+    federation::outbox::{self, Outbox},
     storage::{
         Batch, Storage,
         codec::Json,
@@ -42,6 +43,7 @@ pub struct PresenceState {
 pub struct PresenceActor {
     storage: Arc<Storage>,
     hub: Arc<SyncHub>,
+    outbox: Outbox,
     activity: Arc<DashMap<OwnedUserId, u64>>,
     /// Users online with an idleness check scheduled: activity only needs recording in
     /// `activity`, which that check reads, so it costs no message to the actor.
@@ -60,6 +62,12 @@ impl PresenceActor {
         }
         let record = state.record.clone();
         let user_key = user.to_string();
+        // Other servers sharing a room with the user hear of it too.
+        let federated = self.outbox.presence().then(|| {
+            let last_active_ago = self.time.now_ms().saturating_sub(record.last_active_ms);
+            outbox::presence(user, &record.state, record.status_msg.as_deref(), last_active_ago)
+        });
+        let outbox = self.outbox.clone();
         let positions = self
             .storage
             .writer()
@@ -68,6 +76,9 @@ impl PresenceActor {
                 record.position = positions.start;
                 PRESENCE_TABLE.put(batch, &user_key, &Json(record));
                 PRESENCE_STREAM_TABLE.put(batch, &positions.start, &user_key);
+                if let Some(item) = federated {
+                    outbox.put(batch, positions.start, &item);
+                }
             })
             .await?;
         state.record.position = positions.start;
@@ -233,6 +244,7 @@ impl Presence {
         let behaviour = PresenceActor {
             storage: Arc::clone(&storage),
             hub,
+            outbox: Outbox::from_config(config),
             activity: Arc::clone(&activity),
             settled: Arc::clone(&settled),
             idle: Duration::from_secs(config.presence_idle_timeout_s.max(1)),

@@ -21,7 +21,7 @@ use crate::{
     accounts::Accounts,
     actors::{ActorSystem, contain::contained, tasks},
     admin,
-    federation::{Federation, SigningKey, media::FederatedMedia},
+    federation::{Federation, FederationDeps, SigningKey, media::FederatedMedia},
     http::{self, Listeners},
     media::Media,
     presence::Presence,
@@ -146,6 +146,11 @@ async fn housekeeping(services: Arc<Services>, ticks: u64) {
         Ok(purged) => tracing::info!(purged, "discarded originals of old redactions"),
         Err(error) => tracing::warn!(%error, "purging redacted originals failed"),
     }
+    match services.federation.intake.purge_old_transactions().await {
+        Ok(0) => {}
+        Ok(purged) => tracing::info!(purged, "discarded old records of received transactions"),
+        Err(error) => tracing::warn!(%error, "purging old received transactions failed"),
+    }
     match crate::push::retention::purge_notifications(
         &services.storage,
         services.config.notification_retention_seconds,
@@ -247,18 +252,33 @@ impl Server {
         )
         .await?;
         let mut media = Media::start(&config, Arc::clone(&storage), &actors, time.clone()).await?;
-        let federation = Arc::new(Federation::start(
+        let shutdown = Shutdown::new();
+        let federation = Federation::start(
             &config,
-            Arc::clone(&storage),
-            Arc::clone(&signing_key),
-            time.clone(),
-        )?);
+            &actors,
+            FederationDeps {
+                storage: Arc::clone(&storage),
+                signing_key: Arc::clone(&signing_key),
+                hub: Arc::clone(&hub),
+                rooms: rooms.actors.clone(),
+                shutdown: shutdown.clone(),
+                time: time.clone(),
+            },
+        )
+        .await;
+        let federation = match federation {
+            Ok(federation) => Arc::new(federation),
+            Err(error) => {
+                shutdown.trigger();
+                actors.shutdown(DRAIN_ACTORS).await;
+                return Err(error);
+            }
+        };
         media.set_remote(Arc::new(FederatedMedia::new(
             Arc::clone(&federation.client),
             config.request_legacy_media,
         )));
         let metrics = if config.metrics_enabled { http::metrics::install() } else { None };
-        let shutdown = Shutdown::new();
         let services = Arc::new(Services {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight_requests.max(1))),
             config,
@@ -278,12 +298,14 @@ impl Server {
             shutdown: shutdown.clone(),
         });
         if let Err(error) = admin::room::ensure(&services).await {
+            shutdown.trigger();
             services.actors.shutdown(DRAIN_ACTORS).await;
             return Err(error);
         }
         let listeners = match http::serve(&services, &shutdown).await {
             Ok(listeners) => listeners,
             Err(error) => {
+                shutdown.trigger();
                 services.actors.shutdown(DRAIN_ACTORS).await;
                 return Err(error);
             }
@@ -460,6 +482,11 @@ impl Server {
         &self.listeners.addresses
     }
 
+    /// Those of [`Self::addresses`] that speak TLS.
+    pub fn tls_addresses(&self) -> &[SocketAddr] {
+        &self.listeners.tls_addresses
+    }
+
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.listeners.metrics_address
     }
@@ -507,6 +534,11 @@ impl Server {
         }
         services.rooms.actors.shutdown(DRAIN_ACTORS).await;
         services.presence.actors.shutdown(DRAIN_ACTORS).await;
+        // What a destination did not send in time stays queued (or in flight) for the next
+        // start.
+        let sending =
+            Duration::from_secs(services.config.sender_shutdown_timeout.saturating_add(1));
+        services.federation.sender.shutdown(sending).await;
         services.push.pushers.shutdown(DRAIN_ACTORS).await;
         services.accounts.users.shutdown(DRAIN_ACTORS).await;
         services.actors.shutdown(DRAIN_ACTORS).await;

@@ -8,25 +8,27 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ruma::{OwnedDeviceId, OwnedUserId};
+use ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId};
 use serde_json::Value as JsonValue;
 
 use crate::{
     Error, Result,
     accounts::{
-        openid,
+        openid, to_device,
         tokens::{self, TokenCache},
     },
     actors::{Behaviour, Context, Reply},
+    federation::outbox::{self, Outbox},
     keys::{
         backup::{BackupCommand, Backups},
-        device_lists,
+        device_lists::{self, Change},
         store::{KeyCommand, KeyStore, remove_device_keys},
     },
     limits,
     push::rules as push_rules,
     rooms::timeline::IGNORED_USER_LIST,
     storage::ephemeral::{TO_DEVICE_TABLE, TO_DEVICE_TRANSACTIONS_TABLE, ToDeviceRecord},
+    storage::federation::Recipients,
     storage::{
         Batch, Storage,
         account_data::{ACCOUNT_DATA_STREAM_TABLE, ACCOUNT_DATA_TABLE, AccountDataRecord},
@@ -162,6 +164,8 @@ pub enum UserMessage {
     SendToDevice {
         transaction: (String, String),
         deliveries: Vec<(OwnedUserId, String, ToDeviceRecord)>,
+        /// `m.direct_to_device` EDUs for other servers' users, one per server.
+        remote: Vec<(OwnedServerName, JsonValue)>,
         reply: Reply<Result<()>>,
     },
     /// A device synced past `upto`: its messages up to there can go.
@@ -217,6 +221,7 @@ pub struct UserActor {
     tokens: Arc<TokenCache>,
     hub: Arc<SyncHub>,
     time: Time,
+    outbox: Outbox,
 }
 
 impl UserActor {
@@ -225,8 +230,9 @@ impl UserActor {
         tokens: Arc<TokenCache>,
         hub: Arc<SyncHub>,
         time: Time,
+        outbox: Outbox,
     ) -> Self {
-        Self { storage, tokens, hub, time }
+        Self { storage, tokens, hub, time, outbox }
     }
 }
 
@@ -296,14 +302,17 @@ impl Behaviour for UserActor {
             UserMessage::PutFilter { filter_id, definition, reply } => {
                 let _ = reply.send(self.put_filter(user, filter_id, definition).await);
             }
-            UserMessage::SendToDevice { transaction, deliveries, reply } => {
-                let _ = reply.send(self.send_to_device(user, transaction, deliveries).await);
+            UserMessage::SendToDevice { transaction, deliveries, remote, reply } => {
+                let _ =
+                    reply.send(self.send_to_device(user, transaction, deliveries, remote).await);
             }
             UserMessage::AckToDevice { device, upto, reply } => {
                 let _ = reply.send(self.ack_to_device(user, &device, upto).await);
             }
             UserMessage::Keys(command) => {
-                KeyStore { storage: &self.storage, hub: &self.hub, user }.handle(command).await;
+                let store =
+                    KeyStore { storage: &self.storage, hub: &self.hub, outbox: &self.outbox, user };
+                store.handle(command).await;
             }
             UserMessage::Backup(command) => {
                 Backups { storage: &self.storage, user }.handle(command).await;
@@ -483,7 +492,16 @@ impl UserActor {
             self.mint(user, &device_id, &mut device, &request, minted_from, &mut batch);
         DEVICES_TABLE.put(&mut batch, &key, &Json(device));
         if new_device {
-            device_lists::commit_change(&self.storage, &self.hub, user, batch).await?;
+            let change = Change::Devices(vec![device_id.to_string()]);
+            device_lists::commit_change(
+                &self.storage,
+                &self.hub,
+                &self.outbox,
+                user,
+                batch,
+                change,
+            )
+            .await?;
         } else {
             self.storage.writer().commit(batch).await?;
         }
@@ -614,7 +632,10 @@ impl UserActor {
             targets.iter().map(|(device_id, _)| (user.clone(), device_id.to_string())).collect();
         let _queued_writing = self.storage.coherent().to_device_queued.begin(devices.clone());
         let _writing = self.storage.coherent().key_supply.begin(devices);
-        device_lists::commit_change(&self.storage, &self.hub, user, batch).await?;
+        let change =
+            Change::Devices(targets.iter().map(|(device_id, _)| device_id.to_string()).collect());
+        device_lists::commit_change(&self.storage, &self.hub, &self.outbox, user, batch, change)
+            .await?;
         self.tokens.revoke(&revoked);
         Ok(targets.into_iter().map(|(device_id, _)| device_id).collect())
     }
@@ -654,7 +675,9 @@ impl UserActor {
         let mut batch = Batch::new();
         DEVICES_TABLE.put(&mut batch, &key, &Json(record));
         // The name travels with the device keys (`unsigned.device_display_name`).
-        device_lists::commit_change(&self.storage, &self.hub, user, batch).await
+        let change = Change::Devices(vec![device_id.to_string()]);
+        device_lists::commit_change(&self.storage, &self.hub, &self.outbox, user, batch, change)
+            .await
     }
 
     async fn deactivate(&self, user: &OwnedUserId, state: &mut UserState) -> Result<()> {
@@ -830,15 +853,16 @@ impl UserActor {
         self.set_account_data(user, state, room, kind, content).await
     }
 
-    /// Queues `deliveries` and records `transaction` in one batch, unless the transaction
-    /// was recorded before: the check and the write are both here, in the sender's actor, so
-    /// two concurrent retries of a transaction deliver once, and a crash leaves either both
-    /// or neither.
+    /// Queues `deliveries` (and hands `remote` to federation) and records `transaction` in
+    /// one batch, unless the transaction was recorded before: the check and the write are
+    /// both here, in the sender's actor, so two concurrent retries of a transaction deliver
+    /// once, and a crash leaves either both or neither.
     async fn send_to_device(
         &self,
         user: &OwnedUserId,
         (device, transaction): (String, String),
         deliveries: Vec<(OwnedUserId, String, ToDeviceRecord)>,
+        remote: Vec<(OwnedServerName, JsonValue)>,
     ) -> Result<()> {
         let transaction = (user.to_string(), device, transaction);
         if TO_DEVICE_TRANSACTIONS_TABLE.contains(self.storage.engine(), &transaction)? {
@@ -846,35 +870,22 @@ impl UserActor {
         }
         let mut batch = Batch::new();
         TO_DEVICE_TRANSACTIONS_TABLE.put(&mut batch, &transaction, &());
-        let mut devices: Vec<_> = deliveries
-            .iter()
-            .map(|(recipient, device, _)| (recipient.clone(), device.clone()))
-            .collect();
-        devices.sort_unstable();
-        devices.dedup();
-        let mut recipients: Vec<OwnedUserId> =
-            devices.iter().map(|(recipient, _)| recipient.clone()).collect();
-        recipients.dedup();
-        let writing = self.storage.coherent().to_device_queued.begin(devices);
-        self.storage
-            .writer()
-            .commit_with_positions(deliveries.len() as u64, batch, move |batch, positions| {
-                for ((recipient, device, message), position) in
-                    deliveries.into_iter().zip(positions)
-                {
-                    TO_DEVICE_TABLE.put(
-                        batch,
-                        &(recipient.to_string(), device, position),
-                        &Json(message),
-                    );
+        let outbox = self.outbox.clone();
+        let extra = remote.len() as u64;
+        to_device::deliver(
+            &self.storage,
+            &self.hub,
+            batch,
+            deliveries,
+            extra,
+            move |batch, positions| {
+                for ((server, content), position) in remote.into_iter().zip(positions) {
+                    let to = Recipients::Server { server: server.to_string() };
+                    outbox.put(batch, position, &outbox::edu(to, "m.direct_to_device", content));
                 }
-            })
-            .await?;
-        writing.committed(|_, _| true);
-        for recipient in &recipients {
-            self.hub.user_changed(recipient);
-        }
-        Ok(())
+            },
+        )
+        .await
     }
 
     async fn update_push_rules(

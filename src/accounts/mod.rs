@@ -6,6 +6,7 @@ pub mod actor;
 pub mod openid;
 pub mod passwords;
 pub mod rate_limit;
+pub mod to_device;
 pub mod tokens;
 pub mod uia;
 
@@ -95,7 +96,13 @@ impl Accounts {
         };
         let users = actors
             .registry(
-                UserActor::new(Arc::clone(&storage), Arc::clone(&tokens), hub, time.clone()),
+                UserActor::new(
+                    Arc::clone(&storage),
+                    Arc::clone(&tokens),
+                    hub,
+                    time.clone(),
+                    crate::federation::outbox::Outbox::from_config(config),
+                ),
                 limits,
             )
             .await?;

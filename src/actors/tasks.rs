@@ -21,7 +21,7 @@ use tokio::task::{JoinError, JoinHandle};
 use super::contain::{contained, panic_message};
 
 /// The background tasks, by the `task` label of `tuwunel_task_panics_total`.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 11] = [
     "listener",
     "connection",
     "admin_room_command",
@@ -30,6 +30,9 @@ pub const NAMES: [&str; 8] = [
     "housekeeping",
     "memory_trim",
     "profile_propagation",
+    "federation_fanout",
+    "federation_wake",
+    "federation_transaction",
 ];
 
 /// The first pause before a supervised task runs again; it doubles per panic in a row.

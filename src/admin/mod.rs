@@ -5,6 +5,7 @@
 //! (`admin_execute`, `--execute`) use the same path, and the admin room will too.
 
 mod debug;
+mod federation;
 mod media;
 pub mod room;
 mod rooms;
@@ -43,6 +44,10 @@ enum Group {
     /// Media: storage usage, file information, deletion.
     #[command(subcommand)]
     Media(media::MediaCommand),
+    /// Federation: the servers this server sends to, transactions received, rooms taken out
+    /// of federation.
+    #[command(subcommand)]
+    Federation(federation::FederationCommand),
     /// Diagnostics.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
@@ -70,6 +75,7 @@ pub async fn execute(services: &Arc<Services>, line: &str) -> Result<String> {
         Group::Users(command) => users::run(services, command).await,
         Group::Token(command) => token::run(services, command).await,
         Group::Media(command) => media::run(services, command).await,
+        Group::Federation(command) => federation::run(services, command).await,
         Group::Debug(command) => debug::run(services, command).await,
     }
 }

@@ -286,6 +286,18 @@ impl Config {
                 ),
             ));
         }
+        match (&global.tls.certs, &global.tls.key) {
+            (Some(_), None) => return Err(invalid("tls.key", &"is needed with tls.certs")),
+            (None, Some(_)) => return Err(invalid("tls.certs", &"is needed with tls.key")),
+            (None, None) if !global.tls.port.is_empty() => {
+                return Err(invalid("tls.port", &"needs tls.certs and tls.key"));
+            }
+            _ => {}
+        }
+        let ports = global.port.to_vec();
+        if let Some(port) = global.tls.port.iter().find(|port| !ports.contains(port)) {
+            return Err(invalid("tls.port", &format!("lists {port}, which is not in `port`")));
+        }
         if global.media_thumbnail_max_pixels == 0 {
             return Err(invalid("media_thumbnail_max_pixels", &"must be at least 1"));
         }

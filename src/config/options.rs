@@ -230,12 +230,23 @@ config_section! {
         /// Track and share the presence of this server's users.
         allow_local_presence: bool = true,
 
-        /// Accept presence from other servers (once federation exists).
+        /// Accept presence of other servers' users (for users who share a room with one of
+        /// this server's).
         allow_incoming_presence: bool = true,
 
-        /// Send this server's presence to other servers (once federation exists). Needs
-        /// `allow_local_presence`.
+        /// Send this server's presence to the servers that share a room with each user.
+        /// Needs `allow_local_presence`.
         allow_outgoing_presence: bool = true,
+
+        /// Accept typing notifications from other servers.
+        allow_incoming_typing: bool = true,
+
+        /// Send this server's typing notifications to the other servers in the room.
+        allow_outgoing_typing: bool = true,
+
+        /// Seconds a typing notification from another server lasts unless that server ends
+        /// it sooner (within `typing_client_timeout_min_s`..`typing_client_timeout_max_s`).
+        typing_federation_timeout_s: u64 = 30,
 
         /// Seconds without activity after which an online user becomes unavailable.
         presence_idle_timeout_s: u64 = 300,
@@ -310,6 +321,28 @@ config_section! {
 
         /// Idle connections kept open per remote server.
         federation_idle_per_host: u16 = 1,
+
+        /// Seconds sending one transaction (the PDUs and EDUs queued for a server) may
+        /// take; a transaction that takes longer is retried later.
+        sender_timeout: u64 = 180,
+
+        /// Longest wait, in seconds, between two attempts to send to a server that does not
+        /// answer: the wait starts at `sender_retry_backoff_min_ms` and doubles with each
+        /// failure up to this.
+        sender_retry_backoff_limit: u64 = 86_400,
+
+        /// Wait, in milliseconds, before the first retry after a failed transaction; it
+        /// doubles with each further failure. Our addition to Tuwunel's keys.
+        sender_retry_backoff_min_ms: u64 = 5_000,
+
+        /// Seconds the servers' senders get to finish a transaction when this server stops;
+        /// what is not sent by then stays queued for the next start.
+        sender_shutdown_timeout: u64 = 5,
+
+        /// At startup, resume sending to every server with something queued (gradually, a
+        /// few servers at a time). When false, a server's queue waits until there is
+        /// something new for it or it contacts this server.
+        startup_netburst: bool = true,
 
         /// Seconds connecting to a server's `/.well-known/matrix/server` may take.
         well_known_conn_timeout: u64 = 6,
@@ -659,5 +692,28 @@ config_section! {
         ///
         /// example: "/etc/tuwunel/private-ca.pem"
         ca_file: Option<PathBuf> = None,
+
+        /// A PEM file with this server's certificate chain: with `key`, the listeners speak
+        /// TLS (HTTPS) themselves, for example on 8448 for federation without a reverse
+        /// proxy. The file is read at startup; restart to use a renewed certificate.
+        ///
+        /// example: "/etc/tuwunel/fullchain.pem"
+        certs: Option<PathBuf> = None,
+
+        /// The PEM file with the private key of `certs` (PKCS#8, PKCS#1 or SEC1).
+        ///
+        /// example: "/etc/tuwunel/privkey.pem"
+        key: Option<PathBuf> = None,
+
+        /// The ports (of `port`) that speak TLS; the others stay plain HTTP, for a reverse
+        /// proxy or local clients. Empty: with `certs` and `key`, every port speaks TLS, as
+        /// in Tuwunel. Our addition to Tuwunel's keys.
+        ///
+        /// example: [8448]
+        port: Vec<u16> = Vec::new(),
+
+        /// Accept plain HTTP as well as TLS on the TLS ports, told apart by the first byte
+        /// a client sends. Insecure: plain requests travel unencrypted.
+        dual_protocol: bool = false,
     }
 }

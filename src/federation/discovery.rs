@@ -407,6 +407,34 @@ impl Discovery {
         (answer, until)
     }
 
+    /// Fetches `https://<server name>/.well-known/matrix/support` (the server's contacts for
+    /// administrators; served at the server name itself, so no discovery), with the same
+    /// certificate checks, address denylist, timeouts and size bound as `.well-known/matrix/server`.
+    pub async fn fetch_support(&self, server: &ServerName) -> Result<serde_json::Value, String> {
+        let url = match ip_literal(server.host()) {
+            Some(IpAddr::V6(ip)) => match server.port() {
+                Some(port) => format!("https://[{ip}]:{port}/.well-known/matrix/support"),
+                None => format!("https://[{ip}]/.well-known/matrix/support"),
+            },
+            _ => format!("https://{server}/.well-known/matrix/support"),
+        };
+        let url = Url::parse(&url).map_err(|error| format!("bad URL {url}: {error}"))?;
+        ssrf::check_url(&url, &self.denylist).map_err(|refused| refused.0)?;
+        let mut response = self.http.get(url).send().await.map_err(|error| error.to_string())?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|error| error.to_string())? {
+            if body.len() + chunk.len() > WELL_KNOWN_MAX_BYTES {
+                return Err(format!("the answer is larger than {WELL_KNOWN_MAX_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if status != StatusCode::OK {
+            return Err(format!("answered {status}"));
+        }
+        serde_json::from_slice(&body).map_err(|error| format!("not JSON: {error}"))
+    }
+
     /// Fetches `https://<hostname>/.well-known/matrix/server`. An `Err` means no HTTP answer
     /// was had; every answer, valid or not, comes back with how long to cache it.
     async fn fetch_well_known(&self, hostname: &str) -> Result<(WellKnown, Duration), String> {

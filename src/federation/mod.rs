@@ -10,21 +10,32 @@
 //!   and the notary service;
 //! - [`request_auth`]: checking the `X-Matrix` signature of incoming requests;
 //! - [`flight`]: sharing one fetch or lookup between concurrent callers;
-//! - [`media`] and [`multipart`]: other servers' media, fetched for our clients.
+//! - [`media`] and [`multipart`]: other servers' media, fetched for our clients;
+//! - [`outbox`]: how the rest of the server hands events and EDUs to other servers, in the
+//!   commit that produced them;
+//! - [`sender`]: the fan-out from the outbox to each server's queue, and one destination
+//!   actor per server sending its queue as transactions, with backoff;
+//! - [`intake`] and [`edus`]: transactions other servers send, applied once;
+//! - [`disabled_rooms`]: rooms an admin took out of federation.
 //!
 //! The HTTP front door for other servers (`/_matrix/federation/*`, `/_matrix/key/*`) is
 //! `crate::http::federation`.
 
 pub mod acl;
 pub mod client;
+pub mod disabled_rooms;
 pub mod discovery;
 pub mod dns;
+pub mod edus;
 pub mod flight;
+pub mod intake;
 pub mod keys;
 pub mod media;
 pub mod multipart;
+pub mod outbox;
 pub mod policy;
 pub mod request_auth;
+pub mod sender;
 pub mod signing_key;
 
 use std::{sync::Arc, time::Duration};
@@ -39,7 +50,17 @@ use self::{
     keys::{KeySettings, ServerKeys},
     policy::ServerPolicy,
 };
-use crate::{Config, Error, Result, net::ssrf::IpDenylist, storage::Storage, time::Time};
+use self::{intake::Intake, sender::Sender};
+use crate::{
+    Config, Error, Result,
+    actors::{ActorSystem, Registry},
+    net::ssrf::IpDenylist,
+    rooms::actor::RoomActor,
+    shutdown::Shutdown,
+    storage::Storage,
+    sync::hub::SyncHub,
+    time::Time,
+};
 
 /// Everything federation needs, built once at startup.
 pub struct Federation {
@@ -47,15 +68,31 @@ pub struct Federation {
     pub policy: Arc<ServerPolicy>,
     pub client: Arc<FederationClient>,
     pub keys: ServerKeys,
+    /// Sending: the fan-out and the destination actors.
+    pub sender: Arc<Sender>,
+    /// Receiving transactions.
+    pub intake: Arc<Intake>,
+}
+
+/// What federation is started with besides the configuration.
+pub struct FederationDeps {
+    pub storage: Arc<Storage>,
+    pub signing_key: Arc<SigningKey>,
+    pub hub: Arc<SyncHub>,
+    pub rooms: Registry<RoomActor>,
+    pub shutdown: Shutdown,
+    pub time: Time,
 }
 
 impl Federation {
-    pub fn start(
+    /// Builds the transport and starts the sender (its destination actors run under
+    /// `actors`) and the intake.
+    pub async fn start(
         config: &Config,
-        storage: Arc<Storage>,
-        signing_key: Arc<SigningKey>,
-        time: Time,
+        actors: &ActorSystem,
+        deps: FederationDeps,
     ) -> Result<Self> {
+        let FederationDeps { storage, signing_key, hub, rooms, shutdown, time } = deps;
         let policy = Arc::new(ServerPolicy::from_config(config)?);
         let denylist =
             Arc::new(IpDenylist::parse(&config.ip_range_denylist).map_err(Error::internal)?);
@@ -98,7 +135,7 @@ impl Federation {
             ClientSettings { timeout, max_response: config.max_request_size.as_usize() },
         ));
         let keys = ServerKeys::new(
-            storage,
+            Arc::clone(&storage),
             signing_key,
             Arc::clone(&client),
             KeySettings {
@@ -107,9 +144,28 @@ impl Federation {
                 only_trusted: config.only_query_trusted_key_servers,
                 timeout,
             },
-            time,
+            time.clone(),
         );
-        Ok(Self { server_name: config.server_name.clone(), policy, client, keys })
+        let sender = Sender::start(
+            config,
+            Arc::clone(&storage),
+            Arc::clone(&client),
+            Arc::clone(&policy),
+            actors,
+            shutdown,
+            time.clone(),
+        )
+        .await?;
+        let intake = Arc::new(Intake::new(
+            config,
+            storage,
+            hub,
+            rooms,
+            Arc::clone(&sender),
+            Arc::clone(&client),
+            time.clone(),
+        ));
+        Ok(Self { server_name: config.server_name.clone(), policy, client, keys, sender, intake })
     }
 
     /// Whether `server` is this server.

@@ -24,8 +24,8 @@
 //! hyper-util's connection builder serves HTTP/1.1 and HTTP/2 (prior knowledge) on each
 //! accepted stream. On shutdown the loop stops accepting and closes each connection once its
 //! requests are answered; the listener's task ends when the last one has. [`serve_connection`]
-//! takes any byte stream: a TLS listener completes its handshake on the accepted stream and
-//! hands the result to it (bounding the handshake by the header timeout).
+//! takes any byte stream: a TLS listener completes its handshake on the accepted stream
+//! (`super::tls`, bounded by the header timeout) and hands the decrypted stream to it.
 
 use std::{
     collections::HashMap,
@@ -60,7 +60,10 @@ use tokio::{
 };
 use tower::ServiceExt;
 
-use super::held::ConnectionFlushes;
+use super::{
+    held::ConnectionFlushes,
+    tls::{self, Accepted, Transport},
+};
 use crate::{
     Config,
     actors::{contain::contained, tasks},
@@ -198,13 +201,20 @@ pub fn spawn<A: Acceptor>(
     acceptor: A,
     app: Router,
     limits: ConnectionLimits,
+    transport: Transport,
     shutdown: Shutdown,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut connections = JoinSet::new();
-        while let Err(panic) =
-            contained(accept_until_shutdown(&acceptor, &app, &limits, &shutdown, &mut connections))
-                .await
+        while let Err(panic) = contained(accept_until_shutdown(
+            &acceptor,
+            &app,
+            &limits,
+            &transport,
+            &shutdown,
+            &mut connections,
+        ))
+        .await
         {
             tasks::report_panic("listener", &panic);
             tokio::time::sleep(ACCEPT_RETRY).await;
@@ -225,6 +235,7 @@ async fn accept_until_shutdown<A: Acceptor>(
     acceptor: &A,
     app: &Router,
     limits: &ConnectionLimits,
+    transport: &Transport,
     shutdown: &Shutdown,
     connections: &mut JoinSet<()>,
 ) {
@@ -251,11 +262,12 @@ async fn accept_until_shutdown<A: Acceptor>(
                         Some(Ok(admitted)) => admitted,
                         None => None,
                     };
-                    let connection = serve_connection(
+                    let connection = serve_transport(
                         stream,
                         peer,
                         app.clone(),
                         limits.clone(),
+                        transport.clone(),
                         shutdown.clone(),
                     );
                     connections.spawn(async move {
@@ -268,6 +280,34 @@ async fn accept_until_shutdown<A: Acceptor>(
                     tokio::time::sleep(ACCEPT_RETRY).await;
                 }
             },
+        }
+    }
+}
+
+/// Serves one accepted connection over `transport`: after a TLS handshake (bounded by the
+/// header timeout) when the listener speaks TLS.
+async fn serve_transport<S>(
+    stream: S,
+    peer: Option<SocketAddr>,
+    app: Router,
+    limits: ConnectionLimits,
+    transport: Transport,
+    shutdown: Shutdown,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match transport {
+        Transport::Plain => serve_connection(stream, peer, app, limits, shutdown).await,
+        Transport::Tls { acceptor, dual } => {
+            match tls::accept(stream, &acceptor, dual, limits.header).await {
+                Some(Accepted::Tls(stream)) => {
+                    serve_connection(stream, peer, app, limits, shutdown).await;
+                }
+                Some(Accepted::Plain(stream)) => {
+                    serve_connection(stream, peer, app, limits, shutdown).await;
+                }
+                None => tracing::debug!(?peer, "closing a connection without a TLS handshake"),
+            }
         }
     }
 }
@@ -687,7 +727,7 @@ mod tests {
             )
             .route("/big", axum::routing::get(|| async { vec![b'x'; 64 << 20] }));
         let shutdown = Shutdown::new();
-        let task = spawn(listener, app, limits, shutdown.clone());
+        let task = spawn(listener, app, limits, Transport::Plain, shutdown.clone());
         (address, shutdown, task)
     }
 
@@ -883,7 +923,7 @@ mod tests {
             0,
         );
         let shutdown = Shutdown::new();
-        let task = spawn(listener, app, limits, shutdown.clone());
+        let task = spawn(listener, app, limits, Transport::Plain, shutdown.clone());
 
         crate::net::outbound::install_tls_provider();
         let client = reqwest::Client::builder().http2_prior_knowledge().build().expect("client");
@@ -951,7 +991,7 @@ mod tests {
             0,
         );
         let shutdown = Shutdown::new();
-        let task = spawn(acceptor, app, limits, shutdown.clone());
+        let task = spawn(acceptor, app, limits, Transport::Plain, shutdown.clone());
         let (first, second) = blocking(move || {
             // The connection the loop panicked on is dropped with it.
             let mut first = connect(address, "127.0.0.1");

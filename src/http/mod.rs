@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod routes;
 pub mod ruma;
+pub mod tls;
 pub mod validate;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
@@ -106,6 +107,8 @@ async fn metrics_endpoint(State(services): State<Arc<Services>>) -> Response {
 pub struct Listeners {
     /// Bound TCP addresses (with the actual port when 0 was configured).
     pub addresses: Vec<SocketAddr>,
+    /// Those of `addresses` that speak TLS.
+    pub tls_addresses: Vec<SocketAddr>,
     pub metrics_address: Option<SocketAddr>,
     pub unix_socket: Option<PathBuf>,
     pub tasks: Vec<JoinHandle<()>>,
@@ -119,6 +122,7 @@ pub async fn serve(services: &Arc<Services>, shutdown: &Shutdown) -> Result<List
     let limits = ConnectionLimits::from_config(config);
     let mut listeners = Listeners {
         addresses: Vec::new(),
+        tls_addresses: Vec::new(),
         metrics_address: None,
         unix_socket: None,
         tasks: Vec::new(),
@@ -132,18 +136,24 @@ pub async fn serve(services: &Arc<Services>, shutdown: &Shutdown) -> Result<List
         listeners.unix_socket = Some(path.clone());
     } else {
         let (addresses, explicit) = config.listen_addresses();
+        let mut certificate = None;
         for ip in addresses {
             for port in config.port.to_vec() {
                 let address = SocketAddr::new(ip, port);
+                let transport = tls::Transport::for_port(config, port, &mut certificate)?;
                 match bind_tcp(address) {
                     Ok(listener) => {
                         let local = listener.local_addr()?;
-                        tracing::info!(address = %local, "listening");
+                        tracing::info!(address = %local, tls = transport.is_tls(), "listening");
                         listeners.addresses.push(local);
+                        if transport.is_tls() {
+                            listeners.tls_addresses.push(local);
+                        }
                         listeners.tasks.push(listener::spawn(
                             listener,
                             app.clone(),
                             limits.clone(),
+                            transport,
                             shutdown.clone(),
                         ));
                     }
@@ -172,7 +182,13 @@ pub async fn serve(services: &Arc<Services>, shutdown: &Shutdown) -> Result<List
         let local = listener.local_addr()?;
         tracing::info!(address = %local, "serving metrics");
         listeners.metrics_address = Some(local);
-        listeners.tasks.push(listener::spawn(listener, metrics_app, limits, shutdown.clone()));
+        listeners.tasks.push(listener::spawn(
+            listener,
+            metrics_app,
+            limits,
+            tls::Transport::Plain,
+            shutdown.clone(),
+        ));
     }
     Ok(listeners)
 }
@@ -218,7 +234,8 @@ async fn serve_unix(
     })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     tracing::info!(socket = %path.display(), "listening");
-    let serving = listener::spawn(listener, app, limits, shutdown.clone());
+    // A UNIX socket is local: never TLS.
+    let serving = listener::spawn(listener, app, limits, tls::Transport::Plain, shutdown.clone());
     let guard = UnixSocket { path: path.to_owned(), serving: serving.abort_handle() };
     Ok(tokio::spawn(async move {
         let _ = serving.await;

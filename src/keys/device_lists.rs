@@ -15,6 +15,7 @@ use ruma::{OwnedRoomId, OwnedUserId, UserId, events::TimelineEventType};
 
 use crate::{
     Result,
+    federation::outbox::{self, Outbox},
     rooms::{self, timeline},
     storage::{
         Batch, Direction, Storage,
@@ -29,36 +30,83 @@ use crate::{
 /// reading the events.
 const EVENT_SCAN_LIMIT: usize = 200;
 
+/// What a device list change tells the other servers sharing a room with the user.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// These devices of a local user were added, changed or removed: one
+    /// `m.device_list_update` each.
+    Devices(Vec<String>),
+    /// A local user's cross-signing keys changed: an `m.signing_key_update`.
+    SigningKeys,
+    /// Nothing to tell: a change other servers need not hear of, or a change to another
+    /// server's user learnt from that server.
+    Unshared,
+}
+
 /// Commits `batch` together with a device list change for `user`, then wakes everyone
-/// sharing a room with them. Only `user`'s own actor calls this, so the latest-row read
-/// cannot race another change.
+/// sharing a room with them. Only `user`'s own actor calls this (or, for another server's
+/// user, the handling of that server's updates), so the latest-row read cannot race
+/// another change.
 pub async fn commit_change(
     storage: &Storage,
     hub: &SyncHub,
+    outbox: &Outbox,
     user: &UserId,
     batch: Batch,
+    change: Change,
 ) -> Result<()> {
-    commit_change_with(storage, hub, user, batch, |_, _| {}).await
+    commit_change_with(storage, hub, outbox, user, batch, change, |_, _| {}).await
 }
 
 /// Like [`commit_change`], letting `extra` add rows that need the change's stream position.
+///
+/// Each changed device takes a stream position of its own: it is the `stream_id` of the
+/// device's `m.device_list_update`, whose `prev_id` is the position before it (the user's
+/// previous change, for the first), as the spec's chain of updates per user asks.
 pub async fn commit_change_with(
     storage: &Storage,
     hub: &SyncHub,
+    outbox: &Outbox,
     user: &UserId,
     mut batch: Batch,
+    change: Change,
     extra: impl FnOnce(&mut Batch, u64) + Send + 'static,
 ) -> Result<()> {
     let key = user.to_string();
-    if let Some(previous) = DEVICE_LIST_LATEST_TABLE.get(storage.engine(), &key)? {
+    let previous = DEVICE_LIST_LATEST_TABLE.get(storage.engine(), &key)?;
+    if let Some(previous) = previous {
         DEVICE_LIST_STREAM_TABLE.delete(&mut batch, &previous);
     }
+    let federated = outbox.enabled() && !outbox.is_remote(user.server_name());
+    let count = match &change {
+        Change::Devices(devices) if federated => devices.len().max(1) as u64,
+        _ => 1,
+    };
+    let outbox = outbox.clone();
+    let owner = user.to_owned();
     storage
         .writer()
-        .commit_with_positions(1, batch, move |batch, positions| {
-            DEVICE_LIST_STREAM_TABLE.put(batch, &positions.start, &key);
-            DEVICE_LIST_LATEST_TABLE.put(batch, &key, &positions.start);
-            extra(batch, positions.start);
+        .commit_with_positions(count, batch, move |batch, positions| {
+            let latest = positions.end - 1;
+            DEVICE_LIST_STREAM_TABLE.put(batch, &latest, &key);
+            DEVICE_LIST_LATEST_TABLE.put(batch, &key, &latest);
+            if federated {
+                match change {
+                    Change::Devices(devices) => {
+                        let mut prev: Vec<u64> = previous.into_iter().collect();
+                        for (device, position) in devices.iter().zip(positions.clone()) {
+                            let item = outbox::device_list_update(&owner, device, position, prev);
+                            outbox.put(batch, position, &item);
+                            prev = vec![position];
+                        }
+                    }
+                    Change::SigningKeys => {
+                        outbox.put(batch, latest, &outbox::signing_key_update(&owner));
+                    }
+                    Change::Unshared => {}
+                }
+            }
+            extra(batch, latest);
         })
         .await?;
     for room in rooms::joined_rooms(storage.engine(), user)? {

@@ -8,13 +8,14 @@ use ruma::{OwnedUserId, UserId};
 use serde_json::Value as JsonValue;
 
 use super::{
-    device_lists,
+    device_lists::{self, Change},
     query::{self, MASTER, SELF_SIGNING, USER_SIGNING},
     signatures::{ed25519_key, same_key, single_ed25519_key, verify},
 };
 use crate::{
     Error, Result,
     actors::Reply,
+    federation::outbox::Outbox,
     limits,
     storage::{
         Batch, Direction, Storage,
@@ -106,6 +107,7 @@ fn invalid_signature(message: impl Into<String>) -> Error {
 pub struct KeyStore<'a> {
     pub storage: &'a Storage,
     pub hub: &'a SyncHub,
+    pub outbox: &'a Outbox,
     pub user: &'a UserId,
 }
 
@@ -293,8 +295,10 @@ impl KeyStore<'_> {
             device_lists::commit_change_with(
                 self.storage,
                 self.hub,
+                self.outbox,
                 self.user,
                 batch,
+                Change::Devices(vec![device.to_owned()]),
                 add_one_time,
             )
             .await?;
@@ -454,11 +458,37 @@ impl KeyStore<'_> {
         if batch.is_empty() {
             return Ok(());
         }
-        device_lists::commit_change(self.storage, self.hub, self.user, batch).await
+        let change = Change::SigningKeys;
+        device_lists::commit_change(self.storage, self.hub, self.outbox, self.user, batch, change)
+            .await
     }
 
     async fn add_signatures(&self, signatures: Vec<CheckedSignature>) -> Result<()> {
         let mut batch = Batch::new();
+        // Other servers hear of new signatures on this user's own devices (and keys); a
+        // signature on someone else's key is this user's private business.
+        let mut own_devices = Vec::new();
+        let mut own_keys = false;
+        for (target, target_key, _, _) in &signatures {
+            if target == self.user {
+                if DEVICES_TABLE
+                    .contains(self.storage.engine(), &(target.to_string(), target_key.clone()))?
+                {
+                    own_devices.push(target_key.clone());
+                } else {
+                    own_keys = true;
+                }
+            }
+        }
+        own_devices.sort_unstable();
+        own_devices.dedup();
+        let change = if !own_devices.is_empty() {
+            Change::Devices(own_devices)
+        } else if own_keys {
+            Change::SigningKeys
+        } else {
+            Change::Unshared
+        };
         for (target, target_key, signer_key, signature) in signatures {
             KEY_SIGNATURES_TABLE.put(
                 &mut batch,
@@ -470,7 +500,8 @@ impl KeyStore<'_> {
             return Ok(());
         }
         // The signer's devices learn of their own new signatures through their device list.
-        device_lists::commit_change(self.storage, self.hub, self.user, batch).await
+        device_lists::commit_change(self.storage, self.hub, self.outbox, self.user, batch, change)
+            .await
     }
 }
 

@@ -370,6 +370,7 @@ impl Rooms {
             ),
             push,
             time: time.clone(),
+            outbox: crate::federation::outbox::Outbox::from_config(config),
         };
         let actors = actors.registry(behaviour, limits).await?;
         Ok(Self {

@@ -179,4 +179,16 @@ catalogue! {
         "sha-256 of an OpenID token -> the user it identifies and its expiry";
     OPENID_TOKENS_BY_USER = "openid_tokens_by_user", Scan, 1,
         "(user id, sha-256 of an OpenID token) -> its expiry; the user's tokens, for cleanup";
+    FEDERATION_OUTBOX = "federation_outbox", Scan, 1,
+        "stream position -> an event or EDU a commit handed to federation, until fanned out to servers";
+    DESTINATION_QUEUE = "destination_queue", Scan, 2,
+        "(server name, stream position) -> a PDU or EDU waiting to be sent to that server";
+    DESTINATION_TRANSACTIONS = "destination_transactions", Point, 1,
+        "server name -> the transaction in flight to it: its id and the queue entries it carries";
+    INBOUND_TRANSACTIONS = "inbound_transactions", Point, 1,
+        "(origin server, transaction id) -> when it arrived and the answer it got";
+    REMOTE_DEVICE_LISTS = "remote_device_lists", Point, 1,
+        "user id of another server -> its devices and cross-signing keys as last synchronised";
+    FEDERATION_DISABLED_ROOMS = "federation_disabled_rooms", Point, 1,
+        "room id -> nothing; rooms an admin disabled for federation";
 }

@@ -6,20 +6,14 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use axum::{Json, Router, routing::get};
 use reqwest::Method;
-use ruma::{
-    CanonicalJsonObject, OwnedServerName,
-    api::federation::authentication::{XMatrix, XMatrixSigningInput},
-    serde::Base64,
-    signatures::Ed25519KeyPair,
-};
+use ruma::OwnedServerName;
 use serde_json::{Value, json};
 
 use crate::{
     common::{assert_error, client, status_and_json},
     e2ee::upload_device,
-    testbed::{Ca, FedServer, TlsFront},
+    testbed::{Ca, FakeServer, FedServer, TlsFront, new_pair},
 };
 
 /// GETs `path` on `server` as `user` (a client of `server`).
@@ -164,112 +158,6 @@ async fn device_keys_are_queried_and_claimed_across_servers() {
     assert_eq!(claimed, vec!["signed_curve25519:K0", "signed_curve25519:K1"], "each key once");
 }
 
-/// An origin server the test controls: its key document is served over TLS under
-/// `localhost:PORT` (or another host name), and it signs whatever requests the test makes.
-pub(crate) struct FakeOrigin {
-    pub(crate) name: OwnedServerName,
-    key: Arc<std::sync::Mutex<Ed25519KeyPair>>,
-    /// Requests for the key document so far.
-    key_requests: Arc<std::sync::atomic::AtomicUsize>,
-    _front: TlsFront,
-}
-
-pub(crate) fn new_pair(version: &str) -> Ed25519KeyPair {
-    Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), version.to_owned()).expect("pair")
-}
-
-impl FakeOrigin {
-    pub(crate) async fn start(ca: &Ca) -> Self {
-        Self::start_on(ca, "localhost", Router::new()).await
-    }
-
-    /// An origin that also answers `routes` (fake endpoints of a remote server).
-    pub(crate) async fn serving(ca: &Ca, routes: Router) -> Self {
-        Self::start_on(ca, "localhost", routes).await
-    }
-
-    /// An origin named `HOST:PORT`, HOST a fresh name of the test DNS (from `prefix`): for
-    /// rules that match host names, which cannot tell `localhost` servers apart.
-    pub(crate) async fn start_as(ca: &Ca, prefix: &str) -> Self {
-        let host = crate::testbed::unique(prefix);
-        crate::testbed::dns_add(
-            &host,
-            300,
-            vec![crate::testbed::TestRecord::A(std::net::Ipv4Addr::LOCALHOST)],
-        );
-        Self::start_on(ca, &host, Router::new()).await
-    }
-
-    async fn start_on(ca: &Ca, host: &str, routes: Router) -> Self {
-        let front = TlsFront::bind(SocketAddr::from(([127, 0, 0, 1], 0)), ca, &[host])
-            .await
-            .expect("front");
-        let name: OwnedServerName =
-            format!("{host}:{}", front.address.port()).try_into().expect("name");
-        let key = Arc::new(std::sync::Mutex::new(new_pair("fake1")));
-        let key_requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (document_name, document_key) = (name.clone(), Arc::clone(&key));
-        let counter = Arc::clone(&key_requests);
-        let app = Router::new().route(
-            "/_matrix/key/v2/server",
-            get(move || {
-                let (name, key) = (document_name.clone(), Arc::clone(&document_key));
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async move {
-                    // Slow enough that concurrent requests overlap.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    let pair = key.lock().expect("key");
-                    let value = json!({
-                        "server_name": name,
-                        "verify_keys": {
-                            format!("ed25519:{}", pair.version()): {
-                                "key": Base64::<ruma::serde::base64::Standard, _>::new(pair.public_key().to_vec()).encode()
-                            }
-                        },
-                        "old_verify_keys": {},
-                        "valid_until_ts": 4_000_000_000_000u64,
-                    });
-                    let mut object: CanonicalJsonObject =
-                        serde_json::from_value(value).expect("object");
-                    ruma::signatures::sign_json(name.as_str(), &*pair, &mut object)
-                        .expect("sign");
-                    Json(object)
-                }
-            }),
-        )
-        .merge(routes);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        front.forward_to(listener.local_addr().expect("address"));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self { name, key, key_requests, _front: front }
-    }
-
-    /// The `Authorization` header for a request, signed with `key` (or the current key).
-    pub(crate) fn authorization(
-        &self,
-        method: &str,
-        uri: &str,
-        destination: &str,
-        body: Option<&Value>,
-        key: Option<&Ed25519KeyPair>,
-    ) -> String {
-        let current = self.key.lock().expect("key");
-        let key = key.unwrap_or(&current);
-        let bytes = body.map(|body| serde_json::to_vec(body).expect("json")).unwrap_or_default();
-        let request =
-            axum::http::Request::builder().method(method).uri(uri).body(bytes).expect("request");
-        let destination: OwnedServerName = destination.try_into().expect("destination");
-        let header = XMatrix::sign_http_request(
-            &request,
-            XMatrixSigningInput::new(self.name.clone(), destination, key),
-        )
-        .expect("sign");
-        header.to_string()
-    }
-}
-
 /// Sends a request with an optional `Authorization` header and raw body.
 pub(crate) async fn send(
     server: &FedServer,
@@ -292,7 +180,7 @@ pub(crate) async fn send(
 async fn signed_requests_are_checked() {
     let ca = Ca::new();
     let b = FedServer::start(&ca, &[]).await;
-    let origin = FakeOrigin::start(&ca).await;
+    let origin = FakeServer::start(&ca).await;
     let bob = b.server.register("bob", "pw").await;
     let _ = upload_device(&b.server, &bob).await;
     let devices =
@@ -380,7 +268,7 @@ async fn signed_requests_are_checked() {
 #[tokio::test]
 async fn denied_servers_get_forbidden() {
     let ca = Ca::new();
-    let origin = FakeOrigin::start(&ca).await;
+    let origin = FakeServer::start(&ca).await;
     for option in [
         "forbidden_remote_server_names=[\"^localhost$\"]",
         "allowed_remote_server_names_experimental=[\"^friends\\\\.example$\"]",
@@ -559,7 +447,7 @@ async fn keys_come_through_a_notary_when_configured() {
 async fn concurrent_requests_share_one_key_fetch() {
     let ca = Ca::new();
     let b = FedServer::start(&ca, &[]).await;
-    let origin = Arc::new(FakeOrigin::start(&ca).await);
+    let origin = Arc::new(FakeServer::start(&ca).await);
     let path = "/_matrix/federation/v1/query/directory?room_alias=%23none%3Ax";
     let requests: Vec<_> = (0..12)
         .map(|_| {
@@ -578,7 +466,7 @@ async fn concurrent_requests_share_one_key_fetch() {
         assert_error(status, &body, 400, "M_INVALID_PARAM");
     }
     assert_eq!(
-        origin.key_requests.load(std::sync::atomic::Ordering::SeqCst),
+        origin.state.key_requests.load(std::sync::atomic::Ordering::SeqCst),
         1,
         "twelve requests, one key fetch"
     );
@@ -666,7 +554,7 @@ async fn certificates_are_checked_against_ssl_cert_file_and_never_skipped() {
 #[tokio::test]
 async fn device_names_are_shared_only_when_allowed() {
     let ca = Ca::new();
-    let origin = FakeOrigin::start(&ca).await;
+    let origin = FakeServer::start(&ca).await;
     let server = FedServer::start(&ca, &["allow_device_name_federation=true"]).await;
     let bob = server.server.register("bob", "pw").await;
     let _ = upload_device(&server.server, &bob).await;

@@ -25,8 +25,8 @@ use serde_json::Value;
 
 use crate::{
     common::{User, assert_error},
-    federation::{FakeOrigin, new_pair, send},
-    testbed::{Ca, FedServer},
+    federation::send,
+    testbed::{Ca, FakeServer, FedServer, new_pair},
 };
 
 const DOWNLOAD: &str = "/_matrix/client/v1/media/download";
@@ -232,7 +232,7 @@ async fn concurrent_downloads_of_new_remote_media_share_one_fetch() {
             }
         }),
     );
-    let remote = FakeOrigin::serving(&ca, routes).await;
+    let remote = FakeServer::serving(&ca, routes).await;
     let b = FedServer::start(&ca, &[]).await;
     let bob = b.server.register("bob", "pw").await;
     let path = format!("{DOWNLOAD}/{}/shared", remote.name);
@@ -263,7 +263,7 @@ async fn concurrent_downloads_of_new_remote_media_share_one_fetch() {
 async fn other_servers_get_multipart_media_and_thumbnails_when_signed() {
     let ca = Ca::new();
     let a = FedServer::start(&ca, &[]).await;
-    let origin = FakeOrigin::start(&ca).await;
+    let origin = FakeServer::start(&ca).await;
     let alice = a.server.register("alice", "pw").await;
     let picture = png(200, 100);
     let (_, id) = upload(&a, &alice, picture.clone(), "image/png", "wide.png").await;
@@ -333,7 +333,7 @@ async fn cached_remote_media_is_not_served_to_other_servers() {
     let ca = Ca::new();
     let a = FedServer::start(&ca, &[]).await;
     let b = FedServer::start(&ca, &[]).await;
-    let origin = FakeOrigin::start(&ca).await;
+    let origin = FakeServer::start(&ca).await;
     let alice = a.server.register("alice", "pw").await;
     let bob = b.server.register("bob", "pw").await;
     let (name, id) = upload(&a, &alice, b"abc".to_vec(), "text/plain", "a.txt").await;
@@ -423,7 +423,7 @@ async fn fake_download(
 /// A remote server (faked) whose media answers are chosen by the test: a `Location`
 /// answer, a `404 M_UNRECOGNIZED` for the authenticated endpoint with a legacy endpoint
 /// that works, and a multipart answer cut short.
-async fn fake_media_server(ca: &Ca, legacy_requests: Arc<AtomicUsize>) -> FakeOrigin {
+async fn fake_media_server(ca: &Ca, legacy_requests: Arc<AtomicUsize>) -> FakeServer {
     let routes = Router::new()
         .route("/_matrix/federation/v1/media/download/{id}", get(fake_download))
         .route(
@@ -456,7 +456,7 @@ async fn fake_media_server(ca: &Ca, legacy_requests: Arc<AtomicUsize>) -> FakeOr
                 },
             ),
         );
-    FakeOrigin::serving(ca, routes).await
+    FakeServer::serving(ca, routes).await
 }
 
 #[tokio::test]
@@ -508,7 +508,7 @@ async fn a_remote_server_that_never_answers_is_given_up_on() {
             "never"
         }),
     );
-    let remote = FakeOrigin::serving(&ca, routes).await;
+    let remote = FakeServer::serving(&ca, routes).await;
     let b = FedServer::start(&ca, &["federation_timeout=2"]).await;
     let bob = b.server.register("bob", "pw").await;
     let started = std::time::Instant::now();

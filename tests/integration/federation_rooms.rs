@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use crate::{
     common::{User, assert_error},
-    federation::{FakeOrigin, send},
+    federation::send,
     rooms::create_room,
-    testbed::{Ca, FedServer},
+    testbed::{Ca, FakeServer, FedServer},
 };
 
 fn room_ids(chunk: &Value) -> Vec<String> {
@@ -270,7 +270,7 @@ async fn a_space_on_another_server_is_walked_through_federation() {
 }
 
 /// GETs a signed federation path on `server` from `origin`.
-async fn signed_get(server: &FedServer, origin: &FakeOrigin, path: &str) -> (u16, Value) {
+async fn signed_get(server: &FedServer, origin: &FakeServer, path: &str) -> (u16, Value) {
     let header = origin.authorization("GET", path, &server.name, None, None);
     send(server, Method::GET, path, Some(header), None).await
 }
@@ -279,7 +279,7 @@ async fn signed_get(server: &FedServer, origin: &FakeOrigin, path: &str) -> (u16
 async fn other_servers_see_what_they_may_of_a_space() {
     let ca = Ca::new();
     let a = FedServer::start(&ca, &[]).await;
-    let origin = FakeOrigin::start(&ca).await;
+    let origin = FakeServer::start(&ca).await;
     let alice = a.server.register("alice", "pw").await;
     let tree = build_tree(&a, &alice).await;
 
@@ -330,8 +330,8 @@ async fn other_servers_see_what_they_may_of_a_space() {
 async fn server_acls_deny_the_servers_they_name() {
     let ca = Ca::new();
     let a = FedServer::start(&ca, &[]).await;
-    let denied = FakeOrigin::start_as(&ca, "denied").await;
-    let allowed = FakeOrigin::start_as(&ca, "allowed").await;
+    let denied = FakeServer::start_as(&ca, "denied").await;
+    let allowed = FakeServer::start_as(&ca, "allowed").await;
     let denied_host = denied.name.host().to_owned();
     let alice = a.server.register("alice", "pw").await;
     let tree = build_tree(&a, &alice).await;
@@ -401,7 +401,7 @@ async fn one_walk_asks_other_servers_a_bounded_number_of_times() {
             }
         }),
     );
-    let remote = FakeOrigin::serving(&ca, routes).await;
+    let remote = FakeServer::serving(&ca, routes).await;
     let b = FedServer::start(&ca, &[]).await;
     let bob = b.server.register("bob", "pw").await;
     let local = create_room(&b.server, &bob, space("Many remote children", "12")).await;

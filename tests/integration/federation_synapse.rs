@@ -32,10 +32,9 @@ use serde_json::{Value, json};
 use crate::{
     common::{User, assert_error, status_and_json, user_from, wait_until, write_config},
     e2ee::{Signer, cross_signing_key, device_keys, upload_device},
-    federation::{FakeOrigin, new_pair},
     federation_media::png,
     synapse::{Synapse, SynapseConfig, free_port, watched},
-    testbed::{Ca, FedServer, TlsFront, denylist_without_loopback},
+    testbed::{Ca, FakeServer, FedServer, TlsFront, denylist_without_loopback, new_pair},
 };
 
 /// The Synapse every test of the module shares, its notary and the CAs.
@@ -885,7 +884,7 @@ async fn synapse_refuses_forged_requests_and_accepts_signed_ones() {
     let shared = shared();
     let synapse = shared.client();
     let sam = synapse.register("sam").await;
-    let origin = FakeOrigin::start(&shared.ca).await;
+    let origin = FakeServer::start(&shared.ca).await;
     let path = format!("/_matrix/federation/v1/query/profile?user_id={}", escaped(&sam.user_id));
     let send = |authorization: Option<String>| {
         let mut request = synapse.http.get(format!("{}{path}", synapse.base));

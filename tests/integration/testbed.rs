@@ -15,6 +15,12 @@ use std::{
     },
 };
 
+use axum::{
+    Json, Router,
+    extract::Path,
+    http::{HeaderMap, StatusCode},
+    routing::{get, put},
+};
 use hickory_proto::{
     op::{Message, MessageType, ResponseCode},
     rr::{
@@ -24,6 +30,13 @@ use hickory_proto::{
     serialize::binary::{BinDecodable, BinEncodable},
 };
 use rand::Rng;
+use ruma::{
+    CanonicalJsonObject, OwnedServerName,
+    api::federation::authentication::{XMatrix, XMatrixSigningInput},
+    serde::Base64,
+    signatures::Ed25519KeyPair,
+};
+use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{
     TlsAcceptor,
@@ -118,6 +131,13 @@ fn serve_dns(socket: &UdpSocket) {
     }
 }
 
+/// A port free on 127.0.0.1 now (for a configuration that must name its port before the
+/// server binds it; another process could take it meanwhile, which is unlikely in a test).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
 /// A unique DNS label for one test's names.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}.test", rand::thread_rng().r#gen::<u32>())
@@ -144,6 +164,31 @@ impl Ca {
         let pem_path = dir.path().join("ca.pem");
         std::fs::write(&pem_path, certificate.pem()).expect("write CA");
         Self { issuer: rcgen::Issuer::new(params, key), pem_path, _dir: dir }
+    }
+
+    /// A certificate for `names` and its key, as PEM files in `dir` (for `tls.certs` and
+    /// `tls.key`).
+    pub fn leaf_pem_files(&self, names: &[&str], dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("leaf params");
+        let certificate = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let (certs, private) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&certs, certificate.pem()).expect("write certificate");
+        std::fs::write(&private, key.serialize_pem()).expect("write key");
+        (certs, private)
+    }
+
+    /// A client that trusts only this CA.
+    pub fn client(&self) -> reqwest::Client {
+        tuwunel::net::outbound::install_tls_provider();
+        let pem = std::fs::read(&self.pem_path).expect("CA");
+        let ca = reqwest::Certificate::from_pem(&pem).expect("CA certificate");
+        reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .expect("client")
     }
 
     /// A server TLS configuration with a certificate for `names` (host names or IP
@@ -186,10 +231,10 @@ impl Ca {
 }
 
 /// A TLS listener that forwards each connection's plaintext to a backend address (set once
-/// the backend runs).
+/// the backend runs, and again when it restarts on another port; none while it is down).
 pub struct TlsFront {
     pub address: SocketAddr,
-    backend: Arc<OnceLock<SocketAddr>>,
+    backend: Arc<Mutex<Option<SocketAddr>>>,
     /// TLS connections accepted, and how many of them negotiated HTTP/2.
     pub connections: Arc<AtomicUsize>,
     pub http2_connections: Arc<AtomicUsize>,
@@ -202,7 +247,7 @@ impl TlsFront {
         let listener = TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(ca.server_config(names));
-        let backend: Arc<OnceLock<SocketAddr>> = Arc::default();
+        let backend: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
         let target = Arc::clone(&backend);
         let connections = Arc::new(AtomicUsize::new(0));
         let http2_connections = Arc::new(AtomicUsize::new(0));
@@ -218,7 +263,7 @@ impl TlsFront {
                     if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
                         counted_h2.fetch_add(1, Ordering::SeqCst);
                     }
-                    let Some(backend) = target.get().copied() else { return };
+                    let Some(backend) = *target.lock().expect("backend") else { return };
                     let Ok(mut plain) = TcpStream::connect(backend).await else { return };
                     let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
                 });
@@ -251,7 +296,12 @@ impl TlsFront {
     }
 
     pub fn forward_to(&self, backend: SocketAddr) {
-        let _ = self.backend.set(backend);
+        *self.backend.lock().expect("backend") = Some(backend);
+    }
+
+    /// Stops forwarding: new connections are closed after their handshake.
+    pub fn forward_nowhere(&self) {
+        *self.backend.lock().expect("backend") = None;
     }
 
     pub fn ip(&self) -> Ipv4Addr {
@@ -332,7 +382,299 @@ impl FedServer {
         &self._front
     }
 
+    /// Stops the server; its front stays, so the name is still there but answers nothing.
+    pub async fn stop(&mut self) {
+        self._front.forward_nowhere();
+        self.server.stop().await;
+    }
+
+    /// Starts the server again on its database, behind the same front (same name).
+    pub async fn restart(&mut self) {
+        self.server.restart().await;
+        self._front.forward_to(self.server.server().addresses()[0]);
+    }
+
+    pub fn services(&self) -> Arc<tuwunel::Services> {
+        Arc::clone(self.server.server().services())
+    }
+
     pub fn user_id(&self, localpart: &str) -> String {
         format!("@{localpart}:{}", self.name)
     }
+}
+
+/// A new ed25519 key pair with key id `ed25519:<version>`.
+pub fn new_pair(version: &str) -> Ed25519KeyPair {
+    Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), version.to_owned()).expect("pair")
+}
+
+/// A transaction a [`FakeServer`] received: its id, the `X-Matrix` header and the body.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub txn_id: String,
+    pub authorization: String,
+    pub body: Value,
+}
+
+/// What a [`FakeServer`] shares with its handlers.
+#[derive(Default)]
+pub struct FakeState {
+    /// Requests for the key document so far.
+    pub key_requests: AtomicUsize,
+    /// Transactions received, in order.
+    pub transactions: Mutex<Vec<Received>>,
+    /// Every `/send` attempt, failed ones too: transaction id, PDUs and EDUs carried.
+    pub attempts: Mutex<Vec<(String, usize, usize)>>,
+    /// When set, `/send` answers this status (and records nothing).
+    pub fail_with: Mutex<Option<u16>>,
+    /// `GET /user/devices/{userId}` answers, by user id.
+    pub devices: Mutex<HashMap<String, Value>>,
+    pub device_requests: AtomicUsize,
+}
+
+/// A server the test controls, reachable over TLS as `localhost:PORT`: it serves its key
+/// document, signs whatever requests the test makes, records the transactions it receives
+/// (or fails them on demand) and serves the device lists the test gives it.
+pub struct FakeServer {
+    pub name: OwnedServerName,
+    pub key: Arc<Mutex<Ed25519KeyPair>>,
+    pub state: Arc<FakeState>,
+    /// Kept alive for as long as the fake runs.
+    _front: TlsFront,
+}
+
+impl FakeServer {
+    pub async fn start(ca: &Ca) -> Self {
+        Self::start_on(ca, "localhost", Router::new()).await
+    }
+
+    /// A fake that also answers `routes` (fake endpoints of a remote server).
+    pub async fn serving(ca: &Ca, routes: Router) -> Self {
+        Self::start_on(ca, "localhost", routes).await
+    }
+
+    /// A fake named `HOST:PORT`, HOST a fresh name of the test DNS (from `prefix`): for
+    /// rules that match host names, which cannot tell `localhost` servers apart.
+    pub async fn start_as(ca: &Ca, prefix: &str) -> Self {
+        let host = unique(prefix);
+        dns_add(&host, 300, vec![TestRecord::A(Ipv4Addr::LOCALHOST)]);
+        Self::start_on(ca, &host, Router::new()).await
+    }
+
+    async fn start_on(ca: &Ca, host: &str, routes: Router) -> Self {
+        let front = TlsFront::bind(SocketAddr::from(([127, 0, 0, 1], 0)), ca, &[host])
+            .await
+            .expect("front");
+        let name: OwnedServerName =
+            format!("{host}:{}", front.address.port()).try_into().expect("name");
+        let key = Arc::new(Mutex::new(new_pair("fake1")));
+        let state = Arc::new(FakeState::default());
+        let (document_name, document_key, counter) =
+            (name.clone(), Arc::clone(&key), Arc::clone(&state));
+        let (send_state, devices_state) = (Arc::clone(&state), Arc::clone(&state));
+        let app = Router::new()
+            .route(
+                "/_matrix/key/v2/server",
+                get(move || {
+                    let (name, key) = (document_name.clone(), Arc::clone(&document_key));
+                    counter.key_requests.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        // Slow enough that concurrent requests overlap.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        let pair = key.lock().expect("key");
+                        let value = json!({
+                            "server_name": name,
+                            "verify_keys": {
+                                format!("ed25519:{}", pair.version()): {
+                                    "key": Base64::<ruma::serde::base64::Standard, _>::new(pair.public_key().to_vec()).encode()
+                                }
+                            },
+                            "old_verify_keys": {},
+                            "valid_until_ts": 4_000_000_000_000u64,
+                        });
+                        let mut object: CanonicalJsonObject =
+                            serde_json::from_value(value).expect("object");
+                        ruma::signatures::sign_json(name.as_str(), &*pair, &mut object)
+                            .expect("sign");
+                        Json(object)
+                    }
+                }),
+            )
+            .route(
+                "/_matrix/federation/v1/send/{txn}",
+                put(move |Path(txn): Path<String>, headers: HeaderMap, Json(body): Json<Value>| {
+                    let state = Arc::clone(&send_state);
+                    async move {
+                        let count = |field: &str| body[field].as_array().map_or(0, Vec::len);
+                        let attempt = (txn.clone(), count("pdus"), count("edus"));
+                        state.attempts.lock().expect("attempts").push(attempt);
+                        if let Some(status) = *state.fail_with.lock().expect("fail") {
+                            let status = StatusCode::from_u16(status).expect("status");
+                            return (status, Json(json!({"errcode": "M_UNKNOWN", "error": "failing on purpose"})));
+                        }
+                        let authorization = headers
+                            .get("authorization")
+                            .and_then(|value| value.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        let mut results = serde_json::Map::new();
+                        for pdu in body["pdus"].as_array().into_iter().flatten() {
+                            if let Some(id) = pdu["event_id"].as_str() {
+                                results.insert(id.to_owned(), json!({}));
+                            }
+                        }
+                        state.transactions.lock().expect("transactions").push(Received {
+                            txn_id: txn,
+                            authorization,
+                            body,
+                        });
+                        (StatusCode::OK, Json(json!({"pdus": results})))
+                    }
+                }),
+            )
+            .route(
+                "/_matrix/federation/v1/user/devices/{user}",
+                get(move |Path(user): Path<String>| {
+                    let state = Arc::clone(&devices_state);
+                    async move {
+                        state.device_requests.fetch_add(1, Ordering::SeqCst);
+                        match state.devices.lock().expect("devices").get(&user) {
+                            Some(answer) => (StatusCode::OK, Json(answer.clone())),
+                            None => (
+                                StatusCode::NOT_FOUND,
+                                Json(json!({"errcode": "M_NOT_FOUND", "error": "no such user"})),
+                            ),
+                        }
+                    }
+                }),
+            )
+            .merge(routes);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        front.forward_to(listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { name, key, state, _front: front }
+    }
+
+    /// The `Authorization` header for a request, signed with `key` (or the current key).
+    pub fn authorization(
+        &self,
+        method: &str,
+        uri: &str,
+        destination: &str,
+        body: Option<&Value>,
+        key: Option<&Ed25519KeyPair>,
+    ) -> String {
+        let bytes = body.map(|body| serde_json::to_vec(body).expect("json")).unwrap_or_default();
+        self.authorization_raw(method, uri, destination, &bytes, key)
+    }
+
+    /// [`Self::authorization`] over raw body bytes.
+    pub fn authorization_raw(
+        &self,
+        method: &str,
+        uri: &str,
+        destination: &str,
+        body: &[u8],
+        key: Option<&Ed25519KeyPair>,
+    ) -> String {
+        let current = self.key.lock().expect("key");
+        let key = key.unwrap_or(&current);
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(body.to_vec())
+            .expect("request");
+        let destination: OwnedServerName = destination.try_into().expect("destination");
+        let header = XMatrix::sign_http_request(
+            &request,
+            XMatrixSigningInput::new(self.name.clone(), destination, key),
+        )
+        .expect("sign");
+        header.to_string()
+    }
+
+    /// A user id of this server.
+    pub fn user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.name)
+    }
+
+    /// Sends `server` a transaction signed by this server: `body` as it is (a JSON value)
+    /// under `txn_id`.
+    pub async fn send_transaction(
+        &self,
+        server: &FedServer,
+        txn_id: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        let bytes = serde_json::to_vec(body).expect("json");
+        self.send_transaction_bytes(server, txn_id, bytes).await
+    }
+
+    /// Sends `bytes` as a signed transaction body.
+    pub async fn send_transaction_bytes(
+        &self,
+        server: &FedServer,
+        txn_id: &str,
+        bytes: Vec<u8>,
+    ) -> (u16, Value) {
+        let uri = format!("/_matrix/federation/v1/send/{txn_id}");
+        let authorization = self.authorization_raw("PUT", &uri, &server.name, &bytes, None);
+        let response = crate::common::client()
+            .put(server.server.url(&uri))
+            .header("authorization", authorization)
+            .header("content-type", "application/json")
+            .body(bytes)
+            .send()
+            .await
+            .expect("send");
+        crate::common::status_and_json(response).await
+    }
+
+    /// A transaction body from this server with `edus` (and `pdus`).
+    pub fn transaction(&self, pdus: Vec<Value>, edus: Vec<Value>) -> Value {
+        json!({
+            "origin": self.name,
+            "origin_server_ts": 1_700_000_000_000u64,
+            "pdus": pdus,
+            "edus": edus,
+        })
+    }
+
+    /// The transactions received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.transactions.lock().expect("transactions").clone()
+    }
+
+    /// Every EDU received so far, in order.
+    pub fn edus(&self) -> Vec<Value> {
+        self.received()
+            .into_iter()
+            .flat_map(|received| received.body["edus"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Makes `/send` answer `status` (`None`: accept again).
+    pub fn fail_with(&self, status: Option<u16>) {
+        *self.state.fail_with.lock().expect("fail") = status;
+    }
+}
+
+/// Makes `user` (of any server) a member of `room` on `server` with `membership`, as if
+/// their join or leave had arrived: the stand-in, until federated joins exist, for a room
+/// this server shares with another server.
+pub async fn inject_member(server: &TestServer, room: &str, user: &str, membership: &str) {
+    let room = ruma::RoomId::parse(room).expect("room id");
+    let user = ruma::UserId::parse(user).expect("user id");
+    let content: CanonicalJsonObject =
+        serde_json::from_value(json!({ "membership": membership })).expect("content");
+    let template = tuwunel::rooms::builder::Template::state(
+        ruma::events::TimelineEventType::RoomMember,
+        user.as_str(),
+        &user,
+        content,
+    );
+    let request = tuwunel::rooms::actor::SendRequest { template, transaction: None };
+    server.server().services().rooms.send(&room, request).await.expect("membership accepted");
 }

@@ -285,10 +285,18 @@ async fn send_to_device(
             deliveries.push(delivery);
             Ok(())
         };
+    let mut remote = RemoteMessages::default();
     for (user, devices) in body.messages {
         if user.server_name() != services.config.server_name {
-            // Remote devices need federation; the message is dropped as undeliverable.
-            tracing::debug!(%user, "to-device message for a remote user dropped (no federation)");
+            if services.federation.policy.allows(user.server_name()) {
+                for (target, content) in devices {
+                    let content: JsonValue =
+                        serde_json::from_str(content.json().get()).map_err(|error| {
+                            Error::bad_json(format!("Invalid message content: {error}"))
+                        })?;
+                    remote.add(&user, &target, content);
+                }
+            }
             continue;
         }
         for (target, content) in devices {
@@ -318,11 +326,69 @@ async fn send_to_device(
             }
         }
     }
+    let remote = remote.into_edus(&sender.user_id, &kind);
     services
         .accounts
-        .call(&sender.user_id, |reply| UserMessage::SendToDevice { transaction, deliveries, reply })
+        .call(&sender.user_id, |reply| UserMessage::SendToDevice {
+            transaction,
+            deliveries,
+            remote,
+            reply,
+        })
         .await?;
     Ok(send_event_to_device::v3::Response::new())
+}
+
+/// Most messages in one `m.direct_to_device` EDU we send; more for one server go in several
+/// (each well within what a receiver takes from one EDU).
+const MESSAGES_PER_EDU: usize = 1000;
+
+/// The `messages` of one `m.direct_to_device` EDU: user -> device (or `*`) -> content.
+type EduMessages = std::collections::BTreeMap<String, serde_json::Map<String, JsonValue>>;
+
+/// Messages for other servers' users, grouped by server.
+#[derive(Default)]
+struct RemoteMessages {
+    servers: std::collections::BTreeMap<ruma::OwnedServerName, Vec<EduMessages>>,
+}
+
+impl RemoteMessages {
+    fn add(&mut self, user: &UserId, target: &DeviceIdOrAllDevices, content: JsonValue) {
+        let chunks = self.servers.entry(user.server_name().to_owned()).or_default();
+        let count: usize =
+            chunks.last().map_or(0, |chunk| chunk.values().map(|devices| devices.len()).sum());
+        if chunks.is_empty() || count >= MESSAGES_PER_EDU {
+            chunks.push(std::collections::BTreeMap::new());
+        }
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.entry(user.to_string()).or_default().insert(target.to_string(), content);
+        }
+    }
+
+    /// One `m.direct_to_device` content per chunk, each with a `message_id` of its own.
+    fn into_edus(self, sender: &UserId, kind: &str) -> Vec<(ruma::OwnedServerName, JsonValue)> {
+        use rand::Rng;
+        let mut edus = Vec::new();
+        for (server, chunks) in self.servers {
+            for messages in chunks {
+                let message_id: String = rand::thread_rng()
+                    .sample_iter(rand::distributions::Alphanumeric)
+                    .take(24)
+                    .map(char::from)
+                    .collect();
+                edus.push((
+                    server.clone(),
+                    json!({
+                        "sender": sender,
+                        "type": kind,
+                        "message_id": message_id,
+                        "messages": messages,
+                    }),
+                ));
+            }
+        }
+        edus
+    }
 }
 
 fn presence_name(state: &PresenceState) -> Result<&'static str> {

@@ -14,6 +14,7 @@ mod keys;
 mod media;
 mod openid;
 mod query;
+mod send;
 mod space;
 mod user;
 mod version;
@@ -200,6 +201,7 @@ fn table(routes: Routes) -> FederationRouter {
         .signed(space::hierarchy)
         .signed_streamed(media::download)
         .signed_streamed(media::thumbnail)
+        .signed(send::transaction)
 }
 
 /// Adds the federation routes to the application router.

@@ -14,6 +14,7 @@ use ruma::{
 use super::{Loaded, RoomActor, RoomState, SendRequest, Sent};
 use crate::{
     Error, Result,
+    federation::outbox,
     push::{
         counts as push_counts,
         evaluate::{Outcome, write_notifications},
@@ -401,6 +402,13 @@ impl RoomActor {
             .unread_counts
             .begin(changed_by_user.keys().map(|user| (user.clone(), room_short)).collect());
         let _memberships_writing = self.storage.coherent().memberships.begin(members.clone());
+        // Handed to the other servers when one is in the room, before or after these events
+        // (a membership of another server's user changes who that is). Read before the
+        // members list is dropped below: read after, it would be cached from before the commit.
+        let federated = self.outbox.enabled()
+            && (self.has_remote_members(room)?
+                || members.iter().any(|member| member.server_name() != self.server_name));
+        let outbox = self.outbox.clone();
         // Dropped before the commit, so even a commit whose outcome is unknown (the Writer
         // stopping) cannot leave a stale list behind.
         if !membership_changes.is_empty() {
@@ -418,6 +426,13 @@ impl RoomActor {
                 let assigned: Vec<u64> = positions.clone().collect();
                 for (prepared, position) in prepared.into_iter().zip(positions.clone()) {
                     let has_children = parents.contains(&prepared.short);
+                    if federated {
+                        outbox.put(
+                            batch,
+                            position,
+                            &outbox::pdu(&prepared.pdu.room_id, prepared.short),
+                        );
+                    }
                     write_positioned(batch, room_short, &room_id, prepared, position, has_children);
                 }
                 write_notifications(batch, room_short, notifications, &assigned);

@@ -11,6 +11,7 @@
 
 mod accept;
 mod build;
+mod federate;
 mod membership;
 mod push;
 mod receipts;
@@ -27,7 +28,7 @@ use serde_json::Value as JsonValue;
 use crate::{
     Error, Result,
     actors::{Behaviour, Context, Reply, contain::contained},
-    federation::SigningKey,
+    federation::{SigningKey, outbox::Outbox},
     push::pushers::Push,
     rooms::{
         self, Pdu,
@@ -100,6 +101,8 @@ pub struct RoomActor {
     pub(in crate::rooms) push: Arc<Push>,
     /// What the room dates its events, receipts and typing expiries by.
     pub(in crate::rooms) time: Time,
+    /// Hands the room's events, typing and receipts to the other servers in it.
+    pub(in crate::rooms) outbox: Outbox,
 }
 
 /// A room's in-memory state.
@@ -219,7 +222,7 @@ impl Behaviour for RoomActor {
             }
             RoomMessage::Typing { user, timeout, reply } => {
                 let result = match state.room.as_ref() {
-                    Some(room) => self.set_typing(context, room, &user, timeout),
+                    Some(room) => self.set_typing(context, room, &user, timeout).await,
                     None => Err(unknown_room()),
                 };
                 let _ = reply.send(result);

@@ -5,6 +5,7 @@ use ruma::{EventId, UserId};
 use super::{Loaded, RoomActor};
 use crate::{
     Error, Result,
+    federation::outbox,
     push::counts as push_counts,
     rooms,
     storage::{
@@ -60,6 +61,11 @@ impl RoomActor {
         let room_short = room.short;
         let reader = user.to_owned();
         let ts = self.time.now_ms();
+        // Public receipts of our users go to the other servers in the room.
+        let federated = (kind == "m.read" && self.federates(room, user)?).then(|| {
+            outbox::receipt(&room.room_id, user, &event_id, ts, Some(thread_key.as_str()))
+        });
+        let outbox = self.outbox.clone();
         let stream_entry = (user.to_string(), kind.clone(), thread_key);
         let _writing =
             self.storage.coherent().unread_counts.begin(vec![(user.to_owned(), room_short)]);
@@ -70,6 +76,9 @@ impl RoomActor {
                 push_counts::write_counts(batch, &reader, room_short, counts, position);
                 RECEIPTS_TABLE.put(batch, &key, &Json(ReceiptRecord { event_id, ts, position }));
                 RECEIPT_STREAM_TABLE.put(batch, &(room_short, position), &Json(stream_entry));
+                if let Some(item) = federated {
+                    outbox.put(batch, position, &item);
+                }
             })
             .await?;
         if kind == "m.read.private" {

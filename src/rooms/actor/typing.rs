@@ -10,7 +10,7 @@ use crate::{Error, Result, actors::Context};
 impl RoomActor {
     /// Starts (`Some(timeout)`, clamped to the configured bounds) or stops `user`'s typing
     /// notification; a joined member only.
-    pub(super) fn set_typing(
+    pub(super) async fn set_typing(
         &self,
         context: &Context<Self>,
         room: &Loaded,
@@ -32,7 +32,7 @@ impl RoomActor {
         if changed {
             self.hub.room_changed(&room.room_id);
         }
-        Ok(())
+        self.federate_typing(room, user, timeout.is_some()).await
     }
 
     /// A typing notification may have run out: clears it if its time has come.
