@@ -7,6 +7,7 @@ pub mod builder;
 pub mod directory;
 pub mod filter;
 pub mod pdu;
+pub mod power_levels;
 pub mod relations;
 pub mod search;
 pub mod spaces;

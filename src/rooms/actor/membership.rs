@@ -1,7 +1,10 @@
 //! Membership work in the room actor: restricted joins, forgetting a room, the stripped
 //! state of invites and knocks, and who is joined.
 
-use ruma::{CanonicalJsonValue, RoomId, UserId, events::TimelineEventType};
+use ruma::{
+    CanonicalJsonValue, RoomId, UserId, events::TimelineEventType,
+    events::room::power_levels::PowerLevelAction,
+};
 use serde_json::Value as JsonValue;
 
 use super::{Loaded, RoomActor};
@@ -91,7 +94,8 @@ impl RoomActor {
                 "You need to be a member of one of the rooms this room's join rules allow, or be invited.",
             ));
         }
-        let invite_level = self.required_level(room, "invite", 0)?;
+        let powers = self.powers(room)?;
+        let invite_level = powers.for_action(PowerLevelAction::Invite);
         let local_members = room
             .keys
             .iter()
@@ -104,7 +108,7 @@ impl RoomActor {
         for (member, short) in local_members {
             let joined = rooms::pdu(self.storage.engine(), *short)?
                 .is_some_and(|pdu| pdu.content_str("membership").as_deref() == Some("join"));
-            if joined && self.power_level(room, &member)? >= invite_level {
+            if joined && powers.for_user(&member) >= invite_level {
                 authoriser = Some(member);
                 break;
             }
