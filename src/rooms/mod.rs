@@ -4,6 +4,7 @@
 
 pub mod actor;
 pub mod builder;
+pub mod content;
 pub mod directory;
 pub mod filter;
 pub mod pdu;
