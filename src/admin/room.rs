@@ -5,8 +5,18 @@
 use std::sync::Arc;
 
 use ruma::{
-    CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
-    events::TimelineEventType,
+    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
+    events::{
+        TimelineEventType,
+        room::{
+            canonical_alias::RoomCanonicalAliasEventContent,
+            guest_access::{GuestAccess, RoomGuestAccessEventContent},
+            history_visibility::{HistoryVisibility, RoomHistoryVisibilityEventContent},
+            join_rules::{JoinRule, RoomJoinRulesEventContent},
+            member::{MembershipState, RoomMemberEventContent},
+            message::RoomMessageEventContent,
+        },
+    },
 };
 use serde_json::json;
 
@@ -86,21 +96,28 @@ pub async fn ensure(services: &Arc<Services>) -> Result<OwnedRoomId> {
     let state = |kind: TimelineEventType, content: serde_json::Value| -> Result<Template> {
         Ok(Template::state(kind, "", &server_user, canonical_content(content)?))
     };
+    let mut member = RoomMemberEventContent::new(MembershipState::Join);
+    member.displayname = Some("Server".to_owned());
+    let mut canonical_alias = RoomCanonicalAliasEventContent::new();
+    canonical_alias.alias = Some(alias.clone());
     let then = vec![
-        Template::state(
-            TimelineEventType::RoomMember,
-            server_user.as_str(),
-            &server_user,
-            canonical_content(json!({ "membership": "join", "displayname": "Server" }))?,
-        ),
+        Template::typed(&server_user, server_user.as_str(), &member)?,
         state(
             TimelineEventType::RoomPowerLevels,
             json!({ "users": users, "users_default": 0, "events_default": 0, "state_default": 50, "invite": 50, "kick": 50, "ban": 50, "redact": 50 }),
         )?,
-        state(TimelineEventType::RoomCanonicalAlias, json!({ "alias": alias }))?,
-        state(TimelineEventType::RoomJoinRules, json!({ "join_rule": "invite" }))?,
-        state(TimelineEventType::RoomHistoryVisibility, json!({ "history_visibility": "shared" }))?,
-        state(TimelineEventType::RoomGuestAccess, json!({ "guest_access": "forbidden" }))?,
+        Template::typed(&server_user, "", &canonical_alias)?,
+        Template::typed(&server_user, "", &RoomJoinRulesEventContent::new(JoinRule::Invite))?,
+        Template::typed(
+            &server_user,
+            "",
+            &RoomHistoryVisibilityEventContent::new(HistoryVisibility::Shared),
+        )?,
+        Template::typed(
+            &server_user,
+            "",
+            &RoomGuestAccessEventContent::new(GuestAccess::Forbidden),
+        )?,
         state(TimelineEventType::RoomName, json!({ "name": name }))?,
         state(TimelineEventType::RoomTopic, json!({ "topic": topic }))?,
     ];
@@ -163,9 +180,10 @@ pub async fn join_admin(services: &Services, user: &UserId) -> Result<()> {
         .map(|record| record.membership);
     if membership.as_deref() != Some("join") {
         if membership.as_deref() != Some("invite") {
-            send_membership(services, &room_id, &server_user, user, "invite", None).await?;
+            send_membership(services, &room_id, &server_user, user, MembershipState::Invite, None)
+                .await?;
         }
-        send_membership(services, &room_id, user, user, "join", None).await?;
+        send_membership(services, &room_id, user, user, MembershipState::Join, None).await?;
     }
     set_power(services, &room_id, &server_user, user, Some(100)).await
 }
@@ -183,7 +201,7 @@ pub async fn remove_admin(services: &Services, user: &UserId) -> Result<()> {
             &room_id,
             &server_user,
             user,
-            "leave",
+            MembershipState::Leave,
             Some("No longer a server admin"),
         )
         .await?;
@@ -218,11 +236,12 @@ pub fn maybe_run(services: &Arc<Services>, room_id: &RoomId, sender: &UserId, bo
             }
         };
         let Ok(server_user) = server_user(&services) else { return };
-        let mut content = ruma::CanonicalJsonObject::new();
-        content.insert("msgtype".to_owned(), CanonicalJsonValue::String("m.notice".to_owned()));
-        content.insert("body".to_owned(), CanonicalJsonValue::String(output));
-        let template = Template::message(TimelineEventType::RoomMessage, &server_user, content);
-        if let Err(error) = room_api::send(&services, &room_id, template, None).await {
+        let notice = RoomMessageEventContent::notice_plain(output);
+        let sent = match Template::message_typed(&server_user, &notice) {
+            Ok(template) => room_api::send(&services, &room_id, template, None).await.map(drop),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = sent {
             tracing::warn!(%error, "could not post admin command output");
         }
     });

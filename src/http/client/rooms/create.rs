@@ -5,12 +5,21 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedRoomAliasId, OwnedUserId, RoomAliasId,
+    CanonicalJsonObject, OwnedRoomAliasId, OwnedUserId, RoomAliasId,
     api::{
         client::room::{Visibility, create_room::v3 as create_room},
         error::ErrorKind,
     },
-    events::TimelineEventType,
+    events::{
+        TimelineEventType,
+        room::{
+            canonical_alias::RoomCanonicalAliasEventContent,
+            guest_access::{GuestAccess, RoomGuestAccessEventContent},
+            history_visibility::{HistoryVisibility, RoomHistoryVisibilityEventContent},
+            join_rules::{JoinRule, RoomJoinRulesEventContent},
+            member::MembershipState,
+        },
+    },
 };
 use serde_json::{Value as JsonValue, json};
 
@@ -195,12 +204,8 @@ async fn create(
     );
 
     let mut then = Vec::new();
-    then.push(Template::state(
-        TimelineEventType::RoomMember,
-        creator.as_str(),
-        &creator,
-        member_content(&services, &creator, "join", None)?,
-    ));
+    let creator_member = member_content(&services, &creator, MembershipState::Join, None)?;
+    then.push(Template::typed(&creator, creator.as_str(), &creator_member)?);
 
     let privileged: &[OwnedUserId] = if trusted { &body.invite } else { &[] };
     let mut power_levels = default_power_levels(&creator, privileged, creators_are_implicit);
@@ -223,22 +228,23 @@ async fn create(
     ));
 
     if let Some(alias) = &alias {
-        then.push(Template::state(
-            TimelineEventType::RoomCanonicalAlias,
-            "",
-            &creator,
-            object(json!({ "alias": alias }))?,
-        ));
+        let mut content = RoomCanonicalAliasEventContent::new();
+        content.alias = Some(alias.clone());
+        then.push(Template::typed(&creator, "", &content)?);
     }
 
     let (join_rule, guest_access) = match preset {
-        create_room::RoomPreset::PublicChat => ("public", "forbidden"),
-        _ => ("invite", "can_join"),
+        create_room::RoomPreset::PublicChat => (JoinRule::Public, GuestAccess::Forbidden),
+        _ => (JoinRule::Invite, GuestAccess::CanJoin),
     };
     let mut preset_events = vec![
-        (TimelineEventType::RoomJoinRules, json!({ "join_rule": join_rule })),
-        (TimelineEventType::RoomHistoryVisibility, json!({ "history_visibility": "shared" })),
-        (TimelineEventType::RoomGuestAccess, json!({ "guest_access": guest_access })),
+        Template::typed(&creator, "", &RoomJoinRulesEventContent::new(join_rule))?,
+        Template::typed(
+            &creator,
+            "",
+            &RoomHistoryVisibilityEventContent::new(HistoryVisibility::Shared),
+        )?,
+        Template::typed(&creator, "", &RoomGuestAccessEventContent::new(guest_access))?,
     ];
 
     let mut initial = Vec::new();
@@ -259,11 +265,10 @@ async fn create(
         let content = event.get("content").cloned().unwrap_or_else(|| json!({}));
         initial.push((TimelineEventType::from(kind), state_key, content));
     }
-    preset_events
-        .retain(|(kind, _)| !initial.iter().any(|(other, key, _)| other == kind && key.is_empty()));
-    for (kind, content) in preset_events {
-        then.push(Template::state(kind, "", &creator, object(content)?));
-    }
+    preset_events.retain(|preset| {
+        !initial.iter().any(|(other, key, _)| *other == preset.kind && key.is_empty())
+    });
+    then.extend(preset_events);
     for (kind, state_key, content) in initial {
         then.push(Template::state(kind, &state_key, &creator, object(content)?));
     }
@@ -280,16 +285,11 @@ async fn create(
         then.push(Template::state(TimelineEventType::RoomTopic, "", &creator, object(content)?));
     }
     for invitee in &body.invite {
-        let mut content = member_content(&services, invitee, "invite", None)?;
+        let mut content = member_content(&services, invitee, MembershipState::Invite, None)?;
         if body.is_direct {
-            content.insert("is_direct".to_owned(), CanonicalJsonValue::Bool(true));
+            content.is_direct = Some(true);
         }
-        then.push(Template::state(
-            TimelineEventType::RoomMember,
-            invitee.as_str(),
-            &creator,
-            content,
-        ));
+        then.push(Template::typed(&creator, invitee.as_str(), &content)?);
     }
 
     let version_name = version.to_string();

@@ -11,7 +11,11 @@ use ruma::{
     api::{client::room::upgrade_room::v3 as upgrade_room, error::ErrorKind},
     events::{
         StateEventType, TimelineEventType,
-        room::power_levels::{PowerLevelAction, UserPowerLevel},
+        room::{
+            member::MembershipState,
+            power_levels::{PowerLevelAction, UserPowerLevel},
+            tombstone::RoomTombstoneEventContent,
+        },
     },
     room_version_rules::AuthorizationRules,
 };
@@ -291,12 +295,8 @@ async fn upgrade(
         !bans.is_empty(),
     );
 
-    let mut then = vec![Template::state(
-        TimelineEventType::RoomMember,
-        user.as_str(),
-        &user,
-        member_content(&services, &user, "join", None)?,
-    )];
+    let member = member_content(&services, &user, MembershipState::Join, None)?;
+    let mut then = vec![Template::typed(&user, user.as_str(), &member)?];
     then.push(Template::state(TimelineEventType::RoomPowerLevels, "", &user, levels.initial));
     for (kind, state_key, content) in copied {
         then.push(Template::state(
@@ -308,12 +308,8 @@ async fn upgrade(
     }
     for (banned, reason) in &bans {
         let Ok(banned) = ruma::UserId::parse(banned.as_str()) else { continue };
-        then.push(Template::state(
-            TimelineEventType::RoomMember,
-            banned.as_str(),
-            &user,
-            member_content(&services, &banned, "ban", reason.as_deref())?,
-        ));
+        let ban = member_content(&services, &banned, MembershipState::Ban, reason.as_deref())?;
+        then.push(Template::typed(&user, banned.as_str(), &ban)?);
     }
     if let Some(restore) = levels.restore {
         then.push(Template::state(TimelineEventType::RoomPowerLevels, "", &user, restore));
@@ -347,15 +343,11 @@ async fn upgrade(
         }
     }
 
-    let tombstone = Template::state(
-        TimelineEventType::RoomTombstone,
-        "",
+    let tombstone = Template::typed(
         &user,
-        canonical_content(json!({
-            "body": "This room has been replaced",
-            "replacement_room": new_room,
-        }))?,
-    );
+        "",
+        &RoomTombstoneEventContent::new("This room has been replaced".to_owned(), new_room.clone()),
+    )?;
     send(&services, &old_room, tombstone, None).await?;
     restrict_old_room(&services, &old_room, &user).await?;
     tracing::info!(old = %old_room, new = %new_room, %user, %version, "upgraded a room");
