@@ -5,16 +5,16 @@
 use std::sync::Arc;
 
 use ruma::{
-    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
+    CanonicalJsonObject, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
     events::{
         TimelineEventType,
         room::{
-            canonical_alias::RoomCanonicalAliasEventContent,
-            guest_access::{GuestAccess, RoomGuestAccessEventContent},
-            history_visibility::{HistoryVisibility, RoomHistoryVisibilityEventContent},
-            join_rules::{JoinRule, RoomJoinRulesEventContent},
+            guest_access::GuestAccess,
+            history_visibility::HistoryVisibility,
+            join_rules::JoinRule,
             member::{MembershipState, RoomMemberEventContent},
             message::RoomMessageEventContent,
+            topic::{RoomTopicEventContent, TopicContentBlock},
         },
     },
 };
@@ -25,7 +25,11 @@ use crate::{
     accounts::UserMessage,
     actors::{contain::contained, tasks},
     http::client::rooms::{self as room_api, send_membership},
-    rooms::{builder::Template, pdu::canonical_content},
+    rooms::{
+        builder::Template,
+        initial_state::{InitialState, Preset, create_content},
+        pdu::canonical_content,
+    },
     storage::{
         Batch,
         codec::Json,
@@ -85,48 +89,31 @@ pub async fn ensure(services: &Arc<Services>) -> Result<OwnedRoomId> {
     let topic = "Manage this server: send `!admin --help` for the commands.";
     let version = services.config.default_room_version.clone();
     let rules = version.rules().ok_or_else(|| Error::internal("admin room version rules"))?;
-    let mut create_content = json!({ "room_version": version.as_str() });
-    if !rules.authorization.use_room_create_sender {
-        create_content["creator"] = json!(server_user);
-    }
+    let create =
+        create_content(&version, &rules.authorization, &server_user, CanonicalJsonObject::new());
     let mut users = serde_json::Map::new();
     if !rules.authorization.explicitly_privilege_room_creators {
         users.insert(server_user.to_string(), json!(100));
     }
-    let state = |kind: TimelineEventType, content: serde_json::Value| -> Result<Template> {
-        Ok(Template::state(kind, "", &server_user, canonical_content(content)?))
-    };
+    // The admin room's own levels (invite 50, no `events` or `notifications`), as it always had.
+    let power_levels = canonical_content(
+        json!({ "users": users, "users_default": 0, "events_default": 0, "state_default": 50, "invite": 50, "kick": 50, "ban": 50, "redact": 50 }),
+    )?;
     let mut member = RoomMemberEventContent::new(MembershipState::Join);
     member.displayname = Some("Server".to_owned());
-    let mut canonical_alias = RoomCanonicalAliasEventContent::new();
-    canonical_alias.alias = Some(alias.clone());
-    let then = vec![
-        Template::typed(&server_user, server_user.as_str(), &member)?,
-        state(
-            TimelineEventType::RoomPowerLevels,
-            json!({ "users": users, "users_default": 0, "events_default": 0, "state_default": 50, "invite": 50, "kick": 50, "ban": 50, "redact": 50 }),
-        )?,
-        Template::typed(&server_user, "", &canonical_alias)?,
-        Template::typed(&server_user, "", &RoomJoinRulesEventContent::new(JoinRule::Invite))?,
-        Template::typed(
-            &server_user,
-            "",
-            &RoomHistoryVisibilityEventContent::new(HistoryVisibility::Shared),
-        )?,
-        Template::typed(
-            &server_user,
-            "",
-            &RoomGuestAccessEventContent::new(GuestAccess::Forbidden),
-        )?,
-        state(TimelineEventType::RoomName, json!({ "name": name }))?,
-        state(TimelineEventType::RoomTopic, json!({ "topic": topic }))?,
-    ];
-    let create = Template::state(
-        TimelineEventType::RoomCreate,
-        "",
-        &server_user,
-        canonical_content(create_content)?,
-    );
+    let mut state = InitialState::new(server_user.clone(), create, member, power_levels);
+    state.canonical_alias = Some(alias.clone());
+    state.preset = Some(Preset {
+        join_rule: JoinRule::Invite,
+        history_visibility: HistoryVisibility::Shared,
+        guest_access: GuestAccess::Forbidden,
+    });
+    state.name = Some(name);
+    // A plain topic, without the `m.topic` block createRoom writes.
+    let mut topic = RoomTopicEventContent::new(topic.to_owned());
+    topic.topic_block = TopicContentBlock::default();
+    state.topic = Some(topic);
+    let (create, then) = state.templates()?;
     let (room_id, _) = services.rooms.create(version, create, then).await?;
     let _aliases = services.rooms.aliases.lock().await;
     let mut batch = Batch::new();

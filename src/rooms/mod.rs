@@ -7,6 +7,7 @@ pub mod builder;
 pub mod content;
 pub mod directory;
 pub mod filter;
+pub mod initial_state;
 pub mod pdu;
 pub mod power_levels;
 pub mod relations;

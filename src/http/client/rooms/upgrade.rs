@@ -35,6 +35,7 @@ use crate::{
     rooms::{
         self,
         builder::Template,
+        initial_state::{InitialState, create_content},
         pdu::canonical_content,
         power_levels::{Powers, explicit_levels},
         state,
@@ -234,7 +235,6 @@ async fn upgrade(
 
     // m.room.create of the replacement.
     let mut create = Map::new();
-    create.insert("room_version".to_owned(), json!(version.as_str()));
     let mut predecessor = Map::new();
     predecessor.insert("room_id".to_owned(), json!(old_room));
     if let Some(last) = heads.extremities.last() {
@@ -246,15 +246,12 @@ async fn upgrade(
             create.insert(field.to_owned(), value.clone());
         }
     }
-    if !rules.authorization.use_room_create_sender {
-        create.insert("creator".to_owned(), json!(user));
-    }
     if !additional.is_empty() {
         create.insert("additional_creators".to_owned(), json!(additional));
     }
-    let create = Template::state(
-        TimelineEventType::RoomCreate,
-        "",
+    let create = create_content(
+        &version,
+        &rules.authorization,
         &user,
         canonical_content(JsonValue::Object(create))?,
     );
@@ -296,24 +293,17 @@ async fn upgrade(
     );
 
     let member = member_content(&services, &user, MembershipState::Join, None)?;
-    let mut then = vec![Template::typed(&user, user.as_str(), &member)?];
-    then.push(Template::state(TimelineEventType::RoomPowerLevels, "", &user, levels.initial));
+    let mut state = InitialState::new(user.clone(), create, member, levels.initial);
     for (kind, state_key, content) in copied {
-        then.push(Template::state(
-            TimelineEventType::from(kind),
-            &state_key,
-            &user,
-            canonical_content(content)?,
-        ));
+        state.state.push((TimelineEventType::from(kind), state_key, canonical_content(content)?));
     }
     for (banned, reason) in &bans {
         let Ok(banned) = ruma::UserId::parse(banned.as_str()) else { continue };
         let ban = member_content(&services, &banned, MembershipState::Ban, reason.as_deref())?;
-        then.push(Template::typed(&user, banned.as_str(), &ban)?);
+        state.members.push((banned, ban));
     }
-    if let Some(restore) = levels.restore {
-        then.push(Template::state(TimelineEventType::RoomPowerLevels, "", &user, restore));
-    }
+    state.restore_power_levels = levels.restore;
+    let (create, then) = state.templates()?;
     let (new_room, _) = services.rooms.create(version.clone(), create, then).await?;
 
     // Aliases follow the room; so does the canonical alias event.
