@@ -5,8 +5,18 @@
 use std::sync::Arc;
 
 use ruma::{
-    CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
-    events::TimelineEventType,
+    CanonicalJsonObject, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
+    events::{
+        TimelineEventType,
+        room::{
+            guest_access::GuestAccess,
+            history_visibility::HistoryVisibility,
+            join_rules::JoinRule,
+            member::{MembershipState, RoomMemberEventContent},
+            message::RoomMessageEventContent,
+            topic::{RoomTopicEventContent, TopicContentBlock},
+        },
+    },
 };
 use serde_json::json;
 
@@ -15,7 +25,11 @@ use crate::{
     accounts::UserMessage,
     actors::{contain::contained, tasks},
     http::client::rooms::{self as room_api, send_membership},
-    rooms::{builder::Template, pdu::canonical_content},
+    rooms::{
+        builder::Template,
+        initial_state::{InitialState, Preset, create_content},
+        pdu::canonical_content,
+    },
     storage::{
         Batch,
         codec::Json,
@@ -75,41 +89,31 @@ pub async fn ensure(services: &Arc<Services>) -> Result<OwnedRoomId> {
     let topic = "Manage this server: send `!admin --help` for the commands.";
     let version = services.config.default_room_version.clone();
     let rules = version.rules().ok_or_else(|| Error::internal("admin room version rules"))?;
-    let mut create_content = json!({ "room_version": version.as_str() });
-    if !rules.authorization.use_room_create_sender {
-        create_content["creator"] = json!(server_user);
-    }
+    let create =
+        create_content(&version, &rules.authorization, &server_user, CanonicalJsonObject::new());
     let mut users = serde_json::Map::new();
     if !rules.authorization.explicitly_privilege_room_creators {
         users.insert(server_user.to_string(), json!(100));
     }
-    let state = |kind: TimelineEventType, content: serde_json::Value| -> Result<Template> {
-        Ok(Template::state(kind, "", &server_user, canonical_content(content)?))
-    };
-    let then = vec![
-        Template::state(
-            TimelineEventType::RoomMember,
-            server_user.as_str(),
-            &server_user,
-            canonical_content(json!({ "membership": "join", "displayname": "Server" }))?,
-        ),
-        state(
-            TimelineEventType::RoomPowerLevels,
-            json!({ "users": users, "users_default": 0, "events_default": 0, "state_default": 50, "invite": 50, "kick": 50, "ban": 50, "redact": 50 }),
-        )?,
-        state(TimelineEventType::RoomCanonicalAlias, json!({ "alias": alias }))?,
-        state(TimelineEventType::RoomJoinRules, json!({ "join_rule": "invite" }))?,
-        state(TimelineEventType::RoomHistoryVisibility, json!({ "history_visibility": "shared" }))?,
-        state(TimelineEventType::RoomGuestAccess, json!({ "guest_access": "forbidden" }))?,
-        state(TimelineEventType::RoomName, json!({ "name": name }))?,
-        state(TimelineEventType::RoomTopic, json!({ "topic": topic }))?,
-    ];
-    let create = Template::state(
-        TimelineEventType::RoomCreate,
-        "",
-        &server_user,
-        canonical_content(create_content)?,
-    );
+    // The admin room's own levels (invite 50, no `events` or `notifications`), as it always had.
+    let power_levels = canonical_content(
+        json!({ "users": users, "users_default": 0, "events_default": 0, "state_default": 50, "invite": 50, "kick": 50, "ban": 50, "redact": 50 }),
+    )?;
+    let mut member = RoomMemberEventContent::new(MembershipState::Join);
+    member.displayname = Some("Server".to_owned());
+    let mut state = InitialState::new(server_user.clone(), create, member, power_levels);
+    state.canonical_alias = Some(alias.clone());
+    state.preset = Some(Preset {
+        join_rule: JoinRule::Invite,
+        history_visibility: HistoryVisibility::Shared,
+        guest_access: GuestAccess::Forbidden,
+    });
+    state.name = Some(name);
+    // A plain topic, without the `m.topic` block createRoom writes.
+    let mut topic = RoomTopicEventContent::new(topic.to_owned());
+    topic.topic_block = TopicContentBlock::default();
+    state.topic = Some(topic);
+    let (create, then) = state.templates()?;
     let (room_id, _) = services.rooms.create(version, create, then).await?;
     let _aliases = services.rooms.aliases.lock().await;
     let mut batch = Batch::new();
@@ -163,9 +167,10 @@ pub async fn join_admin(services: &Services, user: &UserId) -> Result<()> {
         .map(|record| record.membership);
     if membership.as_deref() != Some("join") {
         if membership.as_deref() != Some("invite") {
-            send_membership(services, &room_id, &server_user, user, "invite", None).await?;
+            send_membership(services, &room_id, &server_user, user, MembershipState::Invite, None)
+                .await?;
         }
-        send_membership(services, &room_id, user, user, "join", None).await?;
+        send_membership(services, &room_id, user, user, MembershipState::Join, None).await?;
     }
     set_power(services, &room_id, &server_user, user, Some(100)).await
 }
@@ -183,7 +188,7 @@ pub async fn remove_admin(services: &Services, user: &UserId) -> Result<()> {
             &room_id,
             &server_user,
             user,
-            "leave",
+            MembershipState::Leave,
             Some("No longer a server admin"),
         )
         .await?;
@@ -218,11 +223,12 @@ pub fn maybe_run(services: &Arc<Services>, room_id: &RoomId, sender: &UserId, bo
             }
         };
         let Ok(server_user) = server_user(&services) else { return };
-        let mut content = ruma::CanonicalJsonObject::new();
-        content.insert("msgtype".to_owned(), CanonicalJsonValue::String("m.notice".to_owned()));
-        content.insert("body".to_owned(), CanonicalJsonValue::String(output));
-        let template = Template::message(TimelineEventType::RoomMessage, &server_user, content);
-        if let Err(error) = room_api::send(&services, &room_id, template, None).await {
+        let notice = RoomMessageEventContent::notice_plain(output);
+        let sent = match Template::message_typed(&server_user, &notice) {
+            Ok(template) => room_api::send(&services, &room_id, template, None).await.map(drop),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = sent {
             tracing::warn!(%error, "could not post admin command output");
         }
     });

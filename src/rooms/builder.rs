@@ -4,7 +4,8 @@
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedRoomId, OwnedUserId, RoomId, events::TimelineEventType,
+    OwnedRoomId, OwnedUserId, RoomId,
+    events::{MessageLikeEventContent, StateEventContent, TimelineEventType},
     room_version_rules::RoomVersionRules,
 };
 
@@ -29,6 +30,23 @@ pub struct Template {
 }
 
 impl Template {
+    /// A state event from its typed content: the type comes from the content.
+    pub fn typed<C: StateEventContent>(
+        sender: &OwnedUserId,
+        state_key: &str,
+        content: &C,
+    ) -> Result<Self> {
+        Ok(Self::state(content.event_type().into(), state_key, sender, canonical(content)?))
+    }
+
+    /// A message-like event from its typed content: the type comes from the content.
+    pub fn message_typed<C: MessageLikeEventContent>(
+        sender: &OwnedUserId,
+        content: &C,
+    ) -> Result<Self> {
+        Ok(Self::message(content.event_type().into(), sender, canonical(content)?))
+    }
+
     pub fn state(
         kind: TimelineEventType,
         state_key: &str,
@@ -59,6 +77,17 @@ impl Template {
             redacts: None,
             timestamp: None,
             only_while_joined: false,
+        }
+    }
+}
+
+/// A typed content as the canonical JSON object an event carries.
+fn canonical(content: &impl serde::Serialize) -> Result<CanonicalJsonObject> {
+    match ruma::canonical_json::to_canonical_value(content) {
+        Ok(CanonicalJsonValue::Object(object)) => Ok(object),
+        Ok(_) => Err(Error::internal("an event content is not a JSON object")),
+        Err(error) => {
+            Err(Error::internal(format!("an event content is not canonical JSON: {error}")))
         }
     }
 }
@@ -196,5 +225,104 @@ fn signing_error(step: &str, error: ruma::signatures::JsonError) -> Error {
     match error {
         ruma::signatures::JsonError::PduTooLarge => too_large(limits::MAX_PDU_BYTES + 1),
         error => Error::internal(format!("{step} an event: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{
+        events::room::{
+            canonical_alias::RoomCanonicalAliasEventContent,
+            guest_access::{GuestAccess, RoomGuestAccessEventContent},
+            history_visibility::{HistoryVisibility, RoomHistoryVisibilityEventContent},
+            join_rules::{JoinRule, RoomJoinRulesEventContent},
+            member::{MembershipState, RoomMemberEventContent},
+            message::RoomMessageEventContent,
+            redaction::RoomRedactionEventContent,
+            tombstone::RoomTombstoneEventContent,
+        },
+        owned_event_id, owned_room_alias_id, owned_room_id, owned_user_id,
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    fn json(template: &Template) -> serde_json::Value {
+        serde_json::to_value(&template.content).expect("serializes")
+    }
+
+    #[test]
+    fn typed_state_takes_its_type_from_the_content_and_writes_what_is_set() {
+        let sender = owned_user_id!("@a:x");
+        let mut member = RoomMemberEventContent::new(MembershipState::Join);
+        member.displayname = Some("A".to_owned());
+        let template = Template::typed(&sender, sender.as_str(), &member).expect("builds");
+        assert_eq!(template.kind, TimelineEventType::RoomMember);
+        assert_eq!(template.state_key.as_deref(), Some("@a:x"));
+        assert_eq!(json(&template), json!({ "membership": "join", "displayname": "A" }));
+    }
+
+    #[test]
+    fn typed_contents_write_what_the_hand_built_ones_did() {
+        let sender = owned_user_id!("@a:x");
+        let cases = [
+            (
+                Template::typed(&sender, "", &RoomJoinRulesEventContent::new(JoinRule::Public)),
+                json!({ "join_rule": "public" }),
+            ),
+            (
+                Template::typed(
+                    &sender,
+                    "",
+                    &RoomHistoryVisibilityEventContent::new(HistoryVisibility::Shared),
+                ),
+                json!({ "history_visibility": "shared" }),
+            ),
+            (
+                Template::typed(
+                    &sender,
+                    "",
+                    &RoomGuestAccessEventContent::new(GuestAccess::CanJoin),
+                ),
+                json!({ "guest_access": "can_join" }),
+            ),
+            (
+                Template::typed(&sender, "", &{
+                    let mut content = RoomCanonicalAliasEventContent::new();
+                    content.alias = Some(owned_room_alias_id!("#a:x"));
+                    content
+                }),
+                json!({ "alias": "#a:x" }),
+            ),
+            (
+                Template::typed(
+                    &sender,
+                    "",
+                    &RoomTombstoneEventContent::new("gone".to_owned(), owned_room_id!("!n:x")),
+                ),
+                json!({ "body": "gone", "replacement_room": "!n:x" }),
+            ),
+            (
+                Template::message_typed(&sender, &RoomMessageEventContent::notice_plain("out")),
+                json!({ "msgtype": "m.notice", "body": "out" }),
+            ),
+        ];
+        for (template, expected) in cases {
+            assert_eq!(json(&template.expect("builds")), expected);
+        }
+    }
+
+    #[test]
+    fn typed_redactions_match_the_room_version() {
+        let sender = owned_user_id!("@a:x");
+        let target = owned_event_id!("$t:x");
+        let old = RoomRedactionEventContent::new_v1().with_reason("spam".to_owned());
+        let template = Template::message_typed(&sender, &old).expect("builds");
+        assert_eq!(template.kind, TimelineEventType::RoomRedaction);
+        assert_eq!(template.state_key, None);
+        assert_eq!(json(&template), json!({ "reason": "spam" }));
+        let new = RoomRedactionEventContent::new_v11(target);
+        let template = Template::message_typed(&sender, &new).expect("builds");
+        assert_eq!(json(&template), json!({ "redacts": "$t:x" }));
     }
 }

@@ -4,9 +4,12 @@
 
 pub mod actor;
 pub mod builder;
+pub mod content;
 pub mod directory;
 pub mod filter;
+pub mod initial_state;
 pub mod pdu;
+pub mod power_levels;
 pub mod relations;
 pub mod search;
 pub mod spaces;

@@ -227,6 +227,11 @@ impl Pdu {
         serde_json::from_str(self.content.get()).unwrap_or(JsonValue::Null)
     }
 
+    /// The content as a typed value (`Err` if it does not have that shape).
+    pub fn content_as<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        Ok(serde_json::from_str(self.content.get())?)
+    }
+
     /// A string field of the content.
     pub fn content_str(&self, name: &str) -> Option<String> {
         self.content_value().get(name).and_then(JsonValue::as_str).map(str::to_owned)

@@ -6,7 +6,7 @@ use ruma::{
     EventEncryptionAlgorithm, OwnedMxcUri, OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId,
     RoomVersionId, ServerName, UInt,
     directory::{PublicRoomsChunk, PublicRoomsChunkInit},
-    room::{JoinRuleKind, JoinRuleSummary, RestrictedSummary, RoomSummary, RoomType},
+    room::{JoinRule, RoomSummary, RoomType},
 };
 use serde_json::Value as JsonValue;
 
@@ -30,10 +30,9 @@ pub struct RoomInfo {
     pub num_joined_members: u64,
     pub world_readable: bool,
     pub guest_can_join: bool,
-    /// The join rule as the room states it (`invite` when it has none).
-    pub join_rule: String,
-    /// Rooms whose members may join a restricted room.
-    pub allowed_room_ids: Vec<OwnedRoomId>,
+    /// The join rule as the room states it (`invite` when it has none), with the rooms whose
+    /// members may join a restricted room.
+    pub join_rule: JoinRule,
     pub encryption: Option<String>,
 }
 
@@ -59,19 +58,6 @@ pub fn plain_topic(content: &JsonValue) -> Option<String> {
     non_empty(plain).or_else(|| non_empty(content.get("topic").and_then(JsonValue::as_str)))
 }
 
-/// The rooms named by `m.room_membership` rules of a restricted join rule's `allow`.
-pub fn allowed_rooms(join_rules: &JsonValue) -> Vec<OwnedRoomId> {
-    join_rules
-        .get("allow")
-        .and_then(JsonValue::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|rule| rule.get("type").and_then(JsonValue::as_str) == Some("m.room_membership"))
-        .filter_map(|rule| rule.get("room_id").and_then(JsonValue::as_str))
-        .filter_map(|room| RoomId::parse(room).ok())
-        .collect()
-}
-
 impl RoomInfo {
     /// The summary of a room this server knows, `None` otherwise.
     pub fn load(storage: &Storage, room_id: &RoomId) -> Result<Option<Self>> {
@@ -89,12 +75,9 @@ impl RoomInfo {
             non_empty(content.as_ref().and_then(|content| content.get(name)?.as_str()))
         };
         let create = content("m.room.create")?;
-        let join_rules = content("m.room.join_rules")?;
-        let join_rule = field(&join_rules, "join_rule").unwrap_or_else(|| "invite".to_owned());
-        let allowed_room_ids = match (&join_rules, join_rule.as_str()) {
-            (Some(content), "restricted" | "knock_restricted") => allowed_rooms(content),
-            _ => Vec::new(),
-        };
+        let join_rule = super::content::join_rule(
+            super::state_event(storage, snapshot, "m.room.join_rules", "")?.as_ref(),
+        );
         let topic = content("m.room.topic")?.as_ref().and_then(plain_topic);
         let num_joined_members =
             u64::try_from(timeline::joined_members(storage, record.short)?.len()).unwrap_or(0);
@@ -115,7 +98,6 @@ impl RoomInfo {
             guest_can_join: field(&content("m.room.guest_access")?, "guest_access")
                 .is_some_and(|access| access == "can_join"),
             join_rule,
-            allowed_room_ids,
             encryption: field(&content("m.room.encryption")?, "algorithm"),
         }))
     }
@@ -140,23 +122,14 @@ impl RoomInfo {
         chunk.topic = self.topic.clone();
         chunk.canonical_alias = self.canonical_alias.clone();
         chunk.avatar_url = self.avatar_url.clone();
-        chunk.join_rule = JoinRuleKind::from(self.join_rule.as_str());
+        chunk.join_rule = self.join_rule.kind();
         chunk.room_type = self.room_type.as_deref().map(RoomType::from);
         chunk
     }
 
     /// The room as the space hierarchy summarises it.
     pub fn summary(&self) -> RoomSummary {
-        let restricted = || RestrictedSummary::new(self.allowed_room_ids.clone());
-        let join_rule = match self.join_rule.as_str() {
-            "public" => JoinRuleSummary::Public,
-            "knock" => JoinRuleSummary::Knock,
-            "restricted" => JoinRuleSummary::Restricted(restricted()),
-            "knock_restricted" => JoinRuleSummary::KnockRestricted(restricted()),
-            "invite" => JoinRuleSummary::Invite,
-            // `private` and join rules this server does not know let nobody in unasked.
-            _ => JoinRuleSummary::Private,
-        };
+        let join_rule = super::content::join_rule_summary(&self.join_rule);
         let mut summary = RoomSummary::new(
             self.room_id.clone(),
             join_rule,
@@ -216,18 +189,5 @@ mod tests {
         assert_eq!(plain_topic(&content).as_deref(), Some("plain"));
         assert_eq!(plain_topic(&json!({"topic": "only"})).as_deref(), Some("only"));
         assert_eq!(plain_topic(&json!({"topic": ""})), None);
-    }
-
-    #[test]
-    fn allowed_rooms_are_the_membership_rules() {
-        let content = json!({"join_rule": "restricted", "allow": [
-            {"type": "m.room_membership", "room_id": "!a:x"},
-            {"type": "m.other", "room_id": "!b:x"},
-            {"type": "m.room_membership", "room_id": "not a room"},
-            {"type": "m.room_membership"},
-        ]});
-        let rooms: Vec<String> = allowed_rooms(&content).iter().map(ToString::to_string).collect();
-        assert_eq!(rooms, vec!["!a:x"]);
-        assert!(allowed_rooms(&json!({"allow": "nope"})).is_empty());
     }
 }

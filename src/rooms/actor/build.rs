@@ -6,14 +6,14 @@ use std::{cell::RefCell, collections::HashMap, sync::Arc};
 use ruma::{
     EventId, OwnedEventId, UserId, events::StateEventType, room_version_rules::AuthorizationRules,
 };
-use serde_json::Value as JsonValue;
 
-use super::{Loaded, RoomActor, json_int};
+use super::{Loaded, RoomActor};
 use crate::{
     Error, Result,
     rooms::{
         self, Pdu,
         builder::{self, Position, Template},
+        power_levels::Powers,
     },
 };
 
@@ -93,39 +93,15 @@ impl RoomActor {
         authorize(&room.rules.authorization, pdu, fetch_event, fetch_state)
     }
 
-    pub(super) fn power_level(&self, room: &Loaded, user: &UserId) -> Result<i64> {
+    /// The room's current power levels.
+    pub(super) fn powers(&self, room: &Loaded) -> Result<Powers> {
         let create = self.current(room, "m.room.create", "")?;
-        if room.rules.authorization.explicitly_privilege_room_creators
-            && let Some(create) = &create
-        {
-            let mut creators = vec![create.sender.to_string()];
-            if let Some(JsonValue::Array(additional)) =
-                create.content_value().get("additional_creators")
-            {
-                creators.extend(additional.iter().filter_map(JsonValue::as_str).map(str::to_owned));
-            }
-            if creators.iter().any(|creator| creator == user.as_str()) {
-                return Ok(i64::MAX);
-            }
-        }
-        let Some(levels) = self.current(room, "m.room.power_levels", "")? else {
-            // Without power levels the creator has 100 and everyone else 0.
-            return Ok(if create.is_some_and(|create| create.sender == user) { 100 } else { 0 });
-        };
-        let content = levels.content_value();
-        Ok(content
-            .get("users")
-            .and_then(|users| users.get(user.as_str()))
-            .and_then(json_int)
-            .or_else(|| content.get("users_default").and_then(json_int))
-            .unwrap_or(0))
-    }
-
-    pub(super) fn required_level(&self, room: &Loaded, field: &str, default: i64) -> Result<i64> {
-        Ok(self
-            .current(room, "m.room.power_levels", "")?
-            .and_then(|levels| levels.content_value().get(field).and_then(json_int))
-            .unwrap_or(default))
+        let power_levels = self.current(room, "m.room.power_levels", "")?;
+        Ok(Powers::from_events(
+            &room.rules.authorization,
+            create.as_deref(),
+            power_levels.as_deref(),
+        ))
     }
 
     /// Checks that `sender` may redact `target` and returns the target.
@@ -139,7 +115,7 @@ impl RoomActor {
             .filter(|(_, pdu)| pdu.room_id == room.room_id)
             .ok_or_else(|| Error::not_found("The event to redact is not in this room."))?;
         if pdu.sender != sender
-            && self.power_level(room, sender)? < self.required_level(room, "redact", 50)?
+            && !self.powers(room)?.levels().user_can_redact_event_of_other(sender)
         {
             return Err(Error::forbidden(
                 "You may only redact your own events unless you have the power to redact.",

@@ -1,13 +1,17 @@
 //! Membership work in the room actor: restricted joins, forgetting a room, the stripped
 //! state of invites and knocks, and who is joined.
 
-use ruma::{CanonicalJsonValue, RoomId, UserId, events::TimelineEventType};
+use ruma::{
+    CanonicalJsonValue, RoomId, UserId,
+    events::{TimelineEventType, room::power_levels::PowerLevelAction},
+    room::JoinRule,
+};
 use serde_json::Value as JsonValue;
 
 use super::{Loaded, RoomActor};
 use crate::{
     Error, Result,
-    rooms::{self, builder::Template},
+    rooms::{self, builder::Template, content},
     storage::{Batch, codec::Json, rooms::USER_ROOMS_TABLE},
 };
 
@@ -61,27 +65,13 @@ impl RoomActor {
         if matches!(current.as_deref(), Some("join" | "invite")) {
             return Ok(template);
         }
-        let Some(rules) = self.current(room, "m.room.join_rules", "")? else {
-            return Ok(template);
-        };
-        let content = rules.content_value();
-        let rule = content.get("join_rule").and_then(JsonValue::as_str).unwrap_or_default();
-        if !matches!(rule, "restricted" | "knock_restricted") {
+        let rule = content::join_rule(self.current(room, "m.room.join_rules", "")?.as_deref());
+        if !matches!(rule, JoinRule::Restricted(_) | JoinRule::KnockRestricted(_)) {
             return Ok(template);
         }
-        let allow_list = content
-            .get("allow")
-            .and_then(JsonValue::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|entry| {
-                entry.get("type").and_then(JsonValue::as_str) == Some("m.room_membership")
-            })
-            .filter_map(|entry| entry.get("room_id").and_then(JsonValue::as_str))
-            .filter_map(|room_id| RoomId::parse(room_id).ok());
         let mut allowed = false;
-        for room_id in allow_list {
-            if rooms::is_joined(self.storage.engine(), &room_id, user)? {
+        for room_id in &content::allowed_rooms(&rule) {
+            if rooms::is_joined(self.storage.engine(), room_id, user)? {
                 allowed = true;
                 break;
             }
@@ -91,7 +81,8 @@ impl RoomActor {
                 "You need to be a member of one of the rooms this room's join rules allow, or be invited.",
             ));
         }
-        let invite_level = self.required_level(room, "invite", 0)?;
+        let powers = self.powers(room)?;
+        let invite_level = powers.for_action(PowerLevelAction::Invite);
         let local_members = room
             .keys
             .iter()
@@ -104,7 +95,7 @@ impl RoomActor {
         for (member, short) in local_members {
             let joined = rooms::pdu(self.storage.engine(), *short)?
                 .is_some_and(|pdu| pdu.content_str("membership").as_deref() == Some("join"));
-            if joined && self.power_level(room, &member)? >= invite_level {
+            if joined && powers.for_user(&member) >= invite_level {
                 authoriser = Some(member);
                 break;
             }

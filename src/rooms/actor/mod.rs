@@ -23,7 +23,6 @@ use ruma::{
     OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId,
     room_version_rules::RoomVersionRules,
 };
-use serde_json::Value as JsonValue;
 
 use crate::{
     Error, Result,
@@ -294,9 +293,4 @@ impl RoomActor {
         }
         Ok(rooms::pdu(self.storage.engine(), *short)?.map(Arc::new))
     }
-}
-
-/// A power level as stored: an integer, or a string holding one (older rooms).
-fn json_int(value: &JsonValue) -> Option<i64> {
-    value.as_i64().or_else(|| value.as_str().and_then(|text| text.parse().ok()))
 }

@@ -3,12 +3,9 @@
 
 use std::sync::Arc;
 
-use ruma::{
-    Int, OwnedUserId, UserId, events::TimelineEventType, power_levels::NotificationPowerLevels,
-    push::PushConditionPowerLevelsCtx, room_version_rules::RoomPowerLevelsRules,
-};
+use ruma::{OwnedUserId, UserId, events::TimelineEventType};
 
-use super::{Loaded, RoomActor, json_int};
+use super::{Loaded, RoomActor};
 use crate::{
     Result, limits,
     push::{
@@ -91,7 +88,7 @@ impl RoomActor {
             room_id: room.room_id.clone(),
             room_short: room.short,
             member_count,
-            power_levels: self.push_power_levels(room)?,
+            power_levels: Some(self.powers(room)?.into()),
             recipients,
             now_ms: self.time.now_ms(),
         };
@@ -140,47 +137,5 @@ impl RoomActor {
             .unwrap_or_else(|| user.localpart().to_owned());
         names().insert(user.to_owned(), name.clone());
         Ok(name)
-    }
-
-    /// The room's power levels as push conditions need them.
-    pub(super) fn push_power_levels(
-        &self,
-        room: &Loaded,
-    ) -> Result<Option<PushConditionPowerLevelsCtx>> {
-        let content = self
-            .current(room, "m.room.power_levels", "")?
-            .map(|event| event.content_value())
-            .unwrap_or_default();
-        let users = content["users"]
-            .as_object()
-            .map(|users| {
-                users
-                    .iter()
-                    .filter_map(|(user, level)| {
-                        Some((UserId::parse(user).ok()?, Int::new(json_int(level)?)?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let users_default =
-            Int::new(json_int(&content["users_default"]).unwrap_or(0)).unwrap_or_default();
-        let mut notifications = NotificationPowerLevels::new();
-        if let Some(level) = json_int(&content["notifications"]["room"]).and_then(Int::new) {
-            notifications.room = level;
-        }
-        let creators = self
-            .current(room, "m.room.create", "")?
-            .map(|create| {
-                let mut creators = vec![create.sender.clone()];
-                if let Some(extra) = create.content_value()["additional_creators"].as_array() {
-                    creators.extend(extra.iter().filter_map(|user| {
-                        user.as_str().and_then(|user| UserId::parse(user).ok())
-                    }));
-                }
-                creators
-            })
-            .unwrap_or_default();
-        let rules = RoomPowerLevelsRules::new(&room.rules.authorization, creators);
-        Ok(Some(PushConditionPowerLevelsCtx::new(users, users_default, notifications, rules)))
     }
 }

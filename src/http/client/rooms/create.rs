@@ -5,12 +5,18 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedRoomAliasId, OwnedUserId, RoomAliasId,
+    CanonicalJsonObject, OwnedRoomAliasId, OwnedUserId, RoomAliasId,
     api::{
         client::room::{Visibility, create_room::v3 as create_room},
         error::ErrorKind,
     },
-    events::TimelineEventType,
+    events::{
+        TimelineEventType,
+        room::{
+            guest_access::GuestAccess, history_visibility::HistoryVisibility, join_rules::JoinRule,
+            member::MembershipState, topic::RoomTopicEventContent,
+        },
+    },
 };
 use serde_json::{Value as JsonValue, json};
 
@@ -23,7 +29,10 @@ use crate::{
         ruma::{Ruma, route},
         validate,
     },
-    rooms::{builder::Template, pdu::canonical_content},
+    rooms::{
+        initial_state::{InitialState, Preset, create_content, room_power_levels},
+        pdu::canonical_content,
+    },
     storage::{
         Batch,
         codec::Json,
@@ -43,42 +52,6 @@ pub(super) fn routes(router: Routes) -> Routes {
 
 fn object(value: JsonValue) -> Result<CanonicalJsonObject> {
     canonical_content(value)
-}
-
-/// The power levels a new room starts with.
-fn default_power_levels(
-    creator: &OwnedUserId,
-    privileged: &[OwnedUserId],
-    creators_are_implicit: bool,
-) -> JsonValue {
-    let mut users = serde_json::Map::new();
-    if !creators_are_implicit {
-        users.insert(creator.to_string(), json!(100));
-        for user in privileged {
-            users.insert(user.to_string(), json!(100));
-        }
-    }
-    json!({
-        "users": users,
-        "users_default": 0,
-        "events": {
-            "m.room.name": 50,
-            "m.room.power_levels": 100,
-            "m.room.history_visibility": 100,
-            "m.room.canonical_alias": 50,
-            "m.room.avatar": 50,
-            "m.room.tombstone": 100,
-            "m.room.server_acl": 100,
-            "m.room.encryption": 100,
-        },
-        "events_default": 0,
-        "state_default": 50,
-        "ban": 50,
-        "kick": 50,
-        "redact": 50,
-        "invite": 0,
-        "notifications": { "room": 50 },
-    })
 }
 
 /// Validates `room_alias_name` and builds the alias.
@@ -162,48 +135,35 @@ async fn create(
     });
     let trusted = preset == create_room::RoomPreset::TrustedPrivateChat;
 
-    // m.room.create
-    let mut create_content = match &body.creation_content {
+    // m.room.create: the client's extras with the fields this server decides.
+    let mut extras = match &body.creation_content {
         Some(raw) => {
             serde_json::from_str::<serde_json::Map<String, JsonValue>>(raw.json().get())
                 .map_err(|error| Error::bad_json(format!("Invalid creation_content: {error}")))?
         }
         None => serde_json::Map::new(),
     };
-    create_content.insert("room_version".to_owned(), json!(version.as_str()));
-    if rules.authorization.use_room_create_sender {
-        create_content.remove("creator");
-    } else {
-        create_content.insert("creator".to_owned(), json!(creator));
-    }
     if creators_are_implicit && trusted {
-        let mut additional: Vec<JsonValue> = create_content
+        let mut additional: Vec<JsonValue> = extras
             .get("additional_creators")
             .and_then(JsonValue::as_array)
             .cloned()
             .unwrap_or_default();
         additional.extend(body.invite.iter().map(|user| json!(user)));
-        create_content.insert("additional_creators".to_owned(), JsonValue::Array(additional));
+        extras.insert("additional_creators".to_owned(), JsonValue::Array(additional));
     } else if !creators_are_implicit {
-        create_content.remove("additional_creators");
+        extras.remove("additional_creators");
     }
-    let create = Template::state(
-        TimelineEventType::RoomCreate,
-        "",
+    let create = create_content(
+        &version,
+        &rules.authorization,
         &creator,
-        object(JsonValue::Object(create_content))?,
+        object(JsonValue::Object(extras))?,
     );
 
-    let mut then = Vec::new();
-    then.push(Template::state(
-        TimelineEventType::RoomMember,
-        creator.as_str(),
-        &creator,
-        member_content(&services, &creator, "join", None)?,
-    ));
-
     let privileged: &[OwnedUserId] = if trusted { &body.invite } else { &[] };
-    let mut power_levels = default_power_levels(&creator, privileged, creators_are_implicit);
+    let mut power_levels =
+        serde_json::to_value(room_power_levels(&creator, privileged, &rules.authorization))?;
     if let Some(raw) = &body.power_level_content_override {
         let overrides: serde_json::Map<String, JsonValue> = serde_json::from_str(raw.json().get())
             .map_err(|error| {
@@ -215,33 +175,16 @@ async fn create(
             }
         }
     }
-    then.push(Template::state(
-        TimelineEventType::RoomPowerLevels,
-        "",
-        &creator,
-        object(power_levels)?,
-    ));
-
-    if let Some(alias) = &alias {
-        then.push(Template::state(
-            TimelineEventType::RoomCanonicalAlias,
-            "",
-            &creator,
-            object(json!({ "alias": alias }))?,
-        ));
-    }
-
+    let creator_member = member_content(&services, &creator, MembershipState::Join, None)?;
+    let mut state =
+        InitialState::new(creator.clone(), create, creator_member, object(power_levels)?);
+    state.canonical_alias = alias.clone();
     let (join_rule, guest_access) = match preset {
-        create_room::RoomPreset::PublicChat => ("public", "forbidden"),
-        _ => ("invite", "can_join"),
+        create_room::RoomPreset::PublicChat => (JoinRule::Public, GuestAccess::Forbidden),
+        _ => (JoinRule::Invite, GuestAccess::CanJoin),
     };
-    let mut preset_events = vec![
-        (TimelineEventType::RoomJoinRules, json!({ "join_rule": join_rule })),
-        (TimelineEventType::RoomHistoryVisibility, json!({ "history_visibility": "shared" })),
-        (TimelineEventType::RoomGuestAccess, json!({ "guest_access": guest_access })),
-    ];
-
-    let mut initial = Vec::new();
+    state.preset =
+        Some(Preset { join_rule, history_visibility: HistoryVisibility::Shared, guest_access });
     for raw in &body.initial_state {
         let event: serde_json::Map<String, JsonValue> = serde_json::from_str(raw.json().get())
             .map_err(|error| Error::bad_json(format!("Invalid initial_state event: {error}")))?;
@@ -257,40 +200,18 @@ async fn create(
         let state_key =
             event.get("state_key").and_then(JsonValue::as_str).unwrap_or_default().to_owned();
         let content = event.get("content").cloned().unwrap_or_else(|| json!({}));
-        initial.push((TimelineEventType::from(kind), state_key, content));
+        state.state.push((TimelineEventType::from(kind), state_key, object(content)?));
     }
-    preset_events
-        .retain(|(kind, _)| !initial.iter().any(|(other, key, _)| other == kind && key.is_empty()));
-    for (kind, content) in preset_events {
-        then.push(Template::state(kind, "", &creator, object(content)?));
-    }
-    for (kind, state_key, content) in initial {
-        then.push(Template::state(kind, &state_key, &creator, object(content)?));
-    }
-    if let Some(name) = &body.name {
-        then.push(Template::state(
-            TimelineEventType::RoomName,
-            "",
-            &creator,
-            object(json!({ "name": name }))?,
-        ));
-    }
-    if let Some(topic) = &body.topic {
-        let content = json!({ "topic": topic, "m.topic": { "m.text": [{ "body": topic }] } });
-        then.push(Template::state(TimelineEventType::RoomTopic, "", &creator, object(content)?));
-    }
+    state.name = body.name.clone();
+    state.topic = body.topic.clone().map(RoomTopicEventContent::new);
     for invitee in &body.invite {
-        let mut content = member_content(&services, invitee, "invite", None)?;
+        let mut content = member_content(&services, invitee, MembershipState::Invite, None)?;
         if body.is_direct {
-            content.insert("is_direct".to_owned(), CanonicalJsonValue::Bool(true));
+            content.is_direct = Some(true);
         }
-        then.push(Template::state(
-            TimelineEventType::RoomMember,
-            invitee.as_str(),
-            &creator,
-            content,
-        ));
+        state.members.push((invitee.clone(), content));
     }
+    let (create, then) = state.templates()?;
 
     let version_name = version.to_string();
     let (room_id, _) = services.rooms.create(version, create, then).await?;

@@ -1,7 +1,6 @@
 //! The room directory: local aliases (`/directory/room/{alias}`, `/rooms/{id}/aliases`),
 //! a room's visibility in the published room directory, and that directory itself
-//! (`/publicRooms`, ours from `rooms::directory`, another server's asked of it). Also the
-//! power-level checks room upgrades share.
+//! (`/publicRooms`, ours from `rooms::directory`, another server's asked of it).
 //!
 //! Alias and publication rows are global (not one room's data), so they are written here, in
 //! one batch, while holding the server's alias lock.
@@ -24,7 +23,7 @@ use ruma::{
         federation::{directory as federation_directory, query::get_room_information},
     },
     directory::{Filter, RoomNetwork},
-    events::TimelineEventType,
+    events::{StateEventType, TimelineEventType},
 };
 use serde_json::Value as JsonValue;
 
@@ -34,7 +33,10 @@ use crate::{
     Error, Result, Services,
     http::ruma::{Ruma, route},
     limits,
-    rooms::{self, builder::Template, directory::PageRequest, pdu::canonical_content},
+    rooms::{
+        self, builder::Template, directory::PageRequest, pdu::canonical_content,
+        power_levels::Powers,
+    },
     storage::{
         Batch, Direction,
         codec::{Json, prefix},
@@ -56,114 +58,7 @@ pub(super) fn routes(router: Routes) -> Routes {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Power levels
-
-/// An integer power level field (numeric strings appear in rooms of old versions).
-pub(super) fn json_int(value: &JsonValue) -> Option<i64> {
-    value.as_i64().or_else(|| value.as_str().and_then(|text| text.trim().parse().ok()))
-}
-
-/// The power levels of a room at one state snapshot, as permission checks need them.
-pub(super) struct Powers {
-    /// Users with unlimited power (the creators of a room whose version privileges them).
-    creators: Vec<OwnedUserId>,
-    /// The sender of the create event (power 100 while the room has no power levels).
-    create_sender: Option<OwnedUserId>,
-    /// The content of `m.room.power_levels`, if the room has one.
-    levels: Option<JsonValue>,
-}
-
-impl Powers {
-    pub(super) fn load(services: &Services, record: &RoomRecord, snapshot: u64) -> Result<Self> {
-        let storage = &services.storage;
-        let create = rooms::state_event(storage, snapshot, "m.room.create", "")?;
-        let privileged = record
-            .version
-            .rules()
-            .is_some_and(|rules| rules.authorization.explicitly_privilege_room_creators);
-        let mut creators = Vec::new();
-        if privileged && let Some(create) = &create {
-            creators.push(create.sender.clone());
-            if let Some(JsonValue::Array(additional)) =
-                create.content_value().get("additional_creators")
-            {
-                creators.extend(
-                    additional
-                        .iter()
-                        .filter_map(JsonValue::as_str)
-                        .filter_map(|user| UserId::parse(user).ok()),
-                );
-            }
-        }
-        let levels = rooms::state_event(storage, snapshot, "m.room.power_levels", "")?
-            .map(|pdu| pdu.content_value());
-        Ok(Self { creators, create_sender: create.map(|pdu| pdu.sender), levels })
-    }
-
-    /// Power levels from a power levels content alone (a room that does not exist yet).
-    pub(super) fn with_levels(levels: JsonValue) -> Self {
-        Self { creators: Vec::new(), create_sender: None, levels: Some(levels) }
-    }
-
-    /// The current power levels of a room.
-    pub(super) fn current(services: &Services, record: &RoomRecord) -> Result<Self> {
-        Self::load(services, record, current_snapshot(services, record)?)
-    }
-
-    pub(super) fn is_creator(&self, user: &UserId) -> bool {
-        self.creators.iter().any(|creator| creator == user)
-    }
-
-    /// `user`'s level; `None` stands for the unlimited power of a creator.
-    pub(super) fn user(&self, user: &UserId) -> Option<i64> {
-        if self.is_creator(user) {
-            return None;
-        }
-        let Some(levels) = &self.levels else {
-            return Some(if self.create_sender.as_deref() == Some(user) { 100 } else { 0 });
-        };
-        Some(
-            levels
-                .get("users")
-                .and_then(|users| users.get(user.as_str()))
-                .and_then(json_int)
-                .or_else(|| levels.get("users_default").and_then(json_int))
-                .unwrap_or(0),
-        )
-    }
-
-    /// The level needed to send a state event of `kind`.
-    pub(super) fn state_level(&self, kind: &str) -> i64 {
-        let Some(levels) = &self.levels else {
-            // Without power levels any member may send state.
-            return 0;
-        };
-        levels
-            .get("events")
-            .and_then(|events| events.get(kind))
-            .and_then(json_int)
-            .or_else(|| levels.get("state_default").and_then(json_int))
-            .unwrap_or(50)
-    }
-
-    /// A top-level level field such as `invite` or `ban`.
-    pub(super) fn field(&self, field: &str, default: i64) -> i64 {
-        self.levels
-            .as_ref()
-            .and_then(|levels| levels.get(field))
-            .and_then(json_int)
-            .unwrap_or(default)
-    }
-
-    pub(super) fn may_send_state(&self, user: &UserId, kind: &str) -> bool {
-        self.user(user).is_none_or(|level| level >= self.state_level(kind))
-    }
-
-    /// The content of the power levels event, if any.
-    pub(super) fn content(&self) -> Option<&JsonValue> {
-        self.levels.as_ref()
-    }
-}
+// Permissions
 
 /// The state snapshot a room is at now.
 pub(super) fn current_snapshot(services: &Services, record: &RoomRecord) -> Result<u64> {
@@ -181,7 +76,8 @@ fn may_manage_listing(
     user: &UserId,
 ) -> Result<bool> {
     Ok(rooms::is_joined(services.storage.engine(), room_id, user)?
-        && Powers::current(services, record)?.may_send_state(user, "m.room.canonical_alias"))
+        && Powers::load(&services.storage, &record.version, current_snapshot(services, record)?)?
+            .may_send_state(user, &StateEventType::RoomCanonicalAlias))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -533,18 +429,4 @@ async fn public_rooms_filtered(
     };
     let authenticated = request.sender.is_some();
     directory_page(&services, authenticated, body.server.as_ref(), page, true).await
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn power_level_fields_accept_numeric_strings() {
-        assert_eq!(json_int(&json!(50)), Some(50));
-        assert_eq!(json_int(&json!("75")), Some(75));
-        assert_eq!(json_int(&json!("x")), None);
-    }
 }

@@ -12,6 +12,7 @@ use ruma::{
             joined_rooms, kick_user, leave_room, unban_user,
         },
     },
+    events::room::member::MembershipState,
 };
 
 use super::{require_room, resolve, send_membership};
@@ -73,7 +74,15 @@ async fn join(
         return Ok(room_id);
     }
     limit(services, sender, Action::Join)?;
-    send_membership(services, &room_id, &sender.user_id, &sender.user_id, "join", reason).await?;
+    send_membership(
+        services,
+        &room_id,
+        &sender.user_id,
+        &sender.user_id,
+        MembershipState::Join,
+        reason,
+    )
+    .await?;
     Ok(room_id)
 }
 
@@ -127,7 +136,7 @@ async fn invite(
         &body.room_id,
         &sender.user_id,
         &recipient.user_id,
-        "invite",
+        MembershipState::Invite,
         recipient.reason.as_deref(),
     )
     .await?;
@@ -151,7 +160,7 @@ async fn leave(
         &body.room_id,
         &sender.user_id,
         &sender.user_id,
-        "leave",
+        MembershipState::Leave,
         body.reason.as_deref(),
     )
     .await?;
@@ -177,7 +186,7 @@ async fn kick(
         &body.room_id,
         &sender.user_id,
         &body.user_id,
-        "leave",
+        MembershipState::Leave,
         body.reason.as_deref(),
     )
     .await?;
@@ -197,7 +206,7 @@ async fn ban(
         &body.room_id,
         &sender.user_id,
         &body.user_id,
-        "ban",
+        MembershipState::Ban,
         body.reason.as_deref(),
     )
     .await?;
@@ -220,7 +229,7 @@ async fn unban(
         &body.room_id,
         &sender.user_id,
         &body.user_id,
-        "leave",
+        MembershipState::Leave,
         body.reason.as_deref(),
     )
     .await?;
@@ -246,7 +255,7 @@ async fn knock(
         &room_id,
         &sender.user_id,
         &sender.user_id,
-        "knock",
+        MembershipState::Knock,
         body.reason.as_deref(),
     )
     .await?;
@@ -302,7 +311,9 @@ fn rooms_with(
 /// an account is deactivated. Failures are logged and do not stop the others.
 pub(crate) async fn leave_all(services: &Services, user: &UserId) -> Result<()> {
     for room_id in rooms_with(services, user, &["join", "invite", "knock"])? {
-        if let Err(error) = send_membership(services, &room_id, user, user, "leave", None).await {
+        if let Err(error) =
+            send_membership(services, &room_id, user, user, MembershipState::Leave, None).await
+        {
             tracing::warn!(%user, room = %room_id, %error, "could not leave a room");
         }
     }
@@ -312,7 +323,14 @@ pub(crate) async fn leave_all(services: &Services, user: &UserId) -> Result<()> 
 /// Sends an updated join event with the current display name and avatar to every room
 /// `user` is joined to, as the spec asks after a profile change.
 pub(crate) async fn propagate_profile(services: &Arc<Services>, user: &UserId) -> Result<()> {
-    let profile = super::member_content(services, user, "join", None)?;
+    let profile = super::member_content(services, user, MembershipState::Join, None)?;
+    let wanted = |field: &str| {
+        match field {
+            "displayname" => profile.displayname.clone(),
+            _ => profile.avatar_url.as_ref().map(ToString::to_string),
+        }
+        .map(ruma::CanonicalJsonValue::String)
+    };
     let mut tasks = Vec::new();
     for room_id in rooms_with(services, user, &["join"])? {
         let current = crate::rooms::current_state_event(
@@ -329,11 +347,11 @@ pub(crate) async fn propagate_profile(services: &Arc<Services>, user: &UserId) -
         };
         let mut changed = false;
         for field in ["displayname", "avatar_url"] {
-            let wanted = profile.get(field);
-            if content.get(field) != wanted {
+            let wanted = wanted(field);
+            if content.get(field) != wanted.as_ref() {
                 changed = true;
                 match wanted {
-                    Some(value) => content.insert(field.to_owned(), value.clone()),
+                    Some(value) => content.insert(field.to_owned(), value),
                     None => content.remove(field),
                 };
             }

@@ -12,8 +12,8 @@ mod send;
 mod upgrade;
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedRoomId, RoomAliasId, RoomId, RoomOrAliasId,
-    UserId, events::TimelineEventType,
+    OwnedMxcUri, OwnedRoomId, RoomAliasId, RoomId, RoomOrAliasId, UserId,
+    events::room::member::{MembershipState, RoomMemberEventContent},
 };
 
 use crate::http::routes::Routes;
@@ -66,28 +66,29 @@ pub(crate) fn require_room(
     crate::rooms::room(&services.storage, room_id)?.ok_or_else(|| Error::not_found("Unknown room."))
 }
 
-/// Content of a membership event for `user`, with their display name and avatar.
+/// Content of a membership event for `user`, with their display name and avatar when they
+/// join.
 pub(crate) fn member_content(
     services: &Services,
     user: &UserId,
-    membership: &str,
+    membership: MembershipState,
     reason: Option<&str>,
-) -> Result<CanonicalJsonObject> {
-    let mut content = CanonicalJsonObject::new();
-    content.insert("membership".to_owned(), CanonicalJsonValue::String(membership.to_owned()));
-    if membership == "join" {
-        for field in ["displayname", "avatar_url"] {
-            if let Some(bytes) = PROFILES_TABLE
-                .get(services.storage.engine(), &(user.to_string(), field.to_owned()))?
-                && let Ok(serde_json::Value::String(value)) = serde_json::from_slice(&bytes)
-            {
-                content.insert(field.to_owned(), CanonicalJsonValue::String(value));
-            }
-        }
+) -> Result<RoomMemberEventContent> {
+    let profile = |field: &str| -> Result<Option<String>> {
+        let bytes =
+            PROFILES_TABLE.get(services.storage.engine(), &(user.to_string(), field.to_owned()))?;
+        Ok(bytes.and_then(|bytes| match serde_json::from_slice(&bytes) {
+            Ok(serde_json::Value::String(value)) => Some(value),
+            _ => None,
+        }))
+    };
+    let joining = membership == MembershipState::Join;
+    let mut content = RoomMemberEventContent::new(membership);
+    if joining {
+        content.displayname = profile("displayname")?;
+        content.avatar_url = profile("avatar_url")?.map(OwnedMxcUri::from);
     }
-    if let Some(reason) = reason {
-        content.insert("reason".to_owned(), CanonicalJsonValue::String(reason.to_owned()));
-    }
+    content.reason = reason.map(str::to_owned);
     Ok(content)
 }
 
@@ -116,15 +117,10 @@ pub(crate) async fn send_membership(
     room_id: &RoomId,
     sender: &UserId,
     target: &UserId,
-    membership: &str,
+    membership: MembershipState,
     reason: Option<&str>,
 ) -> Result<Sent> {
     let content = member_content(services, target, membership, reason)?;
-    let template = Template::state(
-        TimelineEventType::RoomMember,
-        target.as_str(),
-        &sender.to_owned(),
-        content,
-    );
+    let template = Template::typed(&sender.to_owned(), target.as_str(), &content)?;
     send(services, room_id, template, None).await
 }

@@ -14,7 +14,7 @@ use ruma::{
         },
         error::ErrorKind,
     },
-    events::TimelineEventType,
+    events::{TimelineEventType, room::redaction::RoomRedactionEventContent},
     serde::Raw,
 };
 use serde_json::Value as JsonValue;
@@ -181,15 +181,15 @@ async fn redact(
     let record = require_room(&services, &body.room_id)
         .map_err(|_| Error::forbidden("You are not a member of this room."))?;
     let rules = record.version.rules().ok_or_else(|| Error::internal("room version rules"))?;
-    let mut content = ruma::CanonicalJsonObject::new();
+    let mut content = if rules.redaction.content_field_redacts {
+        RoomRedactionEventContent::new_v11(body.event_id.clone())
+    } else {
+        RoomRedactionEventContent::new_v1()
+    };
     if let Some(reason) = &body.reason {
-        content.insert("reason".to_owned(), CanonicalJsonValue::String(reason.clone()));
+        content = content.with_reason(reason.clone());
     }
-    if rules.redaction.content_field_redacts {
-        content.insert("redacts".to_owned(), CanonicalJsonValue::String(body.event_id.to_string()));
-    }
-    let mut template =
-        Template::message(TimelineEventType::RoomRedaction, &sender.user_id, content);
+    let mut template = Template::message_typed(&sender.user_id, &content)?;
     template.redacts = Some(body.event_id.clone());
     let transaction =
         Some(Transaction { device: sender.device_id.to_string(), txn_id: body.txn_id.to_string() });

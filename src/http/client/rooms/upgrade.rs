@@ -7,14 +7,22 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use ruma::{
-    OwnedRoomId, OwnedUserId, RoomId,
+    CanonicalJsonObject, Int, OwnedRoomId, OwnedUserId, RoomId,
     api::{client::room::upgrade_room::v3 as upgrade_room, error::ErrorKind},
-    events::TimelineEventType,
+    events::{
+        StateEventType, TimelineEventType,
+        room::{
+            member::MembershipState,
+            power_levels::{PowerLevelAction, UserPowerLevel},
+            tombstone::RoomTombstoneEventContent,
+        },
+    },
+    room_version_rules::AuthorizationRules,
 };
 use serde_json::{Map, Value as JsonValue, json};
 
 use super::{
-    directory::{Powers, current_snapshot, json_int, room_aliases},
+    directory::{current_snapshot, room_aliases},
     member_content, require_room, send,
 };
 use crate::http::routes::Routes;
@@ -24,7 +32,14 @@ use crate::{
         client::capabilities::CREATABLE_ROOM_VERSIONS,
         ruma::{Ruma, route},
     },
-    rooms::{self, builder::Template, pdu::canonical_content, state},
+    rooms::{
+        self,
+        builder::Template,
+        initial_state::{InitialState, create_content},
+        pdu::canonical_content,
+        power_levels::{Powers, explicit_levels},
+        state,
+    },
     storage::{
         Batch,
         codec::Json,
@@ -48,69 +63,55 @@ pub(super) fn routes(router: Routes) -> Routes {
     route(router, upgrade)
 }
 
-fn object(value: JsonValue) -> Map<String, JsonValue> {
-    match value {
-        JsonValue::Object(object) => object,
-        _ => Map::new(),
-    }
-}
-
 /// The power levels content of the replacement room and the events it starts with, before
 /// and after the copied state: the upgrader may need a temporary raise to send that state in
 /// a room version without privileged creators.
 struct Levels {
-    initial: JsonValue,
-    restore: Option<JsonValue>,
+    initial: CanonicalJsonObject,
+    restore: Option<CanonicalJsonObject>,
 }
 
 fn new_room_levels(
     old: &Powers,
     upgrader: &OwnedUserId,
     additional: &[OwnedUserId],
-    privileged: bool,
-    sent_kinds: &[String],
+    rules: &AuthorizationRules,
+    sent_kinds: &[StateEventType],
     bans: bool,
 ) -> Levels {
-    let mut levels = object(old.content().cloned().unwrap_or_else(|| json!({})));
-    let mut users = match levels.remove("users") {
-        Some(JsonValue::Object(users)) => users,
-        _ => Map::new(),
-    };
+    let mut levels = old.content();
+    let privileged = rules.explicitly_privilege_room_creators;
     if privileged {
         // Creators hold unlimited power that power levels may not mention.
-        users.remove(upgrader.as_str());
+        levels.users.remove(upgrader);
         for creator in additional {
-            users.remove(creator.as_str());
+            levels.users.remove(creator);
         }
-    } else if old.user(upgrader).is_none() || old.content().is_none() {
+    } else if old.for_user(upgrader) == UserPowerLevel::Infinite || !old.has_event() {
         // A creator of the old room (or of a room without power levels): 100 is the most a
         // room of the new version expresses.
-        users.insert(upgrader.to_string(), json!(100));
+        levels.users.insert(upgrader.clone(), Int::from(100u8));
     }
-    levels.insert("users".to_owned(), JsonValue::Object(users));
-    let levels = JsonValue::Object(levels);
     if privileged {
-        return Levels { initial: levels, restore: None };
+        return Levels { initial: explicit_levels(&levels), restore: None };
     }
-    let target = Powers::with_levels(levels.clone());
-    let own = target.user(upgrader).unwrap_or(i64::MAX);
+    let target = Powers::from_content(rules, Vec::new(), Some(levels.clone()));
+    let own = target.for_user(upgrader);
     let mut needed = sent_kinds
         .iter()
-        .map(|kind| target.state_level(kind))
-        .chain([target.state_level("m.room.power_levels")])
+        .map(|kind| target.for_state(kind))
+        .chain([target.for_state(&StateEventType::RoomPowerLevels)])
         .max()
-        .unwrap_or(0);
+        .unwrap_or_default();
     if bans {
-        needed = needed.max(target.field("ban", 50));
+        needed = needed.max(target.for_action(PowerLevelAction::Ban));
     }
     if own >= needed {
-        return Levels { initial: levels, restore: None };
+        return Levels { initial: explicit_levels(&levels), restore: None };
     }
     let mut raised = levels.clone();
-    if let Some(users) = raised.get_mut("users").and_then(JsonValue::as_object_mut) {
-        users.insert(upgrader.to_string(), json!(needed));
-    }
-    Levels { initial: raised, restore: Some(levels) }
+    raised.users.insert(upgrader.clone(), needed);
+    Levels { initial: explicit_levels(&raised), restore: Some(explicit_levels(&levels)) }
 }
 
 /// Re-points the old room's local aliases and its directory listing to the new room.
@@ -155,26 +156,23 @@ async fn restrict_old_room(
     user: &OwnedUserId,
 ) -> Result<()> {
     let record = require_room(services, room_id)?;
-    let powers = Powers::current(services, &record)?;
-    let Some(JsonValue::Object(mut levels)) = powers.content().cloned() else {
+    let powers =
+        Powers::load(&services.storage, &record.version, current_snapshot(services, &record)?)?;
+    if !powers.has_event() {
         return Ok(());
-    };
-    let users_default = levels.get("users_default").and_then(json_int).unwrap_or(0);
-    let restricted = users_default.saturating_add(1).max(50);
+    }
+    let mut levels = powers.content();
+    let restricted = levels.users_default.saturating_add(Int::from(1u8)).max(Int::from(50u8));
     let mut changed = false;
-    for field in ["events_default", "invite"] {
-        if levels.get(field).and_then(json_int).unwrap_or(0) < restricted {
-            levels.insert(field.to_owned(), json!(restricted));
+    for field in [&mut levels.events_default, &mut levels.invite] {
+        if *field < restricted {
+            *field = restricted;
             changed = true;
         }
     }
     if changed {
-        let template = Template::state(
-            TimelineEventType::RoomPowerLevels,
-            "",
-            user,
-            canonical_content(JsonValue::Object(levels))?,
-        );
+        let template =
+            Template::state(TimelineEventType::RoomPowerLevels, "", user, explicit_levels(&levels));
         send_best_effort(services, room_id, template, "restrict the old room's power levels").await;
     }
     Ok(())
@@ -212,6 +210,7 @@ async fn upgrade(
         }
     }
 
+    let storage = &services.storage;
     let record = require_room(&services, &old_room)
         .map_err(|_| Error::forbidden("You are not a member of this room."))?;
     if !rooms::is_joined(services.storage.engine(), &old_room, &user)? {
@@ -222,13 +221,12 @@ async fn upgrade(
     let heads = rooms::heads(services.storage.engine(), record.short)?
         .ok_or_else(|| Error::internal("room without a head"))?;
     let snapshot = current_snapshot(&services, &record)?;
-    let powers = Powers::load(&services, &record, snapshot)?;
-    if !powers.may_send_state(&user, "m.room.tombstone") {
+    let powers = Powers::load(storage, &record.version, snapshot)?;
+    if !powers.may_send_state(&user, &StateEventType::RoomTombstone) {
         return Err(Error::forbidden(
             "You need the power to send m.room.tombstone to upgrade this room.",
         ));
     }
-    let storage = &services.storage;
     let current =
         |kind: &str, state_key: &str| rooms::state_event(storage, snapshot, kind, state_key);
     let old_create = current("m.room.create", "")?
@@ -237,7 +235,6 @@ async fn upgrade(
 
     // m.room.create of the replacement.
     let mut create = Map::new();
-    create.insert("room_version".to_owned(), json!(version.as_str()));
     let mut predecessor = Map::new();
     predecessor.insert("room_id".to_owned(), json!(old_room));
     if let Some(last) = heads.extremities.last() {
@@ -249,15 +246,12 @@ async fn upgrade(
             create.insert(field.to_owned(), value.clone());
         }
     }
-    if !rules.authorization.use_room_create_sender {
-        create.insert("creator".to_owned(), json!(user));
-    }
     if !additional.is_empty() {
         create.insert("additional_creators".to_owned(), json!(additional));
     }
-    let create = Template::state(
-        TimelineEventType::RoomCreate,
-        "",
+    let create = create_content(
+        &version,
+        &rules.authorization,
         &user,
         canonical_content(JsonValue::Object(create))?,
     );
@@ -287,47 +281,29 @@ async fn upgrade(
             copied.push((kind, state_key, pdu.content_value()));
         }
     }
-    let sent_kinds: Vec<String> = copied.iter().map(|(kind, _, _)| kind.clone()).collect();
-    let levels =
-        new_room_levels(&powers, &user, &additional, privileged, &sent_kinds, !bans.is_empty());
+    let sent_kinds: Vec<StateEventType> =
+        copied.iter().map(|(kind, _, _)| StateEventType::from(kind.as_str())).collect();
+    let levels = new_room_levels(
+        &powers,
+        &user,
+        &additional,
+        &rules.authorization,
+        &sent_kinds,
+        !bans.is_empty(),
+    );
 
-    let mut then = vec![Template::state(
-        TimelineEventType::RoomMember,
-        user.as_str(),
-        &user,
-        member_content(&services, &user, "join", None)?,
-    )];
-    then.push(Template::state(
-        TimelineEventType::RoomPowerLevels,
-        "",
-        &user,
-        canonical_content(levels.initial)?,
-    ));
+    let member = member_content(&services, &user, MembershipState::Join, None)?;
+    let mut state = InitialState::new(user.clone(), create, member, levels.initial);
     for (kind, state_key, content) in copied {
-        then.push(Template::state(
-            TimelineEventType::from(kind),
-            &state_key,
-            &user,
-            canonical_content(content)?,
-        ));
+        state.state.push((TimelineEventType::from(kind), state_key, canonical_content(content)?));
     }
     for (banned, reason) in &bans {
         let Ok(banned) = ruma::UserId::parse(banned.as_str()) else { continue };
-        then.push(Template::state(
-            TimelineEventType::RoomMember,
-            banned.as_str(),
-            &user,
-            member_content(&services, &banned, "ban", reason.as_deref())?,
-        ));
+        let ban = member_content(&services, &banned, MembershipState::Ban, reason.as_deref())?;
+        state.members.push((banned, ban));
     }
-    if let Some(restore) = levels.restore {
-        then.push(Template::state(
-            TimelineEventType::RoomPowerLevels,
-            "",
-            &user,
-            canonical_content(restore)?,
-        ));
-    }
+    state.restore_power_levels = levels.restore;
+    let (create, then) = state.templates()?;
     let (new_room, _) = services.rooms.create(version.clone(), create, then).await?;
 
     // Aliases follow the room; so does the canonical alias event.
@@ -357,15 +333,11 @@ async fn upgrade(
         }
     }
 
-    let tombstone = Template::state(
-        TimelineEventType::RoomTombstone,
-        "",
+    let tombstone = Template::typed(
         &user,
-        canonical_content(json!({
-            "body": "This room has been replaced",
-            "replacement_room": new_room,
-        }))?,
-    );
+        "",
+        &RoomTombstoneEventContent::new("This room has been replaced".to_owned(), new_room.clone()),
+    )?;
     send(&services, &old_room, tombstone, None).await?;
     restrict_old_room(&services, &old_room, &user).await?;
     tracing::info!(old = %old_room, new = %new_room, %user, %version, "upgraded a room");
@@ -374,12 +346,22 @@ async fn upgrade(
 
 #[cfg(test)]
 mod tests {
-    use ruma::owned_user_id;
+    use ruma::{RoomVersionId, int, owned_user_id};
 
     use super::*;
 
     fn levels(content: JsonValue) -> Powers {
-        Powers::with_levels(content)
+        let rules = RoomVersionId::V11.rules().expect("known version").authorization;
+        let content = serde_json::from_value(content).expect("power levels content");
+        Powers::from_content(&rules, Vec::new(), Some(content))
+    }
+
+    fn rules(version: RoomVersionId) -> AuthorizationRules {
+        version.rules().expect("known version").authorization
+    }
+
+    fn json(levels: &CanonicalJsonObject) -> JsonValue {
+        serde_json::to_value(levels).expect("serializes")
     }
 
     #[test]
@@ -387,8 +369,9 @@ mod tests {
         let upgrader = owned_user_id!("@a:x");
         let extra = owned_user_id!("@b:x");
         let old = levels(json!({"users": {"@a:x": 100, "@b:x": 50, "@c:x": 20}}));
-        let result = new_room_levels(&old, &upgrader, &[extra], true, &[], false);
-        assert_eq!(result.initial["users"], json!({"@c:x": 20}));
+        let result =
+            new_room_levels(&old, &upgrader, &[extra], &rules(RoomVersionId::V12), &[], false);
+        assert_eq!(json(&result.initial)["users"], json!({"@c:x": 20}));
         assert!(result.restore.is_none());
     }
 
@@ -400,16 +383,18 @@ mod tests {
             "events": {"m.room.server_acl": 100, "m.room.tombstone": 50},
             "state_default": 50,
         }));
-        let kinds = vec!["m.room.server_acl".to_owned(), "m.room.name".to_owned()];
-        let result = new_room_levels(&old, &upgrader, &[], false, &kinds, false);
-        assert_eq!(result.initial["users"]["@a:x"], json!(100));
+        let kinds = vec![StateEventType::RoomServerAcl, StateEventType::RoomName];
+        let v11 = rules(RoomVersionId::V11);
+        let result = new_room_levels(&old, &upgrader, &[], &v11, &kinds, false);
+        assert_eq!(json(&result.initial)["users"]["@a:x"], json!(100));
         assert_eq!(
-            result.restore.as_ref().map(|levels| levels["users"]["@a:x"].clone()),
+            result.restore.as_ref().map(|levels| json(levels)["users"]["@a:x"].clone()),
             Some(json!(60))
         );
 
         let strong = levels(json!({"users": {"@a:x": 100}}));
-        let result = new_room_levels(&strong, &upgrader, &[], false, &kinds, true);
+        let result = new_room_levels(&strong, &upgrader, &[], &v11, &kinds, true);
         assert!(result.restore.is_none());
+        assert_eq!(strong.for_user(&upgrader), int!(100));
     }
 }
