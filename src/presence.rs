@@ -14,7 +14,7 @@ use crate::{
     actors::{ActorSystem, Behaviour, Context, Limits, Registry, Reply},
     storage::{
         Batch, Storage,
-        codec::Json,
+        codec::{Json, Prefix},
         ephemeral::{PRESENCE_STREAM_TABLE, PRESENCE_TABLE, PresenceRecord},
     },
     sync::hub::SyncHub,
@@ -257,7 +257,7 @@ impl Presence {
         let mut awake = Vec::new();
         PRESENCE_TABLE.scan(
             storage.engine(),
-            b"",
+            &Prefix::all(),
             None,
             crate::storage::Direction::Forward,
             |user, Json(record)| {

@@ -18,7 +18,7 @@ use crate::{
     limits,
     storage::{
         Batch, Direction, Storage,
-        codec::{Json, prefix, prefix2, prefix3},
+        codec::{Json, Prefix},
         keys::{
             CROSS_SIGNING_KEYS_TABLE, DEVICE_KEYS_TABLE, FALLBACK_KEYS_TABLE, FallbackKeyRecord,
             KEY_SIGNATURES_TABLE, ONE_TIME_KEYS_TABLE,
@@ -187,7 +187,7 @@ impl KeyStore<'_> {
         if !one_time_keys.is_empty() {
             ONE_TIME_KEYS_TABLE.scan(
                 engine,
-                &prefix2(&user.as_str(), &device),
+                &Prefix::of2(user.as_str(), &device),
                 None,
                 Direction::Forward,
                 |(_, _, algorithm, _, id), Json(key)| {
@@ -229,7 +229,7 @@ impl KeyStore<'_> {
         if !fallback_keys.is_empty() {
             FALLBACK_KEYS_TABLE.scan_keys(
                 engine,
-                &prefix2(&user.as_str(), &device),
+                &Prefix::of2(user.as_str(), &device),
                 None,
                 Direction::Forward,
                 |(_, _, algorithm)| {
@@ -323,7 +323,7 @@ impl KeyStore<'_> {
             let mut oldest = None;
             ONE_TIME_KEYS_TABLE.scan(
                 engine,
-                &prefix3(&user.as_str(), &device.as_str(), &algorithm.as_str()),
+                &Prefix::of3(user.as_str(), device.as_str(), algorithm.as_str()),
                 None,
                 Direction::Forward,
                 |key, Json(value)| {
@@ -380,7 +380,7 @@ impl KeyStore<'_> {
         let mut device_ids = Vec::new();
         DEVICES_TABLE.scan_keys(
             engine,
-            &prefix(&self.user.as_str()),
+            &Prefix::of(self.user.as_str()),
             None,
             Direction::Forward,
             |(_, device)| {
@@ -489,7 +489,7 @@ pub fn remove_device_keys(
     DEVICE_KEYS_TABLE.delete(batch, &key);
     ONE_TIME_KEYS_TABLE.scan_keys(
         engine,
-        &prefix2(&user.as_str(), &device),
+        &Prefix::of2(user.as_str(), &device),
         None,
         Direction::Forward,
         |key| {
@@ -499,7 +499,7 @@ pub fn remove_device_keys(
     )?;
     FALLBACK_KEYS_TABLE.scan_keys(
         engine,
-        &prefix2(&user.as_str(), &device),
+        &Prefix::of2(user.as_str(), &device),
         None,
         Direction::Forward,
         |key| {
@@ -509,7 +509,7 @@ pub fn remove_device_keys(
     )?;
     KEY_SIGNATURES_TABLE.scan_keys(
         engine,
-        &prefix2(&user.as_str(), &device),
+        &Prefix::of2(user.as_str(), &device),
         None,
         Direction::Forward,
         |key| {

@@ -30,7 +30,7 @@ use crate::{
     rooms::actor::RoomMessage,
     storage::{
         Direction,
-        codec::{Json, prefix},
+        codec::{Json, Prefix},
         ephemeral::{PRESENCE_TABLE, ToDeviceRecord},
         users::DEVICES_TABLE,
     },
@@ -308,7 +308,7 @@ async fn send_to_device(
                 DeviceIdOrAllDevices::AllDevices => {
                     for ((_, device), _) in DEVICES_TABLE.collect(
                         engine,
-                        &prefix(&user.as_str()),
+                        &Prefix::of(user.as_str()),
                         Direction::Forward,
                         usize::MAX,
                     )? {
