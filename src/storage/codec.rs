@@ -161,6 +161,48 @@ impl<T: PartOf<String> + ?Sized> PartOf<String> for &T {
     }
 }
 
+/// Ruma's identifiers as key parts (issue 21, step 24): stored as their string form, so the
+/// bytes are exactly those of the `String` parts they replace (no migration), and read back
+/// by parsing, so an invalid stored id is a [`CodecError`], never a panic. The borrowed id
+/// stands for the owned one in a [`Prefix`].
+macro_rules! id_key_parts {
+    ($($owned:ident / $borrowed:ident),+ $(,)?) => {$(
+        impl KeyPart for ruma::$owned {
+            fn encode_part(&self, out: &mut Vec<u8>, last: bool) {
+                self.as_str().encode_as(out, last);
+            }
+
+            fn decode_part(input: &mut &[u8], last: bool) -> Result<Self, CodecError> {
+                let text = String::decode_part(input, last)?;
+                ruma::$owned::try_from(text)
+                    .map_err(|_| CodecError(concat!("invalid ", stringify!($borrowed), " in a key")))
+            }
+        }
+
+        impl PartOf<ruma::$owned> for ruma::$borrowed {
+            fn encode_as(&self, out: &mut Vec<u8>, last: bool) {
+                self.as_str().encode_as(out, last);
+            }
+        }
+
+        impl<T: PartOf<ruma::$owned> + ?Sized> PartOf<ruma::$owned> for &T {
+            fn encode_as(&self, out: &mut Vec<u8>, last: bool) {
+                (**self).encode_as(out, last);
+            }
+        }
+    )+};
+}
+
+id_key_parts!(
+    OwnedUserId / UserId,
+    OwnedRoomId / RoomId,
+    OwnedEventId / EventId,
+    OwnedRoomAliasId / RoomAliasId,
+    OwnedDeviceId / DeviceId,
+    OwnedServerName / ServerName,
+    OwnedTransactionId / TransactionId,
+);
+
 /// Key shapes with at least two parts: their first part alone is a real prefix.
 pub trait Leading1 {
     type First: KeyPart;
@@ -459,6 +501,30 @@ mod tests {
         let scan: Prefix<(String, u64)> = Prefix::of("!a");
         assert!(("!a".to_owned(), 1u64).encode().starts_with(scan.as_bytes()));
         assert!(!("!ab".to_owned(), 1u64).encode().starts_with(scan.as_bytes()));
+    }
+
+    #[test]
+    fn ruma_ids_are_stored_as_their_strings_and_parsed_back() {
+        use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+        let user: OwnedUserId = "@alice:example.org".try_into().expect("valid");
+        let device: OwnedDeviceId = "DEVICE".into();
+        let key = (user.clone(), device.clone(), 7u64);
+        let bytes = key.encode();
+        assert_eq!(bytes, ("@alice:example.org".to_owned(), "DEVICE".to_owned(), 7u64).encode());
+        assert_eq!(<(OwnedUserId, OwnedDeviceId, u64)>::decode(&bytes), Ok(key));
+        // A stored string that is not a valid id is an error, not a panic.
+        let bad = ("not a user".to_owned(), 1u64).encode();
+        assert!(<(OwnedUserId, u64)>::decode(&bad).is_err());
+        assert!(OwnedRoomId::decode(b"no sigil").is_err());
+        // Borrowed ids (and references to them) build the same prefixes as the strings.
+        let borrowed: &UserId = &user;
+        let typed: Prefix<(OwnedUserId, OwnedDeviceId, u64)> = Prefix::of(borrowed);
+        let owned: Prefix<(OwnedUserId, OwnedDeviceId, u64)> = Prefix::of(&user);
+        assert_eq!(typed.as_bytes(), prefix(&"@alice:example.org"));
+        assert_eq!(owned.as_bytes(), typed.as_bytes());
+        let room: &RoomId = <&RoomId>::try_from("!room:example.org").expect("valid");
+        let of2: Prefix<(OwnedRoomId, OwnedUserId, u64)> = Prefix::of2(room, borrowed);
+        assert_eq!(of2.as_bytes(), prefix2(&"!room:example.org", &"@alice:example.org"));
     }
 
     #[test]
