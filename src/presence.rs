@@ -59,6 +59,7 @@ impl PresenceActor {
             PRESENCE_STREAM_TABLE.delete(&mut batch, &previous);
         }
         let record = state.record.clone();
+        let user_id = user.to_owned();
         let user_key = user.to_string();
         let positions = self
             .storage
@@ -66,7 +67,7 @@ impl PresenceActor {
             .commit_with_positions(1, batch, move |batch, positions| {
                 let mut record = record;
                 record.position = positions.start;
-                PRESENCE_TABLE.put(batch, &user_key, &Json(record));
+                PRESENCE_TABLE.put(batch, &user_id, &Json(record));
                 PRESENCE_STREAM_TABLE.put(batch, &positions.start, &user_key);
             })
             .await?;
@@ -108,7 +109,7 @@ impl Behaviour for PresenceActor {
     const KIND: &'static str = "presence";
 
     async fn start(&self, user: &OwnedUserId) -> Result<PresenceState> {
-        let record = PRESENCE_TABLE.get(self.storage.engine(), &user.to_string())?.map_or_else(
+        let record = PRESENCE_TABLE.get(self.storage.engine(), user)?.map_or_else(
             || PresenceRecord {
                 state: "offline".to_owned(),
                 status_msg: None,
@@ -268,9 +269,7 @@ impl Presence {
             },
         )?;
         for user in awake {
-            if let Ok(user) = UserId::parse(user) {
-                let _ = presence.actors.send(&user, PresenceMessage::Check).await;
-            }
+            let _ = presence.actors.send(&user, PresenceMessage::Check).await;
         }
         Ok(presence)
     }

@@ -361,9 +361,7 @@ async fn get_status(
     if target != sender.user_id && !share_a_room(&services, &sender.user_id, &target)? {
         return Err(Error::forbidden("You do not share a room with this user."));
     }
-    let record = PRESENCE_TABLE
-        .get(services.storage.engine(), &target.to_string())?
-        .map(|Json(record)| record);
+    let record = PRESENCE_TABLE.get(services.storage.engine(), &target)?.map(|Json(record)| record);
     let Some(record) = record else {
         return Ok(get_presence::v3::Response::new(PresenceState::Offline));
     };
