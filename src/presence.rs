@@ -15,7 +15,7 @@ use crate::{
     federation::outbox::{self, Outbox},
     storage::{
         Batch, Storage,
-        codec::Json,
+        codec::{Json, Prefix},
         ephemeral::{PRESENCE_STREAM_TABLE, PRESENCE_TABLE, PresenceRecord},
     },
     sync::hub::SyncHub,
@@ -61,6 +61,7 @@ impl PresenceActor {
             PRESENCE_STREAM_TABLE.delete(&mut batch, &previous);
         }
         let record = state.record.clone();
+        let user_id = user.to_owned();
         let user_key = user.to_string();
         // Other servers sharing a room with the user hear of it too.
         let federated = self.outbox.presence().then(|| {
@@ -74,7 +75,7 @@ impl PresenceActor {
             .commit_with_positions(1, batch, move |batch, positions| {
                 let mut record = record;
                 record.position = positions.start;
-                PRESENCE_TABLE.put(batch, &user_key, &Json(record));
+                PRESENCE_TABLE.put(batch, &user_id, &Json(record));
                 PRESENCE_STREAM_TABLE.put(batch, &positions.start, &user_key);
                 if let Some(item) = federated {
                     outbox.put(batch, positions.start, &item);
@@ -119,7 +120,7 @@ impl Behaviour for PresenceActor {
     const KIND: &'static str = "presence";
 
     async fn start(&self, user: &OwnedUserId) -> Result<PresenceState> {
-        let record = PRESENCE_TABLE.get(self.storage.engine(), &user.to_string())?.map_or_else(
+        let record = PRESENCE_TABLE.get(self.storage.engine(), user)?.map_or_else(
             || PresenceRecord {
                 state: "offline".to_owned(),
                 status_msg: None,
@@ -269,7 +270,7 @@ impl Presence {
         let mut awake = Vec::new();
         PRESENCE_TABLE.scan(
             storage.engine(),
-            b"",
+            &Prefix::all(),
             None,
             crate::storage::Direction::Forward,
             |user, Json(record)| {
@@ -280,9 +281,7 @@ impl Presence {
             },
         )?;
         for user in awake {
-            if let Ok(user) = UserId::parse(user) {
-                let _ = presence.actors.send(&user, PresenceMessage::Check).await;
-            }
+            let _ = presence.actors.send(&user, PresenceMessage::Check).await;
         }
         Ok(presence)
     }

@@ -88,7 +88,7 @@ const SERVER_NAME_RECORD: &str = "server_name";
 /// another one would serve accounts nobody can log in to. A database from before this record
 /// existed is judged by its accounts (every account in it is local) and then stamped.
 async fn claim_server_name(storage: &Storage, server_name: &ruma::ServerName) -> Result<()> {
-    use crate::storage::{Direction, meta::RECORDS, users::USERS_TABLE};
+    use crate::storage::{Direction, codec::Prefix, meta::RECORDS, users::USERS_TABLE};
 
     let engine = storage.engine();
     let stored = RECORDS
@@ -97,7 +97,7 @@ async fn claim_server_name(storage: &Storage, server_name: &ruma::ServerName) ->
     let owner = match &stored {
         Some(name) => Some(name.clone()),
         None => USERS_TABLE
-            .collect(engine, b"", Direction::Forward, 1)?
+            .collect(engine, &Prefix::all(), Direction::Forward, 1)?
             .into_iter()
             .next()
             .and_then(|(user, _)| ruma::UserId::parse(user).ok())

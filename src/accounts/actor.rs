@@ -32,7 +32,7 @@ use crate::{
     storage::{
         Batch, Storage,
         account_data::{ACCOUNT_DATA_STREAM_TABLE, ACCOUNT_DATA_TABLE, AccountDataRecord},
-        codec::{Json, Key, prefix, prefix2},
+        codec::{Json, Key, Prefix},
         users::{
             ACCESS_TOKENS_TABLE, AccessTokenRecord, DEVICES_TABLE, DeviceRecord, FILTERS_TABLE,
             LAST_SEEN_TABLE, LastSeen, PROFILES_TABLE, REFRESH_TOKENS_TABLE, RefreshTokenRecord,
@@ -471,7 +471,7 @@ impl UserActor {
         if new_device
             && DEVICES_TABLE.count(
                 self.storage.engine(),
-                &prefix(&user.as_str()),
+                &Prefix::of(user.as_str()),
                 limits::MAX_DEVICES,
             )? >= limits::MAX_DEVICES
         {
@@ -576,7 +576,7 @@ impl UserActor {
             Ok(DEVICES_TABLE
                 .collect(
                     self.storage.engine(),
-                    &prefix(&user.as_str()),
+                    &Prefix::of(user.as_str()),
                     crate::storage::Direction::Forward,
                     usize::MAX,
                 )?
@@ -712,7 +712,7 @@ impl UserActor {
             let mut fields = serde_json::Map::new();
             for ((_, name), bytes) in PROFILES_TABLE.collect(
                 self.storage.engine(),
-                &prefix(&user.as_str()),
+                &Prefix::of(user.as_str()),
                 crate::storage::Direction::Forward,
                 usize::MAX,
             )? {
@@ -767,15 +767,18 @@ impl UserActor {
             } else {
                 (limits::MAX_ROOM_ACCOUNT_DATA_KEYS, "account data types per room")
             };
-            let present =
-                ACCOUNT_DATA_TABLE.count(engine, &prefix2(&user.as_str(), &room.as_str()), most)?;
+            let present = ACCOUNT_DATA_TABLE.count(
+                engine,
+                &Prefix::of2(user.as_str(), room.as_str()),
+                most,
+            )?;
             if present >= most {
                 return Err(Error::user_limit(format!("You can have at most {most} {scope}.")));
             }
         }
         let total = match state.account_data_bytes {
             Some(total) => total,
-            None => ACCOUNT_DATA_TABLE.stored_bytes(engine, &prefix(&user.as_str()))?,
+            None => ACCOUNT_DATA_TABLE.stored_bytes(engine, &Prefix::of(user.as_str()))?,
         };
         let previous = stored.unwrap_or(0);
         // The record as stored: the key, the content and the position around it.
@@ -822,7 +825,7 @@ impl UserActor {
         let engine = self.storage.engine();
         let key = (user.to_string(), filter_id);
         if !FILTERS_TABLE.contains(engine, &key)?
-            && FILTERS_TABLE.count(engine, &prefix(&user.as_str()), limits::MAX_FILTERS)?
+            && FILTERS_TABLE.count(engine, &Prefix::of(user.as_str()), limits::MAX_FILTERS)?
                 >= limits::MAX_FILTERS
         {
             return Err(Error::user_limit(format!(
@@ -924,7 +927,7 @@ impl UserActor {
     ) -> Result<()> {
         TO_DEVICE_TABLE.scan_keys(
             self.storage.engine(),
-            &prefix2(&user.as_str(), &device),
+            &Prefix::of2(user.as_str(), &device),
             None,
             crate::storage::Direction::Forward,
             |key| {
@@ -940,7 +943,7 @@ impl UserActor {
         let mut batch = Batch::new();
         TO_DEVICE_TABLE.scan_keys(
             self.storage.engine(),
-            &prefix2(&user.as_str(), &device),
+            &Prefix::of2(user.as_str(), &device),
             None,
             crate::storage::Direction::Forward,
             |key| {

@@ -30,7 +30,7 @@ use crate::{
     actors::{ActorSystem, Limits, Registry, Reply},
     storage::{
         Batch, Storage,
-        codec::Json,
+        codec::{Json, Prefix},
         meta::RECORDS,
         users::{
             ACCESS_TOKENS_TABLE, LAST_SEEN_TABLE, LastSeen, REGISTRATION_TOKENS_TABLE,
@@ -174,7 +174,7 @@ impl Accounts {
         crate::storage::users::PROFILES_TABLE
             .collect(
                 self.storage.engine(),
-                &crate::storage::codec::prefix(&user.as_str()),
+                &Prefix::of(user.as_str()),
                 crate::storage::Direction::Forward,
                 usize::MAX,
             )?
@@ -334,7 +334,12 @@ impl Accounts {
         self.registration_token.is_some()
             || !self.file_tokens().is_empty()
             || REGISTRATION_TOKENS_TABLE
-                .collect(self.storage.engine(), b"", crate::storage::Direction::Forward, 1)
+                .collect(
+                    self.storage.engine(),
+                    &Prefix::all(),
+                    crate::storage::Direction::Forward,
+                    1,
+                )
                 .is_ok_and(|tokens| !tokens.is_empty())
     }
 
@@ -405,7 +410,12 @@ impl Accounts {
             return Ok(None);
         }
         let existing = REGISTRATION_TOKENS_TABLE
-            .collect(self.storage.engine(), b"", crate::storage::Direction::Forward, usize::MAX)?
+            .collect(
+                self.storage.engine(),
+                &Prefix::all(),
+                crate::storage::Direction::Forward,
+                usize::MAX,
+            )?
             .into_iter()
             .find(|(_, Json(record))| record.bootstrap && record.usable(self.time.now_ms()))
             .map(|(token, _)| token);

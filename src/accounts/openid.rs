@@ -16,7 +16,7 @@ use crate::{
     Error, Result,
     storage::{
         Batch, Direction, Storage,
-        codec::{Json, prefix},
+        codec::{Json, Prefix},
         users::{OPENID_TOKENS_BY_USER_TABLE, OPENID_TOKENS_TABLE, OpenIdTokenRecord, USERS_TABLE},
     },
 };
@@ -29,7 +29,7 @@ fn tokens_of(storage: &Storage, user: &UserId) -> Result<Vec<(String, u64)>> {
     let mut found = Vec::new();
     OPENID_TOKENS_BY_USER_TABLE.scan(
         storage.engine(),
-        &prefix(&user.as_str()),
+        &Prefix::of(user.as_str()),
         None,
         Direction::Forward,
         |(_, hash), expires| {

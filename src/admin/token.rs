@@ -9,7 +9,7 @@ use crate::{
     accounts::tokens,
     storage::{
         Batch, Direction,
-        codec::Json,
+        codec::{Json, Prefix},
         users::{REGISTRATION_TOKENS_TABLE, RegistrationTokenRecord},
     },
 };
@@ -94,7 +94,7 @@ pub(super) async fn run(services: &Arc<Services>, command: TokenCommand) -> Resu
             }
             REGISTRATION_TOKENS_TABLE.scan(
                 services.storage.engine(),
-                b"",
+                &Prefix::all(),
                 None,
                 Direction::Forward,
                 |token, Json(record)| {

@@ -13,7 +13,7 @@ use crate::{
     accounts::{Devices, UserMessage},
     storage::{
         Batch, Direction,
-        codec::Json,
+        codec::{Json, Prefix},
         users::{USERS_TABLE, UserRecord},
     },
 };
@@ -134,7 +134,7 @@ pub(super) async fn run(services: &Arc<Services>, command: UsersCommand) -> Resu
             let mut count = 0usize;
             USERS_TABLE.scan(
                 services.storage.engine(),
-                b"",
+                &Prefix::all(),
                 None,
                 Direction::Forward,
                 |user, Json(record)| {

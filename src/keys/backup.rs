@@ -17,7 +17,7 @@ use crate::{
     limits,
     storage::{
         Batch, Direction, Read, Storage,
-        codec::{Json, prefix, prefix2, prefix3},
+        codec::{Json, Prefix},
         keys::{BACKUP_KEYS_TABLE, BACKUP_VERSIONS_TABLE, BackupVersionRecord},
     },
 };
@@ -78,7 +78,7 @@ pub fn current_version(
     let mut current = None;
     BACKUP_VERSIONS_TABLE.scan(
         reader,
-        &prefix(&user.as_str()),
+        &Prefix::of(user.as_str()),
         None,
         Direction::Reverse,
         |(_, version), Json(record)| {
@@ -184,7 +184,7 @@ impl Backups<'_> {
         let mut latest = 0;
         BACKUP_VERSIONS_TABLE.scan_keys(
             engine,
-            &prefix(&self.user.as_str()),
+            &Prefix::of(self.user.as_str()),
             None,
             Direction::Reverse,
             |(_, version)| {
@@ -196,7 +196,7 @@ impl Backups<'_> {
         let mut deleted = Vec::new();
         BACKUP_VERSIONS_TABLE.scan(
             engine,
-            &prefix(&self.user.as_str()),
+            &Prefix::of(self.user.as_str()),
             None,
             Direction::Forward,
             |key, Json(record)| {
@@ -347,8 +347,8 @@ impl Backups<'_> {
     ) -> Result<u64> {
         let user = self.user.to_string();
         let prefix_key = match selection {
-            KeySelection::All => prefix2(&user.as_str(), &version),
-            KeySelection::Room(room) => prefix3(&user.as_str(), &version, &room.as_str()),
+            KeySelection::All => Prefix::of2(user.as_str(), &version),
+            KeySelection::Room(room) => Prefix::of3(user.as_str(), &version, room.as_str()),
             KeySelection::Session(room, session) => {
                 let key = (user.clone(), version, room.clone(), session.clone());
                 if !BACKUP_KEYS_TABLE.contains(self.storage.engine(), &key)? {

@@ -19,7 +19,7 @@ use crate::{
     rooms::{self, timeline},
     storage::{
         Batch, Direction, Storage,
-        codec::Json,
+        codec::{Json, Prefix},
         keys::{DEVICE_LIST_LATEST_TABLE, DEVICE_LIST_STREAM_TABLE},
         rooms::{MembershipRecord, ROOM_MEMBERS_TABLE, TIMELINE_TABLE},
     },
@@ -226,7 +226,7 @@ fn membership_changes(
     let mut too_many = false;
     TIMELINE_TABLE.scan(
         engine,
-        &short.to_be_bytes(),
+        &Prefix::of(&short),
         Some(&(short, since.saturating_add(1))),
         Direction::Forward,
         |(_, position), event| {
@@ -245,7 +245,7 @@ fn membership_changes(
     if too_many {
         ROOM_MEMBERS_TABLE.scan(
             engine,
-            &short.to_be_bytes(),
+            &Prefix::of(&short),
             None,
             Direction::Forward,
             |(_, user), Json(record)| {

@@ -11,7 +11,7 @@ use crate::{
     Result,
     storage::{
         Direction, Read,
-        codec::{Json, prefix, prefix2},
+        codec::{Json, Prefix},
         keys::{
             CROSS_SIGNING_KEYS_TABLE, DEVICE_KEYS_TABLE, FALLBACK_KEYS_TABLE, KEY_SIGNATURES_TABLE,
             ONE_TIME_KEYS_TABLE,
@@ -36,7 +36,7 @@ fn merge_signatures(
     let mut extra = Vec::new();
     KEY_SIGNATURES_TABLE.scan(
         reader,
-        &prefix2(&owner.as_str(), &key_id),
+        &Prefix::of2(owner.as_str(), &key_id),
         None,
         Direction::Forward,
         |(_, _, signer, signer_key), signature| {
@@ -73,7 +73,7 @@ pub fn device_keys(
     if devices.is_empty() {
         DEVICE_KEYS_TABLE.scan(
             reader,
-            &prefix(&owner.as_str()),
+            &Prefix::of(owner.as_str()),
             None,
             Direction::Forward,
             |(_, device), Json(keys)| {
@@ -144,7 +144,7 @@ pub fn one_time_key_counts(
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     ONE_TIME_KEYS_TABLE.scan_keys(
         reader,
-        &prefix2(&user.as_str(), &device),
+        &Prefix::of2(user.as_str(), &device),
         None,
         Direction::Forward,
         |(_, _, algorithm, _, _)| {
@@ -180,7 +180,7 @@ pub fn unused_fallback_key_types(
     let mut types = Vec::new();
     FALLBACK_KEYS_TABLE.scan(
         reader,
-        &prefix2(&user.as_str(), &device),
+        &Prefix::of2(user.as_str(), &device),
         None,
         Direction::Forward,
         |(_, _, algorithm), Json(record)| {

@@ -19,7 +19,7 @@ use crate::{
     limits,
     storage::{
         Batch, Direction, Storage,
-        codec::{Json, prefix, prefix2, prefix3},
+        codec::{Json, Prefix},
         keys::{
             CROSS_SIGNING_KEYS_TABLE, DEVICE_KEYS_TABLE, FALLBACK_KEYS_TABLE, FallbackKeyRecord,
             KEY_SIGNATURES_TABLE, ONE_TIME_KEYS_TABLE,
@@ -189,7 +189,7 @@ impl KeyStore<'_> {
         if !one_time_keys.is_empty() {
             ONE_TIME_KEYS_TABLE.scan(
                 engine,
-                &prefix2(&user.as_str(), &device),
+                &Prefix::of2(user.as_str(), &device),
                 None,
                 Direction::Forward,
                 |(_, _, algorithm, _, id), Json(key)| {
@@ -231,7 +231,7 @@ impl KeyStore<'_> {
         if !fallback_keys.is_empty() {
             FALLBACK_KEYS_TABLE.scan_keys(
                 engine,
-                &prefix2(&user.as_str(), &device),
+                &Prefix::of2(user.as_str(), &device),
                 None,
                 Direction::Forward,
                 |(_, _, algorithm)| {
@@ -327,7 +327,7 @@ impl KeyStore<'_> {
             let mut oldest = None;
             ONE_TIME_KEYS_TABLE.scan(
                 engine,
-                &prefix3(&user.as_str(), &device.as_str(), &algorithm.as_str()),
+                &Prefix::of3(user.as_str(), device.as_str(), algorithm.as_str()),
                 None,
                 Direction::Forward,
                 |key, Json(value)| {
@@ -384,7 +384,7 @@ impl KeyStore<'_> {
         let mut device_ids = Vec::new();
         DEVICES_TABLE.scan_keys(
             engine,
-            &prefix(&self.user.as_str()),
+            &Prefix::of(self.user.as_str()),
             None,
             Direction::Forward,
             |(_, device)| {
@@ -520,7 +520,7 @@ pub fn remove_device_keys(
     DEVICE_KEYS_TABLE.delete(batch, &key);
     ONE_TIME_KEYS_TABLE.scan_keys(
         engine,
-        &prefix2(&user.as_str(), &device),
+        &Prefix::of2(user.as_str(), &device),
         None,
         Direction::Forward,
         |key| {
@@ -530,7 +530,7 @@ pub fn remove_device_keys(
     )?;
     FALLBACK_KEYS_TABLE.scan_keys(
         engine,
-        &prefix2(&user.as_str(), &device),
+        &Prefix::of2(user.as_str(), &device),
         None,
         Direction::Forward,
         |key| {
@@ -540,7 +540,7 @@ pub fn remove_device_keys(
     )?;
     KEY_SIGNATURES_TABLE.scan_keys(
         engine,
-        &prefix2(&user.as_str(), &device),
+        &Prefix::of2(user.as_str(), &device),
         None,
         Direction::Forward,
         |key| {

@@ -47,7 +47,7 @@ use crate::{
     net::ssrf::IpDenylist,
     storage::{
         Direction, Storage,
-        codec::{Json, prefix},
+        codec::{Json, Prefix},
         media::{
             BY_OWNER_TABLE, MEDIA_TABLE, MediaRecord, THUMBNAILS_TABLE, ThumbnailRecord,
             USAGE_TABLE, UsageRecord,
@@ -611,7 +611,7 @@ impl Media {
         let mut owners = Vec::new();
         USAGE_TABLE.scan(
             self.storage.engine(),
-            &[],
+            &Prefix::all(),
             None,
             Direction::Forward,
             |owner, Json(usage)| {
@@ -630,7 +630,7 @@ impl Media {
         let mut owned = Vec::new();
         BY_OWNER_TABLE.scan(
             self.storage.engine(),
-            &prefix(&owner),
+            &Prefix::of(owner),
             None,
             Direction::Forward,
             |(_, server_name, media_id), ()| {

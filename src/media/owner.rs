@@ -23,7 +23,7 @@ use crate::{
     actors::{Behaviour, Context, Reply},
     storage::{
         Batch, Direction, Storage,
-        codec::{Json, prefix, prefix2},
+        codec::{Json, Prefix},
         media::{
             BY_OWNER_TABLE, MEDIA_TABLE, MediaRecord, PENDING_TABLE, THUMBNAILS_TABLE,
             ThumbnailRecord, USAGE_TABLE, UsageRecord,
@@ -100,7 +100,7 @@ impl Behaviour for OwnerActor {
         let mut pending = BTreeMap::new();
         PENDING_TABLE.scan(
             self.storage.engine(),
-            &prefix(&owner.as_str()),
+            &Prefix::of(owner.as_str()),
             None,
             Direction::Forward,
             |(_, media_id), until| {
@@ -367,7 +367,7 @@ impl OwnerActor {
         let mut thumbnails = Vec::new();
         THUMBNAILS_TABLE.scan_keys(
             self.storage.engine(),
-            &prefix2(&server_name.as_str(), &media_id.as_str()),
+            &Prefix::of2(server_name.as_str(), media_id.as_str()),
             None,
             Direction::Forward,
             |(server, id, thumbnail)| {

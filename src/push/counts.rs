@@ -9,7 +9,7 @@ use crate::{
     Result,
     storage::{
         Batch, Direction, Read, Storage,
-        codec::{Json, prefix, prefix2},
+        codec::{Json, Prefix},
         push::{ThreadCounts, UNREAD_COUNTS_TABLE, UNREAD_EVENTS_TABLE, UnreadCounts},
     },
 };
@@ -32,7 +32,7 @@ pub fn room_counts(
     }
     UNREAD_COUNTS_TABLE.scan(
         reader,
-        &prefix2(&user.as_str(), &room),
+        &Prefix::of2(user.as_str(), &room),
         Some(&(user_key, room, "\0".to_owned())),
         Direction::Forward,
         |(_, _, thread), Json(record)| {
@@ -60,7 +60,7 @@ pub fn total_unread(reader: &(impl Read + ?Sized), user: &UserId) -> Result<u64>
     let mut total = 0;
     UNREAD_COUNTS_TABLE.scan(
         reader,
-        &prefix(&user.as_str()),
+        &Prefix::of(user.as_str()),
         None,
         Direction::Forward,
         |_, Json(record)| {
@@ -86,7 +86,7 @@ pub fn read_up_to(
     let mut removed: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     UNREAD_EVENTS_TABLE.scan(
         reader,
-        &prefix2(&user.as_str(), &room),
+        &Prefix::of2(user.as_str(), &room),
         None,
         Direction::Forward,
         |key, Json(record)| {

@@ -21,7 +21,7 @@ use crate::{
     limits, rooms,
     storage::{
         Batch, Direction, Storage,
-        codec::{Json, prefix},
+        codec::{Json, Prefix},
         push::{
             NOTIFICATIONS_TABLE, NotificationRecord, PUSHER_PROGRESS_TABLE, PUSHERS_TABLE,
             PUSHKEYS_TABLE, PusherRecord,
@@ -83,7 +83,7 @@ impl PusherActor {
         Ok(PUSHERS_TABLE
             .collect(
                 self.storage.engine(),
-                &prefix(&user.as_str()),
+                &Prefix::of(user.as_str()),
                 Direction::Forward,
                 usize::MAX,
             )?
@@ -110,7 +110,7 @@ impl PusherActor {
         let key = (user.to_string(), app_id.clone(), pushkey.clone());
         let engine = self.storage.engine();
         if !PUSHERS_TABLE.contains(engine, &key)?
-            && PUSHERS_TABLE.count(engine, &prefix(&user.as_str()), limits::MAX_PUSHERS)?
+            && PUSHERS_TABLE.count(engine, &Prefix::of(user.as_str()), limits::MAX_PUSHERS)?
                 >= limits::MAX_PUSHERS
         {
             return Err(Error::user_limit(format!(
@@ -217,7 +217,7 @@ impl PusherActor {
             let mut waiting = Vec::new();
             NOTIFICATIONS_TABLE.scan(
                 self.storage.engine(),
-                &prefix(&user.as_str()),
+                &Prefix::of(user.as_str()),
                 Some(&(user.to_string(), delivered.saturating_add(1))),
                 Direction::Forward,
                 |(_, position), Json(notification)| {
@@ -396,7 +396,7 @@ impl Push {
         let mut users = Vec::new();
         PUSHERS_TABLE.scan_keys(
             storage.engine(),
-            b"",
+            &Prefix::all(),
             None,
             Direction::Forward,
             |(user, _, _)| {

@@ -6,7 +6,11 @@ use std::ops::ControlFlow;
 
 use crate::{
     Result,
-    storage::{Batch, Direction, Storage, codec::Json, push::NOTIFICATIONS_TABLE},
+    storage::{
+        Batch, Direction, Storage,
+        codec::{Json, Prefix},
+        push::NOTIFICATIONS_TABLE,
+    },
 };
 
 /// Rows deleted per commit, to keep each batch small.
@@ -44,7 +48,7 @@ pub async fn purge_notifications_in_chunks(
         let mut visited = false;
         NOTIFICATIONS_TABLE.scan(
             storage.engine(),
-            b"",
+            &Prefix::all(),
             start.as_ref(),
             Direction::Forward,
             |(user, position), Json(record)| {

@@ -6,7 +6,7 @@
 //! prefix scan over the leading parts stays ordered. Every key shape is a tuple of parts with
 //! one encoder and one decoder; call sites never touch bytes.
 
-use std::fmt;
+use std::{fmt, marker::PhantomData};
 
 /// Separates a variable-length key part from the next part.
 pub const SEPARATOR: u8 = 0xFF;
@@ -134,6 +134,233 @@ tuple_key!(A, B; C);
 tuple_key!(A, B, C; D);
 tuple_key!(A, B, C, D; E);
 
+/// Types that encode exactly like key part `P`: `P` itself, or a borrowed form of it, so a
+/// prefix can be built from what a caller holds without an owned copy.
+pub trait PartOf<P: KeyPart> {
+    fn encode_as(&self, out: &mut Vec<u8>, last: bool);
+}
+
+impl<P: KeyPart> PartOf<P> for P {
+    fn encode_as(&self, out: &mut Vec<u8>, last: bool) {
+        self.encode_part(out, last);
+    }
+}
+
+impl PartOf<String> for str {
+    fn encode_as(&self, out: &mut Vec<u8>, last: bool) {
+        out.extend_from_slice(self.as_bytes());
+        if !last {
+            out.push(SEPARATOR);
+        }
+    }
+}
+
+impl<T: PartOf<String> + ?Sized> PartOf<String> for &T {
+    fn encode_as(&self, out: &mut Vec<u8>, last: bool) {
+        (**self).encode_as(out, last);
+    }
+}
+
+/// Ruma's identifiers as key parts (issue 21, step 24): stored as their string form, so the
+/// bytes are exactly those of the `String` parts they replace (no migration), and read back
+/// by parsing, so an invalid stored id is a [`CodecError`], never a panic. The borrowed id
+/// stands for the owned one in a [`Prefix`].
+macro_rules! id_key_parts {
+    ($($owned:ident / $borrowed:ident),+ $(,)?) => {$(
+        impl KeyPart for ruma::$owned {
+            fn encode_part(&self, out: &mut Vec<u8>, last: bool) {
+                self.as_str().encode_as(out, last);
+            }
+
+            fn decode_part(input: &mut &[u8], last: bool) -> Result<Self, CodecError> {
+                let text = String::decode_part(input, last)?;
+                ruma::$owned::try_from(text)
+                    .map_err(|_| CodecError(concat!("invalid ", stringify!($borrowed), " in a key")))
+            }
+        }
+
+        impl PartOf<ruma::$owned> for ruma::$borrowed {
+            fn encode_as(&self, out: &mut Vec<u8>, last: bool) {
+                self.as_str().encode_as(out, last);
+            }
+        }
+
+        impl<T: PartOf<ruma::$owned> + ?Sized> PartOf<ruma::$owned> for &T {
+            fn encode_as(&self, out: &mut Vec<u8>, last: bool) {
+                (**self).encode_as(out, last);
+            }
+        }
+    )+};
+}
+
+id_key_parts!(
+    OwnedUserId / UserId,
+    OwnedRoomId / RoomId,
+    OwnedEventId / EventId,
+    OwnedRoomAliasId / RoomAliasId,
+    OwnedDeviceId / DeviceId,
+    OwnedServerName / ServerName,
+    OwnedTransactionId / TransactionId,
+);
+
+/// Key shapes with at least two parts: their first part alone is a real prefix.
+pub trait Leading1 {
+    type First: KeyPart;
+}
+
+/// Key shapes with at least three parts: their first two parts are a real prefix.
+pub trait Leading2: Leading1 {
+    type Second: KeyPart;
+}
+
+/// Key shapes with at least four parts: their first three parts are a real prefix.
+pub trait Leading3: Leading2 {
+    type Third: KeyPart;
+}
+
+/// Key shapes with five parts: their first four parts are a real prefix.
+pub trait Leading4: Leading3 {
+    type Fourth: KeyPart;
+}
+
+impl<A: KeyPart, B> Leading1 for (A, B) {
+    type First = A;
+}
+impl<A: KeyPart, B, C> Leading1 for (A, B, C) {
+    type First = A;
+}
+impl<A: KeyPart, B, C, D> Leading1 for (A, B, C, D) {
+    type First = A;
+}
+impl<A: KeyPart, B, C, D, E> Leading1 for (A, B, C, D, E) {
+    type First = A;
+}
+impl<A: KeyPart, B: KeyPart, C> Leading2 for (A, B, C) {
+    type Second = B;
+}
+impl<A: KeyPart, B: KeyPart, C, D> Leading2 for (A, B, C, D) {
+    type Second = B;
+}
+impl<A: KeyPart, B: KeyPart, C, D, E> Leading2 for (A, B, C, D, E) {
+    type Second = B;
+}
+impl<A: KeyPart, B: KeyPart, C: KeyPart, D> Leading3 for (A, B, C, D) {
+    type Third = C;
+}
+impl<A: KeyPart, B: KeyPart, C: KeyPart, D, E> Leading3 for (A, B, C, D, E) {
+    type Third = C;
+}
+impl<A: KeyPart, B: KeyPart, C: KeyPart, D: KeyPart, E> Leading4 for (A, B, C, D, E) {
+    type Fourth = D;
+}
+
+/// The leading parts of a key of shape `K`, for a prefix scan. Only real prefixes of `K`
+/// can be built, each from parts of the right types, and every part is followed by its
+/// separator, so the prefix of `"!room"` never matches `"!room2"`.
+pub struct Prefix<K> {
+    bytes: Vec<u8>,
+    _key: PhantomData<fn() -> K>,
+}
+
+impl<K> Prefix<K> {
+    /// The empty prefix: every key.
+    pub fn all() -> Self {
+        Self { bytes: Vec::new(), _key: PhantomData }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn parts(capacity: usize, encode: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut bytes = Vec::with_capacity(capacity);
+        encode(&mut bytes);
+        Self { bytes, _key: PhantomData }
+    }
+}
+
+impl<K: Leading1> Prefix<K> {
+    /// Keys whose first part is `first`.
+    pub fn of(first: &(impl PartOf<K::First> + ?Sized)) -> Self {
+        Self::parts(16, |out| first.encode_as(out, false))
+    }
+}
+
+impl<K: Leading2> Prefix<K> {
+    /// Keys whose first two parts are `first` and `second`.
+    pub fn of2(
+        first: &(impl PartOf<K::First> + ?Sized),
+        second: &(impl PartOf<K::Second> + ?Sized),
+    ) -> Self {
+        Self::parts(32, |out| {
+            first.encode_as(out, false);
+            second.encode_as(out, false);
+        })
+    }
+}
+
+impl<K: Leading3> Prefix<K> {
+    /// Keys whose first three parts are `first`, `second` and `third`.
+    pub fn of3(
+        first: &(impl PartOf<K::First> + ?Sized),
+        second: &(impl PartOf<K::Second> + ?Sized),
+        third: &(impl PartOf<K::Third> + ?Sized),
+    ) -> Self {
+        Self::parts(48, |out| {
+            first.encode_as(out, false);
+            second.encode_as(out, false);
+            third.encode_as(out, false);
+        })
+    }
+}
+
+impl<K: Leading4> Prefix<K> {
+    /// Keys whose first four parts are `first` to `fourth`.
+    pub fn of4(
+        first: &(impl PartOf<K::First> + ?Sized),
+        second: &(impl PartOf<K::Second> + ?Sized),
+        third: &(impl PartOf<K::Third> + ?Sized),
+        fourth: &(impl PartOf<K::Fourth> + ?Sized),
+    ) -> Self {
+        Self::parts(64, |out| {
+            first.encode_as(out, false);
+            second.encode_as(out, false);
+            third.encode_as(out, false);
+            fourth.encode_as(out, false);
+        })
+    }
+}
+
+/// What a table scan takes as its prefix: a typed [`Prefix`] of the table's key shape, or
+/// (until every call site builds one, issue 21 step 22) raw bytes.
+pub trait ScanPrefix<K> {
+    fn prefix_bytes(&self) -> &[u8];
+}
+
+impl<K> ScanPrefix<K> for Prefix<K> {
+    fn prefix_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl<K> ScanPrefix<K> for [u8] {
+    fn prefix_bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl<K, const N: usize> ScanPrefix<K> for [u8; N] {
+    fn prefix_bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl<K> ScanPrefix<K> for Vec<u8> {
+    fn prefix_bytes(&self) -> &[u8] {
+        self
+    }
+}
+
 /// Encodes the leading parts of a key for a prefix scan: every part is followed by its
 /// separator, so `prefix(("!room",))` never matches `"!room2"`.
 pub fn prefix<P: KeyPart>(part: &P) -> Vec<u8> {
@@ -252,6 +479,52 @@ mod tests {
         let scan = prefix(&"!a");
         assert!(room.starts_with(&scan));
         assert!(!other.starts_with(&scan));
+    }
+
+    #[test]
+    fn typed_prefixes_encode_like_the_leading_parts() {
+        let user = "@alice:example.org";
+        let of: Prefix<(String, String, u64)> = Prefix::of(user);
+        assert_eq!(of.as_bytes(), prefix(&user));
+        let owned: Prefix<(String, String, u64)> = Prefix::of(&user.to_owned());
+        assert_eq!(owned.as_bytes(), of.as_bytes());
+        let of2: Prefix<(String, String, u64)> = Prefix::of2(user, "DEVICE");
+        assert_eq!(of2.as_bytes(), prefix2(&user, &"DEVICE"));
+        let short: Prefix<(u64, u64)> = Prefix::of(&42u64);
+        assert_eq!(short.as_bytes(), 42u64.to_be_bytes());
+        let of3: Prefix<(String, String, String, u64)> = Prefix::of3(user, "a", "b");
+        assert_eq!(of3.as_bytes(), prefix3(&user, &"a", &"b"));
+        let of4: Prefix<(String, String, String, u64, String)> = Prefix::of4(user, "a", "b", &7u64);
+        assert_eq!(of4.as_bytes(), [prefix3(&user, &"a", &"b"), 7u64.encode()].concat());
+        assert!(Prefix::<(u64, u64)>::all().as_bytes().is_empty());
+        // A prefix matches exactly its own part, as the byte form does.
+        let scan: Prefix<(String, u64)> = Prefix::of("!a");
+        assert!(("!a".to_owned(), 1u64).encode().starts_with(scan.as_bytes()));
+        assert!(!("!ab".to_owned(), 1u64).encode().starts_with(scan.as_bytes()));
+    }
+
+    #[test]
+    fn ruma_ids_are_stored_as_their_strings_and_parsed_back() {
+        use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+        let user: OwnedUserId = "@alice:example.org".try_into().expect("valid");
+        let device: OwnedDeviceId = "DEVICE".into();
+        let key = (user.clone(), device.clone(), 7u64);
+        let bytes = key.encode();
+        assert_eq!(bytes, ("@alice:example.org".to_owned(), "DEVICE".to_owned(), 7u64).encode());
+        assert_eq!(<(OwnedUserId, OwnedDeviceId, u64)>::decode(&bytes), Ok(key));
+        // A stored string that is not a valid id is an error, not a panic.
+        let bad = ("not a user".to_owned(), 1u64).encode();
+        assert!(<(OwnedUserId, u64)>::decode(&bad).is_err());
+        assert!(OwnedRoomId::decode(b"no sigil").is_err());
+        // Borrowed ids (and references to them) build the same prefixes as the strings.
+        let borrowed: &UserId = &user;
+        let typed: Prefix<(OwnedUserId, OwnedDeviceId, u64)> = Prefix::of(borrowed);
+        let owned: Prefix<(OwnedUserId, OwnedDeviceId, u64)> = Prefix::of(&user);
+        assert_eq!(typed.as_bytes(), prefix(&"@alice:example.org"));
+        assert_eq!(owned.as_bytes(), typed.as_bytes());
+        let room: &RoomId = <&RoomId>::try_from("!room:example.org").expect("valid");
+        let of2: Prefix<(OwnedRoomId, OwnedUserId, u64)> = Prefix::of2(room, borrowed);
+        assert_eq!(of2.as_bytes(), prefix2(&"!room:example.org", &"@alice:example.org"));
     }
 
     #[test]

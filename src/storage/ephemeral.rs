@@ -38,6 +38,6 @@ pub const TO_DEVICE_TABLE: Table<(String, String, u64), Json<ToDeviceRecord>> =
 pub const TO_DEVICE_TRANSACTIONS_TABLE: Table<(String, String, String), ()> =
     Table::new(TO_DEVICE_TRANSACTIONS);
 /// `user -> presence`.
-pub const PRESENCE_TABLE: Table<String, Json<PresenceRecord>> = Table::new(PRESENCE);
+pub const PRESENCE_TABLE: Table<OwnedUserId, Json<PresenceRecord>> = Table::new(PRESENCE);
 /// `position -> user`.
 pub const PRESENCE_STREAM_TABLE: Table<u64, String> = Table::new(PRESENCE_STREAM);

@@ -132,7 +132,7 @@ impl Storage {
         }
         table.scan(
             &*self.engine,
-            b"",
+            &codec::Prefix::all(),
             Some(&since.saturating_add(1)),
             Direction::Forward,
             |position, value| {

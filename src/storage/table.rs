@@ -5,7 +5,7 @@ use std::{marker::PhantomData, ops::ControlFlow};
 use super::{
     batch::Batch,
     catalogue::TableId,
-    codec::{Key, Value},
+    codec::{Key, ScanPrefix, Value},
     engine::{Direction, Read},
 };
 use crate::Result;
@@ -76,22 +76,25 @@ impl<K: Key, V: Value> Table<K, V> {
     pub fn scan(
         &self,
         reader: &(impl Read + ?Sized),
-        prefix: &[u8],
+        prefix: &(impl ScanPrefix<K> + ?Sized),
         from: Option<&K>,
         direction: Direction,
         mut visit: impl FnMut(K, V) -> ControlFlow<()>,
     ) -> Result<()> {
         let from = from.map(Key::encode);
-        reader.scan(self.id, prefix, from.as_deref(), direction, &mut |key, value| match (
-            K::decode(key),
-            V::decode_value(value),
-        ) {
-            (Ok(decoded), Ok(value)) => visit(decoded, value),
-            (Err(error), _) | (_, Err(error)) => {
-                report_undecodable(self.id, key, &error);
-                ControlFlow::Continue(())
-            }
-        })
+        reader.scan(
+            self.id,
+            prefix.prefix_bytes(),
+            from.as_deref(),
+            direction,
+            &mut |key, value| match (K::decode(key), V::decode_value(value)) {
+                (Ok(decoded), Ok(value)) => visit(decoded, value),
+                (Err(error), _) | (_, Err(error)) => {
+                    report_undecodable(self.id, key, &error);
+                    ControlFlow::Continue(())
+                }
+            },
+        )
     }
 
     /// Visits the keys under `prefix` without decoding their values, until `visit` breaks:
@@ -99,18 +102,19 @@ impl<K: Key, V: Value> Table<K, V> {
     pub fn scan_keys(
         &self,
         reader: &(impl Read + ?Sized),
-        prefix: &[u8],
+        prefix: &(impl ScanPrefix<K> + ?Sized),
         from: Option<&K>,
         direction: Direction,
         mut visit: impl FnMut(K) -> ControlFlow<()>,
     ) -> Result<()> {
         let from = from.map(Key::encode);
-        reader.scan(self.id, prefix, from.as_deref(), direction, &mut |key, _| match K::decode(key)
-        {
-            Ok(decoded) => visit(decoded),
-            Err(error) => {
-                report_undecodable(self.id, key, &error);
-                ControlFlow::Continue(())
+        reader.scan(self.id, prefix.prefix_bytes(), from.as_deref(), direction, &mut |key, _| {
+            match K::decode(key) {
+                Ok(decoded) => visit(decoded),
+                Err(error) => {
+                    report_undecodable(self.id, key, &error);
+                    ControlFlow::Continue(())
+                }
             }
         })
     }
@@ -120,14 +124,14 @@ impl<K: Key, V: Value> Table<K, V> {
     pub fn count(
         &self,
         reader: &(impl Read + ?Sized),
-        prefix: &[u8],
+        prefix: &(impl ScanPrefix<K> + ?Sized),
         up_to: usize,
     ) -> Result<usize> {
         let mut count = 0;
         if up_to == 0 {
             return Ok(0);
         }
-        reader.scan(self.id, prefix, None, Direction::Forward, &mut |_, _| {
+        reader.scan(self.id, prefix.prefix_bytes(), None, Direction::Forward, &mut |_, _| {
             count += 1;
             if count >= up_to { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         })?;
@@ -136,12 +140,22 @@ impl<K: Key, V: Value> Table<K, V> {
 
     /// The bytes the entries under `prefix` take, keys and values as stored (nothing is
     /// decoded, so unreadable rows count too).
-    pub fn stored_bytes(&self, reader: &(impl Read + ?Sized), prefix: &[u8]) -> Result<u64> {
+    pub fn stored_bytes(
+        &self,
+        reader: &(impl Read + ?Sized),
+        prefix: &(impl ScanPrefix<K> + ?Sized),
+    ) -> Result<u64> {
         let mut bytes = 0_u64;
-        reader.scan(self.id, prefix, None, Direction::Forward, &mut |key, value| {
-            bytes += (key.len() + value.len()) as u64;
-            ControlFlow::Continue(())
-        })?;
+        reader.scan(
+            self.id,
+            prefix.prefix_bytes(),
+            None,
+            Direction::Forward,
+            &mut |key, value| {
+                bytes += (key.len() + value.len()) as u64;
+                ControlFlow::Continue(())
+            },
+        )?;
         Ok(bytes)
     }
 
@@ -160,7 +174,7 @@ impl<K: Key, V: Value> Table<K, V> {
     pub fn collect(
         &self,
         reader: &(impl Read + ?Sized),
-        prefix: &[u8],
+        prefix: &(impl ScanPrefix<K> + ?Sized),
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<(K, V)>> {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tuwunel::storage::{
     Batch,
     account_data::{ACCOUNT_DATA_STREAM_TABLE, ACCOUNT_DATA_TABLE, AccountDataRecord},
-    codec::{Json, prefix2},
+    codec::{Json, Prefix},
     ephemeral::{TO_DEVICE_TABLE, ToDeviceRecord},
 };
 
@@ -194,7 +194,7 @@ async fn unreadable_stored_records_are_skipped_by_sync_and_counted() {
     TO_DEVICE_TABLE
         .scan_keys(
             storage.engine(),
-            &prefix2(&user.user_id.as_str(), &user.device_id.as_str()),
+            &Prefix::of2(user.user_id.as_str(), user.device_id.as_str()),
             None,
             tuwunel::storage::Direction::Forward,
             |_| {

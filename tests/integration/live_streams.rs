@@ -416,11 +416,11 @@ async fn concurrent_retries_of_a_to_device_transaction_deliver_once() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    use tuwunel::storage::{Direction, codec::prefix2, ephemeral::TO_DEVICE_TABLE};
+    use tuwunel::storage::{Direction, codec::Prefix, ephemeral::TO_DEVICE_TABLE};
     let queued = TO_DEVICE_TABLE
         .collect(
             server.server().services().storage.engine(),
-            &prefix2(&bob.user_id.as_str(), &"NOSUCHDEVICE"),
+            &Prefix::of2(bob.user_id.as_str(), "NOSUCHDEVICE"),
             Direction::Forward,
             usize::MAX,
         )

@@ -21,7 +21,7 @@ use crate::{
     limits,
     storage::{
         Direction,
-        codec::{Json, prefix},
+        codec::{Json, Prefix},
         users::{DEVICES_TABLE, DeviceRecord},
     },
 };
@@ -57,7 +57,7 @@ async fn list(
     let devices = DEVICES_TABLE
         .collect(
             services.storage.engine(),
-            &prefix(&user.as_str()),
+            &Prefix::of(user.as_str()),
             Direction::Forward,
             usize::MAX,
         )?

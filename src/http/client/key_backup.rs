@@ -24,7 +24,7 @@ use crate::{
     keys::backup::{self, BackupCommand, KeySelection, SessionKey},
     storage::{
         Direction,
-        codec::{Json, prefix2, prefix3},
+        codec::{Json, Prefix},
         keys::{BACKUP_KEYS_TABLE, BackupVersionRecord},
     },
 };
@@ -226,8 +226,8 @@ fn stored_keys(
     backup::live_version(services.storage.engine(), user, version)?;
     let number = backup::parse_version(version)?;
     let prefix = match room {
-        Some(room) => prefix3(&user.as_str(), &number, &room),
-        None => prefix2(&user.as_str(), &number),
+        Some(room) => Prefix::of3(user.as_str(), &number, &room),
+        None => Prefix::of2(user.as_str(), &number),
     };
     let mut rooms: BTreeMap<String, BTreeMap<String, JsonValue>> = BTreeMap::new();
     BACKUP_KEYS_TABLE.scan(

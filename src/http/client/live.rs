@@ -30,7 +30,7 @@ use crate::{
     rooms::actor::RoomMessage,
     storage::{
         Direction,
-        codec::{Json, prefix},
+        codec::{Json, Prefix},
         ephemeral::{PRESENCE_TABLE, ToDeviceRecord},
         users::DEVICES_TABLE,
     },
@@ -316,7 +316,7 @@ async fn send_to_device(
                 DeviceIdOrAllDevices::AllDevices => {
                     for ((_, device), _) in DEVICES_TABLE.collect(
                         engine,
-                        &prefix(&user.as_str()),
+                        &Prefix::of(user.as_str()),
                         Direction::Forward,
                         usize::MAX,
                     )? {
@@ -427,9 +427,7 @@ async fn get_status(
     if target != sender.user_id && !share_a_room(&services, &sender.user_id, &target)? {
         return Err(Error::forbidden("You do not share a room with this user."));
     }
-    let record = PRESENCE_TABLE
-        .get(services.storage.engine(), &target.to_string())?
-        .map(|Json(record)| record);
+    let record = PRESENCE_TABLE.get(services.storage.engine(), &target)?.map(|Json(record)| record);
     let Some(record) = record else {
         return Ok(get_presence::v3::Response::new(PresenceState::Offline));
     };

@@ -31,7 +31,7 @@ use crate::{
     rooms,
     storage::{
         Direction,
-        codec::{Json, prefix},
+        codec::{Json, Prefix},
         push::{
             NOTIFICATIONS_TABLE, PUSHERS_TABLE, PUSHKEYS_TABLE, PusherRecord, UNREAD_EVENTS_TABLE,
         },
@@ -286,7 +286,7 @@ async fn list_pushers(
     let mut pushers = Vec::new();
     for (_, Json(record)) in PUSHERS_TABLE.collect(
         services.storage.engine(),
-        &prefix(&user.as_str()),
+        &Prefix::of(user.as_str()),
         Direction::Forward,
         usize::MAX,
     )? {
@@ -362,7 +362,7 @@ async fn set_pusher_handler(
                 let mut others = Vec::new();
                 PUSHKEYS_TABLE.scan(
                     services.storage.engine(),
-                    &crate::storage::codec::prefix2(&app_id.as_str(), &pushkey.as_str()),
+                    &Prefix::of2(app_id.as_str(), pushkey.as_str()),
                     None,
                     Direction::Forward,
                     |(_, _, other), ()| {
@@ -426,7 +426,7 @@ async fn notifications(
     let start = from.map(|from| (user.to_string(), from.saturating_sub(1)));
     NOTIFICATIONS_TABLE.scan(
         engine,
-        &prefix(&user.as_str()),
+        &Prefix::of(user.as_str()),
         start.as_ref(),
         Direction::Reverse,
         |(_, position), Json(record)| {

@@ -37,7 +37,7 @@ use crate::{
     },
     storage::{
         Direction, Storage,
-        codec::{Json, prefix, prefix2},
+        codec::{Json, Prefix},
         rooms::{EventMeta, SEARCH_TABLE, USER_ROOMS_TABLE},
     },
 };
@@ -307,7 +307,7 @@ fn searched_rooms(
     let mut names = Vec::new();
     USER_ROOMS_TABLE.scan(
         storage.engine(),
-        &prefix(&user.as_str()),
+        &Prefix::of(user.as_str()),
         None,
         Direction::Forward,
         |(_, room_id), Json(record)| {
@@ -345,7 +345,7 @@ fn room_matches(storage: &Storage, room: u64, terms: &[String]) -> Result<Vec<(u
         let mut postings = HashMap::new();
         SEARCH_TABLE.scan(
             storage.engine(),
-            &prefix2(&room, &term.as_str()),
+            &Prefix::of2(&room, term.as_str()),
             None,
             Direction::Reverse,
             |(_, _, position), short| {

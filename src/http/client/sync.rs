@@ -18,7 +18,7 @@ use crate::{
         ruma::{Ruma, route},
         validate,
     },
-    storage::{Direction, Engine, codec::prefix2, ephemeral::TO_DEVICE_TABLE},
+    storage::{Direction, Engine, codec::Prefix, ephemeral::TO_DEVICE_TABLE},
     sync::{
         response::{self, SyncParams, SyncReader},
         token::SyncToken,
@@ -35,7 +35,7 @@ fn first_queued_by(engine: &Engine, user: &UserId, device: &str, upto: u64) -> R
     let mut pending = false;
     TO_DEVICE_TABLE.scan_keys(
         engine,
-        &prefix2(&user.as_str(), &device),
+        &Prefix::of2(user.as_str(), &device),
         None,
         Direction::Forward,
         |(_, _, position)| {

@@ -16,7 +16,7 @@ use crate::{
     http::ruma::{Ruma, route},
     storage::{
         Direction,
-        codec::Json,
+        codec::{Json, Prefix},
         rooms::PUBLISHED_ROOMS_TABLE,
         users::{PROFILES_TABLE, USERS_TABLE},
     },
@@ -46,7 +46,7 @@ fn discoverable(services: &Services, searcher: &UserId) -> Result<Option<HashSet
         crate::rooms::joined_rooms(services.storage.engine(), searcher)?;
     PUBLISHED_ROOMS_TABLE.scan(
         services.storage.engine(),
-        b"",
+        &Prefix::all(),
         None,
         Direction::Forward,
         |room, ()| {
@@ -78,7 +78,7 @@ async fn search(
     let mut candidates: Vec<OwnedUserId> = Vec::new();
     USERS_TABLE.scan(
         services.storage.engine(),
-        b"",
+        &Prefix::all(),
         None,
         Direction::Forward,
         |user, Json(record)| {

@@ -15,7 +15,7 @@ use crate::{
     storage::{
         Direction,
         account_data::{ACCOUNT_DATA_STREAM_TABLE, ACCOUNT_DATA_TABLE},
-        codec::{Json, prefix, prefix2},
+        codec::{Json, Prefix},
     },
 };
 
@@ -24,7 +24,7 @@ pub(super) fn all(ctx: &SyncContext<'_>, room: &str) -> Result<Vec<JsonValue>> {
     Ok(ACCOUNT_DATA_TABLE
         .collect(
             ctx.storage().engine(),
-            &prefix2(&ctx.user.as_str(), &room),
+            &Prefix::of2(ctx.user.as_str(), &room),
             Direction::Forward,
             usize::MAX,
         )?
@@ -44,7 +44,7 @@ pub(super) fn changed(ctx: &SyncContext<'_>) -> Result<HashMap<String, Vec<JsonV
     let mut entries = Vec::new();
     ACCOUNT_DATA_STREAM_TABLE.scan(
         storage.engine(),
-        &prefix(&user.as_str()),
+        &Prefix::of(user.as_str()),
         Some(&start),
         Direction::Forward,
         |(_, position), Json((room, kind))| {

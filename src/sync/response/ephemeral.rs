@@ -10,7 +10,7 @@ use crate::{
     Result,
     storage::{
         Direction,
-        codec::Json,
+        codec::{Json, Prefix},
         rooms::{RECEIPT_STREAM_TABLE, RECEIPTS_TABLE},
     },
 };
@@ -46,7 +46,7 @@ fn receipts(ctx: &SyncContext<'_>, room: u64) -> Result<Option<JsonValue>> {
     let mut entries = Vec::new();
     RECEIPT_STREAM_TABLE.scan(
         engine,
-        &room.to_be_bytes(),
+        &Prefix::of(&room),
         Some(&(room, lower.saturating_add(1))),
         Direction::Forward,
         |(_, position), Json(entry)| {

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use ruma::{OwnedRoomId, api::client::sync::sync_events::v3::Response};
+use ruma::{OwnedRoomId, OwnedUserId, api::client::sync::sync_events::v3::Response};
 use serde_json::json;
 
 use super::{
@@ -73,7 +73,10 @@ pub(super) fn presence(
         if !allows_kind(&ctx.params.filter.presence, "m.presence") {
             break;
         }
-        let Some(Json(record)) = PRESENCE_TABLE.get_readable(storage.engine(), &user)? else {
+        let Ok(user_id) = OwnedUserId::try_from(user.as_str()) else {
+            continue;
+        };
+        let Some(Json(record)) = PRESENCE_TABLE.get_readable(storage.engine(), &user_id)? else {
             continue;
         };
         if record.position > ctx.upto {

@@ -7,7 +7,11 @@ use ruma::{UInt, UserId, api::client::sync::sync_events::v3::RoomSummary};
 use super::SyncContext;
 use crate::{
     Result,
-    storage::{Direction, codec::Json, rooms::ROOM_MEMBERS_TABLE},
+    storage::{
+        Direction,
+        codec::{Json, Prefix},
+        rooms::ROOM_MEMBERS_TABLE,
+    },
 };
 
 /// Heroes listed in a room summary.
@@ -20,7 +24,7 @@ pub(super) fn summary(ctx: &SyncContext<'_>, room: u64) -> Result<RoomSummary> {
     let mut heroes = Vec::new();
     ROOM_MEMBERS_TABLE.scan(
         ctx.storage().engine(),
-        &room.to_be_bytes(),
+        &Prefix::of(&room),
         None,
         Direction::Forward,
         |(_, member), Json(record)| {

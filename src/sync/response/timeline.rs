@@ -13,6 +13,7 @@ use crate::{
     rooms::{self, Pdu, filter, state, timeline::Viewer},
     storage::{
         Direction,
+        codec::Prefix,
         rooms::{EventMeta, TIMELINE_TABLE},
     },
 };
@@ -38,7 +39,7 @@ pub(super) fn snapshot_at(ctx: &SyncContext<'_>, room: u64, position: u64) -> Re
     let mut found = None;
     TIMELINE_TABLE.scan(
         ctx.storage().engine(),
-        &room.to_be_bytes(),
+        &Prefix::of(&room),
         Some(&(room, position)),
         Direction::Reverse,
         |_, short| {
@@ -78,7 +79,7 @@ fn timeline_candidates(
         TIMELINE_TABLE
             .scan(
                 storage.engine(),
-                &room.to_be_bytes(),
+                &Prefix::of(&room),
                 Some(&from),
                 direction,
                 |(_, position), short| {

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{SyncContext, render::raw};
 use crate::{
     Result,
-    storage::{Direction, codec::Json, codec::prefix2, ephemeral::TO_DEVICE_TABLE},
+    storage::{Direction, codec::Json, codec::Prefix, ephemeral::TO_DEVICE_TABLE},
     sync::token::SyncToken,
 };
 
@@ -31,7 +31,7 @@ pub(super) fn page(
     }
     TO_DEVICE_TABLE.scan(
         ctx.storage().engine(),
-        &prefix2(&ctx.user.as_str(), &device.as_str()),
+        &Prefix::of2(ctx.user.as_str(), device.as_str()),
         Some(&start),
         Direction::Forward,
         |(_, _, position), Json(message)| {
