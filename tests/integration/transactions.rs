@@ -261,7 +261,7 @@ async fn huge_edus_are_bounded() {
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
     let services = b.services();
     let stored = tuwunel::storage::ephemeral::PRESENCE_TABLE
-        .get(services.storage.engine(), &fake.user_id("u1"))
+        .get(services.storage.engine(), &ruma::UserId::parse(fake.user_id("u1")).expect("user id"))
         .expect("read");
     assert!(stored.is_none(), "presence of users sharing no room is not kept");
 }

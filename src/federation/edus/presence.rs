@@ -62,7 +62,7 @@ pub async fn receive(intake: &Intake, origin: &ServerName, content: PresenceCont
         if joined.is_empty() {
             continue;
         }
-        let previous = PRESENCE_TABLE.get_readable(storage.engine(), &user.to_string())?;
+        let previous = PRESENCE_TABLE.get_readable(storage.engine(), &user)?;
         if let Some(Json(previous)) = &previous {
             if previous.state == record.state && previous.status_msg == record.status_msg {
                 continue;
@@ -76,15 +76,15 @@ pub async fn receive(intake: &Intake, origin: &ServerName, content: PresenceCont
     if changed.is_empty() {
         return Ok(());
     }
-    let rows: Vec<(String, PresenceRecord)> =
-        changed.iter().map(|(user, record, _)| (user.to_string(), record.clone())).collect();
+    let rows: Vec<(OwnedUserId, PresenceRecord)> =
+        changed.iter().map(|(user, record, _)| (user.clone(), record.clone())).collect();
     storage
         .writer()
         .commit_with_positions(rows.len() as u64, batch, move |batch, positions| {
             for ((user, mut record), position) in rows.into_iter().zip(positions) {
                 record.position = position;
                 PRESENCE_TABLE.put(batch, &user, &Json(record));
-                PRESENCE_STREAM_TABLE.put(batch, &position, &user);
+                PRESENCE_STREAM_TABLE.put(batch, &position, &user.to_string());
             }
         })
         .await?;
