@@ -148,8 +148,12 @@ fn attributes(html: &str, from: usize) -> (Vec<(String, String)>, usize) {
             }
         }
         if name.is_empty() {
-            // A stray character that starts no attribute: step over it.
-            position += 1;
+            // A value with no name (`="x"`) is dropped; having read it, the scan is past it
+            // and must not step once more (that could land inside a UTF-8 character, or
+            // on the tag's `>`). Otherwise nothing was read: step over the stray byte.
+            if position == name_start {
+                position += 1;
+            }
         } else {
             found.push((name, value));
         }
@@ -249,6 +253,18 @@ mod tests {
         assert_eq!(page.get("og:description"), Some("Crispy \u{2014} and hot!"));
         assert_eq!(page.get("description"), Some("unquoted"));
         assert_eq!(page.get("og:image"), Some("https://example.org/a.png?x=1&y=2"));
+    }
+
+    #[test]
+    fn values_without_names_end_where_they_end() {
+        // Found by the property test: the scan stepped past a nameless value's end, once
+        // into the middle of `é` (a panic), once over the tag's `>`.
+        let page = scan("<meta =-->=\"\"\u{e9}");
+        assert_eq!(page, PageMeta::default());
+        let page = scan("<meta =x><title>t</title>");
+        assert_eq!(page.title.as_deref(), Some("t"));
+        let page = scan("<meta =\"\"\u{e9}\u{e9} property=og:title content=c>");
+        assert_eq!(page.get("og:title"), Some("c"));
     }
 
     #[test]
