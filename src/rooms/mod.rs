@@ -117,15 +117,26 @@ pub fn pdu_by_id(storage: &Storage, event_id: &EventId) -> Result<Option<(u64, P
     Ok(pdu(storage.engine(), short)?.map(|pdu| (short, pdu)))
 }
 
-/// Where an event sits in its room.
+/// Where an event sits in its room, for readers that answer clients: only timeline events
+/// (live or backfilled). Rejected, soft-failed and outlier events read as absent, so every
+/// client path keeps "not found" for them.
 pub fn event_meta(reader: &(impl Read + ?Sized), short: u64) -> Result<Option<EventMeta>> {
-    Ok(EVENT_META_TABLE.get(reader, &short)?.map(|Json(meta)| meta))
+    Ok(any_event_meta(reader, short)?.filter(|meta| meta.status.is_timeline()))
 }
 
 /// Like [`event_meta`] for readers that list events for a client: a record that cannot be
 /// decoded is reported and reads as absent, so one bad row does not fail the whole list.
 pub fn readable_event_meta(reader: &(impl Read + ?Sized), short: u64) -> Result<Option<EventMeta>> {
-    Ok(EVENT_META_TABLE.get_readable(reader, &short)?.map(|Json(meta)| meta))
+    Ok(EVENT_META_TABLE
+        .get_readable(reader, &short)?
+        .map(|Json(meta)| meta)
+        .filter(|meta| meta.status.is_timeline()))
+}
+
+/// Where an event sits, whatever its status: for the room's actor and for serving other
+/// servers, which deal with the whole DAG.
+pub fn any_event_meta(reader: &(impl Read + ?Sized), short: u64) -> Result<Option<EventMeta>> {
+    Ok(EVENT_META_TABLE.get(reader, &short)?.map(|Json(meta)| meta))
 }
 
 /// `user`'s membership in `room_id`, as recorded for the user.
@@ -466,5 +477,48 @@ mod tests {
         let stamps: Vec<u64> =
             (0..1000).map(|_| u64::from(super::create_timestamp(&time).get())).collect();
         assert!(stamps.windows(2).all(|pair| pair[0] < pair[1]), "{stamps:?}");
+    }
+
+    #[tokio::test]
+    async fn client_readers_see_only_timeline_events() {
+        use crate::storage::{
+            Batch, EngineOptions, Storage,
+            codec::Json,
+            rooms::{EVENT_META_TABLE, EventMeta, EventStatus},
+        };
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (storage, _) = Storage::open(&EngineOptions::for_path(dir.path())).expect("open");
+        let statuses = [
+            EventStatus::Timeline,
+            EventStatus::SoftFailed,
+            EventStatus::Rejected,
+            EventStatus::Outlier,
+        ];
+        let meta = |status| EventMeta {
+            room: 1,
+            position: 0,
+            state_before: 2,
+            state_after: 2,
+            redacted: false,
+            transaction: None,
+            has_children: None,
+            status,
+            backfill: None,
+        };
+        let mut batch = Batch::new();
+        for (short, status) in (1..).zip(statuses) {
+            EVENT_META_TABLE.put(&mut batch, &short, &Json(meta(status)));
+        }
+        storage.writer().commit(batch).await.expect("commit");
+
+        let engine = storage.engine();
+        for (short, status) in (1..).zip(statuses) {
+            let visible = status == EventStatus::Timeline;
+            assert_eq!(super::event_meta(engine, short).expect("read").is_some(), visible);
+            assert_eq!(super::readable_event_meta(engine, short).expect("read").is_some(), visible);
+            assert_eq!(super::any_event_meta(engine, short).expect("read"), Some(meta(status)));
+        }
+        storage.close().await;
     }
 }

@@ -191,4 +191,14 @@ catalogue! {
         "user id of another server -> its devices and cross-signing keys as last synchronised";
     FEDERATION_DISABLED_ROOMS = "federation_disabled_rooms", Point, 1,
         "room id -> nothing; rooms an admin disabled for federation";
+    BACKWARD_EXTREMITIES = "backward_extremities", Scan, 1,
+        "(short room id, event id) -> depth hint; events referenced as prev_events but not held";
+    AUTH_CHAINS = "auth_chains", Point, 2,
+        "short event id -> the short ids of its whole auth chain, sorted; computed once";
+    BACKFILL_TIMELINE = "backfill_timeline", Scan, 1,
+        "(short room id, backfill seq growing towards older events) -> short event id";
+    PENDING_REDACTIONS = "pending_redactions", Scan, 1,
+        "(target event id, redaction short event id) -> nothing; redactions not yet applied";
+    INBOUND_PDUS = "inbound_pdus", Scan, 1,
+        "(short room id, arrival id) -> a PDU acknowledged to its sender but not yet processed";
 }

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod catalogue;
 pub mod codec;
 pub mod coherent_cache;
+pub mod dag;
 pub mod engine;
 pub mod ephemeral;
 pub mod event_cache;

@@ -33,6 +33,35 @@ pub struct RoomHeads {
     pub snapshot_chain: u32,
     pub extremities: Vec<OwnedEventId>,
     pub depth: u64,
+    /// The last place handed out in `backfill_timeline`: backfilled history counts up from
+    /// here towards older events. Kept by every write of the heads (rooms stored before
+    /// backfill existed read 0).
+    #[serde(default)]
+    pub backfill_seq: u64,
+}
+
+/// What this server made of a stored event. Only [`EventStatus::Timeline`] events are shown
+/// to clients; the others are kept because the room's DAG references them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Accepted into the room: part of the DAG and of the timeline (live or backfilled).
+    #[default]
+    Timeline,
+    /// Passed the checks against its auth events and the state before it, failed against
+    /// the current state: kept in the DAG, never shown, never a forward extremity.
+    SoftFailed,
+    /// Failed the auth rules: its state never enters a state map, its children are rejected.
+    Rejected,
+    /// Known without its place in the DAG (an auth chain or fetched state): no state of its
+    /// own, no timeline row.
+    Outlier,
+}
+
+impl EventStatus {
+    pub fn is_timeline(&self) -> bool {
+        *self == Self::Timeline
+    }
 }
 
 /// Where an event sits.
@@ -54,6 +83,12 @@ pub struct EventMeta {
     /// recorded, which are looked up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub has_children: Option<bool>,
+    /// Timeline for every event stored before statuses existed.
+    #[serde(default, skip_serializing_if = "EventStatus::is_timeline")]
+    pub status: EventStatus,
+    /// Backfilled history: its place in `backfill_timeline` (its `position` is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<u64>,
 }
 
 /// A membership as seen from the room or from the user.
@@ -98,11 +133,17 @@ pub struct UnredactedRecord {
 
 /// A state snapshot: the entries that differ from `parent`, or every entry when `parent` is
 /// none. Entries are `(short state key, short event id)` sorted by state key, so a single
-/// key is found by binary search.
+/// key is found by binary search. In a delta, the event [`Snapshot::ABSENT`] removes the key
+/// (state resolution can drop one); full snapshots never contain it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
     pub parent: Option<u64>,
     pub entries: Vec<(u64, u64)>,
+}
+
+impl Snapshot {
+    /// The entry value of a removed key. Short event ids start at 1, so it names no event.
+    pub const ABSENT: u64 = 0;
 }
 
 impl Value for Snapshot {
@@ -169,6 +210,54 @@ mod tests {
         let full = Snapshot { parent: None, entries: vec![] };
         assert_eq!(Snapshot::decode_value(&full.encode_value()), Ok(full));
         assert!(Snapshot::decode_value(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn records_stored_before_statuses_and_backfill_decode() {
+        let meta: EventMeta = serde_json::from_str(
+            r#"{"room":1,"position":2,"state_before":3,"state_after":4,"redacted":false}"#,
+        )
+        .expect("old meta");
+        assert_eq!((meta.status, meta.backfill), (EventStatus::Timeline, None));
+        // A timeline event without backfill writes exactly the old fields.
+        let written = serde_json::to_value(&meta).expect("encode");
+        assert!(written.get("status").is_none() && written.get("backfill").is_none());
+
+        let heads: RoomHeads = serde_json::from_str(
+            r#"{"snapshot":5,"snapshot_chain":1,"extremities":["$e:example.org"],"depth":9}"#,
+        )
+        .expect("old heads");
+        assert_eq!(heads.backfill_seq, 0);
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for status in [
+            EventStatus::Timeline,
+            EventStatus::SoftFailed,
+            EventStatus::Rejected,
+            EventStatus::Outlier,
+        ] {
+            let meta = EventMeta {
+                room: 1,
+                position: 0,
+                state_before: 2,
+                state_after: 2,
+                redacted: false,
+                transaction: None,
+                has_children: None,
+                status,
+                backfill: Some(3),
+            };
+            let Json(decoded) = Json::<EventMeta>::decode_value(&Json(meta.clone()).encode_value())
+                .expect("decode");
+            assert_eq!(decoded, meta);
+            assert_eq!(status.is_timeline(), status == EventStatus::Timeline);
+        }
+        assert_eq!(
+            serde_json::to_value(EventStatus::SoftFailed).expect("encode"),
+            serde_json::json!("soft_failed")
+        );
     }
 }
 

@@ -37,6 +37,7 @@ mod push;
 mod rate_limits;
 mod registration;
 mod relations;
+mod room_dag;
 mod rooms;
 mod route_walk;
 mod search;

@@ -32,9 +32,9 @@ use crate::{
         codec::Json,
         push::UnreadCounts,
         rooms::{
-            EVENT_META_TABLE, EVENT_TIMES_TABLE, EventMeta, MembershipRecord, PDUS_TABLE,
-            RELATIONS_TABLE, ROOM_HEADS_TABLE, ROOM_MEMBERS_TABLE, ROOMS_TABLE, RoomHeads,
-            RoomRecord, SEARCH_TABLE, THREADS_TABLE, TIMELINE_TABLE, TRANSACTIONS_TABLE,
+            EVENT_META_TABLE, EVENT_TIMES_TABLE, EventMeta, EventStatus, MembershipRecord,
+            PDUS_TABLE, RELATIONS_TABLE, ROOM_HEADS_TABLE, ROOM_MEMBERS_TABLE, ROOMS_TABLE,
+            RoomHeads, RoomRecord, SEARCH_TABLE, THREADS_TABLE, TIMELINE_TABLE, TRANSACTIONS_TABLE,
             UNREDACTED_TABLE, USER_ROOMS_TABLE, UnredactedRecord,
         },
         shortid::Interner,
@@ -109,6 +109,7 @@ impl RoomActor {
             chain: 0,
             extremities: Vec::new(),
             depth: 0,
+            backfill_seq: 0,
             cache: HashMap::new(),
             display_names: std::sync::Mutex::default(),
             joined: std::sync::Mutex::default(),
@@ -147,7 +148,7 @@ impl RoomActor {
                 let event_id = EventId::parse(event_id)
                     .map_err(|_| Error::internal("stored transaction event id"))?;
                 let position = match rooms::event_short(&self.storage, &event_id)? {
-                    Some(short) => rooms::event_meta(self.storage.engine(), short)?
+                    Some(short) => rooms::any_event_meta(self.storage.engine(), short)?
                         .map_or(0, |meta| meta.position),
                     None => 0,
                 };
@@ -209,7 +210,7 @@ impl RoomActor {
             );
         }
         PDUS_TABLE.put(batch, &short, &redacted.to_bytes());
-        if let Some(mut meta) = rooms::event_meta(self.storage.engine(), short)? {
+        if let Some(mut meta) = rooms::any_event_meta(self.storage.engine(), short)? {
             meta.redacted = true;
             // `accept` already marked the target in this batch if the redaction relates to
             // it; this later write of the same row must keep that mark.
@@ -297,7 +298,7 @@ impl RoomActor {
         // The parent now has a child. (A parent in this same commit has no meta stored yet;
         // `commit` marks it.)
         if let Some((parent, _)) = &relation
-            && let Some(mut meta) = rooms::event_meta(self.storage.engine(), *parent)?
+            && let Some(mut meta) = rooms::any_event_meta(self.storage.engine(), *parent)?
             && meta.has_children != Some(true)
         {
             meta.has_children = Some(true);
@@ -354,6 +355,7 @@ impl RoomActor {
                 snapshot_chain: room.chain,
                 extremities: room.extremities.clone(),
                 depth: room.depth,
+                backfill_seq: room.backfill_seq,
             }),
         );
         let room_short = room.short;
@@ -505,6 +507,8 @@ fn write_positioned(
             redacted: false,
             transaction: sent_by,
             has_children: Some(has_children),
+            status: EventStatus::Timeline,
+            backfill: None,
         }),
     );
     TIMELINE_TABLE.put(batch, &(room, position), &short);

@@ -124,7 +124,7 @@ impl RoomActor {
         // A second redaction is recorded but changes nothing: the event stays as the first
         // redaction left it.
         let already =
-            rooms::event_meta(self.storage.engine(), short)?.is_some_and(|meta| meta.redacted);
+            rooms::any_event_meta(self.storage.engine(), short)?.is_some_and(|meta| meta.redacted);
         Ok((!already).then_some((short, pdu)))
     }
 }

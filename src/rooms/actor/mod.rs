@@ -122,6 +122,8 @@ struct Loaded {
     chain: u32,
     extremities: Vec<OwnedEventId>,
     depth: u64,
+    /// Kept from the stored heads so that writing them back does not reset it.
+    backfill_seq: u64,
     cache: HashMap<u64, Arc<Pdu>>,
     /// Members' display names as push rules match them, read on first need; a member event
     /// or its redaction drops its user's entry. (A lock only because after-commit work reads
@@ -273,6 +275,7 @@ impl RoomActor {
             chain: heads.snapshot_chain,
             extremities: heads.extremities,
             depth: heads.depth,
+            backfill_seq: heads.backfill_seq,
             cache: HashMap::new(),
             display_names: std::sync::Mutex::default(),
             joined: std::sync::Mutex::default(),
