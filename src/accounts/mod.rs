@@ -8,6 +8,7 @@ pub mod passwords;
 pub mod rate_limit;
 pub mod to_device;
 pub mod tokens;
+pub mod turn;
 pub mod uia;
 
 use std::{
@@ -78,6 +79,8 @@ pub struct Accounts {
     registration_token_file: Option<std::path::PathBuf>,
     open_registration: bool,
     server_user: String,
+    /// `turn_*`: the TURN servers and credentials for calls, if configured.
+    pub turn: Option<turn::Turn>,
     time: Time,
 }
 
@@ -119,6 +122,7 @@ impl Accounts {
                 tracing::warn!(path = %path.display(), "registration_token_file holds no token");
             }
         }
+        let turn = turn::Turn::from_config(config)?;
         let forbidden_usernames = config
             .forbidden_usernames
             .iter()
@@ -142,6 +146,7 @@ impl Accounts {
             open_registration: config
                 .yes_i_am_very_very_sure_i_want_an_open_registration_server_prone_to_abuse,
             server_user: config.server_user_localpart.clone(),
+            turn,
             time,
         })
     }

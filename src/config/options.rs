@@ -312,6 +312,44 @@ config_section! {
         /// learn who the user is.
         openid_token_ttl: u64 = 3_600,
 
+        /// TURN servers clients relay voice and video calls through, handed out by
+        /// `GET /voip/turnServer` with credentials. Empty: that endpoint answers `{}` and
+        /// clients call peer to peer only.
+        ///
+        /// example: ["turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:5349"]
+        turn_uris: Vec<String> = Vec::new(),
+
+        /// The shared secret of the TURN server (coturn's `static-auth-secret`): each client
+        /// gets a username and password that expire after `turn_ttl`, computed by the TURN
+        /// REST API formula. Takes precedence over `turn_username` / `turn_password`.
+        ///
+        /// example: "n0t-a-real-secret"
+        turn_secret: Option<String> = None,
+
+        /// A file holding the TURN shared secret (surrounding whitespace ignored), read at
+        /// startup; a file that cannot be read stops the server. Used instead of
+        /// `turn_secret` when both are set.
+        ///
+        /// example: "/etc/tuwunel/.turn_secret"
+        turn_secret_file: Option<PathBuf> = None,
+
+        /// A static TURN username every client gets, when no shared secret is configured.
+        ///
+        /// example: "tuwunel"
+        turn_username: Option<String> = None,
+
+        /// The password going with `turn_username`.
+        ///
+        /// example: "n0t-a-real-password"
+        turn_password: Option<String> = None,
+
+        /// Seconds the TURN credentials stay valid (and the `ttl` clients are told).
+        turn_ttl: u64 = 86_400,
+
+        /// Give TURN credentials to guest accounts too. Off: guests are refused with
+        /// `403 M_GUEST_ACCESS_FORBIDDEN`.
+        turn_allow_guests: bool = false,
+
         /// Seconds one request to another server may take in all (connecting, sending,
         /// waiting for and reading the answer).
         federation_timeout: u64 = 300,

@@ -189,6 +189,8 @@ fn guest_allowed(method: &Method, path: &str) -> bool {
             | ("PUT", ["rooms", _, "typing", _])
             | ("POST", ["rooms", _, "receipt", ..])
             | ("POST", ["rooms", _, "read_markers"])
+            // Refused in the handler unless `turn_allow_guests`.
+            | ("GET", ["voip", "turnServer"])
     )
 }
 

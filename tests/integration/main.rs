@@ -10,6 +10,7 @@ mod actors;
 mod admin_room;
 mod binary;
 mod bounds;
+mod calls;
 mod clients;
 mod common;
 mod config;

@@ -1,5 +1,6 @@
 //! What a server refuses at startup, and what stops it once running: a database of another
-//! `server_name`, an unreadable `registration_token_file`, and a Writer thread that died; and
+//! `server_name`, an unreadable `registration_token_file` or
+//! `turn_secret_file`, and a Writer thread that died; and
 //! the clock a server is started with.
 
 use std::time::Duration;
@@ -46,6 +47,16 @@ async fn an_unreadable_registration_token_file_stops_the_start() {
     let error = start_error(dir.path(), &[option.as_str()]).await;
     assert!(error.contains("registration_token_file"), "{error}");
     assert!(error.contains("no-such-token-file"), "{error}");
+}
+
+#[tokio::test]
+async fn an_unreadable_turn_secret_file_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-turn-secret");
+    let option = format!("turn_secret_file=\"{}\"", missing.display());
+    let error = start_error(dir.path(), &[option.as_str()]).await;
+    assert!(error.contains("turn_secret_file"), "{error}");
+    assert!(error.contains("no-such-turn-secret"), "{error}");
 }
 
 #[tokio::test]
