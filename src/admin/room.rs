@@ -30,13 +30,7 @@ use crate::{
         initial_state::{InitialState, Preset, create_content},
         pdu::canonical_content,
     },
-    storage::{
-        Batch,
-        codec::Json,
-        meta::RECORDS,
-        rooms::{ALIASES_TABLE, AliasRecord, ROOM_ALIASES_TABLE},
-        users::UserRecord,
-    },
+    storage::{Batch, meta::RECORDS, users::UserRecord},
 };
 
 const ADMIN_ROOM: &str = "admin_room_id";
@@ -115,16 +109,12 @@ pub async fn ensure(services: &Arc<Services>) -> Result<OwnedRoomId> {
     state.topic = Some(topic);
     let (create, then) = state.templates()?;
     let (room_id, _) = services.rooms.create(version, create, then).await?;
-    let _aliases = services.rooms.aliases.lock().await;
+    let aliases = &services.rooms.aliases;
+    let alias_lock = aliases.lock().await;
     let mut batch = Batch::new();
-    ALIASES_TABLE.put(
-        &mut batch,
-        &alias.to_string(),
-        &Json(AliasRecord { room_id: room_id.clone(), creator: server_user.clone() }),
-    );
-    ROOM_ALIASES_TABLE.put(&mut batch, &(room_id.to_string(), alias.to_string()), &());
+    aliases.put(&alias_lock, &mut batch, &alias, &room_id, &server_user);
     RECORDS.put(&mut batch, &ADMIN_ROOM.to_owned(), &room_id.to_string().into_bytes());
-    services.storage.writer().commit(batch).await?;
+    aliases.commit(&alias_lock, batch).await?;
     tracing::info!(room = %room_id, %alias, "created the admin room");
     Ok(room_id)
 }

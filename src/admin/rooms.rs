@@ -32,7 +32,7 @@ pub(super) enum RoomsCommand {
 fn resolve(services: &Services, room: &str) -> Result<ruma::OwnedRoomId> {
     let target = RoomOrAliasId::parse(room)
         .map_err(|error| Error::invalid_param(format!("{room}: {error}")))?;
-    crate::http::client::rooms::resolve(services, &target)
+    services.rooms.aliases.resolve_room(&target)
 }
 
 fn name(services: &Services, room: &RoomId) -> String {

@@ -2,18 +2,13 @@
 //! into pages. Our clients' `/publicRooms` and other servers' `/publicRooms` read the same
 //! pages; publishing a room is the client API's business.
 
-use std::ops::ControlFlow;
-
 use ruma::{
-    RoomId, UInt,
+    UInt,
     directory::{Filter, PublicRoomsChunk, RoomNetwork},
 };
 
-use super::summary::RoomInfo;
-use crate::{
-    Error, Result,
-    storage::{Direction, Storage, rooms::PUBLISHED_ROOMS_TABLE},
-};
+use super::{aliases::Aliases, summary::RoomInfo};
+use crate::{Error, Result, storage::Storage};
 
 /// Most rooms one page holds (also the page size when none is asked for).
 pub const MAX_PAGE: usize = 500;
@@ -59,22 +54,10 @@ pub struct Page {
 }
 
 /// The published rooms this server knows that pass `filter`, largest first.
-fn published_rooms(storage: &Storage, filter: &Filter) -> Result<Vec<RoomInfo>> {
-    let mut ids = Vec::new();
-    PUBLISHED_ROOMS_TABLE.scan(
-        storage.engine(),
-        &[],
-        None,
-        Direction::Forward,
-        |room_id, ()| {
-            ids.push(room_id);
-            ControlFlow::Continue(())
-        },
-    )?;
+fn published_rooms(storage: &Storage, aliases: &Aliases, filter: &Filter) -> Result<Vec<RoomInfo>> {
     let term = filter.generic_search_term.as_deref().map(str::trim).filter(|term| !term.is_empty());
     let mut rooms = Vec::new();
-    for room_id in ids {
-        let Ok(room_id) = RoomId::parse(room_id) else { continue };
+    for room_id in aliases.published()? {
         let Some(info) = RoomInfo::load(storage, &room_id)? else { continue };
         if !filter.room_types.is_empty()
             && !filter.room_types.iter().any(|wanted| wanted.as_str() == info.room_type.as_deref())
@@ -93,14 +76,16 @@ fn published_rooms(storage: &Storage, filter: &Filter) -> Result<Vec<RoomInfo>> 
 }
 
 /// One page of this server's directory.
-pub fn page(storage: &Storage, request: &PageRequest<'_>) -> Result<Page> {
+pub fn page(storage: &Storage, aliases: &Aliases, request: &PageRequest<'_>) -> Result<Page> {
     let limit = match request.limit.map(u64::from) {
         None | Some(0) => MAX_PAGE,
         Some(limit) => usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_PAGE),
     };
     let since = request.since.map(Since::parse).transpose()?;
     let rooms = match request.network {
-        RoomNetwork::Matrix | RoomNetwork::All => published_rooms(storage, &request.filter)?,
+        RoomNetwork::Matrix | RoomNetwork::All => {
+            published_rooms(storage, aliases, &request.filter)?
+        }
         // No application service offers third-party networks here.
         _ => Vec::new(),
     };

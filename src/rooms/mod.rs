@@ -1,8 +1,10 @@
-//! Rooms: events, state, membership and the read paths over them. Writes happen in the
-//! room's actor ([`actor`]); everything here reads (and, for the space hierarchy, asks
-//! other servers about rooms this server is not in).
+//! Rooms: events, state, membership and the read paths over them. A room's own data is
+//! written by its actor ([`actor`]); the global alias and directory rows by [`aliases`].
+//! The rest reads (and, for the space hierarchy, asks other servers about rooms this server
+//! is not in).
 
 pub mod actor;
+pub mod aliases;
 pub mod builder;
 pub mod content;
 pub mod directory;
@@ -49,6 +51,18 @@ use crate::{
 /// The record of a room this server knows.
 pub fn room(storage: &Storage, room_id: &RoomId) -> Result<Option<RoomRecord>> {
     storage.caches().room(storage.engine(), room_id.as_str())
+}
+
+/// The record of a room this server knows; `M_NOT_FOUND` for any other.
+pub fn require_room(storage: &Storage, room_id: &RoomId) -> Result<RoomRecord> {
+    room(storage, room_id)?.ok_or_else(|| Error::not_found("Unknown room."))
+}
+
+/// The state snapshot a room is at now.
+pub fn current_snapshot(storage: &Storage, record: &RoomRecord) -> Result<u64> {
+    Ok(heads(storage.engine(), record.short)?
+        .ok_or_else(|| Error::not_found("Unknown room."))?
+        .snapshot)
 }
 
 /// The head (current snapshot, extremities) of a room.
@@ -188,41 +202,6 @@ pub fn joined_rooms(reader: &(impl Read + ?Sized), user: &UserId) -> Result<Vec<
         .collect())
 }
 
-/// The room a local alias points to, with the servers of its joined members (ours first):
-/// what a client's or another server's alias lookup answers. `None` for an unknown alias.
-pub fn resolve_local_alias(
-    storage: &Storage,
-    alias: &ruma::RoomAliasId,
-) -> Result<Option<(OwnedRoomId, Vec<OwnedServerName>)>> {
-    let Some(Json(record)) =
-        crate::storage::rooms::ALIASES_TABLE.get(storage.engine(), &alias.to_string())?
-    else {
-        return Ok(None);
-    };
-    let own = alias.server_name().to_owned();
-    let mut servers = vec![own.clone()];
-    if let Some(room) = room(storage, &record.room_id)? {
-        let mut others = std::collections::BTreeSet::new();
-        crate::storage::rooms::ROOM_MEMBERS_TABLE.scan(
-            storage.engine(),
-            &crate::storage::codec::prefix(&room.short),
-            None,
-            crate::storage::Direction::Forward,
-            |(_, user), Json(member)| {
-                if member.membership == "join"
-                    && let Ok(user) = UserId::parse(&user)
-                    && user.server_name() != own
-                {
-                    others.insert(user.server_name().to_owned());
-                }
-                std::ops::ControlFlow::Continue(())
-            },
-        )?;
-        servers.extend(others);
-    }
-    Ok(Some((record.room_id, servers)))
-}
-
 /// Whether `user` is currently joined to `room_id`.
 pub fn is_joined(reader: &(impl Read + ?Sized), room_id: &RoomId, user: &UserId) -> Result<bool> {
     Ok(membership(reader, room_id, user)?.is_some_and(|record| record.membership == "join"))
@@ -344,8 +323,8 @@ pub struct Rooms {
     storage: Arc<Storage>,
     key: Arc<SigningKey>,
     server_name: OwnedServerName,
-    /// Serialises changes to the global alias namespace.
-    pub aliases: tokio::sync::Mutex<()>,
+    /// Local aliases and the published room directory.
+    pub aliases: Arc<aliases::Aliases>,
     /// Who is typing where (written by room actors).
     pub typing: Arc<typing::Typing>,
     pub hub: Arc<SyncHub>,
@@ -387,12 +366,13 @@ impl Rooms {
             outbox: crate::federation::outbox::Outbox::from_config(config),
         };
         let actors = actors.registry(behaviour, limits).await?;
+        let aliases = Arc::new(aliases::Aliases::new(config, Arc::clone(&storage)));
         Ok(Self {
             actors,
             storage,
             key,
             server_name: config.server_name.clone(),
-            aliases: tokio::sync::Mutex::new(()),
+            aliases,
             typing,
             hub,
             remote_spaces: spaces::RemoteSpaces::default(),

@@ -6,8 +6,7 @@
 use std::{collections::HashSet, ops::ControlFlow, sync::Arc};
 
 use ruma::{
-    OwnedRoomId, OwnedUserId, RoomId, UserId,
-    api::client::user_directory::search_users::v3 as search_users,
+    OwnedRoomId, OwnedUserId, UserId, api::client::user_directory::search_users::v3 as search_users,
 };
 
 use crate::http::routes::Routes;
@@ -17,7 +16,6 @@ use crate::{
     storage::{
         Direction,
         codec::{Json, Prefix},
-        rooms::PUBLISHED_ROOMS_TABLE,
         users::{PROFILES_TABLE, USERS_TABLE},
     },
 };
@@ -44,18 +42,7 @@ fn discoverable(services: &Services, searcher: &UserId) -> Result<Option<HashSet
     }
     let mut rooms: Vec<OwnedRoomId> =
         crate::rooms::joined_rooms(services.storage.engine(), searcher)?;
-    PUBLISHED_ROOMS_TABLE.scan(
-        services.storage.engine(),
-        &Prefix::all(),
-        None,
-        Direction::Forward,
-        |room, ()| {
-            if let Ok(room) = RoomId::parse(room) {
-                rooms.push(room);
-            }
-            ControlFlow::Continue(())
-        },
-    )?;
+    rooms.extend(services.rooms.aliases.published()?);
     let mut users = HashSet::from([searcher.to_string()]);
     for room in rooms {
         if let Some(record) = crate::rooms::room(&services.storage, &room)? {

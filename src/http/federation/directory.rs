@@ -25,7 +25,7 @@ fn page(services: &Services, origin: &ServerName, request: &PageRequest<'_>) -> 
             "This server does not share its room directory with {origin}."
         )));
     }
-    directory::page(&services.storage, request)
+    directory::page(&services.storage, &services.rooms.aliases, request)
 }
 
 pub(super) async fn public_rooms(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ruma::api::federation::query::{get_profile_information, get_room_information};
 
 use super::Signed;
-use crate::{Error, Result, Services, rooms};
+use crate::{Error, Result, Services};
 
 pub(super) async fn profile(
     services: Arc<Services>,
@@ -43,7 +43,10 @@ pub(super) async fn directory(
     if alias.server_name() != services.config.server_name {
         return Err(Error::invalid_param(format!("{alias} is not an alias of this server.")));
     }
-    let (room_id, servers) = rooms::resolve_local_alias(&services.storage, alias)?
+    let (room_id, servers) = services
+        .rooms
+        .aliases
+        .resolve_with_servers(alias)?
         .ok_or_else(|| Error::not_found(format!("Room alias {alias} not found.")))?;
     Ok(get_room_information::v1::Response::new(room_id, servers))
 }

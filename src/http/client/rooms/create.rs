@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use ruma::{
-    CanonicalJsonObject, OwnedRoomAliasId, OwnedUserId, RoomAliasId,
+    CanonicalJsonObject, OwnedUserId,
     api::{
         client::room::{Visibility, create_room::v3 as create_room},
         error::ErrorKind,
@@ -33,11 +33,7 @@ use crate::{
         initial_state::{InitialState, Preset, create_content, room_power_levels},
         pdu::canonical_content,
     },
-    storage::{
-        Batch,
-        codec::Json,
-        rooms::{ALIASES_TABLE, AliasRecord, PUBLISHED_ROOMS_TABLE, ROOM_ALIASES_TABLE},
-    },
+    storage::Batch,
 };
 
 /// The spec's room visibilities (createRoom and the room directory).
@@ -52,31 +48,6 @@ pub(super) fn routes(router: Routes) -> Routes {
 
 fn object(value: JsonValue) -> Result<CanonicalJsonObject> {
     canonical_content(value)
-}
-
-/// Validates `room_alias_name` and builds the alias.
-pub(crate) fn local_alias(services: &Services, name: &str) -> Result<OwnedRoomAliasId> {
-    if name.is_empty() || name.contains(':') || name.contains(char::is_whitespace) {
-        return Err(Error::invalid_param(
-            "The alias name must be a localpart without ':' or spaces.",
-        ));
-    }
-    let alias = RoomAliasId::parse(format!("#{name}:{}", services.config.server_name))
-        .map_err(|error| Error::invalid_param(format!("Invalid alias: {error}")))?;
-    let forbidden = services
-        .config
-        .forbidden_alias_names
-        .iter()
-        .filter_map(|pattern| regex::Regex::new(pattern).ok())
-        .any(|pattern| pattern.is_match(name));
-    if forbidden {
-        return Err(Error::matrix(
-            StatusCode::BAD_REQUEST,
-            ErrorKind::Exclusive,
-            "This alias is reserved on this server.",
-        ));
-    }
-    Ok(alias)
 }
 
 fn alias_in_use() -> Error {
@@ -120,11 +91,12 @@ async fn create(
         }
     }
 
+    let aliases = &services.rooms.aliases;
     let alias =
-        body.room_alias_name.as_deref().map(|name| local_alias(&services, name)).transpose()?;
-    let _alias_lock = services.rooms.aliases.lock().await;
+        body.room_alias_name.as_deref().map(|name| aliases.validate_local(name)).transpose()?;
+    let alias_lock = aliases.lock().await;
     if let Some(alias) = &alias
-        && ALIASES_TABLE.contains(services.storage.engine(), &alias.to_string())?
+        && aliases.is_taken(alias)?
     {
         return Err(alias_in_use());
     }
@@ -218,19 +190,12 @@ async fn create(
 
     let mut batch = Batch::new();
     if let Some(alias) = &alias {
-        ALIASES_TABLE.put(
-            &mut batch,
-            &alias.to_string(),
-            &Json(AliasRecord { room_id: room_id.clone(), creator: creator.clone() }),
-        );
-        ROOM_ALIASES_TABLE.put(&mut batch, &(room_id.to_string(), alias.to_string()), &());
+        aliases.put(&alias_lock, &mut batch, alias, &room_id, &creator);
     }
     if body.visibility == Visibility::Public {
-        PUBLISHED_ROOMS_TABLE.put(&mut batch, &room_id.to_string(), &());
+        aliases.publish(&alias_lock, &mut batch, &room_id, true);
     }
-    if !batch.is_empty() {
-        services.storage.writer().commit(batch).await?;
-    }
+    aliases.commit(&alias_lock, batch).await?;
     tracing::info!(room = %room_id, %creator, version = %version_name, "created a room");
     Ok(create_room::Response::new(room_id))
 }

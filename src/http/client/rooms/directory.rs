@@ -2,14 +2,13 @@
 //! a room's visibility in the published room directory, and that directory itself
 //! (`/publicRooms`, ours from `rooms::directory`, another server's asked of it).
 //!
-//! Alias and publication rows are global (not one room's data), so they are written here, in
-//! one batch, while holding the server's alias lock.
+//! The rows and the rules are the domain's (`rooms::aliases`); these handlers map requests
+//! and answers.
 
-use std::{ops::ControlFlow, sync::Arc};
+use std::sync::Arc;
 
-use axum::http::StatusCode;
 use ruma::{
-    OwnedRoomAliasId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId, UInt, UserId,
+    OwnedServerName, UInt,
     api::{
         client::{
             alias::{create_alias, delete_alias, get_alias},
@@ -19,31 +18,17 @@ use ruma::{
             },
             room::{Visibility, aliases},
         },
-        error::ErrorKind,
         federation::{directory as federation_directory, query::get_room_information},
     },
     directory::{Filter, RoomNetwork},
-    events::{StateEventType, TimelineEventType},
 };
-use serde_json::Value as JsonValue;
 
-use super::{create::local_alias, require_room, send};
+use super::require_room;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     http::ruma::{Ruma, route},
-    limits,
-    rooms::{
-        self, builder::Template, directory::PageRequest, pdu::canonical_content,
-        power_levels::Powers,
-    },
-    storage::{
-        Batch, Direction,
-        codec::{Json, prefix},
-        rooms::{
-            ALIASES_TABLE, AliasRecord, PUBLISHED_ROOMS_TABLE, ROOM_ALIASES_TABLE, RoomRecord,
-        },
-    },
+    rooms::{self, aliases::Aliases, directory::PageRequest},
 };
 
 pub(super) fn routes(router: Routes) -> Routes {
@@ -58,42 +43,7 @@ pub(super) fn routes(router: Routes) -> Routes {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Permissions
-
-/// The state snapshot a room is at now.
-pub(super) fn current_snapshot(services: &Services, record: &RoomRecord) -> Result<u64> {
-    Ok(rooms::heads(services.storage.engine(), record.short)?
-        .ok_or_else(|| Error::not_found("Unknown room."))?
-        .snapshot)
-}
-
-/// Whether `user` is joined to the room and may send `m.room.canonical_alias` there: who may
-/// curate a room's aliases and its place in the directory.
-fn may_manage_listing(
-    services: &Services,
-    room_id: &RoomId,
-    record: &RoomRecord,
-    user: &UserId,
-) -> Result<bool> {
-    Ok(rooms::is_joined(services.storage.engine(), room_id, user)?
-        && Powers::load(&services.storage, &record.version, current_snapshot(services, record)?)?
-            .may_send_state(user, &StateEventType::RoomCanonicalAlias))
-}
-
-// ---------------------------------------------------------------------------------------------
 // Aliases
-
-fn alias_taken(alias: &RoomAliasId) -> Error {
-    Error::matrix(
-        StatusCode::CONFLICT,
-        ErrorKind::RoomInUse,
-        format!("Room alias {alias} already exists."),
-    )
-}
-
-fn unknown_alias(alias: &RoomAliasId) -> Error {
-    Error::not_found(format!("Room alias {alias} not found."))
-}
 
 async fn put_alias(
     services: Arc<Services>,
@@ -108,36 +58,8 @@ async fn put_alias(
         )));
     }
     // The same localpart rules (and reserved names) as an alias given to /createRoom.
-    let alias = local_alias(&services, body.room_alias.alias())?;
-    require_room(&services, &body.room_id)?;
-    if !rooms::is_joined(services.storage.engine(), &body.room_id, &sender.user_id)? {
-        return Err(Error::forbidden("You must be joined to a room to give it an alias."));
-    }
-    let key = alias.to_string();
-    let _aliases = services.rooms.aliases.lock().await;
-    let engine = services.storage.engine();
-    if ALIASES_TABLE.contains(engine, &key)? {
-        return Err(alias_taken(&alias));
-    }
-    // Under the alias lock, so two new aliases cannot both take the last place.
-    let room_aliases = prefix(&body.room_id.as_str());
-    if ROOM_ALIASES_TABLE.count(engine, &room_aliases, limits::MAX_ROOM_ALIASES)?
-        >= limits::MAX_ROOM_ALIASES
-    {
-        return Err(Error::field_too_large(format!(
-            "A room can have at most {} aliases on this server; remove one first.",
-            limits::MAX_ROOM_ALIASES
-        )));
-    }
-    let mut batch = Batch::new();
-    ALIASES_TABLE.put(
-        &mut batch,
-        &key,
-        &Json(AliasRecord { room_id: body.room_id.clone(), creator: sender.user_id.clone() }),
-    );
-    ROOM_ALIASES_TABLE.put(&mut batch, &(body.room_id.to_string(), key), &());
-    services.storage.writer().commit(batch).await?;
-    tracing::info!(%alias, room = %body.room_id, user = %sender.user_id, "created a room alias");
+    let alias = services.rooms.aliases.validate_local(body.room_alias.alias())?;
+    services.rooms.create_alias(&alias, &body.room_id, &sender.user_id).await?;
     Ok(create_alias::v3::Response::new())
 }
 
@@ -155,51 +77,12 @@ async fn get_room_alias(
             .map_err(|error| error.into_client_error(&format!("Room alias {alias}")))?;
         return Ok(get_alias::v3::Response::new(response.room_id, response.servers));
     }
-    let (room_id, servers) = rooms::resolve_local_alias(&services.storage, &alias)?
-        .ok_or_else(|| unknown_alias(&alias))?;
+    let (room_id, servers) = services
+        .rooms
+        .aliases
+        .resolve_with_servers(&alias)?
+        .ok_or_else(|| Aliases::unknown(&alias))?;
     Ok(get_alias::v3::Response::new(room_id, servers))
-}
-
-/// Drops `alias` from the room's `m.room.canonical_alias`, as the user removing the alias.
-/// The alias is gone either way; lacking the power to update the event is not an error.
-async fn forget_canonical_alias(
-    services: &Services,
-    room_id: &RoomId,
-    alias: &RoomAliasId,
-    user: &OwnedUserId,
-) -> Result<()> {
-    let Some(event) =
-        rooms::current_state_event(&services.storage, room_id, "m.room.canonical_alias", "")?
-    else {
-        return Ok(());
-    };
-    let mut content = event.content_value();
-    let Some(object) = content.as_object_mut() else {
-        return Ok(());
-    };
-    let mut changed = false;
-    if object.get("alias").and_then(JsonValue::as_str) == Some(alias.as_str()) {
-        object.remove("alias");
-        changed = true;
-    }
-    if let Some(JsonValue::Array(alt)) = object.get_mut("alt_aliases") {
-        let before = alt.len();
-        alt.retain(|other| other.as_str() != Some(alias.as_str()));
-        changed |= alt.len() != before;
-    }
-    if !changed {
-        return Ok(());
-    }
-    let template = Template::state(
-        TimelineEventType::RoomCanonicalAlias,
-        "",
-        user,
-        canonical_content(content)?,
-    );
-    if let Err(error) = send(services, room_id, template, None).await {
-        tracing::debug!(%alias, room = %room_id, %error, "could not update the canonical alias");
-    }
-    Ok(())
 }
 
 async fn remove_alias(
@@ -209,50 +92,11 @@ async fn remove_alias(
     let sender = request.sender()?.clone();
     let alias = request.body.room_alias;
     if alias.server_name() != services.config.server_name {
-        return Err(unknown_alias(&alias));
+        return Err(Aliases::unknown(&alias));
     }
-    let key = alias.to_string();
-    let _aliases = services.rooms.aliases.lock().await;
-    let Some(Json(record)) = ALIASES_TABLE.get(services.storage.engine(), &key)? else {
-        return Err(unknown_alias(&alias));
-    };
     let user = &sender.user_id;
-    let allowed = record.creator == *user
-        || services.accounts.is_admin(user)
-        || match rooms::room(&services.storage, &record.room_id)? {
-            Some(room) => may_manage_listing(&services, &record.room_id, &room, user)?,
-            None => false,
-        };
-    if !allowed {
-        return Err(Error::forbidden(
-            "Only the alias's creator, a server admin or a room moderator may remove it.",
-        ));
-    }
-    let mut batch = Batch::new();
-    ALIASES_TABLE.delete(&mut batch, &key);
-    ROOM_ALIASES_TABLE.delete(&mut batch, &(record.room_id.to_string(), key));
-    services.storage.writer().commit(batch).await?;
-    tracing::info!(%alias, room = %record.room_id, %user, "removed a room alias");
-    forget_canonical_alias(&services, &record.room_id, &alias, user).await?;
+    services.rooms.remove_alias(&alias, user, services.accounts.is_admin(user)).await?;
     Ok(delete_alias::v3::Response::new())
-}
-
-/// The local aliases of a room, in alias order.
-pub(super) fn room_aliases(services: &Services, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
-    let mut aliases = Vec::new();
-    ROOM_ALIASES_TABLE.scan(
-        services.storage.engine(),
-        &prefix(&room_id.as_str()),
-        None,
-        Direction::Forward,
-        |(_, alias), ()| {
-            if let Ok(alias) = RoomAliasId::parse(alias) {
-                aliases.push(alias);
-            }
-            ControlFlow::Continue(())
-        },
-    )?;
-    Ok(aliases)
 }
 
 async fn local_aliases(
@@ -268,7 +112,7 @@ async fn local_aliases(
         || services.accounts.is_admin(user)
         || rooms::state_event(
             &services.storage,
-            current_snapshot(&services, &record)?,
+            rooms::current_snapshot(&services.storage, &record)?,
             "m.room.history_visibility",
             "",
         )?
@@ -277,7 +121,7 @@ async fn local_aliases(
     if !allowed {
         return Err(Error::forbidden("You are not a member of this room."));
     }
-    Ok(aliases::v3::Response::new(room_aliases(&services, &room_id)?))
+    Ok(aliases::v3::Response::new(services.rooms.aliases.room_aliases(&room_id)?))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,12 +133,11 @@ async fn get_visibility(
 ) -> Result<get_room_visibility::v3::Response> {
     let room_id = request.body.room_id;
     require_room(&services, &room_id)?;
-    let visibility =
-        if PUBLISHED_ROOMS_TABLE.contains(services.storage.engine(), &room_id.to_string())? {
-            Visibility::Public
-        } else {
-            Visibility::Private
-        };
+    let visibility = if services.rooms.aliases.is_published(&room_id)? {
+        Visibility::Public
+    } else {
+        Visibility::Private
+    };
     Ok(get_room_visibility::v3::Response::new(visibility))
 }
 
@@ -304,7 +147,7 @@ async fn set_visibility(
 ) -> Result<set_room_visibility::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
-    let record = require_room(&services, &body.room_id)?;
+    require_room(&services, &body.room_id)?;
     let publish = match body.visibility {
         Visibility::Public => true,
         Visibility::Private => false,
@@ -316,23 +159,10 @@ async fn set_visibility(
         }
     };
     let user = &sender.user_id;
-    if !services.accounts.is_admin(user)
-        && !may_manage_listing(&services, &body.room_id, &record, user)?
-    {
-        return Err(Error::forbidden(
-            "Only room members allowed to change the room's canonical alias may list it.",
-        ));
-    }
-    let key = body.room_id.to_string();
-    let _aliases = services.rooms.aliases.lock().await;
-    let mut batch = Batch::new();
-    if publish {
-        PUBLISHED_ROOMS_TABLE.put(&mut batch, &key, &());
-    } else {
-        PUBLISHED_ROOMS_TABLE.delete(&mut batch, &key);
-    }
-    services.storage.writer().commit(batch).await?;
-    tracing::info!(room = %body.room_id, %user, publish, "changed the room's directory visibility");
+    services
+        .rooms
+        .set_published(&body.room_id, user, services.accounts.is_admin(user), publish)
+        .await?;
     Ok(set_room_visibility::v3::Response::new())
 }
 
@@ -351,7 +181,7 @@ async fn directory_page(
     let mut response = get_public_rooms_filtered::v3::Response::new();
     let remote = server.filter(|server| **server != services.config.server_name);
     let Some(server) = remote else {
-        let page = rooms::directory::page(&services.storage, &request)?;
+        let page = rooms::directory::page(&services.storage, &services.rooms.aliases, &request)?;
         response.chunk = page.chunk;
         response.next_batch = page.next_batch;
         response.prev_batch = page.prev_batch;

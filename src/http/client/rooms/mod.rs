@@ -12,7 +12,7 @@ mod send;
 mod upgrade;
 
 use ruma::{
-    OwnedMxcUri, OwnedRoomId, RoomAliasId, RoomId, RoomOrAliasId, UserId,
+    OwnedMxcUri, OwnedRoomId, RoomId, RoomOrAliasId, UserId,
     events::room::member::{MembershipState, RoomMemberEventContent},
 };
 
@@ -21,7 +21,7 @@ use crate::{
     Error, Result, Services,
     rooms::actor::{SendRequest, Sent, Transaction},
     rooms::builder::Template,
-    storage::{codec::Json, rooms::ALIASES_TABLE, users::PROFILES_TABLE},
+    storage::users::PROFILES_TABLE,
 };
 
 pub(in crate::http) fn routes(router: Routes) -> Routes {
@@ -39,23 +39,7 @@ pub(in crate::http) fn routes(router: Routes) -> Routes {
 
 /// A room id as given, or the room an alias of this server points to.
 pub(crate) fn resolve(services: &Services, target: &RoomOrAliasId) -> Result<OwnedRoomId> {
-    match <&RoomId>::try_from(target) {
-        Ok(room_id) => Ok(room_id.to_owned()),
-        Err(alias) => resolve_alias(services, alias),
-    }
-}
-
-/// The room an alias points to.
-pub(crate) fn resolve_alias(services: &Services, alias: &RoomAliasId) -> Result<OwnedRoomId> {
-    if alias.server_name() != services.config.server_name {
-        return Err(Error::not_found(
-            "Aliases of other servers cannot be resolved without federation.",
-        ));
-    }
-    ALIASES_TABLE
-        .get(services.storage.engine(), &alias.to_string())?
-        .map(|Json(record)| record.room_id)
-        .ok_or_else(|| Error::not_found("No room has this alias."))
+    services.rooms.aliases.resolve_room(target)
 }
 
 /// Fails with `M_NOT_FOUND` unless this server knows the room.
@@ -63,7 +47,7 @@ pub(crate) fn require_room(
     services: &Services,
     room_id: &RoomId,
 ) -> Result<crate::storage::rooms::RoomRecord> {
-    crate::rooms::room(&services.storage, room_id)?.ok_or_else(|| Error::not_found("Unknown room."))
+    crate::rooms::require_room(&services.storage, room_id)
 }
 
 /// Content of a membership event for `user`, with their display name and avatar when they

@@ -21,7 +21,7 @@ use crate::{
         self, state,
         timeline::{self, Token, Viewer},
     },
-    storage::{Direction, rooms::PUBLISHED_ROOMS_TABLE},
+    storage::Direction,
 };
 
 /// Messages an initial snapshot carries, as Synapse's default.
@@ -99,8 +99,7 @@ async fn initial_sync(
     if let Some(start) = page.next {
         messages["start"] = JsonValue::String(start.to_string());
     }
-    let published =
-        PUBLISHED_ROOMS_TABLE.contains(services.storage.engine(), &room_id.to_string())?;
+    let published = services.rooms.aliases.is_published(&room_id)?;
     let mut response = json!({
         "room_id": room_id,
         "state": state_events,

@@ -3,16 +3,12 @@
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use ruma::{
-    CanonicalJsonValue, RoomAliasId, RoomId,
-    api::{
-        client::{
-            message::send_message_event,
-            redact::redact_event,
-            state::{get_state_event_for_key, get_state_events, send_state_event},
-        },
-        error::ErrorKind,
+    CanonicalJsonValue,
+    api::client::{
+        message::send_message_event,
+        redact::redact_event,
+        state::{get_state_event_for_key, get_state_events, send_state_event},
     },
     events::{TimelineEventType, room::redaction::RoomRedactionEventContent},
     serde::Raw,
@@ -30,7 +26,6 @@ use crate::{
     },
     rooms::actor::Transaction,
     rooms::{self, builder::Template, pdu::canonical_content, state, timeline},
-    storage::{codec::Json, rooms::ALIASES_TABLE},
     sync::hub::Hold,
 };
 
@@ -112,40 +107,6 @@ async fn send_message(
     Ok(Held { response, guard })
 }
 
-/// Aliases in a canonical alias event must exist and point to the room.
-fn check_canonical_alias(services: &Services, room_id: &RoomId, content: &JsonValue) -> Result<()> {
-    let mut aliases: Vec<&str> =
-        content.get("alias").and_then(JsonValue::as_str).into_iter().collect();
-    aliases.extend(
-        content
-            .get("alt_aliases")
-            .and_then(JsonValue::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(JsonValue::as_str),
-    );
-    for alias in aliases {
-        let bad = |reason: &str| {
-            Error::matrix(
-                StatusCode::BAD_REQUEST,
-                ErrorKind::BadAlias,
-                format!("{alias}: {reason}"),
-            )
-        };
-        let parsed = RoomAliasId::parse(alias).map_err(|_| bad("not a valid alias"))?;
-        if parsed.server_name() != services.config.server_name {
-            // Aliases of other servers cannot be checked without federation; accept them.
-            continue;
-        }
-        match ALIASES_TABLE.get(services.storage.engine(), &alias.to_owned())? {
-            Some(Json(record)) if record.room_id == room_id => {}
-            Some(_) => return Err(bad("points to another room")),
-            None => return Err(bad("does not exist")),
-        }
-    }
-    Ok(())
-}
-
 async fn send_state(
     services: Arc<Services>,
     request: Ruma<send_state_event::v3::Request>,
@@ -155,7 +116,7 @@ async fn send_state(
     let content = content_of(&body.body)?;
     let kind = body.event_type.to_string();
     if kind == "m.room.canonical_alias" {
-        check_canonical_alias(&services, &body.room_id, &content)?;
+        services.rooms.aliases.check_canonical_alias(&body.room_id, &content)?;
     }
     if kind == "m.room.create" {
         return Err(Error::forbidden("The create event cannot be replaced."));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use ruma::{
-    CanonicalJsonObject, Int, OwnedRoomId, OwnedUserId, RoomId,
+    CanonicalJsonObject, Int, OwnedUserId, RoomId,
     api::{client::room::upgrade_room::v3 as upgrade_room, error::ErrorKind},
     events::{
         StateEventType, TimelineEventType,
@@ -21,10 +21,7 @@ use ruma::{
 };
 use serde_json::{Map, Value as JsonValue, json};
 
-use super::{
-    directory::{current_snapshot, room_aliases},
-    member_content, require_room, send,
-};
+use super::{member_content, require_room, send};
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
@@ -40,11 +37,7 @@ use crate::{
         power_levels::{Powers, explicit_levels},
         state,
     },
-    storage::{
-        Batch,
-        codec::Json,
-        rooms::{ALIASES_TABLE, PUBLISHED_ROOMS_TABLE, ROOM_ALIASES_TABLE},
-    },
+    storage::Batch,
 };
 
 /// State copied to the replacement room (besides the power levels), in sending order.
@@ -114,33 +107,6 @@ fn new_room_levels(
     Levels { initial: explicit_levels(&raised), restore: Some(explicit_levels(&levels)) }
 }
 
-/// Re-points the old room's local aliases and its directory listing to the new room.
-async fn move_aliases(services: &Services, old: &RoomId, new: &OwnedRoomId) -> Result<()> {
-    let engine = services.storage.engine();
-    let mut batch = Batch::new();
-    for alias in room_aliases(services, old)? {
-        let key = alias.to_string();
-        ROOM_ALIASES_TABLE.delete(&mut batch, &(old.to_string(), key.clone()));
-        match ALIASES_TABLE.get(engine, &key)? {
-            Some(Json(mut record)) if record.room_id == old => {
-                record.room_id = new.clone();
-                ALIASES_TABLE.put(&mut batch, &key, &Json(record));
-                ROOM_ALIASES_TABLE.put(&mut batch, &(new.to_string(), key), &());
-            }
-            // A stale index row: the alias went elsewhere (or away) already.
-            _ => {}
-        }
-    }
-    if PUBLISHED_ROOMS_TABLE.contains(engine, &old.to_string())? {
-        PUBLISHED_ROOMS_TABLE.delete(&mut batch, &old.to_string());
-        PUBLISHED_ROOMS_TABLE.put(&mut batch, &new.to_string(), &());
-    }
-    if !batch.is_empty() {
-        services.storage.writer().commit(batch).await?;
-    }
-    Ok(())
-}
-
 /// Sends a state event whose failure should not undo an upgrade that already happened.
 async fn send_best_effort(services: &Services, room_id: &RoomId, template: Template, what: &str) {
     if let Err(error) = send(services, room_id, template, None).await {
@@ -156,8 +122,11 @@ async fn restrict_old_room(
     user: &OwnedUserId,
 ) -> Result<()> {
     let record = require_room(services, room_id)?;
-    let powers =
-        Powers::load(&services.storage, &record.version, current_snapshot(services, &record)?)?;
+    let powers = Powers::load(
+        &services.storage,
+        &record.version,
+        rooms::current_snapshot(&services.storage, &record)?,
+    )?;
     if !powers.has_event() {
         return Ok(());
     }
@@ -217,10 +186,11 @@ async fn upgrade(
         return Err(Error::forbidden("You are not a member of this room."));
     }
     // One upgrade (and alias change) at a time: the aliases move as one step.
-    let _aliases = services.rooms.aliases.lock().await;
+    let aliases = &services.rooms.aliases;
+    let alias_lock = aliases.lock().await;
     let heads = rooms::heads(services.storage.engine(), record.short)?
         .ok_or_else(|| Error::internal("room without a head"))?;
-    let snapshot = current_snapshot(&services, &record)?;
+    let snapshot = rooms::current_snapshot(storage, &record)?;
     let powers = Powers::load(storage, &record.version, snapshot)?;
     if !powers.may_send_state(&user, &StateEventType::RoomTombstone) {
         return Err(Error::forbidden(
@@ -307,7 +277,9 @@ async fn upgrade(
     let (new_room, _) = services.rooms.create(version.clone(), create, then).await?;
 
     // Aliases follow the room; so does the canonical alias event.
-    move_aliases(&services, &old_room, &new_room).await?;
+    let mut batch = Batch::new();
+    aliases.move_all(&alias_lock, &mut batch, &old_room, &new_room)?;
+    aliases.commit(&alias_lock, batch).await?;
     if let Some(canonical) = current("m.room.canonical_alias", "")? {
         let content = canonical.content_value();
         let names_aliases = content.get("alias").is_some_and(JsonValue::is_string)
