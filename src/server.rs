@@ -241,16 +241,18 @@ impl Server {
                 .await?;
         let push =
             Arc::new(Push::start(&config, Arc::clone(&storage), &actors, time.clone()).await?);
-        let rooms = Rooms::start(
-            &config,
-            Arc::clone(&storage),
-            Arc::clone(&signing_key),
-            &actors,
-            Arc::clone(&hub),
-            Arc::clone(&push),
-            time.clone(),
-        )
-        .await?;
+        let rooms = Arc::new(
+            Rooms::start(
+                &config,
+                Arc::clone(&storage),
+                Arc::clone(&signing_key),
+                &actors,
+                Arc::clone(&hub),
+                Arc::clone(&push),
+                time.clone(),
+            )
+            .await?,
+        );
         let mut media = Media::start(&config, Arc::clone(&storage), &actors, time.clone()).await?;
         let shutdown = Shutdown::new();
         let federation = Federation::start(

@@ -24,7 +24,7 @@ pub struct Services {
     pub storage: Arc<Storage>,
     pub actors: ActorSystem,
     pub accounts: Accounts,
-    pub rooms: Rooms,
+    pub rooms: Arc<Rooms>,
     pub presence: crate::presence::Presence,
     /// Push rules cache and pusher actors.
     pub push: Arc<crate::push::pushers::Push>,

@@ -24,7 +24,6 @@ use crate::{
     Error, Result, Services,
     accounts::UserMessage,
     actors::{contain::contained, tasks},
-    http::client::rooms::{self as room_api, send_membership},
     rooms::{
         builder::Template,
         initial_state::{InitialState, Preset, create_content},
@@ -144,7 +143,7 @@ async fn set_power(
         &server_user.to_owned(),
         canonical_content(content)?,
     );
-    room_api::send(services, room_id, template, None).await.map(drop)
+    services.rooms.send(room_id, template, None).await.map(drop)
 }
 
 /// Brings an admin into the admin room with power level 100.
@@ -153,14 +152,16 @@ pub async fn join_admin(services: &Services, user: &UserId) -> Result<()> {
         return Ok(());
     };
     let server_user = server_user(services)?;
+    let rooms = &services.rooms;
     let membership = crate::rooms::membership(services.storage.engine(), &room_id, user)?
         .map(|record| record.membership);
     if membership.as_deref() != Some("join") {
         if membership.as_deref() != Some("invite") {
-            send_membership(services, &room_id, &server_user, user, MembershipState::Invite, None)
+            rooms
+                .send_membership(&room_id, &server_user, user, MembershipState::Invite, None)
                 .await?;
         }
-        send_membership(services, &room_id, user, user, MembershipState::Join, None).await?;
+        rooms.send_membership(&room_id, user, user, MembershipState::Join, None).await?;
     }
     set_power(services, &room_id, &server_user, user, Some(100)).await
 }
@@ -173,15 +174,16 @@ pub async fn remove_admin(services: &Services, user: &UserId) -> Result<()> {
     let server_user = server_user(services)?;
     set_power(services, &room_id, &server_user, user, None).await?;
     if crate::rooms::is_joined(services.storage.engine(), &room_id, user)? {
-        send_membership(
-            services,
-            &room_id,
-            &server_user,
-            user,
-            MembershipState::Leave,
-            Some("No longer a server admin"),
-        )
-        .await?;
+        services
+            .rooms
+            .send_membership(
+                &room_id,
+                &server_user,
+                user,
+                MembershipState::Leave,
+                Some("No longer a server admin"),
+            )
+            .await?;
     }
     Ok(())
 }
@@ -215,7 +217,7 @@ pub fn maybe_run(services: &Arc<Services>, room_id: &RoomId, sender: &UserId, bo
         let Ok(server_user) = server_user(&services) else { return };
         let notice = RoomMessageEventContent::notice_plain(output);
         let sent = match Template::message_typed(&server_user, &notice) {
-            Ok(template) => room_api::send(&services, &room_id, template, None).await.map(drop),
+            Ok(template) => services.rooms.send(&room_id, template, None).await.map(drop),
             Err(error) => Err(error),
         };
         if let Err(error) = sent {

@@ -17,9 +17,7 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
-use super::{
-    Rooms, actor::SendRequest, builder::Template, pdu::canonical_content, power_levels::Powers,
-};
+use super::{Rooms, builder::Template, pdu::canonical_content, power_levels::Powers};
 use crate::{
     Config, Error, Result, limits,
     storage::{
@@ -432,7 +430,7 @@ impl Rooms {
             &user.to_owned(),
             canonical_content(content)?,
         );
-        if let Err(error) = self.send(room_id, SendRequest { template, transaction: None }).await {
+        if let Err(error) = self.send(room_id, template, None).await {
             tracing::debug!(%alias, room = %room_id, %error, "could not update the canonical alias");
         }
         Ok(())

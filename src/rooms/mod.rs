@@ -10,6 +10,7 @@ pub mod content;
 pub mod directory;
 pub mod filter;
 pub mod initial_state;
+pub mod membership;
 pub mod pdu;
 pub mod power_levels;
 pub mod relations;
@@ -29,7 +30,7 @@ use ruma::{
 
 pub use self::pdu::Pdu;
 use self::{
-    actor::{RoomActor, RoomMessage, SendRequest, Sent},
+    actor::{RoomActor, RoomMessage, SendRequest, Sent, Transaction},
     builder::{Position, Template},
 };
 use crate::{
@@ -380,9 +381,25 @@ impl Rooms {
         })
     }
 
-    /// Sends one event to a room through its actor.
-    pub async fn send(&self, room_id: &RoomId, request: SendRequest) -> Result<Sent> {
-        let request = Box::new(request);
+    /// Sends one event to a room through its actor, failing fast for rooms this server does
+    /// not know.
+    pub async fn send(
+        &self,
+        room_id: &RoomId,
+        template: Template,
+        transaction: Option<Transaction>,
+    ) -> Result<Sent> {
+        room(&self.storage, room_id)?
+            .ok_or_else(|| Error::forbidden("You are not a member of this room."))?;
+        if let Some(transaction) = &transaction
+            && transaction.txn_id.len() > crate::limits::MAX_OPAQUE_ID_BYTES
+        {
+            return Err(Error::field_too_large(format!(
+                "A transaction ID is limited to {} bytes.",
+                crate::limits::MAX_OPAQUE_ID_BYTES
+            )));
+        }
+        let request = Box::new(SendRequest { template, transaction });
         self.actors
             .call(&room_id.to_owned(), |reply| RoomMessage::Send { request, reply }, CALL_TIMEOUT)
             .await?

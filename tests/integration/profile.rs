@@ -154,7 +154,7 @@ async fn concurrent_updates_cannot_take_a_profile_past_its_limit_together() {
 /// event must not join them again: the room's actor sends it only while they are joined.
 #[tokio::test]
 async fn a_profile_update_computed_before_a_leave_does_not_join_again() {
-    use tuwunel::rooms::{actor::SendRequest, builder::Template};
+    use tuwunel::rooms::builder::Template;
 
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
@@ -180,7 +180,7 @@ async fn a_profile_update_computed_before_a_leave_does_not_join_again() {
             content.clone(),
         );
         template.only_while_joined = only_while_joined;
-        SendRequest { template, transaction: None }
+        template
     };
     // ...arrives after he left.
     let (status, body) =
@@ -188,13 +188,13 @@ async fn a_profile_update_computed_before_a_leave_does_not_join_again() {
     assert_eq!(status, 200, "{body}");
     let room_id = ruma::OwnedRoomId::try_from(room.as_str()).expect("room id");
     let services = server.server().services();
-    let refused = services.rooms.send(&room_id, update(true)).await;
+    let refused = services.rooms.send(&room_id, update(true), None).await;
     assert!(refused.is_err(), "the update must not be sent after the leave");
     let (status, body) = server.get_as(&bob, "/_matrix/client/v3/joined_rooms").await;
     assert_eq!(status, 200);
     assert_eq!(body["joined_rooms"], json!([]), "bob is not joined again");
     // Sent as any member event, the same update would have joined him again.
-    services.rooms.send(&room_id, update(false)).await.expect("a plain join is allowed here");
+    services.rooms.send(&room_id, update(false), None).await.expect("a plain join is allowed here");
     let (_, body) = server.get_as(&bob, "/_matrix/client/v3/joined_rooms").await;
     assert_eq!(body["joined_rooms"], json!([room]));
 }

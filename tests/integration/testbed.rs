@@ -675,6 +675,11 @@ pub async fn inject_member(server: &TestServer, room: &str, user: &str, membersh
         &user,
         content,
     );
-    let request = tuwunel::rooms::actor::SendRequest { template, transaction: None };
-    server.server().services().rooms.send(&room, request).await.expect("membership accepted");
+    server
+        .server()
+        .services()
+        .rooms
+        .send(&room, template, None)
+        .await
+        .expect("membership accepted");
 }

@@ -115,7 +115,7 @@ async fn deactivate(
 /// Deactivates `user`: leaves every room, removes their pushers, then closes the account
 /// (devices and tokens go with it).
 pub(crate) async fn deactivate_account(services: &Services, user: &ruma::UserId) -> Result<()> {
-    crate::http::client::rooms::membership::leave_all(services, user).await?;
+    services.rooms.leave_all(user).await?;
     services
         .push
         .pushers

@@ -168,8 +168,7 @@ async fn set_field(
         })
         .await?;
     if propagate {
-        crate::http::client::rooms::membership::propagate_profile(&services, &sender.user_id)
-            .await?;
+        services.rooms.propagate_profile(&sender.user_id).await?;
     }
     Ok(set_profile_field::v3::Response::new())
 }
@@ -193,8 +192,7 @@ async fn delete_field(
         })
         .await?;
     if propagate {
-        crate::http::client::rooms::membership::propagate_profile(&services, &sender.user_id)
-            .await?;
+        services.rooms.propagate_profile(&sender.user_id).await?;
     }
     Ok(delete_profile_field::v3::Response::new())
 }

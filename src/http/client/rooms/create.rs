@@ -20,7 +20,6 @@ use ruma::{
 };
 use serde_json::{Value as JsonValue, json};
 
-use super::member_content;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
@@ -147,7 +146,7 @@ async fn create(
             }
         }
     }
-    let creator_member = member_content(&services, &creator, MembershipState::Join, None)?;
+    let creator_member = services.rooms.member_content(&creator, MembershipState::Join, None)?;
     let mut state =
         InitialState::new(creator.clone(), create, creator_member, object(power_levels)?);
     state.canonical_alias = alias.clone();
@@ -177,7 +176,7 @@ async fn create(
     state.name = body.name.clone();
     state.topic = body.topic.clone().map(RoomTopicEventContent::new);
     for invitee in &body.invite {
-        let mut content = member_content(&services, invitee, MembershipState::Invite, None)?;
+        let mut content = services.rooms.member_content(invitee, MembershipState::Invite, None)?;
         if body.is_direct {
             content.is_direct = Some(true);
         }

@@ -1,7 +1,9 @@
 //! Membership: join (by id or alias, with the room's join rules), leave, invite, kick, ban,
-//! unban, knock, forget, and the list of joined rooms.
+//! unban, knock, forget, and the list of joined rooms. The checks and the member events are
+//! the domain's (`rooms::membership`); what stays here is the rate limit, which spares
+//! server admins.
 
-use std::{ops::ControlFlow, sync::Arc};
+use std::sync::Arc;
 
 use ruma::{
     OwnedRoomId, RoomId, UserId,
@@ -12,20 +14,15 @@ use ruma::{
             joined_rooms, kick_user, leave_room, unban_user,
         },
     },
-    events::room::member::MembershipState,
 };
 
-use super::{require_room, resolve, send_membership};
+use super::require_room;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
     accounts::{Sender, rate_limit::Action},
     http::ruma::{Ruma, route},
-    storage::{
-        Direction,
-        codec::{Json, prefix},
-        rooms::USER_ROOMS_TABLE,
-    },
+    rooms::membership::MembershipChange,
 };
 
 pub(super) fn routes(router: Routes) -> Routes {
@@ -41,26 +38,35 @@ pub(super) fn routes(router: Routes) -> Routes {
     route(router, joined)
 }
 
-fn limit(services: &Services, sender: &Sender, action: Action) -> Result<()> {
+/// The rate limit of `action`, which spares server admins.
+fn limit(services: &Services, sender: &Sender, action: Option<Action>) -> Result<()> {
+    let Some(action) = action else {
+        return Ok(());
+    };
     if services.accounts.is_admin(&sender.user_id) {
         return Ok(());
     }
     services.accounts.limiter.check(action, sender.user_id.as_str())
 }
 
-fn unknown_room() -> Error {
-    Error::not_found(
-        "This server does not know that room; joining rooms of other servers needs federation.",
-    )
-}
-
-fn current_membership(
+/// Changes `target`'s membership on behalf of the sender: the domain's checks, then the rate
+/// limit of `action` (only for a change that happens), then the member event.
+async fn change(
     services: &Services,
+    sender: &Sender,
     room_id: &RoomId,
-    user: &UserId,
-) -> Result<Option<String>> {
-    Ok(crate::rooms::membership(services.storage.engine(), room_id, user)?
-        .map(|record| record.membership))
+    target: &UserId,
+    change: MembershipChange,
+    action: Option<Action>,
+    reason: Option<&str>,
+) -> Result<()> {
+    let rooms = &services.rooms;
+    if !rooms.membership_needed(&services.accounts, room_id, target, change)? {
+        return Ok(());
+    }
+    limit(services, sender, action)?;
+    rooms.send_membership(room_id, &sender.user_id, target, change.membership(), reason).await?;
+    Ok(())
 }
 
 async fn join(
@@ -69,20 +75,9 @@ async fn join(
     room_id: OwnedRoomId,
     reason: Option<&str>,
 ) -> Result<OwnedRoomId> {
-    require_room(services, &room_id).map_err(|_| unknown_room())?;
-    if current_membership(services, &room_id, &sender.user_id)?.as_deref() == Some("join") {
-        return Ok(room_id);
-    }
-    limit(services, sender, Action::Join)?;
-    send_membership(
-        services,
-        &room_id,
-        &sender.user_id,
-        &sender.user_id,
-        MembershipState::Join,
-        reason,
-    )
-    .await?;
+    let user = &sender.user_id;
+    change(services, sender, &room_id, user, MembershipChange::Join, Some(Action::Join), reason)
+        .await?;
     Ok(room_id)
 }
 
@@ -92,7 +87,7 @@ async fn join_by_id_or_alias(
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
-    let room_id = resolve(&services, &body.room_id_or_alias)?;
+    let room_id = services.rooms.aliases.resolve_room(&body.room_id_or_alias)?;
     let room_id = join(&services, &sender, room_id, body.reason.as_deref()).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
@@ -116,27 +111,13 @@ async fn invite(
     let invite_user::v3::InvitationRecipient::UserId(recipient) = body.recipient else {
         return Err(Error::forbidden("Third-party invites are not supported by this server."));
     };
-    require_room(&services, &body.room_id)
-        .map_err(|_| Error::forbidden("You are not a member of this room."))?;
-    if recipient.user_id.server_name() != services.config.server_name {
-        return Err(Error::forbidden(
-            "Inviting users of other servers needs federation, which this server does not offer yet.",
-        ));
-    }
-    if services.accounts.record(&recipient.user_id)?.is_none_or(|record| record.deactivated) {
-        return Err(Error::not_found(format!("{} does not exist.", recipient.user_id)));
-    }
-    if current_membership(&services, &body.room_id, &recipient.user_id)?.as_deref() == Some("join")
-    {
-        return Err(Error::forbidden(format!("{} is already in the room.", recipient.user_id)));
-    }
-    limit(&services, &sender, Action::Invite)?;
-    send_membership(
+    change(
         &services,
+        &sender,
         &body.room_id,
-        &sender.user_id,
         &recipient.user_id,
-        MembershipState::Invite,
+        MembershipChange::Invite,
+        Some(Action::Invite),
         recipient.reason.as_deref(),
     )
     .await?;
@@ -149,21 +130,9 @@ async fn leave(
 ) -> Result<leave_room::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
-    require_room(&services, &body.room_id)?;
-    match current_membership(&services, &body.room_id, &sender.user_id)?.as_deref() {
-        Some("join" | "invite" | "knock") => {}
-        Some("leave") => return Ok(leave_room::v3::Response::new()),
-        _ => return Err(Error::forbidden("You are not a member of this room.")),
-    }
-    send_membership(
-        &services,
-        &body.room_id,
-        &sender.user_id,
-        &sender.user_id,
-        MembershipState::Leave,
-        body.reason.as_deref(),
-    )
-    .await?;
+    let user = &sender.user_id;
+    let reason = body.reason.as_deref();
+    change(&services, &sender, &body.room_id, user, MembershipChange::Leave, None, reason).await?;
     Ok(leave_room::v3::Response::new())
 }
 
@@ -173,23 +142,9 @@ async fn kick(
 ) -> Result<kick_user::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
-    require_room(&services, &body.room_id)
-        .map_err(|_| Error::forbidden("You are not a member of this room."))?;
-    if !matches!(
-        current_membership(&services, &body.room_id, &body.user_id)?.as_deref(),
-        Some("join" | "invite" | "knock")
-    ) {
-        return Err(Error::forbidden(format!("{} is not in the room.", body.user_id)));
-    }
-    send_membership(
-        &services,
-        &body.room_id,
-        &sender.user_id,
-        &body.user_id,
-        MembershipState::Leave,
-        body.reason.as_deref(),
-    )
-    .await?;
+    let reason = body.reason.as_deref();
+    change(&services, &sender, &body.room_id, &body.user_id, MembershipChange::Kick, None, reason)
+        .await?;
     Ok(kick_user::v3::Response::new())
 }
 
@@ -199,17 +154,9 @@ async fn ban(
 ) -> Result<ban_user::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
-    require_room(&services, &body.room_id)
-        .map_err(|_| Error::forbidden("You are not a member of this room."))?;
-    send_membership(
-        &services,
-        &body.room_id,
-        &sender.user_id,
-        &body.user_id,
-        MembershipState::Ban,
-        body.reason.as_deref(),
-    )
-    .await?;
+    let reason = body.reason.as_deref();
+    change(&services, &sender, &body.room_id, &body.user_id, MembershipChange::Ban, None, reason)
+        .await?;
     Ok(ban_user::v3::Response::new())
 }
 
@@ -219,20 +166,10 @@ async fn unban(
 ) -> Result<unban_user::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
-    require_room(&services, &body.room_id)
-        .map_err(|_| Error::forbidden("You are not a member of this room."))?;
-    if current_membership(&services, &body.room_id, &body.user_id)?.as_deref() != Some("ban") {
-        return Err(Error::forbidden(format!("{} is not banned.", body.user_id)));
-    }
-    send_membership(
-        &services,
-        &body.room_id,
-        &sender.user_id,
-        &body.user_id,
-        MembershipState::Leave,
-        body.reason.as_deref(),
-    )
-    .await?;
+    let reason = body.reason.as_deref();
+    let target = &body.user_id;
+    change(&services, &sender, &body.room_id, target, MembershipChange::Unban, None, reason)
+        .await?;
     Ok(unban_user::v3::Response::new())
 }
 
@@ -242,23 +179,11 @@ async fn knock(
 ) -> Result<knock_room::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
-    let room_id = resolve(&services, &body.room_id_or_alias)?;
-    require_room(&services, &room_id).map_err(|_| unknown_room())?;
-    match current_membership(&services, &room_id, &sender.user_id)?.as_deref() {
-        Some("join") => return Err(Error::forbidden("You are already in this room.")),
-        Some("ban") => return Err(Error::forbidden("You are banned from this room.")),
-        _ => {}
-    }
-    limit(&services, &sender, Action::Join)?;
-    send_membership(
-        &services,
-        &room_id,
-        &sender.user_id,
-        &sender.user_id,
-        MembershipState::Knock,
-        body.reason.as_deref(),
-    )
-    .await?;
+    let room_id = services.rooms.aliases.resolve_room(&body.room_id_or_alias)?;
+    let user = &sender.user_id;
+    let reason = body.reason.as_deref();
+    change(&services, &sender, &room_id, user, MembershipChange::Knock, Some(Action::Join), reason)
+        .await?;
     Ok(knock_room::v3::Response::new(room_id))
 }
 
@@ -281,106 +206,4 @@ async fn joined(
         services.storage.engine(),
         &sender.user_id,
     )?))
-}
-
-/// Rooms where `user` has one of `memberships`.
-fn rooms_with(
-    services: &Services,
-    user: &UserId,
-    memberships: &[&str],
-) -> Result<Vec<OwnedRoomId>> {
-    let mut rooms = Vec::new();
-    USER_ROOMS_TABLE.scan(
-        services.storage.engine(),
-        &prefix(&user.as_str()),
-        None,
-        Direction::Forward,
-        |(_, room), Json(record)| {
-            if memberships.contains(&record.membership.as_str())
-                && let Ok(room) = RoomId::parse(room)
-            {
-                rooms.push(room);
-            }
-            ControlFlow::Continue(())
-        },
-    )?;
-    Ok(rooms)
-}
-
-/// Leaves (or declines) every room `user` is joined to, invited to or knocking on; used when
-/// an account is deactivated. Failures are logged and do not stop the others.
-pub(crate) async fn leave_all(services: &Services, user: &UserId) -> Result<()> {
-    for room_id in rooms_with(services, user, &["join", "invite", "knock"])? {
-        if let Err(error) =
-            send_membership(services, &room_id, user, user, MembershipState::Leave, None).await
-        {
-            tracing::warn!(%user, room = %room_id, %error, "could not leave a room");
-        }
-    }
-    Ok(())
-}
-
-/// Sends an updated join event with the current display name and avatar to every room
-/// `user` is joined to, as the spec asks after a profile change.
-pub(crate) async fn propagate_profile(services: &Arc<Services>, user: &UserId) -> Result<()> {
-    let profile = super::member_content(services, user, MembershipState::Join, None)?;
-    let wanted = |field: &str| {
-        match field {
-            "displayname" => profile.displayname.clone(),
-            _ => profile.avatar_url.as_ref().map(ToString::to_string),
-        }
-        .map(ruma::CanonicalJsonValue::String)
-    };
-    let mut tasks = Vec::new();
-    for room_id in rooms_with(services, user, &["join"])? {
-        let current = crate::rooms::current_state_event(
-            &services.storage,
-            &room_id,
-            "m.room.member",
-            user.as_str(),
-        )?;
-        let Some(current) = current else { continue };
-        let Ok(ruma::CanonicalJsonValue::Object(mut content)) =
-            ruma::CanonicalJsonValue::try_from(current.content_value())
-        else {
-            continue;
-        };
-        let mut changed = false;
-        for field in ["displayname", "avatar_url"] {
-            let wanted = wanted(field);
-            if content.get(field) != wanted.as_ref() {
-                changed = true;
-                match wanted {
-                    Some(value) => content.insert(field.to_owned(), value),
-                    None => content.remove(field),
-                };
-            }
-        }
-        // A restricted-join authorisation belongs to the original join only.
-        content.remove("join_authorised_via_users_server");
-        if !changed {
-            continue;
-        }
-        let services = Arc::clone(services);
-        let user = user.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut template = crate::rooms::builder::Template::state(
-                ruma::events::TimelineEventType::RoomMember,
-                user.as_str(),
-                &user,
-                content,
-            );
-            // The join was read above, outside the room's actor: it may have ended since.
-            template.only_while_joined = true;
-            if let Err(error) = super::send(&services, &room_id, template, None).await {
-                tracing::warn!(%user, room = %room_id, %error, "could not update the member event");
-            }
-        }));
-    }
-    for task in tasks {
-        if let Err(error) = task.await {
-            crate::actors::tasks::report_join_error("profile_propagation", error);
-        }
-    }
-    Ok(())
 }

@@ -15,7 +15,7 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
-use super::{require_room, send};
+use super::require_room;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
@@ -99,7 +99,7 @@ async fn send_message(
     }
     let transaction =
         Some(Transaction { device: sender.device_id.to_string(), txn_id: body.txn_id.to_string() });
-    let sent = send(&services, &body.room_id, template, transaction).await?;
+    let sent = services.rooms.send(&body.room_id, template, transaction).await?;
     if let Some(text) = command {
         crate::admin::room::maybe_run(&services, &body.room_id, &sender.user_id, &text);
     }
@@ -127,7 +127,7 @@ async fn send_state(
         &sender.user_id,
         canonical_content(content)?,
     );
-    let sent = send(&services, &body.room_id, template, None).await?;
+    let sent = services.rooms.send(&body.room_id, template, None).await?;
     Ok(send_state_event::v3::Response::new(sent.event_id))
 }
 
@@ -154,7 +154,7 @@ async fn redact(
     template.redacts = Some(body.event_id.clone());
     let transaction =
         Some(Transaction { device: sender.device_id.to_string(), txn_id: body.txn_id.to_string() });
-    let sent = send(&services, &body.room_id, template, transaction).await?;
+    let sent = services.rooms.send(&body.room_id, template, transaction).await?;
     let response = RumaResponse(redact_event::v3::Response::new(sent.event_id));
     Ok(Held { response, guard })
 }

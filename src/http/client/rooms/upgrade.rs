@@ -21,7 +21,7 @@ use ruma::{
 };
 use serde_json::{Map, Value as JsonValue, json};
 
-use super::{member_content, require_room, send};
+use super::require_room;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
@@ -109,7 +109,7 @@ fn new_room_levels(
 
 /// Sends a state event whose failure should not undo an upgrade that already happened.
 async fn send_best_effort(services: &Services, room_id: &RoomId, template: Template, what: &str) {
-    if let Err(error) = send(services, room_id, template, None).await {
+    if let Err(error) = services.rooms.send(room_id, template, None).await {
         tracing::warn!(room = %room_id, %error, "room upgrade: could not {what}");
     }
 }
@@ -262,14 +262,15 @@ async fn upgrade(
         !bans.is_empty(),
     );
 
-    let member = member_content(&services, &user, MembershipState::Join, None)?;
+    let member = services.rooms.member_content(&user, MembershipState::Join, None)?;
     let mut state = InitialState::new(user.clone(), create, member, levels.initial);
     for (kind, state_key, content) in copied {
         state.state.push((TimelineEventType::from(kind), state_key, canonical_content(content)?));
     }
     for (banned, reason) in &bans {
         let Ok(banned) = ruma::UserId::parse(banned.as_str()) else { continue };
-        let ban = member_content(&services, &banned, MembershipState::Ban, reason.as_deref())?;
+        let ban =
+            services.rooms.member_content(&banned, MembershipState::Ban, reason.as_deref())?;
         state.members.push((banned, ban));
     }
     state.restore_power_levels = levels.restore;
@@ -310,7 +311,7 @@ async fn upgrade(
         "",
         &RoomTombstoneEventContent::new("This room has been replaced".to_owned(), new_room.clone()),
     )?;
-    send(&services, &old_room, tombstone, None).await?;
+    services.rooms.send(&old_room, tombstone, None).await?;
     restrict_old_room(&services, &old_room, &user).await?;
     tracing::info!(old = %old_room, new = %new_room, %user, %version, "upgraded a room");
     Ok(upgrade_room::Response::new(new_room))
