@@ -181,12 +181,30 @@ impl ServerKeys {
         }
     }
 
-    /// Every key of `server` that was valid at `at_ms` (current or old), for checking
-    /// signatures made then (events). Fetches when none is known.
+    /// Every key of `server` that may have signed an event dated `at_ms`: with
+    /// `enforce_validity` (room versions 5 and later) those valid until at least `at_ms`,
+    /// current or old; without (versions 1 to 4) every key the server ever had. Fetches when
+    /// nothing current is known.
     pub async fn keys_valid_at(
         &self,
         server: &ServerName,
         at_ms: u64,
+        enforce_validity: bool,
+    ) -> Result<BTreeMap<String, Base64>, KeyError> {
+        self.keys_for_event(server, at_ms, enforce_validity, &[]).await
+    }
+
+    /// [`Self::keys_valid_at`] for an event whose signatures by `server` name `key_ids`:
+    /// when none of them is known, the keys are fetched again (at most once per
+    /// [`UNKNOWN_KEY_COOLDOWN`]), as a server that rotated its key signs with a new one. A
+    /// failed fetch falls back to the keys already known: what a key signed while it was
+    /// valid stays signed when its server is unreachable.
+    pub async fn keys_for_event(
+        &self,
+        server: &ServerName,
+        at_ms: u64,
+        enforce_validity: bool,
+        key_ids: &[String],
     ) -> Result<BTreeMap<String, Base64>, KeyError> {
         if server == self.own {
             return Ok(BTreeMap::from([(
@@ -194,17 +212,40 @@ impl ServerKeys {
                 self.signing_key.public_key(),
             )]));
         }
+        let knows = |record: &ServerKeysRecord| {
+            key_ids.is_empty() || key_ids.iter().any(|id| record.keys.contains_key(id))
+        };
         let stored = self.stored(server).map_err(|error| KeyError(error.to_string()))?;
         let record = match stored {
-            Some(record) if record.valid_until_ts > self.time.now_ms() => record,
-            _ => (*self.fetch(server).await?).clone(),
+            Some(record)
+                if record.valid_until_ts > self.time.now_ms()
+                    && (knows(&record) || self.missed_recently(server)) =>
+            {
+                record
+            }
+            stored => {
+                let wanted = key_ids.iter().find_map(|id| key_id(id));
+                match self.fetch_wanting(server, wanted.as_deref()).await {
+                    Ok(record) => {
+                        if !knows(&record) {
+                            self.misses
+                                .lock()
+                                .unwrap_or_else(|poison| poison.into_inner())
+                                .insert(server.to_owned(), Instant::now());
+                        }
+                        (*record).clone()
+                    }
+                    Err(error) => match stored {
+                        Some(record) => {
+                            tracing::debug!(%server, %error, "using the keys already known");
+                            record
+                        }
+                        None => return Err(error),
+                    },
+                }
+            }
         };
-        Ok(record
-            .keys
-            .iter()
-            .filter(|(_, key)| key.valid_until_ts >= at_ms)
-            .filter_map(|(id, key)| Some((id.clone(), Base64::parse(&key.key).ok()?)))
-            .collect())
+        Ok(valid_at(&record, at_ms, enforce_validity))
     }
 
     /// Fetches `server`'s keys now (sharing a fetch already under way) and stores them.
@@ -461,6 +502,21 @@ fn usable_now(record: &ServerKeysRecord, key_id: &ServerSigningKeyId, now: u64) 
     Base64::parse(&key.key).ok()
 }
 
+/// The keys of `record` that may have signed something dated `at_ms` (all of them unless
+/// `enforce_validity`).
+pub(crate) fn valid_at(
+    record: &ServerKeysRecord,
+    at_ms: u64,
+    enforce_validity: bool,
+) -> BTreeMap<String, Base64> {
+    record
+        .keys
+        .iter()
+        .filter(|(_, key)| !enforce_validity || key.valid_until_ts >= at_ms)
+        .filter_map(|(id, key)| Some((id.clone(), Base64::parse(&key.key).ok()?)))
+        .collect()
+}
+
 fn current_keys(record: &ServerKeysRecord, now: u64) -> BTreeMap<String, Base64> {
     record
         .keys
@@ -672,5 +728,22 @@ mod tests {
         let id = key_id("ed25519:second").expect("id");
         assert!(usable_now(&record, &id, later).is_some());
         assert!(usable_now(&record, &id, later + 5000).is_none(), "expired with its document");
+    }
+
+    #[test]
+    fn keys_for_events_follow_the_validity_rule_of_the_room_version() {
+        let (old, new) = (pair("old"), pair("new"));
+        let now = 1_000_000;
+        let record =
+            merge(None, &signed_document("r.example", &old, now + 10), now).expect("merge");
+        let record = merge(Some(record), &signed_document("r.example", &new, now + 500), now + 20)
+            .expect("merge");
+        let ids = |keys: BTreeMap<String, Base64>| keys.into_keys().collect::<Vec<_>>();
+        // The old key stopped being listed at now + 20 but was last valid until now + 10.
+        assert_eq!(ids(valid_at(&record, now + 5, true)), ["ed25519:new", "ed25519:old"]);
+        assert_eq!(ids(valid_at(&record, now + 11, true)), ["ed25519:new"]);
+        assert!(valid_at(&record, now + 501, true).is_empty(), "nothing was valid then");
+        // Room versions 1-4: every key the server had.
+        assert_eq!(ids(valid_at(&record, now + 501, false)), ["ed25519:new", "ed25519:old"]);
     }
 }

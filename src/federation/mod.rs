@@ -16,6 +16,8 @@
 //! - [`sender`]: the fan-out from the outbox to each server's queue, and one destination
 //!   actor per server sending its queue as transactions, with backoff;
 //! - [`intake`] and [`edus`]: transactions other servers send, applied once;
+//! - [`events`]: events other servers send, checked (format, signatures, hashes) before any
+//!   room sees them;
 //! - [`disabled_rooms`]: rooms an admin took out of federation.
 //!
 //! The HTTP front door for other servers (`/_matrix/federation/*`, `/_matrix/key/*`) is
@@ -27,6 +29,7 @@ pub mod disabled_rooms;
 pub mod discovery;
 pub mod dns;
 pub mod edus;
+pub mod events;
 pub mod flight;
 pub mod intake;
 pub mod keys;
