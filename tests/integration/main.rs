@@ -20,6 +20,7 @@ mod discovery;
 mod e2ee;
 mod empty_path_parameters;
 mod errors;
+mod fake_room;
 mod federation;
 mod federation_media;
 mod federation_rooms;
