@@ -5,6 +5,7 @@
 
 pub mod actor;
 pub mod aliases;
+pub mod auth_chain;
 pub mod builder;
 pub mod content;
 pub mod directory;
@@ -17,6 +18,7 @@ pub mod relations;
 pub mod search;
 pub mod spaces;
 pub mod state;
+pub mod state_res;
 pub mod summary;
 pub mod timeline;
 pub mod typing;
