@@ -12,6 +12,7 @@ use ruma::ServerName;
 use serde::{Deserialize, Serialize};
 
 use super::namespaces::{CompiledNamespace, CompiledNamespaces};
+use crate::config::{AppserviceConfig, AppserviceNamespace};
 
 /// Largest compiled size of one namespace regex. The `regex` crate matches in linear time, so
 /// this only bounds memory; registrations are admin input, and real bridges use a few hundred
@@ -70,9 +71,11 @@ pub struct Namespaces {
     pub rooms: Vec<Namespace>,
 }
 
-/// One namespace entry: a regex, and whether the service claims it for itself alone.
+/// One namespace entry: a regex, and whether the service claims it for itself alone
+/// (`exclusive` may be left out, meaning false, as Tuwunel reads it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
+    #[serde(default)]
     pub exclusive: bool,
     pub regex: String,
 }
@@ -96,6 +99,15 @@ pub struct FieldError {
 impl FieldError {
     fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl FieldError {
+    /// The same problem named as a key of `[global.appservice.<id>]`, where the namespaces
+    /// sit directly in the table.
+    pub fn in_config(&self, id: &str) -> String {
+        let field = self.field.strip_prefix("namespaces.").unwrap_or(&self.field);
+        format!("`global.appservice.{id}.{field}`: {}", self.reason)
     }
 }
 
@@ -184,6 +196,43 @@ impl Registration {
             msc3202: either(raw.msc3202_transaction_extensions, &[raw.msc3202]),
         };
         Ok(Parsed { registration, warnings })
+    }
+
+    /// The registration a `[global.appservice.<name>]` table describes. Only a conflicting
+    /// `id` is refused here; [`Registration::check`] judges the rest.
+    pub fn from_config(name: &str, table: &AppserviceConfig) -> Result<Self, FieldError> {
+        if let Some(id) = &table.id
+            && id != name
+        {
+            return Err(FieldError::new(
+                "id",
+                format!(
+                    "is `{id}` but the table is named `{name}`; remove `id` or make them equal"
+                ),
+            ));
+        }
+        let namespaces = |list: &[AppserviceNamespace]| {
+            list.iter()
+                .map(|entry| Namespace { exclusive: entry.exclusive, regex: entry.regex.clone() })
+                .collect()
+        };
+        Ok(Self {
+            id: name.to_owned(),
+            url: table.url.clone(),
+            as_token: table.as_token.clone(),
+            hs_token: table.hs_token.clone(),
+            sender_localpart: table.sender_localpart.clone().unwrap_or_else(|| name.to_owned()),
+            namespaces: Namespaces {
+                users: namespaces(&table.users),
+                aliases: namespaces(&table.aliases),
+                rooms: namespaces(&table.rooms),
+            },
+            rate_limited: Some(table.rate_limited),
+            protocols: (!table.protocols.is_empty()).then(|| table.protocols.clone()),
+            receive_ephemeral: table.receive_ephemeral,
+            device_management: table.device_management,
+            msc3202: table.msc3202_transaction_extensions,
+        })
     }
 
     /// Renders the registration as a registration file; [`Registration::from_yaml`] reads it
@@ -456,9 +505,9 @@ mod tests {
 
         let error = Registration::from_yaml("id: [unclosed").expect_err("not YAML");
         assert_eq!(error.field, "(file)");
-        let error = Registration::from_yaml("id: x\nnamespaces: {users: [{regex: 'a'}]}")
-            .expect_err("exclusive is required");
-        assert!(error.reason.contains("exclusive"), "{error}");
+        let error = Registration::from_yaml("id: x\nnamespaces: {users: [{exclusive: true}]}")
+            .expect_err("regex is required");
+        assert!(error.reason.contains("regex"), "{error}");
     }
 
     #[test]
@@ -474,6 +523,32 @@ mod tests {
         let mut same = parse(SPEC);
         same.hs_token = same.as_token.clone();
         assert_eq!(same.conflicts([]).len(), 1);
+    }
+
+    #[test]
+    fn a_config_table_becomes_a_registration() {
+        let table = AppserviceConfig {
+            as_token: "a".to_owned(),
+            hs_token: "h".to_owned(),
+            users: vec![AppserviceNamespace { exclusive: true, regex: "@(".to_owned() }],
+            protocols: vec!["irc".to_owned()],
+            ..Default::default()
+        };
+        let registration = Registration::from_config("echo", &table).expect("converts");
+        assert_eq!(registration.id, "echo");
+        assert_eq!(registration.sender_localpart, "echo", "defaults to the table's name");
+        assert_eq!(registration.url, None);
+        assert_eq!(registration.rate_limited, Some(false));
+        assert_eq!(registration.protocols, Some(vec!["irc".to_owned()]));
+        let errors = registration.check(server_name!("test.local")).expect_err("bad regex");
+        assert_eq!(
+            errors[0].in_config("echo").split(':').next(),
+            Some("`global.appservice.echo.users[0].regex`")
+        );
+
+        let renamed = AppserviceConfig { id: Some("other".to_owned()), ..table };
+        let error = Registration::from_config("echo", &renamed).expect_err("ids differ");
+        assert_eq!(error.field, "id");
     }
 
     #[test]
