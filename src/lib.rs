@@ -24,6 +24,7 @@
 pub mod accounts;
 pub mod actors;
 pub mod admin;
+pub mod appservices;
 pub mod config;
 pub mod error;
 pub mod federation;

@@ -20,7 +20,7 @@ use crate::{
     Config, Error, Result, Services,
     accounts::Accounts,
     actors::{ActorSystem, contain::contained, tasks},
-    admin,
+    admin, appservices,
     federation::{Federation, FederationDeps, SigningKey, media::FederatedMedia},
     http::{self, Listeners},
     media::Media,
@@ -184,6 +184,7 @@ impl Server {
     /// `time::ManualClock`).
     pub async fn start_with(config: Config, time: Time) -> Result<Self> {
         let server_name = config.server_name.clone();
+        appservices::from_config(&config)?;
         if config.development {
             tracing::warn!(
                 "no configuration file given: running a development server named `{}` with its \

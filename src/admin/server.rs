@@ -109,13 +109,24 @@ pub(super) async fn run(services: &Arc<Services>, command: ServerCommand) -> Res
     }
 }
 
+fn redact(table: &mut toml::Table, secrets: &[&str]) {
+    for secret in secrets {
+        if table.contains_key(*secret) {
+            table.insert((*secret).to_owned(), toml::Value::String("<redacted>".to_owned()));
+        }
+    }
+}
+
 fn show_config(services: &Services) -> String {
     let mut value =
         toml::Value::try_from(&*services.config).unwrap_or(toml::Value::Table(toml::Table::new()));
     if let toml::Value::Table(table) = &mut value {
-        for secret in ["registration_token"] {
-            if table.contains_key(secret) {
-                table.insert(secret.to_owned(), toml::Value::String("<redacted>".to_owned()));
+        redact(table, &["registration_token"]);
+        if let Some(toml::Value::Table(appservices)) = table.get_mut("appservice") {
+            for (_, appservice) in appservices.iter_mut() {
+                if let toml::Value::Table(appservice) = appservice {
+                    redact(appservice, &["as_token", "hs_token"]);
+                }
             }
         }
     }

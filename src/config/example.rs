@@ -28,19 +28,19 @@ pub fn generate() -> String {
 
 fn render_table(out: &mut String, path: &str, keys: &[KeyDoc]) {
     out.push_str(&format!("\n[{path}]\n"));
+    render_keys(out, path, keys, "");
+}
+
+/// Renders the plain keys, then the nested tables. `header_prefix` is `#` for a commented-out
+/// template table, whose header an operator uncomments along with its keys.
+fn render_keys(out: &mut String, path: &str, keys: &[KeyDoc], header_prefix: &str) {
     let mut sections = Vec::new();
+    let mut maps = Vec::new();
     for key in keys {
         match &key.body {
             KeyBody::Value(default) => {
                 out.push('\n');
-                for line in &key.doc {
-                    let line = line.strip_prefix(' ').unwrap_or(line);
-                    if line.is_empty() {
-                        out.push_str("#\n");
-                    } else {
-                        out.push_str(&format!("# {line}\n"));
-                    }
-                }
+                render_doc(out, &key.doc);
                 out.push_str("#\n");
                 match default {
                     Some(value) => out.push_str(&format!("#{} = {value}\n", key.name)),
@@ -48,10 +48,32 @@ fn render_table(out: &mut String, path: &str, keys: &[KeyDoc]) {
                 }
             }
             KeyBody::Section(nested) => sections.push((key, nested)),
+            KeyBody::Map(entry) => maps.push((key, entry)),
         }
     }
     for (key, nested) in sections {
-        render_table(out, &format!("{path}.{}", key.name), nested);
+        let path = format!("{path}.{}", key.name);
+        out.push_str(&format!("\n{header_prefix}[{path}]\n"));
+        render_keys(out, &path, nested, header_prefix);
+    }
+    // Last, so that the template's commented keys follow its commented header, not a real one.
+    for (key, entry) in maps {
+        out.push('\n');
+        render_doc(out, &key.doc);
+        let path = format!("{path}.{}.<ID>", key.name);
+        out.push_str(&format!("#\n#[{path}]\n"));
+        render_keys(out, &path, entry, "#");
+    }
+}
+
+fn render_doc(out: &mut String, doc: &[&str]) {
+    for line in doc {
+        let line = line.strip_prefix(' ').unwrap_or(line);
+        if line.is_empty() {
+            out.push_str("#\n");
+        } else {
+            out.push_str(&format!("# {line}\n"));
+        }
     }
 }
 
@@ -77,15 +99,17 @@ mod tests {
         };
 
         // Uncomment each `#key = value` line: the result must be a valid configuration in
-        // which every key is known.
+        // which every key is known. A commented-out table header starts a template (such as
+        // `#[global.appservice.<ID>]`), uncommented with its header and a name for `<ID>`.
         let uncommented: String = super::generate()
             .lines()
             .map(|line| match line.strip_prefix('#') {
                 Some(rest)
-                    if rest.starts_with(|c: char| c.is_ascii_lowercase())
-                        && !rest.trim_end().ends_with('=') =>
+                    if (rest.starts_with(|c: char| c.is_ascii_lowercase())
+                        && !rest.trim_end().ends_with('='))
+                        || rest.starts_with('[') =>
                 {
-                    format!("{rest}\n")
+                    format!("{}\n", rest.replace("<ID>", "example"))
                 }
                 Some(_) => String::new(),
                 None => format!("{line}\n"),

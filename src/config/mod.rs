@@ -21,7 +21,7 @@ use std::{
 use ruma::OwnedServerName;
 
 pub use self::{
-    options::{GlobalConfig, TlsConfig, WellKnownConfig},
+    options::{AppserviceConfig, AppserviceNamespace, GlobalConfig, TlsConfig, WellKnownConfig},
     sources::{Inputs, Origin},
 };
 use self::{

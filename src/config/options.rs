@@ -4,7 +4,7 @@
 //! and a test fails when the committed file differs. Key names follow Tuwunel's, so an
 //! operator's existing `tuwunel.toml` keeps its meaning.
 
-use std::{net::IpAddr, net::SocketAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::IpAddr, net::SocketAddr, path::PathBuf};
 
 use ruma::{OwnedServerName, OwnedUserId};
 
@@ -636,12 +636,106 @@ config_section! {
         /// Run automatic compactions. Turning this off grows the database without bound.
         rocksdb_compaction: bool = true,
 
+        /// Seconds a request to an application service (a transaction, a ping, a user or
+        /// room query) may take before it counts as failed.
+        appservice_timeout: u64 = 35,
+
+        /// Seconds an unused connection to an application service is kept open.
+        appservice_idle_timeout: u64 = 300,
+
+        /// A directory of registration files (YAML, as bridges generate them for Synapse),
+        /// each loaded at startup. Files added or removed take effect at the next start.
+        ///
+        /// example: "/etc/tuwunel/appservices"
+        appservice_dir: Option<PathBuf> = None,
+
+        /// Tuwunel's switch to resolve application service URLs without its own resolver.
+        /// Accepted for compatibility; application service URLs are always resolved by the
+        /// system resolver, and `ip_range_denylist` does not apply to them (only admins
+        /// register them, and bridges usually run on loopback or a private network).
+        dns_passthru_appservices: bool = false,
+
         /// Discovery documents served under `/.well-known/matrix/`.
         [section] well_known: WellKnownConfig = WellKnownConfig::default(),
 
         /// TLS settings.
         [section] tls: TlsConfig = TlsConfig::default(),
+
+        /// Application services (bridges and bots) registered in the configuration, one
+        /// table each, named by the service's id. The keys are the fields of the service's
+        /// registration file, with its namespaces directly in the table as
+        /// `[[global.appservice.<ID>.users]]` (and `aliases`, `rooms`), each with `regex`
+        /// and `exclusive`. Services can also be registered from the admin room
+        /// (`!admin appservices register`) or `appservice_dir`; a service defined here
+        /// cannot be unregistered from the admin room.
+        [map] appservice: BTreeMap<String, AppserviceConfig> = BTreeMap::new(),
     }
+}
+
+config_section! {
+    /// One `[global.appservice.<ID>]` table: an application service's registration.
+    pub struct AppserviceConfig {
+        /// The service's id; when set, it must equal the table's name.
+        ///
+        /// default: the table's name
+        id: Option<String> = None,
+
+        /// Where the service listens (http or https, a path is allowed). Unset: the service
+        /// receives no traffic and only acts as its users.
+        ///
+        /// example: "http://127.0.0.1:29318"
+        url: Option<String> = None,
+
+        /// The secret the service authenticates to this server with. Required.
+        as_token: String = String::new(),
+
+        /// The secret this server authenticates to the service with. Required.
+        hs_token: String = String::new(),
+
+        /// The localpart of the service's own user (its bot).
+        ///
+        /// default: the table's name
+        sender_localpart: Option<String> = None,
+
+        /// Namespaces of user ids the service acts as and is told about: a list of
+        /// `{ exclusive = true, regex = '@irc_.*:example\.com' }`. Regexes match anywhere in
+        /// the id (add `^` and `$` to anchor) and ignore case; an exclusive namespace is
+        /// refused to everyone else.
+        users: Vec<AppserviceNamespace> = Vec::new(),
+
+        /// Namespaces of room aliases, as `users` (case-insensitive too).
+        aliases: Vec<AppserviceNamespace> = Vec::new(),
+
+        /// Namespaces of room ids, as `users` but case-sensitive.
+        rooms: Vec<AppserviceNamespace> = Vec::new(),
+
+        /// Whether the users the service acts as are rate limited; its own user never is.
+        rate_limited: bool = false,
+
+        /// The third-party protocols the service bridges, such as ["irc"].
+        protocols: Vec<String> = Vec::new(),
+
+        /// Send typing notifications, receipts and presence in transactions (the
+        /// registration file's `receive_ephemeral` or `de.sorunome.msc2409.push_ephemeral`).
+        receive_ephemeral: bool = false,
+
+        /// The service manages its users' devices itself (MSC4190; the registration file's
+        /// `io.element.msc4190`).
+        device_management: bool = false,
+
+        /// Send device-list changes, one-time key counts and to-device messages of the
+        /// service's users in transactions, for bridges that encrypt (MSC3202 and MSC4203;
+        /// the registration file's `org.matrix.msc3202`).
+        msc3202_transaction_extensions: bool = false,
+    }
+}
+
+/// One namespace entry of a `[global.appservice.<ID>]` table.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppserviceNamespace {
+    #[serde(default)]
+    pub exclusive: bool,
+    pub regex: String,
 }
 
 /// What `ip_range_denylist` refuses unless the operator says otherwise.

@@ -5,6 +5,8 @@
 //! the offending key and where it came from, the list of unknown keys, and the documentation
 //! that `tuwunel.toml.example` is generated from.
 
+use std::collections::BTreeMap;
+
 use serde::de::DeserializeOwned;
 
 use super::{
@@ -35,6 +37,9 @@ pub enum KeyBody {
     Value(Option<toml::Value>),
     /// A nested table such as `[global.well_known]`.
     Section(Vec<KeyDoc>),
+    /// Tables of one shape under names the operator chooses, such as
+    /// `[global.appservice.<ID>]`: the keys of one such table.
+    Map(Vec<KeyDoc>),
 }
 
 /// A key the server does not know, with where it was set.
@@ -48,7 +53,7 @@ pub struct UnknownKey {
 /// from, and the unknown keys found.
 pub struct ParseContext<'a> {
     origins: &'a Origins,
-    path: Vec<&'static str>,
+    path: Vec<String>,
     pub(super) unknown: Vec<UnknownKey>,
 }
 
@@ -98,19 +103,46 @@ impl<'a> ParseContext<'a> {
         key: &'static str,
         value: toml::Value,
     ) -> Result<S, ConfigError> {
-        let toml::Value::Table(table) = value else {
-            let path = self.path_of(key);
-            let origin = self.origins.get(&path);
-            return Err(ConfigError::InvalidValue {
-                key: path,
-                origin,
-                reason: "expected a table".to_owned(),
-            });
-        };
+        self.nested(key.to_owned(), value)
+    }
+
+    /// Parses a table of sections keyed by names the operator chooses, found under `key`.
+    pub fn map<S: Section>(
+        &mut self,
+        key: &'static str,
+        value: toml::Value,
+    ) -> Result<BTreeMap<String, S>, ConfigError> {
+        let table = self.table(key, value)?;
+        self.path.push(key.to_owned());
+        let parsed = table
+            .into_iter()
+            .map(|(name, value)| Ok((name.clone(), self.nested(name, value)?)))
+            .collect();
+        self.path.pop();
+        parsed
+    }
+
+    fn nested<S: Section>(&mut self, key: String, value: toml::Value) -> Result<S, ConfigError> {
+        let table = self.table(&key, value)?;
         self.path.push(key);
         let parsed = S::parse(table, self);
         self.path.pop();
         parsed
+    }
+
+    fn table(&self, key: &str, value: toml::Value) -> Result<toml::Table, ConfigError> {
+        match value {
+            toml::Value::Table(table) => Ok(table),
+            _ => {
+                let path = self.path_of(key);
+                let origin = self.origins.get(&path);
+                Err(ConfigError::InvalidValue {
+                    key: path,
+                    origin,
+                    reason: "expected a table".to_owned(),
+                })
+            }
+        }
     }
 
     /// Records every key left in `table` as unknown.
@@ -123,6 +155,17 @@ impl<'a> ParseContext<'a> {
     }
 }
 
+/// The sections a `[map]` key holds, for its documentation.
+pub trait MapOfSections {
+    fn describe_entry() -> Vec<KeyDoc>;
+}
+
+impl<S: Section> MapOfSections for BTreeMap<String, S> {
+    fn describe_entry() -> Vec<KeyDoc> {
+        S::describe()
+    }
+}
+
 /// Renders a default value for the documentation, if it has a TOML form.
 pub fn render_default<T: serde::Serialize>(value: &T) -> Option<toml::Value> {
     toml::Value::try_from(value).ok()
@@ -131,7 +174,8 @@ pub fn render_default<T: serde::Serialize>(value: &T) -> Option<toml::Value> {
 /// Declares a configuration section; see the module documentation.
 ///
 /// Each key is `/// docs` then `name: Type = default`; a nested table is written
-/// `[section] name: Type = Type::default()`.
+/// `[section] name: Type = Type::default()`, and tables under names the operator chooses
+/// `[map] name: BTreeMap<String, Type> = BTreeMap::new()`.
 macro_rules! config_section {
     (
         $(#[doc = $section_doc:literal])*
@@ -193,12 +237,20 @@ macro_rules! config_section {
     (@parse [section] $ctx:ident, $field:ident, $ty:ty, $value:ident) => {
         $ctx.section::<$ty>(stringify!($field), $value)?
     };
+    (@parse [map] $ctx:ident, $field:ident, $ty:ty, $value:ident) => {
+        $ctx.map(stringify!($field), $value)?
+    };
     (@parse $ctx:ident, $field:ident, $ty:ty, $value:ident) => {
         $ctx.convert::<$ty>(stringify!($field), $value)?
     };
     (@describe [section] $defaults:ident, $field:ident, $ty:ty) => {
         $crate::config::section::KeyBody::Section(
             <$ty as $crate::config::section::Section>::describe(),
+        )
+    };
+    (@describe [map] $defaults:ident, $field:ident, $ty:ty) => {
+        $crate::config::section::KeyBody::Map(
+            <$ty as $crate::config::section::MapOfSections>::describe_entry(),
         )
     };
     (@describe $defaults:ident, $field:ident, $ty:ty) => {

@@ -230,3 +230,69 @@ fn sizes_accept_units() {
     let config = load(vec![], vec![], &["max_request_size=\"50 MiB\""]).expect("loads");
     assert_eq!(config.max_request_size.0, 50 * 1024 * 1024);
 }
+
+#[test]
+fn appservice_tables_parse_by_name_and_env_vars_reach_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = file(
+        dir.path(),
+        "tuwunel.toml",
+        r#"[global]
+server_name = "test.local"
+appservice_timeout = 10
+
+[global.appservice.echo]
+url = "http://127.0.0.1:29318"
+as_token = "as-secret"
+hs_token = "hs-secret"
+receive_ephemeral = true
+
+[[global.appservice.echo.users]]
+exclusive = true
+regex = '@echo_.*:test\.local'
+
+[[global.appservice.echo.aliases]]
+regex = '#echo_.*'
+
+[global.appservice."IRC Bridge"]
+as_token = "irc-as"
+hs_token = "irc-hs"
+sender_localpart = "_irc_bot"
+"#,
+    );
+    let config = load(
+        vec![path.clone()],
+        env(&[("TUWUNEL_APPSERVICE__ECHO__URL", "http://127.0.0.1:1")]),
+        &["appservice.echo.protocols=[\"echonet\"]"],
+    )
+    .expect("loads");
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    assert_eq!(config.appservice_timeout, 10);
+    let echo = &config.appservice["echo"];
+    assert_eq!(echo.url.as_deref(), Some("http://127.0.0.1:1"), "the env var wins over the file");
+    assert_eq!(echo.as_token, "as-secret");
+    assert!(echo.receive_ephemeral);
+    assert_eq!(echo.protocols, ["echonet"]);
+    assert!(echo.users[0].exclusive);
+    assert_eq!(echo.users[0].regex, r"@echo_.*:test\.local");
+    assert!(!echo.aliases[0].exclusive, "exclusive defaults to false");
+    let irc = &config.appservice["IRC Bridge"];
+    assert_eq!(irc.url, None);
+    assert_eq!(irc.sender_localpart.as_deref(), Some("_irc_bot"));
+
+    // Keys and types inside a service's table are judged like any other.
+    let typo = file(dir.path(), "typo.toml", "[global.appservice.echo]\nhs_tokn = \"x\"\n");
+    let config = load(vec![path.clone(), typo], vec![], &[]).expect("loads with a warning");
+    assert!(
+        config.warnings.join("\n").contains("`appservice.echo.hs_tokn`"),
+        "{:?}",
+        config.warnings
+    );
+    let error = load(vec![path.clone()], vec![], &["appservice.echo.as_token=1"])
+        .expect_err("a number is no token");
+    assert!(error.to_string().contains("`appservice.echo.as_token`"), "{error}");
+    let error = load(vec![path], vec![], &["appservice.echo.users=[{exclusive=true}]"])
+        .expect_err("a namespace needs its regex");
+    assert!(error.to_string().contains("`appservice.echo.users`"), "{error}");
+    assert!(error.to_string().contains("regex"), "{error}");
+}

@@ -8,6 +8,7 @@ mod account;
 mod account_data;
 mod actors;
 mod admin_room;
+mod appservices;
 mod binary;
 mod bounds;
 mod calls;

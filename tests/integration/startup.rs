@@ -114,3 +114,33 @@ async fn a_server_runs_on_the_clock_it_was_started_with_across_restarts() {
     assert_eq!(time.now_ms(), clock.time().now_ms(), "the restarted server has another clock");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_invalid_appservice_in_the_config_stops_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let error = start_error(
+        dir.path(),
+        &[
+            "appservice.echo.as_token=\"as-secret\"",
+            "appservice.echo.hs_token=\"hs-secret\"",
+            "appservice.echo.users=[{exclusive=true, regex='@echo_.*'}, {regex='@(unclosed'}]",
+            "appservice.echo.url=\"ftp://127.0.0.1\"",
+        ],
+    )
+    .await;
+    assert!(error.contains("`global.appservice.echo.users[1].regex`"), "{error}");
+    assert!(error.contains("`global.appservice.echo.url`"), "{error}");
+
+    let error = start_error(
+        dir.path(),
+        &[
+            "appservice.one.as_token=\"same\"",
+            "appservice.one.hs_token=\"hs-one\"",
+            "appservice.two.as_token=\"same\"",
+            "appservice.two.hs_token=\"hs-two\"",
+        ],
+    )
+    .await;
+    assert!(error.contains("`global.appservice.two.as_token`"), "{error}");
+    assert!(error.contains("`one`"), "{error}");
+}
