@@ -716,6 +716,40 @@ config_section! {
         ///
         /// example: "@admin:example.com"
         support_mxid: Option<OwnedUserId> = None,
+
+        /// The URL of a LiveKit JWT service (lk-jwt-service) for MatrixRTC calls (Element
+        /// Call): offered first as the transport `{type = "livekit", livekit_service_url =
+        /// ...}`, ahead of `rtc_transports`.
+        ///
+        /// example: "https://livekit-jwt.example.com"
+        livekit_url: Option<String> = None,
+
+        /// MatrixRTC transports (MSC4143), in order of preference, each a table with a `type`
+        /// and that type's settings. Served to signed-in users at
+        /// `/_matrix/client/unstable/org.matrix.msc4143/rtc/transports` and, when `client` is
+        /// set, as `org.matrix.msc4143.rtc_foci` in `/.well-known/matrix/client`.
+        ///
+        /// example: [{ type = "livekit", livekit_service_url = "https://livekit-jwt.example.com" }]
+        rtc_transports: Vec<toml::Table> = Vec::new(),
+    }
+}
+
+impl WellKnownConfig {
+    /// Every MatrixRTC transport as a JSON object: `livekit_url` first, then
+    /// `rtc_transports` (each checked at startup to have a string `type`).
+    pub fn rtc_transports_json(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let livekit = self.livekit_url.iter().map(|url| {
+            let mut object = serde_json::Map::new();
+            object.insert("type".to_owned(), "livekit".into());
+            object.insert("livekit_service_url".to_owned(), url.clone().into());
+            object
+        });
+        let listed =
+            self.rtc_transports.iter().filter_map(|table| match serde_json::to_value(table) {
+                Ok(serde_json::Value::Object(object)) => Some(object),
+                _ => None,
+            });
+        livekit.chain(listed).collect()
     }
 }
 
