@@ -1,4 +1,5 @@
-//! The media repository: uploads (plain and asynchronous), downloads with their headers,
+//! The media repository: uploads (plain and asynchronous), downloads with their headers and
+//! byte ranges,
 //! thumbnails of real images, decompression bombs, authentication and legacy routes, remote
 //! media, URL previews against pages served on loopback (and the SSRF defences that keep
 //! previews off internal addresses), and the media admin commands.
@@ -260,6 +261,97 @@ async fn uploads_come_back_identical_with_safe_headers() {
     let (status, config) = server.get_as(&bob, "/_matrix/client/v1/media/config").await;
     assert_eq!(status, 200);
     assert_eq!(config["m.upload.size"], 24 * 1024 * 1024);
+    server.stop().await;
+}
+
+/// GETs `path` with a `Range` (and optionally `If-Range`) header.
+async fn fetch_range(
+    server: &TestServer,
+    user: &User,
+    path: &str,
+    range: &str,
+    if_range: bool,
+) -> (u16, HeaderMap, Vec<u8>) {
+    let mut request =
+        server.client.get(server.url(path)).bearer_auth(&user.token).header(header::RANGE, range);
+    if if_range {
+        request = request.header(header::IF_RANGE, "\"some-etag\"");
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.bytes().await.expect("body").to_vec())
+}
+
+#[tokio::test]
+async fn downloads_answer_single_byte_ranges() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bytes = random_bytes(100_000);
+    let mxc = upload(&server, &alice, bytes.clone(), "video/mp4", Some("clip.mp4")).await;
+    let path = format!("{DOWNLOAD}/{}", mxc_path(&mxc));
+
+    let (status, headers, body) = fetch(&server, Some(&alice), &path).await;
+    assert_eq!(status, 200);
+    assert_eq!(header_text(&headers, "accept-ranges"), "bytes");
+    assert!(body == bytes);
+
+    for (range, from, to) in [
+        ("bytes=0-0", 0, 0),
+        ("bytes=0-99", 0, 99),
+        ("bytes=99990-", 99_990, 99_999),
+        ("bytes=-5", 99_995, 99_999),
+        ("bytes=-100000", 0, 99_999),
+        ("bytes=-250000", 0, 99_999),
+        ("bytes=500-99999999", 500, 99_999),
+        ("bytes=99999-99999", 99_999, 99_999),
+    ] {
+        let (status, headers, body) = fetch_range(&server, &alice, &path, range, false).await;
+        assert_eq!(status, 206, "{range}");
+        assert_eq!(header_text(&headers, "content-range"), format!("bytes {from}-{to}/100000"));
+        assert_eq!(header_text(&headers, "content-length"), (to - from + 1).to_string());
+        assert_eq!(header_text(&headers, "accept-ranges"), "bytes");
+        assert_eq!(header_text(&headers, "content-type"), "video/mp4", "{range}");
+        assert!(body == bytes[from..=to], "{range}: the bytes at that place");
+    }
+
+    for range in ["bytes=100000-", "bytes=100000-100010", "bytes=-0"] {
+        let (status, headers, body) = fetch_range(&server, &alice, &path, range, false).await;
+        assert_eq!(status, 416, "{range}");
+        assert_eq!(header_text(&headers, "content-range"), "bytes */100000");
+        assert!(body.is_empty());
+    }
+
+    // Several ranges, malformed ones, other units and If-Range: the whole file, 200.
+    for range in ["bytes=0-1,5-6", "bytes=5-2", "bytes=x-y", "lines=1-2"] {
+        let (status, headers, body) = fetch_range(&server, &alice, &path, range, false).await;
+        assert_eq!(status, 200, "{range}");
+        assert!(headers.get("content-range").is_none());
+        assert!(body == bytes, "{range}");
+    }
+    let (status, _, body) = fetch_range(&server, &alice, &path, "bytes=0-9", true).await;
+    assert_eq!(status, 200, "If-Range with a validator we never sent");
+    assert!(body == bytes);
+
+    // The download under a file name and a thumbnail honour it too.
+    let named = format!("{path}/other.mp4");
+    let (status, headers, body) = fetch_range(&server, &alice, &named, "bytes=10-19", false).await;
+    assert_eq!((status, header_text(&headers, "content-range")), (206, "bytes 10-19/100000"));
+    assert!(body == bytes[10..20]);
+    let picture = encode(&gradient(300, 200), ImageFormat::Png);
+    let mxc = upload(&server, &alice, picture, "image/png", None).await;
+    let thumbnail = format!("{THUMBNAIL}/{}?width=32&height=32&method=scale", mxc_path(&mxc));
+    let (_, headers, whole) = fetch(&server, Some(&alice), &thumbnail).await;
+    let (status, headers_part, body) =
+        fetch_range(&server, &alice, &thumbnail, "bytes=-10", false).await;
+    assert_eq!(status, 206);
+    let length = whole.len();
+    assert_eq!(
+        header_text(&headers_part, "content-range"),
+        format!("bytes {}-{}/{length}", length - 10, length - 1)
+    );
+    assert_eq!(header_text(&headers, "content-type"), header_text(&headers_part, "content-type"));
+    assert!(body == whole[length - 10..]);
     server.stop().await;
 }
 
