@@ -447,6 +447,24 @@ config_section! {
         /// (the `unused_expires_at` a client is told); afterwards it is gone.
         pending_media_upload_expiration_s: u64 = 86_400,
 
+        /// Bytes of media one local user may have stored at once, in bytes or with a unit
+        /// ("2 GiB"). An upload that would go past it is refused with
+        /// `403 M_RESOURCE_LIMIT_EXCEEDED` (naming the `well_known` support contact);
+        /// deleting media makes room again. Unset: no quota. Our addition to Tuwunel's keys.
+        ///
+        /// example: "2 GiB"
+        media_quota_per_user: Option<ByteSize> = None,
+
+        /// Days media uploaded here is kept after its last download (or its upload, if never
+        /// downloaded); the hourly housekeeping deletes older media, file, thumbnails and
+        /// all. Downloads are recorded to the day. 0 keeps media forever. Our addition to
+        /// Tuwunel's keys.
+        media_retention_local_days: u64 = 0,
+
+        /// The same for media of other servers cached here (fetched again if asked for after
+        /// it was deleted). 0 keeps it forever. Our addition to Tuwunel's keys.
+        media_retention_remote_days: u64 = 0,
+
         /// Largest picture, in pixels (width times height, as its header declares), that the
         /// thumbnailer decodes. Bigger pictures get `413 M_TOO_LARGE` from the thumbnail
         /// endpoints instead of being decoded, which stops decompression bombs (a small file

@@ -2,7 +2,8 @@
 //! byte ranges,
 //! thumbnails of real images, decompression bombs, authentication and legacy routes, remote
 //! media, URL previews against pages served on loopback (and the SSRF defences that keep
-//! previews off internal addresses), and the media admin commands.
+//! previews off internal addresses), the media admin commands, per-user quotas and the
+//! retention of unused media.
 
 use std::{
     io::Cursor,
@@ -1120,6 +1121,156 @@ async fn admin_commands_show_usage_and_delete_media() {
     assert!(
         tuwunel::admin::execute(&services, &format!("media delete --mxc {png}")).await.is_err(),
         "deleting twice fails"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn uploads_stop_exactly_at_the_quota() {
+    let mut server = TestServer::with_options(&[
+        "media_quota_per_user=1000",
+        r#"well_known.support_email="admin@test.local""#,
+    ])
+    .await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    upload(&server, &alice, random_bytes(600), "application/octet-stream", None).await;
+    // Exactly at the quota is allowed; one byte over is not.
+    let last = upload(&server, &alice, random_bytes(400), "application/octet-stream", None).await;
+    let (status, body) = upload_raw(&server, &alice, random_bytes(1), "text/plain", None).await;
+    assert_error(status, &body, 403, "M_RESOURCE_LIMIT_EXCEEDED");
+    assert_eq!(body["admin_contact"], "mailto:admin@test.local");
+    // An upload to a /create'd id counts the same.
+    let (status, created) =
+        server.post_as(&alice, "/_matrix/media/v1/create", serde_json::json!({})).await;
+    assert_eq!(status, 200, "{created}");
+    let reserved = created["content_uri"].as_str().expect("uri").to_owned();
+    let put = server
+        .client
+        .put(server.url(&format!("/_matrix/media/v3/upload/{}", mxc_path(&reserved))))
+        .bearer_auth(&alice.token)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(vec![b'x'; 5]);
+    let (status, body) = status_and_json(put.send().await.expect("put")).await;
+    assert_error(status, &body, 403, "M_RESOURCE_LIMIT_EXCEEDED");
+    // Other users have their own quota.
+    upload(&server, &bob, random_bytes(1000), "application/octet-stream", None).await;
+
+    let services = server.server().services().clone();
+    let usage = tuwunel::admin::execute(&services, "media usage").await.expect("usage");
+    assert!(usage.contains("Quota per local user: 1000 bytes"), "{usage}");
+    assert!(
+        usage.contains("@alice:test.local: 2 files, 1000 bytes (100% of the quota)"),
+        "{usage}"
+    );
+
+    // Deleting makes room again.
+    tuwunel::admin::execute(&services, &format!("media delete --mxc {last}"))
+        .await
+        .expect("delete");
+    upload(&server, &alice, random_bytes(400), "application/octet-stream", None).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_uploads_cannot_pass_the_quota_together() {
+    let mut server = TestServer::with_options(&["media_quota_per_user=1000"]).await;
+    let alice = server.register("alice", "pw").await;
+    let uploads: Vec<_> = (0..10)
+        .map(|_| {
+            let request = server
+                .client
+                .post(server.url(UPLOAD))
+                .bearer_auth(&alice.token)
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .body(random_bytes(300));
+            tokio::spawn(async move { request.send().await.expect("upload").status().as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for upload in uploads {
+        statuses.push(upload.await.expect("task"));
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 403, 403, 403, 403, 403, 403, 403]);
+    let services = server.server().services().clone();
+    let usage = services.media.usage().expect("usage");
+    assert_eq!(usage[0].1.bytes, 900, "{usage:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unused_media_is_deleted_after_the_retention_days() {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let (mut server, clock) = TestServer::with_clock(&["media_retention_local_days=30"]).await;
+    let alice = server.register("alice", "pw").await;
+    let services = server.server().services().clone();
+    let unused = upload(&server, &alice, random_bytes(100), "text/plain", None).await;
+    let used = upload(&server, &alice, random_bytes(200), "text/plain", None).await;
+    let download = |mxc: &str| format!("{DOWNLOAD}/{}", mxc_path(mxc));
+    let retention = |command: &'static str| {
+        let services = services.clone();
+        async move { tuwunel::admin::execute(&services, command).await.expect("retention") }
+    };
+
+    // 30 days minus a millisecond after the upload: both are kept.
+    clock.advance(DAY * 29);
+    assert_eq!(fetch(&server, Some(&alice), &download(&used)).await.0, 200);
+    // The download is recorded by the owner's actor, after the answer.
+    let used_id = mxc_path(&used).split_once('/').expect("server/id").1.to_owned();
+    let recorded = wait_until(Duration::from_secs(10), || {
+        let services = services.clone();
+        let used_id = used_id.clone();
+        async move {
+            let record = services.media.stored("test.local", &used_id).expect("read");
+            record.is_some_and(|record| record.accessed_day.is_some())
+        }
+    })
+    .await;
+    assert!(recorded, "the download day is recorded");
+    clock.advance(DAY - Duration::from_millis(1));
+    let report = retention("media retention").await;
+    assert!(report.contains("would delete 0 media items"), "{report}");
+    assert!(retention("media retention --apply").await.contains("Deleted 0"));
+
+    // Exactly 30 days: the never-downloaded one goes; the one downloaded a day ago stays.
+    clock.advance(Duration::from_millis(1));
+    let report = retention("media retention").await;
+    assert!(report.contains("would delete 1 media items (100 bytes)"), "{report}");
+    assert!(report.contains(unused.as_str()), "{report}");
+    let applied = retention("media retention --apply").await;
+    assert!(applied.contains("Deleted 1 unused media items (100 bytes)"), "{applied}");
+    assert_eq!(fetch(&server, Some(&alice), &download(&unused)).await.0, 404);
+    assert_eq!(fetch(&server, Some(&alice), &download(&used)).await.0, 200, "downloaded again");
+
+    // Downloads are recorded once a day: many downloads today, one record.
+    for _ in 0..5 {
+        assert_eq!(fetch(&server, Some(&alice), &download(&used)).await.0, 200);
+    }
+    // 29 days after its last download it stays; 31 days after, it goes.
+    clock.advance(DAY * 29);
+    assert!(retention("media retention --apply").await.contains("Deleted 0"));
+    clock.advance(DAY * 2);
+    assert!(retention("media retention --apply").await.contains("Deleted 1"));
+    assert_eq!(fetch(&server, Some(&alice), &download(&used)).await.0, 404);
+    let usage = tuwunel::admin::execute(&services, "media usage").await.expect("usage");
+    assert!(usage.contains("0 files, 0 bytes"), "{usage}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn retention_is_off_by_default() {
+    let (mut server, clock) = TestServer::with_clock(&[]).await;
+    let alice = server.register("alice", "pw").await;
+    let services = server.server().services().clone();
+    let mxc = upload(&server, &alice, random_bytes(10), "text/plain", None).await;
+    clock.advance(Duration::from_secs(86_400 * 3_650));
+    let report = tuwunel::admin::execute(&services, "media retention --apply").await.expect("ok");
+    assert!(report.contains("No media retention is configured"), "{report}");
+    assert_eq!(services.media.apply_retention().await.expect("retention"), (0, 0));
+    assert_eq!(
+        fetch(&server, Some(&alice), &format!("{DOWNLOAD}/{}", mxc_path(&mxc))).await.0,
+        200
     );
     server.stop().await;
 }
