@@ -24,9 +24,10 @@ use crate::{Error, Result, Services};
 pub const SERVER_SOFTWARE: &str = "Tuwunel";
 
 /// The Client-Server API versions this server implements: only versions whose endpoints are
-/// all served, since clients take a version as a promise (Element asks v1.15 servers for
-/// room summaries). v1.15 adds `GET /v1/room_summary/{roomIdOrAlias}`, which is not built
-/// yet; v1.18 the suspension and lock admin endpoints, v1.19 `GET /v1/mutual_rooms`. The
+/// all served, since clients take a version as a promise. v1.15 adds the OAuth 2.0
+/// authentication API (`GET /v1/auth_metadata` and its flows), which is not built (its room
+/// summaries are); v1.18 the suspension and lock admin endpoints, v1.19
+/// `GET /v1/mutual_rooms`. The
 /// integration test `discovery::every_advertised_version_is_served` holds this list to the
 /// endpoints each version added.
 const SPEC_VERSIONS: &[&str] = &[

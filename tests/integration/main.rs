@@ -38,6 +38,7 @@ mod push;
 mod rate_limits;
 mod registration;
 mod relations;
+mod room_summary;
 mod rooms;
 mod route_walk;
 mod search;
