@@ -162,6 +162,11 @@ async fn housekeeping(services: Arc<Services>, ticks: u64) {
         Ok(purged) => tracing::info!(purged, "discarded old notifications"),
         Err(error) => tracing::warn!(%error, "purging old notifications failed"),
     }
+    match services.media.apply_retention().await {
+        Ok((0, _)) => {}
+        Ok((deleted, bytes)) => tracing::info!(deleted, bytes, "deleted unused media"),
+        Err(error) => tracing::warn!(%error, "deleting unused media failed"),
+    }
 }
 
 /// Distinguishes servers that share a process (their actor names must not collide).

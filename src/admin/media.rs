@@ -1,5 +1,6 @@
-//! `media` commands, with Tuwunel's names where it has them: storage usage, what is known
-//! about a file, and deleting media.
+//! `media` commands, with Tuwunel's names where it has them: storage usage (against the
+//! per-user quota), what is known about a file, deleting media, and what the retention
+//! policy deletes.
 
 use std::{fmt::Write, sync::Arc};
 
@@ -29,6 +30,16 @@ pub(super) enum MediaCommand {
     },
     /// Delete every media item a local user uploaded.
     DeleteAllFromUser { user_id: String },
+    /// What the retention policy (`media_retention_local_days`, `media_retention_remote_days`)
+    /// would delete now, oldest use first; with `--apply`, delete it now instead of at the
+    /// next hourly housekeeping.
+    Retention {
+        /// How many items to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 fn parts(mxc: &MxcUri) -> Result<(String, String)> {
@@ -50,8 +61,47 @@ pub(super) async fn run(services: &Arc<Services>, command: MediaCommand) -> Resu
                  servers whose media is cached here).\n",
                 owners.len()
             );
+            if let Some(quota) = media.quota() {
+                let _ = writeln!(out, "Quota per local user: {quota} bytes.");
+            }
             for (owner, usage) in owners.iter().take(limit) {
-                let _ = writeln!(out, "- {owner}: {} files, {} bytes", usage.files, usage.bytes);
+                let _ = write!(out, "- {owner}: {} files, {} bytes", usage.files, usage.bytes);
+                match media.quota() {
+                    Some(quota) if owner.starts_with('@') && quota > 0 => {
+                        let percent = u128::from(usage.bytes) * 100 / u128::from(quota);
+                        let _ = writeln!(out, " ({percent}% of the quota)");
+                    }
+                    _ => out.push('\n'),
+                }
+            }
+            Ok(out)
+        }
+        MediaCommand::Retention { limit, apply } => {
+            let policy = media.retention();
+            if policy.is_off() {
+                return Ok("No media retention is configured (media_retention_local_days and \
+                           media_retention_remote_days are 0): all media is kept."
+                    .to_owned());
+            }
+            if apply {
+                let (deleted, bytes) = media.apply_retention().await?;
+                return Ok(format!("Deleted {deleted} unused media items ({bytes} bytes)."));
+            }
+            let unused = media.unused()?;
+            let bytes: u64 = unused.iter().map(|item| item.size).sum();
+            let mut out = format!(
+                "Retention (local media {} days, remote media {} days, 0 = forever) would \
+                 delete {} media items ({bytes} bytes) now.\n",
+                policy.local_days,
+                policy.remote_days,
+                unused.len()
+            );
+            for item in unused.iter().take(limit) {
+                let _ = writeln!(
+                    out,
+                    "- mxc://{}/{}: {} bytes, last used {} ms",
+                    item.server_name, item.media_id, item.size, item.last_used_ms
+                );
             }
             Ok(out)
         }

@@ -205,6 +205,21 @@ impl Config {
                 &"must be m.role.admin or m.role.security",
             ));
         }
+        for transport in &global.well_known.rtc_transports {
+            if transport.get("type").and_then(toml::Value::as_str).is_none_or(str::is_empty) {
+                return Err(invalid(
+                    "well_known.rtc_transports",
+                    &"every transport needs a `type` string, e.g. { type = \"livekit\", \
+                      livekit_service_url = \"https://...\" }",
+                ));
+            }
+        }
+        if global.well_known.livekit_url.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid(
+                "well_known.livekit_url",
+                &"must not be empty; remove the key instead",
+            ));
+        }
         for pattern in &global.forbidden_alias_names {
             if let Err(error) = regex::Regex::new(pattern) {
                 return Err(invalid(

@@ -447,6 +447,24 @@ config_section! {
         /// (the `unused_expires_at` a client is told); afterwards it is gone.
         pending_media_upload_expiration_s: u64 = 86_400,
 
+        /// Bytes of media one local user may have stored at once, in bytes or with a unit
+        /// ("2 GiB"). An upload that would go past it is refused with
+        /// `403 M_RESOURCE_LIMIT_EXCEEDED` (naming the `well_known` support contact);
+        /// deleting media makes room again. Unset: no quota. Our addition to Tuwunel's keys.
+        ///
+        /// example: "2 GiB"
+        media_quota_per_user: Option<ByteSize> = None,
+
+        /// Days media uploaded here is kept after its last download (or its upload, if never
+        /// downloaded); the hourly housekeeping deletes older media, file, thumbnails and
+        /// all. Downloads are recorded to the day. 0 keeps media forever. Our addition to
+        /// Tuwunel's keys.
+        media_retention_local_days: u64 = 0,
+
+        /// The same for media of other servers cached here (fetched again if asked for after
+        /// it was deleted). 0 keeps it forever. Our addition to Tuwunel's keys.
+        media_retention_remote_days: u64 = 0,
+
         /// Largest picture, in pixels (width times height, as its header declares), that the
         /// thumbnailer decodes. Bigger pictures get `413 M_TOO_LARGE` from the thumbnail
         /// endpoints instead of being decoded, which stops decompression bombs (a small file
@@ -810,6 +828,40 @@ config_section! {
         ///
         /// example: "@admin:example.com"
         support_mxid: Option<OwnedUserId> = None,
+
+        /// The URL of a LiveKit JWT service (lk-jwt-service) for MatrixRTC calls (Element
+        /// Call): offered first as the transport `{type = "livekit", livekit_service_url =
+        /// ...}`, ahead of `rtc_transports`.
+        ///
+        /// example: "https://livekit-jwt.example.com"
+        livekit_url: Option<String> = None,
+
+        /// MatrixRTC transports (MSC4143), in order of preference, each a table with a `type`
+        /// and that type's settings. Served to signed-in users at
+        /// `/_matrix/client/unstable/org.matrix.msc4143/rtc/transports` and, when `client` is
+        /// set, as `org.matrix.msc4143.rtc_foci` in `/.well-known/matrix/client`.
+        ///
+        /// example: [{ type = "livekit", livekit_service_url = "https://livekit-jwt.example.com" }]
+        rtc_transports: Vec<toml::Table> = Vec::new(),
+    }
+}
+
+impl WellKnownConfig {
+    /// Every MatrixRTC transport as a JSON object: `livekit_url` first, then
+    /// `rtc_transports` (each checked at startup to have a string `type`).
+    pub fn rtc_transports_json(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let livekit = self.livekit_url.iter().map(|url| {
+            let mut object = serde_json::Map::new();
+            object.insert("type".to_owned(), "livekit".into());
+            object.insert("livekit_service_url".to_owned(), url.clone().into());
+            object
+        });
+        let listed =
+            self.rtc_transports.iter().filter_map(|table| match serde_json::to_value(table) {
+                Ok(serde_json::Value::Object(object)) => Some(object),
+                _ => None,
+            });
+        livekit.chain(listed).collect()
     }
 }
 

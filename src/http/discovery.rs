@@ -11,6 +11,7 @@ use ruma::api::{
         discover_support::{self, Contact, ContactRole},
         get_supported_versions,
     },
+    client::rtc::RtcTransport,
     federation::discovery::discover_homeserver as discover_server,
 };
 use serde_json::{Value as JsonValue, json};
@@ -23,9 +24,10 @@ use crate::{Error, Result, Services};
 pub const SERVER_SOFTWARE: &str = "Tuwunel";
 
 /// The Client-Server API versions this server implements: only versions whose endpoints are
-/// all served, since clients take a version as a promise (Element asks v1.15 servers for
-/// room summaries). v1.15 adds `GET /v1/room_summary/{roomIdOrAlias}`, which is not built
-/// yet; v1.18 the suspension and lock admin endpoints, v1.19 `GET /v1/mutual_rooms`. The
+/// all served, since clients take a version as a promise. v1.15 adds the OAuth 2.0
+/// authentication API (`GET /v1/auth_metadata` and its flows), which is not built (its room
+/// summaries are); v1.18 the suspension and lock admin endpoints, v1.19
+/// `GET /v1/mutual_rooms`. The
 /// integration test `discovery::every_advertised_version_is_served` holds this list to the
 /// endpoints each version added.
 const SPEC_VERSIONS: &[&str] = &[
@@ -42,14 +44,36 @@ pub fn routes(router: Routes) -> Routes {
 }
 
 async fn versions(
-    _services: Arc<Services>,
+    services: Arc<Services>,
     _request: Ruma<get_supported_versions::Request>,
 ) -> Result<get_supported_versions::Response> {
     let mut response = get_supported_versions::Response::new(
         SPEC_VERSIONS.iter().map(|version| (*version).to_owned()).collect(),
     );
     response.unstable_features = BTreeMap::new();
+    if !services.config.well_known.rtc_transports_json().is_empty() {
+        // MatrixRTC transport discovery (`/rtc/transports`) has something to offer.
+        response.unstable_features.insert("org.matrix.msc4143".to_owned(), true);
+    }
     Ok(response)
+}
+
+/// The configured MatrixRTC transports as ruma's type (checked at startup to have a `type`).
+fn rtc_transports(services: &Services) -> Result<Vec<RtcTransport>> {
+    services
+        .config
+        .well_known
+        .rtc_transports_json()
+        .into_iter()
+        .map(|mut object| {
+            let kind = match object.remove("type") {
+                Some(JsonValue::String(kind)) => kind,
+                _ => return Err(Error::internal("an RTC transport without a type")),
+            };
+            RtcTransport::new(&kind, object)
+                .map_err(|error| Error::internal(format!("RTC transport {kind}: {error}")))
+        })
+        .collect()
 }
 
 async fn well_known_client(
@@ -61,7 +85,9 @@ async fn well_known_client(
             "This server does not publish client delegation (well_known.client is unset).",
         )
     })?;
-    Ok(discover_homeserver::Response::new(HomeserverInfo::new(base_url)))
+    let mut response = discover_homeserver::Response::new(HomeserverInfo::new(base_url));
+    response.rtc_foci = rtc_transports(&services)?;
+    Ok(response)
 }
 
 async fn well_known_server(

@@ -11,6 +11,7 @@ pub mod listener;
 pub mod media;
 pub mod metrics;
 pub mod middleware;
+pub mod range;
 pub mod routes;
 pub mod ruma;
 pub mod tls;

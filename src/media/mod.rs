@@ -14,6 +14,7 @@
 pub mod html;
 pub mod owner;
 pub mod preview;
+pub mod retention;
 pub mod store;
 pub mod thumbnail;
 
@@ -168,6 +169,8 @@ pub struct Media {
     decoder_panic: Arc<AtomicBool>,
     /// What pending uploads and cached previews expire by.
     time: Time,
+    retention: retention::Retention,
+    quota: Option<u64>,
 }
 
 impl Media {
@@ -195,6 +198,9 @@ impl Media {
                     max_pending: config.max_pending_media_uploads,
                     pending_lifetime: Duration::from_secs(config.pending_media_upload_expiration_s),
                     time: time.clone(),
+                    quota: config.media_quota_per_user.map(|quota| quota.0),
+                    server_user: format!("@{}:{server_name}", config.server_user_localpart),
+                    admin_contact: admin_contact(config),
                 },
                 limits,
             )
@@ -227,7 +233,35 @@ impl Media {
             allow_legacy: config.allow_legacy_media,
             decoder_panic: Arc::default(),
             time,
+            retention: retention::Retention {
+                local_days: config.media_retention_local_days,
+                remote_days: config.media_retention_remote_days,
+            },
+            quota: config.media_quota_per_user.map(|quota| quota.0),
         })
+    }
+
+    /// `media_quota_per_user`, in bytes.
+    pub fn quota(&self) -> Option<u64> {
+        self.quota
+    }
+
+    /// Records that `record` was downloaded today, unless that is already recorded: at
+    /// most one write per media item and day (`retention`).
+    async fn record_download(&self, server_name: &str, media_id: &str, record: &MediaRecord) {
+        let today = retention::day_of(self.time.now_ms());
+        let recorded = record.accessed_day.unwrap_or(retention::day_of(record.created_ms));
+        if recorded >= today {
+            return;
+        }
+        let message = OwnerMessage::Touch {
+            server_name: server_name.to_owned(),
+            media_id: media_id.to_owned(),
+            day: today,
+        };
+        if let Err(error) = self.owners.send(&record.owner, message).await {
+            tracing::debug!(%error, "could not record a media download");
+        }
     }
 
     /// Replaces the source of remote media (federation's, at startup).
@@ -489,6 +523,7 @@ impl Media {
         };
         metrics::counter!("tuwunel_media_downloads_total").increment(1);
         metrics::counter!("tuwunel_media_download_bytes_total").increment(length);
+        self.record_download(server_name.as_str(), media_id, &record).await;
         Ok(Served { content_type: record.content_type, filename: record.filename, file, length })
     }
 
@@ -509,6 +544,7 @@ impl Media {
             return Err(Error::invalid_param("Thumbnail width and height must be positive."));
         }
         let record = self.ready(server_name, media_id, timeout).await?;
+        self.record_download(server_name.as_str(), media_id, &record).await;
         let request =
             thumbnail::Request { size: thumbnail::choose(width, height, method), animated };
         let key = (server_name.to_string(), media_id.to_owned(), request.key());
@@ -673,6 +709,22 @@ fn sanitised(described: Described) -> Described {
         .filename
         .filter(|name| name.chars().count() <= MAX_DESCRIPTION && !name.is_empty());
     Described { content_type, filename }
+}
+
+/// The `admin_contact` of a quota error: the `well_known` support page, email or Matrix
+/// ID, else the admin room's alias.
+fn admin_contact(config: &Config) -> String {
+    let well_known = &config.well_known;
+    if let Some(page) = &well_known.support_page {
+        return page.clone();
+    }
+    if let Some(email) = &well_known.support_email {
+        return format!("mailto:{email}");
+    }
+    if let Some(mxid) = &well_known.support_mxid {
+        return format!("https://matrix.to/#/{mxid}");
+    }
+    format!("https://matrix.to/#/%23admins:{}", config.server_name)
 }
 
 fn no_such_media() -> Error {

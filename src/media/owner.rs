@@ -12,10 +12,11 @@
 use std::{collections::BTreeMap, ops::ControlFlow, sync::Arc, time::Duration};
 
 use rand::{Rng, distributions::Alphanumeric};
-use ruma::api::error::ErrorKind;
+use ruma::api::error::{ErrorKind, ResourceLimitExceededErrorData};
 
 use super::{
     UploadWaiters,
+    retention::Retention,
     store::{MediaStore, StagedFile},
 };
 use crate::{
@@ -70,6 +71,16 @@ pub enum OwnerMessage {
     },
     /// Deletes one of the owner's media with its thumbnails; replies with what was deleted.
     Delete { server_name: String, media_id: String, reply: Reply<Result<Option<MediaRecord>>> },
+    /// Records that one of the owner's media was downloaded on `day` (for retention).
+    Touch { server_name: String, media_id: String, day: u64 },
+    /// Deletes one of the owner's media if `retention` still finds it unused at `now_ms`.
+    Expire {
+        server_name: String,
+        media_id: String,
+        retention: Retention,
+        now_ms: u64,
+        reply: Reply<Result<Option<MediaRecord>>>,
+    },
 }
 
 /// What the actor remembers between messages.
@@ -87,6 +98,11 @@ pub struct OwnerActor {
     pub(super) max_pending: usize,
     pub(super) pending_lifetime: Duration,
     pub(super) time: Time,
+    /// `media_quota_per_user`: bytes a local user may store (not the server user).
+    pub(super) quota: Option<u64>,
+    pub(super) server_user: String,
+    /// Where a user over quota is sent (`admin_contact` of the error).
+    pub(super) admin_contact: String,
 }
 
 impl Behaviour for OwnerActor {
@@ -139,6 +155,17 @@ impl Behaviour for OwnerActor {
             }
             OwnerMessage::Delete { server_name, media_id, reply } => {
                 let _ = reply.send(self.delete(owner, state, server_name, media_id).await);
+            }
+            OwnerMessage::Touch { server_name, media_id, day } => {
+                if let Err(error) = self.touch(owner, server_name, media_id, day).await {
+                    tracing::warn!(%error, "recording a media download failed");
+                }
+            }
+            OwnerMessage::Expire { server_name, media_id, retention, now_ms, reply } => {
+                let result = self
+                    .expire_unused(owner, state, server_name, media_id, retention, now_ms)
+                    .await;
+                let _ = reply.send(result);
             }
         }
         Ok(())
@@ -212,6 +239,7 @@ impl OwnerActor {
         file: StagedFile,
         described: Described,
     ) -> Result<String> {
+        self.within_quota(owner, state, file.size)?;
         let media_id = self.fresh_id()?;
         self.keep(owner, state, &self.server_name, &media_id, file, described, Batch::new())
             .await?;
@@ -236,6 +264,7 @@ impl OwnerActor {
         if !record.is_pending() {
             return Err(already_uploaded());
         }
+        self.within_quota(owner, state, file.size)?;
         let now = self.time.now_ms();
         let mut batch = Batch::new();
         self.expire(owner, state, &mut batch, now);
@@ -292,6 +321,7 @@ impl OwnerActor {
             created_ms: self.time.now_ms(),
             sha256: Some(file.sha256.clone()),
             pending_until_ms: None,
+            accessed_day: None,
         };
         let name = MediaStore::content_name(server_name, media_id);
         self.store.persist(file, &name).await?;
@@ -317,6 +347,69 @@ impl OwnerActor {
             metrics::counter!("tuwunel_media_upload_bytes_total").increment(size);
         }
         Ok(())
+    }
+
+    /// Refuses an upload of `size` bytes that would take a local user past the quota. The
+    /// actor handles one message at a time, so concurrent uploads are counted one after the
+    /// other and cannot pass it together.
+    fn within_quota(&self, owner: &str, state: &OwnerState, size: u64) -> Result<()> {
+        let Some(quota) = self.quota else { return Ok(()) };
+        if owner == self.server_user || state.usage.bytes.saturating_add(size) <= quota {
+            return Ok(());
+        }
+        Err(Error::matrix(
+            axum::http::StatusCode::FORBIDDEN,
+            ErrorKind::ResourceLimitExceeded(ResourceLimitExceededErrorData::new(
+                self.admin_contact.clone(),
+            )),
+            format!(
+                "This upload would take your media past your quota of {quota} bytes \
+                 ({} bytes stored); delete some media or ask the server's admins.",
+                state.usage.bytes
+            ),
+        ))
+    }
+
+    /// Records a download day on the media's record, if later than the one recorded.
+    async fn touch(
+        &self,
+        owner: &str,
+        server_name: String,
+        media_id: String,
+        day: u64,
+    ) -> Result<()> {
+        let key = (server_name, media_id);
+        let Some(Json(mut record)) = MEDIA_TABLE.get(self.storage.engine(), &key)? else {
+            return Ok(());
+        };
+        if record.owner != owner || record.is_pending() || record.accessed_day >= Some(day) {
+            return Ok(());
+        }
+        record.accessed_day = Some(day);
+        let mut batch = Batch::new();
+        MEDIA_TABLE.put(&mut batch, &key, &Json(record));
+        self.storage.writer().commit(batch).await
+    }
+
+    /// Deletes media retention found unused, unless a download recorded since says
+    /// otherwise.
+    async fn expire_unused(
+        &self,
+        owner: &str,
+        state: &mut OwnerState,
+        server_name: String,
+        media_id: String,
+        retention: Retention,
+        now_ms: u64,
+    ) -> Result<Option<MediaRecord>> {
+        let key = (server_name.clone(), media_id.clone());
+        let Some(Json(record)) = MEDIA_TABLE.get(self.storage.engine(), &key)? else {
+            return Ok(None);
+        };
+        if !retention.expired(&record, server_name == self.server_name, now_ms) {
+            return Ok(None);
+        }
+        self.delete(owner, state, server_name, media_id).await
     }
 
     async fn thumbnail(

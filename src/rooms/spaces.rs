@@ -172,7 +172,7 @@ pub fn children_state(children: &[Child]) -> Result<Vec<Raw<HierarchySpaceChildE
 // Who may see a room
 
 /// Whether a room's join rule or history visibility lets anyone see it.
-fn open_to_all(join_rule: &JoinRuleSummary, world_readable: bool) -> bool {
+pub fn open_to_all(join_rule: &JoinRuleSummary, world_readable: bool) -> bool {
     world_readable
         || matches!(
             join_rule,

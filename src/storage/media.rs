@@ -28,6 +28,10 @@ pub struct MediaRecord {
     /// after which the id is void.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_until_ms: Option<u64>,
+    /// The last day (since the epoch) it was downloaded on, for retention; recorded at most
+    /// once a day (`media::retention`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accessed_day: Option<u64>,
 }
 
 impl MediaRecord {

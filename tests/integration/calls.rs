@@ -1,13 +1,18 @@
 //! Calls: TURN credentials (`/voip/turnServer`) from a shared secret, a secret file or a
 //! static pair, checked against the TURN REST API formula computed independently (Python's
-//! `hmac`); guests refused unless allowed.
+//! `hmac`); guests refused unless allowed. MatrixRTC: transport discovery (MSC4143) from
+//! `well_known.livekit_url` / `rtc_transports`, and a LiveKit JWT service's check of a user's
+//! OpenID token through the federation userinfo endpoint.
 
 use std::{process::Command, time::Duration};
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, User, assert_error, user_from};
+use crate::{
+    common::{TestServer, User, assert_error, status_and_json, user_from},
+    testbed::{Ca, FedServer},
+};
 
 const TURN: &str = "/_matrix/client/v3/voip/turnServer";
 const URIS: &str =
@@ -146,4 +151,113 @@ async fn static_credentials_and_no_configuration() {
     let alice = server.register("alice", "pw").await;
     assert_eq!(server.get_as(&alice, TURN).await, (200, json!({})));
     server.stop().await;
+}
+
+const TRANSPORTS: &str = "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports";
+
+#[tokio::test]
+async fn rtc_transports_are_discovered_from_the_configuration() {
+    let mut server = TestServer::with_options(&[
+        r#"well_known.client="https://matrix.test.local""#,
+        r#"well_known.livekit_url="https://jwt.test.local""#,
+        r#"well_known.rtc_transports=[{ type = "org.example.mesh", relay = "wss://mesh.test.local", hops = 2 }]"#,
+    ])
+    .await;
+    let expected = json!([
+        {"type": "livekit", "livekit_service_url": "https://jwt.test.local"},
+        {"type": "org.example.mesh", "relay": "wss://mesh.test.local", "hops": 2},
+    ]);
+    let alice = server.register("alice", "pw").await;
+    let (status, body) = server.get_as(&alice, TRANSPORTS).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rtc_transports"], expected);
+    assert_eq!(body["transports"], expected);
+    // Only for signed-in users.
+    let (status, body) = server.get(TRANSPORTS).await;
+    assert_error(status, &body, 401, "M_MISSING_TOKEN");
+
+    let (status, body) = server.get("/.well-known/matrix/client").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["org.matrix.msc4143.rtc_foci"], expected);
+    assert_eq!(body["m.homeserver"]["base_url"], "https://matrix.test.local");
+    let (_, body) = server.get("/_matrix/client/versions").await;
+    assert_eq!(body["unstable_features"]["org.matrix.msc4143"], true, "{body}");
+    server.stop().await;
+
+    // Nothing configured: an empty list, nothing in .well-known, nothing advertised.
+    let mut server =
+        TestServer::with_options(&[r#"well_known.client="https://matrix.test.local""#]).await;
+    let alice = server.register("alice", "pw").await;
+    assert_eq!(server.get_as(&alice, TRANSPORTS).await.1["rtc_transports"], json!([]));
+    let (_, body) = server.get("/.well-known/matrix/client").await;
+    assert!(body.get("org.matrix.msc4143.rtc_foci").is_none(), "{body}");
+    let (_, body) = server.get("/_matrix/client/versions").await;
+    assert!(body["unstable_features"].get("org.matrix.msc4143").is_none(), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_transport_without_a_type_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::common::init_logging();
+    let file = crate::common::write_config(dir.path());
+    let inputs = tuwunel::config::Inputs {
+        files: vec![file],
+        env: Vec::new(),
+        options: vec![
+            r#"well_known.rtc_transports=[{ livekit_service_url = "https://x" }]"#.to_owned(),
+        ],
+    };
+    let error = tuwunel::Config::load(&inputs).expect_err("refused");
+    assert!(error.to_string().contains("rtc_transports"), "{error}");
+}
+
+/// What a LiveKit JWT service (lk-jwt-service) does with the OpenID token Element Call hands
+/// it: reach the user's server by the token's `matrix_server_name` as federation does (here
+/// `localhost:PORT`, over TLS), exchange the token at the userinfo endpoint, and accept the
+/// user only if its id belongs to that server.
+#[tokio::test]
+async fn a_livekit_jwt_service_verifies_a_user_by_openid() {
+    let ca = Ca::new();
+    let mut home =
+        FedServer::start(&ca, &[r#"well_known.livekit_url="https://jwt.test.local""#]).await;
+    let alice = home.server.register("alice", "pw").await;
+
+    // The client finds the JWT service, then asks for a token to hand it.
+    let (_, body) = home.server.get_as(&alice, TRANSPORTS).await;
+    assert_eq!(body["rtc_transports"][0]["livekit_service_url"], "https://jwt.test.local");
+    let path = format!("/_matrix/client/v3/user/{}/openid/request_token", alice.user_id);
+    let (status, openid) = home.server.post_as(&alice, &path, json!({})).await;
+    assert_eq!(status, 200, "{openid}");
+
+    // The JWT service's side: only the token's own fields, over TLS, as another server would.
+    let verify = |openid: Value| {
+        let client = ca.client();
+        async move {
+            assert_eq!(openid["token_type"], "Bearer");
+            let server_name = openid["matrix_server_name"].as_str().expect("server name");
+            let response = client
+                .get(format!("https://{server_name}/_matrix/federation/v1/openid/userinfo"))
+                .query(&[("access_token", openid["access_token"].as_str().expect("token"))])
+                .send()
+                .await
+                .expect("userinfo over TLS");
+            let (status, body) = status_and_json(response).await;
+            if status != 200 {
+                return Err((status, body));
+            }
+            let sub = body["sub"].as_str().expect("sub").to_owned();
+            assert_eq!(sub.split_once(':').map(|(_, server)| server), Some(server_name));
+            Ok(sub)
+        }
+    };
+    assert_eq!(verify(openid.clone()).await, Ok(alice.user_id.clone()));
+    assert_eq!(openid["matrix_server_name"], home.name.as_str());
+
+    // A forged token is refused the way the service expects (401 M_UNKNOWN_TOKEN).
+    let mut forged = openid.clone();
+    forged["access_token"] = json!("tw_oi_forged");
+    let (status, body) = verify(forged).await.expect_err("refused");
+    assert_error(status, &body, 401, "M_UNKNOWN_TOKEN");
+    home.stop().await;
 }

@@ -295,6 +295,26 @@ async fn other_servers_get_multipart_media_and_thumbnails_when_signed() {
     assert_eq!(part_header(&found[1], "content-disposition"), "inline; filename=wide.png");
     assert!(found[1].1 == picture, "the uploaded bytes");
 
+    // A range of the multipart body: exactly the file's bytes inside it (the closing
+    // delimiter after them is CRLF, "--", 32 boundary characters, "--", CRLF).
+    let path = format!("/_matrix/federation/v1/media/download/{id}");
+    let (length, file) = (body.len(), picture.len());
+    let (from, to) = (length - 40 - file, length - 41);
+    let authorization = origin.authorization("GET", &path, &a.name, None, None);
+    let response = crate::common::client()
+        .get(a.server.url(&path))
+        .header("authorization", authorization)
+        .header("range", format!("bytes={from}-{to}"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 206);
+    assert_eq!(
+        header_text(response.headers(), "content-range"),
+        format!("bytes {from}-{to}/{length}")
+    );
+    assert!(response.bytes().await.expect("body") == picture, "the file's bytes");
+
     let (status, content_type, body) = signed_get(format!(
         "/_matrix/federation/v1/media/thumbnail/{id}?width=32&height=32&method=crop"
     ))

@@ -41,6 +41,7 @@ mod rate_limits;
 mod registration;
 mod relations;
 mod room_dag;
+mod room_summary;
 mod rooms;
 mod route_walk;
 mod search;

@@ -1,7 +1,9 @@
-//! The media repository: uploads (plain and asynchronous), downloads with their headers,
+//! The media repository: uploads (plain and asynchronous), downloads with their headers and
+//! byte ranges,
 //! thumbnails of real images, decompression bombs, authentication and legacy routes, remote
 //! media, URL previews against pages served on loopback (and the SSRF defences that keep
-//! previews off internal addresses), and the media admin commands.
+//! previews off internal addresses), the media admin commands, per-user quotas and the
+//! retention of unused media.
 
 use std::{
     io::Cursor,
@@ -260,6 +262,97 @@ async fn uploads_come_back_identical_with_safe_headers() {
     let (status, config) = server.get_as(&bob, "/_matrix/client/v1/media/config").await;
     assert_eq!(status, 200);
     assert_eq!(config["m.upload.size"], 24 * 1024 * 1024);
+    server.stop().await;
+}
+
+/// GETs `path` with a `Range` (and optionally `If-Range`) header.
+async fn fetch_range(
+    server: &TestServer,
+    user: &User,
+    path: &str,
+    range: &str,
+    if_range: bool,
+) -> (u16, HeaderMap, Vec<u8>) {
+    let mut request =
+        server.client.get(server.url(path)).bearer_auth(&user.token).header(header::RANGE, range);
+    if if_range {
+        request = request.header(header::IF_RANGE, "\"some-etag\"");
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.bytes().await.expect("body").to_vec())
+}
+
+#[tokio::test]
+async fn downloads_answer_single_byte_ranges() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bytes = random_bytes(100_000);
+    let mxc = upload(&server, &alice, bytes.clone(), "video/mp4", Some("clip.mp4")).await;
+    let path = format!("{DOWNLOAD}/{}", mxc_path(&mxc));
+
+    let (status, headers, body) = fetch(&server, Some(&alice), &path).await;
+    assert_eq!(status, 200);
+    assert_eq!(header_text(&headers, "accept-ranges"), "bytes");
+    assert!(body == bytes);
+
+    for (range, from, to) in [
+        ("bytes=0-0", 0, 0),
+        ("bytes=0-99", 0, 99),
+        ("bytes=99990-", 99_990, 99_999),
+        ("bytes=-5", 99_995, 99_999),
+        ("bytes=-100000", 0, 99_999),
+        ("bytes=-250000", 0, 99_999),
+        ("bytes=500-99999999", 500, 99_999),
+        ("bytes=99999-99999", 99_999, 99_999),
+    ] {
+        let (status, headers, body) = fetch_range(&server, &alice, &path, range, false).await;
+        assert_eq!(status, 206, "{range}");
+        assert_eq!(header_text(&headers, "content-range"), format!("bytes {from}-{to}/100000"));
+        assert_eq!(header_text(&headers, "content-length"), (to - from + 1).to_string());
+        assert_eq!(header_text(&headers, "accept-ranges"), "bytes");
+        assert_eq!(header_text(&headers, "content-type"), "video/mp4", "{range}");
+        assert!(body == bytes[from..=to], "{range}: the bytes at that place");
+    }
+
+    for range in ["bytes=100000-", "bytes=100000-100010", "bytes=-0"] {
+        let (status, headers, body) = fetch_range(&server, &alice, &path, range, false).await;
+        assert_eq!(status, 416, "{range}");
+        assert_eq!(header_text(&headers, "content-range"), "bytes */100000");
+        assert!(body.is_empty());
+    }
+
+    // Several ranges, malformed ones, other units and If-Range: the whole file, 200.
+    for range in ["bytes=0-1,5-6", "bytes=5-2", "bytes=x-y", "lines=1-2"] {
+        let (status, headers, body) = fetch_range(&server, &alice, &path, range, false).await;
+        assert_eq!(status, 200, "{range}");
+        assert!(headers.get("content-range").is_none());
+        assert!(body == bytes, "{range}");
+    }
+    let (status, _, body) = fetch_range(&server, &alice, &path, "bytes=0-9", true).await;
+    assert_eq!(status, 200, "If-Range with a validator we never sent");
+    assert!(body == bytes);
+
+    // The download under a file name and a thumbnail honour it too.
+    let named = format!("{path}/other.mp4");
+    let (status, headers, body) = fetch_range(&server, &alice, &named, "bytes=10-19", false).await;
+    assert_eq!((status, header_text(&headers, "content-range")), (206, "bytes 10-19/100000"));
+    assert!(body == bytes[10..20]);
+    let picture = encode(&gradient(300, 200), ImageFormat::Png);
+    let mxc = upload(&server, &alice, picture, "image/png", None).await;
+    let thumbnail = format!("{THUMBNAIL}/{}?width=32&height=32&method=scale", mxc_path(&mxc));
+    let (_, headers, whole) = fetch(&server, Some(&alice), &thumbnail).await;
+    let (status, headers_part, body) =
+        fetch_range(&server, &alice, &thumbnail, "bytes=-10", false).await;
+    assert_eq!(status, 206);
+    let length = whole.len();
+    assert_eq!(
+        header_text(&headers_part, "content-range"),
+        format!("bytes {}-{}/{length}", length - 10, length - 1)
+    );
+    assert_eq!(header_text(&headers, "content-type"), header_text(&headers_part, "content-type"));
+    assert!(body == whole[length - 10..]);
     server.stop().await;
 }
 
@@ -1028,6 +1121,156 @@ async fn admin_commands_show_usage_and_delete_media() {
     assert!(
         tuwunel::admin::execute(&services, &format!("media delete --mxc {png}")).await.is_err(),
         "deleting twice fails"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn uploads_stop_exactly_at_the_quota() {
+    let mut server = TestServer::with_options(&[
+        "media_quota_per_user=1000",
+        r#"well_known.support_email="admin@test.local""#,
+    ])
+    .await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    upload(&server, &alice, random_bytes(600), "application/octet-stream", None).await;
+    // Exactly at the quota is allowed; one byte over is not.
+    let last = upload(&server, &alice, random_bytes(400), "application/octet-stream", None).await;
+    let (status, body) = upload_raw(&server, &alice, random_bytes(1), "text/plain", None).await;
+    assert_error(status, &body, 403, "M_RESOURCE_LIMIT_EXCEEDED");
+    assert_eq!(body["admin_contact"], "mailto:admin@test.local");
+    // An upload to a /create'd id counts the same.
+    let (status, created) =
+        server.post_as(&alice, "/_matrix/media/v1/create", serde_json::json!({})).await;
+    assert_eq!(status, 200, "{created}");
+    let reserved = created["content_uri"].as_str().expect("uri").to_owned();
+    let put = server
+        .client
+        .put(server.url(&format!("/_matrix/media/v3/upload/{}", mxc_path(&reserved))))
+        .bearer_auth(&alice.token)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(vec![b'x'; 5]);
+    let (status, body) = status_and_json(put.send().await.expect("put")).await;
+    assert_error(status, &body, 403, "M_RESOURCE_LIMIT_EXCEEDED");
+    // Other users have their own quota.
+    upload(&server, &bob, random_bytes(1000), "application/octet-stream", None).await;
+
+    let services = server.server().services().clone();
+    let usage = tuwunel::admin::execute(&services, "media usage").await.expect("usage");
+    assert!(usage.contains("Quota per local user: 1000 bytes"), "{usage}");
+    assert!(
+        usage.contains("@alice:test.local: 2 files, 1000 bytes (100% of the quota)"),
+        "{usage}"
+    );
+
+    // Deleting makes room again.
+    tuwunel::admin::execute(&services, &format!("media delete --mxc {last}"))
+        .await
+        .expect("delete");
+    upload(&server, &alice, random_bytes(400), "application/octet-stream", None).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_uploads_cannot_pass_the_quota_together() {
+    let mut server = TestServer::with_options(&["media_quota_per_user=1000"]).await;
+    let alice = server.register("alice", "pw").await;
+    let uploads: Vec<_> = (0..10)
+        .map(|_| {
+            let request = server
+                .client
+                .post(server.url(UPLOAD))
+                .bearer_auth(&alice.token)
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .body(random_bytes(300));
+            tokio::spawn(async move { request.send().await.expect("upload").status().as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for upload in uploads {
+        statuses.push(upload.await.expect("task"));
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 403, 403, 403, 403, 403, 403, 403]);
+    let services = server.server().services().clone();
+    let usage = services.media.usage().expect("usage");
+    assert_eq!(usage[0].1.bytes, 900, "{usage:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unused_media_is_deleted_after_the_retention_days() {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let (mut server, clock) = TestServer::with_clock(&["media_retention_local_days=30"]).await;
+    let alice = server.register("alice", "pw").await;
+    let services = server.server().services().clone();
+    let unused = upload(&server, &alice, random_bytes(100), "text/plain", None).await;
+    let used = upload(&server, &alice, random_bytes(200), "text/plain", None).await;
+    let download = |mxc: &str| format!("{DOWNLOAD}/{}", mxc_path(mxc));
+    let retention = |command: &'static str| {
+        let services = services.clone();
+        async move { tuwunel::admin::execute(&services, command).await.expect("retention") }
+    };
+
+    // 30 days minus a millisecond after the upload: both are kept.
+    clock.advance(DAY * 29);
+    assert_eq!(fetch(&server, Some(&alice), &download(&used)).await.0, 200);
+    // The download is recorded by the owner's actor, after the answer.
+    let used_id = mxc_path(&used).split_once('/').expect("server/id").1.to_owned();
+    let recorded = wait_until(Duration::from_secs(10), || {
+        let services = services.clone();
+        let used_id = used_id.clone();
+        async move {
+            let record = services.media.stored("test.local", &used_id).expect("read");
+            record.is_some_and(|record| record.accessed_day.is_some())
+        }
+    })
+    .await;
+    assert!(recorded, "the download day is recorded");
+    clock.advance(DAY - Duration::from_millis(1));
+    let report = retention("media retention").await;
+    assert!(report.contains("would delete 0 media items"), "{report}");
+    assert!(retention("media retention --apply").await.contains("Deleted 0"));
+
+    // Exactly 30 days: the never-downloaded one goes; the one downloaded a day ago stays.
+    clock.advance(Duration::from_millis(1));
+    let report = retention("media retention").await;
+    assert!(report.contains("would delete 1 media items (100 bytes)"), "{report}");
+    assert!(report.contains(unused.as_str()), "{report}");
+    let applied = retention("media retention --apply").await;
+    assert!(applied.contains("Deleted 1 unused media items (100 bytes)"), "{applied}");
+    assert_eq!(fetch(&server, Some(&alice), &download(&unused)).await.0, 404);
+    assert_eq!(fetch(&server, Some(&alice), &download(&used)).await.0, 200, "downloaded again");
+
+    // Downloads are recorded once a day: many downloads today, one record.
+    for _ in 0..5 {
+        assert_eq!(fetch(&server, Some(&alice), &download(&used)).await.0, 200);
+    }
+    // 29 days after its last download it stays; 31 days after, it goes.
+    clock.advance(DAY * 29);
+    assert!(retention("media retention --apply").await.contains("Deleted 0"));
+    clock.advance(DAY * 2);
+    assert!(retention("media retention --apply").await.contains("Deleted 1"));
+    assert_eq!(fetch(&server, Some(&alice), &download(&used)).await.0, 404);
+    let usage = tuwunel::admin::execute(&services, "media usage").await.expect("usage");
+    assert!(usage.contains("0 files, 0 bytes"), "{usage}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn retention_is_off_by_default() {
+    let (mut server, clock) = TestServer::with_clock(&[]).await;
+    let alice = server.register("alice", "pw").await;
+    let services = server.server().services().clone();
+    let mxc = upload(&server, &alice, random_bytes(10), "text/plain", None).await;
+    clock.advance(Duration::from_secs(86_400 * 3_650));
+    let report = tuwunel::admin::execute(&services, "media retention --apply").await.expect("ok");
+    assert!(report.contains("No media retention is configured"), "{report}");
+    assert_eq!(services.media.apply_retention().await.expect("retention"), (0, 0));
+    assert_eq!(
+        fetch(&server, Some(&alice), &format!("{DOWNLOAD}/{}", mxc_path(&mxc))).await.0,
+        200
     );
     server.stop().await;
 }

@@ -6,7 +6,7 @@
 //! Upload bodies are raw bytes of any size up to `max_request_size`, so the upload handlers
 //! authenticate with the shared auth code and stream the body to a staging file instead of
 //! going through [`Ruma`] (which buffers). Downloads stream from the file with the safe
-//! headers of `http::media`.
+//! headers of `http::media`, whole or in the one `Range` asked for.
 
 use std::{future::Future, sync::Arc};
 
@@ -262,7 +262,7 @@ async fn download(
 ) -> Result<Response> {
     let body = request.body;
     let served = services.media.content(&body.server_name, &body.media_id, body.timeout_ms).await?;
-    Ok(serve(served, None, false))
+    serve(served, None, false, &request.headers).await
 }
 
 async fn download_as(
@@ -271,7 +271,7 @@ async fn download_as(
 ) -> Result<Response> {
     let body = request.body;
     let served = services.media.content(&body.server_name, &body.media_id, body.timeout_ms).await?;
-    Ok(serve(served, Some(body.filename), false))
+    serve(served, Some(body.filename), false, &request.headers).await
 }
 
 async fn thumbnail(
@@ -291,7 +291,7 @@ async fn thumbnail(
             body.timeout_ms,
         )
         .await?;
-    Ok(serve(served, None, true))
+    serve(served, None, true, &request.headers).await
 }
 
 async fn config(
@@ -317,7 +317,7 @@ async fn legacy_download(
 ) -> Result<Response> {
     let body = request.body;
     let served = services.media.content(&body.server_name, &body.media_id, body.timeout_ms).await?;
-    Ok(serve(served, None, false))
+    serve(served, None, false, &request.headers).await
 }
 
 #[allow(deprecated)]
@@ -327,7 +327,7 @@ async fn legacy_download_as(
 ) -> Result<Response> {
     let body = request.body;
     let served = services.media.content(&body.server_name, &body.media_id, body.timeout_ms).await?;
-    Ok(serve(served, Some(body.filename), false))
+    serve(served, Some(body.filename), false, &request.headers).await
 }
 
 #[allow(deprecated)]
@@ -348,7 +348,7 @@ async fn legacy_thumbnail(
             body.timeout_ms,
         )
         .await?;
-    Ok(serve(served, None, true))
+    serve(served, None, true, &request.headers).await
 }
 
 #[allow(deprecated)]

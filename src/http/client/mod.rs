@@ -15,6 +15,7 @@ mod profile;
 mod push;
 mod register;
 pub(crate) mod rooms;
+mod rtc;
 mod search;
 mod sync;
 mod thirdparty;
@@ -45,6 +46,7 @@ pub fn routes(router: Routes) -> Routes {
     let router = media::routes(router);
     let router = thirdparty::routes(router);
     let router = voip::routes(router);
+    let router = rtc::routes(router);
     user_directory::routes(router)
 }
 

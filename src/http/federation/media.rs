@@ -19,19 +19,19 @@ pub(super) async fn download(
     services: Arc<Services>,
     request: Signed<get_content::v1::Request>,
 ) -> Result<Response> {
-    let body = request.body;
+    let body = &request.body;
     let served = services
         .media
         .content(&services.config.server_name, &body.media_id, body.timeout_ms)
         .await?;
-    Ok(multipart(served, false))
+    multipart(served, false, &request.headers).await
 }
 
 pub(super) async fn thumbnail(
     services: Arc<Services>,
     request: Signed<get_content_thumbnail::v1::Request>,
 ) -> Result<Response> {
-    let body = request.body;
+    let body = &request.body;
     let served = services
         .media
         .thumbnail(
@@ -44,5 +44,5 @@ pub(super) async fn thumbnail(
             body.timeout_ms,
         )
         .await?;
-    Ok(multipart(served, true))
+    multipart(served, true, &request.headers).await
 }

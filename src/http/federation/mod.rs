@@ -23,7 +23,7 @@ use std::{future::Future, sync::Arc};
 
 use axum::{
     extract::{FromRequest, RawPathParams, Request, State},
-    http::Method,
+    http::{HeaderMap, Method},
     response::{IntoResponse, Response},
     routing::on,
 };
@@ -46,6 +46,8 @@ pub struct Signed<R> {
     /// The server that signed it.
     pub origin: OwnedServerName,
     pub body: R,
+    /// The request's headers (media downloads read `Range`).
+    pub headers: HeaderMap,
 }
 
 impl<R> FromRequest<Arc<Services>> for Signed<R>
@@ -85,11 +87,12 @@ where
         )
         .await?;
         let sent_empty = bytes.is_empty();
+        let headers = parts.headers.clone();
         let bytes = checked_body::<R>(bytes)?;
         let request = axum::http::Request::from_parts(parts, bytes.as_ref());
         // As for clients: a panic in ruma's parser is a refusal of this request.
         match contained_sync(|| R::try_from_http_request(request, &params)) {
-            Ok(Ok(body)) => Ok(Self { origin, body }),
+            Ok(Ok(body)) => Ok(Self { origin, body, headers }),
             Ok(Err(error)) => Err(classify(sent_empty, error)),
             Err(panic) => {
                 tracing::warn!(%panic, %origin, "parsing a federation request panicked inside ruma");

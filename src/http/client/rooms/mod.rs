@@ -9,6 +9,7 @@ mod read;
 mod relations;
 mod reports;
 mod send;
+mod summary;
 mod upgrade;
 
 use ruma::RoomId;
@@ -26,6 +27,7 @@ pub(in crate::http) fn routes(router: Routes) -> Routes {
     let router = reports::routes(router);
     let router = relations::routes(router);
     let router = peek::routes(router);
+    let router = summary::routes(router);
     read::routes(router)
 }
 
