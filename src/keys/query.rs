@@ -94,7 +94,7 @@ pub fn device_keys(
     for (device, mut keys) in found {
         merge_signatures(reader, &mut keys, owner, &device, |signer| signer == owner.as_str())?;
         let display_name = DEVICES_TABLE
-            .get(reader, &(owner.to_string(), device.clone()))?
+            .get(reader, &(owner.to_owned(), device.as_str().into()))?
             .and_then(|Json(record)| record.display_name);
         if let Some(object) = keys.as_object_mut() {
             let unsigned = object.entry("unsigned").or_insert_with(|| json!({}));

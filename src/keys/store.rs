@@ -384,11 +384,11 @@ impl KeyStore<'_> {
         let mut device_ids = Vec::new();
         DEVICES_TABLE.scan_keys(
             engine,
-            &Prefix::of(self.user.as_str()),
+            &Prefix::of(self.user),
             None,
             Direction::Forward,
             |(_, device)| {
-                device_ids.push(device);
+                device_ids.push(device.to_string());
                 ControlFlow::Continue(())
             },
         )?;
@@ -471,9 +471,10 @@ impl KeyStore<'_> {
         let mut own_keys = false;
         for (target, target_key, _, _) in &signatures {
             if target == self.user {
-                if DEVICES_TABLE
-                    .contains(self.storage.engine(), &(target.to_string(), target_key.clone()))?
-                {
+                if DEVICES_TABLE.contains(
+                    self.storage.engine(),
+                    &(target.clone(), target_key.as_str().into()),
+                )? {
                     own_devices.push(target_key.clone());
                 } else {
                     own_keys = true;

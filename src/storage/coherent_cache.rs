@@ -137,7 +137,7 @@ pub struct CoherentCaches {
     pub key_supply: CoherentCache<(ruma::OwnedUserId, String), KeySupply>,
     /// Whether a device has to-device messages queued: each /sync of the device asks, and
     /// almost always the answer is no.
-    pub to_device_queued: CoherentCache<(ruma::OwnedUserId, String), bool>,
+    pub to_device_queued: CoherentCache<(ruma::OwnedUserId, ruma::OwnedDeviceId), bool>,
     /// The users each user ignores: each /sync reads them.
     pub ignored_users: CoherentCache<ruma::OwnedUserId, std::collections::HashSet<String>>,
 }

@@ -201,7 +201,7 @@ fn device_list_update(
         "stream_id": stream_id,
         "prev_id": prev_id,
     });
-    match DEVICES_TABLE.get_readable(engine, &(user.to_string(), device.to_owned()))? {
+    match DEVICES_TABLE.get_readable(engine, &(user.to_owned(), device.into()))? {
         None => content["deleted"] = json!(true),
         Some(Json(record)) => {
             let mut keys = query::device_keys(engine, user, &[device.to_owned()])?;

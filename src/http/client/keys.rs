@@ -120,7 +120,7 @@ where
 
 fn is_local_account(services: &Services, user: &UserId) -> Result<bool> {
     Ok(user.server_name() == services.config.server_name
-        && USERS_TABLE.contains(services.storage.engine(), &user.to_string())?)
+        && USERS_TABLE.contains(services.storage.engine(), &user.to_owned())?)
 }
 
 async fn upload(
