@@ -485,7 +485,7 @@ impl UserActor {
             self.mint(user, &device_id, &mut device, &request, minted_from, &mut batch);
         DEVICES_TABLE.put(&mut batch, &key, &Json(device));
         if new_device {
-            let change = Change::Devices(vec![device_id.to_string()]);
+            let change = Change::Devices(vec![device_id.clone()]);
             device_lists::commit_change(
                 &self.storage,
                 &self.hub,
@@ -616,19 +616,17 @@ impl UserActor {
             if let Some(refresh) = &record.refresh_token {
                 REFRESH_TOKENS_TABLE.delete(&mut batch, refresh);
             }
-            remove_device_keys(&self.storage, user, device_id.as_str(), &mut batch)?;
+            remove_device_keys(&self.storage, user, device_id, &mut batch)?;
             self.drop_to_device_queue(user, device_id, &mut batch)?;
         }
         // A device id can come back with a later login: its cached key supply and queue
         // state must not.
         let devices: Vec<_> =
             targets.iter().map(|(device_id, _)| (user.clone(), device_id.clone())).collect();
-        let key_devices =
-            devices.iter().map(|(user, device_id)| (user.clone(), device_id.to_string())).collect();
-        let _queued_writing = self.storage.coherent().to_device_queued.begin(devices);
-        let _writing = self.storage.coherent().key_supply.begin(key_devices);
+        let _queued_writing = self.storage.coherent().to_device_queued.begin(devices.clone());
+        let _writing = self.storage.coherent().key_supply.begin(devices);
         let change =
-            Change::Devices(targets.iter().map(|(device_id, _)| device_id.to_string()).collect());
+            Change::Devices(targets.iter().map(|(device_id, _)| device_id.clone()).collect());
         device_lists::commit_change(&self.storage, &self.hub, &self.outbox, user, batch, change)
             .await?;
         self.tokens.revoke(&revoked);
@@ -670,7 +668,7 @@ impl UserActor {
         let mut batch = Batch::new();
         DEVICES_TABLE.put(&mut batch, &key, &Json(record));
         // The name travels with the device keys (`unsigned.device_display_name`).
-        let change = Change::Devices(vec![device_id.to_string()]);
+        let change = Change::Devices(vec![device_id.clone()]);
         device_lists::commit_change(&self.storage, &self.hub, &self.outbox, user, batch, change)
             .await
     }

@@ -415,7 +415,7 @@ async fn key_backups_are_bounded_in_versions_and_sessions() {
     assert_error(status, &body, 400, "M_TOO_LARGE");
     // A version as full as the bound allows (its count as stored).
     let number: u64 = current.parse().expect("number");
-    let user = alice.user_id.clone();
+    let user = alice.id();
     store(&server, |batch| {
         let record = BackupVersionRecord {
             algorithm: version["algorithm"].clone(),
