@@ -1,11 +1,12 @@
 //! tuwunel: an actor-based Matrix homeserver with embedded RocksDB.
 //!
-//! The crate is organised as the design describes: `config` (what the operator asked for),
-//! `storage` (RocksDB, typed tables, the Writer), `actors` (supervision and keyed actors),
-//! `net` (outbound clients' TLS settings and address checks), `http` (axum routes and
-//! listeners), `media` (the content repository), `federation` (discovery, keys and signed
-//! requests between servers), `admin` (operator commands), `limits` (what input the server
-//! accepts), and `server` (starting and stopping all of it).
+//! A request enters through a front door (`http` for clients and other servers, `admin` for
+//! operator commands), which calls a domain service (`accounts`, `rooms`, `keys`, `push`,
+//! `media`, `federation`, ...). A domain changes what a key owns through that key's actor
+//! (built on the `actors` runtime) and writes through `storage`'s Writer; the SyncHub, the
+//! pushers and the federation outbox hear of each commit. Readers go to `storage` directly.
+//! `docs/architecture.md` draws this path, maps every module and lists the actor kinds and
+//! admin command groups (a test keeps those two lists true).
 //!
 //! The modules form layers; a module imports only from layers below its own, or from its own
 //! layer unless that is the front doors (`http` and `admin` never import each other). The

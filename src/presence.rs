@@ -62,7 +62,6 @@ impl PresenceActor {
         }
         let record = state.record.clone();
         let user_id = user.to_owned();
-        let user_key = user.to_string();
         // Other servers sharing a room with the user hear of it too.
         let federated = self.outbox.presence().then(|| {
             let last_active_ago = self.time.now_ms().saturating_sub(record.last_active_ms);
@@ -75,8 +74,8 @@ impl PresenceActor {
             .commit_with_positions(1, batch, move |batch, positions| {
                 let mut record = record;
                 record.position = positions.start;
+                PRESENCE_STREAM_TABLE.put(batch, &positions.start, &user_id);
                 PRESENCE_TABLE.put(batch, &user_id, &Json(record));
-                PRESENCE_STREAM_TABLE.put(batch, &positions.start, &user_key);
                 if let Some(item) = federated {
                     outbox.put(batch, positions.start, &item);
                 }

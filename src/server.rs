@@ -100,8 +100,7 @@ async fn claim_server_name(storage: &Storage, server_name: &ruma::ServerName) ->
             .collect(engine, &Prefix::all(), Direction::Forward, 1)?
             .into_iter()
             .next()
-            .and_then(|(user, _)| ruma::UserId::parse(user).ok())
-            .map(|user| user.server_name().to_string()),
+            .map(|(user, _)| user.server_name().to_string()),
     };
     if let Some(owner) = owner
         && owner != server_name.as_str()

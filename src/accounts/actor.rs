@@ -8,13 +8,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedServerName, OwnedUserId};
 use serde_json::Value as JsonValue;
 
 use crate::{
     Error, Result,
     accounts::{
-        openid, to_device,
+        openid,
+        to_device::{self, Delivery},
         tokens::{self, TokenCache},
     },
     actors::{Behaviour, Context, Reply},
@@ -27,7 +28,7 @@ use crate::{
     limits,
     push::rules as push_rules,
     rooms::timeline::IGNORED_USER_LIST,
-    storage::ephemeral::{TO_DEVICE_TABLE, TO_DEVICE_TRANSACTIONS_TABLE, ToDeviceRecord},
+    storage::ephemeral::{TO_DEVICE_TABLE, TO_DEVICE_TRANSACTIONS_TABLE},
     storage::federation::Recipients,
     storage::{
         Batch, Storage,
@@ -162,15 +163,15 @@ pub enum UserMessage {
     /// `transaction` is the `(sender device, transaction key)` the client's retries share,
     /// `deliveries` the messages per recipient, `(recipient, device id, message)`.
     SendToDevice {
-        transaction: (String, String),
-        deliveries: Vec<(OwnedUserId, String, ToDeviceRecord)>,
+        transaction: (OwnedDeviceId, String),
+        deliveries: Vec<Delivery>,
         /// `m.direct_to_device` EDUs for other servers' users, one per server.
         remote: Vec<(OwnedServerName, JsonValue)>,
         reply: Reply<Result<()>>,
     },
     /// A device synced past `upto`: its messages up to there can go.
     AckToDevice {
-        device: String,
+        device: OwnedDeviceId,
         upto: u64,
         reply: Reply<Result<()>>,
     },
@@ -244,8 +245,7 @@ impl Behaviour for UserActor {
     const KIND: &'static str = "user";
 
     async fn start(&self, key: &OwnedUserId) -> Result<UserState> {
-        let record =
-            USERS_TABLE.get(self.storage.engine(), &key.to_string())?.map(|Json(record)| record);
+        let record = USERS_TABLE.get(self.storage.engine(), key)?.map(|Json(record)| record);
         Ok(UserState { record, account_data_bytes: None })
     }
 
@@ -361,13 +361,9 @@ impl UserActor {
             ));
         }
         let mut batch = also;
-        USERS_TABLE.put(&mut batch, &user.to_string(), &Json(record.clone()));
+        USERS_TABLE.put(&mut batch, user, &Json(record.clone()));
         for (field, value) in profile {
-            PROFILES_TABLE.put(
-                &mut batch,
-                &(user.to_string(), field),
-                &serde_json::to_vec(&value)?,
-            );
+            PROFILES_TABLE.put(&mut batch, &(user.clone(), field), &serde_json::to_vec(&value)?);
         }
         self.storage.writer().commit(batch).await?;
         state.record = Some(record);
@@ -383,7 +379,7 @@ impl UserActor {
         let mut record = require_account(state)?.clone();
         change(&mut record);
         let mut batch = Batch::new();
-        USERS_TABLE.put(&mut batch, &user.to_string(), &Json(record.clone()));
+        USERS_TABLE.put(&mut batch, user, &Json(record.clone()));
         self.storage.writer().commit(batch).await?;
         state.record = Some(record);
         Ok(())
@@ -459,21 +455,18 @@ impl UserActor {
             None => loop {
                 let candidate: OwnedDeviceId = tokens::generate_device_id().into();
                 if !DEVICES_TABLE
-                    .contains(self.storage.engine(), &(user.to_string(), candidate.to_string()))?
+                    .contains(self.storage.engine(), &(user.clone(), candidate.clone()))?
                 {
                     break candidate;
                 }
             },
         };
-        let key = (user.to_string(), device_id.to_string());
+        let key = (user.clone(), device_id.clone());
         let existing = DEVICES_TABLE.get(self.storage.engine(), &key)?.map(|Json(device)| device);
         let new_device = existing.is_none();
         if new_device
-            && DEVICES_TABLE.count(
-                self.storage.engine(),
-                &Prefix::of(user.as_str()),
-                limits::MAX_DEVICES,
-            )? >= limits::MAX_DEVICES
+            && DEVICES_TABLE.count(self.storage.engine(), &Prefix::of(user), limits::MAX_DEVICES)?
+                >= limits::MAX_DEVICES
         {
             return Err(Error::user_limit(format!(
                 "You can have at most {} devices; log out of (or delete) some you no longer use.",
@@ -492,7 +485,7 @@ impl UserActor {
             self.mint(user, &device_id, &mut device, &request, minted_from, &mut batch);
         DEVICES_TABLE.put(&mut batch, &key, &Json(device));
         if new_device {
-            let change = Change::Devices(vec![device_id.to_string()]);
+            let change = Change::Devices(vec![device_id.clone()]);
             device_lists::commit_change(
                 &self.storage,
                 &self.hub,
@@ -525,7 +518,7 @@ impl UserActor {
         if record.expires_ms.is_some_and(|expiry| expiry <= self.time.now_ms()) {
             return Err(Error::unknown_token(true, "The refresh token has expired; log in again."));
         }
-        let key = (user.to_string(), record.device_id.to_string());
+        let key = (user.clone(), record.device_id.clone());
         if !DEVICES_TABLE.contains(self.storage.engine(), &key)? {
             return Err(unknown());
         }
@@ -553,7 +546,7 @@ impl UserActor {
             return Ok(());
         }
         let mut batch = Batch::new();
-        let key = (user.to_string(), access.device_id.to_string());
+        let key = (user.clone(), access.device_id.clone());
         let current = DEVICES_TABLE
             .get(self.storage.engine(), &key)?
             .and_then(|Json(device)| device.refresh_token);
@@ -576,18 +569,18 @@ impl UserActor {
             Ok(DEVICES_TABLE
                 .collect(
                     self.storage.engine(),
-                    &Prefix::of(user.as_str()),
+                    &Prefix::of(user),
                     crate::storage::Direction::Forward,
                     usize::MAX,
                 )?
                 .into_iter()
-                .map(|((_, device), Json(record))| (OwnedDeviceId::from(device), record))
+                .map(|((_, device), Json(record))| (device, record))
                 .collect())
         };
         let targets: Vec<(OwnedDeviceId, DeviceRecord)> = match devices {
             Devices::One(device_id) => {
                 let record = DEVICES_TABLE
-                    .get(self.storage.engine(), &(user.to_string(), device_id.to_string()))?
+                    .get(self.storage.engine(), &(user.clone(), device_id.clone()))?
                     .ok_or_else(|| Error::not_found("No such device."))?;
                 vec![(device_id, record.0)]
             }
@@ -595,7 +588,7 @@ impl UserActor {
                 let mut found = Vec::new();
                 for device_id in ids {
                     if let Some(Json(record)) = DEVICES_TABLE
-                        .get(self.storage.engine(), &(user.to_string(), device_id.to_string()))?
+                        .get(self.storage.engine(), &(user.clone(), device_id.clone()))?
                     {
                         found.push((device_id, record));
                     }
@@ -613,7 +606,7 @@ impl UserActor {
         let mut batch = Batch::new();
         let mut revoked = Vec::new();
         for (device_id, record) in &targets {
-            let key = (user.to_string(), device_id.to_string());
+            let key = (user.clone(), device_id.clone());
             DEVICES_TABLE.delete(&mut batch, &key);
             LAST_SEEN_TABLE.delete(&mut batch, &key);
             if let Some(access) = &record.access_token {
@@ -623,17 +616,17 @@ impl UserActor {
             if let Some(refresh) = &record.refresh_token {
                 REFRESH_TOKENS_TABLE.delete(&mut batch, refresh);
             }
-            remove_device_keys(&self.storage, user, device_id.as_str(), &mut batch)?;
-            self.drop_to_device_queue(user, device_id.as_str(), &mut batch)?;
+            remove_device_keys(&self.storage, user, device_id, &mut batch)?;
+            self.drop_to_device_queue(user, device_id, &mut batch)?;
         }
         // A device id can come back with a later login: its cached key supply and queue
         // state must not.
         let devices: Vec<_> =
-            targets.iter().map(|(device_id, _)| (user.clone(), device_id.to_string())).collect();
+            targets.iter().map(|(device_id, _)| (user.clone(), device_id.clone())).collect();
         let _queued_writing = self.storage.coherent().to_device_queued.begin(devices.clone());
         let _writing = self.storage.coherent().key_supply.begin(devices);
         let change =
-            Change::Devices(targets.iter().map(|(device_id, _)| device_id.to_string()).collect());
+            Change::Devices(targets.iter().map(|(device_id, _)| device_id.clone()).collect());
         device_lists::commit_change(&self.storage, &self.hub, &self.outbox, user, batch, change)
             .await?;
         self.tokens.revoke(&revoked);
@@ -650,7 +643,7 @@ impl UserActor {
     ) -> Result<()> {
         let mut batch = Batch::new();
         for (device_id, seen) in seen {
-            let key = (user.to_string(), device_id.to_string());
+            let key = (user.clone(), device_id);
             if DEVICES_TABLE.contains(self.storage.engine(), &key)? {
                 LAST_SEEN_TABLE.put(&mut batch, &key, &Json(seen));
             }
@@ -667,7 +660,7 @@ impl UserActor {
         device_id: OwnedDeviceId,
         display_name: Option<String>,
     ) -> Result<()> {
-        let key = (user.to_string(), device_id.to_string());
+        let key = (user.clone(), device_id.clone());
         let Json(mut record) = DEVICES_TABLE
             .get(self.storage.engine(), &key)?
             .ok_or_else(|| Error::not_found("No such device."))?;
@@ -675,7 +668,7 @@ impl UserActor {
         let mut batch = Batch::new();
         DEVICES_TABLE.put(&mut batch, &key, &Json(record));
         // The name travels with the device keys (`unsigned.device_display_name`).
-        let change = Change::Devices(vec![device_id.to_string()]);
+        let change = Change::Devices(vec![device_id.clone()]);
         device_lists::commit_change(&self.storage, &self.hub, &self.outbox, user, batch, change)
             .await
     }
@@ -685,7 +678,7 @@ impl UserActor {
         self.remove_devices(user, Devices::All).await?;
         let mut batch = Batch::new();
         for field in ["displayname", "avatar_url"] {
-            PROFILES_TABLE.delete(&mut batch, &(user.to_string(), field.to_owned()));
+            PROFILES_TABLE.delete(&mut batch, &(user.clone(), field.to_owned()));
         }
         openid::revoke_all(&self.storage, user, &mut batch)?;
         self.storage.writer().commit(batch).await?;
@@ -712,7 +705,7 @@ impl UserActor {
             let mut fields = serde_json::Map::new();
             for ((_, name), bytes) in PROFILES_TABLE.collect(
                 self.storage.engine(),
-                &Prefix::of(user.as_str()),
+                &Prefix::of(user),
                 crate::storage::Direction::Forward,
                 usize::MAX,
             )? {
@@ -731,7 +724,7 @@ impl UserActor {
             }
         }
         let mut batch = Batch::new();
-        let key = (user.to_string(), field);
+        let key = (user.clone(), field);
         match value {
             Some(value) => PROFILES_TABLE.put(&mut batch, &key, &serde_json::to_vec(&value)?),
             None => PROFILES_TABLE.delete(&mut batch, &key),
@@ -759,7 +752,7 @@ impl UserActor {
                 limits::MAX_ACCOUNT_DATA_BYTES
             )));
         }
-        let key = (user.to_string(), room.clone(), kind.clone());
+        let key = (user.clone(), room.clone(), kind.clone());
         let stored = ACCOUNT_DATA_TABLE.stored_size(engine, &key)?;
         if stored.is_none() {
             let (most, scope) = if room.is_empty() {
@@ -767,18 +760,15 @@ impl UserActor {
             } else {
                 (limits::MAX_ROOM_ACCOUNT_DATA_KEYS, "account data types per room")
             };
-            let present = ACCOUNT_DATA_TABLE.count(
-                engine,
-                &Prefix::of2(user.as_str(), room.as_str()),
-                most,
-            )?;
+            let present =
+                ACCOUNT_DATA_TABLE.count(engine, &Prefix::of2(user, room.as_str()), most)?;
             if present >= most {
                 return Err(Error::user_limit(format!("You can have at most {most} {scope}.")));
             }
         }
         let total = match state.account_data_bytes {
             Some(total) => total,
-            None => ACCOUNT_DATA_TABLE.stored_bytes(engine, &Prefix::of(user.as_str()))?,
+            None => ACCOUNT_DATA_TABLE.stored_bytes(engine, &Prefix::of(user))?,
         };
         let previous = stored.unwrap_or(0);
         // The record as stored: the key, the content and the position around it.
@@ -796,11 +786,11 @@ impl UserActor {
             ACCOUNT_DATA_TABLE.get_readable(engine, &key)?.map(|Json(record)| record.position);
         let mut batch = Batch::new();
         if let Some(previous) = previous {
-            ACCOUNT_DATA_STREAM_TABLE.delete(&mut batch, &(user.to_string(), previous));
+            ACCOUNT_DATA_STREAM_TABLE.delete(&mut batch, &(user.clone(), previous));
         }
         let _ignored_writing = (room.is_empty() && kind == IGNORED_USER_LIST)
             .then(|| self.storage.coherent().ignored_users.begin(vec![user.clone()]));
-        let user_key = user.to_string();
+        let user_key = user.clone();
         let positions = self
             .storage
             .writer()
@@ -823,9 +813,9 @@ impl UserActor {
         definition: Vec<u8>,
     ) -> Result<()> {
         let engine = self.storage.engine();
-        let key = (user.to_string(), filter_id);
+        let key = (user.clone(), filter_id);
         if !FILTERS_TABLE.contains(engine, &key)?
-            && FILTERS_TABLE.count(engine, &Prefix::of(user.as_str()), limits::MAX_FILTERS)?
+            && FILTERS_TABLE.count(engine, &Prefix::of(user), limits::MAX_FILTERS)?
                 >= limits::MAX_FILTERS
         {
             return Err(Error::user_limit(format!(
@@ -848,7 +838,7 @@ impl UserActor {
         update: AccountDataUpdate,
     ) -> Result<u64> {
         require_account(state)?;
-        let key = (user.to_string(), room.clone(), kind.clone());
+        let key = (user.clone(), room.clone(), kind.clone());
         let current = ACCOUNT_DATA_TABLE
             .get_readable(self.storage.engine(), &key)?
             .map(|Json(record)| record.content);
@@ -863,11 +853,11 @@ impl UserActor {
     async fn send_to_device(
         &self,
         user: &OwnedUserId,
-        (device, transaction): (String, String),
-        deliveries: Vec<(OwnedUserId, String, ToDeviceRecord)>,
+        (device, transaction): (OwnedDeviceId, String),
+        deliveries: Vec<Delivery>,
         remote: Vec<(OwnedServerName, JsonValue)>,
     ) -> Result<()> {
-        let transaction = (user.to_string(), device, transaction);
+        let transaction = (user.clone(), device, transaction);
         if TO_DEVICE_TRANSACTIONS_TABLE.contains(self.storage.engine(), &transaction)? {
             return Ok(());
         }
@@ -922,12 +912,12 @@ impl UserActor {
     fn drop_to_device_queue(
         &self,
         user: &OwnedUserId,
-        device: &str,
+        device: &DeviceId,
         batch: &mut Batch,
     ) -> Result<()> {
         TO_DEVICE_TABLE.scan_keys(
             self.storage.engine(),
-            &Prefix::of2(user.as_str(), &device),
+            &Prefix::of2(user, device),
             None,
             crate::storage::Direction::Forward,
             |key| {
@@ -939,11 +929,11 @@ impl UserActor {
     }
 
     /// Deletes the messages a device confirmed by syncing past them.
-    async fn ack_to_device(&self, user: &OwnedUserId, device: &str, upto: u64) -> Result<()> {
+    async fn ack_to_device(&self, user: &OwnedUserId, device: &DeviceId, upto: u64) -> Result<()> {
         let mut batch = Batch::new();
         TO_DEVICE_TABLE.scan_keys(
             self.storage.engine(),
-            &Prefix::of2(user.as_str(), &device),
+            &Prefix::of2(user, device),
             None,
             crate::storage::Direction::Forward,
             |key| {

@@ -166,7 +166,7 @@ impl Accounts {
 
     /// The stored account of `user`.
     pub fn record(&self, user: &UserId) -> Result<Option<UserRecord>> {
-        Ok(USERS_TABLE.get(self.storage.engine(), &user.to_string())?.map(|Json(record)| record))
+        Ok(USERS_TABLE.get(self.storage.engine(), &user.to_owned())?.map(|Json(record)| record))
     }
 
     /// Every stored profile field of a local, active user; `None` for anyone else (unknown,
@@ -179,7 +179,7 @@ impl Accounts {
         crate::storage::users::PROFILES_TABLE
             .collect(
                 self.storage.engine(),
-                &Prefix::of(user.as_str()),
+                &Prefix::of(user),
                 crate::storage::Direction::Forward,
                 usize::MAX,
             )?
@@ -249,7 +249,7 @@ impl Accounts {
             return Some(seen.clone());
         }
         LAST_SEEN_TABLE
-            .get(self.storage.engine(), &(user.to_string(), device.to_string()))
+            .get(self.storage.engine(), &(user.to_owned(), device.to_owned()))
             .ok()
             .flatten()
             .map(|Json(seen)| seen)

@@ -29,7 +29,7 @@ fn tokens_of(storage: &Storage, user: &UserId) -> Result<Vec<(String, u64)>> {
     let mut found = Vec::new();
     OPENID_TOKENS_BY_USER_TABLE.scan(
         storage.engine(),
-        &Prefix::of(user.as_str()),
+        &Prefix::of(user),
         None,
         Direction::Forward,
         |(_, hash), expires| {
@@ -48,7 +48,7 @@ pub async fn issue(storage: &Storage, user: &UserId, ttl: Duration, now: u64) ->
     for (hash, expires) in tokens_of(storage, user)? {
         if expires <= now {
             OPENID_TOKENS_TABLE.delete(&mut batch, &hash);
-            OPENID_TOKENS_BY_USER_TABLE.delete(&mut batch, &(user.to_string(), hash));
+            OPENID_TOKENS_BY_USER_TABLE.delete(&mut batch, &(user.to_owned(), hash));
         } else {
             live.push(expires);
         }
@@ -67,7 +67,7 @@ pub async fn issue(storage: &Storage, user: &UserId, ttl: Duration, now: u64) ->
         &hash,
         &Json(OpenIdTokenRecord { user_id: user.to_owned(), expires_ms }),
     );
-    OPENID_TOKENS_BY_USER_TABLE.put(&mut batch, &(user.to_string(), hash), &expires_ms);
+    OPENID_TOKENS_BY_USER_TABLE.put(&mut batch, &(user.to_owned(), hash), &expires_ms);
     storage.writer().commit(batch).await?;
     Ok(token)
 }
@@ -76,7 +76,7 @@ pub async fn issue(storage: &Storage, user: &UserId, ttl: Duration, now: u64) ->
 pub fn revoke_all(storage: &Storage, user: &UserId, batch: &mut Batch) -> Result<()> {
     for (hash, _) in tokens_of(storage, user)? {
         OPENID_TOKENS_TABLE.delete(batch, &hash);
-        OPENID_TOKENS_BY_USER_TABLE.delete(batch, &(user.to_string(), hash));
+        OPENID_TOKENS_BY_USER_TABLE.delete(batch, &(user.to_owned(), hash));
     }
     Ok(())
 }
@@ -91,8 +91,7 @@ pub fn user_of(storage: &Storage, token: &str, now_ms: u64) -> Result<Option<Own
     if record.expires_ms <= now_ms {
         return Ok(None);
     }
-    let active = USERS_TABLE
-        .get(engine, &record.user_id.to_string())?
-        .is_some_and(|Json(account)| !account.deactivated);
+    let active =
+        USERS_TABLE.get(engine, &record.user_id)?.is_some_and(|Json(account)| !account.deactivated);
     Ok(active.then_some(record.user_id))
 }

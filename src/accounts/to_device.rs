@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use ruma::OwnedUserId;
+use ruma::{OwnedDeviceId, OwnedUserId};
 
 use crate::{
     Result,
@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// A message for one device: `(recipient, device id, message)`.
-pub type Delivery = (OwnedUserId, String, ToDeviceRecord);
+pub type Delivery = (OwnedUserId, OwnedDeviceId, ToDeviceRecord);
 
 /// Commits `batch` with `deliveries` queued (each at a stream position of its own) and
 /// `extra` more positions handed to `also` (for rows that go with the messages, such as
@@ -47,11 +47,7 @@ pub async fn deliver(
         .commit_with_positions(count + extra, batch, move |batch, positions| {
             let local = positions.start..positions.start + count;
             for ((recipient, device, message), position) in deliveries.into_iter().zip(local) {
-                TO_DEVICE_TABLE.put(
-                    batch,
-                    &(recipient.to_string(), device, position),
-                    &Json(message),
-                );
+                TO_DEVICE_TABLE.put(batch, &(recipient, device, position), &Json(message));
             }
             also(batch, positions.start + count..positions.end);
         })

@@ -1,5 +1,9 @@
-//! The actor runtime: a root supervisor per server and the keyed-actor pattern that rooms,
-//! remote destinations and presence are built on.
+//! The actor runtime (layer 2): a root supervisor per server and the keyed-actor pattern
+//! (`keyed.rs`) that the domains build their actors on, plus the containment of panics
+//! (`contain.rs`) and supervised background tasks (`tasks.rs`). It knows no domain: the
+//! actor kinds live with what they own (`accounts::actor`, `rooms::actor`, `presence`,
+//! `push::pushers`, `media::owner`, `federation::sender::destination`), and
+//! [`ActorSystem::kinds`] lists the ones a running server started.
 //!
 //! Actor names carry the server's namespace (`<server_name>#<n>/<kind>/<key>#<seq>`), so
 //! several servers can share one process, as the integration tests do.
@@ -8,7 +12,10 @@ pub mod contain;
 pub mod keyed;
 pub mod tasks;
 
-use std::time::Duration;
+use std::{
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
@@ -20,6 +27,8 @@ pub struct ActorSystem {
     namespace: String,
     root: ActorRef<()>,
     time: Time,
+    /// The kinds started so far, in start order.
+    kinds: Mutex<Vec<&'static str>>,
 }
 
 impl ActorSystem {
@@ -29,7 +38,7 @@ impl ActorSystem {
             Actor::spawn(Some(format!("{namespace}/root")), RootSupervisor, ()).await.map_err(
                 |error| Error::internal(format!("cannot start the root supervisor: {error}")),
             )?;
-        Ok(Self { namespace, root, time })
+        Ok(Self { namespace, root, time, kinds: Mutex::default() })
     }
 
     pub fn namespace(&self) -> &str {
@@ -46,7 +55,17 @@ impl ActorSystem {
         behaviour: B,
         limits: Limits,
     ) -> Result<Registry<B>> {
-        Registry::start(behaviour, &self.namespace, limits, self.time.clone(), self.root()).await
+        let registry =
+            Registry::start(behaviour, &self.namespace, limits, self.time.clone(), self.root())
+                .await?;
+        self.kinds.lock().unwrap_or_else(PoisonError::into_inner).push(B::KIND);
+        Ok(registry)
+    }
+
+    /// The kinds of keyed actor this server started a registry for (`user`, `room`, ...), in
+    /// start order.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.kinds.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Stops whatever is still running under the root, then the root itself.

@@ -15,7 +15,7 @@ mod users;
 
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::{Error, Result, Services};
 
@@ -51,6 +51,15 @@ enum Group {
     /// Diagnostics.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
+}
+
+/// The command groups (`server`, `rooms`, ...), in the order `!admin --help` lists them.
+pub fn group_names() -> Vec<String> {
+    AdminCommand::command()
+        .get_subcommands()
+        .map(|group| group.get_name().to_owned())
+        .filter(|name| name != "help")
+        .collect()
 }
 
 /// Parses and runs one command line; `Ok` carries the output, help text included.

@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 
 use axum::http::StatusCode;
 use ruma::{
-    UserId,
+    OwnedRoomId, UserId,
     api::error::{ErrorKind, WrongRoomKeysVersionErrorData},
 };
 use serde_json::Value as JsonValue;
@@ -23,13 +23,13 @@ use crate::{
 };
 
 /// `(room id, session id, key data)`.
-pub type SessionKey = (String, String, JsonValue);
+pub type SessionKey = (OwnedRoomId, String, JsonValue);
 
 /// Which stored keys a deletion removes.
 pub enum KeySelection {
     All,
-    Room(String),
-    Session(String, String),
+    Room(OwnedRoomId),
+    Session(OwnedRoomId, String),
 }
 
 pub enum BackupCommand {
@@ -78,7 +78,7 @@ pub fn current_version(
     let mut current = None;
     BACKUP_VERSIONS_TABLE.scan(
         reader,
-        &Prefix::of(user.as_str()),
+        &Prefix::of(user),
         None,
         Direction::Reverse,
         |(_, version), Json(record)| {
@@ -99,7 +99,7 @@ pub fn live_version(
     version: &str,
 ) -> Result<BackupVersionRecord> {
     let version = parse_version(version)?;
-    match BACKUP_VERSIONS_TABLE.get(reader, &(user.to_string(), version))? {
+    match BACKUP_VERSIONS_TABLE.get(reader, &(user.to_owned(), version))? {
         Some(Json(record)) if !record.deleted => Ok(record),
         _ => Err(no_such_version()),
     }
@@ -184,7 +184,7 @@ impl Backups<'_> {
         let mut latest = 0;
         BACKUP_VERSIONS_TABLE.scan_keys(
             engine,
-            &Prefix::of(self.user.as_str()),
+            &Prefix::of(self.user),
             None,
             Direction::Reverse,
             |(_, version)| {
@@ -196,7 +196,7 @@ impl Backups<'_> {
         let mut deleted = Vec::new();
         BACKUP_VERSIONS_TABLE.scan(
             engine,
-            &Prefix::of(self.user.as_str()),
+            &Prefix::of(self.user),
             None,
             Direction::Forward,
             |key, Json(record)| {
@@ -223,7 +223,7 @@ impl Backups<'_> {
         }
         let record =
             BackupVersionRecord { algorithm, auth_data, count: 0, etag: 0, deleted: false };
-        BACKUP_VERSIONS_TABLE.put(&mut batch, &(self.user.to_string(), version), &Json(record));
+        BACKUP_VERSIONS_TABLE.put(&mut batch, &(self.user.to_owned(), version), &Json(record));
         self.storage.writer().commit(batch).await?;
         Ok(version.to_string())
     }
@@ -243,7 +243,7 @@ impl Backups<'_> {
         let mut batch = Batch::new();
         BACKUP_VERSIONS_TABLE.put(
             &mut batch,
-            &(self.user.to_string(), parse_version(version)?),
+            &(self.user.to_owned(), parse_version(version)?),
             &Json(record),
         );
         self.storage.writer().commit(batch).await
@@ -251,7 +251,7 @@ impl Backups<'_> {
 
     async fn delete_version(&self, version: &str) -> Result<()> {
         let number = parse_version(version)?;
-        let key = (self.user.to_string(), number);
+        let key = (self.user.to_owned(), number);
         let Some(Json(mut record)) = BACKUP_VERSIONS_TABLE.get(self.storage.engine(), &key)? else {
             return Err(no_such_version());
         };
@@ -295,7 +295,7 @@ impl Backups<'_> {
                     limits::MAX_BACKUP_SESSION_BYTES
                 )));
             }
-            let table_key = (self.user.to_string(), number, room, session);
+            let table_key = (self.user.to_owned(), number, room, session);
             match BACKUP_KEYS_TABLE.get(engine, &table_key)? {
                 Some(Json(stored)) if !replaces(&key, &stored) => continue,
                 Some(_) => {}
@@ -313,7 +313,7 @@ impl Backups<'_> {
         if changed {
             record.etag += 1;
             let answer = (record.count, record.etag.to_string());
-            BACKUP_VERSIONS_TABLE.put(&mut batch, &(self.user.to_string(), number), &Json(record));
+            BACKUP_VERSIONS_TABLE.put(&mut batch, &(self.user.to_owned(), number), &Json(record));
             self.storage.writer().commit(batch).await?;
             return Ok(answer);
         }
@@ -330,7 +330,7 @@ impl Backups<'_> {
             record.etag += 1;
             BACKUP_VERSIONS_TABLE.put(
                 &mut batch,
-                &(self.user.to_string(), number),
+                &(self.user.to_owned(), number),
                 &Json(record.clone()),
             );
             self.storage.writer().commit(batch).await?;
@@ -345,10 +345,10 @@ impl Backups<'_> {
         selection: &KeySelection,
         batch: &mut Batch,
     ) -> Result<u64> {
-        let user = self.user.to_string();
+        let user = self.user.to_owned();
         let prefix_key = match selection {
-            KeySelection::All => Prefix::of2(user.as_str(), &version),
-            KeySelection::Room(room) => Prefix::of3(user.as_str(), &version, room.as_str()),
+            KeySelection::All => Prefix::of2(&user, &version),
+            KeySelection::Room(room) => Prefix::of3(&user, &version, room),
             KeySelection::Session(room, session) => {
                 let key = (user.clone(), version, room.clone(), session.clone());
                 if !BACKUP_KEYS_TABLE.contains(self.storage.engine(), &key)? {

@@ -11,7 +11,7 @@ use std::{
     ops::ControlFlow,
 };
 
-use ruma::{OwnedRoomId, OwnedUserId, UserId, events::TimelineEventType};
+use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId, events::TimelineEventType};
 
 use crate::{
     Result,
@@ -35,7 +35,7 @@ const EVENT_SCAN_LIMIT: usize = 200;
 pub enum Change {
     /// These devices of a local user were added, changed or removed: one
     /// `m.device_list_update` each.
-    Devices(Vec<String>),
+    Devices(Vec<OwnedDeviceId>),
     /// A local user's cross-signing keys changed: an `m.signing_key_update`.
     SigningKeys,
     /// Nothing to tell: a change other servers need not hear of, or a change to another
@@ -72,7 +72,7 @@ pub async fn commit_change_with(
     change: Change,
     extra: impl FnOnce(&mut Batch, u64) + Send + 'static,
 ) -> Result<()> {
-    let key = user.to_string();
+    let key = user.to_owned();
     let previous = DEVICE_LIST_LATEST_TABLE.get(storage.engine(), &key)?;
     if let Some(previous) = previous {
         DEVICE_LIST_STREAM_TABLE.delete(&mut batch, &previous);
@@ -83,7 +83,6 @@ pub async fn commit_change_with(
         _ => 1,
     };
     let outbox = outbox.clone();
-    let owner = user.to_owned();
     storage
         .writer()
         .commit_with_positions(count, batch, move |batch, positions| {
@@ -95,13 +94,14 @@ pub async fn commit_change_with(
                     Change::Devices(devices) => {
                         let mut prev: Vec<u64> = previous.into_iter().collect();
                         for (device, position) in devices.iter().zip(positions.clone()) {
-                            let item = outbox::device_list_update(&owner, device, position, prev);
+                            let item =
+                                outbox::device_list_update(&key, device.as_str(), position, prev);
                             outbox.put(batch, position, &item);
                             prev = vec![position];
                         }
                     }
                     Change::SigningKeys => {
-                        outbox.put(batch, latest, &outbox::signing_key_update(&owner));
+                        outbox.put(batch, latest, &outbox::signing_key_update(&key));
                     }
                     Change::Unshared => {}
                 }
@@ -154,9 +154,7 @@ pub fn changes_in(
 
     // Keys and devices that changed (none when the stream gained no row since the token).
     for user in storage.stream_values(DEVICE_LIST_STREAM_TABLE, since, upto)? {
-        if let Ok(user) = UserId::parse(user)
-            && shares(&user)?
-        {
+        if shares(&user)? {
             changed.insert(user);
         }
     }
@@ -206,7 +204,7 @@ pub fn changes_in(
     // The viewer's own device changes matter to their other devices.
     if storage.writer().written_since(DEVICE_LIST_LATEST_TABLE.id(), since)
         && DEVICE_LIST_LATEST_TABLE
-            .get(engine, &viewer.to_string())?
+            .get(engine, &viewer.to_owned())?
             .is_some_and(|position| position > since && position <= upto)
     {
         changed.push(viewer.to_owned());

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, ops::ControlFlow};
 
-use ruma::UserId;
+use ruma::{DeviceId, OwnedDeviceId, UserId};
 use serde_json::{Value as JsonValue, json};
 
 use super::signatures::single_ed25519_key;
@@ -36,11 +36,11 @@ fn merge_signatures(
     let mut extra = Vec::new();
     KEY_SIGNATURES_TABLE.scan(
         reader,
-        &Prefix::of2(owner.as_str(), &key_id),
+        &Prefix::of2(owner, key_id),
         None,
         Direction::Forward,
         |(_, _, signer, signer_key), signature| {
-            if visible(&signer) {
+            if visible(signer.as_str()) {
                 extra.push((signer, signer_key, signature));
             }
             ControlFlow::Continue(())
@@ -53,7 +53,7 @@ fn merge_signatures(
     let signatures = object.entry("signatures").or_insert_with(|| json!({}));
     for (signer, signer_key, signature) in extra {
         if let Some(signatures) = signatures.as_object_mut() {
-            let by_signer = signatures.entry(signer).or_insert_with(|| json!({}));
+            let by_signer = signatures.entry(signer.as_str()).or_insert_with(|| json!({}));
             if let Some(by_signer) = by_signer.as_object_mut() {
                 by_signer.insert(signer_key, JsonValue::String(signature));
             }
@@ -67,13 +67,13 @@ fn merge_signatures(
 pub fn device_keys(
     reader: &(impl Read + ?Sized),
     owner: &UserId,
-    devices: &[String],
-) -> Result<BTreeMap<String, JsonValue>> {
+    devices: &[OwnedDeviceId],
+) -> Result<BTreeMap<OwnedDeviceId, JsonValue>> {
     let mut found = Vec::new();
     if devices.is_empty() {
         DEVICE_KEYS_TABLE.scan(
             reader,
-            &Prefix::of(owner.as_str()),
+            &Prefix::of(owner),
             None,
             Direction::Forward,
             |(_, device), Json(keys)| {
@@ -84,7 +84,7 @@ pub fn device_keys(
     } else {
         for device in devices {
             if let Some(Json(keys)) =
-                DEVICE_KEYS_TABLE.get(reader, &(owner.to_string(), device.clone()))?
+                DEVICE_KEYS_TABLE.get(reader, &(owner.to_owned(), device.clone()))?
             {
                 found.push((device.clone(), keys));
             }
@@ -92,9 +92,11 @@ pub fn device_keys(
     }
     let mut result = BTreeMap::new();
     for (device, mut keys) in found {
-        merge_signatures(reader, &mut keys, owner, &device, |signer| signer == owner.as_str())?;
+        merge_signatures(reader, &mut keys, owner, device.as_str(), |signer| {
+            signer == owner.as_str()
+        })?;
         let display_name = DEVICES_TABLE
-            .get(reader, &(owner.to_string(), device.clone()))?
+            .get(reader, &(owner.to_owned(), device.clone()))?
             .and_then(|Json(record)| record.display_name);
         if let Some(object) = keys.as_object_mut() {
             let unsigned = object.entry("unsigned").or_insert_with(|| json!({}));
@@ -114,7 +116,7 @@ pub fn stored_cross_signing_key(
     usage: &str,
 ) -> Result<Option<JsonValue>> {
     Ok(CROSS_SIGNING_KEYS_TABLE
-        .get(reader, &(owner.to_string(), usage.to_owned()))?
+        .get(reader, &(owner.to_owned(), usage.to_owned()))?
         .map(|Json(key)| key))
 }
 
@@ -139,12 +141,12 @@ pub fn cross_signing_key(
 pub fn one_time_key_counts(
     reader: &(impl Read + ?Sized),
     user: &UserId,
-    device: &str,
+    device: &DeviceId,
 ) -> Result<BTreeMap<String, u64>> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     ONE_TIME_KEYS_TABLE.scan_keys(
         reader,
-        &Prefix::of2(user.as_str(), &device),
+        &Prefix::of2(user, device),
         None,
         Direction::Forward,
         |(_, _, algorithm, _, _)| {
@@ -161,7 +163,7 @@ pub fn one_time_key_counts(
 pub fn cached_key_supply(
     storage: &crate::storage::Storage,
     user: &UserId,
-    device: &str,
+    device: &DeviceId,
 ) -> Result<std::sync::Arc<crate::storage::coherent_cache::KeySupply>> {
     storage.coherent().key_supply.get(&(user.to_owned(), device.to_owned()), || {
         Ok((
@@ -175,12 +177,12 @@ pub fn cached_key_supply(
 pub fn unused_fallback_key_types(
     reader: &(impl Read + ?Sized),
     user: &UserId,
-    device: &str,
+    device: &DeviceId,
 ) -> Result<Vec<String>> {
     let mut types = Vec::new();
     FALLBACK_KEYS_TABLE.scan(
         reader,
-        &Prefix::of2(user.as_str(), &device),
+        &Prefix::of2(user, device),
         None,
         Direction::Forward,
         |(_, _, algorithm), Json(record)| {

@@ -111,7 +111,7 @@ pub fn check_uploaded(
                     for signing_key in by_signer.keys() {
                         let Some(device) = signing_key.strip_prefix("ed25519:") else { continue };
                         if let Some(Json(device_keys)) = DEVICE_KEYS_TABLE
-                            .get(reader, &(signer.to_string(), device.to_owned()))
+                            .get(reader, &(signer.to_owned(), device.into()))
                             .map_err(storage_error)?
                             && let Some(public) = ed25519_key(&device_keys, device)
                         {
@@ -131,7 +131,7 @@ pub fn check_uploaded(
             }
         } else if signer == target {
             let device_keys = DEVICE_KEYS_TABLE
-                .get(reader, &(target.to_string(), key_id.to_owned()))
+                .get(reader, &(target.to_owned(), key_id.into()))
                 .map_err(storage_error)?
                 .map(|Json(keys)| keys)
                 .ok_or_else(|| ("M_NOT_FOUND", format!("No device or key '{key_id}'.")))?;

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, ops::ControlFlow};
 
-use ruma::{OwnedUserId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::Value as JsonValue;
 
 use super::{
@@ -39,7 +39,7 @@ pub type CheckedSignature = (OwnedUserId, String, String, String);
 pub enum KeyCommand {
     /// `POST /keys/upload` for one of the user's devices; answers the one-time key counts.
     Upload {
-        device: String,
+        device: OwnedDeviceId,
         device_keys: Option<JsonValue>,
         one_time_keys: Vec<UploadedKey>,
         fallback_keys: Vec<UploadedKey>,
@@ -47,7 +47,10 @@ pub enum KeyCommand {
     },
     /// Hands out one key per `(device, algorithm)`: the oldest one-time key, else the
     /// fallback key. Answers `(device, "<algorithm>:<key id>", key)`.
-    Claim { wanted: Vec<(String, String)>, reply: Reply<Result<Vec<(String, String, JsonValue)>>> },
+    Claim {
+        wanted: Vec<(OwnedDeviceId, String)>,
+        reply: Reply<Result<Vec<(OwnedDeviceId, String, JsonValue)>>>,
+    },
     /// `POST /keys/device_signing/upload`; `authenticated` says whether the caller passed
     /// User-Interactive Authentication.
     UploadCrossSigning {
@@ -139,14 +142,14 @@ impl KeyStore<'_> {
         }
     }
 
-    fn check_device_keys(&self, device: &str, keys: &JsonValue) -> Result<()> {
+    fn check_device_keys(&self, device: &DeviceId, keys: &JsonValue) -> Result<()> {
         if !keys.is_object() {
             return Err(Error::bad_json("device_keys must be an object."));
         }
         if keys.get("user_id").and_then(JsonValue::as_str) != Some(self.user.as_str()) {
             return Err(Error::invalid_param("device_keys.user_id must be the uploading user."));
         }
-        if keys.get("device_id").and_then(JsonValue::as_str) != Some(device) {
+        if keys.get("device_id").and_then(JsonValue::as_str) != Some(device.as_str()) {
             return Err(Error::invalid_param(
                 "device_keys.device_id must be the uploading device.",
             ));
@@ -154,7 +157,7 @@ impl KeyStore<'_> {
         if !keys.get("algorithms").is_some_and(JsonValue::is_array) {
             return Err(Error::invalid_param("device_keys.algorithms must be a list."));
         }
-        let public = ed25519_key(keys, device).ok_or_else(|| {
+        let public = ed25519_key(keys, device.as_str()).ok_or_else(|| {
             Error::invalid_param(format!("device_keys.keys lacks 'ed25519:{device}'."))
         })?;
         verify(keys, self.user.as_str(), &format!("ed25519:{device}"), public)
@@ -163,13 +166,13 @@ impl KeyStore<'_> {
 
     async fn upload(
         &self,
-        device: &str,
+        device: &DeviceId,
         device_keys: Option<JsonValue>,
         one_time_keys: Vec<UploadedKey>,
         fallback_keys: Vec<UploadedKey>,
     ) -> Result<BTreeMap<String, u64>> {
         let engine = self.storage.engine();
-        let user = self.user.to_string();
+        let user = self.user.to_owned();
         let mut batch = Batch::new();
         let mut keys_changed = false;
         for (_, key) in one_time_keys.iter().chain(&fallback_keys) {
@@ -189,7 +192,7 @@ impl KeyStore<'_> {
         if !one_time_keys.is_empty() {
             ONE_TIME_KEYS_TABLE.scan(
                 engine,
-                &Prefix::of2(user.as_str(), &device),
+                &Prefix::of2(&user, device),
                 None,
                 Direction::Forward,
                 |(_, _, algorithm, _, id), Json(key)| {
@@ -231,7 +234,7 @@ impl KeyStore<'_> {
         if !fallback_keys.is_empty() {
             FALLBACK_KEYS_TABLE.scan_keys(
                 engine,
-                &Prefix::of2(user.as_str(), &device),
+                &Prefix::of2(&user, device),
                 None,
                 Direction::Forward,
                 |(_, _, algorithm)| {
@@ -317,17 +320,17 @@ impl KeyStore<'_> {
 
     async fn claim(
         &self,
-        wanted: Vec<(String, String)>,
-    ) -> Result<Vec<(String, String, JsonValue)>> {
+        wanted: Vec<(OwnedDeviceId, String)>,
+    ) -> Result<Vec<(OwnedDeviceId, String, JsonValue)>> {
         let engine = self.storage.engine();
-        let user = self.user.to_string();
+        let user = self.user.to_owned();
         let mut batch = Batch::new();
         let mut claimed = Vec::new();
         for (device, algorithm) in wanted {
             let mut oldest = None;
             ONE_TIME_KEYS_TABLE.scan(
                 engine,
-                &Prefix::of3(user.as_str(), device.as_str(), algorithm.as_str()),
+                &Prefix::of3(&user, &device, algorithm.as_str()),
                 None,
                 Direction::Forward,
                 |key, Json(value)| {
@@ -384,11 +387,11 @@ impl KeyStore<'_> {
         let mut device_ids = Vec::new();
         DEVICES_TABLE.scan_keys(
             engine,
-            &Prefix::of(self.user.as_str()),
+            &Prefix::of(self.user),
             None,
             Direction::Forward,
             |(_, device)| {
-                device_ids.push(device);
+                device_ids.push(device.to_string());
                 ControlFlow::Continue(())
             },
         )?;
@@ -447,7 +450,7 @@ impl KeyStore<'_> {
             [(MASTER, master), (SELF_SIGNING, self_signing), (USER_SIGNING, user_signing)]
         {
             let Some(key) = key else { continue };
-            let table_key = (self.user.to_string(), usage.to_owned());
+            let table_key = (self.user.to_owned(), usage.to_owned());
             if CROSS_SIGNING_KEYS_TABLE
                 .get(engine, &table_key)?
                 .is_none_or(|Json(stored)| stored != key)
@@ -471,10 +474,11 @@ impl KeyStore<'_> {
         let mut own_keys = false;
         for (target, target_key, _, _) in &signatures {
             if target == self.user {
+                let device = OwnedDeviceId::from(target_key.as_str());
                 if DEVICES_TABLE
-                    .contains(self.storage.engine(), &(target.to_string(), target_key.clone()))?
+                    .contains(self.storage.engine(), &(target.clone(), device.clone()))?
                 {
-                    own_devices.push(target_key.clone());
+                    own_devices.push(device);
                 } else {
                     own_keys = true;
                 }
@@ -492,7 +496,7 @@ impl KeyStore<'_> {
         for (target, target_key, signer_key, signature) in signatures {
             KEY_SIGNATURES_TABLE.put(
                 &mut batch,
-                &(target.to_string(), target_key, self.user.to_string(), signer_key),
+                &(target, target_key, self.user.to_owned(), signer_key),
                 &signature,
             );
         }
@@ -510,17 +514,16 @@ impl KeyStore<'_> {
 pub fn remove_device_keys(
     storage: &Storage,
     user: &UserId,
-    device: &str,
+    device: &DeviceId,
     batch: &mut Batch,
 ) -> Result<bool> {
     let engine = storage.engine();
-    let user = user.to_string();
-    let key = (user.clone(), device.to_owned());
+    let key = (user.to_owned(), device.to_owned());
     let had_keys = DEVICE_KEYS_TABLE.contains(engine, &key)?;
     DEVICE_KEYS_TABLE.delete(batch, &key);
     ONE_TIME_KEYS_TABLE.scan_keys(
         engine,
-        &Prefix::of2(user.as_str(), &device),
+        &Prefix::of2(user, device),
         None,
         Direction::Forward,
         |key| {
@@ -530,7 +533,7 @@ pub fn remove_device_keys(
     )?;
     FALLBACK_KEYS_TABLE.scan_keys(
         engine,
-        &Prefix::of2(user.as_str(), &device),
+        &Prefix::of2(user, device),
         None,
         Direction::Forward,
         |key| {
@@ -540,7 +543,7 @@ pub fn remove_device_keys(
     )?;
     KEY_SIGNATURES_TABLE.scan_keys(
         engine,
-        &Prefix::of2(user.as_str(), &device),
+        &Prefix::of2(user, device.as_str()),
         None,
         Direction::Forward,
         |key| {

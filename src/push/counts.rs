@@ -24,7 +24,7 @@ pub fn room_counts(
     // The main timeline's row is rewritten by every notifying event, so the table holds many
     // versions of it until compaction: a scan that began on it would step over them all.
     // It is read with a point read, and the scan for threads starts past it.
-    let user_key = user.to_string();
+    let user_key = user.to_owned();
     if let Some(Json(main)) =
         UNREAD_COUNTS_TABLE.get(reader, &(user_key.clone(), room, String::new()))?
     {
@@ -32,7 +32,7 @@ pub fn room_counts(
     }
     UNREAD_COUNTS_TABLE.scan(
         reader,
-        &Prefix::of2(user.as_str(), &room),
+        &Prefix::of2(user, &room),
         Some(&(user_key, room, "\0".to_owned())),
         Direction::Forward,
         |(_, _, thread), Json(record)| {
@@ -60,7 +60,7 @@ pub fn total_unread(reader: &(impl Read + ?Sized), user: &UserId) -> Result<u64>
     let mut total = 0;
     UNREAD_COUNTS_TABLE.scan(
         reader,
-        &Prefix::of(user.as_str()),
+        &Prefix::of(user),
         None,
         Direction::Forward,
         |_, Json(record)| {
@@ -86,7 +86,7 @@ pub fn read_up_to(
     let mut removed: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     UNREAD_EVENTS_TABLE.scan(
         reader,
-        &Prefix::of2(user.as_str(), &room),
+        &Prefix::of2(user, &room),
         None,
         Direction::Forward,
         |key, Json(record)| {
@@ -132,7 +132,7 @@ pub fn write_counts(
     position: u64,
 ) {
     for (thread, counts) in changed {
-        let key = (user.to_string(), room, thread);
+        let key = (user.to_owned(), room, thread);
         match stored_counts(&key.2, counts, position) {
             Some(counts) => UNREAD_COUNTS_TABLE.put(batch, &key, &Json(counts)),
             None => UNREAD_COUNTS_TABLE.delete(batch, &key),

@@ -54,7 +54,7 @@ pub struct Evaluated<'a> {
 /// One user notified by one event: its rows are keyed by the event's stream position, which
 /// the commit assigns.
 pub struct Notification {
-    user: String,
+    user: OwnedUserId,
     index: usize,
     unread: UnreadRecord,
     record: NotificationRecord,
@@ -171,11 +171,11 @@ pub async fn evaluate(
             };
             let highlight = is_highlight(&actions);
             outcome.notifications.push(Notification {
-                user: user.to_string(),
+                user: user.clone(),
                 index: event.index,
                 unread: UnreadRecord { highlight, thread: thread.clone() },
                 record: NotificationRecord {
-                    room_id: room.room_id.to_string(),
+                    room_id: room.room_id.clone(),
                     event: event.short,
                     actions: serde_json::to_value(&actions)?,
                     highlight,

@@ -40,7 +40,7 @@ const LAST_RETRY: Duration = Duration::from_secs(300);
 const GATEWAY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `(user, app id, pushkey)`.
-type PusherKey = (String, String, String);
+type PusherKey = (OwnedUserId, String, String);
 
 pub enum PusherMessage {
     /// Creates or replaces the pusher `(app_id, pushkey)`.
@@ -81,18 +81,13 @@ enum Delivery {
 impl PusherActor {
     fn pushers(&self, user: &UserId) -> Result<Vec<(PusherKey, PusherRecord)>> {
         Ok(PUSHERS_TABLE
-            .collect(
-                self.storage.engine(),
-                &Prefix::of(user.as_str()),
-                Direction::Forward,
-                usize::MAX,
-            )?
+            .collect(self.storage.engine(), &Prefix::of(user), Direction::Forward, usize::MAX)?
             .into_iter()
             .map(|(key, Json(record))| (key, record))
             .collect())
     }
 
-    async fn remove(&self, key: &(String, String, String)) -> Result<()> {
+    async fn remove(&self, key: &PusherKey) -> Result<()> {
         let mut batch = Batch::new();
         PUSHERS_TABLE.delete(&mut batch, key);
         PUSHER_PROGRESS_TABLE.delete(&mut batch, key);
@@ -107,10 +102,10 @@ impl PusherActor {
         pushkey: String,
         record: PusherRecord,
     ) -> Result<()> {
-        let key = (user.to_string(), app_id.clone(), pushkey.clone());
+        let key = (user.to_owned(), app_id.clone(), pushkey.clone());
         let engine = self.storage.engine();
         if !PUSHERS_TABLE.contains(engine, &key)?
-            && PUSHERS_TABLE.count(engine, &Prefix::of(user.as_str()), limits::MAX_PUSHERS)?
+            && PUSHERS_TABLE.count(engine, &Prefix::of(user), limits::MAX_PUSHERS)?
                 >= limits::MAX_PUSHERS
         {
             return Err(Error::user_limit(format!(
@@ -122,7 +117,7 @@ impl PusherActor {
         self.with_pushers.insert(user.to_owned());
         let mut batch = Batch::new();
         PUSHERS_TABLE.put(&mut batch, &key, &Json(record));
-        PUSHKEYS_TABLE.put(&mut batch, &(app_id, pushkey, user.to_string()), &());
+        PUSHKEYS_TABLE.put(&mut batch, &(app_id, pushkey, user.to_owned()), &());
         self.storage.writer().commit(batch).await
     }
 
@@ -217,8 +212,8 @@ impl PusherActor {
             let mut waiting = Vec::new();
             NOTIFICATIONS_TABLE.scan(
                 self.storage.engine(),
-                &Prefix::of(user.as_str()),
-                Some(&(user.to_string(), delivered.saturating_add(1))),
+                &Prefix::of(user),
+                Some(&(user.to_owned(), delivered.saturating_add(1))),
                 Direction::Forward,
                 |(_, position), Json(notification)| {
                     if waiting.len() >= ROUND {
@@ -315,7 +310,7 @@ impl Behaviour for PusherActor {
                 let _ = reply.send(self.set(user, app_id, pushkey, record).await);
             }
             PusherMessage::Remove { app_id, pushkey, reply } => {
-                let _ = reply.send(self.remove(&(user.to_string(), app_id, pushkey)).await);
+                let _ = reply.send(self.remove(&(user.clone(), app_id, pushkey)).await);
             }
             PusherMessage::RemoveAll { reply } => {
                 let mut result = Ok(());
@@ -407,10 +402,8 @@ impl Push {
             },
         )?;
         for user in users {
-            if let Ok(user) = UserId::parse(user) {
-                push.with_pushers.insert(user.clone());
-                push.wake(&user).await;
-            }
+            push.with_pushers.insert(user.clone());
+            push.wake(&user).await;
         }
         Ok(push)
     }

@@ -4,6 +4,8 @@
 
 use std::ops::ControlFlow;
 
+use ruma::OwnedUserId;
+
 use crate::{
     Result,
     storage::{
@@ -42,7 +44,7 @@ pub async fn purge_notifications_in_chunks(
     let mut purged = 0;
     let mut batch = Batch::new();
     let mut pending = 0;
-    let mut start: Option<(String, u64)> = None;
+    let mut start: Option<(OwnedUserId, u64)> = None;
     loop {
         let mut next_user = None;
         let mut visited = false;

@@ -100,7 +100,7 @@ fn insert_after(ruleset: &mut Ruleset, anchor: &str, rule: ConditionalPushRule) 
 
 /// The stored `global` ruleset of `user` as JSON, as last written.
 pub fn stored(storage: &Storage, user: &UserId) -> Result<Option<JsonValue>> {
-    let key = (user.to_string(), String::new(), PUSH_RULES.to_owned());
+    let key = (user.to_owned(), String::new(), PUSH_RULES.to_owned());
     Ok(ACCOUNT_DATA_TABLE
         .get_readable(storage.engine(), &key)?
         .and_then(|Json(record)| record.content.get("global").cloned()))

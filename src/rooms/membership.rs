@@ -193,7 +193,7 @@ impl Rooms {
     ) -> Result<RoomMemberEventContent> {
         let profile = |field: &str| -> Result<Option<String>> {
             let bytes = PROFILES_TABLE
-                .get(self.storage().engine(), &(user.to_string(), field.to_owned()))?;
+                .get(self.storage().engine(), &(user.to_owned(), field.to_owned()))?;
             Ok(bytes.and_then(|bytes| match serde_json::from_slice(&bytes) {
                 Ok(serde_json::Value::String(value)) => Some(value),
                 _ => None,

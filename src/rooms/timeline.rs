@@ -67,7 +67,7 @@ pub fn ignored_users(storage: &Storage, user: &UserId) -> Result<Arc<HashSet<Str
         Ok(ACCOUNT_DATA_TABLE
             .get_readable(
                 storage.engine(),
-                &(user.to_string(), String::new(), IGNORED_USER_LIST.to_owned()),
+                &(user.to_owned(), String::new(), IGNORED_USER_LIST.to_owned()),
             )?
             .and_then(|Json(record)| {
                 record

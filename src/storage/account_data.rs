@@ -2,6 +2,7 @@
 //! of changes that /sync reads from a position onwards. Only the latest change of each key
 //! stays in the stream: an update deletes the entry of the change it replaces.
 
+use ruma::OwnedUserId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
@@ -20,9 +21,9 @@ pub struct AccountDataRecord {
 }
 
 /// `(user, room id or "", type) -> record`; global data uses the empty room.
-pub const ACCOUNT_DATA_TABLE: Table<(String, String, String), Json<AccountDataRecord>> =
+pub const ACCOUNT_DATA_TABLE: Table<(OwnedUserId, String, String), Json<AccountDataRecord>> =
     Table::new(ACCOUNT_DATA);
 
 /// `(user, position) -> (room id or "", type)`.
-pub const ACCOUNT_DATA_STREAM_TABLE: Table<(String, u64), Json<(String, String)>> =
+pub const ACCOUNT_DATA_STREAM_TABLE: Table<(OwnedUserId, u64), Json<(String, String)>> =
     Table::new(ACCOUNT_DATA_STREAM);

@@ -161,10 +161,10 @@ impl<T: PartOf<String> + ?Sized> PartOf<String> for &T {
     }
 }
 
-/// Ruma's identifiers as key parts (issue 21, step 24): stored as their string form, so the
-/// bytes are exactly those of the `String` parts they replace (no migration), and read back
-/// by parsing, so an invalid stored id is a [`CodecError`], never a panic. The borrowed id
-/// stands for the owned one in a [`Prefix`].
+/// Ruma's identifiers as key parts and values (issue 21, step 24): stored as their string
+/// form, so the bytes are exactly those of the `String`s they replace (no migration), and read
+/// back by parsing, so an invalid stored id is a [`CodecError`], never a panic. The borrowed
+/// id stands for the owned one in a [`Prefix`].
 macro_rules! id_key_parts {
     ($($owned:ident / $borrowed:ident),+ $(,)?) => {$(
         impl KeyPart for ruma::$owned {
@@ -188,6 +188,18 @@ macro_rules! id_key_parts {
         impl<T: PartOf<ruma::$owned> + ?Sized> PartOf<ruma::$owned> for &T {
             fn encode_as(&self, out: &mut Vec<u8>, last: bool) {
                 (**self).encode_as(out, last);
+            }
+        }
+
+        impl Value for ruma::$owned {
+            fn encode_value(&self) -> Vec<u8> {
+                self.as_str().as_bytes().to_vec()
+            }
+
+            fn decode_value(bytes: &[u8]) -> Result<Self, CodecError> {
+                let text = String::decode_value(bytes)?;
+                ruma::$owned::try_from(text)
+                    .map_err(|_| CodecError(concat!("invalid ", stringify!($borrowed), " value")))
             }
         }
     )+};
@@ -525,6 +537,11 @@ mod tests {
         let room: &RoomId = <&RoomId>::try_from("!room:example.org").expect("valid");
         let of2: Prefix<(OwnedRoomId, OwnedUserId, u64)> = Prefix::of2(room, borrowed);
         assert_eq!(of2.as_bytes(), prefix2(&"!room:example.org", &"@alice:example.org"));
+        // As values (the users of a stream table), the same: the string's bytes, parsed back.
+        assert_eq!(user.encode_value(), "@alice:example.org".to_owned().encode_value());
+        assert_eq!(OwnedUserId::decode_value(&user.encode_value()), Ok(user.clone()));
+        assert!(OwnedUserId::decode_value(b"not a user").is_err());
+        assert!(OwnedUserId::decode_value(&[0xFF]).is_err());
     }
 
     #[test]
@@ -605,6 +622,8 @@ mod proptests {
             let _ = String::decode_value(&bytes);
             let _ = <Json<(String, String)>>::decode_value(&bytes);
             let _ = <Json<serde_json::Value>>::decode_value(&bytes);
+            let _ = ruma::OwnedUserId::decode_value(&bytes);
+            let _ = <(ruma::OwnedUserId, ruma::OwnedDeviceId, u64)>::decode(&bytes);
         }
 
         #[test]

@@ -134,10 +134,10 @@ pub struct CoherentCaches {
     pub unread_counts: CoherentCache<(ruma::OwnedUserId, u64), ThreadCounts>,
     /// A device's unclaimed one-time keys by algorithm and its unused fallback key
     /// algorithms: each /sync of the device reports both.
-    pub key_supply: CoherentCache<(ruma::OwnedUserId, String), KeySupply>,
+    pub key_supply: CoherentCache<(ruma::OwnedUserId, ruma::OwnedDeviceId), KeySupply>,
     /// Whether a device has to-device messages queued: each /sync of the device asks, and
     /// almost always the answer is no.
-    pub to_device_queued: CoherentCache<(ruma::OwnedUserId, String), bool>,
+    pub to_device_queued: CoherentCache<(ruma::OwnedUserId, ruma::OwnedDeviceId), bool>,
     /// The users each user ignores: each /sync reads them.
     pub ignored_users: CoherentCache<ruma::OwnedUserId, std::collections::HashSet<String>>,
 }

@@ -1,7 +1,7 @@
 //! Per-user streams that are not room events: to-device messages waiting for a device, and
 //! presence.
 
-use ruma::OwnedUserId;
+use ruma::{OwnedDeviceId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
@@ -32,12 +32,14 @@ pub struct PresenceRecord {
 }
 
 /// `(user, device, position) -> message`.
-pub const TO_DEVICE_TABLE: Table<(String, String, u64), Json<ToDeviceRecord>> =
+pub const TO_DEVICE_TABLE: Table<(OwnedUserId, OwnedDeviceId, u64), Json<ToDeviceRecord>> =
     Table::new(TO_DEVICE);
-/// `(sender, sender device, transaction id) -> ()`.
-pub const TO_DEVICE_TRANSACTIONS_TABLE: Table<(String, String, String), ()> =
+/// `(sender, sender device, transaction key) -> ()`. The key is the client's transaction id
+/// qualified by the event type, or another server's `message_id` (whose sender has no device
+/// here: the device part is empty).
+pub const TO_DEVICE_TRANSACTIONS_TABLE: Table<(OwnedUserId, OwnedDeviceId, String), ()> =
     Table::new(TO_DEVICE_TRANSACTIONS);
 /// `user -> presence`.
 pub const PRESENCE_TABLE: Table<OwnedUserId, Json<PresenceRecord>> = Table::new(PRESENCE);
 /// `position -> user`.
-pub const PRESENCE_STREAM_TABLE: Table<u64, String> = Table::new(PRESENCE_STREAM);
+pub const PRESENCE_STREAM_TABLE: Table<u64, OwnedUserId> = Table::new(PRESENCE_STREAM);

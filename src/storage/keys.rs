@@ -3,6 +3,7 @@
 //! list stream, and room key backups. Everything is kept as the client's JSON so that what
 //! it signed comes back byte-for-byte meaningfully identical.
 
+use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
@@ -39,26 +40,32 @@ pub struct BackupVersionRecord {
 }
 
 /// `(user, device) -> device keys JSON`.
-pub const DEVICE_KEYS_TABLE: Table<(String, String), Json<JsonValue>> = Table::new(DEVICE_KEYS);
+pub const DEVICE_KEYS_TABLE: Table<(OwnedUserId, OwnedDeviceId), Json<JsonValue>> =
+    Table::new(DEVICE_KEYS);
 /// `(user, device, algorithm, upload position, key id) -> one-time key JSON`.
-pub const ONE_TIME_KEYS_TABLE: Table<(String, String, String, u64, String), Json<JsonValue>> =
-    Table::new(ONE_TIME_KEYS);
+pub const ONE_TIME_KEYS_TABLE: Table<
+    (OwnedUserId, OwnedDeviceId, String, u64, String),
+    Json<JsonValue>,
+> = Table::new(ONE_TIME_KEYS);
 /// `(user, device, algorithm) -> fallback key`.
-pub const FALLBACK_KEYS_TABLE: Table<(String, String, String), Json<FallbackKeyRecord>> =
-    Table::new(FALLBACK_KEYS);
+pub const FALLBACK_KEYS_TABLE: Table<
+    (OwnedUserId, OwnedDeviceId, String),
+    Json<FallbackKeyRecord>,
+> = Table::new(FALLBACK_KEYS);
 /// `(user, usage) -> cross-signing key JSON`.
-pub const CROSS_SIGNING_KEYS_TABLE: Table<(String, String), Json<JsonValue>> =
+pub const CROSS_SIGNING_KEYS_TABLE: Table<(OwnedUserId, String), Json<JsonValue>> =
     Table::new(CROSS_SIGNING_KEYS);
-/// `(target user, target key id, signer user, signer key id) -> signature`.
-pub const KEY_SIGNATURES_TABLE: Table<(String, String, String, String), String> =
+/// `(target user, target key id, signer user, signer key id) -> signature`; the target key
+/// id is a device id or a cross-signing public key.
+pub const KEY_SIGNATURES_TABLE: Table<(OwnedUserId, String, OwnedUserId, String), String> =
     Table::new(KEY_SIGNATURES);
 /// `position -> user`.
-pub const DEVICE_LIST_STREAM_TABLE: Table<u64, String> = Table::new(DEVICE_LIST_STREAM);
+pub const DEVICE_LIST_STREAM_TABLE: Table<u64, OwnedUserId> = Table::new(DEVICE_LIST_STREAM);
 /// `user -> position`.
-pub const DEVICE_LIST_LATEST_TABLE: Table<String, u64> = Table::new(DEVICE_LIST_LATEST);
+pub const DEVICE_LIST_LATEST_TABLE: Table<OwnedUserId, u64> = Table::new(DEVICE_LIST_LATEST);
 /// `(user, version) -> backup version`.
-pub const BACKUP_VERSIONS_TABLE: Table<(String, u64), Json<BackupVersionRecord>> =
+pub const BACKUP_VERSIONS_TABLE: Table<(OwnedUserId, u64), Json<BackupVersionRecord>> =
     Table::new(BACKUP_VERSIONS);
 /// `(user, version, room, session) -> backed-up key JSON`.
-pub const BACKUP_KEYS_TABLE: Table<(String, u64, String, String), Json<JsonValue>> =
+pub const BACKUP_KEYS_TABLE: Table<(OwnedUserId, u64, OwnedRoomId, String), Json<JsonValue>> =
     Table::new(BACKUP_KEYS);

@@ -121,12 +121,12 @@ impl Storage {
     /// The values of a stream table keyed by position (such as the users whose presence or
     /// devices changed) in `(since, upto]`, oldest first; no scan when the Writer's mark
     /// shows the table gained nothing since `since`.
-    pub fn stream_values(
+    pub fn stream_values<V: codec::Value>(
         &self,
-        table: Table<u64, String>,
+        table: Table<u64, V>,
         since: u64,
         upto: u64,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<V>> {
         let mut values = Vec::new();
         if !self.writer.written_since(table.id(), since) {
             return Ok(values);

@@ -1,6 +1,7 @@
 //! Push notification state: unread notifying events and their counts per room and thread,
 //! each user's notification list, and pushers with their delivery progress.
 
+use ruma::{OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
@@ -74,7 +75,7 @@ impl ThreadCounts {
 /// One notification in a user's list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NotificationRecord {
-    pub room_id: String,
+    pub room_id: OwnedRoomId,
     /// Short id of the event.
     pub event: u64,
     pub actions: JsonValue,
@@ -93,24 +94,37 @@ pub struct PusherRecord {
 }
 
 /// `(user, room short, position) -> unread event`.
-pub const UNREAD_EVENTS_TABLE: Table<(String, u64, u64), Json<UnreadRecord>> =
+pub const UNREAD_EVENTS_TABLE: Table<(OwnedUserId, u64, u64), Json<UnreadRecord>> =
     Table::new(UNREAD_EVENTS);
 /// `(user, room short, thread) -> counts`.
-pub const UNREAD_COUNTS_TABLE: Table<(String, u64, String), Json<UnreadCounts>> =
+pub const UNREAD_COUNTS_TABLE: Table<(OwnedUserId, u64, String), Json<UnreadCounts>> =
     Table::new(UNREAD_COUNTS);
 /// `(user, position) -> notification`.
-pub const NOTIFICATIONS_TABLE: Table<(String, u64), Json<NotificationRecord>> =
+pub const NOTIFICATIONS_TABLE: Table<(OwnedUserId, u64), Json<NotificationRecord>> =
     Table::new(NOTIFICATIONS);
 /// `(user, app id, pushkey) -> pusher`.
-pub const PUSHERS_TABLE: Table<(String, String, String), Json<PusherRecord>> = Table::new(PUSHERS);
+pub const PUSHERS_TABLE: Table<(OwnedUserId, String, String), Json<PusherRecord>> =
+    Table::new(PUSHERS);
 /// `(user, app id, pushkey) -> last delivered notification position`.
-pub const PUSHER_PROGRESS_TABLE: Table<(String, String, String), u64> = Table::new(PUSHER_PROGRESS);
+pub const PUSHER_PROGRESS_TABLE: Table<(OwnedUserId, String, String), u64> =
+    Table::new(PUSHER_PROGRESS);
 /// `(app id, pushkey, user) -> ()`.
-pub const PUSHKEYS_TABLE: Table<(String, String, String), ()> = Table::new(PUSHKEYS);
+pub const PUSHKEYS_TABLE: Table<(String, String, OwnedUserId), ()> = Table::new(PUSHKEYS);
 
 #[cfg(test)]
 mod tests {
-    use super::{ThreadCounts, UnreadCounts};
+    use super::{NotificationRecord, ThreadCounts, UnreadCounts};
+
+    #[test]
+    fn notification_rows_keep_their_stored_form() {
+        // A row as written while the room id was a string: it reads back, and writes the same.
+        let stored = r#"{"room_id":"!room:example.org","event":7,"actions":["notify"],"highlight":false,"ts":1}"#;
+        let record: NotificationRecord = serde_json::from_str(stored).expect("decodes");
+        assert_eq!(record.room_id.as_str(), "!room:example.org");
+        assert_eq!(serde_json::to_string(&record).expect("encodes"), stored);
+        let invalid = stored.replace("!room:example.org", "not a room");
+        assert!(serde_json::from_str::<NotificationRecord>(&invalid).is_err());
+    }
 
     fn counts(notifications: u64) -> UnreadCounts {
         UnreadCounts { notifications, ..UnreadCounts::default() }

@@ -91,18 +91,21 @@ impl RegistrationTokenRecord {
     }
 }
 
-pub const USERS_TABLE: Table<String, Json<UserRecord>> = Table::new(USERS);
-pub const DEVICES_TABLE: Table<(String, String), Json<DeviceRecord>> = Table::new(DEVICES);
-pub const LAST_SEEN_TABLE: Table<(String, String), Json<LastSeen>> = Table::new(DEVICE_LAST_SEEN);
+pub const USERS_TABLE: Table<OwnedUserId, Json<UserRecord>> = Table::new(USERS);
+pub const DEVICES_TABLE: Table<(OwnedUserId, OwnedDeviceId), Json<DeviceRecord>> =
+    Table::new(DEVICES);
+pub const LAST_SEEN_TABLE: Table<(OwnedUserId, OwnedDeviceId), Json<LastSeen>> =
+    Table::new(DEVICE_LAST_SEEN);
 pub const ACCESS_TOKENS_TABLE: Table<String, Json<AccessTokenRecord>> = Table::new(ACCESS_TOKENS);
 pub const REFRESH_TOKENS_TABLE: Table<String, Json<RefreshTokenRecord>> =
     Table::new(REFRESH_TOKENS);
 pub const REGISTRATION_TOKENS_TABLE: Table<String, Json<RegistrationTokenRecord>> =
     Table::new(REGISTRATION_TOKENS);
 /// `(user, field) -> JSON value`; displayname and avatar_url are fields like any other.
-pub const PROFILES_TABLE: Table<(String, String), Vec<u8>> = Table::new(PROFILES);
-pub const FILTERS_TABLE: Table<(String, String), Vec<u8>> = Table::new(FILTERS);
+pub const PROFILES_TABLE: Table<(OwnedUserId, String), Vec<u8>> = Table::new(PROFILES);
+/// `(user, filter id) -> filter JSON`.
+pub const FILTERS_TABLE: Table<(OwnedUserId, String), Vec<u8>> = Table::new(FILTERS);
 pub const OPENID_TOKENS_TABLE: Table<String, Json<OpenIdTokenRecord>> = Table::new(OPENID_TOKENS);
 /// `(user id, token hash) -> expiry in ms`.
-pub const OPENID_TOKENS_BY_USER_TABLE: Table<(String, String), u64> =
+pub const OPENID_TOKENS_BY_USER_TABLE: Table<(OwnedUserId, String), u64> =
     Table::new(OPENID_TOKENS_BY_USER);

@@ -107,10 +107,7 @@ async fn device_activity_survives_a_restart() {
     // Read straight from the database, bypassing the in-memory activity.
     use tuwunel::storage::{codec::Json, users::LAST_SEEN_TABLE};
     let stored = LAST_SEEN_TABLE
-        .get(
-            server.server().services().storage.engine(),
-            &(user.user_id.clone(), user.device_id.clone()),
-        )
+        .get(server.server().services().storage.engine(), &(user.id(), user.device()))
         .expect("read");
     let Some(Json(stored)) = stored else { panic!("activity was not saved at shutdown") };
     assert!(stored.ts_ms >= seen);
@@ -299,7 +296,7 @@ async fn a_deleted_device_gets_no_activity_row_back() {
     let old = server.login("mona", "pw").await;
     let services = std::sync::Arc::clone(server.server().services());
     services.accounts.flush_last_seen().await.expect("flush");
-    let key = (old.user_id.clone(), old.device_id.clone());
+    let key = (old.id(), old.device());
     assert!(LAST_SEEN_TABLE.get(services.storage.engine(), &key).expect("read").is_some());
     // The device signs itself out with UIA: each of its requests notes activity first.
     let path = format!("/_matrix/client/v3/devices/{}", old.device_id);

@@ -49,7 +49,9 @@ async fn global_and_room_account_data() {
     let stream = tuwunel::storage::account_data::ACCOUNT_DATA_STREAM_TABLE
         .collect(
             services.storage.engine(),
-            &tuwunel::storage::codec::Prefix::of("@sam:test.local"),
+            &tuwunel::storage::codec::Prefix::of(
+                &ruma::OwnedUserId::try_from("@sam:test.local").expect("id"),
+            ),
             tuwunel::storage::Direction::Forward,
             100,
         )

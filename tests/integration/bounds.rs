@@ -162,7 +162,7 @@ async fn account_data_is_bounded_per_value_per_scope_and_in_all() {
 
     // Global types: a long-lived account's, then one more.
     let carol = server.register("carol", "pw").await;
-    let carol_id = carol.user_id.clone();
+    let carol_id = carol.id();
     store(&server, |batch| {
         for n in 0..limits::MAX_GLOBAL_ACCOUNT_DATA_KEYS {
             let key = (carol_id.clone(), String::new(), format!("org.example.k{n}"));
@@ -233,7 +233,7 @@ async fn filters_are_bounded_in_size_and_number() {
         server.post_as(&alice, &path, json!({"room": {"timeline": {"limit": 5}}})).await;
     assert_eq!(status, 200, "{body}");
     let kept = body["filter_id"].as_str().expect("filter_id").to_owned();
-    let user = alice.user_id.clone();
+    let user = alice.id();
     store(&server, |batch| {
         for n in 1..limits::MAX_FILTERS {
             FILTERS_TABLE.put(batch, &(user.clone(), format!("old{n}")), &b"{}".to_vec());
@@ -254,11 +254,11 @@ async fn filters_are_bounded_in_size_and_number() {
 async fn devices_are_bounded() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
-    let user = alice.user_id.clone();
+    let user = alice.id();
     store(&server, |batch| {
         for n in 1..limits::MAX_DEVICES {
             let record = DeviceRecord { created_ms: 1, ..DeviceRecord::default() };
-            DEVICES_TABLE.put(batch, &(user.clone(), format!("OLD{n}")), &Json(record));
+            DEVICES_TABLE.put(batch, &(user.clone(), format!("OLD{n}").into()), &Json(record));
         }
     })
     .await;
@@ -415,7 +415,7 @@ async fn key_backups_are_bounded_in_versions_and_sessions() {
     assert_error(status, &body, 400, "M_TOO_LARGE");
     // A version as full as the bound allows (its count as stored).
     let number: u64 = current.parse().expect("number");
-    let user = alice.user_id.clone();
+    let user = alice.id();
     store(&server, |batch| {
         let record = BackupVersionRecord {
             algorithm: version["algorithm"].clone(),
@@ -464,11 +464,11 @@ async fn a_to_device_fan_out_past_the_bound_delivers_to_nobody() {
     // Enough devices that `*` turns one 60 kB message into more than a request may carry.
     let message_bytes = 60_000;
     let devices = 24 * 1024 * 1024 / message_bytes + 10;
-    let zed_id = zed.user_id.clone();
+    let zed_id = zed.id();
     store(&server, |batch| {
         for n in 0..devices {
             let record = DeviceRecord { created_ms: 1, ..DeviceRecord::default() };
-            DEVICES_TABLE.put(batch, &(zed_id.clone(), format!("Z{n}")), &Json(record));
+            DEVICES_TABLE.put(batch, &(zed_id.clone(), format!("Z{n}").into()), &Json(record));
         }
     })
     .await;

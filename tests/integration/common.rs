@@ -190,6 +190,18 @@ pub struct User {
     pub device_id: String,
 }
 
+impl User {
+    /// The user id as ruma's type, for reading the tables keyed by it.
+    pub fn id(&self) -> ruma::OwnedUserId {
+        ruma::OwnedUserId::try_from(self.user_id.as_str()).expect("a registered user's id")
+    }
+
+    /// The device id as ruma's type.
+    pub fn device(&self) -> ruma::OwnedDeviceId {
+        self.device_id.as_str().into()
+    }
+}
+
 impl TestServer {
     /// Sends a request with an optional access token and JSON body.
     pub async fn request(

@@ -126,7 +126,7 @@ async fn unreadable_stored_records_are_skipped_by_sync_and_counted() {
 
     // Records as an older version stored them: one level deeper than serde_json parses.
     let storage = std::sync::Arc::clone(&server.server().services().storage);
-    let (user_id, device) = (user.user_id.clone(), user.device_id.clone());
+    let (user_id, device) = (user.id(), user.device());
     let sender_id = ruma::OwnedUserId::try_from(sender.user_id.as_str()).expect("user id");
     storage
         .writer()
@@ -194,7 +194,7 @@ async fn unreadable_stored_records_are_skipped_by_sync_and_counted() {
     TO_DEVICE_TABLE
         .scan_keys(
             storage.engine(),
-            &Prefix::of2(user.user_id.as_str(), user.device_id.as_str()),
+            &Prefix::of2(&user.id(), &user.device()),
             None,
             tuwunel::storage::Direction::Forward,
             |_| {

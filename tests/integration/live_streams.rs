@@ -420,7 +420,7 @@ async fn concurrent_retries_of_a_to_device_transaction_deliver_once() {
     let queued = TO_DEVICE_TABLE
         .collect(
             server.server().services().storage.engine(),
-            &Prefix::of2(bob.user_id.as_str(), "NOSUCHDEVICE"),
+            &Prefix::of2(&bob.id(), &ruma::OwnedDeviceId::from("NOSUCHDEVICE")),
             Direction::Forward,
             usize::MAX,
         )

@@ -18,6 +18,7 @@ mod config;
 mod destinations;
 mod directory;
 mod discovery;
+mod docs;
 mod e2ee;
 mod empty_path_parameters;
 mod errors;

@@ -84,7 +84,7 @@ pub async fn receive(intake: &Intake, origin: &ServerName, content: PresenceCont
             for ((user, mut record), position) in rows.into_iter().zip(positions) {
                 record.position = position;
                 PRESENCE_TABLE.put(batch, &user, &Json(record));
-                PRESENCE_STREAM_TABLE.put(batch, &position, &user.to_string());
+                PRESENCE_STREAM_TABLE.put(batch, &position, &user);
             }
         })
         .await?;

@@ -5,7 +5,7 @@
 //! `*` reaches, more than `limits::MAX_EDU_TO_DEVICE_MESSAGES` devices is dropped whole.
 
 use ruma::{
-    ServerName, api::federation::transactions::edu::DirectDeviceContent,
+    OwnedDeviceId, ServerName, api::federation::transactions::edu::DirectDeviceContent,
     to_device::DeviceIdOrAllDevices,
 };
 use serde_json::Value as JsonValue;
@@ -18,7 +18,7 @@ use crate::{
     limits,
     storage::{
         Batch, Direction,
-        codec::prefix,
+        codec::Prefix,
         ephemeral::{TO_DEVICE_TRANSACTIONS_TABLE, ToDeviceRecord},
         users::DEVICES_TABLE,
     },
@@ -38,7 +38,7 @@ pub async fn receive(
     let engine = storage.engine();
     // Another server's user has no devices here: the device part of the key stays empty,
     // which no local device id is.
-    let seen = (content.sender.to_string(), String::new(), message_id);
+    let seen = (content.sender.clone(), OwnedDeviceId::from(""), message_id);
     if TO_DEVICE_TRANSACTIONS_TABLE.contains(engine, &seen)? {
         return Ok(());
     }
@@ -65,14 +65,14 @@ pub async fn receive(
             };
             match target {
                 DeviceIdOrAllDevices::DeviceId(device) => {
-                    if DEVICES_TABLE.contains(engine, &(user.to_string(), device.to_string()))? {
-                        deliveries.push((user.clone(), device.to_string(), record));
+                    if DEVICES_TABLE.contains(engine, &(user.clone(), device.clone()))? {
+                        deliveries.push((user.clone(), device, record));
                     }
                 }
                 DeviceIdOrAllDevices::AllDevices => {
                     let devices = DEVICES_TABLE.collect(
                         engine,
-                        &prefix(&user.as_str()),
+                        &Prefix::of(&user),
                         Direction::Forward,
                         limits::MAX_EDU_TO_DEVICE_MESSAGES + 1,
                     )?;

@@ -201,11 +201,12 @@ fn device_list_update(
         "stream_id": stream_id,
         "prev_id": prev_id,
     });
-    match DEVICES_TABLE.get_readable(engine, &(user.to_string(), device.to_owned()))? {
+    match DEVICES_TABLE.get_readable(engine, &(user.to_owned(), device.into()))? {
         None => content["deleted"] = json!(true),
         Some(Json(record)) => {
-            let mut keys = query::device_keys(engine, user, &[device.to_owned()])?;
-            if let Some(mut keys) = keys.remove(device) {
+            let device = ruma::OwnedDeviceId::from(device);
+            let mut keys = query::device_keys(engine, user, std::slice::from_ref(&device))?;
+            if let Some(mut keys) = keys.remove(&device) {
                 if let Some(unsigned) =
                     keys.as_object_mut().and_then(|keys| keys.get_mut("unsigned"))
                     && let Some(unsigned) = unsigned.as_object_mut()

@@ -55,7 +55,7 @@ pub(crate) fn read(
     kind: &str,
 ) -> Result<Option<JsonValue>> {
     let key =
-        (user.to_string(), room.map_or_else(String::new, |room| room.to_string()), kind.to_owned());
+        (user.to_owned(), room.map_or_else(String::new, |room| room.to_string()), kind.to_owned());
     Ok(ACCOUNT_DATA_TABLE
         .get_readable(services.storage.engine(), &key)?
         .map(|Json(record)| record.content))

@@ -55,14 +55,9 @@ async fn list(
 ) -> Result<get_devices::v3::Response> {
     let user = &request.sender()?.user_id;
     let devices = DEVICES_TABLE
-        .collect(
-            services.storage.engine(),
-            &Prefix::of(user.as_str()),
-            Direction::Forward,
-            usize::MAX,
-        )?
+        .collect(services.storage.engine(), &Prefix::of(user), Direction::Forward, usize::MAX)?
         .into_iter()
-        .map(|((_, device_id), Json(record))| to_device(&services, user, device_id.into(), record))
+        .map(|((_, device_id), Json(record))| to_device(&services, user, device_id, record))
         .collect();
     Ok(get_devices::v3::Response::new(devices))
 }
@@ -75,7 +70,7 @@ async fn get(
     let user = &user;
     let device_id = request.body.device_id;
     let Json(record) = DEVICES_TABLE
-        .get(services.storage.engine(), &(user.to_string(), device_id.to_string()))?
+        .get(services.storage.engine(), &(user.clone(), device_id.clone()))?
         .ok_or_else(|| Error::not_found("No such device."))?;
     Ok(get_device::v3::Response::new(to_device(&services, user, device_id, record)))
 }
@@ -107,7 +102,7 @@ async fn delete(
     let user = request.sender()?.user_id.clone();
     let body = request.body;
     if !DEVICES_TABLE
-        .contains(services.storage.engine(), &(user.to_string(), body.device_id.to_string()))?
+        .contains(services.storage.engine(), &(user.clone(), body.device_id.clone()))?
     {
         return Err(Error::not_found("No such device."));
     }

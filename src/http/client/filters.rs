@@ -72,7 +72,7 @@ pub(crate) fn load(
     user: &ruma::UserId,
     filter_id: &str,
 ) -> Result<Option<FilterDefinition>> {
-    let key = (user.to_string(), filter_id.to_owned());
+    let key = (user.to_owned(), filter_id.to_owned());
     let Some(bytes) = FILTERS_TABLE.get(services.storage.engine(), &key)? else {
         return Ok(None);
     };

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
-    OwnedRoomId, UInt, UserId,
+    OwnedRoomId, RoomId, UInt, UserId,
     api::client::backup::{
         RoomKeyBackup, add_backup_keys, add_backup_keys_for_room, add_backup_keys_for_session,
         create_backup_version, delete_backup_keys, delete_backup_keys_for_room,
@@ -182,7 +182,7 @@ async fn put_keys(
     let mut keys = Vec::new();
     for (room, backup) in &request.body.rooms {
         for (session, key) in &backup.sessions {
-            keys.push((room.to_string(), session.clone(), key_json(key)?));
+            keys.push((room.clone(), session.clone(), key_json(key)?));
         }
     }
     let (count, etag) = store(&services, &user, request.body.version, keys).await?;
@@ -198,7 +198,7 @@ async fn put_room_keys(
     let keys = body
         .sessions
         .iter()
-        .map(|(session, key)| Ok((body.room_id.to_string(), session.clone(), key_json(key)?)))
+        .map(|(session, key)| Ok((body.room_id.clone(), session.clone(), key_json(key)?)))
         .collect::<Result<Vec<_>>>()?;
     let (count, etag) = store(&services, &user, body.version, keys).await?;
     Ok(add_backup_keys_for_room::v3::Response::new(etag, count))
@@ -210,8 +210,7 @@ async fn put_session_key(
 ) -> Result<add_backup_keys_for_session::v3::Response> {
     let user = request.sender()?.user_id.clone();
     let body = request.body;
-    let keys =
-        vec![(body.room_id.to_string(), body.session_id.clone(), key_json(&body.session_data)?)];
+    let keys = vec![(body.room_id.clone(), body.session_id.clone(), key_json(&body.session_data)?)];
     let (count, etag) = store(&services, &user, body.version, keys).await?;
     Ok(add_backup_keys_for_session::v3::Response::new(etag, count))
 }
@@ -221,15 +220,15 @@ fn stored_keys(
     services: &Services,
     user: &UserId,
     version: &str,
-    room: Option<&str>,
-) -> Result<BTreeMap<String, BTreeMap<String, JsonValue>>> {
+    room: Option<&RoomId>,
+) -> Result<BTreeMap<OwnedRoomId, BTreeMap<String, JsonValue>>> {
     backup::live_version(services.storage.engine(), user, version)?;
     let number = backup::parse_version(version)?;
     let prefix = match room {
-        Some(room) => Prefix::of3(user.as_str(), &number, &room),
-        None => Prefix::of2(user.as_str(), &number),
+        Some(room) => Prefix::of3(user, &number, room),
+        None => Prefix::of2(user, &number),
     };
-    let mut rooms: BTreeMap<String, BTreeMap<String, JsonValue>> = BTreeMap::new();
+    let mut rooms: BTreeMap<OwnedRoomId, BTreeMap<String, JsonValue>> = BTreeMap::new();
     BACKUP_KEYS_TABLE.scan(
         services.storage.engine(),
         &prefix,
@@ -257,7 +256,6 @@ async fn get_keys(
     let user = &request.sender()?.user_id;
     let mut rooms = BTreeMap::new();
     for (room, sessions) in stored_keys(&services, user, &request.body.version, None)? {
-        let Ok(room) = OwnedRoomId::try_from(room) else { continue };
         rooms.insert(room, RoomKeyBackup::new(raw_sessions(sessions)?));
     }
     Ok(get_backup_keys::v3::Response::new(rooms))
@@ -268,7 +266,7 @@ async fn get_room_keys(
     request: Ruma<get_backup_keys_for_room::v3::Request>,
 ) -> Result<get_backup_keys_for_room::v3::Response> {
     let user = &request.sender()?.user_id;
-    let room = request.body.room_id.as_str();
+    let room = &request.body.room_id;
     let sessions = stored_keys(&services, user, &request.body.version, Some(room))?
         .remove(room)
         .unwrap_or_default();
@@ -283,9 +281,9 @@ async fn get_session_key(
     let body = &request.body;
     backup::live_version(services.storage.engine(), user, &body.version)?;
     let key = (
-        user.to_string(),
+        user.clone(),
         backup::parse_version(&body.version)?,
-        body.room_id.to_string(),
+        body.room_id.clone(),
         body.session_id.clone(),
     );
     let Json(key) = BACKUP_KEYS_TABLE
@@ -324,8 +322,7 @@ async fn delete_room_keys(
     let user = request.sender()?.user_id.clone();
     let body = request.body;
     let (count, etag) =
-        remove(&services, &user, body.version, KeySelection::Room(body.room_id.to_string()))
-            .await?;
+        remove(&services, &user, body.version, KeySelection::Room(body.room_id)).await?;
     Ok(delete_backup_keys_for_room::v3::Response::new(etag, count))
 }
 
@@ -335,7 +332,7 @@ async fn delete_session_key(
 ) -> Result<delete_backup_keys_for_session::v3::Response> {
     let user = request.sender()?.user_id.clone();
     let body = request.body;
-    let selection = KeySelection::Session(body.room_id.to_string(), body.session_id);
+    let selection = KeySelection::Session(body.room_id, body.session_id);
     let (count, etag) = remove(&services, &user, body.version, selection).await?;
     Ok(delete_backup_keys_for_session::v3::Response::new(etag, count))
 }

@@ -120,7 +120,7 @@ where
 
 fn is_local_account(services: &Services, user: &UserId) -> Result<bool> {
     Ok(user.server_name() == services.config.server_name
-        && USERS_TABLE.contains(services.storage.engine(), &user.to_string())?)
+        && USERS_TABLE.contains(services.storage.engine(), &user.to_owned())?)
 }
 
 async fn upload(
@@ -140,7 +140,7 @@ async fn upload(
         .iter()
         .map(|(id, key)| Ok((id.to_string(), to_json(key)?)))
         .collect::<Result<Vec<_>>>()?;
-    let device = sender.device_id.to_string();
+    let device = sender.device_id.clone();
     let counts = services
         .accounts
         .call(&sender.user_id, |reply| {
@@ -171,10 +171,9 @@ async fn query_keys(
             remote.entry(user.server_name().to_owned()).or_default().insert(user, devices);
             continue;
         }
-        let devices: Vec<String> = devices.iter().map(ToString::to_string).collect();
         let mut found = BTreeMap::new();
         for (device, keys) in query::device_keys(engine, &user, &devices)? {
-            found.insert(device.into(), to_raw(&keys)?);
+            found.insert(device, to_raw(&keys)?);
         }
         response.device_keys.insert(user.clone(), found);
         if let Some(master) = query::cross_signing_key(engine, &user, MASTER, &sender.user_id)? {
@@ -235,10 +234,8 @@ async fn claim(
         if !is_local_account(&services, &user)? || wanted.is_empty() {
             continue;
         }
-        let wanted: Vec<(String, String)> = wanted
-            .into_iter()
-            .map(|(device, algorithm)| (device.to_string(), algorithm.to_string()))
-            .collect();
+        let wanted: Vec<(OwnedDeviceId, String)> =
+            wanted.into_iter().map(|(device, algorithm)| (device, algorithm.to_string())).collect();
         // The owner's actor hands each key out once, however many claims race.
         let claimed = services
             .accounts
@@ -249,7 +246,7 @@ async fn claim(
             let key_id = key_id.as_str().try_into().map_err(|_| {
                 Error::internal(format!("stored one-time key id '{key_id}' is invalid"))
             })?;
-            by_device.entry(device.into()).or_default().insert(key_id, to_raw(&key)?);
+            by_device.entry(device).or_default().insert(key_id, to_raw(&key)?);
         }
     }
     let requests = remote

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use ruma::{
-    OwnedUserId, UserId,
+    UserId,
     api::client::{
         presence::{get_presence, set_presence},
         read_marker::set_read_marker,
@@ -21,7 +21,7 @@ use super::require_self;
 use crate::http::routes::Routes;
 use crate::{
     Error, Result, Services,
-    accounts::UserMessage,
+    accounts::{UserMessage, to_device::Delivery},
     http::{
         ruma::{Ruma, route},
         validate,
@@ -250,7 +250,7 @@ async fn send_to_device(
     validate::max_bytes("An event type", &body.event_type.to_string(), limits::MAX_ID_BYTES)?;
     validate::max_bytes("A transaction ID", body.txn_id.as_str(), limits::MAX_OPAQUE_ID_BYTES)?;
     let transaction =
-        (sender.device_id.to_string(), format!("{}\u{1f}{}", body.event_type, body.txn_id));
+        (sender.device_id.clone(), format!("{}\u{1f}{}", body.event_type, body.txn_id));
     // Like an event, a message must fit in what servers exchange (Synapse's bound). All are
     // checked before any is delivered, so a refused request delivers nothing.
     let oversized = body
@@ -272,19 +272,18 @@ async fn send_to_device(
     // could store gigabytes.
     let most_bytes = services.config.max_request_size.as_usize();
     let mut queued_bytes = 0_usize;
-    let mut queue =
-        |deliveries: &mut Vec<_>, delivery: (OwnedUserId, String, ToDeviceRecord), size: usize| {
-            queued_bytes = queued_bytes.saturating_add(size);
-            if deliveries.len() >= limits::MAX_TO_DEVICE_DELIVERIES || queued_bytes > most_bytes {
-                return Err(Error::too_large(format!(
-                    "One request may queue at most {} to-device messages and {most_bytes} bytes \
+    let mut queue = |deliveries: &mut Vec<_>, delivery: Delivery, size: usize| {
+        queued_bytes = queued_bytes.saturating_add(size);
+        if deliveries.len() >= limits::MAX_TO_DEVICE_DELIVERIES || queued_bytes > most_bytes {
+            return Err(Error::too_large(format!(
+                "One request may queue at most {} to-device messages and {most_bytes} bytes \
                  (with `*` counted once per device); send them in several requests.",
-                    limits::MAX_TO_DEVICE_DELIVERIES
-                )));
-            }
-            deliveries.push(delivery);
-            Ok(())
-        };
+                limits::MAX_TO_DEVICE_DELIVERIES
+            )));
+        }
+        deliveries.push(delivery);
+        Ok(())
+    };
     let mut remote = RemoteMessages::default();
     for (user, devices) in body.messages {
         if user.server_name() != services.config.server_name {
@@ -309,14 +308,14 @@ async fn send_to_device(
                 // A device that does not exist gets nothing: queued, its messages would stay
                 // forever (and reach a later device that takes its ID).
                 DeviceIdOrAllDevices::DeviceId(device) => {
-                    if DEVICES_TABLE.contains(engine, &(user.to_string(), device.to_string()))? {
-                        queue(&mut deliveries, (user.clone(), device.to_string(), record), size)?;
+                    if DEVICES_TABLE.contains(engine, &(user.clone(), device.clone()))? {
+                        queue(&mut deliveries, (user.clone(), device, record), size)?;
                     }
                 }
                 DeviceIdOrAllDevices::AllDevices => {
                     for ((_, device), _) in DEVICES_TABLE.collect(
                         engine,
-                        &Prefix::of(user.as_str()),
+                        &Prefix::of(&user),
                         Direction::Forward,
                         usize::MAX,
                     )? {

@@ -286,7 +286,7 @@ async fn list_pushers(
     let mut pushers = Vec::new();
     for (_, Json(record)) in PUSHERS_TABLE.collect(
         services.storage.engine(),
-        &Prefix::of(user.as_str()),
+        &Prefix::of(user),
         Direction::Forward,
         usize::MAX,
     )? {
@@ -371,9 +371,7 @@ async fn set_pusher_handler(
                     },
                 )?;
                 for other in others {
-                    if let Ok(other) = ruma::UserId::parse(other)
-                        && other != user
-                    {
+                    if other != user {
                         remove_pusher(&services, &other, app_id.clone(), pushkey.clone()).await?;
                     }
                 }
@@ -423,10 +421,10 @@ async fn notifications(
     let only_highlight = body.only.as_deref() == Some("highlight");
     let mut found = Vec::new();
     let mut next_token = None;
-    let start = from.map(|from| (user.to_string(), from.saturating_sub(1)));
+    let start = from.map(|from| (user.to_owned(), from.saturating_sub(1)));
     NOTIFICATIONS_TABLE.scan(
         engine,
-        &Prefix::of(user.as_str()),
+        &Prefix::of(&user),
         start.as_ref(),
         Direction::Reverse,
         |(_, position), Json(record)| {
@@ -443,21 +441,20 @@ async fn notifications(
             ControlFlow::Continue(())
         },
     )?;
-    let mut room_shorts: HashMap<String, u64> = HashMap::new();
+    let mut room_shorts: HashMap<OwnedRoomId, u64> = HashMap::new();
     let mut result = Vec::with_capacity(found.len());
     for (position, record) in found {
         let Some(pdu) = rooms::readable_pdu(engine, record.event)? else { continue };
         let room_short = match room_shorts.get(&record.room_id) {
             Some(short) => *short,
             None => {
-                let Ok(room_id) = OwnedRoomId::try_from(record.room_id.clone()) else { continue };
-                let Some(room) = rooms::room(&services.storage, &room_id)? else { continue };
+                let Some(room) = rooms::room(&services.storage, &record.room_id)? else { continue };
                 room_shorts.insert(record.room_id.clone(), room.short);
                 room.short
             }
         };
         let read =
-            !UNREAD_EVENTS_TABLE.contains(engine, &(user.to_string(), room_short, position))?;
+            !UNREAD_EVENTS_TABLE.contains(engine, &(user.to_owned(), room_short, position))?;
         let event = Raw::from_json(serde_json::value::to_raw_value(
             &pdu.client_json(serde_json::Map::new()),
         )?);

@@ -4,7 +4,7 @@
 use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use ruma::{
-    UserId,
+    DeviceId, UserId,
     api::client::{filter::FilterDefinition, sync::sync_events::v3 as sync_v3},
     presence::PresenceState,
 };
@@ -31,11 +31,11 @@ pub(super) fn routes(router: Routes) -> Routes {
 
 /// Whether the device's to-device queue holds a message at or below `upto`; the first
 /// message is the oldest.
-fn first_queued_by(engine: &Engine, user: &UserId, device: &str, upto: u64) -> Result<bool> {
+fn first_queued_by(engine: &Engine, user: &UserId, device: &DeviceId, upto: u64) -> Result<bool> {
     let mut pending = false;
     TO_DEVICE_TABLE.scan_keys(
         engine,
-        &Prefix::of2(user.as_str(), &device),
+        &Prefix::of2(user, device),
         None,
         Direction::Forward,
         |(_, _, position)| {
@@ -53,7 +53,7 @@ fn first_queued_by(engine: &Engine, user: &UserId, device: &str, upto: u64) -> R
 async fn acknowledge_to_device(
     services: &Services,
     user: &UserId,
-    device: &str,
+    device: &DeviceId,
     upto: u64,
 ) -> Result<()> {
     let engine = services.storage.engine();
@@ -123,7 +123,7 @@ async fn sync(
         acknowledge_to_device(
             &services,
             &sender.user_id,
-            sender.device_id.as_str(),
+            &sender.device_id,
             token.to_device_position(),
         )
         .await?;

@@ -29,7 +29,7 @@ pub(super) fn routes(router: Routes) -> Routes {
 
 fn profile_string(services: &Services, user: &UserId, field: &str) -> Option<String> {
     PROFILES_TABLE
-        .get(services.storage.engine(), &(user.to_string(), field.to_owned()))
+        .get(services.storage.engine(), &(user.to_owned(), field.to_owned()))
         .ok()
         .flatten()
         .and_then(|bytes| serde_json::from_slice::<String>(&bytes).ok())
@@ -69,10 +69,7 @@ async fn search(
         None,
         Direction::Forward,
         |user, Json(record)| {
-            if !record.deactivated
-                && !record.guest
-                && let Ok(user) = UserId::parse(user)
-            {
+            if !record.deactivated && !record.guest {
                 candidates.push(user);
             }
             ControlFlow::Continue(())

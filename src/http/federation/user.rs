@@ -38,7 +38,7 @@ fn is_local_account(services: &Services, user: &UserId) -> Result<bool> {
 
 /// `user`'s device keys as other servers see them: without device display names unless
 /// `allow_device_name_federation`.
-fn device_keys(services: &Services, user: &UserId) -> Result<BTreeMap<String, JsonValue>> {
+fn device_keys(services: &Services, user: &UserId) -> Result<BTreeMap<OwnedDeviceId, JsonValue>> {
     let mut keys = query::device_keys(services.storage.engine(), user, &[])?;
     if services.config.allow_device_name_federation {
         return Ok(keys);
@@ -65,7 +65,7 @@ pub(super) async fn devices(
         return Err(Error::not_found(format!("{user} is not a user of this server.")));
     }
     let engine = services.storage.engine();
-    let stream_id = DEVICE_LIST_LATEST_TABLE.get(engine, &user.to_string())?.unwrap_or(0);
+    let stream_id = DEVICE_LIST_LATEST_TABLE.get(engine, user)?.unwrap_or(0);
     let mut response =
         get_devices::v1::Response::new(user.clone(), UInt::new_saturating(stream_id));
     for (device, keys) in device_keys(&services, user)? {
@@ -73,7 +73,7 @@ pub(super) async fn devices(
             .pointer("/unsigned/device_display_name")
             .and_then(JsonValue::as_str)
             .map(str::to_owned);
-        let mut entry = get_devices::v1::UserDevice::new(device.into(), to_raw(&keys)?);
+        let mut entry = get_devices::v1::UserDevice::new(device, to_raw(&keys)?);
         entry.device_display_name = name;
         response.devices.push(entry);
     }
@@ -96,11 +96,10 @@ pub(super) async fn keys_query(
         if !is_local_account(&services, user)? {
             continue;
         }
-        let wanted: Vec<String> = devices.iter().map(ToString::to_string).collect();
         let mut found = BTreeMap::new();
         for (device, keys) in device_keys(&services, user)? {
-            if wanted.is_empty() || wanted.contains(&device) {
-                found.insert(OwnedDeviceId::from(device), to_raw(&keys)?);
+            if devices.is_empty() || devices.contains(&device) {
+                found.insert(device, to_raw(&keys)?);
             }
         }
         response.device_keys.insert(user.clone(), found);
@@ -123,10 +122,8 @@ pub(super) async fn keys_claim(
         if wanted.is_empty() || !is_local_account(&services, &user)? {
             continue;
         }
-        let wanted: Vec<(String, String)> = wanted
-            .into_iter()
-            .map(|(device, algorithm)| (device.to_string(), algorithm.to_string()))
-            .collect();
+        let wanted: Vec<(OwnedDeviceId, String)> =
+            wanted.into_iter().map(|(device, algorithm)| (device, algorithm.to_string())).collect();
         // The owner's actor hands each key out once, however many claims race.
         let claimed = services
             .accounts
@@ -137,7 +134,7 @@ pub(super) async fn keys_claim(
             let key_id = key_id.as_str().try_into().map_err(|_| {
                 Error::internal(format!("stored one-time key id '{key_id}' is invalid"))
             })?;
-            by_device.entry(device.into()).or_default().insert(key_id, to_raw(&key)?);
+            by_device.entry(device).or_default().insert(key_id, to_raw(&key)?);
         }
     }
     Ok(claim_keys::v1::Response::new(claimed_keys))

@@ -24,7 +24,7 @@ pub(super) fn all(ctx: &SyncContext<'_>, room: &str) -> Result<Vec<JsonValue>> {
     Ok(ACCOUNT_DATA_TABLE
         .collect(
             ctx.storage().engine(),
-            &Prefix::of2(ctx.user.as_str(), &room),
+            &Prefix::of2(ctx.user, room),
             Direction::Forward,
             usize::MAX,
         )?
@@ -40,11 +40,11 @@ pub(super) fn changed(ctx: &SyncContext<'_>) -> Result<HashMap<String, Vec<JsonV
     if !storage.writer().written_since(ACCOUNT_DATA_STREAM_TABLE.id(), since) {
         return Ok(changed);
     }
-    let start = (user.to_string(), since.saturating_add(1));
+    let start = (user.to_owned(), since.saturating_add(1));
     let mut entries = Vec::new();
     ACCOUNT_DATA_STREAM_TABLE.scan(
         storage.engine(),
-        &Prefix::of(user.as_str()),
+        &Prefix::of(user),
         Some(&start),
         Direction::Forward,
         |(_, position), Json((room, kind))| {
@@ -56,7 +56,7 @@ pub(super) fn changed(ctx: &SyncContext<'_>) -> Result<HashMap<String, Vec<JsonV
         },
     )?;
     for (room, kind) in entries {
-        let key = (user.to_string(), room.clone(), kind.clone());
+        let key = (user.to_owned(), room.clone(), kind.clone());
         if let Some(Json(record)) = ACCOUNT_DATA_TABLE.get_readable(storage.engine(), &key)? {
             changed
                 .entry(room)

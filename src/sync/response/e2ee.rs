@@ -33,7 +33,7 @@ pub(super) fn keys(
         response.device_lists.changed = changed;
         response.device_lists.left = left;
     }
-    let supply = keys_query::cached_key_supply(ctx.storage(), ctx.user, ctx.device.as_str())?;
+    let supply = keys_query::cached_key_supply(ctx.storage(), ctx.user, ctx.device)?;
     let (one_time, unused_fallback) = &*supply;
     response.device_one_time_keys_count = one_time
         .iter()

@@ -44,7 +44,7 @@ pub(super) fn presence(
             shorts.push(record.short);
         }
     }
-    let candidates: Vec<String> = if !ctx.initial {
+    let candidates: Vec<OwnedUserId> = if !ctx.initial {
         // Few users change presence between two syncs; looking each of them up in the
         // user's rooms keeps a sync in a big room from reading its whole member list.
         let engine = storage.engine();
@@ -52,7 +52,7 @@ pub(super) fn presence(
         for user in changed {
             for short in &shorts {
                 if ROOM_MEMBERS_TABLE
-                    .get(engine, &(*short, user.clone()))?
+                    .get(engine, &(*short, user.to_string()))?
                     .is_some_and(|Json(record)| record.membership == "join")
                 {
                     shared.push(user);
@@ -66,17 +66,15 @@ pub(super) fn presence(
         for short in shorts {
             sharing.extend(timeline::joined_members(storage, short)?);
         }
-        sharing.into_iter().collect()
+        // Member rows are keyed by the user's string until the room tables are typed.
+        sharing.into_iter().filter_map(|user| OwnedUserId::try_from(user).ok()).collect()
     };
     let now = ctx.reader.time.now_ms();
     for user in candidates {
         if !allows_kind(&ctx.params.filter.presence, "m.presence") {
             break;
         }
-        let Ok(user_id) = OwnedUserId::try_from(user.as_str()) else {
-            continue;
-        };
-        let Some(Json(record)) = PRESENCE_TABLE.get_readable(storage.engine(), &user_id)? else {
+        let Some(Json(record)) = PRESENCE_TABLE.get_readable(storage.engine(), &user)? else {
             continue;
         };
         if record.position > ctx.upto {

@@ -22,16 +22,15 @@ pub(super) fn page(
     response: &mut Response,
     next: &mut SyncToken,
 ) -> Result<()> {
-    let device = ctx.device.to_string();
     let delivered_through = ctx.params.since.map_or(0, |token| token.to_device_position());
-    let start = (ctx.user.to_string(), device.clone(), delivered_through.saturating_add(1));
+    let start = (ctx.user.to_owned(), ctx.device.to_owned(), delivered_through.saturating_add(1));
     let mut last_delivered = None;
     if !ctx.storage().writer().written_since(TO_DEVICE_TABLE.id(), delivered_through) {
         return Ok(());
     }
     TO_DEVICE_TABLE.scan(
         ctx.storage().engine(),
-        &Prefix::of2(ctx.user.as_str(), device.as_str()),
+        &Prefix::of2(ctx.user, ctx.device),
         Some(&start),
         Direction::Forward,
         |(_, _, position), Json(message)| {

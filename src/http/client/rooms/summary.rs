@@ -27,7 +27,7 @@ async fn room_summary(
     request: Ruma<get_summary::v1::Request>,
 ) -> Result<get_summary::v1::Response> {
     let unknown = || Error::not_found("Room not found, or you may not see it.");
-    let room_id = super::resolve(&services, &request.body.room_id_or_alias)?;
+    let room_id = services.rooms.aliases.resolve_room(&request.body.room_id_or_alias)?;
     let storage = &services.storage;
     let info = RoomInfo::load(storage, &room_id)?.ok_or_else(unknown)?;
     let summary = info.summary();
