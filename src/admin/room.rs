@@ -155,8 +155,8 @@ pub async fn join_admin(services: &Services, user: &UserId) -> Result<()> {
     let rooms = &services.rooms;
     let membership = crate::rooms::membership(services.storage.engine(), &room_id, user)?
         .map(|record| record.membership);
-    if membership.as_deref() != Some("join") {
-        if membership.as_deref() != Some("invite") {
+    if membership != Some(MembershipState::Join) {
+        if membership != Some(MembershipState::Invite) {
             rooms
                 .send_membership(&room_id, &server_user, user, MembershipState::Invite, None)
                 .await?;

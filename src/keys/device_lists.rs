@@ -11,6 +11,7 @@ use std::{
     ops::ControlFlow,
 };
 
+use ruma::events::room::member::MembershipState;
 use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId, events::TimelineEventType};
 
 use crate::{
@@ -142,7 +143,7 @@ pub fn changes_in(
     let engine = storage.engine();
     let my_rooms: HashSet<OwnedRoomId> = memberships
         .iter()
-        .filter(|(_, record)| record.membership == "join")
+        .filter(|(_, record)| record.membership == MembershipState::Join)
         .map(|(room, _)| room.clone())
         .collect();
     let shares = |other: &UserId| -> Result<bool> {
@@ -167,7 +168,7 @@ pub fn changes_in(
         settled_rooms.remove(room_id);
         let Some(record) = rooms::room(storage, room_id)? else { continue };
         let members = timeline::joined_members(storage, record.short)?;
-        if own.membership == "join" {
+        if own.membership == MembershipState::Join {
             changed.extend(members.into_iter().filter_map(|member| UserId::parse(member).ok()));
         } else {
             maybe_left.extend(members.into_iter().filter_map(|member| UserId::parse(member).ok()));
@@ -248,7 +249,7 @@ fn membership_changes(
             Direction::Forward,
             |(_, user), Json(record)| {
                 if record.position > since && record.position <= upto {
-                    changes.push((user, record.membership));
+                    changes.push((user, record.membership.to_string()));
                 }
                 ControlFlow::Continue(())
             },

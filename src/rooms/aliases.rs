@@ -10,6 +10,7 @@ use std::{collections::BTreeSet, ops::ControlFlow, sync::Arc};
 
 use axum::http::StatusCode;
 use regex::Regex;
+use ruma::events::room::member::MembershipState;
 use ruma::{
     OwnedRoomAliasId, OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, RoomOrAliasId, UserId,
     api::error::ErrorKind,
@@ -138,7 +139,7 @@ impl Aliases {
                 None,
                 Direction::Forward,
                 |(_, user), Json(member)| {
-                    if member.membership == "join"
+                    if member.membership == MembershipState::Join
                         && let Ok(user) = UserId::parse(&user)
                         && user.server_name() != own
                     {

@@ -61,7 +61,11 @@ fn unknown_room() -> Error {
 
 impl Rooms {
     /// `user`'s current membership of a room, as recorded for the user.
-    fn current_membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
+    fn current_membership(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<Option<MembershipState>> {
         Ok(super::membership(self.storage().engine(), room_id, user)?
             .map(|record| record.membership))
     }
@@ -84,15 +88,19 @@ impl Rooms {
                 if !known {
                     return Err(unknown_room());
                 }
-                Ok(self.current_membership(room_id, target)?.as_deref() != Some("join"))
+                Ok(self.current_membership(room_id, target)? != Some(MembershipState::Join))
             }
             MembershipChange::Knock => {
                 if !known {
                     return Err(unknown_room());
                 }
-                match self.current_membership(room_id, target)?.as_deref() {
-                    Some("join") => Err(Error::forbidden("You are already in this room.")),
-                    Some("ban") => Err(Error::forbidden("You are banned from this room.")),
+                match self.current_membership(room_id, target)? {
+                    Some(MembershipState::Join) => {
+                        Err(Error::forbidden("You are already in this room."))
+                    }
+                    Some(MembershipState::Ban) => {
+                        Err(Error::forbidden("You are banned from this room."))
+                    }
                     _ => Ok(true),
                 }
             }
@@ -100,9 +108,11 @@ impl Rooms {
                 if !known {
                     return Err(Error::not_found("Unknown room."));
                 }
-                match self.current_membership(room_id, target)?.as_deref() {
-                    Some("join" | "invite" | "knock") => Ok(true),
-                    Some("leave") => Ok(false),
+                match self.current_membership(room_id, target)? {
+                    Some(
+                        MembershipState::Join | MembershipState::Invite | MembershipState::Knock,
+                    ) => Ok(true),
+                    Some(MembershipState::Leave) => Ok(false),
                     _ => Err(not_a_member()),
                 }
             }
@@ -118,7 +128,7 @@ impl Rooms {
                 if accounts.record(target)?.is_none_or(|record| record.deactivated) {
                     return Err(Error::not_found(format!("{target} does not exist.")));
                 }
-                if self.current_membership(room_id, target)?.as_deref() == Some("join") {
+                if self.current_membership(room_id, target)? == Some(MembershipState::Join) {
                     return Err(Error::forbidden(format!("{target} is already in the room.")));
                 }
                 Ok(true)
@@ -127,8 +137,10 @@ impl Rooms {
                 if !known {
                     return Err(not_a_member());
                 }
-                match self.current_membership(room_id, target)?.as_deref() {
-                    Some("join" | "invite" | "knock") => Ok(true),
+                match self.current_membership(room_id, target)? {
+                    Some(
+                        MembershipState::Join | MembershipState::Invite | MembershipState::Knock,
+                    ) => Ok(true),
                     _ => Err(Error::forbidden(format!("{target} is not in the room."))),
                 }
             }
@@ -142,7 +154,7 @@ impl Rooms {
                 if !known {
                     return Err(not_a_member());
                 }
-                if self.current_membership(room_id, target)?.as_deref() != Some("ban") {
+                if self.current_membership(room_id, target)? != Some(MembershipState::Ban) {
                     return Err(Error::forbidden(format!("{target} is not banned.")));
                 }
                 Ok(true)
@@ -210,7 +222,11 @@ impl Rooms {
     }
 
     /// Rooms where `user` has one of `memberships`.
-    fn rooms_with(&self, user: &UserId, memberships: &[&str]) -> Result<Vec<OwnedRoomId>> {
+    fn rooms_with(
+        &self,
+        user: &UserId,
+        memberships: &[MembershipState],
+    ) -> Result<Vec<OwnedRoomId>> {
         let mut rooms = Vec::new();
         USER_ROOMS_TABLE.scan(
             self.storage().engine(),
@@ -218,7 +234,7 @@ impl Rooms {
             None,
             Direction::Forward,
             |(_, room), Json(record)| {
-                if memberships.contains(&record.membership.as_str())
+                if memberships.contains(&record.membership)
                     && let Ok(room) = RoomId::parse(room)
                 {
                     rooms.push(room);
@@ -232,7 +248,10 @@ impl Rooms {
     /// Leaves (or declines) every room `user` is joined to, invited to or knocking on; used
     /// when an account is deactivated. Failures are logged and do not stop the others.
     pub async fn leave_all(&self, user: &UserId) -> Result<()> {
-        for room_id in self.rooms_with(user, &["join", "invite", "knock"])? {
+        for room_id in self.rooms_with(
+            user,
+            &[MembershipState::Join, MembershipState::Invite, MembershipState::Knock],
+        )? {
             if let Err(error) =
                 self.send_membership(&room_id, user, user, MembershipState::Leave, None).await
             {
@@ -254,7 +273,7 @@ impl Rooms {
             .map(CanonicalJsonValue::String)
         };
         let mut tasks = Vec::new();
-        for room_id in self.rooms_with(user, &["join"])? {
+        for room_id in self.rooms_with(user, &[MembershipState::Join])? {
             let current = super::current_state_event(
                 self.storage(),
                 &room_id,

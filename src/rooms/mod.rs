@@ -25,6 +25,7 @@ pub mod typing;
 
 use std::sync::Arc;
 
+use ruma::events::room::member::MembershipState;
 use ruma::{
     EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
     api::error::ErrorKind,
@@ -200,14 +201,15 @@ pub fn cached_memberships(
 pub fn joined_rooms(reader: &(impl Read + ?Sized), user: &UserId) -> Result<Vec<OwnedRoomId>> {
     Ok(memberships(reader, user)?
         .into_iter()
-        .filter(|(_, record)| record.membership == "join")
+        .filter(|(_, record)| record.membership == MembershipState::Join)
         .map(|(room, _)| room)
         .collect())
 }
 
 /// Whether `user` is currently joined to `room_id`.
 pub fn is_joined(reader: &(impl Read + ?Sized), room_id: &RoomId, user: &UserId) -> Result<bool> {
-    Ok(membership(reader, room_id, user)?.is_some_and(|record| record.membership == "join"))
+    Ok(membership(reader, room_id, user)?
+        .is_some_and(|record| record.membership == MembershipState::Join))
 }
 
 /// The state event `(kind, state_key)` at `snapshot`.

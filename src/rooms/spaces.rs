@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ruma::events::room::member::MembershipState;
 use ruma::{
     OwnedRoomId, OwnedServerName, RoomId, ServerName, UserId,
     api::{
@@ -196,10 +197,9 @@ fn allowed_rooms(join_rule: &JoinRuleSummary) -> &[OwnedRoomId] {
 /// the user.
 pub fn user_may_see(storage: &Storage, summary: &RoomSummary, user: &UserId) -> Result<bool> {
     let engine = storage.engine();
-    match super::membership(engine, &summary.room_id, user)?.as_ref().map(|m| m.membership.as_str())
-    {
-        Some("join" | "invite") => return Ok(true),
-        Some("ban") => return Ok(false),
+    match super::membership(engine, &summary.room_id, user)?.map(|record| record.membership) {
+        Some(MembershipState::Join | MembershipState::Invite) => return Ok(true),
+        Some(MembershipState::Ban) => return Ok(false),
         _ => {}
     }
     if open_to_all(&summary.join_rule, summary.world_readable) {

@@ -10,6 +10,7 @@ use std::{
     sync::Arc,
 };
 
+use ruma::events::room::member::MembershipState;
 use ruma::{RoomId, UserId};
 use serde_json::{Map, Value as JsonValue};
 
@@ -52,7 +53,7 @@ pub struct Viewer<'a> {
     storage: &'a Storage,
     user: &'a UserId,
     /// The user's current membership in the room.
-    current_membership: Option<String>,
+    current_membership: Option<MembershipState>,
     facts: HashMap<u64, (String, Option<String>)>,
     /// Users whose events the viewer ignores (`m.ignored_user_list`).
     ignored: Arc<HashSet<String>>,
@@ -93,7 +94,7 @@ impl<'a> Viewer<'a> {
     pub fn known(
         storage: &'a Storage,
         user: &'a UserId,
-        current_membership: Option<String>,
+        current_membership: Option<MembershipState>,
         ignored: Arc<HashSet<String>>,
     ) -> Self {
         Self { storage, user, current_membership, facts: HashMap::new(), ignored }
@@ -108,8 +109,8 @@ impl<'a> Viewer<'a> {
         self.user
     }
 
-    pub fn current_membership(&self) -> Option<&str> {
-        self.current_membership.as_deref()
+    pub fn current_membership(&self) -> Option<&MembershipState> {
+        self.current_membership.as_ref()
     }
 
     /// `(history_visibility, user's membership)` in the state `snapshot`.
@@ -145,7 +146,7 @@ impl<'a> Viewer<'a> {
         Ok(match visibility.as_str() {
             "world_readable" => true,
             _ if membership.as_deref() == Some("join") => true,
-            "shared" => self.current_membership.as_deref() == Some("join"),
+            "shared" => self.current_membership == Some(MembershipState::Join),
             "invited" => membership.as_deref() == Some("invite"),
             _ => false,
         })
@@ -164,13 +165,9 @@ pub fn readable_snapshot(
     let heads = super::heads(storage.engine(), record.short)?
         .ok_or_else(|| Error::not_found("Unknown room."))?;
     let membership = super::membership(storage.engine(), room_id, user)?;
-    match membership
-        .as_ref()
-        .filter(|record| !record.forgotten)
-        .map(|record| record.membership.as_str())
-    {
-        Some("join") => return Ok(heads.snapshot),
-        Some("leave" | "ban") => {
+    match membership.as_ref().filter(|record| !record.forgotten).map(|record| &record.membership) {
+        Some(MembershipState::Join) => return Ok(heads.snapshot),
+        Some(MembershipState::Leave | MembershipState::Ban) => {
             let record =
                 membership.as_ref().ok_or_else(|| Error::internal("membership vanished"))?;
             if let Some(short) = super::event_short(storage, &record.event_id)?
@@ -559,7 +556,7 @@ pub fn joined_members(storage: &Storage, room: u64) -> Result<Vec<String>> {
         None,
         Direction::Forward,
         |(_, user), Json(record)| {
-            if record.membership == "join" {
+            if record.membership == MembershipState::Join {
                 joined.push(user);
             }
             ControlFlow::Continue(())

@@ -2,7 +2,9 @@
 //! memberships from both sides, and the indexes the read paths use. Only a room's actor
 //! writes that room's rows.
 
-use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId};
+use ruma::{
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, events::room::member::MembershipState,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
@@ -94,7 +96,8 @@ pub struct EventMeta {
 /// A membership as seen from the room or from the user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembershipRecord {
-    pub membership: String,
+    /// As the member event gave it: `join`, `leave`... (any other string is kept as given).
+    pub membership: MembershipState,
     /// Stream position of the membership event.
     pub position: u64,
     pub event_id: OwnedEventId,
@@ -202,6 +205,26 @@ pub const UNREDACTED_TABLE: Table<u64, Json<UnredactedRecord>> = Table::new(UNRE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn membership_records_keep_their_stored_form() {
+        let stored = r#"{"membership":"join","position":7,"event_id":"$a:x","forgotten":false}"#;
+        let Json(record) =
+            Json::<MembershipRecord>::decode_value(stored.as_bytes()).expect("decodes");
+        assert_eq!(record.membership, MembershipState::Join);
+        assert_eq!(Json(record).encode_value(), stored.as_bytes());
+
+        // A value the spec does not name (or none) survives as it was stored.
+        for membership in ["org.example.custom", ""] {
+            let stored = format!(
+                r#"{{"membership":"{membership}","position":1,"event_id":"$b:x","forgotten":false}}"#
+            );
+            let Json(record) =
+                Json::<MembershipRecord>::decode_value(stored.as_bytes()).expect("decodes");
+            assert_eq!(record.membership.as_str(), membership);
+            assert_eq!(Json(record).encode_value(), stored.as_bytes());
+        }
+    }
 
     #[test]
     fn snapshots_round_trip() {

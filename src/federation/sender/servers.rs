@@ -94,7 +94,7 @@ pub fn remote_servers(
         None,
         Direction::Forward,
         |(_, user), Json(member)| {
-            if member.membership == "join"
+            if member.membership == ruma::events::room::member::MembershipState::Join
                 && let Ok(user) = UserId::parse(&user)
                 && user.server_name() != own
             {

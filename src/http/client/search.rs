@@ -14,6 +14,7 @@ use std::{
     sync::Arc,
 };
 
+use ruma::events::room::member::MembershipState;
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     api::client::search::search_events::v3::{
@@ -311,7 +312,11 @@ fn searched_rooms(
         None,
         Direction::Forward,
         |(_, room_id), Json(record)| {
-            if matches!(record.membership.as_str(), "join" | "leave" | "ban") && !record.forgotten {
+            if matches!(
+                record.membership,
+                MembershipState::Join | MembershipState::Leave | MembershipState::Ban
+            ) && !record.forgotten
+            {
                 names.push(room_id);
             }
             ControlFlow::Continue(())

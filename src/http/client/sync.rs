@@ -3,6 +3,7 @@
 
 use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
+use ruma::events::room::member::MembershipState;
 use ruma::{
     DeviceId, UserId,
     api::client::{filter::FilterDefinition, sync::sync_events::v3 as sync_v3},
@@ -150,7 +151,7 @@ async fn sync(
                 |memberships| {
                     let joined: Vec<_> = memberships
                         .iter()
-                        .filter(|(_, record)| record.membership == "join")
+                        .filter(|(_, record)| record.membership == MembershipState::Join)
                         .map(|(room, _)| room.clone())
                         .collect();
                     services.hub.register(&sender.user_id, &joined)

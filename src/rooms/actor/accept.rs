@@ -6,6 +6,7 @@ use std::{
     sync::Arc,
 };
 
+use ruma::events::room::member::MembershipState;
 use ruma::{
     EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, UserId,
     events::TimelineEventType,
@@ -268,12 +269,15 @@ impl RoomActor {
                     .get_mut()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .remove(&user);
-                let value = pdu.content_str("membership").unwrap_or_default();
-                let stripped_state = if matches!(value.as_str(), "invite" | "knock") {
-                    self.stripped_state(room)?
-                } else {
-                    Vec::new()
-                };
+                let value = MembershipState::from(
+                    pdu.content_str("membership").unwrap_or_default().as_str(),
+                );
+                let stripped_state =
+                    if matches!(value, MembershipState::Invite | MembershipState::Knock) {
+                        self.stripped_state(room)?
+                    } else {
+                        Vec::new()
+                    };
                 membership = Some((
                     user,
                     MembershipRecord {
@@ -365,7 +369,7 @@ impl RoomActor {
             .iter()
             .filter_map(|prepared| prepared.membership.as_ref().map(|(user, _)| user.clone()))
             .collect();
-        let membership_changes: Vec<(OwnedUserId, String)> = prepared
+        let membership_changes: Vec<(OwnedUserId, MembershipState)> = prepared
             .iter()
             .filter_map(|prepared| prepared.membership.as_ref())
             .map(|(user, record)| (user.clone(), record.membership.clone()))

@@ -1,6 +1,7 @@
 //! Membership work in the room actor: restricted joins, forgetting a room, the stripped
 //! state of invites and knocks, and who is joined.
 
+use ruma::events::room::member::MembershipState;
 use ruma::{
     CanonicalJsonValue, RoomId, UserId,
     events::{TimelineEventType, room::power_levels::PowerLevelAction},
@@ -22,7 +23,10 @@ impl RoomActor {
         let Some(Json(mut record)) = USER_ROOMS_TABLE.get(self.storage.engine(), &key)? else {
             return Err(Error::not_found("You have never been in this room."));
         };
-        if matches!(record.membership.as_str(), "join" | "invite" | "knock") {
+        if matches!(
+            record.membership,
+            MembershipState::Join | MembershipState::Invite | MembershipState::Knock
+        ) {
             return Err(Error::matrix(
                 axum::http::StatusCode::BAD_REQUEST,
                 ruma::api::error::ErrorKind::Unknown,

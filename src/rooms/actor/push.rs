@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use ruma::events::room::member::MembershipState;
 use ruma::{OwnedUserId, UserId, events::TimelineEventType};
 
 use super::{Loaded, RoomActor};
@@ -22,13 +23,13 @@ impl RoomActor {
         &self,
         room: &Loaded,
         events: &[(Arc<Pdu>, u64, Option<String>)],
-        membership_changes: &[(OwnedUserId, String)],
+        membership_changes: &[(OwnedUserId, MembershipState)],
     ) -> Result<Outcome> {
         // The members as they will be once the events commit.
         let mut joined: Vec<OwnedUserId> = self.joined_members(room)?.as_ref().clone();
         for (user, membership) in membership_changes {
             joined.retain(|member| member != user);
-            if membership == "join" {
+            if *membership == MembershipState::Join {
                 joined.push(user.clone());
             }
         }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use ruma::events::room::member::MembershipState;
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     api::client::sync::sync_events::{
@@ -49,7 +50,7 @@ pub(super) fn joined_room(
     let mut viewer = Viewer::known(
         ctx.storage(),
         ctx.user,
-        Some("join".to_owned()),
+        Some(MembershipState::Join),
         std::sync::Arc::clone(&ctx.ignored),
     );
     let part =

@@ -26,6 +26,7 @@ use std::{
 };
 
 use ruma::api::client::sync::sync_events::v3::Response;
+use ruma::events::room::member::MembershipState;
 use ruma::{DeviceId, UserId, api::client::filter::FilterDefinition};
 
 use super::{hub::SyncHub, token::SyncToken};
@@ -118,8 +119,8 @@ pub fn compute(reader: &SyncReader<'_>, params: &SyncParams<'_>) -> Result<Compu
         }
         let changed = record.position > since;
         let new = ctx.initial || changed;
-        match record.membership.as_str() {
-            "join" => {
+        match record.membership {
+            MembershipState::Join => {
                 joined_rooms.push(room_id.clone());
                 let room_account = account_changes.get(room_id.as_str());
                 if let Some(joined) =
@@ -129,15 +130,15 @@ pub fn compute(reader: &SyncReader<'_>, params: &SyncParams<'_>) -> Result<Compu
                     has_news = true;
                 }
             }
-            "invite" if new && !invites::invited_by_ignored(&ctx, record)? => {
+            MembershipState::Invite if new && !invites::invited_by_ignored(&ctx, record)? => {
                 response.rooms.invite.insert(room_id, invites::invited(&ctx, record)?);
                 has_news = true;
             }
-            "knock" if new => {
+            MembershipState::Knock if new => {
                 response.rooms.knock.insert(room_id, invites::knocked(&ctx, record)?);
                 has_news = true;
             }
-            "leave" | "ban"
+            MembershipState::Leave | MembershipState::Ban
                 if !record.forgotten
                     && ((changed && !ctx.initial)
                         || (ctx.initial && params.filter.room.include_leave)) =>

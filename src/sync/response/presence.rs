@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use ruma::events::room::member::MembershipState;
 use ruma::{OwnedRoomId, OwnedUserId, api::client::sync::sync_events::v3::Response};
 use serde_json::json;
 
@@ -53,7 +54,7 @@ pub(super) fn presence(
             for short in &shorts {
                 if ROOM_MEMBERS_TABLE
                     .get(engine, &(*short, user.to_string()))?
-                    .is_some_and(|Json(record)| record.membership == "join")
+                    .is_some_and(|Json(record)| record.membership == MembershipState::Join)
                 {
                     shared.push(user);
                     break;

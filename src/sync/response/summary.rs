@@ -2,6 +2,7 @@
 
 use std::ops::ControlFlow;
 
+use ruma::events::room::member::MembershipState;
 use ruma::{UInt, UserId, api::client::sync::sync_events::v3::RoomSummary};
 
 use super::SyncContext;
@@ -28,9 +29,9 @@ pub(super) fn summary(ctx: &SyncContext<'_>, room: u64) -> Result<RoomSummary> {
         None,
         Direction::Forward,
         |(_, member), Json(record)| {
-            match record.membership.as_str() {
-                "join" => joined += 1,
-                "invite" => invited += 1,
+            match record.membership {
+                MembershipState::Join => joined += 1,
+                MembershipState::Invite => invited += 1,
                 _ => return ControlFlow::Continue(()),
             }
             if heroes.len() < HEROES

@@ -111,7 +111,7 @@ async fn initial_sync(
         rooms::membership(services.storage.engine(), &room_id, &sender.user_id)?
             .filter(|record| !record.forgotten)
     {
-        response["membership"] = JsonValue::String(membership.membership);
+        response["membership"] = JsonValue::String(membership.membership.to_string());
     }
     Ok(axum::Json(response))
 }
