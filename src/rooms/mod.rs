@@ -6,6 +6,7 @@ pub mod actor;
 pub mod builder;
 pub mod content;
 pub mod directory;
+pub mod federation;
 pub mod filter;
 pub mod initial_state;
 pub mod pdu;
