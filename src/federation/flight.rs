@@ -1,5 +1,7 @@
 //! Single flight: concurrent requests for the same key (a server's keys, a server name's
-//! resolution) share one piece of work instead of each starting its own.
+//! resolution) share one piece of work instead of each starting its own. And its sibling,
+//! [`PerKeyLimit`]: at most so many pieces of work per key at once (another server's heavy
+//! requests).
 
 use std::{collections::HashMap, future::Future, hash::Hash, sync::Arc};
 
@@ -48,6 +50,52 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
     }
 }
 
+/// At most `limit` pieces of work at once per key; a key with none running takes no memory.
+pub struct PerKeyLimit<K> {
+    limit: usize,
+    running: std::sync::Mutex<HashMap<K, usize>>,
+}
+
+/// One running piece of work of a [`PerKeyLimit`], given back when dropped.
+pub struct Slot<'a, K: Hash + Eq> {
+    owner: &'a PerKeyLimit<K>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> PerKeyLimit<K> {
+    pub fn new(limit: usize) -> Self {
+        Self { limit, running: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// A slot for `key`, or `None` while `limit` of its pieces of work run.
+    pub fn try_enter(&self, key: &K) -> Option<Slot<'_, K>> {
+        let mut running = self.running.lock().unwrap_or_else(|poison| poison.into_inner());
+        let count = running.entry(key.clone()).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(Slot { owner: self, key: key.clone() })
+    }
+
+    /// How many keys have work running (for tests and metrics).
+    pub fn busy_keys(&self) -> usize {
+        self.running.lock().unwrap_or_else(|poison| poison.into_inner()).len()
+    }
+}
+
+impl<K: Hash + Eq> Drop for Slot<'_, K> {
+    fn drop(&mut self) {
+        let mut running = self.owner.running.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(count) = running.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                running.remove(&self.key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -88,5 +136,18 @@ mod tests {
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert!(flight.is_empty());
+    }
+
+    #[test]
+    fn a_per_key_limit_bounds_each_key_and_forgets_idle_ones() {
+        let limit = PerKeyLimit::new(2);
+        let first = limit.try_enter(&"a").expect("first");
+        let second = limit.try_enter(&"a").expect("second");
+        assert!(limit.try_enter(&"a").is_none(), "a third is refused");
+        let other = limit.try_enter(&"b").expect("another key is not affected");
+        drop(second);
+        let again = limit.try_enter(&"a").expect("a slot was given back");
+        drop((first, again, other));
+        assert_eq!(limit.busy_keys(), 0, "nothing is kept for idle keys");
     }
 }

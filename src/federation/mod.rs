@@ -65,6 +65,10 @@ use crate::{
     time::Time,
 };
 
+/// How many heavy history requests (state, backfill, missing events, auth chains) one other
+/// server may have running at once.
+pub const HEAVY_REQUESTS_PER_ORIGIN: usize = 2;
+
 /// Everything federation needs, built once at startup.
 pub struct Federation {
     pub server_name: OwnedServerName,
@@ -75,6 +79,8 @@ pub struct Federation {
     pub sender: Arc<Sender>,
     /// Receiving transactions.
     pub intake: Arc<Intake>,
+    /// Heavy history requests running per asking server (`http::federation::events`).
+    pub heavy_requests: flight::PerKeyLimit<OwnedServerName>,
 }
 
 /// What federation is started with besides the configuration.
@@ -168,7 +174,15 @@ impl Federation {
             Arc::clone(&client),
             time.clone(),
         ));
-        Ok(Self { server_name: config.server_name.clone(), policy, client, keys, sender, intake })
+        Ok(Self {
+            server_name: config.server_name.clone(),
+            policy,
+            client,
+            keys,
+            sender,
+            intake,
+            heavy_requests: flight::PerKeyLimit::new(HEAVY_REQUESTS_PER_ORIGIN),
+        })
     }
 
     /// Whether `server` is this server.

@@ -9,6 +9,7 @@ pub mod auth_chain;
 pub mod builder;
 pub mod content;
 pub mod directory;
+pub mod federation;
 pub mod filter;
 pub mod initial_state;
 pub mod membership;

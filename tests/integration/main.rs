@@ -24,6 +24,7 @@ mod empty_path_parameters;
 mod errors;
 mod fake_room;
 mod federation;
+mod federation_history;
 mod federation_media;
 mod federation_rooms;
 mod federation_synapse;

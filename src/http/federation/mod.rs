@@ -10,6 +10,7 @@
 //! With `allow_federation = false` every route answers `403 M_FORBIDDEN`.
 
 mod directory;
+mod events;
 mod keys;
 mod media;
 mod openid;
@@ -205,6 +206,13 @@ fn table(routes: Routes) -> FederationRouter {
         .signed_streamed(media::download)
         .signed_streamed(media::thumbnail)
         .signed(send::transaction)
+        .signed(events::event)
+        .signed(events::state)
+        .signed(events::state_ids)
+        .signed(events::event_auth)
+        .signed(events::backfill)
+        .signed(events::missing_events)
+        .signed(events::timestamp_to_event)
 }
 
 /// Adds the federation routes to the application router.
