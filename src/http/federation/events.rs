@@ -52,7 +52,7 @@ pub(super) async fn event(
     services: Arc<Services>,
     request: Signed<get_event::v1::Request>,
 ) -> Result<get_event::v1::Response> {
-    let Signed { origin, body } = request;
+    let Signed { origin, body, .. } = request;
     let pdu =
         blocking(&services, move |storage| serve::event(storage, &origin, &body.event_id)).await?;
     Ok(get_event::v1::Response::new(
@@ -66,7 +66,7 @@ pub(super) async fn state_ids(
     services: Arc<Services>,
     request: Signed<get_room_state_ids::v1::Request>,
 ) -> Result<get_room_state_ids::v1::Response> {
-    let Signed { origin, body } = request;
+    let Signed { origin, body, .. } = request;
     let _slot = heavy_slot(&services, &origin)?;
     let answer = blocking(&services, move |storage| {
         serve::state_ids(storage, &origin, &body.room_id, &body.event_id)
@@ -79,7 +79,7 @@ pub(super) async fn state(
     services: Arc<Services>,
     request: Signed<get_room_state::v1::Request>,
 ) -> Result<get_room_state::v1::Response> {
-    let Signed { origin, body } = request;
+    let Signed { origin, body, .. } = request;
     let _slot = heavy_slot(&services, &origin)?;
     let answer = blocking(&services, move |storage| {
         serve::state_events(storage, &origin, &body.room_id, &body.event_id)
@@ -92,7 +92,7 @@ pub(super) async fn event_auth(
     services: Arc<Services>,
     request: Signed<get_event_authorization::v1::Request>,
 ) -> Result<get_event_authorization::v1::Response> {
-    let Signed { origin, body } = request;
+    let Signed { origin, body, .. } = request;
     let _slot = heavy_slot(&services, &origin)?;
     let chain = blocking(&services, move |storage| {
         serve::event_auth(storage, &origin, &body.room_id, &body.event_id)
@@ -105,7 +105,7 @@ pub(super) async fn backfill(
     services: Arc<Services>,
     request: Signed<get_backfill::v1::Request>,
 ) -> Result<get_backfill::v1::Response> {
-    let Signed { origin, body } = request;
+    let Signed { origin, body, .. } = request;
     let _slot = heavy_slot(&services, &origin)?;
     let limit = usize::try_from(u64::from(body.limit)).unwrap_or(usize::MAX);
     let pdus = blocking(&services, move |storage| {
@@ -123,7 +123,7 @@ pub(super) async fn missing_events(
     services: Arc<Services>,
     request: Signed<get_missing_events::v1::Request>,
 ) -> Result<get_missing_events::v1::Response> {
-    let Signed { origin, body } = request;
+    let Signed { origin, body, .. } = request;
     let _slot = heavy_slot(&services, &origin)?;
     let limit = usize::try_from(u64::from(body.limit)).unwrap_or(usize::MAX);
     let min_depth = u64::from(body.min_depth);
@@ -146,7 +146,7 @@ pub(super) async fn timestamp_to_event(
     services: Arc<Services>,
     request: Signed<get_event_by_timestamp::v1::Request>,
 ) -> Result<get_event_by_timestamp::v1::Response> {
-    let Signed { origin, body } = request;
+    let Signed { origin, body, .. } = request;
     let (event_id, ts) = blocking(&services, move |storage| {
         serve::event_by_timestamp(storage, &origin, &body.room_id, body.ts, body.dir)
     })
