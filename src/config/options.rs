@@ -663,6 +663,7 @@ config_section! {
 
         /// A directory of registration files (YAML, as bridges generate them for Synapse),
         /// each loaded at startup. Files added or removed take effect at the next start.
+        /// Not read yet: application services are still being built.
         ///
         /// example: "/etc/tuwunel/appservices"
         appservice_dir: Option<PathBuf> = None,
@@ -685,7 +686,9 @@ config_section! {
         /// `[[global.appservice.<ID>.users]]` (and `aliases`, `rooms`), each with `regex`
         /// and `exclusive`. Services can also be registered from the admin room
         /// (`!admin appservices register`) or `appservice_dir`; a service defined here
-        /// cannot be unregistered from the admin room.
+        /// cannot be unregistered from the admin room. Today the tables are only checked
+        /// (an invalid one stops the start, naming the key): no traffic reaches the
+        /// services and the admin commands do not exist yet.
         [map] appservice: BTreeMap<String, AppserviceConfig> = BTreeMap::new(),
     }
 }
