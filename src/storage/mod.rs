@@ -222,6 +222,20 @@ impl Storage {
     }
 }
 
+impl Drop for Storage {
+    /// A storage dropped without [`Storage::close`] (a server dropped rather than stopped, a
+    /// failed start, a test) stops and joins its Writer here. Otherwise the Writer's thread
+    /// would hold the last handle on the engine and close RocksDB after this returns, and a
+    /// process exiting meanwhile aborts inside RocksDB's teardown.
+    fn drop(&mut self) {
+        let thread = self.writer_thread.get_mut().ok().and_then(Option::take);
+        if let Some(thread) = thread {
+            self.writer.stop_blocking();
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The engine tuning the operator configured.
 pub fn engine_options(config: &Config) -> EngineOptions {
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
@@ -293,7 +307,24 @@ pub(crate) fn scaled(base: usize, modifier: f64) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::scaled;
+    use std::sync::Arc;
+
+    use super::{EngineOptions, Storage, scaled};
+
+    /// A storage dropped without `close()` (a server that was never stopped, a test that
+    /// failed) has let go of the database when the drop returns: were the Writer's thread
+    /// still closing RocksDB then, a process exiting at that moment aborts in RocksDB's
+    /// teardown.
+    #[test]
+    fn a_dropped_storage_has_closed_its_database() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for round in 0..10 {
+            let (storage, _) = Storage::open(&EngineOptions::for_path(dir.path())).expect("open");
+            let engine = Arc::downgrade(&storage.engine);
+            drop(storage);
+            assert!(engine.upgrade().is_none(), "round {round}: the engine outlived its storage");
+        }
+    }
 
     #[test]
     fn cache_bounds_scale_and_stay_positive() {

@@ -70,7 +70,12 @@ struct Request {
 
 enum Message {
     Commit(Request),
-    Stop(oneshot::Sender<()>),
+    /// Commit what is queued and stop; `flush` writes the memtables out first, for a clean
+    /// shutdown (a stop without it loses nothing: every commit is in the synced WAL).
+    Stop {
+        done: oneshot::Sender<()>,
+        flush: bool,
+    },
     /// Panic, as a bug would ([`Writer::inject_failure`]).
     Panic,
 }
@@ -232,9 +237,17 @@ impl Writer {
     /// Commits what is already queued, flushes, and stops; later commits fail.
     pub(super) async fn stop(&self) {
         let (done, finished) = oneshot::channel();
-        if self.mailbox.send_async(Message::Stop(done)).await.is_ok() {
+        if self.mailbox.send_async(Message::Stop { done, flush: true }).await.is_ok() {
             let _ = finished.await;
         }
+    }
+
+    /// Commits what is queued and stops without flushing, for a caller that cannot wait
+    /// asynchronously (it joins the thread instead) and may be past caring about the files:
+    /// a storage dropped after its directory was removed.
+    pub(super) fn stop_blocking(&self) {
+        let (done, _finished) = oneshot::channel();
+        let _ = self.mailbox.send(Message::Stop { done, flush: false });
     }
 }
 
@@ -274,13 +287,13 @@ impl WriterState {
             let mut stop = None;
             match first {
                 Message::Commit(request) => group.push(request),
-                Message::Stop(done) => stop = Some(done),
+                Message::Stop { done, flush } => stop = Some((done, flush)),
                 Message::Panic => panic!("failure injected into the writer"),
             }
             while stop.is_none() && group.len() < MAX_GROUP {
                 match self.inbox.try_recv() {
                     Ok(Message::Commit(request)) => group.push(request),
-                    Ok(Message::Stop(done)) => stop = Some(done),
+                    Ok(Message::Stop { done, flush }) => stop = Some((done, flush)),
                     Ok(Message::Panic) => panic!("failure injected into the writer"),
                     Err(_) => break,
                 }
@@ -288,8 +301,8 @@ impl WriterState {
             if !group.is_empty() {
                 self.commit_group(group);
             }
-            if let Some(done) = stop {
-                if let Err(error) = self.engine.flush() {
+            if let Some((done, flush)) = stop {
+                if flush && let Err(error) = self.engine.flush() {
                     tracing::error!(%error, "flushing the database at shutdown failed");
                 }
                 self.inbox.close();

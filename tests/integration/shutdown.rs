@@ -68,3 +68,30 @@ async fn admin_shutdown_command_stops_the_server() {
         .expect("run returns after shutdown")
         .expect("clean");
 }
+
+/// A server dropped without `stop()` (what a failing test leaves behind) lets go of its
+/// database once its runtime is gone: nothing keeps the storage alive in a reference cycle,
+/// so RocksDB is closed before the process exits rather than torn down under it.
+#[test]
+fn a_dropped_server_releases_its_database_with_its_runtime() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let storage = runtime.block_on(async {
+        let server = TestServer::start().await;
+        let user = server.register("dropped", "a password of some length").await;
+        let (status, body) = server
+            .post_as(
+                &user,
+                "/_matrix/client/v3/createRoom",
+                serde_json::json!({"name": "left open"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        std::sync::Arc::downgrade(&server.server().services().storage)
+    });
+    drop(runtime);
+    assert!(storage.upgrade().is_none(), "the storage outlived its server and runtime");
+}
