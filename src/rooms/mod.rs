@@ -1,13 +1,16 @@
 //! Rooms: events, state, membership and the read paths over them. A room's own data is
 //! written by its actor ([`actor`]); the global alias and directory rows by [`aliases`].
-//! The rest reads (and, for the space hierarchy, asks other servers about rooms this server
-//! is not in).
+//! What users do to rooms (create, upgrade, change memberships) are [`Rooms`] operations in
+//! [`create`], [`upgrade`] and [`membership`], which the client API and the admin commands
+//! both call. The rest reads (and, for the space hierarchy, asks other servers about rooms
+//! this server is not in).
 
 pub mod actor;
 pub mod aliases;
 pub mod auth_chain;
 pub mod builder;
 pub mod content;
+pub mod create;
 pub mod directory;
 pub mod federation;
 pub mod filter;
@@ -23,6 +26,7 @@ pub mod state_res;
 pub mod summary;
 pub mod timeline;
 pub mod typing;
+pub mod upgrade;
 
 use std::sync::Arc;
 
