@@ -30,7 +30,7 @@ pub mod upgrade;
 
 use std::sync::Arc;
 
-use ruma::events::room::member::MembershipState;
+use ruma::events::room::{history_visibility::HistoryVisibility, member::MembershipState};
 use ruma::{
     EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
     api::error::ErrorKind,
@@ -231,6 +231,12 @@ pub fn state_event(
         Some(short) => pdu(storage.engine(), short),
         None => Ok(None),
     }
+}
+
+/// Whether the room's history is world-readable at `snapshot`.
+pub fn world_readable(storage: &Storage, snapshot: u64) -> Result<bool> {
+    let event = state_event(storage, snapshot, "m.room.history_visibility", "")?;
+    Ok(content::history_visibility(event.as_ref()) == HistoryVisibility::WorldReadable)
 }
 
 /// A state fact that redaction keeps, so it can be cached by event for good.
