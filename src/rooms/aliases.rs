@@ -329,6 +329,26 @@ impl Rooms {
                 .may_send_state(user, &StateEventType::RoomCanonicalAlias))
     }
 
+    /// The local aliases of a room, as `user` may list them: a member, a server admin
+    /// (`is_admin`), or anyone when the room is world-readable.
+    pub fn visible_aliases(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        is_admin: bool,
+    ) -> Result<Vec<OwnedRoomAliasId>> {
+        let storage = self.storage();
+        let not_a_member = || Error::forbidden("You are not a member of this room.");
+        let record = super::room(storage, room_id)?.ok_or_else(not_a_member)?;
+        let allowed = super::is_joined(storage.engine(), room_id, user)?
+            || is_admin
+            || super::world_readable(storage, super::current_snapshot(storage, &record)?)?;
+        if !allowed {
+            return Err(not_a_member());
+        }
+        self.aliases.room_aliases(room_id)
+    }
+
     /// Gives `room_id` the local alias `alias` (validated by [`Aliases::validate_local`]) on
     /// behalf of `by`, who must be joined to it.
     pub async fn create_alias(

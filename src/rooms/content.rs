@@ -4,7 +4,10 @@
 
 use ruma::{
     OwnedRoomId,
-    events::room::join_rules::RoomJoinRulesEventContent,
+    events::room::{
+        history_visibility::{HistoryVisibility, RoomHistoryVisibilityEventContent},
+        join_rules::RoomJoinRulesEventContent,
+    },
     room::{AllowRule, JoinRule, JoinRuleSummary},
 };
 use serde::Deserialize;
@@ -37,6 +40,14 @@ pub fn join_rule(event: Option<&Pdu>) -> JoinRule {
             JoinRule::Invite
         }
     }
+}
+
+/// The history visibility of a room whose `m.room.history_visibility` event is `event`:
+/// `shared` without one (the spec's default) or when its content is unreadable.
+pub fn history_visibility(event: Option<&Pdu>) -> HistoryVisibility {
+    event
+        .and_then(|event| event.content_as::<RoomHistoryVisibilityEventContent>().ok())
+        .map_or(HistoryVisibility::Shared, |content| content.history_visibility)
 }
 
 /// The rooms whose members may join under `rule` (its `m.room_membership` allow rules).
@@ -120,6 +131,20 @@ mod tests {
         assert_eq!(join_rule(Some(&join_rules(json!({"join_rule": ""})))).as_str(), "invite");
         assert_eq!(join_rule(Some(&join_rules(json!({"join_rule": 3})))).as_str(), "invite");
         assert_eq!(join_rule(Some(&join_rules(json!({})))).as_str(), "invite");
+    }
+
+    #[test]
+    fn history_visibility_defaults_to_shared() {
+        // Only the content matters to the reader.
+        let read = |content| history_visibility(Some(&join_rules(content)));
+        assert_eq!(history_visibility(None), HistoryVisibility::Shared);
+        assert_eq!(
+            read(json!({"history_visibility": "world_readable"})),
+            HistoryVisibility::WorldReadable
+        );
+        assert_eq!(read(json!({"history_visibility": "joined"})), HistoryVisibility::Joined);
+        assert_eq!(read(json!({"history_visibility": 3})), HistoryVisibility::Shared);
+        assert_eq!(read(json!({})), HistoryVisibility::Shared);
     }
 
     #[test]

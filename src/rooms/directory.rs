@@ -1,10 +1,12 @@
 //! The published room directory of this server: which rooms are listed, filtered and cut
 //! into pages. Our clients' `/publicRooms` and other servers' `/publicRooms` read the same
-//! pages; publishing a room is the client API's business.
+//! pages. Which rooms are published is [`Aliases`]' (rows) and `Rooms::set_published`'s
+//! (who may change it).
 
 use ruma::{
     UInt,
     directory::{Filter, PublicRoomsChunk, RoomNetwork},
+    room::RoomType,
 };
 
 use super::{aliases::Aliases, summary::RoomInfo};
@@ -60,7 +62,10 @@ fn published_rooms(storage: &Storage, aliases: &Aliases, filter: &Filter) -> Res
     for room_id in aliases.published()? {
         let Some(info) = RoomInfo::load(storage, &room_id)? else { continue };
         if !filter.room_types.is_empty()
-            && !filter.room_types.iter().any(|wanted| wanted.as_str() == info.room_type.as_deref())
+            && !filter
+                .room_types
+                .iter()
+                .any(|wanted| wanted.as_str() == info.room_type.as_ref().map(RoomType::as_str))
         {
             continue;
         }

@@ -1,13 +1,16 @@
 //! Rooms: events, state, membership and the read paths over them. A room's own data is
 //! written by its actor ([`actor`]); the global alias and directory rows by [`aliases`].
-//! The rest reads (and, for the space hierarchy, asks other servers about rooms this server
-//! is not in).
+//! What users do to rooms (create, upgrade, change memberships) are [`Rooms`] operations in
+//! [`create`], [`upgrade`] and [`membership`], which the client API and the admin commands
+//! both call. The rest reads (and, for the space hierarchy, asks other servers about rooms
+//! this server is not in).
 
 pub mod actor;
 pub mod aliases;
 pub mod auth_chain;
 pub mod builder;
 pub mod content;
+pub mod create;
 pub mod directory;
 pub mod federation;
 pub mod filter;
@@ -23,10 +26,11 @@ pub mod state_res;
 pub mod summary;
 pub mod timeline;
 pub mod typing;
+pub mod upgrade;
 
 use std::sync::Arc;
 
-use ruma::events::room::member::MembershipState;
+use ruma::events::room::{history_visibility::HistoryVisibility, member::MembershipState};
 use ruma::{
     EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
     api::error::ErrorKind,
@@ -227,6 +231,12 @@ pub fn state_event(
         Some(short) => pdu(storage.engine(), short),
         None => Ok(None),
     }
+}
+
+/// Whether the room's history is world-readable at `snapshot`.
+pub fn world_readable(storage: &Storage, snapshot: u64) -> Result<bool> {
+    let event = state_event(storage, snapshot, "m.room.history_visibility", "")?;
+    Ok(content::history_visibility(event.as_ref()) == HistoryVisibility::WorldReadable)
 }
 
 /// A state fact that redaction keeps, so it can be cached by event for good.

@@ -6,6 +6,7 @@ use ruma::{
     EventEncryptionAlgorithm, OwnedMxcUri, OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId,
     RoomVersionId, ServerName, UInt,
     directory::{PublicRoomsChunk, PublicRoomsChunkInit},
+    events::room::{guest_access::GuestAccess, history_visibility::HistoryVisibility},
     room::{JoinRule, RoomSummary, RoomType},
 };
 use serde_json::Value as JsonValue;
@@ -26,14 +27,16 @@ pub struct RoomInfo {
     pub topic: Option<String>,
     pub canonical_alias: Option<OwnedRoomAliasId>,
     pub avatar_url: Option<OwnedMxcUri>,
-    pub room_type: Option<String>,
+    pub room_type: Option<RoomType>,
     pub num_joined_members: u64,
-    pub world_readable: bool,
-    pub guest_can_join: bool,
+    /// `shared` when the room states none.
+    pub history_visibility: HistoryVisibility,
+    /// `forbidden` when the room states none.
+    pub guest_access: GuestAccess,
     /// The join rule as the room states it (`invite` when it has none), with the rooms whose
     /// members may join a restricted room.
     pub join_rule: JoinRule,
-    pub encryption: Option<String>,
+    pub encryption: Option<EventEncryptionAlgorithm>,
 }
 
 fn non_empty(text: Option<&str>) -> Option<String> {
@@ -91,14 +94,16 @@ impl RoomInfo {
             canonical_alias: field(&content("m.room.canonical_alias")?, "alias")
                 .and_then(|alias| RoomAliasId::parse(alias).ok()),
             avatar_url: field(&content("m.room.avatar")?, "url").map(OwnedMxcUri::from),
-            room_type: field(&create, "type"),
+            room_type: field(&create, "type").map(RoomType::from),
             num_joined_members,
-            world_readable: field(&content("m.room.history_visibility")?, "history_visibility")
-                .is_some_and(|visibility| visibility == "world_readable"),
-            guest_can_join: field(&content("m.room.guest_access")?, "guest_access")
-                .is_some_and(|access| access == "can_join"),
+            history_visibility: super::content::history_visibility(
+                super::state_event(storage, snapshot, "m.room.history_visibility", "")?.as_ref(),
+            ),
+            guest_access: field(&content("m.room.guest_access")?, "guest_access")
+                .map_or(GuestAccess::Forbidden, GuestAccess::from),
             join_rule,
-            encryption: field(&content("m.room.encryption")?, "algorithm"),
+            encryption: field(&content("m.room.encryption")?, "algorithm")
+                .map(EventEncryptionAlgorithm::from),
         }))
     }
 
@@ -107,7 +112,17 @@ impl RoomInfo {
     }
 
     pub fn is_space(&self) -> bool {
-        self.room_type.as_deref() == Some("m.space")
+        self.room_type == Some(RoomType::Space)
+    }
+
+    /// Whether anyone may read the room's history.
+    pub fn world_readable(&self) -> bool {
+        self.history_visibility == HistoryVisibility::WorldReadable
+    }
+
+    /// Whether guests may join the room.
+    pub fn guest_can_join(&self) -> bool {
+        self.guest_access == GuestAccess::CanJoin
     }
 
     /// The room as the published room directory lists it.
@@ -115,15 +130,15 @@ impl RoomInfo {
         let mut chunk = PublicRoomsChunk::from(PublicRoomsChunkInit {
             num_joined_members: self.joined(),
             room_id: self.room_id.clone(),
-            world_readable: self.world_readable,
-            guest_can_join: self.guest_can_join,
+            world_readable: self.world_readable(),
+            guest_can_join: self.guest_can_join(),
         });
         chunk.name = self.name.clone();
         chunk.topic = self.topic.clone();
         chunk.canonical_alias = self.canonical_alias.clone();
         chunk.avatar_url = self.avatar_url.clone();
         chunk.join_rule = self.join_rule.kind();
-        chunk.room_type = self.room_type.as_deref().map(RoomType::from);
+        chunk.room_type = self.room_type.clone();
         chunk
     }
 
@@ -133,16 +148,16 @@ impl RoomInfo {
         let mut summary = RoomSummary::new(
             self.room_id.clone(),
             join_rule,
-            self.guest_can_join,
+            self.guest_can_join(),
             self.joined(),
-            self.world_readable,
+            self.world_readable(),
         );
         summary.name = self.name.clone();
         summary.topic = self.topic.clone();
         summary.canonical_alias = self.canonical_alias.clone();
         summary.avatar_url = self.avatar_url.clone();
-        summary.room_type = self.room_type.as_deref().map(RoomType::from);
-        summary.encryption = self.encryption.as_deref().map(EventEncryptionAlgorithm::from);
+        summary.room_type = self.room_type.clone();
+        summary.encryption = self.encryption.clone();
         summary.room_version = Some(self.version.clone());
         summary
     }

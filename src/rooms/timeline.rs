@@ -174,20 +174,13 @@ pub fn readable_snapshot(
                 && let Some(meta) = super::event_meta(storage.engine(), short)?
             {
                 // The state at their departure, unless the room is world-readable now.
-                let world_readable =
-                    super::state_event(storage, heads.snapshot, "m.room.history_visibility", "")?
-                        .and_then(|pdu| pdu.content_str("history_visibility"))
-                        .is_some_and(|visibility| visibility == "world_readable");
+                let world_readable = super::world_readable(storage, heads.snapshot)?;
                 return Ok(if world_readable { heads.snapshot } else { meta.state_after });
             }
         }
         _ => {}
     }
-    let world_readable =
-        super::state_event(storage, heads.snapshot, "m.room.history_visibility", "")?
-            .and_then(|pdu| pdu.content_str("history_visibility"))
-            .is_some_and(|visibility| visibility == "world_readable");
-    if world_readable {
+    if super::world_readable(storage, heads.snapshot)? {
         Ok(heads.snapshot)
     } else {
         Err(Error::forbidden("You are not a member of this room."))

@@ -16,11 +16,8 @@ use crate::http::routes::Routes;
 use crate::{
     Result, Services,
     http::ruma::{Ruma, route},
+    rooms::create::CREATABLE_ROOM_VERSIONS,
 };
-
-/// Room versions this server creates rooms in.
-pub(crate) const CREATABLE_ROOM_VERSIONS: [RoomVersionId; 3] =
-    [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
 
 pub(super) fn routes(router: Routes) -> Routes {
     route(router, get)

@@ -1,16 +1,18 @@
 //! Room endpoints of the Client-Server API, one file per family.
 
+mod aliases;
 mod create;
-mod directory;
 mod hierarchy;
 mod membership;
 mod peek;
+mod public_rooms;
 mod read;
 mod relations;
 mod reports;
 mod send;
 mod summary;
 mod upgrade;
+mod visibility;
 
 use ruma::RoomId;
 
@@ -21,7 +23,9 @@ pub(in crate::http) fn routes(router: Routes) -> Routes {
     let router = create::routes(router);
     let router = membership::routes(router);
     let router = send::routes(router);
-    let router = directory::routes(router);
+    let router = aliases::routes(router);
+    let router = visibility::routes(router);
+    let router = public_rooms::routes(router);
     let router = hierarchy::routes(router);
     let router = upgrade::routes(router);
     let router = reports::routes(router);

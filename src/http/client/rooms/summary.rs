@@ -38,9 +38,7 @@ async fn room_summary(
                 return Err(unknown());
             }
             let membership = crate::rooms::membership(storage.engine(), &room_id, &sender.user_id)?
-                .map_or(MembershipState::Leave, |record| {
-                    MembershipState::from(record.membership.as_str())
-                });
+                .map_or(MembershipState::Leave, |record| record.membership);
             response.membership = Some(membership);
         }
         None => {
