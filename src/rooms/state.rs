@@ -106,6 +106,62 @@ fn diff(old: &StateMap, new: &StateMap) -> Vec<(u64, u64)> {
     entries
 }
 
+/// The keys whose event differs between `old` and `new`, sorted: `(key, old event, new
+/// event)`, `None` where a map lacks the key. One merge walk of both maps.
+pub fn changes(old: &StateMap, new: &StateMap) -> Vec<(u64, Option<u64>, Option<u64>)> {
+    let mut changes = Vec::new();
+    let mut old = old.iter().peekable();
+    let mut new = new.iter().peekable();
+    loop {
+        match (old.peek().copied(), new.peek().copied()) {
+            (None, None) => break,
+            (Some((&key, &event)), None) => {
+                changes.push((key, Some(event), None));
+                old.next();
+            }
+            (None, Some((&key, &event))) => {
+                changes.push((key, None, Some(event)));
+                new.next();
+            }
+            (Some((&old_key, &old_event)), Some((&new_key, &new_event))) => {
+                if old_key < new_key {
+                    changes.push((old_key, Some(old_event), None));
+                    old.next();
+                } else if new_key < old_key {
+                    changes.push((new_key, None, Some(new_event)));
+                    new.next();
+                } else {
+                    if old_event != new_event {
+                        changes.push((new_key, Some(old_event), Some(new_event)));
+                    }
+                    old.next();
+                    new.next();
+                }
+            }
+        }
+    }
+    changes
+}
+
+/// How many deltas lie between `snapshot` and its full snapshot (what [`write`] and
+/// [`write_diff`] need of a parent). Bounded: a chain longer than [`FULL_EVERY`] is damage.
+pub fn chain_length(storage: &Storage, snapshot: u64) -> Result<u32> {
+    let mut length = 0;
+    let mut next = (snapshot != EMPTY).then_some(snapshot);
+    while let Some(id) = next {
+        next = stored(storage, id)?.parent;
+        if next.is_some() {
+            length += 1;
+            if length > FULL_EVERY {
+                return Err(crate::Error::internal(format!(
+                    "state snapshot {snapshot} has more than {FULL_EVERY} deltas"
+                )));
+            }
+        }
+    }
+    Ok(length)
+}
+
 fn stored(storage: &Storage, id: u64) -> Result<Arc<Snapshot>> {
     storage
         .caches()
@@ -269,8 +325,9 @@ mod tests {
         let snapshot = stored(&storage, full.0).expect("stored");
         assert_eq!(snapshot.parent, None);
         assert!(snapshot.entries.iter().all(|(_, event)| *event != Snapshot::ABSENT));
-        for ((id, _), state) in written.iter().zip(&states) {
+        for ((id, chain), state) in written.iter().zip(&states) {
             assert_eq!(&load(&storage, *id).expect("load"), state);
+            assert_eq!(chain_length(&storage, *id).expect("chain"), *chain);
         }
         runtime.block_on(storage.close());
     }
@@ -285,6 +342,18 @@ mod tests {
         runner
             .run(&collection::vec(state, 1..80), |states| {
                 let written = write_chain(&runtime, &storage, &states);
+                for pair in states.windows(2) {
+                    // Applying the changes to the old state gives the new one.
+                    let mut applied = pair[0].clone();
+                    for (key, old, new) in changes(&pair[0], &pair[1]) {
+                        prop_assert_eq!(applied.get(&key).copied(), old);
+                        match new {
+                            Some(event) => applied.insert(key, event),
+                            None => applied.remove(&key),
+                        };
+                    }
+                    prop_assert_eq!(&applied, &pair[1]);
+                }
                 for ((id, _), state) in written.iter().zip(&states) {
                     prop_assert_eq!(&load(&storage, *id).expect("load"), state);
                     for key in 1..24 {

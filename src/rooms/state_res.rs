@@ -88,14 +88,17 @@ impl state_res::Event for ResEvent {
 }
 
 /// A stored event with its status, for resolution and auth checks. `None` when the event is
-/// not stored.
+/// not stored. An event with a readable PDU but no meta, or the reverse, is damage and an
+/// error: answering `None` would make ruma leave it out as unverifiable, a wrong state
+/// instead of a failed resolution.
 pub fn res_event(storage: &Storage, short: u64) -> Result<Option<ResEvent>> {
-    let (Some(pdu), Some(meta)) =
-        (super::shared_pdu(storage, short)?, super::any_event_meta(storage.engine(), short)?)
-    else {
-        return Ok(None);
-    };
-    Ok(Some(ResEvent { pdu, rejected: meta.status == EventStatus::Rejected }))
+    match (super::shared_pdu(storage, short)?, super::any_event_meta(storage.engine(), short)?) {
+        (Some(pdu), Some(meta)) => {
+            Ok(Some(ResEvent { pdu, rejected: meta.status == EventStatus::Rejected }))
+        }
+        (None, None) => Ok(None),
+        _ => Err(Error::internal(format!("event {short} is stored without its event or its meta"))),
+    }
 }
 
 /// The outcome of a resolution: the resolved state, and the auth chains walked to get it,
@@ -846,6 +849,49 @@ mod tests {
         assert!(res_event(&vectors.storage, join_rules).expect("read").expect("stored").rejected);
         let resolved = vectors.resolve(&snapshots);
         assert!(!resolved.contains_key(&vectors.key_of(charlie)), "{resolved:?}");
+    }
+
+    #[test]
+    fn an_event_without_its_meta_fails_the_resolution_instead_of_dropping_out() {
+        let vectors =
+            Vectors::load(&["bootstrap-public-chat.json", "concurrent-joins-charlie.json"]);
+        let bootstrap: Vec<OwnedEventId> =
+            vectors.pdus[..vectors.pdus.len() - 1].iter().map(|pdu| pdu.event_id.clone()).collect();
+        let without = vectors.state_of(&bootstrap);
+        let charlie = vectors.pdus.last().expect("charlie's join");
+        let charlie_short = vectors.short(charlie.event_id.as_str());
+        let mut with = without.clone();
+        with.insert(vectors.key_of(charlie), charlie_short);
+        let snapshots = [vectors.snapshot(&without), vectors.snapshot(&with)];
+        let mut batch = Batch::new();
+        EVENT_META_TABLE.delete(&mut batch, &charlie_short);
+        vectors.commit(batch);
+
+        let error = resolve(&vectors.storage, &vectors.rules, &snapshots).expect_err("damage");
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(error.to_string().contains("without its event or its meta"), "{error}");
+    }
+
+    #[test]
+    fn a_stored_chain_stands_for_the_walk_below_it() {
+        let vectors = Vectors::load(&["bootstrap-public-chat.json"]);
+        let bob = vectors.short("$00-m-room-member-join-bob");
+        let power_levels = vectors.short("$00-m-room-power_levels");
+        let bob_pdu = vectors.pdus.iter().find(|pdu| pdu.event_id.as_str().ends_with("join-bob"));
+        assert!(
+            bob_pdu
+                .expect("bob")
+                .auth_events
+                .iter()
+                .any(|id| id.as_str() == "$00-m-room-power_levels")
+        );
+        // A marker no walk could find: its presence shows the row was used.
+        let marker = 999_999;
+        let mut batch = Batch::new();
+        AUTH_CHAINS_TABLE.put(&mut batch, &power_levels, &AuthChain::new(vec![marker]));
+        vectors.commit(batch);
+        let chain = AuthChains::new(&vectors.storage).of(bob).expect("walk");
+        assert!(chain.contains(marker) && chain.contains(power_levels), "{chain:?}");
     }
 
     #[test]

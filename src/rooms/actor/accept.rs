@@ -38,7 +38,6 @@ use crate::{
             RoomHeads, RoomRecord, SEARCH_TABLE, THREADS_TABLE, TIMELINE_TABLE, TRANSACTIONS_TABLE,
             UNREDACTED_TABLE, USER_ROOMS_TABLE, UnredactedRecord,
         },
-        shortid::Interner,
     },
 };
 
@@ -51,7 +50,8 @@ pub(super) struct Prepared {
     short: u64,
     meta_before: u64,
     meta_after: u64,
-    membership: Option<(OwnedUserId, MembershipRecord)>,
+    /// The membership rows of the users whose member event in the current state changed.
+    membership: Vec<(OwnedUserId, MembershipRecord)>,
     relation: Option<(u64, String)>,
     thread_root_previous: Option<u64>,
     words: Vec<String>,
@@ -108,7 +108,7 @@ impl RoomActor {
             event_ids: HashMap::new(),
             snapshot: state::EMPTY,
             chain: 0,
-            extremities: Vec::new(),
+            heads: Vec::new(),
             depth: 0,
             backfill_seq: 0,
             cache: HashMap::new(),
@@ -238,59 +238,32 @@ impl RoomActor {
     ) -> Result<Prepared> {
         let interner = self.storage.interner();
         let short = interner.allocate();
-        Interner::record(batch, Namespace::EventId, pdu.event_id.as_bytes(), short);
-        PDUS_TABLE.put(batch, &short, &pdu.to_bytes());
-
-        let before = room.snapshot;
-        let mut membership = None;
-        if let Some(state_key) = &pdu.state_key {
-            let kind = pdu.kind.to_string();
-            let key = interner
-                .intern(&self.storage, Namespace::StateKey, &state_key_bytes(&kind, state_key))
-                .await?;
-            if let Some(replaced) = room.state.insert(key, short) {
-                room.event_ids.remove(&replaced);
+        let key = match &pdu.state_key {
+            Some(state_key) => {
+                let kind = pdu.kind.to_string();
+                let key = interner
+                    .intern(&self.storage, Namespace::StateKey, &state_key_bytes(&kind, state_key))
+                    .await?;
+                room.keys.insert((kind, state_key.clone()), key);
+                if room.cache.len() >= STATE_CACHE {
+                    room.cache.clear();
+                }
+                room.cache.insert(short, Arc::clone(&pdu));
+                Some(key)
             }
-            room.event_ids.insert(short, pdu.event_id.clone());
-            room.keys.insert((kind, state_key.clone()), key);
-            let parent = (room.snapshot != state::EMPTY).then_some((room.snapshot, room.chain));
-            let (snapshot, chain) =
-                state::write(&self.storage, batch, parent, &room.state, &[(key, short)]);
-            room.snapshot = snapshot;
-            room.chain = chain;
-            if room.cache.len() >= STATE_CACHE {
-                room.cache.clear();
-            }
-            room.cache.insert(short, Arc::clone(&pdu));
-            if pdu.kind == TimelineEventType::RoomMember
-                && let Ok(user) = UserId::parse(state_key.as_str())
-            {
-                room.display_names
-                    .get_mut()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&user);
-                let value = MembershipState::from(
-                    pdu.content_str("membership").unwrap_or_default().as_str(),
-                );
-                let stripped_state =
-                    if matches!(value, MembershipState::Invite | MembershipState::Knock) {
-                        self.stripped_state(room)?
-                    } else {
-                        Vec::new()
-                    };
-                membership = Some((
-                    user,
-                    MembershipRecord {
-                        membership: value,
-                        position: 0,
-                        event_id: pdu.event_id.clone(),
-                        stripped_state,
-                        forgotten: false,
-                    },
-                ));
+            None => None,
+        };
+        let before = self.state_before(room, &pdu.prev_events).await?;
+        let placed =
+            self.place(room, &pdu, short, key, EventStatus::Timeline, before, batch).await?;
+        let membership = self.membership_changes(room, &placed.changed, &pdu, short)?;
+        {
+            let names =
+                room.display_names.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (user, _) in &membership {
+                names.remove(user);
             }
         }
-        room.extremities = vec![pdu.event_id.clone()];
         room.depth = room.depth.max(pdu.depth);
 
         let relation = match relation_of(&pdu) {
@@ -334,8 +307,8 @@ impl RoomActor {
             words: search_words(&pdu),
             pdu,
             short,
-            meta_before: before,
-            meta_after: room.snapshot,
+            meta_before: placed.state_before,
+            meta_after: placed.state_after,
             membership,
             relation,
             thread_root_previous,
@@ -357,7 +330,7 @@ impl RoomActor {
             &Json(RoomHeads {
                 snapshot: room.snapshot,
                 snapshot_chain: room.chain,
-                extremities: room.extremities.clone(),
+                extremities: room.heads.iter().map(|head| head.event_id.clone()).collect(),
                 depth: room.depth,
                 backfill_seq: room.backfill_seq,
             }),
@@ -367,11 +340,11 @@ impl RoomActor {
         let count = prepared.len() as u64;
         let members: Vec<OwnedUserId> = prepared
             .iter()
-            .filter_map(|prepared| prepared.membership.as_ref().map(|(user, _)| user.clone()))
+            .flat_map(|prepared| prepared.membership.iter().map(|(user, _)| user.clone()))
             .collect();
         let membership_changes: Vec<(OwnedUserId, MembershipState)> = prepared
             .iter()
-            .filter_map(|prepared| prepared.membership.as_ref())
+            .flat_map(|prepared| prepared.membership.iter())
             .map(|(user, record)| (user.clone(), record.membership.clone()))
             .collect();
         let ids: Vec<OwnedEventId> =
@@ -517,7 +490,7 @@ fn write_positioned(
     );
     TIMELINE_TABLE.put(batch, &(room, position), &short);
     EVENT_TIMES_TABLE.put(batch, &(room, u64::from(pdu.origin_server_ts.get()), position), &short);
-    if let Some((user, mut record)) = membership {
+    for (user, mut record) in membership {
         record.position = position;
         ROOM_MEMBERS_TABLE.put(batch, &(room, user.to_string()), &Json(record.clone()));
         USER_ROOMS_TABLE.put(batch, &(user.to_string(), room_id.to_owned()), &Json(record));

@@ -7,7 +7,7 @@ use ruma::{
     EventId, OwnedEventId, UserId, events::StateEventType, room_version_rules::AuthorizationRules,
 };
 
-use super::{Loaded, RoomActor};
+use super::{Loaded, RoomActor, resolve};
 use crate::{
     Error, Result,
     rooms::{
@@ -42,8 +42,7 @@ impl RoomActor {
                 auth_events.push(event_id.clone());
             }
         }
-        let prev: Vec<OwnedEventId> =
-            room.extremities.iter().rev().take(MAX_PREV_EVENTS).cloned().collect();
+        let prev: Vec<OwnedEventId> = resolve::prev_events_for(&room.heads, MAX_PREV_EVENTS);
         let position = Position {
             room_id: Some(&room.room_id),
             prev_events: &prev,

@@ -6,6 +6,7 @@
 //!
 //! One file per part of its work, each an `impl RoomActor` block: `build.rs` (building and
 //! authorising an event), `accept.rs` (accepting, committing and what follows a commit),
+//! `resolve.rs` (the heads, the state before and after an event, the current state),
 //! `membership.rs` (restricted joins, forgetting, stripped state), `push.rs` (push rules at
 //! commit), `receipts.rs` and `typing.rs`.
 
@@ -15,6 +16,7 @@ mod federate;
 mod membership;
 mod push;
 mod receipts;
+mod resolve;
 mod typing;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -120,7 +122,8 @@ struct Loaded {
     event_ids: HashMap<u64, OwnedEventId>,
     snapshot: u64,
     chain: u32,
-    extremities: Vec<OwnedEventId>,
+    /// The forward extremities, each with the state after it. Local events build on them.
+    heads: Vec<resolve::Head>,
     depth: u64,
     /// Kept from the stored heads so that writing them back does not reset it.
     backfill_seq: u64,
@@ -273,7 +276,7 @@ impl RoomActor {
             event_ids,
             snapshot: heads.snapshot,
             chain: heads.snapshot_chain,
-            extremities: heads.extremities,
+            heads: self.load_heads(&heads.extremities)?,
             depth: heads.depth,
             backfill_seq: heads.backfill_seq,
             cache: HashMap::new(),
