@@ -26,6 +26,7 @@ use tuwunel::{
         builder::{self, Position, Template},
         pdu::Pdu,
         state::{self, StateMap},
+        state_res::ResEvent,
     },
     storage::{
         Batch, EngineOptions, Storage,
@@ -86,8 +87,8 @@ fn object(value: serde_json::Value) -> CanonicalJsonObject {
 /// message ready to be checked.
 struct Room {
     rules: RoomVersionRules,
-    by_id: HashMap<OwnedEventId, Arc<Pdu>>,
-    by_state: HashMap<(String, String), Arc<Pdu>>,
+    by_id: HashMap<OwnedEventId, ResEvent>,
+    by_state: HashMap<(String, String), ResEvent>,
     message: Pdu,
 }
 
@@ -99,8 +100,13 @@ fn build_room(key: &SigningKey, server: &ruma::ServerName, sender: &OwnedUserId)
     let mut room_id = None;
     let mut depth = 1;
     let mut add = |template: Template, auth: Vec<OwnedEventId>, room: &mut Option<_>| {
-        let position =
-            Position { room_id: room.as_deref(), prev_events: &prev, auth_events: auth, depth };
+        let position = Position {
+            room_id: room.as_deref(),
+            prev_events: &prev,
+            auth_events: auth,
+            depth,
+            reference_hash: None,
+        };
         let pdu = builder::build(
             template,
             position,
@@ -113,12 +119,12 @@ fn build_room(key: &SigningKey, server: &ruma::ServerName, sender: &OwnedUserId)
         *room = Some(pdu.room_id.clone());
         prev = vec![pdu.event_id.clone()];
         depth += 1;
-        let pdu = Arc::new(pdu);
-        if let Some(state_key) = &pdu.state_key {
-            by_state.insert((pdu.kind.to_string(), state_key.clone()), Arc::clone(&pdu));
+        let event = ResEvent::in_state(Arc::new(pdu));
+        if let Some(state_key) = &event.pdu.state_key {
+            by_state.insert((event.pdu.kind.to_string(), state_key.clone()), event.clone());
         }
-        by_id.insert(pdu.event_id.clone(), Arc::clone(&pdu));
-        pdu.event_id.clone()
+        by_id.insert(event.pdu.event_id.clone(), event.clone());
+        event.pdu.event_id.clone()
     };
     add(
         Template::state(
@@ -172,6 +178,7 @@ fn build_room(key: &SigningKey, server: &ruma::ServerName, sender: &OwnedUserId)
             prev_events: &prev,
             auth_events: vec![member, power],
             depth,
+            reference_hash: None,
         },
         &rules,
         key,
@@ -257,6 +264,7 @@ fn main() {
                 prev_events: &prev,
                 auth_events: room.message.auth_events.clone(),
                 depth: room.message.depth,
+                reference_hash: None,
             },
             &room.rules,
             &key,
@@ -278,27 +286,28 @@ fn main() {
     bench(filter, "pdu: parse stored event", || Pdu::from_bytes(&stored).expect("parses"));
 
     // Auth checks for a message against the room's state.
+    let message_event = ResEvent { pdu: Arc::new(room.message.clone()), rejected: false };
     let fetch_event = |id: &ruma::EventId| room.by_id.get(id).cloned();
     let fetch_state = |kind: &StateEventType, key: &str| {
         room.by_state.get(&(kind.to_string(), key.to_owned())).cloned()
     };
     ruma::state_res::check_state_independent_auth_rules(
         &room.rules.authorization,
-        &room.message,
+        &message_event,
         fetch_event,
     )
     .expect("the benchmark message passes the auth rules");
     bench(filter, "auth: state-independent rules (message)", || {
         ruma::state_res::check_state_independent_auth_rules(
             &room.rules.authorization,
-            &room.message,
+            &message_event,
             fetch_event,
         )
     });
     bench(filter, "auth: state-dependent rules (message)", || {
         ruma::state_res::check_state_dependent_auth_rules(
             &room.rules.authorization,
-            &room.message,
+            &message_event,
             fetch_state,
         )
     });

@@ -44,9 +44,14 @@ impl SigningKey {
                 (document, version)
             }
         };
-        let pair = Ed25519KeyPair::from_der(&document, version.clone())
+        let pair = Ed25519KeyPair::from_der(&document, version)
             .map_err(|error| Error::internal(format!("stored signing key is unusable: {error}")))?;
-        let key_id = ServerSigningKeyId::parse(format!("ed25519:{version}"))
+        Self::new(server_name, pair)
+    }
+
+    /// The key of `server_name` made of `pair` (whose version names it).
+    pub fn new(server_name: OwnedServerName, pair: Ed25519KeyPair) -> Result<Self> {
+        let key_id = ServerSigningKeyId::parse(format!("ed25519:{}", pair.version()))
             .map_err(|error| Error::internal(format!("signing key id: {error}")))?;
         Ok(Self { server_name, pair, key_id })
     }

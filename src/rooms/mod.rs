@@ -445,6 +445,7 @@ impl Rooms {
             prev_events: &[],
             auth_events: Vec::new(),
             depth: 1,
+            reference_hash: None,
         };
         let create = builder::build(
             create,

@@ -5,6 +5,10 @@
 //! implicit), so one read gives everything; [`Pdu::federation_json`] strips it again. A
 //! version-12 create event has no `room_id`: its id with `!` for `$` is the room id.
 //!
+//! State resolution and the auth rules see an event through
+//! [`super::state_res::ResEvent`], which carries whether it was rejected: a `Pdu` alone is
+//! not a `ruma::state_res::Event`, so no check can forget that.
+//!
 //! A parsed event keeps its stored form as text, not as a canonical JSON tree: the tree's
 //! map nodes and strings made a cached event weigh about 4.5 KB (a 10,000-room server held
 //! 45 MB of them), the text about 1.3 KB (see [`Pdu::memory_size`]); the few users of the
@@ -251,6 +255,17 @@ impl Pdu {
         Ok(json)
     }
 
+    /// The reference hash other events of a room version 1 or 2 name this one by (and, from
+    /// version 3 on, its id without the `$`).
+    pub fn reference_hash(&self, rules: &RoomVersionRules) -> Result<String> {
+        let mut json = self.canonical_json()?;
+        if !matches!(rules.event_id_format, ruma::room_version_rules::EventIdFormatVersion::V1) {
+            json.remove("event_id");
+        }
+        ruma::signatures::reference_hash(&json, rules)
+            .map_err(|error| Error::internal(format!("hashing {}: {error}", self.event_id)))
+    }
+
     /// The event as clients see it (the spec's ClientEvent), with `unsigned` filled in by the
     /// caller.
     pub fn client_json(&self, unsigned: serde_json::Map<String, JsonValue>) -> JsonValue {
@@ -320,54 +335,6 @@ impl Pdu {
             redacted.insert("event_id".to_owned(), event_id);
         }
         Self::from_json(redacted)
-    }
-}
-
-impl ruma::state_res::Event for Pdu {
-    type Id = OwnedEventId;
-
-    fn event_id(&self) -> &Self::Id {
-        &self.event_id
-    }
-
-    fn room_id(&self) -> Option<&RoomId> {
-        (!self.implicit_room_id).then_some(&self.room_id)
-    }
-
-    fn sender(&self) -> &UserId {
-        &self.sender
-    }
-
-    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
-        self.origin_server_ts
-    }
-
-    fn event_type(&self) -> &TimelineEventType {
-        &self.kind
-    }
-
-    fn content(&self) -> &RawJsonValue {
-        &self.content
-    }
-
-    fn state_key(&self) -> Option<&str> {
-        self.state_key.as_deref()
-    }
-
-    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
-        Box::new(self.prev_events.iter())
-    }
-
-    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
-        Box::new(self.auth_events.iter())
-    }
-
-    fn redacts(&self) -> Option<&Self::Id> {
-        self.redacts.as_ref()
-    }
-
-    fn rejected(&self) -> bool {
-        false
     }
 }
 

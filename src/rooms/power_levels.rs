@@ -6,6 +6,8 @@
 //! does not parse counts as absent, with a warning. A creator of a room whose version
 //! privileges creators has infinite power (`UserPowerLevel::Infinite`).
 
+use std::sync::Arc;
+
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, Int, OwnedUserId, RoomVersionId, UserId,
     events::{
@@ -20,7 +22,7 @@ use ruma::{
     state_res::events::RoomCreateEvent,
 };
 
-use super::Pdu;
+use super::{Pdu, state_res::ResEvent};
 use crate::{Error, Result, storage::Storage};
 
 /// The power levels of a room at one point of its history.
@@ -36,15 +38,17 @@ impl Powers {
     /// The power levels that a room's create and power levels events define.
     pub fn from_events(
         rules: &AuthorizationRules,
-        create: Option<&Pdu>,
+        create: Option<&Arc<Pdu>>,
         power_levels: Option<&Pdu>,
     ) -> Self {
         let creators: Vec<OwnedUserId> = create
-            .and_then(|create| match RoomCreateEvent::new(create).creators(rules) {
-                Ok(creators) => Some(creators.into_iter().collect()),
-                Err(error) => {
-                    tracing::warn!(room = %create.room_id, %error, "unreadable room creators");
-                    None
+            .and_then(|create| {
+                match RoomCreateEvent::new(ResEvent::in_state(Arc::clone(create))).creators(rules) {
+                    Ok(creators) => Some(creators.into_iter().collect()),
+                    Err(error) => {
+                        tracing::warn!(room = %create.room_id, %error, "unreadable room creators");
+                        None
+                    }
                 }
             })
             .unwrap_or_default();
@@ -78,6 +82,7 @@ impl Powers {
             .ok_or_else(|| Error::internal(format!("unsupported room version {version}")))?;
         let create = super::state_event(storage, snapshot, "m.room.create", "")?;
         let power_levels = super::state_event(storage, snapshot, "m.room.power_levels", "")?;
+        let create = create.map(Arc::new);
         Ok(Self::from_events(&rules.authorization, create.as_ref(), power_levels.as_ref()))
     }
 
@@ -181,16 +186,16 @@ mod tests {
         Pdu::from_json(object).expect("test event parses")
     }
 
-    fn create(version: &str, extra: serde_json::Value) -> Pdu {
+    fn create(version: &str, extra: serde_json::Value) -> Arc<Pdu> {
         let mut content = json!({ "room_version": version, "creator": "@creator:x" });
         if let (Some(content), Some(extra)) = (content.as_object_mut(), extra.as_object()) {
             content.extend(extra.clone());
         }
-        event(json!({
+        Arc::new(event(json!({
             "event_id": "$create:x", "room_id": "!r:x", "sender": "@creator:x",
             "type": "m.room.create", "state_key": "", "origin_server_ts": 1,
             "content": content,
-        }))
+        })))
     }
 
     fn power_levels(content: serde_json::Value) -> Pdu {

@@ -39,6 +39,14 @@ pub struct ResEvent {
     pub rejected: bool,
 }
 
+impl ResEvent {
+    /// An event of a state map (current state, a snapshot): rejected events never enter
+    /// one, so no status needs reading.
+    pub fn in_state(pdu: Arc<Pdu>) -> Self {
+        Self { pdu, rejected: false }
+    }
+}
+
 impl state_res::Event for ResEvent {
     type Id = OwnedEventId;
 

@@ -986,7 +986,14 @@ mod tests {
     }
 
     fn encode(id: &impl AsRef<str>) -> String {
-        id.as_ref().replace('$', "%24").replace(':', "%3A").replace('!', "%21").replace('@', "%40")
+        // Version 3 event ids are standard base64, with `/` and `+`.
+        id.as_ref()
+            .replace('$', "%24")
+            .replace(':', "%3A")
+            .replace('!', "%21")
+            .replace('@', "%40")
+            .replace('/', "%2F")
+            .replace('+', "%2B")
     }
 
     #[tokio::test]
@@ -1254,5 +1261,87 @@ mod tests {
         assert_eq!(joins[0].origin, None, "unsigned");
         assert_eq!(joins[1].origin.as_deref(), Some(fake.name.as_str()), "the signer");
         assert!(joins[1].path.ends_with("?ver=10"), "{}", joins[1].path);
+    }
+
+    #[tokio::test]
+    async fn a_make_join_template_completes_to_a_join_the_room_takes_in_every_version() {
+        use tuwunel::{
+            federation::SigningKey,
+            rooms::builder::{Expected, from_template},
+        };
+
+        tuwunel::net::outbound::install_tls_provider();
+        let ca = Ca::new();
+        let kit = FakeRooms::new();
+        let fake = FakeServer::serving(&ca, kit.routes()).await;
+        let (client, base) = client(&ca, &fake);
+        let joiner_server = ruma::server_name!("joiner.example");
+        let key =
+            SigningKey::new(joiner_server.to_owned(), crate::testbed::new_pair("j1")).expect("key");
+        let mut keys = FakeKeys::of(&fake);
+        keys.0.insert(
+            joiner_server.to_string(),
+            BTreeMap::from([(key.key_id().to_string(), key.public_key())]),
+        );
+        let joiner: ruma::OwnedUserId = "@j:joiner.example".try_into().expect("user id");
+        let ver: Vec<String> = VERSIONS.iter().map(|version| format!("ver={version}")).collect();
+        for version in VERSIONS {
+            let room = kit.create_room(&fake, version.clone(), "alice");
+            let before = room.send(EventSpec::message(&fake.user_id("alice"), "before"));
+            let (status, body) = get(
+                &client,
+                format!(
+                    "{base}/v1/make_join/{}/{}?{}",
+                    encode(&room.room_id),
+                    encode(&joiner),
+                    ver.join("&")
+                ),
+            )
+            .await;
+            assert_eq!(status, 200, "{version}: {body}");
+            let template: CanonicalJsonObject =
+                serde_json::from_value(body["event"].clone()).expect("an object");
+            let join = from_template(
+                template,
+                Expected {
+                    room_id: &room.room_id,
+                    user: &joiner,
+                    membership: ruma::events::room::member::MembershipState::Join,
+                },
+                CanonicalJsonObject::new(),
+                &room.rules,
+                &key,
+                joiner_server,
+                ruma::MilliSecondsSinceUnixEpoch::now(),
+            )
+            .unwrap_or_else(|error| panic!("{version}: {error}"));
+            assert_eq!(
+                join.prev_events,
+                std::slice::from_ref(&before.id),
+                "{version}: on the head"
+            );
+
+            let sent = join.federation_json(&version).expect("federation form");
+            let raw = serde_json::value::to_raw_value(&sent).expect("raw");
+            let verified = verify_batch(&keys, &version, vec![raw]).await.pop().expect("one");
+            let verified = verified.unwrap_or_else(|refusal| panic!("{version}: {refusal}"));
+            assert_eq!(verified.pdu.event_id, join.event_id, "{version}");
+
+            // The kit takes the join only under the id the room version gives it.
+            let response = client
+                .put(format!(
+                    "{base}/v2/send_join/{}/{}",
+                    encode(&room.room_id),
+                    encode(&join.event_id)
+                ))
+                .json(&sent)
+                .send()
+                .await
+                .expect("request");
+            let (status, body) = crate::common::status_and_json(response).await;
+            assert_eq!(status, 200, "{version}: {body}");
+            assert_eq!(room.heads(), std::slice::from_ref(&join.event_id), "{version}");
+            assert_eq!(body["state"].as_array().map(Vec::len), Some(5), "{version}");
+        }
     }
 }

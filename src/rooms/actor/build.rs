@@ -14,6 +14,7 @@ use crate::{
         self, Pdu,
         builder::{self, Position, Template},
         power_levels::Powers,
+        state_res::{ResEvent, res_event},
     },
 };
 
@@ -23,31 +24,24 @@ const MAX_PREV_EVENTS: usize = 20;
 impl RoomActor {
     /// Builds an event on the current state of `room`.
     pub(super) fn build(&self, room: &Loaded, template: Template) -> Result<Pdu> {
-        let content = serde_json::value::to_raw_value(&template.content)?;
-        let auth_types = ruma::state_res::auth_types_for_event(
-            &template.kind,
-            &template.sender,
-            template.state_key.as_deref(),
-            &content,
-            &room.rules.authorization,
-        )
-        .map_err(|error| Error::bad_json(format!("Invalid event content: {error}")))?;
-        let mut auth_events = Vec::new();
-        for (kind, state_key) in auth_types {
-            if let Some(short) =
-                room.keys.get(&(kind.to_string(), state_key)).and_then(|key| room.state.get(key))
-                && let Some(event_id) = room.event_ids.get(short)
-                && !auth_events.contains(event_id)
-            {
-                auth_events.push(event_id.clone());
-            }
-        }
+        let auth_events =
+            builder::auth_events_for(&template, &room.rules.authorization, |kind, state_key| {
+                Ok(room
+                    .keys
+                    .get(&(kind.to_string(), state_key.to_owned()))
+                    .and_then(|key| room.state.get(key))
+                    .and_then(|short| room.event_ids.get(short))
+                    .cloned())
+            })?;
         let prev: Vec<OwnedEventId> = resolve::prev_events_for(&room.heads, MAX_PREV_EVENTS);
+        let reference_hash =
+            |id: &EventId| builder::stored_reference_hash(&self.storage, &room.rules, id);
         let position = Position {
             room_id: Some(&room.room_id),
             prev_events: &prev,
             auth_events,
-            depth: room.depth + 1,
+            depth: room.depth.saturating_add(1),
+            reference_hash: Some(&reference_hash),
         };
         builder::build(
             template,
@@ -64,16 +58,20 @@ impl RoomActor {
     pub(super) fn authorize(
         &self,
         room: &Loaded,
-        pdu: &Pdu,
+        pdu: &Arc<Pdu>,
         pending: &HashMap<OwnedEventId, Arc<Pdu>>,
     ) -> Result<()> {
-        let fetch_event = |event_id: &EventId| -> Result<Option<Arc<Pdu>>> {
+        let fetch_event = |event_id: &EventId| -> Result<Option<ResEvent>> {
             if let Some(pdu) = pending.get(event_id) {
-                return Ok(Some(Arc::clone(pdu)));
+                // Events of the same commit: each passed its check before this one.
+                return Ok(Some(ResEvent { pdu: Arc::clone(pdu), rejected: false }));
             }
-            Ok(rooms::pdu_by_id(&self.storage, event_id)?.map(|(_, pdu)| Arc::new(pdu)))
+            match rooms::event_short(&self.storage, event_id)? {
+                Some(short) => res_event(&self.storage, short),
+                None => Ok(None),
+            }
         };
-        let fetch_state = |kind: &StateEventType, state_key: &str| -> Result<Option<Arc<Pdu>>> {
+        let fetch_state = |kind: &StateEventType, state_key: &str| -> Result<Option<ResEvent>> {
             let Some(short) = room
                 .keys
                 .get(&(kind.to_string(), state_key.to_owned()))
@@ -81,26 +79,28 @@ impl RoomActor {
             else {
                 return Ok(None);
             };
-            if let Some(pdu) = room.cache.get(short) {
-                return Ok(Some(Arc::clone(pdu)));
-            }
-            if let Some(pdu) = room.event_ids.get(short).and_then(|id| pending.get(id)) {
-                return Ok(Some(Arc::clone(pdu)));
-            }
-            Ok(rooms::pdu(self.storage.engine(), *short)?.map(Arc::new))
+            let pdu = match room.cache.get(short) {
+                Some(pdu) => Arc::clone(pdu),
+                None => match room.event_ids.get(short).and_then(|id| pending.get(id)) {
+                    Some(pdu) => Arc::clone(pdu),
+                    None => match rooms::pdu(self.storage.engine(), *short)? {
+                        Some(pdu) => Arc::new(pdu),
+                        None => return Ok(None),
+                    },
+                },
+            };
+            Ok(Some(ResEvent::in_state(pdu)))
         };
-        authorize(&room.rules.authorization, pdu, fetch_event, fetch_state)
+        // The event being checked is not rejected yet: that is what this decides.
+        let event = ResEvent { pdu: Arc::clone(pdu), rejected: false };
+        authorize(&room.rules.authorization, &event, fetch_event, fetch_state)
     }
 
     /// The room's current power levels.
     pub(super) fn powers(&self, room: &Loaded) -> Result<Powers> {
         let create = self.current(room, "m.room.create", "")?;
         let power_levels = self.current(room, "m.room.power_levels", "")?;
-        Ok(Powers::from_events(
-            &room.rules.authorization,
-            create.as_deref(),
-            power_levels.as_deref(),
-        ))
+        Ok(Powers::from_events(&room.rules.authorization, create.as_ref(), power_levels.as_deref()))
     }
 
     /// Checks that `sender` may redact `target` and returns the target.
@@ -133,12 +133,12 @@ impl RoomActor {
 /// such error is returned (500) instead of the "not allowed" the missing event would cause.
 fn authorize(
     rules: &AuthorizationRules,
-    pdu: &Pdu,
-    fetch_event: impl Fn(&EventId) -> Result<Option<Arc<Pdu>>>,
-    fetch_state: impl Fn(&StateEventType, &str) -> Result<Option<Arc<Pdu>>>,
+    pdu: &ResEvent,
+    fetch_event: impl Fn(&EventId) -> Result<Option<ResEvent>>,
+    fetch_state: impl Fn(&StateEventType, &str) -> Result<Option<ResEvent>>,
 ) -> Result<()> {
     let failure: RefCell<Option<Error>> = RefCell::new(None);
-    let record = |fetched: Result<Option<Arc<Pdu>>>| match fetched {
+    let record = |fetched: Result<Option<ResEvent>>| match fetched {
         Ok(pdu) => pdu,
         Err(error) => {
             failure.borrow_mut().get_or_insert(error);
@@ -168,14 +168,14 @@ mod tests {
 
     use super::*;
 
-    fn event(json: serde_json::Value) -> Arc<Pdu> {
+    fn event(json: serde_json::Value) -> ResEvent {
         let Ok(CanonicalJsonValue::Object(object)) = CanonicalJsonValue::try_from(json) else {
             panic!("test event is canonical");
         };
-        Arc::new(Pdu::from_json(object).expect("test event parses"))
+        ResEvent::in_state(Arc::new(Pdu::from_json(object).expect("test event parses")))
     }
 
-    fn create() -> Arc<Pdu> {
+    fn create() -> ResEvent {
         event(serde_json::json!({
             "event_id": "$create:example.org", "room_id": "!r:example.org",
             "sender": "@a:example.org", "type": "m.room.create", "state_key": "",
@@ -185,7 +185,7 @@ mod tests {
     }
 
     /// A message from a user who never joined: the rules refuse it.
-    fn message() -> Arc<Pdu> {
+    fn message() -> ResEvent {
         event(serde_json::json!({
             "event_id": "$m:example.org", "room_id": "!r:example.org",
             "sender": "@a:example.org", "type": "m.room.message",
