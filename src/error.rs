@@ -70,6 +70,12 @@ impl Error {
         Self::matrix(StatusCode::BAD_REQUEST, ErrorKind::MissingParam, message)
     }
 
+    /// `400 M_UNKNOWN_POS` (MSC4186): the sliding sync `pos` is not one the server keeps (never
+    /// issued, expired, evicted, or from before a restart); the client starts the connection anew.
+    pub fn unknown_pos(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::matrix(StatusCode::BAD_REQUEST, ErrorKind::UnknownPos, message)
+    }
+
     pub fn too_large(message: impl Into<Cow<'static, str>>) -> Self {
         Self::matrix(StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge, message)
     }
@@ -330,6 +336,19 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "internal error: opening the database: reading the catalogue: no such file"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_sliding_sync_position_is_a_400_m_unknown_pos() {
+        let error = Error::unknown_pos("start a new connection");
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(error.errcode(), "M_UNKNOWN_POS");
+        let (status, body) = body_of(error).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body,
+            serde_json::json!({ "errcode": "M_UNKNOWN_POS", "error": "start a new connection" })
         );
     }
 
