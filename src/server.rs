@@ -26,7 +26,7 @@ use crate::{
     media::Media,
     presence::Presence,
     push::pushers::Push,
-    rooms::Rooms,
+    rooms::{self, Rooms},
     shutdown::Shutdown,
     storage::{self, Storage, schema::Outcome},
     sync::hub::SyncHub,
@@ -134,7 +134,7 @@ async fn housekeeping(services: Arc<Services>, ticks: u64) {
     if !ticks.is_multiple_of(PURGE_EVERY_TICKS) {
         return;
     }
-    match crate::rooms::purge_unredacted(
+    match rooms::purge_unredacted(
         &services.storage,
         services.config.redaction_retention_seconds,
         services.time.now_ms(),
@@ -304,7 +304,9 @@ impl Server {
             time,
             shutdown: shutdown.clone(),
         });
-        if let Err(error) = admin::room::ensure(&services).await {
+        let admin_room =
+            rooms::admin_room::ensure(&services.accounts, &services.rooms, &services.config).await;
+        if let Err(error) = admin_room {
             shutdown.trigger();
             services.actors.shutdown(DRAIN_ACTORS).await;
             return Err(error);

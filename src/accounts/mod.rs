@@ -3,9 +3,12 @@
 //! (those go to the user's actor, [`actor`]).
 
 pub mod actor;
+pub mod deactivate;
 pub mod openid;
 pub mod passwords;
+pub mod profile;
 pub mod rate_limit;
+pub mod registration;
 pub mod to_device;
 pub mod tokens;
 pub mod turn;

@@ -5,14 +5,16 @@ use std::{fmt::Write, ops::ControlFlow, sync::Arc};
 use clap::Subcommand;
 use rand::{Rng, distributions::Alphanumeric};
 use ruma::{OwnedUserId, UserId};
-use serde_json::json;
 
 use crate::{
     Error, Result, Services,
-    accounts::{Accounts, passwords},
-    accounts::{Devices, UserMessage},
+    accounts::{
+        Devices, UserMessage, deactivate, passwords,
+        registration::{self, NewAccount},
+    },
+    rooms::admin_room,
     storage::{
-        Batch, Direction,
+        Direction,
         codec::{Json, Prefix},
         users::{USERS_TABLE, UserRecord},
     },
@@ -68,29 +70,16 @@ pub(super) async fn run(services: &Arc<Services>, command: UsersCommand) -> Resu
             let user = accounts.check_localpart(&username)?;
             let password = password.unwrap_or_else(generated_password);
             let hash = passwords::hash(password.clone()).await?;
-            let admin = {
-                let _registering = accounts.registration.lock().await;
-                let mut also = Batch::new();
-                let admin = accounts.first_admin_pending()?;
-                if admin {
-                    Accounts::mark_first_admin(&mut also);
-                }
-                let record = UserRecord {
-                    password_hash: Some(hash),
-                    created_ms: services.time.now_ms(),
-                    guest: false,
-                    admin,
-                    deactivated: false,
-                };
-                let profile = vec![("displayname".to_owned(), json!(user.localpart()))];
-                accounts
-                    .call(&user, |reply| UserMessage::Create { record, profile, also, reply })
-                    .await?;
-                admin
+            let account = NewAccount {
+                user: user.clone(),
+                password_hash: Some(hash),
+                display_name: user.localpart().to_owned(),
+                guest: false,
+                registration_token: None,
             };
-            if admin {
-                super::room::join_admin(services, &user).await?;
-            }
+            let admin =
+                registration::register(accounts, &services.rooms, &services.config, account)
+                    .await?;
             let role = if admin { " (the server's first admin)" } else { "" };
             Ok(format!("Created {user}{role} with password `{password}`."))
         }
@@ -112,21 +101,21 @@ pub(super) async fn run(services: &Arc<Services>, command: UsersCommand) -> Resu
         UsersCommand::Deactivate { user_id } => {
             let user = local_user(services, &user_id)?;
             existing(services, &user)?;
-            crate::http::client::account::deactivate_account(services, &user).await?;
+            deactivate::deactivate(accounts, &services.rooms, &services.push, &user).await?;
             Ok(format!("Deactivated {user}."))
         }
         UsersCommand::MakeUserAdmin { user_id } => {
             let user = local_user(services, &user_id)?;
             existing(services, &user)?;
             accounts.call(&user, |reply| UserMessage::SetAdmin { admin: true, reply }).await?;
-            super::room::join_admin(services, &user).await?;
+            admin_room::join_admin(&services.rooms, &services.config, &user).await?;
             Ok(format!("{user} is now a server admin."))
         }
         UsersCommand::RevokeAdmin { user_id } => {
             let user = local_user(services, &user_id)?;
             existing(services, &user)?;
             accounts.call(&user, |reply| UserMessage::SetAdmin { admin: false, reply }).await?;
-            super::room::remove_admin(services, &user).await?;
+            admin_room::remove_admin(&services.rooms, &services.config, &user).await?;
             Ok(format!("{user} is no longer a server admin."))
         }
         UsersCommand::ListUsers => {

@@ -15,12 +15,11 @@ use ruma::{
 use super::{Rooms, actor::Sent, builder::Template};
 use crate::{
     Error, Result,
-    accounts::Accounts,
+    accounts::{Accounts, profile},
     storage::{
         Direction,
         codec::{Json, Prefix},
         rooms::USER_ROOMS_TABLE,
-        users::PROFILES_TABLE,
     },
 };
 
@@ -203,14 +202,7 @@ impl Rooms {
         membership: MembershipState,
         reason: Option<&str>,
     ) -> Result<RoomMemberEventContent> {
-        let profile = |field: &str| -> Result<Option<String>> {
-            let bytes = PROFILES_TABLE
-                .get(self.storage().engine(), &(user.to_owned(), field.to_owned()))?;
-            Ok(bytes.and_then(|bytes| match serde_json::from_slice(&bytes) {
-                Ok(serde_json::Value::String(value)) => Some(value),
-                _ => None,
-            }))
-        };
+        let profile = |field: &str| profile::profile_string(self.storage(), user, field);
         let joining = membership == MembershipState::Join;
         let mut content = RoomMemberEventContent::new(membership);
         if joining {

@@ -6,6 +6,7 @@
 //! this server is not in).
 
 pub mod actor;
+pub mod admin_room;
 pub mod aliases;
 pub mod auth_chain;
 pub mod builder;

@@ -10,7 +10,7 @@ use ruma::api::client::{
 use super::register::Checks;
 use crate::http::routes::Routes;
 use crate::{
-    Error, Result, Services,
+    Error, Result, Services, accounts,
     accounts::{Devices, UserMessage},
     accounts::{
         passwords,
@@ -18,7 +18,6 @@ use crate::{
         uia::{Challenge, Claim},
     },
     http::ruma::{Ruma, route},
-    push::pushers::PusherMessage,
 };
 
 pub(super) fn routes(router: Routes) -> Routes {
@@ -106,24 +105,14 @@ async fn deactivate(
         request.body.auth.as_ref(),
     )
     .await?;
-    deactivate_account(&services, &sender.user_id).await?;
+    accounts::deactivate::deactivate(
+        &services.accounts,
+        &services.rooms,
+        &services.push,
+        &sender.user_id,
+    )
+    .await?;
     claim.finish();
     tracing::info!(user = %sender.user_id, "account deactivated");
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
-}
-
-/// Deactivates `user`: leaves every room, removes their pushers, then closes the account
-/// (devices and tokens go with it).
-pub(crate) async fn deactivate_account(services: &Services, user: &ruma::UserId) -> Result<()> {
-    services.rooms.leave_all(user).await?;
-    services
-        .push
-        .pushers
-        .call(
-            &user.to_owned(),
-            |reply| PusherMessage::RemoveAll { reply },
-            std::time::Duration::from_secs(30),
-        )
-        .await??;
-    services.accounts.call(user, |reply| UserMessage::Deactivate { reply }).await
 }

@@ -3,6 +3,22 @@
 
 use std::sync::Arc;
 
+use crate::http::routes::Routes;
+use crate::{
+    Error, Result, Services,
+    accounts::{
+        Accounts, SessionRequest, UserMessage, passwords,
+        rate_limit::Action,
+        registration::{self, NewAccount},
+        uia::{Challenge, StageChecks},
+    },
+    http::{
+        ruma::{Ruma, route},
+        validate,
+    },
+    limits,
+    storage::users::UserRecord,
+};
 use ruma::{
     OwnedUserId, UserId,
     api::client::{
@@ -12,24 +28,6 @@ use ruma::{
         },
         uiaa::AuthType,
     },
-};
-use serde_json::json;
-
-use crate::http::routes::Routes;
-use crate::{
-    Error, Result, Services,
-    accounts::{
-        Accounts, passwords,
-        rate_limit::Action,
-        uia::{Challenge, StageChecks},
-    },
-    accounts::{SessionRequest, UserMessage},
-    http::{
-        ruma::{Ruma, route},
-        validate,
-    },
-    limits,
-    storage::{Batch, users::UserRecord},
 };
 
 /// The UIA endpoint name of registration.
@@ -166,34 +164,17 @@ async fn register(
         format!("{} {suffix}", user_id.localpart())
     };
 
-    let admin = {
-        let _registering = accounts.registration.lock().await;
-        let mut also = Batch::new();
-        if let Some(token) = claim.registration_token() {
-            accounts.use_registration_token(token, &mut also)?;
-        }
-        let admin = accounts.first_admin_pending()?;
-        if admin {
-            Accounts::mark_first_admin(&mut also);
-        }
-        let record = UserRecord {
-            password_hash,
-            created_ms: services.time.now_ms(),
-            guest: false,
-            admin,
-            deactivated: false,
-        };
-        let profile = vec![("displayname".to_owned(), json!(display_name))];
-        accounts
-            .call(&user_id, |reply| UserMessage::Create { record, profile, also, reply })
-            .await?;
-        admin
+    let account = NewAccount {
+        user: user_id.clone(),
+        password_hash,
+        display_name,
+        guest: false,
+        registration_token: claim.registration_token().map(str::to_owned),
     };
+    let admin =
+        registration::register(accounts, &services.rooms, &services.config, account).await?;
     claim.finish();
     tracing::info!(user = %user_id, admin, "registered a new account");
-    if admin {
-        crate::admin::room::join_admin(&services, &user_id).await?;
-    }
 
     let mut response = register::v3::Response::new(user_id.clone());
     if body.inhibit_login {
@@ -230,17 +211,14 @@ async fn register_guest(
             break user_id;
         }
     };
-    let record = UserRecord {
+    let account = NewAccount {
+        user: user_id.clone(),
         password_hash: None,
-        created_ms: services.time.now_ms(),
+        display_name: format!("Guest {}", user_id.localpart()),
         guest: true,
-        admin: false,
-        deactivated: false,
+        registration_token: None,
     };
-    let profile = vec![("displayname".to_owned(), json!(format!("Guest {}", user_id.localpart())))];
-    accounts
-        .call(&user_id, |reply| UserMessage::Create { record, profile, also: Batch::new(), reply })
-        .await?;
+    accounts.create_account(account).await?;
     let session =
         session_request(services, None, body.initial_device_display_name, body.refresh_token, true);
     let issued = accounts

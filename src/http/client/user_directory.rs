@@ -12,11 +12,12 @@ use ruma::{
 use crate::http::routes::Routes;
 use crate::{
     Result, Services,
+    accounts::profile,
     http::ruma::{Ruma, route},
     storage::{
         Direction,
         codec::{Json, Prefix},
-        users::{PROFILES_TABLE, USERS_TABLE},
+        users::USERS_TABLE,
     },
 };
 
@@ -28,11 +29,7 @@ pub(super) fn routes(router: Routes) -> Routes {
 }
 
 fn profile_string(services: &Services, user: &UserId, field: &str) -> Option<String> {
-    PROFILES_TABLE
-        .get(services.storage.engine(), &(user.to_owned(), field.to_owned()))
-        .ok()
-        .flatten()
-        .and_then(|bytes| serde_json::from_slice::<String>(&bytes).ok())
+    profile::profile_string(&services.storage, user, field).ok().flatten()
 }
 
 /// The users `searcher` may discover, or `None` when everyone is discoverable.
