@@ -12,7 +12,7 @@ use ruma::{
     events::TimelineEventType,
 };
 
-use super::{Loaded, RoomActor, RoomState, SendRequest, Sent};
+use super::{Loaded, RoomActor, RoomState, SendRequest, Sent, resolve::Before};
 use crate::{
     Error, Result,
     federation::outbox,
@@ -236,8 +236,23 @@ impl RoomActor {
         transaction: Option<(String, String, String)>,
         batch: &mut Batch,
     ) -> Result<Prepared> {
+        let before = self.state_before(room, &pdu.prev_events).await?;
+        self.accept_with(room, pdu, transaction, None, before, batch).await
+    }
+
+    /// [`Self::accept`] on a known state before, reusing the short id of an event stored
+    /// already (an outlier being placed).
+    pub(super) async fn accept_with(
+        &self,
+        room: &mut Loaded,
+        pdu: Arc<Pdu>,
+        transaction: Option<(String, String, String)>,
+        known: Option<u64>,
+        before: Before,
+        batch: &mut Batch,
+    ) -> Result<Prepared> {
         let interner = self.storage.interner();
-        let short = interner.allocate();
+        let short = known.unwrap_or_else(|| interner.allocate());
         let key = match &pdu.state_key {
             Some(state_key) => {
                 let kind = pdu.kind.to_string();
@@ -253,7 +268,6 @@ impl RoomActor {
             }
             None => None,
         };
-        let before = self.state_before(room, &pdu.prev_events).await?;
         let placed =
             self.place(room, &pdu, short, key, EventStatus::Timeline, before, batch).await?;
         let membership = self.membership_changes(room, &placed.changed, &pdu, short)?;
