@@ -1,12 +1,15 @@
 //! Other servers' events entering our rooms (issue 23 S7): the checks on receipt of a PDU in
 //! the spec's order, and what each verdict leaves behind (timeline, soft fail, rejection,
-//! or nothing at all), with forks among the forward extremities resolved.
+//! or nothing at all), with forks among the forward extremities resolved; and other
+//! servers' users joining through `make_join` / `send_join`, relayed to the room's other
+//! servers.
 //!
 //! The fake server's room is ours, adopted by the fake-room kit from our stored events so
 //! that its users build on our DAG.
 
 use std::collections::BTreeSet;
 
+use reqwest::Method;
 use ruma::{CanonicalJsonObject, EventId, OwnedEventId, RoomId, RoomVersionId};
 use serde_json::{Value, json};
 use tuwunel::{
@@ -16,8 +19,9 @@ use tuwunel::{
 };
 
 use crate::{
-    common::User,
-    fake_room::{EventSpec, FakeEvent, FakeKeys, FakeRoom, FakeRooms},
+    common::{User, assert_error},
+    fake_room::{self, EventSpec, FakeEvent, FakeKeys, FakeRoom, FakeRooms},
+    federation::send,
     rooms::{create_room, send_text},
     testbed::{Ca, FakeServer, FedServer},
 };
@@ -249,4 +253,261 @@ async fn forks_are_resolved_and_merged_and_late_events_soft_fail() {
     let shown = timeline(&a, &alice, &room_id).await;
     assert_eq!(shown.last(), Some(&after.id.to_string()));
     assert!(shown.contains(&side.id.to_string()) && shown.contains(&rename.id.to_string()));
+}
+
+/// `make_join` for `user` of `fake` in `room` with `ver`.
+async fn make_join(
+    server: &FedServer,
+    fake: &FakeServer,
+    room: &str,
+    user: &str,
+    ver: &str,
+) -> (u16, Value) {
+    let path =
+        format!("/_matrix/federation/v1/make_join/{}/{}?ver={ver}", encode(room), encode(user));
+    let header = fake.authorization("GET", &path, &server.name, None, None);
+    send(server, Method::GET, &path, Some(header), None).await
+}
+
+/// `send_join` (v2) of `event` as `fake`.
+async fn send_join(
+    server: &FedServer,
+    fake: &FakeServer,
+    room: &str,
+    event: &CanonicalJsonObject,
+    omit_members: bool,
+) -> (u16, Value) {
+    let rules = RoomVersionId::V11.rules().expect("rules");
+    let id = fake_room::event_id(event, &rules);
+    let path = format!(
+        "/_matrix/federation/v2/send_join/{}/{}?omit_members={omit_members}",
+        encode(room),
+        encode(id.as_str())
+    );
+    let body = serde_json::to_value(event).expect("json");
+    let header = fake.authorization("PUT", &path, &server.name, Some(&body), None);
+    send(server, Method::PUT, &path, Some(header), Some(serde_json::to_vec(&body).expect("json")))
+        .await
+}
+
+/// A `make_join` template for `user`, with `change` applied, hashed and signed by `signer`.
+async fn signed_join(
+    server: &FedServer,
+    asker: &FakeServer,
+    signer: &FakeServer,
+    room: &str,
+    user: &str,
+    change: impl FnOnce(&mut Value),
+) -> CanonicalJsonObject {
+    let (status, body) = make_join(server, asker, room, user, "11").await;
+    assert_eq!(status, 200, "make_join: {body}");
+    assert_eq!(body["room_version"], "11");
+    let mut template = body["event"].clone();
+    change(&mut template);
+    let mut object: CanonicalJsonObject = serde_json::from_value(template).expect("object");
+    let rules = RoomVersionId::V11.rules().expect("rules");
+    let key = signer.key.lock().expect("key");
+    ruma::signatures::hash_and_sign_event(
+        signer.name.as_str(),
+        &*key,
+        &mut object,
+        &rules.redaction,
+    )
+    .expect("sign");
+    object
+}
+
+fn encode(id: &str) -> String {
+    id.replace('$', "%24").replace(':', "%3A").replace('!', "%21").replace('@', "%40")
+}
+
+/// The ids of the PDUs `fake` received, in order.
+fn received_pdus(fake: &FakeServer) -> Vec<OwnedEventId> {
+    let rules = RoomVersionId::V11.rules().expect("rules");
+    fake.state
+        .transactions
+        .lock()
+        .expect("transactions")
+        .iter()
+        .flat_map(|received| received.body["pdus"].as_array().cloned().unwrap_or_default())
+        .map(|pdu| fake_room::event_id(&serde_json::from_value(pdu).expect("object"), &rules))
+        .collect()
+}
+
+/// Waits (bounded) until `fake` received `id`.
+async fn wait_received(fake: &FakeServer, id: &EventId) {
+    for _ in 0..200 {
+        if received_pdus(fake).iter().any(|received| received == id) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{id} never reached {}", fake.name);
+}
+
+#[tokio::test]
+async fn a_fake_servers_user_joins_through_make_join_and_send_join() {
+    let ca = Ca::new();
+    let a = FedServer::start(&ca, &[]).await;
+    let (first, second) = (FakeServer::start(&ca).await, FakeServer::start(&ca).await);
+    let alice = a.server.register("alice", "pw").await;
+    let room = create_room(
+        &a.server,
+        &alice,
+        json!({"preset": "public_chat", "room_version": "11", "name": "Intake"}),
+    )
+    .await;
+
+    // The second server's user joins with the full state.
+    let bob = second.user_id("bob");
+    let join = signed_join(&a, &second, &second, &room, &bob, |_| {}).await;
+    let (status, answer) = send_join(&a, &second, &room, &join, false).await;
+    assert_eq!(status, 200, "{answer}");
+    let kinds: BTreeSet<&str> = answer["state"]
+        .as_array()
+        .expect("state")
+        .iter()
+        .filter_map(|pdu| pdu["type"].as_str())
+        .collect();
+    for kind in [
+        "m.room.create",
+        "m.room.member",
+        "m.room.power_levels",
+        "m.room.join_rules",
+        "m.room.name",
+    ] {
+        assert!(kinds.contains(kind), "{kind} in {kinds:?}");
+    }
+    assert!(answer["members_omitted"].as_bool() != Some(true), "{answer}");
+    assert!(!answer["auth_chain"].as_array().expect("chain").is_empty());
+    let rules = RoomVersionId::V11.rules().expect("rules");
+    let bob_join = fake_room::event_id(&join, &rules);
+    // The state is the state before the join.
+    assert!(
+        answer["state"]
+            .as_array()
+            .expect("state")
+            .iter()
+            .all(|pdu| pdu["state_key"] != bob.as_str())
+    );
+    assert!(joined(&a, &alice, &room).await.get(&bob).is_some());
+    let (status, sync) = a.server.get_as(&alice, "/_matrix/client/v3/sync").await;
+    assert_eq!(status, 200, "{sync}");
+    let shown: Vec<&str> = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|event| event["event_id"].as_str())
+        .collect();
+    assert!(shown.contains(&bob_join.as_str()), "{shown:?}");
+
+    // The first server's user joins asking for a reduced answer: no members (the room has
+    // a name, so no heroes), and the servers in the room before the join.
+    let carol = first.user_id("carol");
+    let join = signed_join(&a, &first, &first, &room, &carol, |_| {}).await;
+    let (status, answer) = send_join(&a, &first, &room, &join, true).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["members_omitted"], true, "{answer}");
+    assert!(
+        answer["state"].as_array().expect("state").iter().all(|pdu| pdu["type"] != "m.room.member")
+    );
+    let servers: BTreeSet<&str> = answer["servers_in_room"]
+        .as_array()
+        .expect("servers_in_room")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(servers, BTreeSet::from([a.name.as_str(), second.name.as_str()]));
+    let carol_join = fake_room::event_id(&join, &rules);
+    // Sending it again is answered the same way (a retry).
+    assert_eq!(send_join(&a, &first, &room, &join, true).await.0, 200);
+
+    // The join is relayed to the second server, never back to the first.
+    wait_received(&second, &carol_join).await;
+    let after = send_text(&a.server, &alice, &room, "after", "after the joins").await;
+    let after = EventId::parse(&after).expect("id");
+    wait_received(&first, &after).await;
+    assert!(!received_pdus(&first).contains(&carol_join), "{:?}", received_pdus(&first));
+    assert_eq!(received_pdus(&second).iter().filter(|id| **id == carol_join).count(), 1);
+}
+
+#[tokio::test]
+async fn send_join_takes_only_a_join_of_the_asking_servers_user_who_may_join() {
+    let ca = Ca::new();
+    let a = FedServer::start(&ca, &[]).await;
+    let fake = FakeServer::start(&ca).await;
+    let other = FakeServer::start(&ca).await;
+    let alice = a.server.register("alice", "pw").await;
+    let room =
+        create_room(&a.server, &alice, json!({"preset": "public_chat", "room_version": "11"}))
+            .await;
+    let mallory = fake.user_id("mallory");
+
+    // A room version the asking server does not speak.
+    let (status, body) = make_join(&a, &fake, &room, &mallory, "1").await;
+    assert_error(status, &body, 400, "M_INCOMPATIBLE_ROOM_VERSION");
+    assert_eq!(body["room_version"], "11", "{body}");
+    // A user of another server.
+    let (status, body) = make_join(&a, &fake, &room, &other.user_id("olga"), "11").await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    // An unknown room.
+    let unknown = format!("!unknown:{}", a.name);
+    let (status, body) = make_join(&a, &fake, &unknown, &mallory, "11").await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+
+    // Not a join (TestCannotSendNonJoinViaSendJoinV2), or a join of someone else.
+    let leave = signed_join(&a, &fake, &fake, &room, &mallory, |event| {
+        event["content"]["membership"] = json!("leave")
+    })
+    .await;
+    let (status, body) = send_join(&a, &fake, &room, &leave, false).await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    let other_key = fake.user_id("someone");
+    let mismatched = signed_join(&a, &fake, &fake, &room, &mallory, |event| {
+        event["state_key"] = json!(other_key)
+    })
+    .await;
+    let (status, body) = send_join(&a, &fake, &room, &mismatched, false).await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    // A join of another server's user, signed by that server, sent by this one.
+    let olga = other.user_id("olga");
+    let foreign = signed_join(&a, &other, &other, &room, &olga, |_| {}).await;
+    let (status, body) = send_join(&a, &fake, &room, &foreign, false).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    for refused in [&leave, &mismatched, &foreign] {
+        let id = fake_room::event_id(refused, &RoomVersionId::V11.rules().expect("rules"));
+        assert_eq!(status_of(&a, &id), None, "a refused join is not stored");
+    }
+
+    // A banned user (TestBannedUserCannotSendJoin): make_join refuses, and a join built
+    // before the ban is refused by send_join.
+    let early = signed_join(&a, &fake, &fake, &room, &mallory, |_| {}).await;
+    let (status, body) = a
+        .server
+        .post_as(
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{room}/ban"),
+            json!({"user_id": mallory}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = make_join(&a, &fake, &room, &mallory, "11").await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = send_join(&a, &fake, &room, &early, false).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    assert!(joined(&a, &alice, &room).await.get(&mallory).is_none());
+
+    // A server the room's ACL denies.
+    let denied = FakeServer::start_as(&ca, "denied").await;
+    let denied_user = denied.user_id("dora");
+    let early = signed_join(&a, &denied, &denied, &room, &denied_user, |_| {}).await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.server_acl/");
+    let acl = json!({"allow": ["*"], "deny": [denied.name.as_str().split(':').next().expect("host")], "allow_ip_literals": true});
+    let (status, body) = a.server.put_as(&alice, &path, acl).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = make_join(&a, &denied, &room, &denied_user, "11").await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = send_join(&a, &denied, &room, &early, false).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    assert!(joined(&a, &alice, &room).await.get(&denied_user).is_none());
 }

@@ -152,7 +152,8 @@ impl RoomActor {
             self.store_unshown(room, pdu, known, status, before).await?;
             return Ok((outcome, None));
         }
-        let committed = self.accept_remote(room, Arc::new(pdu), known, before).await?;
+        let relay = (arrival == Arrival::SendJoin).then_some(origin);
+        let committed = self.accept_remote(room, Arc::new(pdu), known, before, relay).await?;
         Ok((outcome, Some(committed)))
     }
 
@@ -309,18 +310,23 @@ impl RoomActor {
     }
 
     /// Accepts a checked timeline event from another server: as a local one, plus a
-    /// redaction of an event of the room when its sender may redact it.
+    /// redaction of an event of the room when its sender may redact it; relayed to the
+    /// room's other servers but `relay`, its origin, when set.
     async fn accept_remote(
         &self,
         room: &mut Loaded,
         pdu: Arc<Pdu>,
         known: Option<u64>,
         before: Before,
+        relay: Option<&ServerName>,
     ) -> Result<Committed> {
         let redaction_target = self.remote_redaction_target(room, &pdu)?;
         let mut batch = Batch::new();
-        let prepared =
+        let mut prepared =
             self.accept_with(room, Arc::clone(&pdu), None, known, before, &mut batch).await?;
+        if let Some(origin) = relay {
+            prepared = prepared.relayed_for(origin);
+        }
         let mut rewritten = Vec::new();
         if let Some((target_short, target)) = redaction_target {
             self.apply_redaction(room, target_short, &target, &pdu, &mut batch)?;
