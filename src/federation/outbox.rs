@@ -74,7 +74,17 @@ impl Outbox {
 
 /// A room event for the other servers of its room.
 pub fn pdu(room: &RoomId, short_event: u64) -> OutboxItem {
-    OutboxItem::Pdu { room: room.to_string(), event: short_event }
+    OutboxItem::Pdu { room: room.to_string(), event: short_event, relay_except: None }
+}
+
+/// Another server's room event (`origin`'s) that this server relays to the other servers of
+/// its room.
+pub fn relay(room: &RoomId, short_event: u64, origin: &ServerName) -> OutboxItem {
+    OutboxItem::Pdu {
+        room: room.to_string(),
+        event: short_event,
+        relay_except: Some(origin.to_string()),
+    }
 }
 
 /// An EDU for `to`.

@@ -421,6 +421,29 @@ impl Rooms {
             .await?
     }
 
+    /// Checks and stores an event another server (`origin`) sent, verified already (format,
+    /// signatures, hashes: `federation::events`). Events of rooms this server does not know
+    /// are dropped.
+    pub async fn ingest(
+        &self,
+        pdu: Pdu,
+        origin: OwnedServerName,
+        arrival: actor::Arrival,
+    ) -> Result<actor::Ingested> {
+        let room_id = pdu.room_id.clone();
+        if room(&self.storage, &room_id)?.is_none() {
+            return Ok(actor::Ingested::Dropped("Unknown room.".to_owned()));
+        }
+        let pdu = Box::new(pdu);
+        self.actors
+            .call(
+                &room_id,
+                |reply| RoomMessage::Ingest { pdu, origin, arrival, reply },
+                CALL_TIMEOUT,
+            )
+            .await?
+    }
+
     /// Creates a room: builds its create event (which defines the id of a version-12 room),
     /// then has the new room's actor commit it with the events that follow, atomically.
     pub async fn create(

@@ -63,8 +63,15 @@ pub enum Recipients {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum OutboxItem {
-    /// A room event, for the other servers of its room.
-    Pdu { room: String, event: u64 },
+    /// A room event, for the other servers of its room: this server's own events, and
+    /// other servers' events it relays (a `send_join` join), which go to every server of the
+    /// room but `relay_except`, the one that sent it.
+    Pdu {
+        room: String,
+        event: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_except: Option<String>,
+    },
     /// An EDU (`{"edu_type": ..., "content": ...}`) and who receives it.
     Edu { to: Recipients, edu: JsonValue },
     /// A change of a user's device, for the servers sharing a room with the user; made into

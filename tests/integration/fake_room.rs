@@ -579,6 +579,33 @@ impl FakeRooms {
         room
     }
 
+    /// A room that lives on another server (the one under test), known to the fake from
+    /// its events (federation JSON, each after its prevs): the fake's users build on it,
+    /// signed by `server`. [`FakeRoom::add`] keeps it up to date with later events.
+    pub fn adopt(
+        self: &Arc<Self>,
+        server: &FakeServer,
+        version: RoomVersionId,
+        room_id: OwnedRoomId,
+        events: Vec<CanonicalJsonObject>,
+    ) -> Arc<FakeRoom> {
+        let room = FakeRoom {
+            rules: version.rules().expect("a known room version"),
+            version,
+            room_id,
+            origin: server.name.clone(),
+            key: Arc::clone(&server.key),
+            dag: Mutex::new(Dag::default()),
+            clock: AtomicU64::new(0),
+        };
+        for json in events {
+            room.add(room.wrap(json));
+        }
+        let room = Arc::new(room);
+        self.rooms.lock().expect("rooms").insert(room.room_id.clone(), Arc::clone(&room));
+        room
+    }
+
     pub fn room(&self, room_id: &RoomId) -> Option<Arc<FakeRoom>> {
         self.rooms.lock().expect("rooms").get(room_id).cloned()
     }

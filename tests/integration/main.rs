@@ -25,6 +25,7 @@ mod errors;
 mod fake_room;
 mod federation;
 mod federation_history;
+mod federation_intake;
 mod federation_media;
 mod federation_rooms;
 mod federation_synapse;

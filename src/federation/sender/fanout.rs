@@ -101,7 +101,7 @@ fn route(sender: &Sender, item: &OutboxItem) -> Result<(BTreeSet<OwnedServerName
     let storage = &sender.storage;
     let queued_ms = sender.time.now_ms();
     let (servers, entry) = match item {
-        OutboxItem::Pdu { room, event } => {
+        OutboxItem::Pdu { room, event, relay_except } => {
             let room =
                 RoomId::parse(room).map_err(|error| crate::Error::internal(error.to_string()))?;
             let Some(pdu) = rooms::readable_pdu(storage.engine(), *event)? else {
@@ -117,12 +117,16 @@ fn route(sender: &Sender, item: &OutboxItem) -> Result<(BTreeSet<OwnedServerName
                     servers.insert(target.server_name().to_owned());
                 }
             }
-            // Events from other servers reach the room's servers from their origin.
+            // Events from other servers reach the room's servers from their origin, but for
+            // those this server relays (never back to their origin).
             let ours = pdu.sender.server_name() == sender.server_name;
-            if ours && !is_disabled(sender, &room)? {
+            if (ours || relay_except.is_some()) && !is_disabled(sender, &room)? {
                 servers.extend(sender.servers.of_room(storage, &room)?.iter().cloned());
             } else {
                 servers.clear();
+            }
+            if let Some(origin) = relay_except {
+                servers.retain(|server| server.as_str() != origin);
             }
             (servers, QueuedItem::Pdu { event: *event })
         }

@@ -13,6 +13,7 @@ mod directory;
 mod events;
 mod keys;
 mod media;
+mod membership;
 mod openid;
 mod query;
 mod send;
@@ -213,6 +214,8 @@ fn table(routes: Routes) -> FederationRouter {
         .signed(events::backfill)
         .signed(events::missing_events)
         .signed(events::timestamp_to_event)
+        .signed(membership::make_join)
+        .signed(membership::send_join)
 }
 
 /// Adds the federation routes to the application router.

@@ -8,11 +8,11 @@ use std::{
 
 use ruma::events::room::member::MembershipState;
 use ruma::{
-    EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, UserId,
-    events::TimelineEventType,
+    EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId, ServerName,
+    UserId, events::TimelineEventType,
 };
 
-use super::{Loaded, RoomActor, RoomState, SendRequest, Sent};
+use super::{Loaded, RoomActor, RoomState, SendRequest, Sent, resolve::Before};
 use crate::{
     Error, Result,
     federation::outbox,
@@ -56,6 +56,16 @@ pub(super) struct Prepared {
     thread_root_previous: Option<u64>,
     words: Vec<String>,
     transaction: Option<(String, String, String)>,
+    /// Another server's event this server relays to the room's other servers but its origin.
+    relay_except: Option<OwnedServerName>,
+}
+
+impl Prepared {
+    /// Marks another server's event (from `origin`) as one this server relays.
+    pub(super) fn relayed_for(mut self, origin: &ServerName) -> Self {
+        self.relay_except = Some(origin.to_owned());
+        self
+    }
 }
 
 /// What a commit leaves for after the reply: waking syncs and pushers.
@@ -236,8 +246,23 @@ impl RoomActor {
         transaction: Option<(String, String, String)>,
         batch: &mut Batch,
     ) -> Result<Prepared> {
+        let before = self.state_before(room, &pdu.prev_events).await?;
+        self.accept_with(room, pdu, transaction, None, before, batch).await
+    }
+
+    /// [`Self::accept`] on a known state before, reusing the short id of an event stored
+    /// already (an outlier being placed).
+    pub(super) async fn accept_with(
+        &self,
+        room: &mut Loaded,
+        pdu: Arc<Pdu>,
+        transaction: Option<(String, String, String)>,
+        known: Option<u64>,
+        before: Before,
+        batch: &mut Batch,
+    ) -> Result<Prepared> {
         let interner = self.storage.interner();
-        let short = interner.allocate();
+        let short = known.unwrap_or_else(|| interner.allocate());
         let key = match &pdu.state_key {
             Some(state_key) => {
                 let kind = pdu.kind.to_string();
@@ -253,7 +278,6 @@ impl RoomActor {
             }
             None => None,
         };
-        let before = self.state_before(room, &pdu.prev_events).await?;
         let placed =
             self.place(room, &pdu, short, key, EventStatus::Timeline, before, batch).await?;
         let membership = self.membership_changes(room, &placed.changed, &pdu, short)?;
@@ -313,6 +337,7 @@ impl RoomActor {
             relation,
             thread_root_previous,
             transaction,
+            relay_except: None,
         })
     }
 
@@ -406,11 +431,13 @@ impl RoomActor {
                 for (prepared, position) in prepared.into_iter().zip(positions.clone()) {
                     let has_children = parents.contains(&prepared.short);
                     if federated {
-                        outbox.put(
-                            batch,
-                            position,
-                            &outbox::pdu(&prepared.pdu.room_id, prepared.short),
-                        );
+                        let item = match &prepared.relay_except {
+                            Some(origin) => {
+                                outbox::relay(&prepared.pdu.room_id, prepared.short, origin)
+                            }
+                            None => outbox::pdu(&prepared.pdu.room_id, prepared.short),
+                        };
+                        outbox.put(batch, position, &item);
                     }
                     write_positioned(batch, room_short, &room_id, prepared, position, has_children);
                 }
@@ -471,6 +498,7 @@ fn write_positioned(
         thread_root_previous,
         words,
         transaction,
+        relay_except: _,
     } = prepared;
     let sent_by = transaction.as_ref().map(|(_, device, txn)| (device.clone(), txn.clone()));
     EVENT_META_TABLE.put(

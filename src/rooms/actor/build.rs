@@ -131,7 +131,7 @@ impl RoomActor {
 /// Checks `pdu` against the auth rules, reading the events they need through the fetches.
 /// A fetch that fails is an error of this server, not a verdict on the event: the first
 /// such error is returned (500) instead of the "not allowed" the missing event would cause.
-fn authorize(
+pub(super) fn authorize(
     rules: &AuthorizationRules,
     pdu: &ResEvent,
     fetch_event: impl Fn(&EventId) -> Result<Option<ResEvent>>,

@@ -7,12 +7,14 @@
 //! One file per part of its work, each an `impl RoomActor` block: `build.rs` (building and
 //! authorising an event), `accept.rs` (accepting, committing and what follows a commit),
 //! `resolve.rs` (the heads, the state before and after an event, the current state),
+//! `intake.rs` (checking and storing other servers' events),
 //! `membership.rs` (restricted joins, forgetting, stripped state), `push.rs` (push rules at
 //! commit), `receipts.rs` and `typing.rs`.
 
 mod accept;
 mod build;
 mod federate;
+mod intake;
 mod membership;
 mod push;
 mod receipts;
@@ -20,6 +22,8 @@ mod resolve;
 mod typing;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
+
+pub use intake::{Arrival, Ingested};
 
 use ruma::{
     OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId,
@@ -79,6 +83,14 @@ pub enum RoomMessage {
     Typing { user: OwnedUserId, timeout: Option<Duration>, reply: Reply<Result<()>> },
     /// A typing notification may have run out (a timer the actor set itself).
     TypingExpired { user: OwnedUserId },
+    /// Checks and stores an event another server sent (`origin`), verified already
+    /// (format, signatures, hashes).
+    Ingest {
+        pdu: Box<Pdu>,
+        origin: OwnedServerName,
+        arrival: Arrival,
+        reply: Reply<Result<Ingested>>,
+    },
     /// Records a read receipt (`m.read`, `m.read.private`) up to an event.
     Receipt {
         user: OwnedUserId,
@@ -216,6 +228,26 @@ impl Behaviour for RoomActor {
                     Err(error) => (Err(error), None),
                 };
                 // The sender has its answer; notifications and waking syncs come after.
+                let _ = reply.send(answer);
+                if let (Some(committed), Some(room)) = (committed, state.room.as_ref()) {
+                    self.after_commit(room, committed).await;
+                }
+            }
+            RoomMessage::Ingest { pdu, origin, arrival, reply } => {
+                let result = match state.room.as_mut() {
+                    Some(room) => contained(self.ingest(room, *pdu, &origin, arrival))
+                        .await
+                        .unwrap_or_else(|panic| Err(panicked(&panic))),
+                    None => Ok((Ingested::Dropped("Unknown room.".to_owned()), None)),
+                };
+                if result.is_err() {
+                    // Memory may be ahead of the database (heads, current state): rebuild.
+                    state.room = self.load(&context.key)?;
+                }
+                let (answer, committed) = match result {
+                    Ok((ingested, committed)) => (Ok(ingested), committed),
+                    Err(error) => (Err(error), None),
+                };
                 let _ = reply.send(answer);
                 if let (Some(committed), Some(room)) = (committed, state.room.as_ref()) {
                     self.after_commit(room, committed).await;

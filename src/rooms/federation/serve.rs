@@ -256,12 +256,16 @@ impl ServerView<'_> {
     }
 }
 
-fn federation_raw(pdu: &Pdu, version: &RoomVersionId) -> Result<Box<RawJsonValue>> {
+pub(super) fn federation_raw(pdu: &Pdu, version: &RoomVersionId) -> Result<Box<RawJsonValue>> {
     Ok(serde_json::value::to_raw_value(&pdu.federation_json(version)?)?)
 }
 
 /// The room, if `origin` may ask about it at all.
-fn room_for(storage: &Storage, room_id: &RoomId, origin: &ServerName) -> Result<RoomRecord> {
+pub(super) fn room_for(
+    storage: &Storage,
+    room_id: &RoomId,
+    origin: &ServerName,
+) -> Result<RoomRecord> {
     let record = rooms::room(storage, room_id)?.ok_or_else(|| Error::not_found("Unknown room."))?;
     if disabled_rooms::is_disabled(storage, room_id)? {
         return Err(Error::forbidden("This room is not available over federation."));
@@ -282,7 +286,7 @@ fn member_room_for(storage: &Storage, room_id: &RoomId, origin: &ServerName) -> 
 }
 
 /// Whether a user of `server` is joined to the room with short id `room`.
-fn server_joined(storage: &Storage, room: u64, server: &ServerName) -> Result<bool> {
+pub(super) fn server_joined(storage: &Storage, room: u64, server: &ServerName) -> Result<bool> {
     let mut joined = false;
     ROOM_MEMBERS_TABLE.scan(
         storage.engine(),
@@ -365,7 +369,7 @@ fn state_before(
 }
 
 /// The auth chain of `events` (without them unless another's chain holds them), by depth.
-fn auth_chain<'a>(
+pub(super) fn auth_chain<'a>(
     storage: &Storage,
     events: impl IntoIterator<Item = &'a Pdu>,
 ) -> Result<Vec<Pdu>> {
