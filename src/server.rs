@@ -29,7 +29,10 @@ use crate::{
     rooms::{self, Rooms},
     shutdown::Shutdown,
     storage::{self, Storage, schema::Outcome},
-    sync::hub::SyncHub,
+    sync::{
+        hub::SyncHub,
+        sliding::connections::{Connections, Limits},
+    },
     time::Time,
 };
 
@@ -131,6 +134,7 @@ async fn housekeeping(services: Arc<Services>, ticks: u64) {
         tracing::warn!(%error, "saving device activity failed");
     }
     services.hub.prune();
+    services.sliding.sweep();
     if !ticks.is_multiple_of(PURGE_EVERY_TICKS) {
         return;
     }
@@ -285,6 +289,13 @@ impl Server {
             Arc::clone(&federation.client),
             config.request_legacy_media,
         )));
+        let sliding = Arc::new(Connections::new(
+            Limits {
+                max_connections: config.sliding_sync_max_connections,
+                idle_timeout: Duration::from_secs(config.sliding_sync_connection_timeout_s),
+            },
+            time.clone(),
+        ));
         let metrics = if config.metrics_enabled { http::metrics::install() } else { None };
         let services = Arc::new(Services {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight_requests.max(1))),
@@ -297,6 +308,7 @@ impl Server {
             push,
             media,
             hub,
+            sliding,
             signing_key,
             federation,
             metrics,

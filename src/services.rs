@@ -15,7 +15,7 @@ use crate::{
     rooms::Rooms,
     shutdown::Shutdown,
     storage::Storage,
-    sync::hub::SyncHub,
+    sync::{self, hub::SyncHub},
     time::Time,
 };
 
@@ -32,6 +32,8 @@ pub struct Services {
     pub media: Media,
     /// Wakes waiting /sync requests.
     pub hub: Arc<SyncHub>,
+    /// Every device's sliding sync connections.
+    pub sliding: Arc<sync::sliding::connections::Connections>,
     pub signing_key: Arc<SigningKey>,
     /// Discovery, keys, the outbound client and the policy towards other servers.
     pub federation: Arc<Federation>,

@@ -227,6 +227,16 @@ config_section! {
         /// Longest long-poll of /sync in milliseconds, whatever the client asks for.
         client_sync_timeout_max: u64 = 90_000,
 
+        /// Most simplified sliding sync connections (MSC4186, what Element X syncs with)
+        /// kept in memory, all users together. Past it the least recently used one is
+        /// dropped, and its client starts it again with a small window. Each device keeps at
+        /// most 10. Our addition to Tuwunel's keys.
+        sliding_sync_max_connections: usize = 10_000,
+
+        /// Seconds a sliding sync connection may stay unused before it is dropped (its
+        /// client then starts it again). Our addition to Tuwunel's keys.
+        sliding_sync_connection_timeout_s: u64 = 21_600,
+
         /// Track and share the presence of this server's users.
         allow_local_presence: bool = true,
 
