@@ -30,7 +30,12 @@ use super::{
 };
 use crate::{
     Result,
-    rooms::{self, Pdu, pdu::state_key_bytes, state},
+    rooms::{
+        self, Pdu,
+        pdu::state_key_bytes,
+        state,
+        state_res::{ResEvent, res_event},
+    },
     storage::{
         Batch, Namespace,
         codec::Json,
@@ -170,13 +175,17 @@ impl RoomActor {
         arrival: Arrival,
     ) -> Result<std::result::Result<EventStatus, String>> {
         let rules = &room.rules.authorization;
-        let fetch_event = |event_id: &EventId| -> Result<Option<Arc<Pdu>>> {
+        // The caller refused the event when one of its auth events was rejected.
+        let fetch_event = |event_id: &EventId| -> Result<Option<ResEvent>> {
             if let Some(auth) = auth_events.get(event_id) {
-                return Ok(Some(Arc::clone(auth)));
+                return Ok(Some(ResEvent::in_state(Arc::clone(auth))));
             }
-            Ok(rooms::pdu_by_id(&self.storage, event_id)?
-                .filter(|(_, found)| found.room_id == room.room_id)
-                .map(|(_, found)| Arc::new(found)))
+            match rooms::pdu_by_id(&self.storage, event_id)? {
+                Some((short, found)) if found.room_id == room.room_id => {
+                    res_event(&self.storage, short)
+                }
+                _ => Ok(None),
+            }
         };
         let by_key: HashMap<(String, String), Arc<Pdu>> = auth_events
             .values()
@@ -185,17 +194,21 @@ impl RoomActor {
             })
             .collect();
         let from_auth_events = |kind: &StateEventType, state_key: &str| {
-            Ok(by_key.get(&(kind.to_string(), state_key.to_owned())).cloned())
+            Ok(by_key
+                .get(&(kind.to_string(), state_key.to_owned()))
+                .cloned()
+                .map(ResEvent::in_state))
         };
+        let checked = ResEvent { pdu: Arc::new(pdu.clone()), rejected: false };
         // Check 4.
-        if let Some(reason) = refusal(authorize(rules, pdu, fetch_event, from_auth_events))? {
+        if let Some(reason) = refusal(authorize(rules, &checked, fetch_event, from_auth_events))? {
             return Ok(Err(reason));
         }
         // Check 5.
         let before_state = |kind: &StateEventType, state_key: &str| {
-            self.state_event_at(room, before, kind, state_key)
+            Ok(self.state_event_at(room, before, kind, state_key)?.map(ResEvent::in_state))
         };
-        if let Some(reason) = refusal(authorize(rules, pdu, fetch_event, before_state))? {
+        if let Some(reason) = refusal(authorize(rules, &checked, fetch_event, before_state))? {
             return Ok(Err(reason));
         }
         // Check 6, skipped when the event is on the heads (its state before is the current
@@ -203,7 +216,7 @@ impl RoomActor {
         // banned since the template was made may not join).
         if matches!(arrival, Arrival::Pushed | Arrival::SendJoin)
             && !prevs_are_heads(&room.heads, &pdu.prev_events)
-            && let Some(reason) = refusal(self.authorize(room, pdu, &HashMap::new()))?
+            && let Some(reason) = refusal(self.authorize(room, &checked.pdu, &HashMap::new()))?
         {
             tracing::debug!(event = %pdu.event_id, reason, "soft-failed an event");
             return Ok(Ok(EventStatus::SoftFailed));

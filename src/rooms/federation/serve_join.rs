@@ -8,7 +8,7 @@
 //! federation or denying the asking server by its server ACL `403`), and that the joining
 //! user is of the asking server.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
@@ -27,6 +27,7 @@ use crate::{
         self, Pdu, Rooms,
         actor::{Arrival, Ingested},
         state,
+        state_res::{ResEvent, res_event},
     },
     storage::Storage,
 };
@@ -159,9 +160,9 @@ pub fn make_join(
         "event_id".to_owned(),
         CanonicalJsonValue::String(format!("$template:{server_name}")),
     );
-    let pdu = Pdu::from_json(checked)?;
+    let pdu = ResEvent { pdu: Arc::new(Pdu::from_json(checked)?), rejected: false };
     let failure = std::cell::RefCell::new(None);
-    let record_failure = |fetched: Result<Option<Pdu>>| match fetched {
+    let record_failure = |fetched: Result<Option<ResEvent>>| match fetched {
         Ok(pdu) => pdu,
         Err(error) => {
             failure.borrow_mut().get_or_insert(error);
@@ -172,9 +173,10 @@ pub fn make_join(
         &rules.authorization,
         &pdu,
         |event_id: &EventId| {
-            record_failure(
-                rooms::pdu_by_id(storage, event_id).map(|found| found.map(|(_, pdu)| pdu)),
-            )
+            record_failure(rooms::event_short(storage, event_id).and_then(|short| match short {
+                Some(short) => res_event(storage, short),
+                None => Ok(None),
+            }))
         },
     )
     .and_then(|()| {
@@ -182,7 +184,10 @@ pub fn make_join(
             &rules.authorization,
             &pdu,
             |kind: &StateEventType, state_key: &str| {
-                record_failure(at(&kind.to_string(), state_key))
+                record_failure(
+                    at(&kind.to_string(), state_key)
+                        .map(|found| found.map(|pdu| ResEvent::in_state(Arc::new(pdu)))),
+                )
             },
         )
     });
@@ -199,7 +204,7 @@ pub fn make_join(
 /// events out of the auth chain.
 #[allow(clippy::too_many_arguments)]
 pub async fn send_join(
-    storage: &std::sync::Arc<Storage>,
+    storage: &Arc<Storage>,
     rooms: &Rooms,
     keys: &impl EventKeys,
     origin: &ServerName,
@@ -248,7 +253,7 @@ pub async fn send_join(
             return Err(Error::forbidden(format!("The join was refused: {reason}")));
         }
     }
-    let storage = std::sync::Arc::clone(storage);
+    let storage = Arc::clone(storage);
     tokio::task::spawn_blocking(move || answer(&storage, &record.version, &join_id, omit_members))
         .await
         .map_err(|error| Error::internal(format!("answering send_join failed: {error}")))?
