@@ -2,7 +2,7 @@
 //! ruma's `state_res::resolve` (v2 and v2.1). ruma decides; this module supplies what only
 //! storage knows: the events with their rejected status, each map's full auth chain, and the
 //! conflicted state subgraph. Only a real conflict reaches ruma: identical inputs answer from
-//! storage alone.
+//! storage alone. Room version 1 resolves by the older algorithm ruma lacks, in [`v1`].
 //!
 //! Everything here reads storage synchronously; callers in async code use
 //! [`resolve_blocking`], which runs on the blocking pool.
@@ -30,6 +30,8 @@ use crate::{
     Error, Result,
     storage::{Storage, dag::AuthChain, rooms::EventStatus},
 };
+
+mod v1;
 
 /// A stored event as state resolution sees it: with whether it was rejected, which the auth
 /// rules and the resolution must both honour.
@@ -170,9 +172,8 @@ pub fn resolve_with_limit(
         });
     }
     let StateResolutionVersion::V2(v2_rules) = &rules.state_res else {
-        return Err(Error::internal(
-            "state resolution v1 (room versions 1 and 2) is not supported",
-        ));
+        let state = v1::resolve(storage, &rules.authorization, &maps)?;
+        return Ok(Resolution { state, walked_auth_chains: vec![] });
     };
 
     let mut names = Names::new(storage);
@@ -378,13 +379,13 @@ mod tests {
 
     /// ruma's state resolution vectors (tests/fixtures/state_res, see its NOTICE) in a
     /// temporary database, as the room's events.
-    struct Vectors {
+    pub(super) struct Vectors {
         runtime: tokio::runtime::Runtime,
         _dir: tempfile::TempDir,
-        storage: Arc<Storage>,
-        rules: RoomVersionRules,
+        pub(super) storage: Arc<Storage>,
+        pub(super) rules: RoomVersionRules,
         /// In file order.
-        pdus: Vec<Pdu>,
+        pub(super) pdus: Vec<Pdu>,
         shorts: HashMap<OwnedEventId, u64>,
     }
 
@@ -409,6 +410,11 @@ mod tests {
 
     impl Vectors {
         fn load(files: &[&str]) -> Self {
+            Self::from_pdus(files.iter().flat_map(|file| read_pdus(file)).collect())
+        }
+
+        /// The events (the first is the create event) in a temporary database.
+        pub(super) fn from_pdus(pdus: Vec<Pdu>) -> Self {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -418,12 +424,11 @@ mod tests {
             let storage = runtime.block_on(async {
                 Arc::new(Storage::open(&EngineOptions::for_path(dir.path())).expect("open").0)
             });
-            let pdus: Vec<Pdu> = files.iter().flat_map(|file| read_pdus(file)).collect();
             let version: serde_json::Value =
                 serde_json::from_str(pdus[0].content.get()).expect("create content");
-            let version =
-                RoomVersionId::try_from(version["room_version"].as_str().expect("version"))
-                    .expect("room version");
+            // A create event without `room_version` is of version 1.
+            let version = RoomVersionId::try_from(version["room_version"].as_str().unwrap_or("1"))
+                .expect("room version");
             let rules = version.rules().expect("supported version");
             let mut vectors = Self {
                 runtime,
@@ -456,7 +461,7 @@ mod tests {
             vectors
         }
 
-        fn put_status(&self, batch: &mut Batch, short: u64, status: EventStatus) {
+        pub(super) fn put_status(&self, batch: &mut Batch, short: u64, status: EventStatus) {
             let meta = EventMeta {
                 room: 1,
                 position: 0,
@@ -471,15 +476,15 @@ mod tests {
             EVENT_META_TABLE.put(batch, &short, &Json(meta));
         }
 
-        fn commit(&self, batch: Batch) {
+        pub(super) fn commit(&self, batch: Batch) {
             self.runtime.block_on(self.storage.writer().commit(batch)).expect("commit");
         }
 
-        fn short(&self, event_id: &str) -> u64 {
+        pub(super) fn short(&self, event_id: &str) -> u64 {
             self.shorts[&OwnedEventId::try_from(event_id).expect("event id")]
         }
 
-        fn key_of(&self, pdu: &Pdu) -> u64 {
+        pub(super) fn key_of(&self, pdu: &Pdu) -> u64 {
             state::short_key(
                 &self.storage,
                 &pdu.kind.to_string(),
@@ -490,7 +495,7 @@ mod tests {
         }
 
         /// Stores `state` as a full snapshot.
-        fn snapshot(&self, state: &StateMap) -> u64 {
+        pub(super) fn snapshot(&self, state: &StateMap) -> u64 {
             let mut batch = Batch::new();
             let (id, _) =
                 state::write_diff(&self.storage, &mut batch, None, &StateMap::new(), state);
@@ -499,7 +504,7 @@ mod tests {
         }
 
         /// The state made of the listed events.
-        fn state_of(&self, event_ids: &[OwnedEventId]) -> StateMap {
+        pub(super) fn state_of(&self, event_ids: &[OwnedEventId]) -> StateMap {
             event_ids
                 .iter()
                 .map(|id| {
@@ -509,12 +514,12 @@ mod tests {
                 .collect()
         }
 
-        fn resolve(&self, snapshots: &[u64]) -> StateMap {
+        pub(super) fn resolve(&self, snapshots: &[u64]) -> StateMap {
             resolve(&self.storage, &self.rules, snapshots).expect("resolution").state
         }
 
         /// `(type, state key) -> event id`, as ruma's snapshots list them.
-        fn named(&self, state: &StateMap) -> BTreeMap<(String, String), String> {
+        pub(super) fn named(&self, state: &StateMap) -> BTreeMap<(String, String), String> {
             state
                 .iter()
                 .map(|(key, event)| {
@@ -1042,21 +1047,6 @@ mod tests {
             .collect();
         assert!(!subgraph.is_empty());
         assert_eq!(subgraph, expected);
-    }
-
-    #[test]
-    fn state_resolution_v1_is_refused_for_now() {
-        let vectors = Vectors::load(&["bootstrap-public-chat.json"]);
-        let first = vectors.snapshot(&vectors.state_of(&[vectors.pdus[0].event_id.clone()]));
-        let second = vectors.snapshot(
-            &vectors
-                .state_of(&[vectors.pdus[0].event_id.clone(), vectors.pdus[1].event_id.clone()]),
-        );
-        let v1 = RoomVersionId::V1.rules().expect("known");
-        let error = resolve(&vectors.storage, &v1, &[first, second]).expect_err("v1");
-        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        // Identical states need no algorithm, whatever the version.
-        assert!(resolve(&vectors.storage, &v1, &[first, first]).is_ok());
     }
 
     #[test]

@@ -163,6 +163,43 @@ async fn other_servers_read_a_rooms_history_within_the_limits() {
     let expected: Vec<String> = (20..40).map(|index| format!("m{index}")).collect();
     assert_eq!(bodies(&body["events"]), expected, "capped at 20");
 
+    // At most 100 listed event ids, each of which would be looked up: more is refused.
+    let listed = |count: usize, real: &str| -> Vec<String> {
+        let mut ids: Vec<String> =
+            (1..count).map(|index| format!("$unknown{index}:x.example")).collect();
+        ids.push(real.to_owned());
+        ids
+    };
+    let query = |ids: &[String]| -> String {
+        ids.iter().map(|id| format!("v={}", encode(id))).collect::<Vec<_>>().join("&")
+    };
+    let (status, body) = get(
+        &a,
+        &fake,
+        &format!("/v1/backfill/{encoded}?{}&limit=3", query(&listed(100, &messages[50]))),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(bodies(&body["pdus"]), ["m50", "m49", "m48"], "unknown ids are skipped");
+    let (status, body) = get(
+        &a,
+        &fake,
+        &format!("/v1/backfill/{encoded}?{}&limit=3", query(&listed(101, &messages[50]))),
+    )
+    .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    for field in ["earliest_events", "latest_events"] {
+        let mut request = gme(3);
+        request[field] =
+            json!(listed(100, &messages[if field == "latest_events" { 40 } else { 10 }]));
+        let (status, body) = post(&a, &fake, &path, &request).await;
+        assert_eq!(status, 200, "{field}: {body}");
+        assert_eq!(bodies(&body["events"]), ["m37", "m38", "m39"], "{field}");
+        request[field] = json!(listed(101, &messages[40]));
+        let (status, body) = post(&a, &fake, &path, &request).await;
+        assert_error(status, &body, 400, "M_INVALID_PARAM");
+    }
+
     // timestamp_to_event, both directions.
     let (status, body) =
         get(&a, &fake, &format!("/v1/timestamp_to_event/{encoded}?ts=4000000000000&dir=b")).await;

@@ -54,6 +54,7 @@ mod sessions;
 mod shutdown;
 mod spaces;
 mod startup;
+mod state_resolution;
 mod storage;
 mod synapse;
 mod sync;

@@ -10,7 +10,10 @@
 //! not see is refused. Rejected events are never served, soft-failed ones only when a walk
 //! from the requested events reaches them.
 
-use std::collections::{BTreeSet, BinaryHeap, HashSet, VecDeque};
+use std::{
+    collections::{BTreeSet, BinaryHeap, HashSet, VecDeque},
+    sync::Arc,
+};
 
 use ruma::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId, ServerName, UInt,
@@ -22,7 +25,7 @@ use super::visibility::{Seen, ServerView};
 use crate::{
     Error, Result,
     federation::{acl, disabled_rooms},
-    rooms::{self, Pdu, state},
+    rooms::{self, Pdu, auth_chain::AuthChains, state},
     storage::{
         Direction, Storage,
         codec::{Json, prefix},
@@ -34,8 +37,13 @@ use crate::{
 pub const MAX_BACKFILL: usize = 100;
 /// The most events one `get_missing_events` answers (Synapse's).
 pub const MAX_MISSING_EVENTS: usize = 20;
-/// The longest auth chain served; a longer one is an internal error, not an endless walk.
-const MAX_AUTH_CHAIN: usize = 100_000;
+/// The most event ids one request may list (`backfill`'s `v`, each of `get_missing_events`'
+/// `earliest_events` and `latest_events`); each is looked up, so the request size alone
+/// must not bound the work. The spec sets no number: `backfill` answers at most
+/// [`MAX_BACKFILL`] events *including* the listed ones, so more starting points cannot be
+/// served; a `get_missing_events` lists the asker's forward extremities and the events it
+/// received, which servers keep far below this.
+pub const MAX_LISTED_EVENTS: usize = 100;
 /// How many events a timestamp lookup considers before giving up.
 const TIMESTAMP_CANDIDATES: usize = 200;
 
@@ -70,10 +78,10 @@ pub fn state_ids(
     event_id: &EventId,
 ) -> Result<StateIds> {
     let (_, state) = state_before(storage, origin, room_id, event_id)?;
-    let chain = auth_chain(storage, state.iter().map(|(_, pdu)| pdu))?;
+    let chain = auth_chain(storage, state.iter().map(|(short, _)| *short))?;
     Ok(StateIds {
         pdu_ids: state.into_iter().map(|(_, pdu)| pdu.event_id).collect(),
-        auth_chain_ids: chain.into_iter().map(|pdu| pdu.event_id).collect(),
+        auth_chain_ids: chain.iter().map(|pdu| pdu.event_id.clone()).collect(),
     })
 }
 
@@ -85,7 +93,7 @@ pub fn state_events(
     event_id: &EventId,
 ) -> Result<StateEvents> {
     let (record, state) = state_before(storage, origin, room_id, event_id)?;
-    let chain = auth_chain(storage, state.iter().map(|(_, pdu)| pdu))?;
+    let chain = auth_chain(storage, state.iter().map(|(short, _)| *short))?;
     let pdus =
         state.iter().map(|(_, pdu)| federation_raw(pdu, &record.version)).collect::<Result<_>>()?;
     let auth_chain =
@@ -101,8 +109,8 @@ pub fn event_auth(
     event_id: &EventId,
 ) -> Result<Vec<Box<RawJsonValue>>> {
     let record = member_room_for(storage, room_id, origin)?;
-    let (_, pdu, _) = event_in_room(storage, room_id, event_id)?;
-    auth_chain(storage, [&pdu])?.iter().map(|pdu| federation_raw(pdu, &record.version)).collect()
+    let (short, _, _) = event_in_room(storage, room_id, event_id)?;
+    auth_chain(storage, [short])?.iter().map(|pdu| federation_raw(pdu, &record.version)).collect()
 }
 
 /// Up to `limit` (at most [`MAX_BACKFILL`]) events from `from` (included) back along
@@ -114,6 +122,7 @@ pub fn backfill(
     from: &[OwnedEventId],
     limit: usize,
 ) -> Result<Vec<Box<RawJsonValue>>> {
+    check_listed("v", from)?;
     let record = member_room_for(storage, room_id, origin)?;
     let limit = limit.min(MAX_BACKFILL);
     let mut view = ServerView::new(storage, origin);
@@ -156,6 +165,8 @@ pub fn missing_events(
     limit: usize,
     min_depth: u64,
 ) -> Result<Vec<Box<RawJsonValue>>> {
+    check_listed("earliest_events", earliest)?;
+    check_listed("latest_events", latest)?;
     let record = member_room_for(storage, room_id, origin)?;
     let limit = limit.min(MAX_MISSING_EVENTS);
     let mut view = ServerView::new(storage, origin);
@@ -254,6 +265,17 @@ impl ServerView<'_> {
         };
         Ok(serde_json::value::to_raw_value(&json)?)
     }
+}
+
+/// `400 M_INVALID_PARAM` for a list of more than [`MAX_LISTED_EVENTS`] event ids.
+fn check_listed(name: &str, ids: &[OwnedEventId]) -> Result<()> {
+    if ids.len() > MAX_LISTED_EVENTS {
+        return Err(Error::invalid_param(format!(
+            "`{name}` lists {} events; at most {MAX_LISTED_EVENTS} are accepted.",
+            ids.len()
+        )));
+    }
+    Ok(())
 }
 
 pub(super) fn federation_raw(pdu: &Pdu, version: &RoomVersionId) -> Result<Box<RawJsonValue>> {
@@ -368,25 +390,22 @@ fn state_before(
     Ok((record, events))
 }
 
-/// The auth chain of `events` (without them unless another's chain holds them), by depth.
-pub(super) fn auth_chain<'a>(
+/// The auth chain of `events` (without them unless another's chain holds them), by depth:
+/// their chains through [`AuthChains`], from the `auth_chains` rows or its bounded walk.
+/// What it walks is not stored (serving writes nothing); the room's actor stores chains.
+pub(super) fn auth_chain(
     storage: &Storage,
-    events: impl IntoIterator<Item = &'a Pdu>,
-) -> Result<Vec<Pdu>> {
-    let mut seen: BTreeSet<OwnedEventId> = BTreeSet::new();
-    let mut queue: VecDeque<OwnedEventId> =
-        events.into_iter().flat_map(|pdu| pdu.auth_events.iter().cloned()).collect();
-    let mut chain = Vec::new();
-    while let Some(id) = queue.pop_front() {
-        if !seen.insert(id.clone()) {
-            continue;
-        }
-        if chain.len() >= MAX_AUTH_CHAIN {
-            return Err(Error::internal(format!("an auth chain longer than {MAX_AUTH_CHAIN}")));
-        }
-        // An auth event this server does not hold is left out; the asker fetches it.
-        let Some((_, pdu)) = rooms::pdu_by_id(storage, &id)? else { continue };
-        queue.extend(pdu.auth_events.iter().filter(|id| !seen.contains(*id)).cloned());
+    events: impl IntoIterator<Item = u64>,
+) -> Result<Vec<Arc<Pdu>>> {
+    let mut chains = AuthChains::new(storage);
+    let mut union = BTreeSet::new();
+    for event in events {
+        union.extend(chains.of(event)?.events().iter().copied());
+    }
+    let mut chain = Vec::with_capacity(union.len());
+    for short in union {
+        let pdu = rooms::shared_pdu(storage, short)?
+            .ok_or_else(|| Error::internal(format!("auth event {short} is missing")))?;
         chain.push(pdu);
     }
     chain.sort_by(|a, b| (a.depth, &a.event_id).cmp(&(b.depth, &b.event_id)));

@@ -266,12 +266,14 @@ fn answer(
     join_id: &EventId,
     omit_members: bool,
 ) -> Result<JoinAnswer> {
-    let (short, join) = rooms::pdu_by_id(storage, join_id)?
+    let short = rooms::event_short(storage, join_id)?
         .ok_or_else(|| Error::internal("the accepted join is not stored"))?;
     let meta = rooms::any_event_meta(storage.engine(), short)?
         .ok_or_else(|| Error::internal("the accepted join has no meta"))?;
     let mut state = Vec::new();
+    let mut shorts = vec![short];
     for short in state::load(storage, meta.state_before)?.into_values() {
+        shorts.push(short);
         state.push(
             rooms::pdu(storage.engine(), short)?
                 .ok_or_else(|| Error::internal(format!("state event {short} is missing")))?,
@@ -287,7 +289,7 @@ fn answer(
         .filter_map(|pdu| pdu.state_key.as_deref().and_then(|key| UserId::parse(key).ok()))
         .map(|user| user.server_name().to_string())
         .collect();
-    let chain = auth_chain(storage, state.iter().chain(std::iter::once(&join)))?;
+    let chain = auth_chain(storage, shorts)?;
     let (state, chain) = if omit_members {
         let named = state.iter().any(|pdu| {
             pdu.state_key.as_deref() == Some("")
@@ -308,7 +310,7 @@ fn answer(
             })
             .collect();
         let returned: BTreeSet<&EventId> = kept.iter().map(|pdu| &*pdu.event_id).collect();
-        let chain: Vec<Pdu> =
+        let chain: Vec<Arc<Pdu>> =
             chain.into_iter().filter(|pdu| !returned.contains(&*pdu.event_id)).collect();
         (kept, chain)
     } else {
