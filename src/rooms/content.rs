@@ -7,6 +7,7 @@ use ruma::{
     events::room::{
         history_visibility::{HistoryVisibility, RoomHistoryVisibilityEventContent},
         join_rules::RoomJoinRulesEventContent,
+        member::MembershipState,
     },
     room::{AllowRule, JoinRule, JoinRuleSummary},
 };
@@ -48,6 +49,16 @@ pub fn history_visibility(event: Option<&Pdu>) -> HistoryVisibility {
     event
         .and_then(|event| event.content_as::<RoomHistoryVisibilityEventContent>().ok())
         .map_or(HistoryVisibility::Shared, |content| content.history_visibility)
+}
+
+/// The membership an `m.room.member` event states; `None` when its content has no readable
+/// `membership` (the rest of the content does not matter).
+pub fn membership(event: &Pdu) -> Option<MembershipState> {
+    #[derive(Deserialize)]
+    struct MembershipOnly {
+        membership: MembershipState,
+    }
+    serde_json::from_str::<MembershipOnly>(event.content.get()).ok().map(|only| only.membership)
 }
 
 /// The rooms whose members may join under `rule` (its `m.room_membership` allow rules).
@@ -145,6 +156,20 @@ mod tests {
         assert_eq!(read(json!({"history_visibility": "joined"})), HistoryVisibility::Joined);
         assert_eq!(read(json!({"history_visibility": 3})), HistoryVisibility::Shared);
         assert_eq!(read(json!({})), HistoryVisibility::Shared);
+    }
+
+    #[test]
+    fn membership_reads_only_the_membership_field() {
+        // Only the content matters to the reader.
+        let read = |content| membership(&join_rules(content));
+        assert_eq!(read(json!({"membership": "ban", "reason": 3})), Some(MembershipState::Ban));
+        assert_eq!(read(json!({"membership": "join"})), Some(MembershipState::Join));
+        assert_eq!(
+            read(json!({"membership": "x.custom"})).map(|m| m.to_string()),
+            Some("x.custom".to_owned())
+        );
+        assert_eq!(read(json!({"membership": 3})), None);
+        assert_eq!(read(json!({})), None);
     }
 
     #[test]

@@ -218,7 +218,7 @@ impl Rooms {
             }
             let Some(pdu) = super::pdu(storage.engine(), short)? else { continue };
             if kind == "m.room.member" {
-                if pdu.content_str("membership").as_deref() == Some("ban")
+                if super::content::membership(&pdu) == Some(MembershipState::Ban)
                     && state_key != user.as_str()
                 {
                     bans.push((state_key, pdu.content_str("reason")));

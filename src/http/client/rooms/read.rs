@@ -19,6 +19,7 @@ use ruma::{
             room::{get_event_by_timestamp, get_room_event},
         },
     },
+    events::room::member::MembershipState,
     serde::Raw,
 };
 use serde_json::Value as JsonValue;
@@ -325,11 +326,13 @@ async fn members(
             validate::known_param(param, value, &["join", "invite", "knock", "leave", "ban"])?;
         }
     }
+    let wanted = membership.as_deref().map(MembershipState::from);
+    let unwanted = not_membership.as_deref().map(MembershipState::from);
     let mut chunk = Vec::new();
     for pdu in timeline::members_at(&services.storage, snapshot)? {
-        let value = pdu.content_str("membership").unwrap_or_default();
-        if membership.as_ref().is_some_and(|wanted| *wanted != value)
-            || not_membership.as_ref().is_some_and(|unwanted| *unwanted == value)
+        let value = rooms::content::membership(&pdu);
+        if wanted.as_ref().is_some_and(|wanted| Some(wanted) != value.as_ref())
+            || unwanted.as_ref().is_some_and(|unwanted| Some(unwanted) == value.as_ref())
         {
             continue;
         }
