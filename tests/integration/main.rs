@@ -51,6 +51,7 @@ mod send_order;
 mod server_discovery;
 mod sessions;
 mod shutdown;
+mod sliding_sync;
 mod spaces;
 mod startup;
 mod storage;
