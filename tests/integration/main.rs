@@ -52,6 +52,7 @@ mod send_order;
 mod server_discovery;
 mod sessions;
 mod shutdown;
+mod sliding_sync;
 mod spaces;
 mod startup;
 mod state_resolution;

@@ -17,6 +17,7 @@ mod register;
 pub(crate) mod rooms;
 mod rtc;
 mod search;
+mod sliding_sync;
 mod sync;
 mod thirdparty;
 mod threepid;
@@ -39,6 +40,7 @@ pub fn routes(router: Routes) -> Routes {
     let router = rooms::routes(router);
     let router = search::routes(router);
     let router = sync::routes(router);
+    let router = sliding_sync::routes(router);
     let router = live::routes(router);
     let router = keys::routes(router);
     let router = key_backup::routes(router);

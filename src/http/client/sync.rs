@@ -187,7 +187,7 @@ async fn sync(
 
 /// Waits until the registration is woken; false when the deadline passed or the server is
 /// stopping instead.
-async fn wait_for_news(
+pub(super) async fn wait_for_news(
     services: &Services,
     registration: &crate::sync::hub::Registration,
     deadline: tokio::time::Instant,
@@ -226,7 +226,12 @@ fn is_small(
 }
 
 /// The size rule of [`is_small`], on what it measured.
-fn is_small_size(since: Option<u64>, committed: u64, rooms: usize, full_state: bool) -> bool {
+pub(super) fn is_small_size(
+    since: Option<u64>,
+    committed: u64,
+    rooms: usize,
+    full_state: bool,
+) -> bool {
     since.is_some_and(|since| {
         !full_state
             && committed.saturating_sub(since) <= INLINE_MAX_GAP
@@ -235,7 +240,7 @@ fn is_small_size(since: Option<u64>, committed: u64, rooms: usize, full_state: b
 }
 
 /// What a response reads, from the server's services.
-fn reader(services: &Services) -> SyncReader<'_> {
+pub(super) fn reader(services: &Services) -> SyncReader<'_> {
     SyncReader {
         storage: &services.storage,
         hub: &services.hub,
@@ -254,13 +259,15 @@ async fn compute(
     filter: &FilterDefinition,
 ) -> Result<response::Computed> {
     if is_small(services, sender, since, full_state)? {
-        metrics::counter!("tuwunel_sync_computations_total", "pool" => "inline").increment(1);
+        metrics::counter!("tuwunel_sync_computations_total", "pool" => "inline", "api" => "v3")
+            .increment(1);
         return response::compute(
             &reader(services),
             &SyncParams { sender, since, full_state, filter },
         );
     }
-    metrics::counter!("tuwunel_sync_computations_total", "pool" => "blocking").increment(1);
+    metrics::counter!("tuwunel_sync_computations_total", "pool" => "blocking", "api" => "v3")
+        .increment(1);
     let services = Arc::clone(services);
     let sender = sender.clone();
     let filter = filter.clone();

@@ -370,6 +370,7 @@ mod tests {
                 format!("!{room}:example.org").try_into().expect("as the test set it up"),
                 RoomEntry { status: RoomStatus::Live, bump_stamp: since },
             )],
+            list_counts: None,
         }
     }
 

@@ -6,7 +6,10 @@
 //! of the older `pos` shows the client never got it (then it is dropped). So a retried request
 //! sees exactly the state the first attempt saw.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use ruma::OwnedRoomId;
 
@@ -18,6 +21,8 @@ pub struct ConnState {
     pub since: u64,
     /// Every room sent on the connection.
     pub rooms: Arc<HashMap<OwnedRoomId, RoomEntry>>,
+    /// The `count` last sent of each list, so a change is news.
+    pub list_counts: BTreeMap<String, u64>,
 }
 
 impl ConnState {
@@ -29,6 +34,9 @@ impl ConnState {
     /// Applies what a response sent.
     pub fn fold(&mut self, delta: &Delta) {
         self.since = delta.since;
+        if let Some(counts) = &delta.list_counts {
+            self.list_counts.clone_from(counts);
+        }
         if !delta.rooms.is_empty() {
             let rooms = Arc::make_mut(&mut self.rooms);
             for (room, entry) in &delta.rooms {
@@ -64,6 +72,8 @@ pub struct Delta {
     pub since: u64,
     /// The rooms whose entry changed.
     pub rooms: Vec<(OwnedRoomId, RoomEntry)>,
+    /// The lists' counts, when the response had lists.
+    pub list_counts: Option<BTreeMap<String, u64>>,
 }
 
 #[cfg(test)]
@@ -83,6 +93,7 @@ mod tests {
                 (first.clone(), RoomEntry { status: RoomStatus::Live, bump_stamp: 3 }),
                 (second.clone(), RoomEntry { status: RoomStatus::Live, bump_stamp: 4 }),
             ],
+            list_counts: None,
         });
         let snapshot = state.clone();
         state.fold(&Delta {
@@ -91,6 +102,7 @@ mod tests {
                 first.clone(),
                 RoomEntry { status: RoomStatus::Previously(5), bump_stamp: 3 },
             )],
+            list_counts: None,
         });
         assert!(!state.is_new());
         assert_eq!(state.since, 9);

@@ -1,0 +1,397 @@
+//! Simplified sliding sync (MSC4186) over HTTP: the room list's order, windows and counts,
+//! connections and `pos` (retries, expiry, `M_UNKNOWN_POS`), long polls, and bad input.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::{
+    common::{TestServer, User, assert_error},
+    rooms::{create_room, send_text},
+};
+
+const PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+/// Options for quick long polls in tests.
+const QUICK: &[&str] = &["client_sync_timeout_max=20000"];
+
+/// One request; `query` is appended to the path (`?pos=..&timeout=..`).
+async fn sliding(server: &TestServer, user: &User, query: &str, body: Value) -> (u16, Value) {
+    server.post_as(user, &format!("{PATH}{query}"), body).await
+}
+
+/// One request that must succeed.
+async fn ok(server: &TestServer, user: &User, query: &str, body: Value) -> Value {
+    let (status, body) = sliding(server, user, query, body).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn all_rooms(end: u64) -> Value {
+    json!({ "lists": { "all": { "ranges": [[0, end]], "timeline_limit": 1 } } })
+}
+
+fn pos_of(body: &Value) -> String {
+    body["pos"].as_str().expect("a pos").to_owned()
+}
+
+/// The rooms of a response, newest bump stamp first.
+fn by_bump(body: &Value) -> Vec<String> {
+    let mut rooms: Vec<(u64, String)> = body["rooms"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(room, value)| (value["bump_stamp"].as_u64().unwrap_or(0), room.clone()))
+        .collect();
+    rooms.sort_by(|a, b| b.cmp(a));
+    rooms.into_iter().map(|(_, room)| room).collect()
+}
+
+fn room_ids(body: &Value) -> Vec<String> {
+    let mut rooms: Vec<String> =
+        body["rooms"].as_object().into_iter().flatten().map(|(room, _)| room.clone()).collect();
+    rooms.sort();
+    rooms
+}
+
+#[tokio::test]
+async fn the_list_is_ordered_by_recency_and_windows_follow_the_ranges() {
+    let server = TestServer::with_options(QUICK).await;
+    // The first user is joined to the admin room: let someone else be first.
+    server.register("admin", "pw").await;
+    let alice = server.register("alice", "pw").await;
+    let mut rooms = Vec::new();
+    for index in 0..5 {
+        let room = create_room(&server, &alice, json!({})).await;
+        send_text(&server, &alice, &room, &format!("t{index}"), "hello").await;
+        rooms.push(room);
+    }
+    let newest_first: Vec<String> = rooms.iter().rev().cloned().collect();
+
+    let everything = ok(&server, &alice, "", all_rooms(9)).await;
+    assert_eq!(everything["lists"]["all"]["count"], 5, "{everything}");
+    assert_eq!(by_bump(&everything), newest_first, "{everything}");
+    for room in &rooms {
+        assert_eq!(everything["rooms"][room]["initial"], true, "{everything}");
+    }
+
+    let (_, body) = sliding(&server, &alice, "", all_rooms(1)).await;
+    assert_eq!(body["lists"]["all"]["count"], 5, "{body}");
+    let mut two_newest = newest_first[..2].to_vec();
+    two_newest.sort();
+    assert_eq!(room_ids(&body), two_newest, "{body}");
+
+    // A message in the oldest room puts it at the top: the next response's window has it.
+    let pos = pos_of(&body);
+    send_text(&server, &alice, &rooms[0], "late", "back on top").await;
+    let next = ok(&server, &alice, &format!("?pos={pos}"), all_rooms(1)).await;
+    assert_eq!(next["rooms"][&rooms[0]]["initial"], true, "{next}");
+    assert!(next["rooms"].get(&rooms[3]).is_none(), "R3 fell out of the window: {next}");
+    let bump = next["rooms"][&rooms[0]]["bump_stamp"].as_u64().expect("a bump stamp");
+    let top = everything["rooms"][&rooms[4]]["bump_stamp"].as_u64().expect("as the test set it up");
+    assert!(bump > top, "{next}");
+}
+
+#[tokio::test]
+async fn a_request_without_timeout_answers_at_once_and_a_long_poll_wakes_on_news() {
+    let server = TestServer::with_options(QUICK).await;
+    // The first user is joined to the admin room: let someone else be first.
+    server.register("admin", "pw").await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let first = ok(&server, &alice, "", all_rooms(9)).await;
+
+    // Nothing new and no timeout: the answer comes at once, with nothing in it.
+    let started = Instant::now();
+    let quiet = ok(&server, &alice, &format!("?pos={}", pos_of(&first)), all_rooms(9)).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(quiet.get("rooms").is_none(), "{quiet}");
+
+    // A long poll wakes on a message.
+    let url = server.url(&format!("{PATH}?pos={}&timeout=15000", pos_of(&quiet)));
+    let poll = {
+        let (client, token) = (server.client.clone(), alice.token.clone());
+        let url = url.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let body: Value = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&all_rooms(9))
+                .send()
+                .await
+                .expect("as the test set it up")
+                .json()
+                .await
+                .expect("as the test set it up");
+            (started.elapsed(), body)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send_text(&server, &alice, &room, "t1", "wake up").await;
+    let (waited, woken) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("as the test set it up")
+        .expect("as the test set it up");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    assert!(woken["rooms"].get(&room).is_some(), "{woken}");
+
+    // And on an invite.
+    let other = create_room(&server, &bob, json!({})).await;
+    let url = server.url(&format!("{PATH}?pos={}&timeout=15000", pos_of(&woken)));
+    let poll = {
+        let (client, token) = (server.client.clone(), alice.token.clone());
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&all_rooms(9))
+                .send()
+                .await
+                .expect("as the test set it up")
+                .json::<Value>()
+                .await
+                .expect("as the test set it up")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = server
+        .post_as(
+            &bob,
+            &format!("/_matrix/client/v3/rooms/{other}/invite"),
+            json!({ "user_id": alice.user_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let invited = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("as the test set it up")
+        .expect("as the test set it up");
+    assert_eq!(invited["rooms"][&other]["initial"], true, "{invited}");
+    assert_eq!(invited["lists"]["all"]["count"], 2, "{invited}");
+}
+
+#[tokio::test]
+async fn kicked_and_banned_rooms_are_listed_and_rooms_left_only_carry_their_leave() {
+    let server = TestServer::with_options(QUICK).await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let join = |room: String| {
+        let (server, bob) = (&server, &bob);
+        async move {
+            let (status, body) =
+                server.post_as(bob, &format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    let public = json!({ "preset": "public_chat" });
+    let kicked = create_room(&server, &alice, public.clone()).await;
+    let banned = create_room(&server, &alice, public.clone()).await;
+    let left = create_room(&server, &alice, public.clone()).await;
+    let banned_before_joining = create_room(&server, &alice, public.clone()).await;
+    for room in [&kicked, &banned, &left] {
+        join(room.clone()).await;
+    }
+    let first = ok(&server, &bob, "", all_rooms(9)).await;
+    assert_eq!(first["lists"]["all"]["count"], 3, "{first}");
+
+    let moderate = |action: &'static str, room: String| {
+        let (server, alice, bob) = (&server, &alice, &bob);
+        async move {
+            let (status, body) = server
+                .post_as(
+                    alice,
+                    &format!("/_matrix/client/v3/rooms/{room}/{action}"),
+                    json!({ "user_id": bob.user_id }),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    moderate("kick", kicked.clone()).await;
+    moderate("ban", banned.clone()).await;
+    moderate("ban", banned_before_joining.clone()).await;
+    let (status, body) =
+        server.post_as(&bob, &format!("/_matrix/client/v3/rooms/{left}/leave"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The leave reaches the connection that had the room, once.
+    let next = ok(&server, &bob, &format!("?pos={}", pos_of(&first)), all_rooms(9)).await;
+    assert_eq!(next["lists"]["all"]["count"], 3, "{next}");
+    for room in [&kicked, &banned, &left] {
+        assert!(next["rooms"].get(room).is_some(), "{room} in {next}");
+    }
+    assert!(next["rooms"].get(&banned_before_joining).is_none(), "{next}");
+    let after = ok(&server, &bob, &format!("?pos={}", pos_of(&next)), all_rooms(9)).await;
+    assert_eq!(after["lists"]["all"]["count"], 2, "the room left is gone: {after}");
+
+    // A new connection lists the kick and the ban, never the room left.
+    let fresh = ok(&server, &bob, "", all_rooms(9)).await;
+    assert_eq!(
+        room_ids(&fresh),
+        {
+            let mut rooms = vec![kicked.clone(), banned.clone()];
+            rooms.sort();
+            rooms
+        },
+        "{fresh}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_and_expired_positions_answer_m_unknown_pos() {
+    let (server, clock) = TestServer::with_clock(&["sliding_sync_connection_timeout_s=600"]).await;
+    let alice = server.register("alice", "pw").await;
+    for pos in ["nonsense", "1.1", "12345678.0"] {
+        let (status, body) = sliding(&server, &alice, &format!("?pos={pos}"), all_rooms(9)).await;
+        assert_error(status, &body, 400, "M_UNKNOWN_POS");
+    }
+    let first = ok(&server, &alice, "", all_rooms(9)).await;
+    // Another user cannot continue it.
+    let bob = server.register("bob", "pw").await;
+    let (status, body) =
+        sliding(&server, &bob, &format!("?pos={}", pos_of(&first)), all_rooms(9)).await;
+    assert_error(status, &body, 400, "M_UNKNOWN_POS");
+
+    clock.advance(Duration::from_secs(599));
+    let second = ok(&server, &alice, &format!("?pos={}", pos_of(&first)), all_rooms(9)).await;
+    clock.advance(Duration::from_secs(600));
+    let (status, body) =
+        sliding(&server, &alice, &format!("?pos={}", pos_of(&second)), all_rooms(9)).await;
+    assert_error(status, &body, 400, "M_UNKNOWN_POS");
+    // Starting again works.
+    ok(&server, &alice, "", all_rooms(9)).await;
+}
+
+#[tokio::test]
+async fn a_resent_request_with_a_bigger_range_gets_the_new_rooms() {
+    let server = TestServer::with_options(QUICK).await;
+    let alice = server.register("alice", "pw").await;
+    let mut rooms = Vec::new();
+    for _ in 0..4 {
+        rooms.push(create_room(&server, &alice, json!({})).await);
+    }
+    let first = ok(&server, &alice, "", all_rooms(1)).await;
+    let pos = pos_of(&first);
+    let narrow = ok(&server, &alice, &format!("?pos={pos}"), all_rooms(1)).await;
+    assert!(narrow.get("rooms").is_none(), "{narrow}");
+    // The client cancels and sends the same pos with a bigger window: what the first attempt
+    // answered was never confirmed, so the two older rooms come now.
+    let wide = ok(&server, &alice, &format!("?pos={pos}"), all_rooms(3)).await;
+    let mut oldest = rooms[..2].to_vec();
+    oldest.sort();
+    assert_eq!(room_ids(&wide), oldest, "{wide}");
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_the_spec_errors_and_change_nothing() {
+    let server = TestServer::with_options(QUICK).await;
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let first = ok(&server, &alice, "", all_rooms(0)).await;
+    let pos = pos_of(&first);
+    send_text(&server, &alice, &room, "t1", "news").await;
+    let committed = server.server().services().storage.writer().committed_position();
+
+    let many_lists: serde_json::Map<String, Value> = (0..101)
+        .map(|index| (format!("l{index}"), json!({ "ranges": [[0, 1]], "timeline_limit": 1 })))
+        .collect();
+    let cases: Vec<(&str, String, Value, u16, &str)> = vec![
+        (
+            "a wrong type",
+            format!("?pos={pos}"),
+            json!({ "lists": { "all": { "ranges": "all" } } }),
+            400,
+            "M_BAD_JSON",
+        ),
+        (
+            "a timeout that is no number",
+            format!("?pos={pos}&timeout=soon"),
+            all_rooms(0),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            "an unknown set_presence",
+            format!("?pos={pos}&set_presence=busy"),
+            all_rooms(0),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            "too many lists",
+            format!("?pos={pos}"),
+            json!({ "lists": many_lists }),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            "a backwards range",
+            format!("?pos={pos}"),
+            json!({ "lists": { "all": { "ranges": [[3, 1]], "timeline_limit": 1 } } }),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            "a long conn_id",
+            format!("?pos={pos}"),
+            json!({ "conn_id": "c".repeat(65) }),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            "a bad room id",
+            format!("?pos={pos}"),
+            json!({ "room_subscriptions": { "room": { "timeline_limit": 1 } } }),
+            400,
+            "M_BAD_JSON",
+        ),
+        (
+            "a to-device since of another server",
+            format!("?pos={pos}"),
+            json!({ "extensions": { "to_device": { "enabled": true, "since": "s1_2" } } }),
+            400,
+            "M_INVALID_PARAM",
+        ),
+    ];
+    for (what, query, body, status, errcode) in cases {
+        let (got, answer) = sliding(&server, &alice, &query, body).await;
+        assert_eq!(got, status, "{what}: {answer}");
+        assert_eq!(answer["errcode"], errcode, "{what}: {answer}");
+    }
+    let (status, body) =
+        server.request(reqwest::Method::POST, PATH, None, Some(all_rooms(0))).await;
+    assert_error(status, &body, 401, "M_MISSING_TOKEN");
+
+    // Nothing was stored, and the connection still continues from `pos` with the news.
+    assert_eq!(server.server().services().storage.writer().committed_position(), committed);
+    let next = ok(&server, &alice, &format!("?pos={pos}"), all_rooms(0)).await;
+    assert!(next["rooms"].get(&room).is_some(), "{next}");
+}
+
+#[tokio::test]
+async fn subscriptions_show_rooms_outside_the_window_and_ignore_strangers_rooms() {
+    let server = TestServer::with_options(QUICK).await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let old = create_room(&server, &alice, json!({})).await;
+    let _new = create_room(&server, &alice, json!({})).await;
+    let strangers = create_room(&server, &bob, json!({})).await;
+    let body = json!({
+        "lists": { "all": { "ranges": [[0, 0]], "timeline_limit": 1 } },
+        "room_subscriptions": {
+            old.clone(): { "timeline_limit": 5 },
+            strangers.clone(): { "timeline_limit": 5 },
+            "!unknown:localhost": { "timeline_limit": 5 },
+        },
+    });
+    let response = ok(&server, &alice, "", body).await;
+    assert_eq!(response["rooms"][&old]["initial"], true, "{response}");
+    assert!(response["rooms"].get(&strangers).is_none(), "{response}");
+    assert!(response["rooms"].get("!unknown:localhost").is_none(), "{response}");
+    assert_eq!(
+        response["rooms"].as_object().expect("as the test set it up").len(),
+        2,
+        "{response}"
+    );
+}
