@@ -123,7 +123,7 @@ pub struct Position<'a> {
 }
 
 /// `ids` as `prev_events`/`auth_events` in the room version's format.
-fn references(
+pub(crate) fn references(
     ids: &[OwnedEventId],
     rules: &RoomVersionRules,
     reference_hash: Option<ReferenceHash<'_>>,
@@ -147,7 +147,7 @@ fn references(
 
 /// A depth as an event carries it: canonical JSON integers stop at 2^53 - 1, and another
 /// server's event may already sit there, so a deeper event stays at the bound.
-fn clamped_depth(depth: u64) -> CanonicalJsonValue {
+pub(crate) fn clamped_depth(depth: u64) -> CanonicalJsonValue {
     CanonicalJsonValue::Integer(ruma::Int::try_from(depth).unwrap_or(ruma::Int::MAX))
 }
 

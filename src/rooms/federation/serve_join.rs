@@ -15,7 +15,6 @@ use ruma::{
     RoomId, RoomVersionId, ServerName, UserId,
     api::error::{ErrorKind, IncompatibleRoomVersionErrorData},
     events::{StateEventType, TimelineEventType, room::member::MembershipState},
-    room_version_rules::EventsReferenceFormatVersion,
 };
 use serde_json::value::RawValue as RawJsonValue;
 
@@ -26,6 +25,7 @@ use crate::{
     rooms::{
         self, Pdu, Rooms,
         actor::{Arrival, Ingested},
+        builder::{self, Template},
         state,
         state_res::{ResEvent, res_event},
     },
@@ -100,41 +100,18 @@ pub fn make_join(
     }
 
     let content = serde_json::json!({"membership": "join"});
-    let raw_content = serde_json::value::to_raw_value(&content)?;
-    let auth_types = ruma::state_res::auth_types_for_event(
-        &TimelineEventType::RoomMember,
-        user_id,
-        Some(user_id.as_str()),
-        &raw_content,
-        &rules.authorization,
-    )
-    .map_err(|error| Error::internal(format!("auth types of a join: {error}")))?;
-    let mut auth_events: Vec<OwnedEventId> = Vec::new();
-    for (kind, state_key) in auth_types {
-        if let Some(event) = at(&kind.to_string(), &state_key)?
-            && !auth_events.contains(&event.event_id)
-        {
-            auth_events.push(event.event_id);
-        }
-    }
+    let join = Template::state(
+        TimelineEventType::RoomMember,
+        user_id.as_str(),
+        &user_id.to_owned(),
+        serde_json::from_value(content.clone())?,
+    );
+    let auth_events = builder::auth_events_for(&join, &rules.authorization, |kind, state_key| {
+        Ok(at(&kind.to_string(), state_key)?.map(|event| event.event_id))
+    })?;
     let prev_events: Vec<OwnedEventId> =
         heads.extremities.iter().rev().take(MAX_PREV_EVENTS).cloned().collect();
-    let reference = |id: &OwnedEventId| -> Result<CanonicalJsonValue> {
-        Ok(match rules.events_reference_format {
-            EventsReferenceFormatVersion::V1 => {
-                let (_, pdu) = rooms::pdu_by_id(storage, id)?
-                    .ok_or_else(|| Error::internal(format!("event {id} is not stored")))?;
-                let hash = ruma::signatures::reference_hash(
-                    &pdu.federation_json(&record.version)?,
-                    &rules,
-                )
-                .map_err(|error| Error::internal(format!("reference hash: {error}")))?;
-                serde_json::from_value(serde_json::json!([id, {"sha256": hash}]))?
-            }
-            _ => CanonicalJsonValue::String(id.to_string()),
-        })
-    };
-    let depth = heads.depth.saturating_add(1).min(i64::MAX as u64);
+    let reference_hash = |id: &EventId| builder::stored_reference_hash(storage, &rules, id);
     let mut template: CanonicalJsonObject = serde_json::from_value(serde_json::json!({
         "type": "m.room.member",
         "room_id": room_id,
@@ -143,15 +120,15 @@ pub fn make_join(
         "content": content,
         "origin": origin,
         "origin_server_ts": now,
-        "depth": depth,
     }))?;
+    template.insert("depth".to_owned(), builder::clamped_depth(heads.depth.saturating_add(1)));
     template.insert(
         "prev_events".to_owned(),
-        CanonicalJsonValue::Array(prev_events.iter().map(reference).collect::<Result<_>>()?),
+        builder::references(&prev_events, &rules, Some(&reference_hash))?,
     );
     template.insert(
         "auth_events".to_owned(),
-        CanonicalJsonValue::Array(auth_events.iter().map(reference).collect::<Result<_>>()?),
+        builder::references(&auth_events, &rules, Some(&reference_hash))?,
     );
 
     // The join as the rules see it now: a user who may not join is told at once.
