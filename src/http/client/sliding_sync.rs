@@ -6,12 +6,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ruma::{
-    api::client::sync::sync_events::v5, events::room::member::MembershipState,
-    presence::PresenceState,
-};
+use ruma::{api::client::sync::sync_events::v5, presence::PresenceState};
 
-use super::sync::{reader, wait_for_news};
+use super::sync::{reader, register_for_wakes, wait_for_news};
 use crate::{
     Error, Result, Services,
     http::{
@@ -50,20 +47,8 @@ async fn sliding_sync(services: Arc<Services>, request: Ruma<v5::Request>) -> Re
         .filter(|_| body.pos.is_some())
         .map(|timeout| timeout.min(Duration::from_millis(services.config.client_sync_timeout_max)));
     let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
-    let registration = deadline
-        .map(|_| {
-            crate::rooms::cached_memberships(&services.storage, &sender.user_id).map(
-                |memberships| {
-                    let joined: Vec<_> = memberships
-                        .iter()
-                        .filter(|(_, record)| record.membership == MembershipState::Join)
-                        .map(|(room, _)| room.clone())
-                        .collect();
-                    services.hub.register(&sender.user_id, &joined)
-                },
-            )
-        })
-        .transpose()?;
+    let registration =
+        deadline.map(|_| register_for_wakes(&services, &sender.user_id)).transpose()?;
     let mut superseded = begun.superseded.clone();
     let computed = loop {
         let computed = compute(&services, &sender, &body, &begun.state).await?;

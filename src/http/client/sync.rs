@@ -21,6 +21,7 @@ use crate::{
     },
     storage::{Direction, Engine, codec::Prefix, ephemeral::TO_DEVICE_TABLE},
     sync::{
+        hub::Registration,
         response::{self, SyncParams, SyncReader},
         token::SyncToken,
     },
@@ -145,20 +146,7 @@ async fn sync(
     // registration serves the whole request: a wake that arrives while a response is being
     // computed is kept for the next wait. A room joined meanwhile wakes the user directly,
     // and that join is news, so the request answers before it would need the new room.
-    let registration = wait
-        .then(|| {
-            crate::rooms::cached_memberships(&services.storage, &sender.user_id).map(
-                |memberships| {
-                    let joined: Vec<_> = memberships
-                        .iter()
-                        .filter(|(_, record)| record.membership == MembershipState::Join)
-                        .map(|(room, _)| room.clone())
-                        .collect();
-                    services.hub.register(&sender.user_id, &joined)
-                },
-            )
-        })
-        .transpose()?;
+    let registration = wait.then(|| register_for_wakes(&services, &sender.user_id)).transpose()?;
     let computed = loop {
         if let Some(registration) = &registration
             && nothing_new_since(&services, since)
@@ -187,9 +175,21 @@ async fn sync(
 
 /// Waits until the registration is woken; false when the deadline passed or the server is
 /// stopping instead.
+/// Registers `user` on the SyncHub for their joined rooms (and for themselves), before a
+/// request looks for news, so a commit between the look and the wait still wakes it.
+pub(super) fn register_for_wakes(services: &Services, user: &UserId) -> Result<Registration> {
+    let memberships = crate::rooms::cached_memberships(&services.storage, user)?;
+    let joined: Vec<_> = memberships
+        .iter()
+        .filter(|(_, record)| record.membership == MembershipState::Join)
+        .map(|(room, _)| room.clone())
+        .collect();
+    Ok(services.hub.register(user, &joined))
+}
+
 pub(super) async fn wait_for_news(
     services: &Services,
-    registration: &crate::sync::hub::Registration,
+    registration: &Registration,
     deadline: tokio::time::Instant,
 ) -> bool {
     tokio::select! {
