@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the send path's hot spots: storage key codecs, the request body check,
-//! PDU hashing, signing and verification, the auth checks an event goes through, and state
-//! snapshot reads.
+//! PDU hashing, signing and verification, the auth checks an event goes through, state
+//! snapshot reads, and the room activity row each commit writes.
 //!
 //! `cargo bench --bench hot_paths [filter]` prints the median time per operation over
 //! repeated batches. A small timing loop instead of a benchmark framework keeps the build
@@ -337,6 +337,22 @@ fn main() {
     let encoded_snapshot = snapshot.encode_value();
     bench(filter, "codec: decode 64-entry snapshot delta", || {
         tuwunel::storage::rooms::Snapshot::decode_value(&encoded_snapshot).expect("decodes")
+    });
+
+    // The room activity row each commit writes (sliding sync's list order), and its read.
+    let message_kind = TimelineEventType::RoomMessage;
+    bench(filter, "activity: stamp and write a one-message commit", || {
+        let stamp = tuwunel::rooms::activity::Stamp::new(7, std::iter::once(&message_kind), 3);
+        let mut batch = Batch::new();
+        stamp.write(&mut batch, &(1_000..1_001));
+        batch
+    });
+    let mut batch = Batch::new();
+    tuwunel::rooms::activity::Stamp::new(7, std::iter::once(&message_kind), 3)
+        .write(&mut batch, &(1_000..1_001));
+    runtime.block_on(storage.writer().commit(batch)).expect("activity commit");
+    bench(filter, "activity: cached read", || {
+        tuwunel::rooms::activity::current(&storage, 7).expect("reads")
     });
 
     runtime.block_on(storage.close());

@@ -5,6 +5,7 @@
 //! both call. The rest reads (and, for the space hierarchy, asks other servers about rooms
 //! this server is not in).
 
+pub mod activity;
 pub mod actor;
 pub mod admin_room;
 pub mod aliases;
@@ -247,6 +248,14 @@ pub enum StateFact<'a> {
     HistoryVisibility,
     /// `membership` of the user's `m.room.member`.
     Membership(&'a UserId),
+    /// `type` of `m.room.create` (absent for a plain room). Redaction keeps the create
+    /// event's content from room version 11; in older rooms it would drop the type, which
+    /// no server does to a room's create event.
+    CreateType,
+    /// `algorithm` of `m.room.encryption`. The room is encrypted if the fact is there at
+    /// all: a redacted encryption event (its content removed) still counts, as the empty
+    /// algorithm.
+    Encryption,
 }
 
 /// The value of `fact` at `snapshot`, without parsing the event once it has been read.
@@ -254,16 +263,22 @@ pub fn state_fact(storage: &Storage, snapshot: u64, fact: StateFact<'_>) -> Resu
     let (kind, state_key, field) = match fact {
         StateFact::HistoryVisibility => ("m.room.history_visibility", "", "history_visibility"),
         StateFact::Membership(user) => ("m.room.member", user.as_str(), "membership"),
+        StateFact::CreateType => ("m.room.create", "", "type"),
+        StateFact::Encryption => ("m.room.encryption", "", "algorithm"),
     };
+    let present = matches!(fact, StateFact::Encryption);
     let Some(key) = state::short_key(storage, kind, state_key)? else {
         return Ok(None);
     };
     let Some(short) = state::lookup(storage, snapshot, key)? else {
         return Ok(None);
     };
-    storage
-        .caches()
-        .fact(short, || Ok(pdu(storage.engine(), short)?.and_then(|pdu| pdu.content_str(field))))
+    storage.caches().fact(short, || {
+        Ok(pdu(storage.engine(), short)?.and_then(|pdu| match pdu.content_str(field) {
+            None if present => Some(String::new()),
+            value => value,
+        }))
+    })
 }
 
 /// The last create-event timestamp handed out, in milliseconds.

@@ -111,6 +111,8 @@ catalogue! {
         "(parent short event id, relation type, child position) -> child short event id";
     THREADS = "threads", Scan, 1,
         "(short room id, latest position) -> thread root short event id";
+    ROOM_ACTIVITY = "room_activity", Point, 1,
+        "short room id -> positions of the room's newest event and of its newest bump-type event";
     SEARCH_INDEX = "search_index", Scan, 2,
         "(short room id, word, position) -> short event id";
     EVENT_TIMES = "event_times", Scan, 1,

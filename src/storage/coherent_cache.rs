@@ -20,7 +20,10 @@ use std::{
 
 use dashmap::DashMap;
 
-use super::{push::ThreadCounts, rooms::MembershipRecord};
+use super::{
+    push::ThreadCounts,
+    rooms::{MembershipRecord, RoomActivity},
+};
 use crate::Result;
 
 struct Slot<V> {
@@ -140,6 +143,9 @@ pub struct CoherentCaches {
     pub to_device_queued: CoherentCache<(ruma::OwnedUserId, ruma::OwnedDeviceId), bool>,
     /// The users each user ignores: each /sync reads them.
     pub ignored_users: CoherentCache<ruma::OwnedUserId, std::collections::HashSet<String>>,
+    /// Each room's newest event and bump positions, by short room id: sliding sync orders a
+    /// user's rooms by them on every computation.
+    pub room_activity: CoherentCache<u64, RoomActivity>,
 }
 
 /// One-time key counts by algorithm, and the algorithms with an unused fallback key.
@@ -164,6 +170,7 @@ impl CoherentCaches {
             key_supply: CoherentCache::new(limit),
             to_device_queued: CoherentCache::new(limit),
             ignored_users: CoherentCache::new(limit),
+            room_activity: CoherentCache::new(limit),
         }
     }
 }

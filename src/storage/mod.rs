@@ -174,6 +174,7 @@ impl Storage {
                 coherent.to_device_queued.len(),
             ),
             counted("ignored_users", "ignore lists (users)", coherent.ignored_users.len()),
+            counted("room_activity", "room activity (rooms)", coherent.room_activity.len()),
             counted(
                 "recent_timeline",
                 "recent timeline (rooms)",

@@ -10,9 +10,9 @@ use serde_json::Value as JsonValue;
 
 use super::{
     catalogue::{
-        ALIASES, EVENT_META, EVENT_TIMES, PDUS, PUBLISHED_ROOMS, RELATIONS, REPORTS, ROOM_ALIASES,
-        ROOM_HEADS, ROOM_MEMBERS, ROOMS, SEARCH_INDEX, STATE_SNAPSHOTS, THREADS, TIMELINE,
-        TRANSACTIONS, UNREDACTED, USER_ROOMS,
+        ALIASES, EVENT_META, EVENT_TIMES, PDUS, PUBLISHED_ROOMS, RELATIONS, REPORTS, ROOM_ACTIVITY,
+        ROOM_ALIASES, ROOM_HEADS, ROOM_MEMBERS, ROOMS, SEARCH_INDEX, STATE_SNAPSHOTS, THREADS,
+        TIMELINE, TRANSACTIONS, UNREDACTED, USER_ROOMS,
     },
     codec::{CodecError, Json, Value},
     table::Table,
@@ -149,6 +149,31 @@ impl Snapshot {
     pub const ABSENT: u64 = 0;
 }
 
+/// Where a room's activity stands: the stream positions of its newest timeline event and of
+/// its newest event of a type that moves it up a client's room list (0 for none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomActivity {
+    pub last: u64,
+    pub bump: u64,
+}
+
+impl Value for RoomActivity {
+    fn encode_value(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        out.extend_from_slice(&self.last.to_be_bytes());
+        out.extend_from_slice(&self.bump.to_be_bytes());
+        out
+    }
+
+    fn decode_value(bytes: &[u8]) -> Result<Self, CodecError> {
+        let (last, bump) = bytes
+            .split_first_chunk::<8>()
+            .and_then(|(last, rest)| Some((last, <&[u8; 8]>::try_from(rest).ok()?)))
+            .ok_or(CodecError("room activity of wrong length"))?;
+        Ok(Self { last: u64::from_be_bytes(*last), bump: u64::from_be_bytes(*bump) })
+    }
+}
+
 impl Value for Snapshot {
     fn encode_value(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + self.entries.len() * 16);
@@ -197,6 +222,7 @@ pub const ROOM_ALIASES_TABLE: Table<(String, String), ()> = Table::new(ROOM_ALIA
 pub const PUBLISHED_ROOMS_TABLE: Table<String, ()> = Table::new(PUBLISHED_ROOMS);
 pub const RELATIONS_TABLE: Table<(u64, String, u64), u64> = Table::new(RELATIONS);
 pub const THREADS_TABLE: Table<(u64, u64), u64> = Table::new(THREADS);
+pub const ROOM_ACTIVITY_TABLE: Table<u64, RoomActivity> = Table::new(ROOM_ACTIVITY);
 pub const SEARCH_TABLE: Table<(u64, String, u64), u64> = Table::new(SEARCH_INDEX);
 pub const EVENT_TIMES_TABLE: Table<(u64, u64, u64), u64> = Table::new(EVENT_TIMES);
 pub const REPORTS_TABLE: Table<(u64, String), Json<ReportRecord>> = Table::new(REPORTS);

@@ -395,3 +395,162 @@ async fn subscriptions_show_rooms_outside_the_window_and_ignore_strangers_rooms(
         "{response}"
     );
 }
+
+/// The stream position of an event.
+fn position_of(server: &TestServer, event_id: &str) -> u64 {
+    let storage = &server.server().services().storage;
+    let event_id = ruma::EventId::parse(event_id).expect("event id");
+    let short = tuwunel::rooms::event_short(storage, &event_id).expect("read").expect("known");
+    tuwunel::rooms::event_meta(storage.engine(), short).expect("read").expect("meta").position
+}
+
+fn room_short(server: &TestServer, room: &str) -> u64 {
+    let storage = &server.server().services().storage;
+    let room = ruma::RoomId::parse(room).expect("room id");
+    tuwunel::rooms::room(storage, &room).expect("read").expect("known").short
+}
+
+fn activity_of(server: &TestServer, room: u64) -> (u64, u64) {
+    let storage = &server.server().services().storage;
+    let activity = tuwunel::rooms::activity::current(storage, room).expect("read");
+    (activity.last, activity.bump)
+}
+
+fn stored_activity(server: &TestServer, room: u64) -> Option<(u64, u64)> {
+    let storage = &server.server().services().storage;
+    tuwunel::storage::rooms::ROOM_ACTIVITY_TABLE
+        .get(storage.engine(), &room)
+        .expect("read")
+        .map(|activity| (activity.last, activity.bump))
+}
+
+async fn send(
+    server: &TestServer,
+    user: &User,
+    room: &str,
+    kind: &str,
+    txn: &str,
+    content: Value,
+) -> String {
+    let path = format!("/_matrix/client/v3/rooms/{room}/send/{kind}/{txn}");
+    let (status, body) = server.put_as(user, &path, content).await;
+    assert_eq!(status, 200, "{body}");
+    body["event_id"].as_str().expect("event id").to_owned()
+}
+
+#[tokio::test]
+async fn the_activity_index_moves_last_with_every_event_and_bump_with_messages() {
+    let mut server = TestServer::with_options(QUICK).await;
+    server.register("admin", "pw").await;
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let short = room_short(&server, &room);
+    let message = send_text(&server, &alice, &room, "m1", "hello").await;
+    let message_at = position_of(&server, &message);
+    assert_eq!(activity_of(&server, short), (message_at, message_at));
+    assert_eq!(stored_activity(&server, short), Some((message_at, message_at)));
+
+    // A reaction and a member change move `last` but not `bump`.
+    let reaction = send(
+        &server,
+        &alice,
+        &room,
+        "m.reaction",
+        "r1",
+        json!({
+            "m.relates_to": { "rel_type": "m.annotation", "event_id": message, "key": "👍" }
+        }),
+    )
+    .await;
+    assert_eq!(activity_of(&server, short), (position_of(&server, &reaction), message_at));
+    let (status, body) = server
+        .put_as(
+            &alice,
+            &format!("/_matrix/client/v3/profile/{}/displayname", alice.id()),
+            json!({"displayname": "Al"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (last, bump) = activity_of(&server, short);
+    assert!(last > position_of(&server, &reaction), "the member event is newer");
+    assert_eq!(bump, message_at);
+    // The list reports the bump, not the member event.
+    let body = ok(&server, &alice, "", all_rooms(9)).await;
+    assert_eq!(body["rooms"][&room]["bump_stamp"], message_at, "{body}");
+
+    // The unstable poll type Element sends bumps.
+    let poll = send(&server, &alice, &room, "org.matrix.msc3381.poll.start", "p1", json!({})).await;
+    let poll_at = position_of(&server, &poll);
+    assert_eq!(activity_of(&server, short), (poll_at, poll_at));
+
+    // A room without a row (a database from before the index) is read from its timeline,
+    // and the read writes nothing; its next commit writes the row.
+    let reaction = send(
+        &server,
+        &alice,
+        &room,
+        "m.reaction",
+        "r2",
+        json!({
+            "m.relates_to": { "rel_type": "m.annotation", "event_id": poll, "key": "👍" }
+        }),
+    )
+    .await;
+    let expected = (position_of(&server, &reaction), poll_at);
+    let mut batch = tuwunel::storage::Batch::new();
+    tuwunel::storage::rooms::ROOM_ACTIVITY_TABLE.delete(&mut batch, &short);
+    server.server().services().storage.writer().commit(batch).await.expect("commit");
+    server.restart().await;
+    assert_eq!(stored_activity(&server, short), None);
+    assert_eq!(activity_of(&server, short), expected);
+    assert_eq!(stored_activity(&server, short), None);
+    let body = ok(&server, &alice, "", all_rooms(9)).await;
+    assert_eq!(body["rooms"][&room]["bump_stamp"], poll_at, "{body}");
+    let reaction = send(
+        &server,
+        &alice,
+        &room,
+        "m.reaction",
+        "r3",
+        json!({
+            "m.relates_to": { "rel_type": "m.annotation", "event_id": message, "key": "🎉" }
+        }),
+    )
+    .await;
+    let after = (position_of(&server, &reaction), poll_at);
+    assert_eq!(stored_activity(&server, short), Some(after));
+    assert_eq!(activity_of(&server, short), after);
+}
+
+#[tokio::test]
+async fn the_fact_cache_answers_the_create_type_and_encryption() {
+    use tuwunel::rooms::{StateFact, state_fact};
+    let server = TestServer::with_options(QUICK).await;
+    let alice = server.register("alice", "pw").await;
+    let plain = create_room(&server, &alice, json!({})).await;
+    let space = create_room(
+        &server,
+        &alice,
+        json!({
+            "creation_content": { "type": "m.space" },
+            "initial_state": [{
+                "type": "m.room.encryption", "state_key": "",
+                "content": { "algorithm": "m.megolm.v1.aes-sha2" }
+            }]
+        }),
+    )
+    .await;
+    let storage = &server.server().services().storage;
+    let fact = |room: &str, fact| {
+        let heads = tuwunel::rooms::heads(storage.engine(), room_short(&server, room))
+            .expect("read")
+            .expect("heads");
+        state_fact(storage, heads.snapshot, fact).expect("read")
+    };
+    for _ in 0..2 {
+        assert_eq!(fact(&plain, StateFact::CreateType), None);
+        assert_eq!(fact(&plain, StateFact::Encryption), None);
+        assert_eq!(fact(&space, StateFact::CreateType).as_deref(), Some("m.space"));
+        assert_eq!(fact(&space, StateFact::Encryption).as_deref(), Some("m.megolm.v1.aes-sha2"));
+    }
+}

@@ -124,6 +124,7 @@ impl RoomActor {
             cache: HashMap::new(),
             display_names: std::sync::Mutex::default(),
             joined: std::sync::Mutex::default(),
+            bump: 0.into(),
         };
         let mut prepared = Vec::with_capacity(then.len() + 1);
         let mut pending: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
@@ -423,11 +424,18 @@ impl RoomActor {
             .filter_map(|prepared| prepared.relation.as_ref())
             .map(|(parent, _)| *parent)
             .collect();
+        let (activity, activity_writing) = rooms::activity::begin(
+            &self.storage,
+            room_short,
+            prepared.iter().map(|prepared| &prepared.pdu.kind),
+            room.bump.load(std::sync::atomic::Ordering::Relaxed),
+        );
         let positions = self
             .storage
             .writer()
             .commit_with_positions(count, batch, move |batch, positions| {
                 let assigned: Vec<u64> = positions.clone().collect();
+                activity.write(batch, &positions);
                 for (prepared, position) in prepared.into_iter().zip(positions.clone()) {
                     let has_children = parents.contains(&prepared.short);
                     if federated {
@@ -451,6 +459,8 @@ impl RoomActor {
                 }
             })
             .await?;
+        let activity = activity_writing.committed(&positions);
+        room.bump.store(activity.bump, std::sync::atomic::Ordering::Relaxed);
         let stamp = positions.end.saturating_sub(1);
         counts_writing.committed(|(user, _), before| match changed_by_user.get(user) {
             Some(changed) => push_counts::with_written(before, changed, stamp),

@@ -147,6 +147,10 @@ struct Loaded {
     /// The joined members as of the last commit, read on first need; a commit that changes a
     /// membership drops it (this actor is the only writer of the room's members).
     joined: std::sync::Mutex<Option<Arc<Vec<OwnedUserId>>>>,
+    /// The position of the room's newest bumping event (`rooms::activity`), so a commit
+    /// without one writes the room's activity without reading it. (Atomic for the same
+    /// reason as the locks above.)
+    bump: std::sync::atomic::AtomicU64,
 }
 
 /// A panic contained while handling a message: the request fails as an internal error.
@@ -314,6 +318,7 @@ impl RoomActor {
             cache: HashMap::new(),
             display_names: std::sync::Mutex::default(),
             joined: std::sync::Mutex::default(),
+            bump: rooms::activity::current(&self.storage, record.short)?.bump.into(),
         }))
     }
 

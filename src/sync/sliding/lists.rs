@@ -5,20 +5,17 @@
 //! from, rooms they were banned from after being in them, and (once, to carry the leave) a
 //! room they left themselves since the connection's last response if it had been sent. It is
 //! ordered by activity, newest first: a joined room by its newest event, any other by the
-//! membership event. Ties go by room id, so responses are stable.
+//! membership event, read from the room activity index (`rooms::activity`). Ties go by room
+//! id, so responses are stable.
 
-use std::ops::{ControlFlow, RangeInclusive};
+use std::ops::RangeInclusive;
 
 use ruma::{OwnedRoomId, UserId, events::room::member::MembershipState};
 
 use super::state::ConnState;
 use crate::{
     Result, rooms,
-    storage::{
-        Direction, Storage,
-        codec::Prefix,
-        rooms::{MembershipRecord, TIMELINE_TABLE},
-    },
+    storage::{Storage, rooms::MembershipRecord},
 };
 
 /// A room of the list.
@@ -30,74 +27,21 @@ pub struct Entry {
     pub membership_position: u64,
     /// What the list is ordered by.
     pub activity: u64,
+    /// The position of the room's newest bumping event at the response's bound (joined
+    /// rooms; 0 otherwise).
+    pub bump: u64,
 }
 
-/// The event types whose arrival moves a room's `bump_stamp`: what a person would call new
-/// in a room (Synapse's set, plus the unstable poll and location types Element sends).
-pub const BUMP_TYPES: &[&str] = &[
-    "m.room.create",
-    "m.room.message",
-    "m.room.encrypted",
-    "m.sticker",
-    "m.call.invite",
-    "m.poll.start",
-    "m.beacon_info",
-    "org.matrix.msc3381.poll.start",
-    "org.matrix.msc3672.beacon_info",
-];
-
-/// How many of a room's newest events are looked at for its `bump_stamp`.
-const BUMP_SCAN: usize = 100;
-
-/// A room's `bump_stamp` at `upto`: for a joined room the position of its newest event of a
-/// [`BUMP_TYPES`] type among the last [`BUMP_SCAN`] (else the join), for any other room its
-/// membership event. Only rooms a response sends pay for it.
-pub fn bump_stamp(storage: &Storage, entry: &Entry, upto: u64) -> Result<u64> {
-    if entry.membership != MembershipState::Join {
-        return Ok(entry.membership_position);
-    }
-    let Some(known) = rooms::room(storage, &entry.room)? else {
-        return Ok(entry.membership_position);
-    };
-    let mut newest = Vec::with_capacity(BUMP_SCAN);
-    TIMELINE_TABLE.scan(
-        storage.engine(),
-        &Prefix::of(&known.short),
-        Some(&(known.short, upto)),
-        Direction::Reverse,
-        |(_, position), short| {
-            newest.push((position, short));
-            if newest.len() == BUMP_SCAN {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        },
-    )?;
-    for (position, short) in newest {
-        if let Some(pdu) = rooms::shared_pdu(storage, short)?
-            && BUMP_TYPES.contains(&pdu.kind.to_string().as_str())
-        {
-            return Ok(position);
+impl Entry {
+    /// The room's `bump_stamp`: for a joined room the position of its newest bumping event
+    /// (`rooms::activity`; the join for a room without one), for any other room its
+    /// membership event.
+    pub fn bump_stamp(&self) -> u64 {
+        match self.membership {
+            MembershipState::Join if self.bump > 0 => self.bump,
+            _ => self.membership_position,
         }
     }
-    Ok(entry.membership_position)
-}
-
-/// The position of a room's newest event at or before `upto` (0 for none).
-pub fn last_activity(storage: &Storage, room: u64, upto: u64) -> Result<u64> {
-    let mut last = 0;
-    TIMELINE_TABLE.scan_keys(
-        storage.engine(),
-        &Prefix::of(&room),
-        Some(&(room, upto)),
-        Direction::Reverse,
-        |(_, position)| {
-            last = position;
-            ControlFlow::Break(())
-        },
-    )?;
-    Ok(last)
 }
 
 /// Whether the user's own membership record puts the room in their list.
@@ -167,18 +111,22 @@ pub fn server_list(
         if record.position > upto || !listed(storage, user, room, record, state, ignored)? {
             continue;
         }
-        let activity = match record.membership {
+        let (activity, bump) = match record.membership {
             MembershipState::Join => match rooms::room(storage, room)? {
-                Some(known) => last_activity(storage, known.short, upto)?.max(record.position),
+                Some(known) => {
+                    let activity = rooms::activity::at(storage, known.short, upto)?;
+                    (activity.last.max(record.position), activity.bump)
+                }
                 None => continue,
             },
-            _ => record.position,
+            _ => (record.position, 0),
         };
         entries.push(Entry {
             room: room.clone(),
             membership: record.membership.clone(),
             membership_position: record.position,
             activity,
+            bump,
         });
     }
     entries.sort_by(|a, b| b.activity.cmp(&a.activity).then_with(|| a.room.cmp(&b.room)));

@@ -85,7 +85,7 @@ pub fn compute(
         if !send {
             continue;
         }
-        let bump_stamp = lists::bump_stamp(storage, entry, upto)?;
+        let bump_stamp = entry.bump_stamp();
         let mut result = v5::response::Room::default();
         if sent.is_none() {
             result.initial = Some(true);
