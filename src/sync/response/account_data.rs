@@ -6,7 +6,7 @@ use ruma::api::client::sync::sync_events::v3::Response;
 use serde_json::{Value as JsonValue, json};
 
 use super::{
-    SyncContext,
+    SyncContext, SyncView,
     render::{allows_kind, raw},
 };
 use crate::{
@@ -20,11 +20,11 @@ use crate::{
 };
 
 /// The latest account data of the user in `room` (`""`: global) as events.
-pub(super) fn all(ctx: &SyncContext<'_>, room: &str) -> Result<Vec<JsonValue>> {
+pub(crate) fn all(view: &SyncView<'_>, room: &str) -> Result<Vec<JsonValue>> {
     Ok(ACCOUNT_DATA_TABLE
         .collect(
-            ctx.storage().engine(),
-            &Prefix::of2(ctx.user, room),
+            view.storage().engine(),
+            &Prefix::of2(view.user, room),
             Direction::Forward,
             usize::MAX,
         )?
@@ -33,9 +33,9 @@ pub(super) fn all(ctx: &SyncContext<'_>, room: &str) -> Result<Vec<JsonValue>> {
         .collect())
 }
 
-/// Account data that changed in `(since, upto]`, by room (`""`: global).
-pub(super) fn changed(ctx: &SyncContext<'_>) -> Result<HashMap<String, Vec<JsonValue>>> {
-    let (storage, user, since, upto) = (ctx.storage(), ctx.user, ctx.since, ctx.upto);
+/// Account data that changed in the view's `(since, upto]`, by room (`""`: global).
+pub(crate) fn changed(view: &SyncView<'_>) -> Result<HashMap<String, Vec<JsonValue>>> {
+    let (storage, user, since, upto) = (view.storage(), view.user, view.since, view.upto);
     let mut changed: HashMap<String, Vec<JsonValue>> = HashMap::new();
     if !storage.writer().written_since(ACCOUNT_DATA_STREAM_TABLE.id(), since) {
         return Ok(changed);

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, ops::ControlFlow};
 use ruma::RoomId;
 use serde_json::{Value as JsonValue, json};
 
-use super::SyncContext;
+use super::{SyncContext, SyncView};
 use crate::{
     Result,
     storage::{
@@ -24,23 +24,39 @@ pub(super) fn events(
 ) -> Result<Vec<JsonValue>> {
     let mut ephemeral = Vec::new();
     let since_typing = ctx.params.since.map_or(0, |token| token.typing);
-    if let Some((typing_users, version)) = ctx.reader.typing.get(room_id) {
-        let restarted = since_typing > ctx.typing_now;
-        if full || restarted || version > since_typing {
-            ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": typing_users } }));
-        }
+    if let Some(typing) = typing(ctx, room_id, since_typing, full) {
+        ephemeral.push(typing);
     }
-    if let Some(receipts) = receipts(ctx, room)? {
+    if let Some(receipts) = receipts(ctx, room, ctx.since, ctx.upto)? {
         ephemeral.push(receipts);
     }
     Ok(ephemeral)
 }
 
-/// `m.receipt` with the receipts that changed in `(since, upto]`; private receipts only for
+/// `m.typing` of a room when it changed since the typing counter `since_typing` (or
+/// `full`, or the counter is from before a restart).
+pub(crate) fn typing(
+    view: &SyncView<'_>,
+    room_id: &RoomId,
+    since_typing: u64,
+    full: bool,
+) -> Option<JsonValue> {
+    let (typing_users, version) = view.reader.typing.get(room_id)?;
+    let restarted = since_typing > view.typing_now;
+    (full || restarted || version > since_typing)
+        .then(|| json!({ "type": "m.typing", "content": { "user_ids": typing_users } }))
+}
+
+/// `m.receipt` with the receipts that changed in `(lower, upto]`; private receipts only for
 /// their owner.
-fn receipts(ctx: &SyncContext<'_>, room: u64) -> Result<Option<JsonValue>> {
-    let (engine, lower, upto) = (ctx.storage().engine(), ctx.since, ctx.upto);
-    if !ctx.storage().writer().written_since(RECEIPT_STREAM_TABLE.id(), lower) {
+pub(crate) fn receipts(
+    view: &SyncView<'_>,
+    room: u64,
+    lower: u64,
+    upto: u64,
+) -> Result<Option<JsonValue>> {
+    let engine = view.storage().engine();
+    if !view.storage().writer().written_since(RECEIPT_STREAM_TABLE.id(), lower) {
         return Ok(None);
     }
     let mut entries = Vec::new();
@@ -60,7 +76,7 @@ fn receipts(ctx: &SyncContext<'_>, room: u64) -> Result<Option<JsonValue>> {
     let mut content: BTreeMap<String, BTreeMap<String, BTreeMap<String, JsonValue>>> =
         BTreeMap::new();
     for (reader, kind, thread) in entries {
-        if kind == "m.read.private" && reader != ctx.user.as_str() {
+        if kind == "m.read.private" && reader != view.user.as_str() {
             continue;
         }
         let Some(Json(receipt)) = RECEIPTS_TABLE

@@ -6,16 +6,16 @@ use ruma::{
     serde::Raw,
 };
 
-use super::{SyncContext, render::raw};
+use super::{SyncContext, SyncView, render::raw};
 use crate::{Result, rooms, storage::rooms::MembershipRecord};
 
 /// Whether an invite came from someone the user ignores (such invites are not shown).
-pub(super) fn invited_by_ignored(ctx: &SyncContext<'_>, record: &MembershipRecord) -> Result<bool> {
-    if ctx.ignored.is_empty() {
+pub(crate) fn invited_by_ignored(view: &SyncView<'_>, record: &MembershipRecord) -> Result<bool> {
+    if view.ignored.is_empty() {
         return Ok(false);
     }
-    Ok(rooms::pdu_by_id(ctx.storage(), &record.event_id)?
-        .is_some_and(|(_, pdu)| ctx.ignored.contains(pdu.sender.as_str())))
+    Ok(rooms::pdu_by_id(view.storage(), &record.event_id)?
+        .is_some_and(|(_, pdu)| view.ignored.contains(pdu.sender.as_str())))
 }
 
 pub(super) fn invited(ctx: &SyncContext<'_>, record: &MembershipRecord) -> Result<InvitedRoom> {
@@ -33,12 +33,12 @@ pub(super) fn knocked(ctx: &SyncContext<'_>, record: &MembershipRecord) -> Resul
 }
 
 /// The stripped state kept with the membership, then the membership event itself.
-fn stripped_with_event(
-    ctx: &SyncContext<'_>,
+pub(crate) fn stripped_with_event(
+    view: &SyncView<'_>,
     record: &MembershipRecord,
 ) -> Result<Vec<Raw<AnyStrippedStateEvent>>> {
     let mut events = record.stripped_state.iter().map(raw).collect::<Result<Vec<_>>>()?;
-    if let Some((_, pdu)) = rooms::pdu_by_id(ctx.storage(), &record.event_id)? {
+    if let Some((_, pdu)) = rooms::pdu_by_id(view.storage(), &record.event_id)? {
         events.push(raw(&pdu.stripped_json())?);
     }
     Ok(events)

@@ -1,7 +1,10 @@
 //! A joined room's section: timeline, state, ephemeral events, account data, summary and
 //! unread counts.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
 
 use ruma::events::room::member::MembershipState;
 use ruma::{
@@ -15,10 +18,10 @@ use ruma::{
 use serde_json::Value as JsonValue;
 
 use super::{
-    SyncContext, account_data, ephemeral,
+    SyncContext, SyncView, account_data, ephemeral,
     render::{allowed_types, lazy, raw, sync_event},
     summary::summary,
-    timeline::{TimelinePart, snapshot_at, timeline_part},
+    timeline::{TimelinePart, limit, snapshot_at, timeline_part},
 };
 use crate::{
     Result,
@@ -51,10 +54,16 @@ pub(super) fn joined_room(
         ctx.storage(),
         ctx.user,
         Some(MembershipState::Join),
-        std::sync::Arc::clone(&ctx.ignored),
+        Arc::clone(&ctx.ignored),
     );
-    let part =
-        timeline_part(ctx, record.short, ctx.since, ctx.upto, &room_filter.timeline, &mut viewer)?;
+    let part = timeline_part(
+        ctx,
+        record.short,
+        (ctx.since, ctx.upto),
+        limit(params.filter),
+        &room_filter.timeline,
+        &mut viewer,
+    )?;
     if !ctx.initial
         && let Some(changes) = &part.membership_changes
     {
@@ -95,9 +104,8 @@ pub(super) fn joined_room(
     );
 
     // Unread notification counts; a change on its own is news too.
-    let counts = push_counts::cached_room_counts(ctx.storage(), ctx.user, record.short)?;
-    let counts_changed = !ctx.initial
-        && counts.values().any(|counts| counts.position > ctx.since && counts.position <= ctx.upto);
+    let (counts, changed) = counts(ctx, record.short)?;
+    let counts_changed = !ctx.initial && changed;
 
     if !full
         && timeline_events.is_empty()
@@ -210,6 +218,15 @@ fn state_section(
         }
     }
     Ok(state_events)
+}
+
+/// The user's unread counts in a room by thread, and whether any changed in the view's
+/// range (a change on its own is news).
+pub(crate) fn counts(view: &SyncView<'_>, room: u64) -> Result<(Arc<ThreadCounts>, bool)> {
+    let counts = push_counts::cached_room_counts(view.storage(), view.user, room)?;
+    let changed =
+        counts.values().any(|counts| counts.position > view.since && counts.position <= view.upto);
+    Ok((counts, changed))
 }
 
 /// The room's unread notification counts, per thread when the filter asks for that.

@@ -8,7 +8,7 @@ use ruma::{
 use super::{
     SyncContext,
     render::{raw, sync_event},
-    timeline::timeline_part,
+    timeline::{limit, timeline_part},
 };
 use crate::{
     Result,
@@ -30,8 +30,8 @@ pub(super) fn left_room(
     let part = timeline_part(
         ctx,
         room.short,
-        ctx.since,
-        record.position,
+        (ctx.since, record.position),
+        limit(ctx.params.filter),
         &ctx.params.filter.room.timeline,
         &mut viewer,
     )?;

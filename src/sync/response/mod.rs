@@ -5,20 +5,23 @@
 //! sync, so nothing is sent twice and nothing is skipped.
 //!
 //! A response reads through a [`SyncReader`] (what the server holds, handed in by the
-//! front door) and one [`SyncContext`] (what this response is about). [`compute`] walks the
-//! user's memberships and fills the response section by section, one module each.
+//! front door) and one [`SyncView`] (who it is for and the range it covers); a /sync
+//! response adds its parameters ([`SyncContext`]). [`compute`] walks the user's memberships
+//! and fills the response section by section, one module each. The sections take the view
+//! and explicit bounds and limits, so sliding sync (`sync::sliding`) reads through the same
+//! functions.
 
-mod account_data;
-mod e2ee;
-mod ephemeral;
-mod invites;
-mod joined;
+pub(crate) mod account_data;
+pub(crate) mod e2ee;
+pub(crate) mod ephemeral;
+pub(crate) mod invites;
+pub(crate) mod joined;
 mod left;
 mod presence;
-mod render;
-mod summary;
-mod timeline;
-mod to_device;
+pub(crate) mod render;
+pub(crate) mod summary;
+pub(crate) mod timeline;
+pub(crate) mod to_device;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -63,25 +66,62 @@ pub struct Computed {
     pub has_news: bool,
 }
 
-/// One response being computed: who for, and the range of the streams it covers.
-struct SyncContext<'a> {
-    reader: &'a SyncReader<'a>,
-    params: &'a SyncParams<'a>,
-    user: &'a UserId,
-    device: &'a DeviceId,
-    /// The token's position (0 for an initial sync): the response covers `(since, upto]`.
-    since: u64,
-    upto: u64,
-    initial: bool,
+/// One response's view of the streams, whatever API asks (`/sync`, sliding sync): who it is
+/// for, and the range `(since, upto]` it covers. The section readers take it, and the
+/// request's own parameters (filters, limits, tokens) come to them as arguments.
+pub struct SyncView<'a> {
+    pub reader: &'a SyncReader<'a>,
+    /// The syncing device: its own events carry their `transaction_id`.
+    pub sender: &'a Sender,
+    pub user: &'a UserId,
+    pub device: &'a DeviceId,
+    /// The lower bound (0 for an initial response).
+    pub since: u64,
+    pub upto: u64,
     /// The typing counter when the response started.
-    typing_now: u64,
+    pub typing_now: u64,
     /// Users the syncing user ignores.
-    ignored: Arc<HashSet<String>>,
+    pub ignored: Arc<HashSet<String>>,
 }
 
-impl SyncContext<'_> {
-    fn storage(&self) -> &Storage {
+impl<'a> SyncView<'a> {
+    /// The view of `sender`'s response covering `(since, upto]`.
+    pub fn new(
+        reader: &'a SyncReader<'a>,
+        sender: &'a Sender,
+        since: u64,
+        upto: u64,
+    ) -> Result<Self> {
+        let user = &sender.user_id;
+        Ok(Self {
+            reader,
+            sender,
+            user,
+            device: &sender.device_id,
+            since,
+            upto,
+            typing_now: reader.typing.counter(),
+            ignored: rooms::timeline::ignored_users(reader.storage, user)?,
+        })
+    }
+
+    pub fn storage(&self) -> &'a Storage {
         self.reader.storage
+    }
+}
+
+/// One /sync response being computed: the view, and what the client asked for.
+struct SyncContext<'a> {
+    view: SyncView<'a>,
+    params: &'a SyncParams<'a>,
+    initial: bool,
+}
+
+impl<'a> std::ops::Deref for SyncContext<'a> {
+    type Target = SyncView<'a>;
+
+    fn deref(&self) -> &SyncView<'a> {
+        &self.view
     }
 }
 
@@ -92,15 +132,9 @@ pub fn compute(reader: &SyncReader<'_>, params: &SyncParams<'_>) -> Result<Compu
     // Not past the user's own unanswered sends (see `SyncHub::hold`).
     let upto = reader.hub.visible_to(user, reader.storage.writer().committed_position()).max(since);
     let ctx = SyncContext {
-        reader,
+        view: SyncView::new(reader, params.sender, since, upto)?,
         params,
-        user,
-        device: &params.sender.device_id,
-        since,
-        upto,
         initial: params.since.is_none(),
-        typing_now: reader.typing.counter(),
-        ignored: rooms::timeline::ignored_users(reader.storage, user)?,
     };
     let mut next = SyncToken { position: upto, typing: ctx.typing_now, to_device: None };
     let mut response = Response::new(String::new());
@@ -155,8 +189,15 @@ pub fn compute(reader: &SyncReader<'_>, params: &SyncParams<'_>) -> Result<Compu
 
     has_news |= account_data::global(&ctx, &account_changes, &mut response)?;
 
-    to_device::page(&ctx, &mut response, &mut next)?;
-    has_news |= !response.to_device.events.is_empty();
+    let delivered_through = params.since.map_or(0, |token| token.to_device_position());
+    let page = to_device::page(&ctx, delivered_through, to_device::LIMIT)?;
+    if page.more {
+        // The rest waits for the next sync: the token says how far delivery got, so it is
+        // neither skipped nor acknowledged unseen.
+        next.to_device = page.last_delivered;
+    }
+    has_news |= !page.events.is_empty();
+    response.to_device.events = page.events;
 
     presence::presence(&ctx, &joined_rooms, &mut response)?;
     has_news |= !response.presence.events.is_empty();

@@ -8,22 +8,22 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
-use super::SyncContext;
+use super::SyncView;
 use crate::{
     Result,
     rooms::{Pdu, filter, timeline},
     storage::rooms::EventMeta,
 };
 
-pub(super) fn raw<T>(value: &JsonValue) -> Result<Raw<T>> {
+pub(crate) fn raw<T>(value: &JsonValue) -> Result<Raw<T>> {
     Ok(Raw::from_json(serde_json::value::to_raw_value(value)?))
 }
 
 /// An event in the sync format: the client format without `room_id`.
-pub(super) fn sync_event(ctx: &SyncContext<'_>, pdu: &Pdu, meta: &EventMeta) -> Result<JsonValue> {
-    let sender = ctx.params.sender;
+pub(crate) fn sync_event(view: &SyncView<'_>, pdu: &Pdu, meta: &EventMeta) -> Result<JsonValue> {
+    let sender = view.sender;
     let mut rendered = timeline::render(
-        ctx.storage(),
+        view.storage(),
         pdu,
         meta,
         Some((&sender.user_id, Some(sender.device_id.as_str()))),

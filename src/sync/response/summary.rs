@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use ruma::events::room::member::MembershipState;
 use ruma::{UInt, UserId, api::client::sync::sync_events::v3::RoomSummary};
 
-use super::SyncContext;
+use super::SyncView;
 use crate::{
     Result,
     storage::{
@@ -19,12 +19,12 @@ use crate::{
 const HEROES: usize = 5;
 
 /// Member counts and up to five heroes (other members, for rooms without a name).
-pub(super) fn summary(ctx: &SyncContext<'_>, room: u64) -> Result<RoomSummary> {
+pub(crate) fn summary(view: &SyncView<'_>, room: u64) -> Result<RoomSummary> {
     let mut joined = 0u64;
     let mut invited = 0u64;
     let mut heroes = Vec::new();
     ROOM_MEMBERS_TABLE.scan(
-        ctx.storage().engine(),
+        view.storage().engine(),
         &Prefix::of(&room),
         None,
         Direction::Forward,
@@ -35,7 +35,7 @@ pub(super) fn summary(ctx: &SyncContext<'_>, room: u64) -> Result<RoomSummary> {
                 _ => return ControlFlow::Continue(()),
             }
             if heroes.len() < HEROES
-                && member != ctx.user.as_str()
+                && member != view.user.as_str()
                 && let Ok(member) = UserId::parse(member)
             {
                 heroes.push(member);

@@ -7,7 +7,7 @@ use ruma::{
     events::TimelineEventType,
 };
 
-use super::SyncContext;
+use super::SyncView;
 use crate::{
     Result,
     rooms::{self, Pdu, filter, state, timeline::Viewer},
@@ -20,8 +20,8 @@ use crate::{
 
 /// Default number of timeline events per room.
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
-/// Most timeline events per room whatever the filter asks.
-const MAX_TIMELINE_LIMIT: usize = 100;
+/// Most timeline events per room whatever the client asks.
+pub(crate) const MAX_TIMELINE_LIMIT: usize = 100;
 
 /// The timeline events per room the filter asks for, within our bounds.
 pub(super) fn limit(filter: &FilterDefinition) -> usize {
@@ -35,10 +35,10 @@ pub(super) fn limit(filter: &FilterDefinition) -> usize {
 }
 
 /// The state after the last event at or before `position` in a room.
-pub(super) fn snapshot_at(ctx: &SyncContext<'_>, room: u64, position: u64) -> Result<u64> {
+pub(crate) fn snapshot_at(view: &SyncView<'_>, room: u64, position: u64) -> Result<u64> {
     let mut found = None;
     TIMELINE_TABLE.scan(
-        ctx.storage().engine(),
+        view.storage().engine(),
         &Prefix::of(&room),
         Some(&(room, position)),
         Direction::Reverse,
@@ -48,31 +48,31 @@ pub(super) fn snapshot_at(ctx: &SyncContext<'_>, room: u64, position: u64) -> Re
         },
     )?;
     match found {
-        Some(short) => Ok(rooms::event_meta(ctx.storage().engine(), short)?
+        Some(short) => Ok(rooms::event_meta(view.storage().engine(), short)?
             .map_or(state::EMPTY, |meta| meta.state_after)),
         None => Ok(state::EMPTY),
     }
 }
 
 /// Timeline events of a room in `(lower, upto]` visible to the viewer, newest `limit`.
-pub(super) struct TimelinePart {
-    pub(super) events: Vec<(Arc<Pdu>, EventMeta)>,
-    pub(super) limited: bool,
+pub(crate) struct TimelinePart {
+    pub(crate) events: Vec<(Arc<Pdu>, EventMeta)>,
+    pub(crate) limited: bool,
     /// Every membership change in `(lower, upto]` as `(user, membership)`, when the part
     /// examined every event of that range (device list tracking needs them all).
-    pub(super) membership_changes: Option<Vec<(String, String)>>,
+    pub(crate) membership_changes: Option<Vec<(String, String)>>,
 }
 
 /// The short ids of a room's events in `(lower, upto]`, newest first, at most `scan_limit`
 /// of them; true when older ones in the range were left out.
 fn timeline_candidates(
-    ctx: &SyncContext<'_>,
+    view: &SyncView<'_>,
     room: u64,
     lower: u64,
     upto: u64,
     scan_limit: usize,
 ) -> Result<(Vec<u64>, bool)> {
-    let storage = ctx.storage();
+    let storage = view.storage();
     let scan = |from: (u64, u64), direction, in_range: &dyn Fn(u64) -> bool| {
         let mut candidates = Vec::new();
         let mut more = false;
@@ -117,24 +117,25 @@ fn timeline_candidates(
     scan((room, upto), Direction::Reverse, &|position| position > lower)
 }
 
-pub(super) fn timeline_part(
-    ctx: &SyncContext<'_>,
+/// The newest `limit` events of a room in `(lower, upto]` that the filter lets through and
+/// the viewer may see; `limited` when older ones in the range were left out.
+pub(crate) fn timeline_part(
+    view: &SyncView<'_>,
     room: u64,
-    lower: u64,
-    upto: u64,
+    (lower, upto): (u64, u64),
+    limit: usize,
     filter: &RoomEventFilter,
     viewer: &mut Viewer<'_>,
 ) -> Result<TimelinePart> {
-    let limit = limit(ctx.params.filter);
     let scan_limit = limit.saturating_mul(20).saturating_add(100);
-    let (candidates, more) = timeline_candidates(ctx, room, lower, upto, scan_limit)?;
+    let (candidates, more) = timeline_candidates(view, room, lower, upto, scan_limit)?;
     let mut events = Vec::new();
     let mut limited = more;
     let mut membership_changes = (!more).then(Vec::new);
     for short in candidates {
         let (Some(pdu), Some(meta)) = (
-            rooms::shared_pdu(ctx.storage(), short)?,
-            rooms::readable_event_meta(ctx.storage().engine(), short)?,
+            rooms::shared_pdu(view.storage(), short)?,
+            rooms::readable_event_meta(view.storage().engine(), short)?,
         ) else {
             continue;
         };

@@ -2,43 +2,46 @@
 
 use std::ops::ControlFlow;
 
-use ruma::api::client::sync::sync_events::v3::Response;
+use ruma::{events::AnyToDeviceEvent, serde::Raw};
 use serde_json::json;
 
-use super::{SyncContext, render::raw};
+use super::{SyncView, render::raw};
 use crate::{
     Result,
     storage::{Direction, codec::Json, codec::Prefix, ephemeral::TO_DEVICE_TABLE},
-    sync::token::SyncToken,
 };
 
-/// To-device messages handed out per sync.
-const TO_DEVICE_LIMIT: usize = 100;
+/// To-device messages handed out per response at most.
+pub(crate) const LIMIT: usize = 100;
 
-/// Puts the device's next page of messages into `response`. When the page fills, `next`
-/// records how far delivery got so the rest is neither skipped nor acknowledged unseen.
-pub(super) fn page(
-    ctx: &SyncContext<'_>,
-    response: &mut Response,
-    next: &mut SyncToken,
-) -> Result<()> {
-    let delivered_through = ctx.params.since.map_or(0, |token| token.to_device_position());
-    let start = (ctx.user.to_owned(), ctx.device.to_owned(), delivered_through.saturating_add(1));
-    let mut last_delivered = None;
-    if !ctx.storage().writer().written_since(TO_DEVICE_TABLE.id(), delivered_through) {
-        return Ok(());
+/// One page of a device's messages.
+#[derive(Default)]
+pub(crate) struct Page {
+    pub(crate) events: Vec<Raw<AnyToDeviceEvent>>,
+    /// The position of the last message in the page.
+    pub(crate) last_delivered: Option<u64>,
+    /// Whether messages up to `upto` were left for the next page.
+    pub(crate) more: bool,
+}
+
+/// The device's messages after `delivered_through` up to the view's `upto`, at most `limit`.
+pub(crate) fn page(view: &SyncView<'_>, delivered_through: u64, limit: usize) -> Result<Page> {
+    let mut page = Page::default();
+    if !view.storage().writer().written_since(TO_DEVICE_TABLE.id(), delivered_through) {
+        return Ok(page);
     }
+    let start = (view.user.to_owned(), view.device.to_owned(), delivered_through.saturating_add(1));
     TO_DEVICE_TABLE.scan(
-        ctx.storage().engine(),
-        &Prefix::of2(ctx.user, ctx.device),
+        view.storage().engine(),
+        &Prefix::of2(view.user, view.device),
         Some(&start),
         Direction::Forward,
         |(_, _, position), Json(message)| {
-            if position > ctx.upto {
+            if position > view.upto {
                 return ControlFlow::Break(());
             }
-            if response.to_device.events.len() >= TO_DEVICE_LIMIT {
-                next.to_device = last_delivered;
+            if page.events.len() >= limit {
+                page.more = true;
                 return ControlFlow::Break(());
             }
             let event = json!({
@@ -47,11 +50,11 @@ pub(super) fn page(
                 "content": message.content,
             });
             if let Ok(event) = raw(&event) {
-                response.to_device.events.push(event);
+                page.events.push(event);
             }
-            last_delivered = Some(position);
+            page.last_delivered = Some(position);
             ControlFlow::Continue(())
         },
     )?;
-    Ok(())
+    Ok(page)
 }
