@@ -8,6 +8,7 @@ mod account;
 mod account_data;
 mod actors;
 mod admin_room;
+mod appservice_kit;
 mod appservices;
 mod binary;
 mod bounds;

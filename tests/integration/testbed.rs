@@ -683,3 +683,120 @@ pub async fn inject_member(server: &TestServer, room: &str, user: &str, membersh
         .await
         .expect("membership accepted");
 }
+
+/// How a [`TcpFront`] treats connections; changing it closes the connections it holds, so a
+/// client's pooled connection meets the new behaviour too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontMode {
+    /// Pass bytes both ways to the backend.
+    Forward(SocketAddr),
+    /// Close each connection at once: a service that is down.
+    Nowhere,
+    /// Accept and never answer (the request is read and discarded): a service that hangs.
+    Hang,
+    /// Pass the request on, wait for the backend's first answer bytes, then close without
+    /// passing them back: a service that processed a request whose answer was lost.
+    DropResponses(SocketAddr),
+}
+
+/// A plain TCP listener with a stable address in front of a backend that may restart on
+/// another port (a bridge, a test server), and that can fail in the ways networks do.
+pub struct TcpFront {
+    pub address: SocketAddr,
+    mode: tokio::sync::watch::Sender<FrontMode>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpFront {
+    /// Listens on a free port of 127.0.0.1, refusing nothing but forwarding nowhere yet.
+    pub async fn bind() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a front");
+        let address = listener.local_addr().expect("front address");
+        let (mode, watch) = tokio::sync::watch::channel(FrontMode::Nowhere);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut watch = watch.clone();
+                let current = *watch.borrow_and_update();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = serve_front_connection(stream, current) => {}
+                        // A new mode (or the front dropped) ends the connection.
+                        _ = watch.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { address, mode, connections, task }
+    }
+
+    /// A front already forwarding to `backend`.
+    pub async fn forwarding_to(backend: SocketAddr) -> Self {
+        let front = Self::bind().await;
+        front.set(FrontMode::Forward(backend));
+        front
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn set(&self, mode: FrontMode) {
+        self.mode.send_replace(mode);
+    }
+
+    pub fn forward_to(&self, backend: SocketAddr) {
+        self.set(FrontMode::Forward(backend));
+    }
+}
+
+impl Drop for TcpFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_front_connection(mut client: TcpStream, mode: FrontMode) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    match mode {
+        FrontMode::Nowhere => {}
+        FrontMode::Hang => {
+            // Read until the client gives up; answer nothing.
+            let mut buffer = [0u8; 4096];
+            while matches!(client.read(&mut buffer).await, Ok(read) if read > 0) {}
+        }
+        FrontMode::Forward(backend) => {
+            let Ok(mut backend) = TcpStream::connect(backend).await else { return };
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+        }
+        FrontMode::DropResponses(backend) => {
+            let Ok(backend) = TcpStream::connect(backend).await else { return };
+            let (mut client_read, _client_write) = client.split();
+            let (mut backend_read, mut backend_write) = backend.into_split();
+            let upstream = async {
+                let mut buffer = [0u8; 4096];
+                loop {
+                    match client_read.read(&mut buffer).await {
+                        Ok(read) if read > 0 => {
+                            if backend_write.write_all(&buffer[..read]).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ => return,
+                    }
+                }
+            };
+            let mut first = [0u8; 1];
+            tokio::select! {
+                () = upstream => {}
+                // The backend has answered, so it handled the request: drop the answer.
+                _ = backend_read.read(&mut first) => {}
+            }
+        }
+    }
+}
