@@ -20,7 +20,8 @@ use crate::{
     Config, Error, Result, Services,
     accounts::Accounts,
     actors::{ActorSystem, contain::contained, tasks},
-    admin, appservices,
+    admin,
+    appservices::{self, Appservices},
     federation::{Federation, FederationDeps, SigningKey, media::FederatedMedia},
     http::{self, Listeners},
     media::Media,
@@ -192,7 +193,7 @@ impl Server {
     /// `time::ManualClock`).
     pub async fn start_with(config: Config, time: Time) -> Result<Self> {
         let server_name = config.server_name.clone();
-        appservices::from_config(&config)?;
+        let configured_appservices = appservices::from_config(&config)?;
         if config.development {
             tracing::warn!(
                 "no configuration file given: running a development server named `{}` with its \
@@ -219,7 +220,9 @@ impl Server {
             Outcome::Migrated { from } => tracing::warn!(from, "migrated the database"),
         }
 
-        let started = Self::assemble(config, Arc::clone(&storage), server_name, time).await;
+        let started =
+            Self::assemble(config, Arc::clone(&storage), server_name, time, configured_appservices)
+                .await;
         match started {
             Ok(server) => Ok(server),
             Err(error) => {
@@ -234,6 +237,7 @@ impl Server {
         storage: Arc<Storage>,
         server_name: ruma::OwnedServerName,
         time: Time,
+        configured_appservices: Vec<appservices::Registration>,
     ) -> Result<Self> {
         claim_server_name(&storage, &server_name).await?;
         let signing_key =
@@ -245,6 +249,14 @@ impl Server {
             Accounts::start(&config, Arc::clone(&storage), &actors, Arc::clone(&hub), time.clone())
                 .await?;
         accounts.bootstrap_registration(&config).await?;
+        let appservices =
+            match Appservices::start(configured_appservices, &config, &storage, &accounts).await {
+                Ok(appservices) => Arc::new(appservices),
+                Err(error) => {
+                    actors.shutdown(DRAIN_ACTORS).await;
+                    return Err(error);
+                }
+            };
         let presence =
             Presence::start(&config, Arc::clone(&storage), Arc::clone(&hub), &actors, time.clone())
                 .await?;
@@ -303,6 +315,7 @@ impl Server {
             storage,
             actors,
             accounts,
+            appservices,
             rooms,
             presence,
             push,

@@ -24,6 +24,8 @@ pub struct Services {
     pub storage: Arc<Storage>,
     pub actors: ActorSystem,
     pub accounts: Accounts,
+    /// Application services: registrations and what is owed to them.
+    pub appservices: Arc<crate::appservices::Appservices>,
     pub rooms: Arc<Rooms>,
     pub presence: crate::presence::Presence,
     /// Push rules cache and pusher actors.

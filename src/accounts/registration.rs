@@ -1,13 +1,14 @@
 //! Creating local accounts: registration (through the client API or an admin command), the
-//! server's first admin (the first account registered, who also joins the admin room), and
-//! the server user.
+//! server's first admin (the first account registered, who also joins the admin room), the
+//! server user, and the own users of application services.
 
-use ruma::{OwnedUserId, UserId};
+use axum::http::StatusCode;
+use ruma::{OwnedUserId, UserId, api::error::ErrorKind};
 use serde_json::json;
 
 use super::{Accounts, UserMessage};
 use crate::{
-    Config, Result,
+    Config, Error, Result,
     rooms::{Rooms, admin_room},
     storage::{Batch, users::UserRecord},
 };
@@ -66,6 +67,27 @@ impl Accounts {
             .await
     }
 
+    /// Creates the own user of the application service `appservice` unless it exists. A user
+    /// of that name that is not an application service's (a person, the server user) is
+    /// never taken over: that is an error naming it.
+    pub async fn ensure_appservice_user(&self, user: &UserId, appservice: &str) -> Result<()> {
+        if let Some(record) = self.record(user)? {
+            return match record.appservice {
+                Some(_) => Ok(()),
+                None => Err(Error::matrix(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::UserInUse,
+                    format!("{user} already exists and is not an application service's user"),
+                )),
+            };
+        }
+        let mut record = self.new_record(None, false, false);
+        record.appservice = Some(appservice.to_owned());
+        let profile = vec![("displayname".to_owned(), json!(user.localpart()))];
+        self.call(user, |reply| UserMessage::Create { record, profile, also: Batch::new(), reply })
+            .await
+    }
+
     fn new_record(&self, password_hash: Option<String>, guest: bool, admin: bool) -> UserRecord {
         UserRecord {
             password_hash,
@@ -73,6 +95,7 @@ impl Accounts {
             guest,
             admin,
             deactivated: false,
+            appservice: None,
         }
     }
 }

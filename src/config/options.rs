@@ -672,8 +672,9 @@ config_section! {
         appservice_idle_timeout: u64 = 300,
 
         /// A directory of registration files (YAML, as bridges generate them for Synapse),
-        /// each loaded at startup. Files added or removed take effect at the next start.
-        /// Not read yet: application services are still being built.
+        /// each loaded at startup (`*.yaml`, `*.yml`; other files are ignored). Files added
+        /// or removed take effect at the next start. A file that is invalid, or whose id is
+        /// also defined in this configuration, stops the start, naming the file.
         ///
         /// example: "/etc/tuwunel/appservices"
         appservice_dir: Option<PathBuf> = None,
@@ -696,9 +697,10 @@ config_section! {
         /// `[[global.appservice.<ID>.users]]` (and `aliases`, `rooms`), each with `regex`
         /// and `exclusive`. Services can also be registered from the admin room
         /// (`!admin appservices register`) or `appservice_dir`; a service defined here
-        /// cannot be unregistered from the admin room. Today the tables are only checked
-        /// (an invalid one stops the start, naming the key): no traffic reaches the
-        /// services and the admin commands do not exist yet.
+        /// cannot be unregistered from the admin room, and wins over an admin-room
+        /// registration of the same id. An invalid table stops the start, naming the key;
+        /// each service's own user (`sender_localpart`) is created at start. Today no
+        /// traffic reaches the services and the admin commands do not exist yet.
         [map] appservice: BTreeMap<String, AppserviceConfig> = BTreeMap::new(),
     }
 }

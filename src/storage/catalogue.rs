@@ -203,4 +203,6 @@ catalogue! {
         "(target event id, redaction short event id) -> nothing; redactions not yet applied";
     INBOUND_PDUS = "inbound_pdus", Scan, 1,
         "(short room id, arrival id) -> a PDU acknowledged to its sender but not yet processed";
+    APPSERVICES = "appservices", Tiny, 1,
+        "appservice id -> its registration as registered in the admin room (YAML as given)";
 }

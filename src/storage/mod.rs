@@ -5,6 +5,7 @@
 //! are [`Batch`]es handed to the [`Writer`], which commits them durably in groups.
 
 pub mod account_data;
+pub mod appservices;
 pub mod backup;
 pub mod batch;
 pub mod catalogue;

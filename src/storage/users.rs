@@ -25,6 +25,10 @@ pub struct UserRecord {
     pub admin: bool,
     #[serde(default)]
     pub deactivated: bool,
+    /// The application service this account was created for as its own user (its
+    /// `sender_localpart`); `None` for people and the server user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appservice: Option<String>,
 }
 
 /// A device of a user and the hashes of its current tokens.

@@ -130,6 +130,26 @@ pub async fn start_in(dir: &Path, options: &[String], time: Time) -> Server {
     Server::start_with(config, time).await.expect("server starts")
 }
 
+/// The configuration of a test server in `dir` with extra `-O` options.
+pub fn config_in(dir: &Path, options: &[&str]) -> Config {
+    init_logging();
+    let file = write_config(dir);
+    let options = options.iter().map(|option| (*option).to_owned()).collect();
+    Config::load(&Inputs { files: vec![file], env: Vec::new(), options }).expect("config")
+}
+
+/// Why a server in `dir` with extra `-O` options refuses to start (the test fails if it
+/// starts).
+pub async fn start_error(dir: &Path, options: &[&str]) -> String {
+    match Server::start(config_in(dir, options)).await {
+        Ok(server) => {
+            server.stop().await.expect("stop");
+            panic!("the server started with {options:?}");
+        }
+        Err(error) => error.to_string(),
+    }
+}
+
 /// A server in `dir` listening on the UNIX socket `socket` only (no TCP port).
 pub async fn start_on_unix_socket(dir: &Path, socket: &Path) -> Server {
     init_logging();

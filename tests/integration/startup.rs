@@ -5,26 +5,7 @@
 
 use std::time::Duration;
 
-use tuwunel::{Config, Server, config::Inputs};
-
-use crate::common::{TestServer, write_config};
-
-fn config(dir: &std::path::Path, options: &[&str]) -> Config {
-    crate::common::init_logging();
-    let file = write_config(dir);
-    let options = options.iter().map(|option| (*option).to_owned()).collect();
-    Config::load(&Inputs { files: vec![file], env: Vec::new(), options }).expect("config")
-}
-
-async fn start_error(dir: &std::path::Path, options: &[&str]) -> String {
-    match Server::start(config(dir, options)).await {
-        Ok(server) => {
-            server.stop().await.expect("stop");
-            panic!("the server started with {options:?}");
-        }
-        Err(error) => error.to_string(),
-    }
-}
+use crate::common::{TestServer, start_error};
 
 #[tokio::test]
 async fn a_database_of_another_server_name_is_refused_naming_both() {
