@@ -11,6 +11,7 @@ pub mod admin_room;
 pub mod aliases;
 pub mod auth_chain;
 pub mod builder;
+pub mod commits;
 pub mod content;
 pub mod create;
 pub mod directory;
@@ -360,6 +361,8 @@ pub struct Rooms {
     /// Who is typing where (written by room actors).
     pub typing: Arc<typing::Typing>,
     pub hub: Arc<SyncHub>,
+    /// Who acts on each commit of a room's events, after it (subscribe at startup).
+    pub listeners: Arc<commits::CommitListeners>,
     /// Other servers' answers about their spaces, for the hierarchy walk.
     pub remote_spaces: spaces::RemoteSpaces,
     time: Time,
@@ -380,6 +383,10 @@ impl Rooms {
             mailbox_limit: config.actor_mailbox_limit.max(1),
         };
         let typing = Arc::new(typing::Typing::default());
+        // Syncs are woken before pushers deliver, as the room did before it had listeners.
+        let listeners = Arc::new(commits::CommitListeners::default());
+        listeners.subscribe(Arc::clone(&hub) as Arc<dyn commits::CommitListener>);
+        listeners.subscribe(Arc::clone(&push) as Arc<dyn commits::CommitListener>);
         let behaviour = RoomActor {
             storage: Arc::clone(&storage),
             key: Arc::clone(&key),
@@ -394,6 +401,7 @@ impl Rooms {
                 ),
             ),
             push,
+            listeners: Arc::clone(&listeners),
             time: time.clone(),
             outbox: crate::federation::outbox::Outbox::from_config(config),
         };
@@ -407,6 +415,7 @@ impl Rooms {
             aliases,
             typing,
             hub,
+            listeners,
             remote_spaces: spaces::RemoteSpaces::default(),
             time,
         })
