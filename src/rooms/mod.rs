@@ -259,7 +259,26 @@ pub enum StateFact<'a> {
     Encryption,
 }
 
-/// The value of `fact` at `snapshot`, without parsing the event once it has been read.
+/// The history visibility in force at `snapshot` (`shared` without an event, the spec's
+/// default), through the state-fact cache.
+pub fn history_visibility_at(storage: &Storage, snapshot: u64) -> Result<HistoryVisibility> {
+    Ok(state_fact(storage, snapshot, StateFact::HistoryVisibility)?
+        .map_or(HistoryVisibility::Shared, |value| HistoryVisibility::from(value.as_str())))
+}
+
+/// `user`'s membership at `snapshot` (`None` without a member event), through the
+/// state-fact cache.
+pub fn membership_at(
+    storage: &Storage,
+    snapshot: u64,
+    user: &UserId,
+) -> Result<Option<MembershipState>> {
+    Ok(state_fact(storage, snapshot, StateFact::Membership(user))?
+        .map(|value| MembershipState::from(value.as_str())))
+}
+
+/// The value of `fact` at `snapshot`, without parsing the event once it has been read. The
+/// cache keeps the string; [`history_visibility_at`] and [`membership_at`] read it typed.
 pub fn state_fact(storage: &Storage, snapshot: u64, fact: StateFact<'_>) -> Result<Option<String>> {
     let (kind, state_key, field) = match fact {
         StateFact::HistoryVisibility => ("m.room.history_visibility", "", "history_visibility"),
