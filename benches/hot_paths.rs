@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the send path's hot spots: storage key codecs, the request body check,
 //! PDU hashing, signing and verification, the auth checks an event goes through, state
-//! snapshot reads, and the room activity row each commit writes.
+//! snapshot reads, the room activity row each commit writes, and handing a commit to its
+//! listeners.
 //!
 //! `cargo bench --bench hot_paths [filter]` prints the median time per operation over
 //! repeated batches. A small timing loop instead of a benchmark framework keeps the build
@@ -15,8 +16,8 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId,
-    RoomVersionId,
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
+    OwnedUserId, RoomVersionId,
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
 };
@@ -24,6 +25,7 @@ use tuwunel::{
     federation::SigningKey,
     rooms::{
         builder::{self, Position, Template},
+        commits::{CommitListener, CommitListeners, CommittedEvent, Pending, RoomCommit, done},
         pdu::Pdu,
         state::{self, StateMap},
         state_res::ResEvent,
@@ -32,6 +34,7 @@ use tuwunel::{
         Batch, EngineOptions, Storage,
         codec::{Key, Value},
     },
+    sync::hub::SyncHub,
 };
 
 /// Time spent measuring each benchmark (after a short warm-up).
@@ -355,5 +358,38 @@ fn main() {
         tuwunel::rooms::activity::current(&storage, 7).expect("reads")
     });
 
+    // After each commit: handing it to the listeners (the SyncHub, then two that have
+    // nothing to do for it, as the pushers and the admin command hook for a plain message).
+    let listeners = CommitListeners::default();
+    listeners.subscribe(Arc::new(SyncHub::default()));
+    let admin_room: OwnedRoomId = "!admin:bench.local".try_into().expect("room id");
+    listeners.subscribe(Arc::new(Elsewhere(admin_room.clone())));
+    listeners.subscribe(Arc::new(Elsewhere(admin_room)));
+    let commit = RoomCommit {
+        room_id: room.message.room_id.clone(),
+        events: vec![CommittedEvent { pdu: Arc::new(room.message.clone()), position: 1 }],
+        members: Vec::new(),
+        notified: Vec::new(),
+    };
+    bench(filter, "commits: hand a message to 3 listeners", || {
+        let mut pending = std::pin::pin!(listeners.notify(&commit));
+        pending
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            .is_ready()
+    });
+
     runtime.block_on(storage.close());
+}
+
+/// A commit listener that acts on one other room only.
+struct Elsewhere(OwnedRoomId);
+
+impl CommitListener for Elsewhere {
+    fn committed<'a>(&'a self, commit: &'a RoomCommit) -> Pending<'a> {
+        if commit.room_id != self.0 {
+            return done();
+        }
+        Box::pin(async {})
+    }
 }

@@ -329,8 +329,12 @@ impl Server {
             time,
             shutdown: shutdown.clone(),
         });
+        // The command hook holds `services` weakly: it lives inside them, in the rooms'
+        // listeners.
         let admin_room =
-            rooms::admin_room::ensure(&services.accounts, &services.rooms, &services.config).await;
+            rooms::admin_room::ensure(&services.accounts, &services.rooms, &services.config)
+                .await
+                .and_then(|room| admin::hook::CommandHook::subscribe(&services, room));
         if let Err(error) = admin_room {
             shutdown.trigger();
             services.actors.shutdown(DRAIN_ACTORS).await;

@@ -2,12 +2,13 @@
 //!
 //! A command line is parsed by clap into [`AdminCommand`] and executed against the running
 //! server; the output is Markdown, as the admin room shows it. Startup commands
-//! (`admin_execute`, `--execute`) use the same path, and the admin room will too.
+//! (`admin_execute`, `--execute`) and the admin room's command hook ([`hook`]) use the same
+//! path.
 
 mod debug;
 mod federation;
+pub mod hook;
 mod media;
-pub mod room;
 mod rooms;
 mod server;
 mod token;

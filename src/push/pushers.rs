@@ -18,7 +18,11 @@ use super::{
 use crate::{
     Config, Error, Result,
     actors::{ActorSystem, Behaviour, Context, Limits, Registry, Reply},
-    limits, rooms,
+    limits,
+    rooms::{
+        self,
+        commits::{CommitListener, Pending, RoomCommit, done},
+    },
     storage::{
         Batch, Direction, Storage,
         codec::{Json, Prefix},
@@ -414,5 +418,19 @@ impl Push {
             return;
         }
         let _ = self.pushers.send(&user.to_owned(), PusherMessage::Wake).await;
+    }
+}
+
+/// A room's commit wakes the pushers of the users its events notified.
+impl CommitListener for Push {
+    fn committed<'a>(&'a self, commit: &'a RoomCommit) -> Pending<'a> {
+        if commit.notified.is_empty() {
+            return done();
+        }
+        Box::pin(async move {
+            for user in &commit.notified {
+                self.wake(user).await;
+            }
+        })
     }
 }

@@ -3,7 +3,7 @@
 //! `!admin` commands sent there is the admin front door's business.
 
 use ruma::{
-    CanonicalJsonObject, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
+    CanonicalJsonObject, Int, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
     events::{
         TimelineEventType,
         room::{
@@ -11,9 +11,11 @@ use ruma::{
             history_visibility::HistoryVisibility,
             join_rules::JoinRule,
             member::{MembershipState, RoomMemberEventContent},
+            power_levels::RoomPowerLevelsEventContent,
             topic::{RoomTopicEventContent, TopicContentBlock},
         },
     },
+    room_version_rules::AuthorizationRules,
 };
 use serde_json::json;
 
@@ -22,6 +24,7 @@ use super::{
     builder::Template,
     initial_state::{InitialState, Preset, create_content},
     pdu::canonical_content,
+    power_levels::explicit_levels,
 };
 use crate::{
     Config, Error, Result,
@@ -60,14 +63,7 @@ pub async fn ensure(accounts: &Accounts, rooms: &Rooms, config: &Config) -> Resu
     let rules = version.rules().ok_or_else(|| Error::internal("admin room version rules"))?;
     let create =
         create_content(&version, &rules.authorization, &server_user, CanonicalJsonObject::new());
-    let mut users = serde_json::Map::new();
-    if !rules.authorization.explicitly_privilege_room_creators {
-        users.insert(server_user.to_string(), json!(100));
-    }
-    // The admin room's own levels (invite 50, no `events` or `notifications`), as it always had.
-    let power_levels = canonical_content(
-        json!({ "users": users, "users_default": 0, "events_default": 0, "state_default": 50, "invite": 50, "kick": 50, "ban": 50, "redact": 50 }),
-    )?;
+    let power_levels = admin_room_levels(&server_user, &rules.authorization);
     let mut member = RoomMemberEventContent::new(MembershipState::Join);
     member.displayname = Some("Server".to_owned());
     let mut state = InitialState::new(server_user.clone(), create, member, power_levels);
@@ -159,4 +155,40 @@ pub async fn remove_admin(rooms: &Rooms, config: &Config, user: &UserId) -> Resu
             .await?;
     }
     Ok(())
+}
+
+/// The admin room's own power levels: the spec's defaults with `invite` at 50 and the server
+/// user at 100 (unless the version makes creators implicit), without `events` or
+/// `notifications`, as it always had.
+fn admin_room_levels(server_user: &OwnedUserId, rules: &AuthorizationRules) -> CanonicalJsonObject {
+    let mut levels = RoomPowerLevelsEventContent::new(rules);
+    levels.invite = Int::from(50u8);
+    levels.events.clear();
+    if !rules.explicitly_privilege_room_creators {
+        levels.users.insert(server_user.clone(), Int::from(100u8));
+    }
+    let mut content = explicit_levels(&levels);
+    content.remove("events");
+    content.remove("notifications");
+    content
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_room_keeps_its_own_power_levels() {
+        let server_user = ruma::owned_user_id!("@conduit:x");
+        let content = |version: ruma::RoomVersionId| {
+            let rules = version.rules().expect("known version").authorization;
+            serde_json::to_value(admin_room_levels(&server_user, &rules)).expect("serializes")
+        };
+        let base = |users: serde_json::Value| {
+            serde_json::json!({ "users": users, "users_default": 0, "events_default": 0,
+                "state_default": 50, "invite": 50, "kick": 50, "ban": 50, "redact": 50 })
+        };
+        assert_eq!(content(ruma::RoomVersionId::V11), base(serde_json::json!({"@conduit:x": 100})));
+        assert_eq!(content(ruma::RoomVersionId::V12), base(serde_json::json!({})));
+    }
 }

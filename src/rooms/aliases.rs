@@ -14,11 +14,11 @@ use ruma::events::room::member::MembershipState;
 use ruma::{
     OwnedRoomAliasId, OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, RoomOrAliasId, UserId,
     api::error::ErrorKind,
-    events::{StateEventType, TimelineEventType},
+    events::{StateEventType, room::canonical_alias::RoomCanonicalAliasEventContent},
 };
 use serde_json::Value as JsonValue;
 
-use super::{Rooms, builder::Template, pdu::canonical_content, power_levels::Powers};
+use super::{Rooms, builder::Template, power_levels::Powers};
 use crate::{
     Config, Error, Result, limits,
     storage::{
@@ -271,34 +271,35 @@ impl Aliases {
         Ok(rooms)
     }
 
-    /// Checks a new `m.room.canonical_alias` content: its local aliases must exist and point
-    /// to the room. Other servers' aliases cannot be checked without asking them: accepted.
+    /// Checks a client's new `m.room.canonical_alias` content: each alias must be valid, and
+    /// a local one must exist and point to the room (other servers' aliases cannot be checked
+    /// without asking them: accepted). The error names the field (`alias`, `alt_aliases[1]`).
+    /// Values that are not strings are not aliases and are left alone, as they always were.
     pub fn check_canonical_alias(&self, room_id: &RoomId, content: &JsonValue) -> Result<()> {
-        let mut aliases: Vec<&str> =
-            content.get("alias").and_then(JsonValue::as_str).into_iter().collect();
-        aliases.extend(
-            content
-                .get("alt_aliases")
-                .and_then(JsonValue::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(JsonValue::as_str),
-        );
-        for alias in aliases {
+        let alias = content.get("alias").map(|value| ("alias".to_owned(), value));
+        let alt_aliases = content
+            .get("alt_aliases")
+            .and_then(JsonValue::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(index, value)| (format!("alt_aliases[{index}]"), value));
+        for (field, value) in alias.into_iter().chain(alt_aliases) {
+            let Some(alias) = value.as_str() else { continue };
             let bad = |reason: &str| {
                 Error::matrix(
                     StatusCode::BAD_REQUEST,
                     ErrorKind::BadAlias,
-                    format!("{alias}: {reason}"),
+                    format!("{field}: {alias:?} {reason}"),
                 )
             };
-            let parsed = RoomAliasId::parse(alias).map_err(|_| bad("not a valid alias"))?;
+            let parsed = RoomAliasId::parse(alias).map_err(|_| bad("is not a valid alias"))?;
             if !self.is_local(&parsed) {
                 continue;
             }
             match self.resolve(&parsed)? {
                 Some(record) if record.room_id == room_id => {}
-                Some(_) => return Err(bad("points to another room")),
+                Some(_) => return Err(bad("is not an alias of this room")),
                 None => return Err(bad("does not exist")),
             }
         }
@@ -428,29 +429,14 @@ impl Rooms {
         else {
             return Ok(());
         };
-        let mut content = event.content_value();
-        let Some(object) = content.as_object_mut() else {
+        // A content that does not parse names no alias this server could have removed.
+        let Ok(content) = event.content_as::<RoomCanonicalAliasEventContent>() else {
             return Ok(());
         };
-        let mut changed = false;
-        if object.get("alias").and_then(JsonValue::as_str) == Some(alias.as_str()) {
-            object.remove("alias");
-            changed = true;
-        }
-        if let Some(JsonValue::Array(alt)) = object.get_mut("alt_aliases") {
-            let before = alt.len();
-            alt.retain(|other| other.as_str() != Some(alias.as_str()));
-            changed |= alt.len() != before;
-        }
-        if !changed {
+        let Some(content) = without_alias(content, alias) else {
             return Ok(());
-        }
-        let template = Template::state(
-            TimelineEventType::RoomCanonicalAlias,
-            "",
-            &user.to_owned(),
-            canonical_content(content)?,
-        );
+        };
+        let template = Template::typed(&user.to_owned(), "", &content)?;
         if let Err(error) = self.send(room_id, template, None).await {
             tracing::debug!(%alias, room = %room_id, %error, "could not update the canonical alias");
         }
@@ -477,5 +463,45 @@ impl Rooms {
         self.aliases.commit(&lock, batch).await?;
         tracing::info!(room = %room_id, user = %by, publish = published, "changed the room's directory visibility");
         Ok(())
+    }
+}
+
+/// `content` without `alias` (as its `alias` or among its `alt_aliases`); `None` when it
+/// does not name it.
+fn without_alias(
+    mut content: RoomCanonicalAliasEventContent,
+    alias: &RoomAliasId,
+) -> Option<RoomCanonicalAliasEventContent> {
+    let named = content.alias.as_deref() == Some(alias);
+    if named {
+        content.alias = None;
+    }
+    let before = content.alt_aliases.len();
+    content.alt_aliases.retain(|other| other != alias);
+    (named || content.alt_aliases.len() != before).then_some(content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgetting_an_alias_takes_it_out_of_either_field_only_when_named() {
+        let content = |value: serde_json::Value| -> RoomCanonicalAliasEventContent {
+            serde_json::from_value(value).expect("canonical alias content")
+        };
+        let json = |content: &RoomCanonicalAliasEventContent| {
+            serde_json::to_value(content).expect("serializes")
+        };
+        let gone = ruma::room_alias_id!("#gone:x");
+        let both =
+            content(serde_json::json!({"alias": "#gone:x", "alt_aliases": ["#b:x", "#gone:x"]}));
+        let edited = without_alias(both, gone).expect("named");
+        assert_eq!(json(&edited), serde_json::json!({"alt_aliases": ["#b:x"]}));
+        let alt_only = content(serde_json::json!({"alias": "#a:x", "alt_aliases": ["#gone:x"]}));
+        let edited = without_alias(alt_only, gone).expect("named");
+        assert_eq!(json(&edited), serde_json::json!({"alias": "#a:x"}));
+        let other = content(serde_json::json!({"alias": "#a:x", "alt_aliases": ["#b:x"]}));
+        assert!(without_alias(other, gone).is_none());
     }
 }

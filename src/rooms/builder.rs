@@ -95,7 +95,7 @@ impl Template {
 }
 
 /// A typed content as the canonical JSON object an event carries.
-fn canonical(content: &impl serde::Serialize) -> Result<CanonicalJsonObject> {
+pub fn canonical(content: &impl serde::Serialize) -> Result<CanonicalJsonObject> {
     match ruma::canonical_json::to_canonical_value(content) {
         Ok(CanonicalJsonValue::Object(object)) => Ok(object),
         Ok(_) => Err(Error::internal("an event content is not a JSON object")),

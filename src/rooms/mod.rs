@@ -11,6 +11,7 @@ pub mod admin_room;
 pub mod aliases;
 pub mod auth_chain;
 pub mod builder;
+pub mod commits;
 pub mod content;
 pub mod create;
 pub mod directory;
@@ -258,7 +259,26 @@ pub enum StateFact<'a> {
     Encryption,
 }
 
-/// The value of `fact` at `snapshot`, without parsing the event once it has been read.
+/// The history visibility in force at `snapshot` (`shared` without an event, the spec's
+/// default), through the state-fact cache.
+pub fn history_visibility_at(storage: &Storage, snapshot: u64) -> Result<HistoryVisibility> {
+    Ok(state_fact(storage, snapshot, StateFact::HistoryVisibility)?
+        .map_or(HistoryVisibility::Shared, |value| HistoryVisibility::from(value.as_str())))
+}
+
+/// `user`'s membership at `snapshot` (`None` without a member event), through the
+/// state-fact cache.
+pub fn membership_at(
+    storage: &Storage,
+    snapshot: u64,
+    user: &UserId,
+) -> Result<Option<MembershipState>> {
+    Ok(state_fact(storage, snapshot, StateFact::Membership(user))?
+        .map(|value| MembershipState::from(value.as_str())))
+}
+
+/// The value of `fact` at `snapshot`, without parsing the event once it has been read. The
+/// cache keeps the string; [`history_visibility_at`] and [`membership_at`] read it typed.
 pub fn state_fact(storage: &Storage, snapshot: u64, fact: StateFact<'_>) -> Result<Option<String>> {
     let (kind, state_key, field) = match fact {
         StateFact::HistoryVisibility => ("m.room.history_visibility", "", "history_visibility"),
@@ -360,6 +380,8 @@ pub struct Rooms {
     /// Who is typing where (written by room actors).
     pub typing: Arc<typing::Typing>,
     pub hub: Arc<SyncHub>,
+    /// Who acts on each commit of a room's events, after it (subscribe at startup).
+    pub listeners: Arc<commits::CommitListeners>,
     /// Other servers' answers about their spaces, for the hierarchy walk.
     pub remote_spaces: spaces::RemoteSpaces,
     time: Time,
@@ -380,6 +402,10 @@ impl Rooms {
             mailbox_limit: config.actor_mailbox_limit.max(1),
         };
         let typing = Arc::new(typing::Typing::default());
+        // Syncs are woken before pushers deliver, as the room did before it had listeners.
+        let listeners = Arc::new(commits::CommitListeners::default());
+        listeners.subscribe(Arc::clone(&hub) as Arc<dyn commits::CommitListener>);
+        listeners.subscribe(Arc::clone(&push) as Arc<dyn commits::CommitListener>);
         let behaviour = RoomActor {
             storage: Arc::clone(&storage),
             key: Arc::clone(&key),
@@ -394,6 +420,7 @@ impl Rooms {
                 ),
             ),
             push,
+            listeners: Arc::clone(&listeners),
             time: time.clone(),
             outbox: crate::federation::outbox::Outbox::from_config(config),
         };
@@ -407,6 +434,7 @@ impl Rooms {
             aliases,
             typing,
             hub,
+            listeners,
             remote_spaces: spaces::RemoteSpaces::default(),
             time,
         })

@@ -10,8 +10,10 @@ use std::{
     sync::Arc,
 };
 
-use ruma::events::room::member::MembershipState;
-use ruma::{RoomId, UserId};
+use ruma::{
+    RoomId, UserId,
+    events::room::{history_visibility::HistoryVisibility, member::MembershipState},
+};
 use serde_json::{Map, Value as JsonValue};
 
 use super::{Pdu, state};
@@ -54,7 +56,7 @@ pub struct Viewer<'a> {
     user: &'a UserId,
     /// The user's current membership in the room.
     current_membership: Option<MembershipState>,
-    facts: HashMap<u64, (String, Option<String>)>,
+    facts: HashMap<u64, (HistoryVisibility, Option<MembershipState>)>,
     /// Users whose events the viewer ignores (`m.ignored_user_list`).
     ignored: Arc<HashSet<String>>,
 }
@@ -114,15 +116,12 @@ impl<'a> Viewer<'a> {
     }
 
     /// `(history_visibility, user's membership)` in the state `snapshot`.
-    fn facts(&mut self, snapshot: u64) -> Result<(String, Option<String>)> {
+    fn facts(&mut self, snapshot: u64) -> Result<(HistoryVisibility, Option<MembershipState>)> {
         if let Some(facts) = self.facts.get(&snapshot) {
             return Ok(facts.clone());
         }
-        let visibility =
-            super::state_fact(self.storage, snapshot, super::StateFact::HistoryVisibility)?
-                .unwrap_or_else(|| "shared".to_owned());
-        let membership =
-            super::state_fact(self.storage, snapshot, super::StateFact::Membership(self.user))?;
+        let visibility = super::history_visibility_at(self.storage, snapshot)?;
+        let membership = super::membership_at(self.storage, snapshot, self.user)?;
         if self.facts.len() > 1024 {
             self.facts.clear();
         }
@@ -143,11 +142,12 @@ impl<'a> Viewer<'a> {
             return Ok(true);
         }
         let (visibility, membership) = self.facts(meta.state_before)?;
-        Ok(match visibility.as_str() {
-            "world_readable" => true,
-            _ if membership.as_deref() == Some("join") => true,
-            "shared" => self.current_membership == Some(MembershipState::Join),
-            "invited" => membership.as_deref() == Some("invite"),
+        Ok(match visibility {
+            HistoryVisibility::WorldReadable => true,
+            _ if membership == Some(MembershipState::Join) => true,
+            HistoryVisibility::Shared => self.current_membership == Some(MembershipState::Join),
+            HistoryVisibility::Invited => membership == Some(MembershipState::Invite),
+            // `joined`, and settings this server does not know: members only.
             _ => false,
         })
     }

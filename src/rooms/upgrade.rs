@@ -8,18 +8,21 @@ use ruma::{
     events::{
         StateEventType, TimelineEventType,
         room::{
+            canonical_alias::RoomCanonicalAliasEventContent,
+            create::{PreviousRoom, RoomCreateEventContent},
             member::MembershipState,
             power_levels::{PowerLevelAction, UserPowerLevel},
             tombstone::RoomTombstoneEventContent,
         },
     },
+    room::RoomType,
     room_version_rules::AuthorizationRules,
 };
-use serde_json::{Map, Value as JsonValue, json};
+use serde_json::Value as JsonValue;
 
 use super::{
     Rooms,
-    builder::Template,
+    builder::{Template, canonical},
     create::creatable_rules,
     initial_state::{InitialState, create_content},
     pdu::canonical_content,
@@ -175,34 +178,29 @@ impl Rooms {
         let current =
             |kind: &str, state_key: &str| super::state_event(storage, snapshot, kind, state_key);
         let old_create = current("m.room.create", "")?
-            .ok_or_else(|| Error::internal("room without a create event"))?
-            .content_value();
+            .ok_or_else(|| Error::internal("room without a create event"))?;
+        // Its room type and federation flag carry over; unreadable, they are the defaults.
+        let old_create =
+            old_create.content_as::<RoomCreateEventContent>().unwrap_or_else(|error| {
+                tracing::warn!(room = %old_room, %error, "unreadable create event content");
+                RoomCreateEventContent::new_v11()
+            });
 
         // m.room.create of the replacement.
-        let mut create = Map::new();
-        let mut predecessor = Map::new();
-        predecessor.insert("room_id".to_owned(), json!(old_room));
-        if let Some(last) = heads.extremities.last() {
-            predecessor.insert("event_id".to_owned(), json!(last));
+        let mut predecessor = PreviousRoom::new(old_room.clone());
+        #[allow(deprecated)] // Servers should still send it; clients must not rely on it.
+        {
+            predecessor.event_id = heads.extremities.last().cloned();
         }
-        create.insert("predecessor".to_owned(), JsonValue::Object(predecessor));
-        for field in ["type", "m.federate"] {
-            if let Some(value) = old_create.get(field) {
-                create.insert(field.to_owned(), value.clone());
-            }
-        }
-        if !additional.is_empty() {
-            create.insert("additional_creators".to_owned(), json!(additional));
-        }
-        let create = create_content(
-            &version,
-            &rules.authorization,
-            &user,
-            canonical_content(JsonValue::Object(create))?,
-        );
+        let mut create = RoomCreateEventContent::new_v11();
+        create.predecessor = Some(predecessor);
+        create.room_type = old_create.room_type.clone();
+        create.federate = old_create.federate;
+        create.additional_creators = additional.clone();
+        let create = create_content(&version, &rules.authorization, &user, canonical(&create)?);
 
         // The transferable state: the recommended events, a space's children, and bans.
-        let is_space = old_create.get("type").and_then(JsonValue::as_str) == Some("m.space");
+        let is_space = old_create.room_type == Some(RoomType::Space);
         let mut copied: Vec<(String, String, JsonValue)> = Vec::new();
         for kind in COPIED_STATE {
             if let Some(pdu) = current(kind, "")? {
@@ -260,29 +258,14 @@ impl Rooms {
         let mut batch = Batch::new();
         aliases.move_all(&alias_lock, &mut batch, &old_room, &new_room)?;
         aliases.commit(&alias_lock, batch).await?;
-        if let Some(canonical) = current("m.room.canonical_alias", "")? {
-            let content = canonical.content_value();
-            let names_aliases = content.get("alias").is_some_and(JsonValue::is_string)
-                || content
-                    .get("alt_aliases")
-                    .and_then(JsonValue::as_array)
-                    .is_some_and(|alt| !alt.is_empty());
-            if names_aliases {
-                let template = Template::state(
-                    TimelineEventType::RoomCanonicalAlias,
-                    "",
-                    &user,
-                    canonical_content(content)?,
-                );
-                send_best_effort(self, &new_room, template, "copy the canonical alias").await;
-                let template = Template::state(
-                    TimelineEventType::RoomCanonicalAlias,
-                    "",
-                    &user,
-                    canonical_content(json!({}))?,
-                );
-                send_best_effort(self, &old_room, template, "clear the old canonical alias").await;
-            }
+        let canonical_alias = current("m.room.canonical_alias", "")?
+            .and_then(|event| event.content_as::<RoomCanonicalAliasEventContent>().ok())
+            .filter(|content| content.alias.is_some() || !content.alt_aliases.is_empty());
+        if let Some(content) = canonical_alias {
+            let template = Template::typed(&user, "", &content)?;
+            send_best_effort(self, &new_room, template, "copy the canonical alias").await;
+            let template = Template::typed(&user, "", &RoomCanonicalAliasEventContent::new())?;
+            send_best_effort(self, &old_room, template, "clear the old canonical alias").await;
         }
 
         let tombstone = Template::typed(
@@ -303,6 +286,7 @@ impl Rooms {
 #[cfg(test)]
 mod tests {
     use ruma::{RoomVersionId, int, owned_user_id};
+    use serde_json::json;
 
     use super::*;
 

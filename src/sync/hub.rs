@@ -19,6 +19,8 @@ use dashmap::DashMap;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use tokio::sync::Notify;
 
+use crate::rooms::commits::{CommitListener, Pending, RoomCommit, done};
+
 /// One waiting request.
 #[derive(Default)]
 pub struct Waiter {
@@ -161,6 +163,18 @@ impl SyncHub {
 impl Drop for Registration {
     fn drop(&mut self) {
         metrics::gauge!("tuwunel_sync_waiting").decrement(1.0);
+    }
+}
+
+/// A room's commit wakes the syncs waiting on the room, and those of the users whose
+/// membership it changed: invites and joins reach users not yet waiting on the room.
+impl CommitListener for SyncHub {
+    fn committed<'a>(&'a self, commit: &'a RoomCommit) -> Pending<'a> {
+        self.room_changed(&commit.room_id);
+        for member in &commit.members {
+            self.user_changed(member);
+        }
+        done()
     }
 }
 

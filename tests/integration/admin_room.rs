@@ -136,6 +136,58 @@ async fn the_first_user_runs_admin_commands_in_the_admin_room() {
 }
 
 #[tokio::test]
+async fn a_retried_send_runs_its_admin_command_once() {
+    let mut server = TestServer::start().await;
+    let admin = server.register("boss", "pw").await;
+    let room = admin_room(&server, &admin).await;
+    // A client retrying a send (same transaction id) gets the first answer back; the command
+    // must not run again.
+    let first = send_text(&server, &admin, &room, "retried", "!admin debug echo once").await;
+    let again = send_text(&server, &admin, &room, "retried", "!admin debug echo once").await;
+    assert_eq!(first, again, "the retry is answered with the first event");
+    send_text(&server, &admin, &room, "last", "!admin debug echo end").await;
+    // Both answers are in once each command has run (in either order).
+    let answered = wait_until(std::time::Duration::from_secs(10), || {
+        let server = &server;
+        let admin = &admin;
+        let room = room.clone();
+        async move {
+            let notices = notices(server, admin, &room).await;
+            notices.iter().any(|body| body == "end") && notices.iter().any(|body| body == "once")
+        }
+    })
+    .await;
+    assert!(answered, "no answer to the commands");
+    let answers = notices(&server, &admin, &room).await;
+    assert_eq!(answers.iter().filter(|body| *body == "once").count(), 1, "{answers:?}");
+    // Messages that are not commands, and commands from the server user itself, run nothing.
+    send_text(&server, &admin, &room, "chat", "admin: not a command").await;
+    let (status, _) = server
+        .put_as(
+            &admin,
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.message/x"),
+            json!({"msgtype": "m.text", "body": "!admin debug echo state"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    send_text(&server, &admin, &room, "final", "!admin debug echo final").await;
+    let answered = wait_until(std::time::Duration::from_secs(10), || {
+        let server = &server;
+        let admin = &admin;
+        let room = room.clone();
+        async move { notices(server, admin, &room).await.iter().any(|body| body == "final") }
+    })
+    .await;
+    assert!(answered, "no answer to the last command");
+    let answers = notices(&server, &admin, &room).await;
+    assert!(
+        !answers.iter().any(|body| body == "state"),
+        "a state event ran a command: {answers:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn profile_changes_reach_member_events_and_deactivation_leaves_rooms() {
     let mut server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;

@@ -199,6 +199,42 @@ async fn aliases_are_created_resolved_listed_and_deleted() {
 }
 
 #[tokio::test]
+async fn a_canonical_alias_names_only_valid_aliases_of_its_room() {
+    let mut server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&server, &alice, json!({"room_alias_name": "hall"})).await;
+    let other = create_room(&server, &alice, json!({"room_alias_name": "annex"})).await;
+    assert_ne!(room, other);
+    // Each refusal is M_BAD_ALIAS (400) and names the field that is wrong.
+    for (content, field) in [
+        (json!({"alias": "#annex:test.local"}), "alias"),
+        (
+            json!({"alias": "#hall:test.local", "alt_aliases": ["#x:elsewhere.example", "#nope:test.local"]}),
+            "alt_aliases[1]",
+        ),
+        (json!({"alt_aliases": ["not an alias"]}), "alt_aliases[0]"),
+        (json!({"alias": ""}), "alias"),
+    ] {
+        let (status, body) =
+            put_state(&server, &alice, &room, "m.room.canonical_alias", "", content.clone()).await;
+        assert_error(status, &body, 400, "M_BAD_ALIAS");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(message.starts_with(&format!("{field}: ")), "{content}: {message}");
+    }
+    let (status, _) = get_state(&server, &alice, &room, "m.room.canonical_alias", "").await;
+    assert_eq!(status, 200, "createRoom's canonical alias is still there");
+    // Other servers' aliases cannot be checked, and values that are not strings are no
+    // aliases: both are stored as sent.
+    let accepted = json!({"alias": "#hall:test.local", "alt_aliases": ["#x:elsewhere.example", 5]});
+    let (status, body) =
+        put_state(&server, &alice, &room, "m.room.canonical_alias", "", accepted.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, stored) = get_state(&server, &alice, &room, "m.room.canonical_alias", "").await;
+    assert_eq!(stored, accepted);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn directory_visibility_is_read_by_anyone_and_set_by_moderators() {
     let mut server = TestServer::start().await;
     let (admin, alice, bob, carol) = users(&server).await;

@@ -23,6 +23,7 @@ use crate::{
     rooms::{
         self, Pdu,
         builder::Template,
+        commits::{CommittedEvent, RoomCommit},
         pdu::state_key_bytes,
         relations::relation_of,
         search::search_words,
@@ -68,8 +69,10 @@ impl Prepared {
     }
 }
 
-/// What a commit leaves for after the reply: waking syncs and pushers.
+/// What a commit leaves for after the reply: the commit listeners' work.
 pub(super) struct Committed {
+    /// The committed events, in order.
+    events: Vec<CommittedEvent>,
     /// Users whose membership changed.
     members: Vec<OwnedUserId>,
     /// Local users the events notified (their pushers have work).
@@ -466,7 +469,12 @@ impl RoomActor {
             Some(changed) => push_counts::with_written(before, changed, stamp),
             None => before.clone(),
         });
-        let committed = Committed { members, notified };
+        let events = events
+            .into_iter()
+            .zip(positions.clone())
+            .map(|((pdu, _, _), position)| CommittedEvent { pdu, position })
+            .collect();
+        let committed = Committed { events, members, notified };
         let sent = ids
             .into_iter()
             .zip(positions)
@@ -475,17 +483,12 @@ impl RoomActor {
         Ok((sent, committed))
     }
 
-    /// After a commit (and the reply to the sender): wakes the syncs that can see the events
-    /// and the pushers of those notified.
+    /// After a commit (and the reply to the sender): hands it to the commit listeners (the
+    /// SyncHub, the pushers, the admin room's command hook).
     pub(super) async fn after_commit(&self, room: &Loaded, committed: Committed) {
-        self.hub.room_changed(&room.room_id);
-        for member in &committed.members {
-            // Invites and joins reach users who are not yet waiting on the room.
-            self.hub.user_changed(member);
-        }
-        for user in &committed.notified {
-            self.push.wake(user).await;
-        }
+        let Committed { events, members, notified } = committed;
+        let commit = RoomCommit { room_id: room.room_id.clone(), events, members, notified };
+        self.listeners.notify(&commit).await;
     }
 }
 

@@ -54,19 +54,20 @@ impl RoomActor {
             .content
             .get("membership")
             .and_then(CanonicalJsonValue::as_str)
-            .unwrap_or_default();
-        if membership != "join" || template.content.contains_key("join_authorised_via_users_server")
+            .map(MembershipState::from);
+        if membership != Some(MembershipState::Join)
+            || template.content.contains_key("join_authorised_via_users_server")
         {
             return Ok(template);
         }
         let user = &template.sender;
         let current = self
             .current(room, "m.room.member", user.as_str())?
-            .map(|member| member.content_str("membership").unwrap_or_default());
-        if template.only_while_joined && current.as_deref() != Some("join") {
+            .and_then(|member| content::membership(&member));
+        if template.only_while_joined && current != Some(MembershipState::Join) {
             return Err(Error::forbidden("The sender is no longer joined to this room."));
         }
-        if matches!(current.as_deref(), Some("join" | "invite")) {
+        if matches!(current, Some(MembershipState::Join | MembershipState::Invite)) {
             return Ok(template);
         }
         let rule = content::join_rule(self.current(room, "m.room.join_rules", "")?.as_deref());
@@ -98,7 +99,7 @@ impl RoomActor {
         let mut authoriser = None;
         for (member, short) in local_members {
             let joined = rooms::pdu(self.storage.engine(), *short)?
-                .is_some_and(|pdu| pdu.content_str("membership").as_deref() == Some("join"));
+                .is_some_and(|pdu| content::membership(&pdu) == Some(MembershipState::Join));
             if joined && powers.for_user(&member) >= invite_level {
                 authoriser = Some(member);
                 break;
@@ -136,6 +137,6 @@ impl RoomActor {
     pub(super) fn is_member(&self, room: &Loaded, user: &UserId) -> Result<bool> {
         Ok(self
             .current(room, "m.room.member", user.as_str())?
-            .is_some_and(|member| member.content_str("membership").as_deref() == Some("join")))
+            .is_some_and(|member| content::membership(&member) == Some(MembershipState::Join)))
     }
 }

@@ -112,6 +112,8 @@ pub struct RoomActor {
     /// Shortest and longest typing notification a client may ask for.
     pub(in crate::rooms) typing_timeouts: (Duration, Duration),
     pub(in crate::rooms) push: Arc<Push>,
+    /// Who acts on the room's commits once they are durable (`rooms::commits`).
+    pub(in crate::rooms) listeners: Arc<rooms::commits::CommitListeners>,
     /// What the room dates its events, receipts and typing expiries by.
     pub(in crate::rooms) time: Time,
     /// Hands the room's events, typing and receipts to the other servers in it.

@@ -39,7 +39,7 @@ impl RoomActor {
         // An invited local user hears of the invite through their push rules too.
         for (pdu, ..) in events {
             if pdu.kind == TimelineEventType::RoomMember
-                && pdu.content_str("membership").as_deref() == Some("invite")
+                && crate::rooms::content::membership(pdu) == Some(MembershipState::Invite)
                 && let Some(target) =
                     pdu.state_key.as_deref().and_then(|key| UserId::parse(key).ok())
                 && target.server_name() == self.server_name

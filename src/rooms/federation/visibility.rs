@@ -14,11 +14,14 @@
 
 use std::collections::HashMap;
 
-use ruma::{OwnedServerName, ServerName, UserId};
+use ruma::{
+    OwnedServerName, ServerName, UserId,
+    events::room::{history_visibility::HistoryVisibility, member::MembershipState},
+};
 
 use crate::{
     Result,
-    rooms::{self, Pdu, StateFact, timeline},
+    rooms::{self, Pdu, timeline},
     storage::{Storage, rooms::EventMeta},
 };
 
@@ -38,12 +41,12 @@ enum Visibility {
     Joined,
 }
 
-impl Visibility {
-    fn parse(value: Option<&str>) -> Self {
+impl From<HistoryVisibility> for Visibility {
+    fn from(value: HistoryVisibility) -> Self {
         match value {
-            Some("world_readable") => Self::WorldReadable,
-            Some("invited") => Self::Invited,
-            Some("joined") => Self::Joined,
+            HistoryVisibility::WorldReadable => Self::WorldReadable,
+            HistoryVisibility::Invited => Self::Invited,
+            HistoryVisibility::Joined => Self::Joined,
             // The spec's default, and what an unknown value is treated as.
             _ => Self::Shared,
         }
@@ -66,13 +69,13 @@ impl<'a> ServerView<'a> {
 
     /// How the server sees `pdu`, whose metadata is `meta`.
     pub fn check(&mut self, meta: &EventMeta, pdu: &Pdu) -> Result<Seen> {
-        let fact =
-            |snapshot| rooms::state_fact(self.storage, snapshot, StateFact::HistoryVisibility);
-        let mut visibility = Visibility::parse(fact(meta.state_before)?.as_deref());
+        let at =
+            |snapshot| rooms::history_visibility_at(self.storage, snapshot).map(Visibility::from);
+        let mut visibility = at(meta.state_before)?;
         if pdu.kind.to_string() == "m.room.history_visibility"
             && pdu.state_key.as_deref() == Some("")
         {
-            visibility = visibility.min(Visibility::parse(fact(meta.state_after)?.as_deref()));
+            visibility = visibility.min(at(meta.state_after)?);
         }
         let visible = match visibility {
             Visibility::WorldReadable | Visibility::Shared => true,
@@ -96,9 +99,9 @@ impl<'a> ServerView<'a> {
             if user.server_name() != self.server {
                 continue;
             }
-            match member.content_str("membership").as_deref() {
-                Some("join") => (invited, joined) = (true, true),
-                Some("invite") => invited = true,
+            match rooms::content::membership(&member) {
+                Some(MembershipState::Join) => (invited, joined) = (true, true),
+                Some(MembershipState::Invite) => invited = true,
                 _ => {}
             }
             if joined {
@@ -112,12 +115,15 @@ impl<'a> ServerView<'a> {
 
 #[cfg(test)]
 mod tests {
+    use ruma::events::room::history_visibility::HistoryVisibility;
+
     use super::Visibility;
 
     #[test]
     fn unknown_settings_read_as_shared_and_order_by_permissiveness() {
-        assert_eq!(Visibility::parse(None), Visibility::Shared);
-        assert_eq!(Visibility::parse(Some("secret")), Visibility::Shared);
+        assert_eq!(Visibility::from(HistoryVisibility::Shared), Visibility::Shared);
+        assert_eq!(Visibility::from(HistoryVisibility::from("secret")), Visibility::Shared);
+        assert_eq!(Visibility::from(HistoryVisibility::Joined), Visibility::Joined);
         assert!(Visibility::WorldReadable < Visibility::Shared);
         assert!(Visibility::Invited < Visibility::Joined);
         assert_eq!(Visibility::Joined.min(Visibility::Shared), Visibility::Shared);

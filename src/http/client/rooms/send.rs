@@ -81,9 +81,6 @@ async fn send_message(
     let guard = hold_sender(&services, &sender);
     let content = canonical_content(content_of(&body.body)?)?;
     let kind = TimelineEventType::from(body.event_type.to_string());
-    let command = (kind == TimelineEventType::RoomMessage)
-        .then(|| content.get("body").and_then(CanonicalJsonValue::as_str).map(str::to_owned))
-        .flatten();
     let mut template = Template::message(kind.clone(), &sender.user_id, content);
     if kind == TimelineEventType::RoomRedaction {
         template.redacts = template
@@ -100,9 +97,6 @@ async fn send_message(
     let transaction =
         Some(Transaction { device: sender.device_id.to_string(), txn_id: body.txn_id.to_string() });
     let sent = services.rooms.send(&body.room_id, template, transaction).await?;
-    if let Some(text) = command {
-        crate::admin::room::maybe_run(&services, &body.room_id, &sender.user_id, &text);
-    }
     let response = RumaResponse(send_message_event::v3::Response::new(sent.event_id));
     Ok(Held { response, guard })
 }
