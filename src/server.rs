@@ -353,7 +353,19 @@ impl Server {
         server.run_startup_commands();
         server.flush_activity_periodically();
         server.trim_memory_periodically();
+        server.replay_staged_pdus();
         Ok(server)
+    }
+
+    /// Processes the events of other servers' transactions that were acknowledged but not
+    /// processed before the last stop.
+    fn replay_staged_pdus(&self) {
+        let intake = Arc::clone(&self.services.federation.intake);
+        tasks::spawn("federation_transaction", async move {
+            if let Err(error) = intake.replay_staged().await {
+                tracing::error!(%error, "processing the events staged before the last stop failed");
+            }
+        });
     }
 
     /// Runs `admin_signal_execute` (on SIGUSR2): commands an operator wants on a running

@@ -367,6 +367,12 @@ config_section! {
         /// Seconds an idle connection to another server is kept open for reuse.
         federation_idle_timeout: u64 = 25,
 
+        /// Milliseconds another server waits at most for the answer to a transaction it
+        /// sent: the events not processed by then are kept in the database, answered as
+        /// received, and processed after the answer (or at the next start). Our addition to
+        /// Tuwunel's keys.
+        federation_transaction_deadline_ms: u64 = 20_000,
+
         /// Idle connections kept open per remote server.
         federation_idle_per_host: u16 = 1,
 

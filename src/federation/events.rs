@@ -21,7 +21,7 @@
 //! and checks the signatures on the blocking pool. The auth checks (4 to 6) belong to the
 //! room's actor.
 
-use std::{collections::BTreeMap, fmt, future::Future};
+use std::{collections::BTreeMap, fmt, future::Future, sync::Arc};
 
 use futures_util::{StreamExt, stream};
 use ruma::{
@@ -96,6 +96,18 @@ impl EventKeys for ServerKeys {
         key_ids: &[String],
     ) -> impl Future<Output = Result<BTreeMap<String, Base64>, KeyError>> + Send {
         self.keys_for_event(server, at_ms, enforce_validity, key_ids)
+    }
+}
+
+impl<K: EventKeys + Send> EventKeys for Arc<K> {
+    fn event_keys(
+        &self,
+        server: &ServerName,
+        at_ms: u64,
+        enforce_validity: bool,
+        key_ids: &[String],
+    ) -> impl Future<Output = Result<BTreeMap<String, Base64>, KeyError>> + Send {
+        self.as_ref().event_keys(server, at_ms, enforce_validity, key_ids)
     }
 }
 

@@ -7,25 +7,28 @@
 //!   not applied again; concurrent copies of one transaction share one application.
 //! - The application runs in a task of its own, so a sender that gives up on the request
 //!   cannot leave it half done.
-//! - PDUs are not accepted yet (federated rooms come later): each gets an error saying so,
-//!   and nothing of them is stored.
+//! - PDUs go to their rooms' actors ([`pdus`]): each is answered `{}` or with the reason it
+//!   was refused, within `federation_transaction_deadline_ms`.
 //! - EDUs are applied one by one ([`super::edus`]); one that cannot be read, or of a type
 //!   this server does not know, is skipped.
 
+mod pdus;
+
 use std::{
     collections::BTreeMap,
-    sync::Arc,
+    sync::{Arc, atomic::AtomicU64},
     time::{Duration, Instant},
 };
 
 use dashmap::DashMap;
 use ruma::{
-    CanonicalJsonObject, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName,
+    OwnedEventId, OwnedServerName, RoomId, ServerName,
     api::federation::transactions::{edu::Edu, send_transaction_message},
 };
 
 use super::{
-    acl, client::FederationClient, edus, flight::SingleFlight, outbox::Outbox, sender::Sender,
+    acl, client::FederationClient, edus, flight::SingleFlight, keys::ServerKeys, outbox::Outbox,
+    sender::Sender,
 };
 use crate::{
     Config, Error, Result,
@@ -40,14 +43,10 @@ use crate::{
     sync::hub::SyncHub,
     time::Time,
 };
-use serde_json::Value as JsonValue;
 
 /// How long a transaction's record is kept to answer retries (the hourly housekeeping
 /// deletes older ones).
 pub const TRANSACTION_MEMORY: Duration = Duration::from_secs(24 * 3600);
-
-/// Why a PDU is refused while this server does not take part in federated rooms.
-const PDUS_NOT_SUPPORTED: &str = "This server does not accept events from other servers yet (federated rooms are not supported).";
 
 /// What the intake reads from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +55,8 @@ pub struct IntakeSettings {
     pub typing: bool,
     /// How long another server's typing notice lasts.
     pub typing_timeout: Duration,
+    /// How long a sender waits for the PDUs of its transaction at most.
+    pub pdu_deadline: Duration,
 }
 
 /// The answer to one transaction: each PDU's event id and its error (`None`: accepted).
@@ -70,15 +71,20 @@ pub struct Intake {
     /// What records and presence are dated by.
     pub(super) time: Time,
     pub(super) client: Arc<FederationClient>,
+    /// Other servers' keys, for the signatures of their events.
+    pub(super) keys: Arc<ServerKeys>,
     pub(super) server_name: OwnedServerName,
     pub(super) outbox: Outbox,
     pub(super) settings: IntakeSettings,
     flight: SingleFlight<(OwnedServerName, String), Result<Answer, String>>,
     /// Transactions being applied, and since when (`!admin federation incoming-federation`).
     running: DashMap<(OwnedServerName, String), Instant>,
+    /// The last id given to a staged PDU (`inbound_pdus`).
+    last_arrival: AtomicU64,
 }
 
 impl Intake {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         storage: Arc<Storage>,
@@ -86,6 +92,7 @@ impl Intake {
         rooms: Registry<RoomActor>,
         sender: Arc<Sender>,
         client: Arc<FederationClient>,
+        keys: Arc<ServerKeys>,
         time: Time,
     ) -> Self {
         Self {
@@ -95,15 +102,18 @@ impl Intake {
             sender,
             time,
             client,
+            keys,
             server_name: config.server_name.clone(),
             outbox: Outbox::from_config(config),
             settings: IntakeSettings {
                 presence: config.allow_incoming_presence,
                 typing: config.allow_incoming_typing,
                 typing_timeout: Duration::from_secs(config.typing_federation_timeout_s.max(1)),
+                pdu_deadline: Duration::from_millis(config.federation_transaction_deadline_ms),
             },
             flight: SingleFlight::default(),
             running: DashMap::new(),
+            last_arrival: AtomicU64::new(0),
         }
     }
 
@@ -173,7 +183,7 @@ impl Intake {
 
     /// Applies a new transaction and records its answer.
     async fn apply(
-        &self,
+        self: &Arc<Self>,
         record_key: (String, String),
         request: send_transaction_message::v1::Request,
     ) -> Result<Answer> {
@@ -190,12 +200,7 @@ impl Intake {
         let _done = Running { map: &self.running, key: running_key };
         let started = Instant::now();
 
-        let mut answer = Answer::new();
-        for pdu in &request.pdus {
-            if let Some(event_id) = pdu_event_id(storage, pdu.get()) {
-                answer.insert(event_id.to_string(), Some(pdu_refusal(storage, &origin, pdu.get())));
-            }
-        }
+        let answer = self.apply_pdus(&origin, &request.pdus).await?;
         for edu in &request.edus {
             match edu.deserialize() {
                 Ok(edu) => self.apply_edu(&origin, edu).await,
@@ -311,53 +316,10 @@ fn response(pdus: Answer) -> send_transaction_message::v1::Response {
     response
 }
 
-/// Why a PDU is refused: over the spec's size limits, as [`limits::check_pdu`] says; for a
-/// room whose server ACL denies `origin`, that (as the spec asks, per PDU); otherwise
-/// because this server takes no events from other servers yet.
-fn pdu_refusal(storage: &Storage, origin: &ServerName, json: &str) -> String {
-    let checked = serde_json::from_str::<JsonValue>(json)
-        .map_err(|error| Error::bad_json(error.to_string()))
-        .and_then(|event| {
-            limits::check_pdu(&event)?;
-            let room = event.get("room_id").and_then(JsonValue::as_str);
-            match room.and_then(|room| RoomId::parse(room).ok()) {
-                Some(room) if !acl_allows(storage, &room, origin)? => Err(Error::forbidden(
-                    format!("Server {origin} is denied by the room's server ACL."),
-                )),
-                _ => Ok(()),
-            }
-        });
-    match checked {
-        Ok(()) => PDUS_NOT_SUPPORTED.to_owned(),
-        Err(error) => error.to_string(),
-    }
-}
-
 /// Whether the server ACL of `room` (as it is now) lets `origin` in; a room this server
 /// does not know has none.
 fn acl_allows(storage: &Storage, room: &RoomId, origin: &ServerName) -> Result<bool> {
     let Some(record) = rooms::room(storage, room)? else { return Ok(true) };
     let Some(heads) = rooms::heads(storage.engine(), record.short)? else { return Ok(true) };
     acl::room_allows(storage, heads.snapshot, origin)
-}
-
-/// The event id of a PDU as its room's version defines it (the `event_id` field in rooms of
-/// versions 1 and 2, the reference hash otherwise); for a room this server does not know,
-/// as version 11 would compute it. `None` for something that is not an event.
-fn pdu_event_id(storage: &Storage, json: &str) -> Option<OwnedEventId> {
-    let object: CanonicalJsonObject = serde_json::from_str(json).ok()?;
-    if let Some(ruma::CanonicalJsonValue::String(event_id)) = object.get("event_id") {
-        return OwnedEventId::try_from(event_id.as_str()).ok();
-    }
-    let version = match object.get("room_id") {
-        Some(ruma::CanonicalJsonValue::String(room)) => RoomId::parse(room)
-            .ok()
-            .and_then(|room| rooms::room(storage, &room).ok().flatten())
-            .map(|record| record.version),
-        _ => None,
-    }
-    .unwrap_or(RoomVersionId::V11);
-    let rules = version.rules()?;
-    let hash = ruma::signatures::reference_hash(&object, &rules).ok()?;
-    OwnedEventId::try_from(format!("${hash}")).ok()
 }

@@ -74,7 +74,7 @@ pub struct Federation {
     pub server_name: OwnedServerName,
     pub policy: Arc<ServerPolicy>,
     pub client: Arc<FederationClient>,
-    pub keys: ServerKeys,
+    pub keys: Arc<ServerKeys>,
     /// Sending: the fan-out and the destination actors.
     pub sender: Arc<Sender>,
     /// Receiving transactions.
@@ -143,7 +143,7 @@ impl Federation {
             http,
             ClientSettings { timeout, max_response: config.max_request_size.as_usize() },
         ));
-        let keys = ServerKeys::new(
+        let keys = Arc::new(ServerKeys::new(
             Arc::clone(&storage),
             signing_key,
             Arc::clone(&client),
@@ -154,7 +154,7 @@ impl Federation {
                 timeout,
             },
             time.clone(),
-        );
+        ));
         let sender = Sender::start(
             config,
             Arc::clone(&storage),
@@ -172,6 +172,7 @@ impl Federation {
             rooms,
             Arc::clone(&sender),
             Arc::clone(&client),
+            Arc::clone(&keys),
             time.clone(),
         ));
         Ok(Self {

@@ -87,6 +87,11 @@ pub fn relay(room: &RoomId, short_event: u64, origin: &ServerName) -> OutboxItem
     }
 }
 
+/// The servers of `room` changed by another server's membership event (which is not sent).
+pub fn members_changed(room: &RoomId) -> OutboxItem {
+    OutboxItem::MembersChanged { room: room.to_string() }
+}
+
 /// An EDU for `to`.
 pub fn edu(to: Recipients, edu_type: &str, content: JsonValue) -> OutboxItem {
     OutboxItem::Edu { to, edu: json!({ "edu_type": edu_type, "content": content }) }

@@ -80,6 +80,9 @@ pub enum OutboxItem {
     /// A change of a user's cross-signing keys, made into an `m.signing_key_update` when
     /// fanned out.
     SigningKeyUpdate { user: String },
+    /// Another server's membership event was accepted in `room`: who is in the room changed.
+    /// Nothing is sent; the fan-out forgets the room's servers.
+    MembersChanged { room: String },
 }
 
 /// One entry of a server's queue.

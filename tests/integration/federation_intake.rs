@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// One of our stored events in federation form.
-fn our_event(server: &FedServer, id: &str) -> CanonicalJsonObject {
+pub(crate) fn our_event(server: &FedServer, id: &str) -> CanonicalJsonObject {
     let services = server.services();
     let event_id = EventId::parse(id).expect("event id");
     let (_, pdu) =
@@ -38,7 +38,7 @@ fn our_event(server: &FedServer, id: &str) -> CanonicalJsonObject {
 }
 
 /// The ids of `room`'s timeline as `user` pages it, oldest first.
-async fn timeline(server: &FedServer, user: &User, room: &str) -> Vec<String> {
+pub(crate) async fn timeline(server: &FedServer, user: &User, room: &str) -> Vec<String> {
     let path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=1000");
     let (status, body) = server.server.get_as(user, &path).await;
     assert_eq!(status, 200, "{body}");
@@ -51,7 +51,7 @@ async fn timeline(server: &FedServer, user: &User, room: &str) -> Vec<String> {
 }
 
 /// Our room `room` as a fake-room kit room on `fake`.
-async fn adopt(
+pub(crate) async fn adopt(
     server: &FedServer,
     user: &User,
     kit: &std::sync::Arc<FakeRooms>,
@@ -75,7 +75,7 @@ async fn ingest(
     server.services().rooms.ingest(pdu, fake.name.clone(), Arrival::Pushed).await.expect("ingest")
 }
 
-fn status_of(server: &FedServer, id: &EventId) -> Option<EventStatus> {
+pub(crate) fn status_of(server: &FedServer, id: &EventId) -> Option<EventStatus> {
     let services = server.services();
     let short = tuwunel::rooms::event_short(&services.storage, id).expect("read")?;
     tuwunel::rooms::any_event_meta(services.storage.engine(), short)
@@ -84,7 +84,7 @@ fn status_of(server: &FedServer, id: &EventId) -> Option<EventStatus> {
 }
 
 /// The room's forward extremities as stored.
-fn heads(server: &FedServer, room: &str) -> BTreeSet<String> {
+pub(crate) fn heads(server: &FedServer, room: &str) -> BTreeSet<String> {
     let services = server.services();
     let record = tuwunel::rooms::room(&services.storage, &RoomId::parse(room).expect("room id"))
         .expect("read")
@@ -98,11 +98,11 @@ fn heads(server: &FedServer, room: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn set(ids: &[&OwnedEventId]) -> BTreeSet<String> {
+pub(crate) fn set(ids: &[&OwnedEventId]) -> BTreeSet<String> {
     ids.iter().map(ToString::to_string).collect()
 }
 
-async fn joined(server: &FedServer, user: &User, room: &str) -> Value {
+pub(crate) async fn joined(server: &FedServer, user: &User, room: &str) -> Value {
     let path = format!("/_matrix/client/v3/rooms/{room}/joined_members");
     let (status, body) = server.server.get_as(user, &path).await;
     assert_eq!(status, 200, "{body}");
@@ -322,7 +322,7 @@ fn encode(id: &str) -> String {
 }
 
 /// The ids of the PDUs `fake` received, in order.
-fn received_pdus(fake: &FakeServer) -> Vec<OwnedEventId> {
+pub(crate) fn received_pdus(fake: &FakeServer) -> Vec<OwnedEventId> {
     let rules = RoomVersionId::V11.rules().expect("rules");
     fake.state
         .transactions
@@ -335,7 +335,7 @@ fn received_pdus(fake: &FakeServer) -> Vec<OwnedEventId> {
 }
 
 /// Waits (bounded) until `fake` received `id`.
-async fn wait_received(fake: &FakeServer, id: &EventId) {
+pub(crate) async fn wait_received(fake: &FakeServer, id: &EventId) {
     for _ in 0..200 {
         if received_pdus(fake).iter().any(|received| received == id) {
             return;

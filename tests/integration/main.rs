@@ -29,6 +29,7 @@ mod federation_history;
 mod federation_intake;
 mod federation_media;
 mod federation_rooms;
+mod federation_send;
 mod federation_synapse;
 mod hardening;
 mod js_sdk;

@@ -71,7 +71,8 @@ async fn drain(sender: &Sender) -> Result<()> {
             OUTBOX_TABLE.delete(&mut batch, &position);
             // One bad row must not hold up the rest: it is logged and dropped.
             match route(sender, &item) {
-                Ok((servers, entry)) => {
+                Ok(None) => {}
+                Ok(Some((servers, entry))) => {
                     for server in servers {
                         QUEUE_TABLE.put(
                             &mut batch,
@@ -96,8 +97,11 @@ async fn drain(sender: &Sender) -> Result<()> {
     }
 }
 
-/// The servers an outbox item goes to, and what their queues get.
-fn route(sender: &Sender, item: &OutboxItem) -> Result<(BTreeSet<OwnedServerName>, QueuedItem)> {
+/// The servers an outbox item goes to, and what their queues get (`None`: nothing goes out).
+fn route(
+    sender: &Sender,
+    item: &OutboxItem,
+) -> Result<Option<(BTreeSet<OwnedServerName>, QueuedItem)>> {
     let storage = &sender.storage;
     let queued_ms = sender.time.now_ms();
     let (servers, entry) = match item {
@@ -105,7 +109,7 @@ fn route(sender: &Sender, item: &OutboxItem) -> Result<(BTreeSet<OwnedServerName
             let room =
                 RoomId::parse(room).map_err(|error| crate::Error::internal(error.to_string()))?;
             let Some(pdu) = rooms::readable_pdu(storage.engine(), *event)? else {
-                return Ok((BTreeSet::new(), QueuedItem::Pdu { event: *event }));
+                return Ok(None);
             };
             let mut servers = BTreeSet::new();
             if pdu.kind == ruma::events::TimelineEventType::RoomMember {
@@ -117,8 +121,8 @@ fn route(sender: &Sender, item: &OutboxItem) -> Result<(BTreeSet<OwnedServerName
                     servers.insert(target.server_name().to_owned());
                 }
             }
-            // Events from other servers reach the room's servers from their origin, but for
-            // those this server relays (never back to their origin).
+            // Only this server's events and those it relays are in the outbox (the room
+            // actor's rule); a foreign row left by an older version is not sent.
             let ours = pdu.sender.server_name() == sender.server_name;
             if (ours || relay_except.is_some()) && !is_disabled(sender, &room)? {
                 servers.extend(sender.servers.of_room(storage, &room)?.iter().cloned());
@@ -138,6 +142,12 @@ fn route(sender: &Sender, item: &OutboxItem) -> Result<(BTreeSet<OwnedServerName
             let edu = device_list_update(sender, &user, device, *stream_id, prev_id)?;
             (sender.servers.of_user(storage, &user)?, QueuedItem::Edu { edu, queued_ms })
         }
+        OutboxItem::MembersChanged { room } => {
+            if let Ok(room) = RoomId::parse(room) {
+                sender.servers.forget(&room);
+            }
+            return Ok(None);
+        }
         OutboxItem::SigningKeyUpdate { user } => {
             let user = parse_user(user)?;
             let edu = signing_key_update(sender, &user)?;
@@ -148,7 +158,7 @@ fn route(sender: &Sender, item: &OutboxItem) -> Result<(BTreeSet<OwnedServerName
         .into_iter()
         .filter(|server| *server != sender.server_name && sender.policy.allows(server))
         .collect();
-    Ok((servers, entry))
+    Ok(Some((servers, entry)))
 }
 
 fn parse_user(user: &str) -> Result<ruma::OwnedUserId> {

@@ -3,8 +3,9 @@
 //!
 //! Every fanned-out event and EDU asks this, so each room's set is kept in memory once read
 //! from the membership index. Only a membership event can change it, and every membership
-//! event of a room with another server's member (or of another server's user) passes
-//! through the outbox, where the fan-out drops the room's entry ([`RoomServers::forget`]).
+//! event of a room with another server's member (or of another server's user) leaves a
+//! row in the outbox (the event itself when it is this server's or relayed, else
+//! `MembersChanged`), where the fan-out drops the room's entry ([`RoomServers::forget`]).
 //! A room with no other server caches an empty set, so a local-only room costs one lookup.
 
 use std::{

@@ -15,7 +15,6 @@ use ruma::{
 use super::{Loaded, RoomActor, RoomState, SendRequest, Sent, resolve::Before};
 use crate::{
     Error, Result,
-    federation::outbox,
     push::{
         counts as push_counts,
         evaluate::{Outcome, write_notifications},
@@ -47,8 +46,8 @@ const STATE_CACHE: usize = 64;
 
 /// An event accepted but not yet committed, with the rows that need its stream position.
 pub(super) struct Prepared {
-    pdu: Arc<Pdu>,
-    short: u64,
+    pub(super) pdu: Arc<Pdu>,
+    pub(super) short: u64,
     meta_before: u64,
     meta_after: u64,
     /// The membership rows of the users whose member event in the current state changed.
@@ -58,7 +57,7 @@ pub(super) struct Prepared {
     words: Vec<String>,
     transaction: Option<(String, String, String)>,
     /// Another server's event this server relays to the room's other servers but its origin.
-    relay_except: Option<OwnedServerName>,
+    pub(super) relay_except: Option<OwnedServerName>,
 }
 
 impl Prepared {
@@ -417,6 +416,11 @@ impl RoomActor {
             && (self.has_remote_members(room)?
                 || members.iter().any(|member| member.server_name() != self.server_name));
         let outbox = self.outbox.clone();
+        let outgoing: Vec<_> = if federated {
+            prepared.iter().map(|prepared| self.outbox_item(prepared)).collect()
+        } else {
+            Vec::new()
+        };
         // Dropped before the commit, so even a commit whose outcome is unknown (the Writer
         // stopping) cannot leave a stale list behind.
         if !membership_changes.is_empty() {
@@ -439,16 +443,12 @@ impl RoomActor {
             .commit_with_positions(count, batch, move |batch, positions| {
                 let assigned: Vec<u64> = positions.clone().collect();
                 activity.write(batch, &positions);
-                for (prepared, position) in prepared.into_iter().zip(positions.clone()) {
+                for (index, (prepared, position)) in
+                    prepared.into_iter().zip(positions.clone()).enumerate()
+                {
                     let has_children = parents.contains(&prepared.short);
-                    if federated {
-                        let item = match &prepared.relay_except {
-                            Some(origin) => {
-                                outbox::relay(&prepared.pdu.room_id, prepared.short, origin)
-                            }
-                            None => outbox::pdu(&prepared.pdu.room_id, prepared.short),
-                        };
-                        outbox.put(batch, position, &item);
+                    if let Some(Some(item)) = outgoing.get(index) {
+                        outbox.put(batch, position, item);
                     }
                     write_positioned(batch, room_short, &room_id, prepared, position, has_children);
                 }

@@ -2,10 +2,14 @@
 //! events and receipts are handed over in their own commits, `accept.rs` and `receipts.rs`),
 //! and whether another server is in the room at all.
 
-use ruma::UserId;
+use ruma::{UserId, events::TimelineEventType};
 
-use super::{Loaded, RoomActor};
-use crate::{Result, federation::outbox, storage::Batch};
+use super::{Loaded, RoomActor, accept::Prepared};
+use crate::{
+    Result,
+    federation::outbox,
+    storage::{Batch, federation::OutboxItem},
+};
 
 impl RoomActor {
     /// Hands a local user's typing notice to the other servers in the room (none: nothing
@@ -28,6 +32,22 @@ impl RoomActor {
             })
             .await
             .map(drop)
+    }
+
+    /// The outbox row of an event committed in a room shared with other servers: this
+    /// server's own events go to the room's other servers, another server's event only when
+    /// this server relays it (a join taken through `send_join`), never back to its origin.
+    /// Another server's membership event that is not relayed changes who is in the room:
+    /// its row only tells the fan-out so.
+    pub(super) fn outbox_item(&self, prepared: &Prepared) -> Option<OutboxItem> {
+        let room = &prepared.pdu.room_id;
+        if let Some(origin) = &prepared.relay_except {
+            return Some(outbox::relay(room, prepared.short, origin));
+        }
+        if prepared.pdu.sender.server_name() == self.server_name {
+            return Some(outbox::pdu(room, prepared.short));
+        }
+        (prepared.pdu.kind == TimelineEventType::RoomMember).then(|| outbox::members_changed(room))
     }
 
     /// Whether what `user` does in the room goes to other servers: `user` is one of ours
