@@ -58,9 +58,21 @@ pub(crate) async fn adopt(
     fake: &FakeServer,
     room: &str,
 ) -> std::sync::Arc<FakeRoom> {
+    adopt_version(server, user, kit, fake, room, RoomVersionId::V11).await
+}
+
+/// [`adopt`] for a room of `version`.
+pub(crate) async fn adopt_version(
+    server: &FedServer,
+    user: &User,
+    kit: &std::sync::Arc<FakeRooms>,
+    fake: &FakeServer,
+    room: &str,
+    version: RoomVersionId,
+) -> std::sync::Arc<FakeRoom> {
     let events =
         timeline(server, user, room).await.iter().map(|id| our_event(server, id)).collect();
-    kit.adopt(fake, RoomVersionId::V11, RoomId::parse(room).expect("room id"), events)
+    kit.adopt(fake, version, RoomId::parse(room).expect("room id"), events)
 }
 
 /// Hands `event` to our server as if `fake` had pushed it, verified as the edge would.

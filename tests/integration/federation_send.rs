@@ -19,7 +19,8 @@ use crate::{
     common::{User, wait_until},
     fake_room::{EventSpec, FakeEvent, FakeRoom, FakeRooms, forge},
     federation_intake::{
-        adopt, heads, our_event, received_pdus, set, status_of, timeline, wait_received,
+        adopt, adopt_version, heads, our_event, received_pdus, set, status_of, timeline,
+        wait_received,
     },
     rooms::{create_room, send_text},
     testbed::{Ca, FakeServer, FedServer},
@@ -214,6 +215,29 @@ async fn a_transactions_events_reach_sync_in_order_and_forgeries_are_refused() {
     let results = push(&a, &fake, "t6", &[&late_join]).await;
     assert!(error_of(&results, &late_join.id).is_some_and(|error| error.contains("no member")));
     assert_eq!(status_of(&a, &late_join.id), None);
+}
+
+/// Version 12 leaves the create event out of `auth_events` (the room id names it): another
+/// server's join and message in our room of the default version are accepted all the same.
+#[tokio::test]
+async fn events_of_a_version_12_room_are_accepted_without_the_create_event_listed() {
+    let ca = Ca::new();
+    let a = FedServer::start(&ca, &[]).await;
+    let fake = FakeServer::start(&ca).await;
+    let kit = FakeRooms::new();
+    let alice = a.server.register("alice", "pw").await;
+    let bob = fake.user_id("bob");
+    let room_id =
+        create_room(&a.server, &alice, json!({"preset": "public_chat", "room_version": "12"}))
+            .await;
+    let room = adopt_version(&a, &alice, &kit, &fake, &room_id, RoomVersionId::V12).await;
+    let join = room.send(EventSpec::member(&bob, "join"));
+    let message = room.send(EventSpec::message(&bob, "hello from a v12 room"));
+    let sent = [&join, &message];
+    let results = push(&a, &fake, "v12", &sent).await;
+    all_accepted(&results, &sent);
+    let shown = synced(&a, &alice, &room_id).await;
+    assert!(in_order(&shown, &[&join.id, &message.id]), "{shown:?}");
 }
 
 #[tokio::test]

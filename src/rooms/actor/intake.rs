@@ -194,10 +194,20 @@ impl RoomActor {
             })
             .collect();
         let from_auth_events = |kind: &StateEventType, state_key: &str| {
-            Ok(by_key
-                .get(&(kind.to_string(), state_key.to_owned()))
-                .cloned()
-                .map(ResEvent::in_state))
+            if let Some(auth) = by_key.get(&(kind.to_string(), state_key.to_owned())) {
+                return Ok(Some(ResEvent::in_state(Arc::clone(auth))));
+            }
+            // Version 12 never lists the create event: the room id names it, and it is the
+            // same in every state of the room.
+            if rules.room_create_event_id_as_room_id
+                && *kind == StateEventType::RoomCreate
+                && state_key.is_empty()
+            {
+                return Ok(self
+                    .state_event_at(room, &Before::Current, kind, state_key)?
+                    .map(ResEvent::in_state));
+            }
+            Ok(None)
         };
         let checked = ResEvent { pdu: Arc::new(pdu.clone()), rejected: false };
         // Check 4.
