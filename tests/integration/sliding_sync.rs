@@ -554,3 +554,269 @@ async fn the_fact_cache_answers_the_create_type_and_encryption() {
         assert_eq!(fact(&space, StateFact::Encryption).as_deref(), Some("m.megolm.v1.aes-sha2"));
     }
 }
+
+/// The `body` of each timeline event of a room's result.
+fn bodies(room: &Value) -> Vec<String> {
+    room["timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|event| event["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn texts(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|index| format!("message {index}")).collect()
+}
+
+fn with_limit(end: u64, timeline_limit: u64) -> Value {
+    json!({ "lists": { "all": { "ranges": [[0, end]], "timeline_limit": timeline_limit } } })
+}
+
+#[tokio::test]
+async fn timelines_are_limited_page_with_messages_and_continue_with_new_events() {
+    let server = TestServer::with_options(QUICK).await;
+    server.register("admin", "pw").await;
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    for index in 0..10 {
+        send_text(&server, &alice, &room, &format!("m{index}"), &format!("message {index}")).await;
+    }
+    let body = ok(&server, &alice, "", with_limit(9, 3)).await;
+    let result = &body["rooms"][&room];
+    assert_eq!(bodies(result), texts(7..10), "{body}");
+    assert_eq!(result["limited"], true, "{body}");
+    assert_eq!(result["initial"], true, "{body}");
+    assert!(result.get("num_live").is_none(), "{body}");
+    // The rest is paged with /messages from prev_batch.
+    let from = result["prev_batch"].as_str().expect("prev_batch");
+    let (status, page) = server
+        .get_as(
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from={from}&limit=3"),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let paged: Vec<&str> = page["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter_map(|event| event["content"]["body"].as_str())
+        .collect();
+    assert_eq!(paged, ["message 6", "message 5", "message 4"], "{page}");
+
+    // Incremental: only the new events, all of them live.
+    let pos = pos_of(&body);
+    for index in 10..12 {
+        send_text(&server, &alice, &room, &format!("m{index}"), &format!("message {index}")).await;
+    }
+    let body = ok(&server, &alice, &format!("?pos={pos}"), with_limit(9, 3)).await;
+    let result = &body["rooms"][&room];
+    assert_eq!(bodies(result), texts(10..12), "{body}");
+    assert!(result.get("limited").is_none() && result.get("initial").is_none(), "{body}");
+    assert_eq!(result["num_live"], 2, "{body}");
+
+    // Nothing new: the room is not sent.
+    let pos = pos_of(&body);
+    let body = ok(&server, &alice, &format!("?pos={pos}"), with_limit(9, 3)).await;
+    assert!(body["rooms"].get(&room).is_none(), "{body}");
+
+    // A bigger timeline_limit sends the latest events again.
+    let pos = pos_of(&body);
+    let body = ok(&server, &alice, &format!("?pos={pos}"), with_limit(9, 10)).await;
+    let result = &body["rooms"][&room];
+    assert_eq!(bodies(result), texts(2..12), "{body}");
+    assert_eq!(result["limited"], true, "{body}");
+    assert_eq!(result["num_live"], 0, "{body}");
+}
+
+#[tokio::test]
+async fn a_room_that_left_the_window_with_updates_gets_exactly_those_when_it_returns() {
+    let server = TestServer::with_options(QUICK).await;
+    server.register("admin", "pw").await;
+    let alice = server.register("alice", "pw").await;
+    let mut rooms = Vec::new();
+    for index in 0..3 {
+        let room = create_room(&server, &alice, json!({})).await;
+        send_text(&server, &alice, &room, &format!("t{index}"), "hello").await;
+        rooms.push(room);
+    }
+    let (first, second) = (&rooms[0], &rooms[1]);
+    let body = ok(&server, &alice, "", with_limit(2, 5)).await;
+    assert_eq!(room_ids(&body).len(), 3, "{body}");
+    // The oldest room gets news and becomes the newest, while the window shows only the
+    // third place (the middle room, which has nothing new).
+    send_text(&server, &alice, first, "a1", "away 1").await;
+    send_text(&server, &alice, first, "a2", "away 2").await;
+    let window = |index: u64| json!({ "lists": { "all": { "ranges": [[index, index]], "timeline_limit": 5 } } });
+    let body = ok(&server, &alice, &format!("?pos={}", pos_of(&body)), window(2)).await;
+    assert!(body["rooms"].get(first).is_none(), "{body}");
+    assert!(body["rooms"].get(second).is_none(), "{body}");
+    send_text(&server, &alice, first, "a3", "away 3").await;
+    let body = ok(&server, &alice, &format!("?pos={}", pos_of(&body)), window(0)).await;
+    let result = &body["rooms"][first];
+    assert_eq!(bodies(result), ["away 1", "away 2", "away 3"], "{body}");
+    assert!(result.get("initial").is_none() && result.get("limited").is_none(), "{body}");
+}
+
+async fn put_state(server: &TestServer, user: &User, room: &str, kind: &str, content: Value) {
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/{kind}/");
+    let (status, body) = server.put_as(user, &path, content).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn join(server: &TestServer, user: &User, room: &str) {
+    let (status, body) =
+        server.post_as(user, &format!("/_matrix/client/v3/rooms/{room}/join"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn invite(server: &TestServer, user: &User, room: &str, invitee: &User) {
+    let path = format!("/_matrix/client/v3/rooms/{room}/invite");
+    let (status, body) = server.post_as(user, &path, json!({ "user_id": invitee.id() })).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn names_avatars_heroes_and_member_counts_follow_the_state() {
+    let server = TestServer::with_options(QUICK).await;
+    server.register("admin", "pw").await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let (status, body) = server
+        .put_as(
+            &bob,
+            &format!("/_matrix/client/v3/profile/{}/displayname", bob.id()),
+            json!({ "displayname": "Bobby" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let named = create_room(&server, &alice, json!({ "name": "Garden" })).await;
+    let unnamed = create_room(&server, &alice, json!({})).await;
+    for room in [&named, &unnamed] {
+        invite(&server, &alice, room, &bob).await;
+        join(&server, &bob, room).await;
+    }
+    let body = ok(&server, &alice, "", with_limit(9, 1)).await;
+    let result = &body["rooms"][&named];
+    assert_eq!(result["name"], "Garden", "{body}");
+    assert_eq!(result["joined_count"], 2, "{body}");
+    assert_eq!(result["invited_count"], 0, "{body}");
+    assert!(result.get("heroes").is_none() && result.get("avatar").is_none(), "{body}");
+    let result = &body["rooms"][&unnamed];
+    assert!(result.get("name").is_none(), "{body}");
+    assert_eq!(
+        result["heroes"],
+        json!([{ "user_id": bob.id(), "displayname": "Bobby" }]),
+        "{body}"
+    );
+
+    // An avatar appears; the name is not repeated.
+    put_state(&server, &alice, &named, "m.room.avatar", json!({ "url": "mxc://test.local/abc" }))
+        .await;
+    let body = ok(&server, &alice, &format!("?pos={}", pos_of(&body)), with_limit(9, 1)).await;
+    let result = &body["rooms"][&named];
+    assert_eq!(result["avatar"], "mxc://test.local/abc", "{body}");
+    assert!(result.get("name").is_none() && result.get("joined_count").is_none(), "{body}");
+    // A new name, then the avatar removed: `null`.
+    put_state(&server, &alice, &named, "m.room.name", json!({ "name": "Orchard" })).await;
+    put_state(&server, &alice, &named, "m.room.avatar", json!({})).await;
+    let body = ok(&server, &alice, &format!("?pos={}", pos_of(&body)), with_limit(9, 1)).await;
+    let result = &body["rooms"][&named];
+    assert_eq!(result["name"], "Orchard", "{body}");
+    assert!(result.get("avatar").is_some_and(Value::is_null), "{body}");
+    // Bob leaves the unnamed room: counts and heroes follow.
+    let (status, left) =
+        server.post_as(&bob, &format!("/_matrix/client/v3/rooms/{unnamed}/leave"), json!({})).await;
+    assert_eq!(status, 200, "{left}");
+    let body = ok(&server, &alice, &format!("?pos={}", pos_of(&body)), with_limit(9, 1)).await;
+    let result = &body["rooms"][&unnamed];
+    assert_eq!(result["joined_count"], 1, "{body}");
+    assert_eq!(result["heroes"], json!([]), "{body}");
+}
+
+#[tokio::test]
+async fn unread_counts_rise_with_messages_and_fall_with_a_receipt() {
+    let server = TestServer::with_options(QUICK).await;
+    server.register("admin", "pw").await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    invite(&server, &alice, &room, &bob).await;
+    join(&server, &bob, &room).await;
+    let body = ok(&server, &alice, "", with_limit(9, 1)).await;
+    assert_eq!(body["rooms"][&room]["notification_count"], 0, "{body}");
+    let event = send_text(&server, &bob, &room, "b1", "hello alice").await;
+    let body = ok(&server, &alice, &format!("?pos={}", pos_of(&body)), with_limit(9, 1)).await;
+    assert_eq!(body["rooms"][&room]["notification_count"], 1, "{body}");
+    let (status, receipt) = server
+        .post_as(
+            &alice,
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{receipt}");
+    // Sent for the counts alone, without events.
+    let body = ok(&server, &alice, &format!("?pos={}", pos_of(&body)), with_limit(9, 1)).await;
+    let result = &body["rooms"][&room];
+    assert_eq!(result["notification_count"], 0, "{body}");
+    assert_eq!(result["highlight_count"], 0, "{body}");
+    assert!(result.get("timeline").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn invites_carry_their_state_dms_are_flagged_and_history_stays_hidden() {
+    let server = TestServer::with_options(QUICK).await;
+    server.register("admin", "pw").await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let secret = create_room(
+        &server,
+        &bob,
+        json!({ "name": "Secret", "initial_state": [{
+            "type": "m.room.history_visibility", "state_key": "",
+            "content": { "history_visibility": "joined" }
+        }] }),
+    )
+    .await;
+    send_text(&server, &bob, &secret, "s1", "before you came").await;
+    invite(&server, &bob, &secret, &alice).await;
+    let body = ok(&server, &alice, "", with_limit(9, 5)).await;
+    let result = &body["rooms"][&secret];
+    assert!(result.get("timeline").is_none(), "{body}");
+    let invite_state = result["invite_state"].as_array().expect("invite_state");
+    assert!(
+        invite_state
+            .iter()
+            .any(|event| event["type"] == "m.room.name" && event["content"]["name"] == "Secret"),
+        "{body}"
+    );
+    assert!(
+        invite_state.iter().any(|event| event["type"] == "m.room.member"
+            && event["state_key"] == alice.id().as_str()
+            && event["content"]["membership"] == "invite"),
+        "{body}"
+    );
+    // Joined, the room is sent afresh, with what came after the join only.
+    join(&server, &alice, &secret).await;
+    send_text(&server, &bob, &secret, "s2", "welcome").await;
+    let body = ok(&server, &alice, &format!("?pos={}", pos_of(&body)), with_limit(9, 5)).await;
+    let result = &body["rooms"][&secret];
+    assert_eq!(bodies(result), ["welcome"], "{body}");
+    assert_eq!(result["initial"], true, "{body}");
+    assert_eq!(result["name"], "Secret", "{body}");
+    assert!(result.get("invite_state").is_none(), "{body}");
+
+    // `m.direct` flags the room as a DM, and a change is sent.
+    let path = format!("/_matrix/client/v3/user/{}/account_data/m.direct", alice.id());
+    let mut direct = serde_json::Map::new();
+    direct.insert(bob.id().to_string(), json!([secret]));
+    let (status, set) = server.put_as(&alice, &path, Value::Object(direct)).await;
+    assert_eq!(status, 200, "{set}");
+    let body = ok(&server, &alice, &format!("?pos={}", pos_of(&body)), with_limit(9, 5)).await;
+    assert_eq!(body["rooms"][&secret]["is_dm"], true, "{body}");
+    let fresh = ok(&server, &alice, "", with_limit(9, 5)).await;
+    assert_eq!(fresh["rooms"][&secret]["is_dm"], true, "{fresh}");
+    assert_eq!(bodies(&fresh["rooms"][&secret]), ["welcome"], "{fresh}");
+}

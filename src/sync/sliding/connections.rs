@@ -368,7 +368,7 @@ mod tests {
             since,
             rooms: vec![(
                 format!("!{room}:example.org").try_into().expect("as the test set it up"),
-                RoomEntry { status: RoomStatus::Live, bump_stamp: since },
+                RoomEntry { status: RoomStatus::Live, bump_stamp: since, ..RoomEntry::default() },
             )],
             list_counts: None,
         }

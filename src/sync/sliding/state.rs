@@ -52,6 +52,14 @@ pub struct RoomEntry {
     pub status: RoomStatus,
     /// The last `bump_stamp` sent, so an unchanged one is not repeated.
     pub bump_stamp: u64,
+    /// The `timeline_limit` last sent with: a bigger one sends the latest events again.
+    pub timeline_limit: u64,
+    /// The `is_dm` last sent.
+    pub is_dm: bool,
+    /// Whether the client has an avatar for the room, so its removal is sent as `null`.
+    pub avatar: bool,
+    /// Whether the user had joined the room then: a room joined since is sent afresh.
+    pub joined: bool,
 }
 
 /// Whether the client has a room's updates.
@@ -90,8 +98,14 @@ mod tests {
         state.fold(&Delta {
             since: 5,
             rooms: vec![
-                (first.clone(), RoomEntry { status: RoomStatus::Live, bump_stamp: 3 }),
-                (second.clone(), RoomEntry { status: RoomStatus::Live, bump_stamp: 4 }),
+                (
+                    first.clone(),
+                    RoomEntry { status: RoomStatus::Live, bump_stamp: 3, ..RoomEntry::default() },
+                ),
+                (
+                    second.clone(),
+                    RoomEntry { status: RoomStatus::Live, bump_stamp: 4, ..RoomEntry::default() },
+                ),
             ],
             list_counts: None,
         });
@@ -100,7 +114,11 @@ mod tests {
             since: 9,
             rooms: vec![(
                 first.clone(),
-                RoomEntry { status: RoomStatus::Previously(5), bump_stamp: 3 },
+                RoomEntry {
+                    status: RoomStatus::Previously(5),
+                    bump_stamp: 3,
+                    ..RoomEntry::default()
+                },
             )],
             list_counts: None,
         });
