@@ -373,6 +373,15 @@ config_section! {
         /// Tuwunel's keys.
         federation_transaction_deadline_ms: u64 = 20_000,
 
+        /// Largest answer to a `send_join`, in MiB: the whole state of the room being
+        /// joined with its auth chain, far beyond `max_request_size` for large rooms. Our
+        /// addition to Tuwunel's keys.
+        federation_join_max_response_mb: u64 = 256,
+
+        /// Servers asked for a join template (`make_join`) before a join of a room on
+        /// other servers gives up.
+        max_make_join_attempts_per_join_attempt: usize = 48,
+
         /// Idle connections kept open per remote server.
         federation_idle_per_host: u16 = 1,
 

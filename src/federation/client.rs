@@ -185,10 +185,26 @@ impl FederationClient {
         R: OutgoingRequest<PathBuilder = SinglePath> + Send,
         R::Authentication: FederationAuth,
     {
+        self.send_limited(destination, request, timeout, self.settings.max_response).await
+    }
+
+    /// [`Self::send`] for an answer that may be larger than usual (a `send_join` answer
+    /// holds a room's whole state): read up to `max_response` bytes, parsed only once read.
+    pub async fn send_limited<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        timeout: Duration,
+        max_response: usize,
+    ) -> Result<R::IncomingResponse, OutboundError>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath> + Send,
+        R::Authentication: FederationAuth,
+    {
         let response = self.open(destination, request, timeout).await?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = read_limited(response, self.settings.max_response).await?;
+        let body = read_limited(response, max_response).await?;
         let mut response = axum::http::Response::builder().status(status);
         if let Some(response_headers) = response.headers_mut() {
             *response_headers = headers;

@@ -5,17 +5,24 @@
 use std::{ops::ControlFlow, sync::Arc};
 
 use ruma::{
-    CanonicalJsonValue, OwnedMxcUri, OwnedRoomId, RoomId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedMxcUri, OwnedRoomId, OwnedServerName, RoomId,
+    UserId,
     events::{
         TimelineEventType,
         room::member::{MembershipState, RoomMemberEventContent},
     },
 };
 
-use super::{Rooms, actor::Sent, builder::Template};
+use super::{
+    Rooms,
+    actor::Sent,
+    builder::Template,
+    federation::join::{self, JoinSettings},
+};
 use crate::{
     Error, Result,
     accounts::{Accounts, profile},
+    federation::Federation,
     storage::{
         Direction,
         codec::{Json, Prefix},
@@ -177,6 +184,33 @@ impl Rooms {
             return Ok(None);
         }
         self.send_membership(room_id, sender, target, change.membership(), reason).await.map(Some)
+    }
+
+    /// Whether `user` joining `room_id` needs another server: the room is unknown here, or
+    /// no user of this server is in it (what this server holds of it may be stale).
+    pub fn join_needs_federation(&self, room_id: &RoomId) -> Result<bool> {
+        let Some(record) = super::room(self.storage(), room_id)? else { return Ok(true) };
+        let joined = super::timeline::joined_members(self.storage(), record.short)?;
+        Ok(!joined
+            .iter()
+            .filter_map(|member| UserId::parse(member.as_str()).ok())
+            .any(|member| member.server_name() == self.server_name))
+    }
+
+    /// Joins `user` to a room that lives on other servers, through `servers` (then the room
+    /// id's server): see [`super::federation::join`].
+    pub async fn join_remote(
+        &self,
+        federation: &Federation,
+        settings: &JoinSettings,
+        room_id: &RoomId,
+        user: &UserId,
+        servers: &[OwnedServerName],
+        reason: Option<&str>,
+    ) -> Result<Sent> {
+        let content = self.member_content(user, MembershipState::Join, reason)?;
+        let content: CanonicalJsonObject = serde_json::from_value(serde_json::to_value(content)?)?;
+        join::join_remote(self, federation, settings, room_id, user, servers, content).await
     }
 
     /// Sends a membership event about `target` by `sender`, without the checks of

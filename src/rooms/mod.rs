@@ -143,11 +143,13 @@ pub fn pdu_by_id(storage: &Storage, event_id: &EventId) -> Result<Option<(u64, P
     Ok(pdu(storage.engine(), short)?.map(|pdu| (short, pdu)))
 }
 
-/// Where an event sits in its room, for readers that answer clients: only timeline events
-/// (live or backfilled). Rejected, soft-failed and outlier events read as absent, so every
-/// client path keeps "not found" for them.
+/// Where an event sits in its room, for readers that answer clients: timeline events (live
+/// or backfilled) and outliers, the room's state and auth events known without their place
+/// in the DAG (the state a remote join brings is all outliers, and clients must see it;
+/// outliers never have a timeline row). Rejected and soft-failed events read as absent, so
+/// every client path keeps "not found" for them.
 pub fn event_meta(reader: &(impl Read + ?Sized), short: u64) -> Result<Option<EventMeta>> {
-    Ok(any_event_meta(reader, short)?.filter(|meta| meta.status.is_timeline()))
+    Ok(any_event_meta(reader, short)?.filter(|meta| meta.status.is_client_visible()))
 }
 
 /// Like [`event_meta`] for readers that list events for a client: a record that cannot be
@@ -156,7 +158,7 @@ pub fn readable_event_meta(reader: &(impl Read + ?Sized), short: u64) -> Result<
     Ok(EVENT_META_TABLE
         .get_readable(reader, &short)?
         .map(|Json(meta)| meta)
-        .filter(|meta| meta.status.is_timeline()))
+        .filter(|meta| meta.status.is_client_visible()))
 }
 
 /// Where an event sits, whatever its status: for the room's actor and for serving other
@@ -368,6 +370,9 @@ pub async fn purge_unredacted(
 
 /// How long a caller waits for a room actor.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long storing a joined room's state may take (a large room's is many thousand
+/// events, each checked).
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The rooms service: the registry of room actors and what creating a room needs.
 pub struct Rooms {
@@ -535,6 +540,16 @@ impl Rooms {
         Ok((room_id, sent))
     }
 
+    /// Has the room's actor store what a resident server answered to this server's join
+    /// (`federation::join`) and make the join the room's head.
+    pub async fn complete_join(&self, joined: actor::JoinedState) -> Result<Sent> {
+        let room_id = joined.join.room_id.clone();
+        let joined = Box::new(joined);
+        self.actors
+            .call(&room_id, |reply| RoomMessage::CompleteJoin { joined, reply }, JOIN_TIMEOUT)
+            .await?
+    }
+
     /// Marks a left room as forgotten for `user`.
     pub async fn forget(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
         let user = user.to_owned();
@@ -560,7 +575,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn client_readers_see_only_timeline_events() {
+    async fn client_readers_see_timeline_events_and_outliers_only() {
         use crate::storage::{
             Batch, EngineOptions, Storage,
             codec::Json,
@@ -594,7 +609,7 @@ mod tests {
 
         let engine = storage.engine();
         for (short, status) in (1..).zip(statuses) {
-            let visible = status == EventStatus::Timeline;
+            let visible = matches!(status, EventStatus::Timeline | EventStatus::Outlier);
             assert_eq!(super::event_meta(engine, short).expect("read").is_some(), visible);
             assert_eq!(super::readable_event_meta(engine, short).expect("read").is_some(), visible);
             assert_eq!(super::any_event_meta(engine, short).expect("read"), Some(meta(status)));

@@ -64,6 +64,12 @@ impl EventStatus {
     pub fn is_timeline(&self) -> bool {
         *self == Self::Timeline
     }
+
+    /// Whether clients may see the event: in the timeline, or part of the room's state and
+    /// auth events (an outlier); never a rejected or soft-failed one.
+    pub fn is_client_visible(&self) -> bool {
+        matches!(self, Self::Timeline | Self::Outlier)
+    }
 }
 
 /// Where an event sits.

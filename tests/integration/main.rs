@@ -45,6 +45,7 @@ mod push;
 mod rate_limits;
 mod registration;
 mod relations;
+mod remote_joins;
 mod room_dag;
 mod room_summary;
 mod rooms;

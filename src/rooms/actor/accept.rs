@@ -58,12 +58,20 @@ pub(super) struct Prepared {
     transaction: Option<(String, String, String)>,
     /// Another server's event this server relays to the room's other servers but its origin.
     pub(super) relay_except: Option<OwnedServerName>,
+    /// Not for the outbox: another server sends it to the room (a join through a resident).
+    pub(super) unsent: bool,
 }
 
 impl Prepared {
     /// Marks another server's event (from `origin`) as one this server relays.
     pub(super) fn relayed_for(mut self, origin: &ServerName) -> Self {
         self.relay_except = Some(origin.to_owned());
+        self
+    }
+
+    /// Marks an event this server does not send to the room's other servers itself.
+    pub(super) fn not_sent(mut self) -> Self {
+        self.unsent = true;
         self
     }
 }
@@ -341,6 +349,7 @@ impl RoomActor {
             thread_root_previous,
             transaction,
             relay_except: None,
+            unsent: false,
         })
     }
 
@@ -512,6 +521,7 @@ fn write_positioned(
         words,
         transaction,
         relay_except: _,
+        unsent: _,
     } = prepared;
     let sent_by = transaction.as_ref().map(|(_, device, txn)| (device.clone(), txn.clone()));
     EVENT_META_TABLE.put(

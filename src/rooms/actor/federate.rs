@@ -41,6 +41,10 @@ impl RoomActor {
     /// its row only tells the fan-out so.
     pub(super) fn outbox_item(&self, prepared: &Prepared) -> Option<OutboxItem> {
         let room = &prepared.pdu.room_id;
+        // Our join through a resident: the resident relays it; who is in the room changed.
+        if prepared.unsent {
+            return Some(outbox::members_changed(room));
+        }
         if let Some(origin) = &prepared.relay_except {
             return Some(outbox::relay(room, prepared.short, origin));
         }

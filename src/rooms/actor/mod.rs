@@ -7,7 +7,8 @@
 //! One file per part of its work, each an `impl RoomActor` block: `build.rs` (building and
 //! authorising an event), `accept.rs` (accepting, committing and what follows a commit),
 //! `resolve.rs` (the heads, the state before and after an event, the current state),
-//! `intake.rs` (checking and storing other servers' events),
+//! `intake.rs` (checking and storing other servers' events), `join.rs` (a room joined
+//! through another server),
 //! `membership.rs` (restricted joins, forgetting, stripped state), `push.rs` (push rules at
 //! commit), `receipts.rs` and `typing.rs`.
 
@@ -15,6 +16,7 @@ mod accept;
 mod build;
 mod federate;
 mod intake;
+mod join;
 mod membership;
 mod push;
 mod receipts;
@@ -24,6 +26,7 @@ mod typing;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 pub use intake::{Arrival, Ingested};
+pub use join::JoinedState;
 
 use ruma::{
     OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId,
@@ -91,6 +94,9 @@ pub enum RoomMessage {
         arrival: Arrival,
         reply: Reply<Result<Ingested>>,
     },
+    /// Stores what a resident server answered to this server's join and makes the join
+    /// the room's head (the room is created here if it was unknown).
+    CompleteJoin { joined: Box<JoinedState>, reply: Reply<Result<Sent>> },
     /// Records a read receipt (`m.read`, `m.read.private`) up to an event.
     Receipt {
         user: OwnedUserId,
@@ -252,6 +258,24 @@ impl Behaviour for RoomActor {
                 }
                 let (answer, committed) = match result {
                     Ok((ingested, committed)) => (Ok(ingested), committed),
+                    Err(error) => (Err(error), None),
+                };
+                let _ = reply.send(answer);
+                if let (Some(committed), Some(room)) = (committed, state.room.as_ref()) {
+                    self.after_commit(room, committed).await;
+                }
+            }
+            RoomMessage::CompleteJoin { joined, reply } => {
+                let result = contained(self.complete_join(&context.key, state, *joined))
+                    .await
+                    .unwrap_or_else(|panic| Err(panicked(&panic)));
+                if result.is_err() {
+                    // The room in memory may be half replaced: rebuild it from what was
+                    // committed.
+                    state.room = self.load(&context.key)?;
+                }
+                let (answer, committed) = match result {
+                    Ok((sent, committed)) => (Ok(sent), Some(committed)),
                     Err(error) => (Err(error), None),
                 };
                 let _ = reply.send(answer);

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use ruma::{
-    OwnedRoomId, RoomId, UserId,
+    OwnedRoomId, OwnedServerName, RoomId, UserId,
     api::client::{
         knock::knock_room,
         membership::{
@@ -22,7 +22,7 @@ use crate::{
     Error, Result, Services,
     accounts::{Sender, rate_limit::Action},
     http::ruma::{Ruma, route},
-    rooms::membership::MembershipChange,
+    rooms::{federation::join::JoinSettings, membership::MembershipChange},
 };
 
 pub(super) fn routes(router: Routes) -> Routes {
@@ -69,15 +69,33 @@ async fn change(
     Ok(())
 }
 
+/// Joins the sender to a room: here when a user of this server is in it, else through
+/// `servers` (the client's `via`) or the room id's server.
 async fn join(
     services: &Services,
     sender: &Sender,
     room_id: OwnedRoomId,
+    servers: &[OwnedServerName],
     reason: Option<&str>,
 ) -> Result<OwnedRoomId> {
     let user = &sender.user_id;
-    change(services, sender, &room_id, user, MembershipChange::Join, Some(Action::Join), reason)
+    let rooms = &services.rooms;
+    if !rooms.join_needs_federation(&room_id)? {
+        change(
+            services,
+            sender,
+            &room_id,
+            user,
+            MembershipChange::Join,
+            Some(Action::Join),
+            reason,
+        )
         .await?;
+        return Ok(room_id);
+    }
+    limit(services, sender, Some(Action::Join))?;
+    let settings = JoinSettings::from_config(&services.config);
+    rooms.join_remote(&services.federation, &settings, &room_id, user, servers, reason).await?;
     Ok(room_id)
 }
 
@@ -88,7 +106,7 @@ async fn join_by_id_or_alias(
     let sender = request.sender()?.clone();
     let body = request.body;
     let room_id = services.rooms.aliases.resolve_room(&body.room_id_or_alias)?;
-    let room_id = join(&services, &sender, room_id, body.reason.as_deref()).await?;
+    let room_id = join(&services, &sender, room_id, &body.via, body.reason.as_deref()).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -98,7 +116,7 @@ async fn join_by_id(
 ) -> Result<join_room_by_id::v3::Response> {
     let sender = request.sender()?.clone();
     let body = request.body;
-    let room_id = join(&services, &sender, body.room_id, body.reason.as_deref()).await?;
+    let room_id = join(&services, &sender, body.room_id, &[], body.reason.as_deref()).await?;
     Ok(join_room_by_id::v3::Response::new(room_id))
 }
 
