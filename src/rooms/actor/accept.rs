@@ -26,7 +26,6 @@ use crate::{
         pdu::state_key_bytes,
         relations::relation_of,
         search::search_words,
-        state::{self, StateMap},
     },
     storage::{
         Batch, Namespace,
@@ -119,23 +118,7 @@ impl RoomActor {
                 created_ms: self.time.now_ms(),
             }),
         );
-        let mut room = Loaded {
-            room_id: room_id.clone(),
-            short,
-            rules,
-            state: StateMap::new(),
-            keys: HashMap::new(),
-            event_ids: HashMap::new(),
-            snapshot: state::EMPTY,
-            chain: 0,
-            heads: Vec::new(),
-            depth: 0,
-            backfill_seq: 0,
-            cache: HashMap::new(),
-            display_names: std::sync::Mutex::default(),
-            joined: std::sync::Mutex::default(),
-            bump: 0.into(),
-        };
+        let mut room = Loaded::empty(room_id.clone(), short, rules);
         let mut prepared = Vec::with_capacity(then.len() + 1);
         let mut pending: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
         let create = Arc::new(create);

@@ -271,29 +271,6 @@ impl RoomActor {
     }
 }
 
-impl Loaded {
-    /// A room with nothing in it yet, for a join to fill.
-    fn empty(room_id: OwnedRoomId, short: u64, rules: RoomVersionRules) -> Self {
-        Self {
-            room_id,
-            short,
-            rules,
-            state: StateMap::new(),
-            keys: HashMap::new(),
-            event_ids: HashMap::new(),
-            snapshot: state::EMPTY,
-            chain: 0,
-            heads: Vec::new(),
-            depth: 0,
-            backfill_seq: 0,
-            cache: HashMap::new(),
-            display_names: std::sync::Mutex::default(),
-            joined: std::sync::Mutex::default(),
-            bump: 0.into(),
-        }
-    }
-}
-
 /// The id of `room_id`'s create event, where the room id is derived from it (version 12).
 fn create_id_of(room_id: &RoomId) -> Option<OwnedEventId> {
     EventId::parse(format!("${}", room_id.as_str().trim_start_matches('!'))).ok()

@@ -28,6 +28,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 pub use intake::{Arrival, Ingested};
 pub use join::JoinedState;
 
+use accept::Committed;
+
 use ruma::{
     OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId,
     room_version_rules::RoomVersionRules,
@@ -161,6 +163,49 @@ struct Loaded {
     bump: std::sync::atomic::AtomicU64,
 }
 
+impl Loaded {
+    /// A room with nothing in it yet, for its creation or a join to fill.
+    fn empty(room_id: OwnedRoomId, short: u64, rules: RoomVersionRules) -> Self {
+        Self {
+            room_id,
+            short,
+            rules,
+            state: StateMap::new(),
+            keys: HashMap::new(),
+            event_ids: HashMap::new(),
+            snapshot: state::EMPTY,
+            chain: 0,
+            heads: Vec::new(),
+            depth: 0,
+            backfill_seq: 0,
+            cache: HashMap::new(),
+            display_names: std::sync::Mutex::default(),
+            joined: std::sync::Mutex::default(),
+            bump: 0.into(),
+        }
+    }
+}
+
+impl RoomActor {
+    /// Answers the caller, then hands what was committed to the listeners (waking syncs,
+    /// pushers, the admin hook), so the sender's answer never waits for them.
+    async fn answer_then_notify<T>(
+        &self,
+        room: Option<&Loaded>,
+        reply: Reply<Result<T>>,
+        result: Result<(T, Option<Committed>)>,
+    ) {
+        let (answer, committed) = match result {
+            Ok((value, committed)) => (Ok(value), committed),
+            Err(error) => (Err(error), None),
+        };
+        let _ = reply.send(answer);
+        if let (Some(committed), Some(room)) = (committed, room) {
+            self.after_commit(room, committed).await;
+        }
+    }
+}
+
 /// A panic contained while handling a message: the request fails as an internal error.
 fn panicked(panic: &str) -> Error {
     Error::internal(format!("the room actor contained a panic: {panic}"))
@@ -210,14 +255,8 @@ impl Behaviour for RoomActor {
                     // Nothing was committed: forget whatever was built in memory.
                     state.room = self.load(&context.key)?;
                 }
-                let (answer, committed) = match result {
-                    Ok((sent, committed)) => (Ok(sent), Some(committed)),
-                    Err(error) => (Err(error), None),
-                };
-                let _ = reply.send(answer);
-                if let (Some(committed), Some(room)) = (committed, state.room.as_ref()) {
-                    self.after_commit(room, committed).await;
-                }
+                let result = result.map(|(answer, committed)| (answer, Some(committed)));
+                self.answer_then_notify(state.room.as_ref(), reply, result).await;
             }
             RoomMessage::Send { request, reply } => {
                 let result = match state.room.as_mut() {
@@ -235,15 +274,7 @@ impl Behaviour for RoomActor {
                     // rebuild.
                     state.room = self.load(&context.key)?;
                 }
-                let (answer, committed) = match result {
-                    Ok((sent, committed)) => (Ok(sent), committed),
-                    Err(error) => (Err(error), None),
-                };
-                // The sender has its answer; notifications and waking syncs come after.
-                let _ = reply.send(answer);
-                if let (Some(committed), Some(room)) = (committed, state.room.as_ref()) {
-                    self.after_commit(room, committed).await;
-                }
+                self.answer_then_notify(state.room.as_ref(), reply, result).await;
             }
             RoomMessage::Ingest { pdu, origin, arrival, reply } => {
                 let result = match state.room.as_mut() {
@@ -256,14 +287,7 @@ impl Behaviour for RoomActor {
                     // Memory may be ahead of the database (heads, current state): rebuild.
                     state.room = self.load(&context.key)?;
                 }
-                let (answer, committed) = match result {
-                    Ok((ingested, committed)) => (Ok(ingested), committed),
-                    Err(error) => (Err(error), None),
-                };
-                let _ = reply.send(answer);
-                if let (Some(committed), Some(room)) = (committed, state.room.as_ref()) {
-                    self.after_commit(room, committed).await;
-                }
+                self.answer_then_notify(state.room.as_ref(), reply, result).await;
             }
             RoomMessage::CompleteJoin { joined, reply } => {
                 let result = contained(self.complete_join(&context.key, state, *joined))
@@ -274,14 +298,8 @@ impl Behaviour for RoomActor {
                     // committed.
                     state.room = self.load(&context.key)?;
                 }
-                let (answer, committed) = match result {
-                    Ok((sent, committed)) => (Ok(sent), Some(committed)),
-                    Err(error) => (Err(error), None),
-                };
-                let _ = reply.send(answer);
-                if let (Some(committed), Some(room)) = (committed, state.room.as_ref()) {
-                    self.after_commit(room, committed).await;
-                }
+                let result = result.map(|(answer, committed)| (answer, Some(committed)));
+                self.answer_then_notify(state.room.as_ref(), reply, result).await;
             }
             RoomMessage::Forget { user, reply } => {
                 let _ = reply.send(self.forget(&context.key, &user).await);
